@@ -1,0 +1,32 @@
+"""dynode: recurrent networks of the visual system as continuous-time dynamical systems.
+
+Every population obeys ``tau dr/dt = -r + Phi(u)`` with per-connection transmission delays;
+networks are :class:`VectorField` modules integrated by interchangeable solvers
+(:mod:`dynode.solvers`) under time-dependent stimuli (:mod:`dynode.stimuli`). Time is in ms.
+"""
+
+from dynode.errors import (
+    ConfigurationError,
+    DelayError,
+    DivergenceError,
+    DynodeError,
+    ShapeError,
+    SolverError,
+    StabilityWarning,
+)
+from dynode.field import VectorField
+from dynode.history import History
+from dynode.network import Connection, Network, Population
+from dynode.solution import Solution
+from dynode import models, solvers, stimuli  # noqa: E402  (subpackages)
+from dynode.integrate import integrate
+from dynode.solvers import SolverStats, Status
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VectorField", "Network", "Population", "Connection", "History", "integrate", "Solution",
+    "SolverStats", "Status", "models", "solvers", "stimuli",
+    "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
+    "SolverError", "StabilityWarning", "__version__",
+]

@@ -1,0 +1,46 @@
+"""Divergence checks that do not synchronise with the device every step.
+
+Every ``check_every`` steps (and at the end) the solver calls :meth:`Guard.check`, which
+reduces each population to its largest magnitude on the device and reads all of them in one
+transfer. NaN propagates through the reduction, so one read catches both NaN/inf and
+blow-up (``|r| > max_abs``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from dynode.errors import DivergenceError
+
+__all__ = ["Guard"]
+
+
+class Guard:
+    def __init__(self, max_abs: float | None, taus: Mapping[str, float], dt: float | None):
+        self.max_abs = math.inf if max_abs is None else float(max_abs)
+        self.taus = dict(taus)
+        self.dt = dt
+        self.t_ok = None
+
+    def check(self, state: Mapping[str, Tensor], t_prev: float, t: float) -> None:
+        """Raise :class:`DivergenceError` if any population is non-finite or exceeds max_abs."""
+        names = list(state)
+        with torch.no_grad():
+            peaks = torch.stack([state[n].detach().abs().amax() for n in names]).tolist()
+        for name, peak in zip(names, peaks):
+            if not peak <= self.max_abs:  # also true for NaN
+                tau = self.taus.get(name)
+                ratio = self.dt / tau if (tau and self.dt) else None
+                what = "became non-finite" if not math.isfinite(peak) else f"exceeded |r| = {self.max_abs:g}"
+                advice = (f"dt/tau = {ratio:.3g}; " if ratio is not None else "")
+                advice += ("reduce dt (explicit Euler is unstable for dt/tau > 2), "
+                           if ratio is not None and ratio > 1 else "")
+                advice += ("check the recurrent weights' gain (spectral radius), tau and the input "
+                           "scale, or raise max_abs if such rates are meant")
+                raise DivergenceError(
+                    f"population {name!r} {what} between t = {t_prev:g} ms and t = {t:g} ms; {advice}",
+                    population=name, t_range=(t_prev, t), dt_over_tau=ratio)

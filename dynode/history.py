@@ -1,0 +1,181 @@
+r"""Past states for delayed reads on a fixed time grid.
+
+Fixed-step solvers advance on the grid ``t_n = t0 + n * dt``. Every population's state
+``r_n`` (and, for solvers with off-grid stages, its derivative ``f_n = dr/dt(t_n)``) is kept
+in a preallocated ring of ``K + 1`` slots, ``K = round(max_delay / dt)``. A slot holds a
+*reference* to the step's tensor, so recording costs no copy and autograd sees the same
+graph as a hand-written loop.
+
+A delay ``d = k * dt`` (``k`` an integer, checked) read at the stage time
+``t_n + c * dt`` (``0 <= c <= 1``) is the point ``theta = c`` of the grid interval
+``[t_{n-k}, t_{n-k+1}]``:
+
+* ``c == 0``: the grid value ``r_{n-k}``, read by integer index;
+* ``0 < c <= 1``: cubic Hermite interpolation of ``(r, f)`` at both ends,
+
+  .. math:: r(\theta) = h_{00} r_{j} + h_{01} r_{j+1} + \Delta t\,(h_{10} f_{j} + h_{11} f_{j+1}),
+
+  with :math:`h_{00} = 2\theta^3 - 3\theta^2 + 1`, :math:`h_{10} = \theta^3 - 2\theta^2 + \theta`,
+  :math:`h_{01} = -2\theta^3 + 3\theta^2`, :math:`h_{11} = \theta^3 - \theta^2`. Its error is
+  :math:`O(\Delta t^4)`, so RK4 keeps order 4 on a delay equation.
+
+For ``t < t0`` the history is the initial state (constant history). Inputs (stimulus
+populations) read with a delay are evaluated at ``t - d`` directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from torch import Tensor
+
+from dynode.errors import DelayError
+
+__all__ = ["History", "delay_steps", "compatible_dts"]
+
+_REL_TOL = 1e-9
+
+
+def delay_steps(delay: float, dt: float) -> int | None:
+    """``k`` with ``delay == k * dt`` (to 1e-9 relative), or ``None`` if there is none."""
+    k = round(delay / dt)
+    if abs(k * dt - delay) <= _REL_TOL * max(1.0, abs(delay)):
+        return int(k)
+    return None
+
+
+def compatible_dts(delays, limit: int = 6) -> list[float]:
+    """The largest step sizes (ms) of which every delay in ``delays`` is an integer multiple."""
+    from fractions import Fraction
+
+    pos = [Fraction(d).limit_denominator(10_000) for d in delays if d > 0]
+    if not pos:
+        return []
+    num = math.gcd(*[p.numerator * (math.lcm(*[q.denominator for q in pos]) // p.denominator)
+                     for p in pos])
+    g = Fraction(num, math.lcm(*[q.denominator for q in pos]))
+    out = []
+    for m in range(1, 1000):
+        cand = g / m
+        if (cand * 1000).denominator in (1, 2, 4, 5, 8, 10, 16, 20, 25, 40, 50, 100, 200, 250, 500, 1000):
+            out.append(float(cand))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _hermite(theta: float, dt: float) -> tuple[float, float, float, float]:
+    t2, t3 = theta * theta, theta * theta * theta
+    return (2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2, dt * (t3 - 2 * t2 + theta), dt * (t3 - t2))
+
+
+class History:
+    """Ring buffers of past states on the grid ``t0 + n * dt``; read with :meth:`lag`.
+
+    Parameters
+    ----------
+    initial_state : the state at ``t0``; also the constant history before ``t0``.
+    t0, dt : the grid (ms).
+    max_delay : the longest delay that will be read (ms); sizes the rings.
+    derivatives : keep ``dr/dt`` per step as well (needed for stages off the grid).
+    inputs : ``t -> {input_name: tensor}``, for inputs read with a delay.
+    """
+
+    def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, dt: float,
+                 max_delay: float, derivatives: bool,
+                 inputs: Callable[[float], Mapping[str, Tensor]] | None = None):
+        self.t0, self.dt = float(t0), float(dt)
+        self._y0 = dict(initial_state)
+        k_max = 0
+        if max_delay > 0:
+            k_max = delay_steps(max_delay, dt)
+            if k_max is None:
+                k_max = math.ceil(max_delay / dt - _REL_TOL)
+        self.size = k_max + 1
+        self.max_delay = float(max_delay)
+        self._derivatives = derivatives
+        self._y: dict[str, list] = {name: [None] * self.size for name in self._y0}
+        self._f: dict[str, list] = {name: [None] * self.size for name in self._y0} if derivatives else {}
+        self._steps: dict[float, int] = {}
+        self._inputs = inputs
+        self._weights: dict[float, tuple[float, float, float, float]] = {}
+        self._cache: dict[tuple, Tensor] = {}
+        # the stage being evaluated: grid step n, stage fraction c, its time and state
+        self.n, self.c, self.t = 0, 0.0, self.t0
+        self._state: Mapping[str, Tensor] = self._y0
+
+    # -- written by the solver -------------------------------------------------------
+    def store(self, n: int, state: Mapping[str, Tensor], derivative: Mapping[str, Tensor] | None = None) -> None:
+        """Record ``r_n`` (and ``f_n`` when derivatives are kept) in slot ``n mod size``."""
+        slot = n % self.size
+        for name, ring in self._y.items():
+            ring[slot] = state[name]
+        if self._derivatives:
+            for name, ring in self._f.items():
+                ring[slot] = derivative[name]
+
+    def at(self, n: int, c: float, t: float, state: Mapping[str, Tensor]) -> None:
+        """Set the stage being evaluated: time ``t = t0 + (n + c) dt`` with state ``state``."""
+        if n != self.n:
+            self._cache.clear()
+        self.n, self.c, self.t, self._state = n, c, t, state
+
+    # -- read by vector fields -------------------------------------------------------
+    def lag(self, name: str, delay: float) -> Tensor:
+        """The population (or input) ``name`` at time ``t - delay`` (ms)."""
+        ring = self._y.get(name)
+        if ring is None:
+            return self._lag_input(name, delay)
+        k = self._steps.get(delay)
+        if k is None:
+            k = self._resolve(name, delay)
+        if k == 0:
+            return self._state[name]
+        j = self.n - k
+        c = self.c
+        if c == 0.0:
+            return ring[j % self.size] if j >= 0 else self._y0[name]
+        if c == 1.0:
+            return ring[(j + 1) % self.size] if j + 1 >= 0 else self._y0[name]
+        if j + 1 <= 0:  # the whole interval lies in the constant initial history
+            return self._y0[name]
+        key = (name, j, c)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        w = self._weights.get(c)
+        if w is None:
+            w = self._weights[c] = _hermite(c, self.dt)
+        fr = self._f[name]
+        a, b = j % self.size, (j + 1) % self.size
+        out = (ring[a] * w[0]).add_(ring[b], alpha=w[1]).add_(fr[a], alpha=w[2]).add_(fr[b], alpha=w[3])
+        self._cache[key] = out
+        return out
+
+    def _lag_input(self, name: str, delay: float) -> Tensor:
+        if self._inputs is None:
+            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                           f"populations: {sorted(self._y)}")
+        values = self._inputs(self.t - delay)
+        try:
+            return values[name]
+        except KeyError:
+            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                           f"populations: {sorted(self._y)}, inputs: {sorted(values)}") from None
+
+    def _resolve(self, name: str, delay: float) -> int:
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise DelayError(f"history.lag({name!r}, {delay}): delays must be finite and >= 0 ms")
+        k = delay_steps(delay, self.dt)
+        if k is None:
+            dts = ", ".join(f"{d:g}" for d in compatible_dts([delay]))
+            raise DelayError(
+                f"the delay {delay:g} ms read from {name!r} is not an integer multiple of "
+                f"dt = {self.dt:g} ms; use a dt that divides it (e.g. {dts} ms) or an adaptive solver")
+        if delay > self.max_delay * (1 + _REL_TOL):
+            raise DelayError(
+                f"history.lag({name!r}, {delay:g}): the delay exceeds the field's max_delay() = "
+                f"{self.max_delay:g} ms; make max_delay() return at least {delay:g}")
+        self._steps[delay] = k
+        return k

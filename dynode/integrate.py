@@ -1,0 +1,47 @@
+"""``integrate``: the differentiable solve.
+
+``integrate(field, stimulus, t_end=..., dt=..., solver=...)`` validates everything once
+(times, delays against ``dt``, shapes of stimulus and initial state), then hands the
+:class:`~dynode.problem.Problem` to the solver. Gradients flow through the whole trajectory
+(back-propagation through time), so the same call trains a network.
+"""
+
+from __future__ import annotations
+
+from dynode.problem import make_problem
+from dynode.solution import Solution
+from dynode.solvers import get_solver
+
+__all__ = ["integrate"]
+
+
+def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0: float = 0.0,
+              solver="euler", save_at=None, initial_state=None, batch_size: int | None = None,
+              max_abs: float | None = 1e6, check_every: int = 50) -> Solution:
+    """Integrate ``field`` from ``t0`` to ``t_end`` (ms) under ``stimulus``.
+
+    Parameters
+    ----------
+    field : a :class:`dynode.VectorField` (e.g. a :class:`dynode.Network`).
+    stimulus : a :class:`dynode.stimuli.Stimulus`, a tensor or a dict of tensors (constant
+        input), or None for a field without inputs.
+    t_end, t0 : time interval in ms. For fixed-step solvers ``t_end - t0`` must be a whole
+        number of steps.
+    dt : step size in ms (required by fixed-step solvers).
+    solver : a name (``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``) or a solver object.
+    save_at : None (every step), a number (every that many ms) or a sequence of times (ms).
+    initial_state : ``{population: tensor}`` overriding the field's ``init_state`` (zeros
+        for a Network); batch first, or per-sample shape to share across the batch.
+    batch_size : batch size when neither the stimulus nor the initial state sets it (default 1).
+    max_abs : blow-up threshold for the divergence check (None: only NaN/inf).
+    check_every : steps between divergence checks (each costs one device sync).
+
+    Returns
+    -------
+    :class:`dynode.Solution` with ``ts`` (ms), ``states`` (``(len(ts), batch, *shape)``),
+    ``stats`` and ``final_state``.
+    """
+    problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
+                           initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
+                           check_every=check_every)
+    return get_solver(solver).solve(problem, dt)

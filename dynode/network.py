@@ -1,0 +1,322 @@
+r"""The network builder: populations, inputs and delayed connections.
+
+Each population ``p`` obeys
+
+.. math:: \tau_p \frac{dr_p}{dt} = -r_p(t) + \Phi_p(u_p(t)), \qquad
+          u_p(t) = \mathrm{combine}_p\big(\{op_c(r_{src(c)}(t - d_c))\}_c\big) + b_p
+
+with ``combine`` the sum unless the population supplies its own module. Inputs are source
+populations whose value is the stimulus ``I(t)``.
+
+A :class:`Network` is a :class:`~dynode.VectorField`. It also exposes :meth:`drive`
+(``Phi(u)`` per population), which the Euler solver uses to update exactly
+``r <- lerp(r, Phi(u), dt / tau)``, i.e. ``r + dt/tau * (-r + Phi(u))``.
+
+Everything is resolved when the network is built: each population holds a ready list of its
+incoming connections (operator module, source, delay), so the step loop does no lookups by
+string beyond reading its state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dynode.errors import ConfigurationError, ShapeError
+from dynode.field import VectorField
+from dynode.models.activations import get_activation
+
+__all__ = ["Network", "Population", "Connection"]
+
+_POP, _POP_LAG, _INPUT, _INPUT_LAG = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A connection ``src -> dst`` through ``op`` with transmission delay ``delay`` (ms)."""
+
+    src: str
+    dst: str
+    delay: float
+    op: nn.Module
+
+    @property
+    def label(self) -> str:
+        return f"{self.src} -> {self.dst}"
+
+
+class Population(nn.Module):
+    """One population: its shape, ``tau`` (ms), activation ``phi``, bias and combine module.
+
+    The incoming operators live in ``self.incoming`` (keyed by source name), so
+    ``state_dict`` keys read ``populations.V1.incoming.image.weight``.
+    """
+
+    def __init__(self, name: str, shape: tuple[int, ...], tau: float | Tensor, phi: nn.Module,
+                 bias: bool | str, combine: nn.Module | None):
+        super().__init__()
+        self.name, self.shape = name, shape
+        self.phi = phi
+        self.combine = combine
+        self.incoming = nn.ModuleDict()
+        self.delays: dict[str, float] = {}
+        if isinstance(tau, Tensor):
+            tau = tau.detach().clone().float()
+            if not bool(torch.all(tau > 0)) or not bool(torch.all(torch.isfinite(tau))):
+                raise ConfigurationError(f"population {name!r}: tau must be finite and > 0 ms")
+            try:
+                torch.broadcast_shapes(tau.shape, shape)
+            except RuntimeError:
+                raise ShapeError(f"population {name!r}: tau of shape {tuple(tau.shape)} does not "
+                                 f"broadcast to the population shape {shape}") from None
+            self.register_buffer("tau", tau)
+        else:
+            tau = float(tau)
+            if not (tau > 0 and math.isfinite(tau)):
+                raise ConfigurationError(f"population {name!r}: tau must be finite and > 0 ms, got {tau}")
+            self.tau = tau
+        if bias is True or bias == "channel":
+            bshape = (shape[0],) + (1,) * (len(shape) - 1)
+            self.bias = nn.Parameter(torch.zeros(bshape))
+        elif bias == "unit":
+            self.bias = nn.Parameter(torch.zeros(shape))
+        elif bias is False or bias is None:
+            self.bias = None
+        else:
+            raise ConfigurationError(f"population {name!r}: bias must be False, True/'channel' or "
+                                     f"'unit', got {bias!r}")
+
+    def tau_min(self) -> float:
+        return float(self.tau.min()) if isinstance(self.tau, Tensor) else self.tau
+
+    def extra_repr(self) -> str:
+        tau = f"tensor{tuple(self.tau.shape)}" if isinstance(self.tau, Tensor) else f"{self.tau:g}"
+        return f"shape={self.shape}, tau={tau} ms"
+
+
+class Network(VectorField):
+    """A network of populations and inputs joined by delayed connections. See the module doc.
+
+    Example::
+
+        net = dn.Network()
+        net.add_input("image", shape=(3, 32, 32))
+        net.add_population("V1", shape=(36, 16, 16), tau=5.0, phi="relu")
+        net.connect("image", "V1", nn.Conv2d(3, 36, 3, stride=2, padding=1))
+        net.connect("V1", "V1", nn.Conv2d(36, 36, 3, padding=1), delay=6.0)
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.populations = nn.ModuleDict()
+        self._inputs: dict[str, tuple[int, ...]] = {}
+        self._connections: list[Connection] = []
+        self._plan: list | None = None
+        self._order: tuple[str, ...] | None = None
+
+    # -- building --------------------------------------------------------------------
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigurationError(f"names must be Python identifiers (letters, digits, _), got {name!r}")
+        if name in self._inputs or name in self.populations:
+            raise ConfigurationError(f"{name!r} is already declared in this network")
+
+    def add_input(self, name: str, shape: Sequence[int]) -> "Network":
+        """Declare a stimulus input of per-sample ``shape`` (batch excluded)."""
+        self._check_new_name(name)
+        self._inputs[name] = _shape(shape, f"input {name!r}")
+        self._plan = None
+        return self
+
+    def add_population(self, name: str, shape: Sequence[int], tau: float | Tensor, phi="relu",
+                       bias: bool | str = False, combine: nn.Module | None = None,
+                       **phi_params) -> "Network":
+        """Declare a population of per-sample ``shape`` with time constant ``tau`` (ms).
+
+        ``phi``: a name (``"relu"``, ``"identity"``, ``"tanh"``, ``"softplus"``,
+        ``"supralinear"``, ...), an ``nn.Module`` or a callable; ``phi_params`` go to a named
+        activation (e.g. ``n=1.8, k=0.8``). ``bias``: ``False``, ``True`` / ``"channel"``
+        (one per channel) or ``"unit"`` (one per unit). ``combine``: a module mapping
+        ``{source_name: op_output}`` to ``u`` (default: their sum).
+        """
+        self._check_new_name(name)
+        shape = _shape(shape, f"population {name!r}")
+        if combine is not None and not callable(combine):
+            raise ConfigurationError(f"population {name!r}: combine must be an nn.Module")
+        self.populations[name] = Population(name, shape, tau, get_activation(phi, **phi_params),
+                                            bias, combine)
+        self._plan = None
+        return self
+
+    def connect(self, src: str, dst: str, op: nn.Module | None = None, delay: float = 0.0) -> "Network":
+        """Connect ``src`` (population or input) to population ``dst`` through ``op``.
+
+        ``op`` maps a batch of ``src`` to a batch of ``dst``'s shape (``None``: identity).
+        ``delay`` (ms, >= 0) is the transmission delay: ``dst`` sees ``op(r_src(t - delay))``.
+        """
+        if dst not in self.populations:
+            known = list(self.populations)
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): {dst!r} is not a population "
+                                     f"(populations: {known}); declare it with add_population first")
+        if src not in self.populations and src not in self._inputs:
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): {src!r} is neither a population nor "
+                                     f"an input (populations: {list(self.populations)}, inputs: {list(self._inputs)})")
+        delay = float(delay)
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): delay must be finite and >= 0 ms, got {delay}")
+        pop = self.populations[dst]
+        if src in pop.incoming:
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "
+                                     "combine both operators in one module")
+        op = nn.Identity() if op is None else op
+        if not isinstance(op, nn.Module):
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
+        src_shape = self.shape_of(src)
+        out = _output_shape(op, src_shape, f"connection {src} -> {dst}")
+        if pop.combine is None and out != pop.shape:
+            raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
+                             f"{dst!r} has shape {pop.shape}; fix the operator (channels, stride, "
+                             "padding) or the population shape")
+        pop.incoming[src] = op
+        pop.delays[src] = delay
+        self._connections.append(Connection(src, dst, delay, op))
+        self._plan = None
+        return self
+
+    # -- introspection ---------------------------------------------------------------
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        if name in self._inputs:
+            return self._inputs[name]
+        return self.populations[name].shape
+
+    @property
+    def connections(self) -> tuple[Connection, ...]:
+        return tuple(self._connections)
+
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(self._inputs)
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._inputs)
+
+    def time_constants(self) -> dict[str, float]:
+        return {name: pop.tau_min() for name, pop in self.populations.items()}
+
+    def delays(self) -> dict[str, tuple[str, float]]:
+        return {c.label: (c.src, c.delay) for c in self._connections if c.delay > 0}
+
+    def max_delay(self) -> float:
+        return max((c.delay for c in self._connections), default=0.0)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> dict[str, Tensor]:
+        return {name: torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype)
+                for name, pop in self.populations.items()}
+
+    def update_order(self) -> tuple[str, ...]:
+        """Populations in topological order of their zero-delay connections (declaration order
+        breaks ties and cycles): the sweep order of ``Euler(order="sequential")``."""
+        if self._order is None:
+            names = list(self.populations)
+            deps = {n: {c.src for c in self._connections
+                        if c.dst == n and c.delay == 0 and c.src in self.populations and c.src != n}
+                    for n in names}
+            order: list[str] = []
+            while len(order) < len(names):
+                ready = [n for n in names if n not in order and deps[n] <= set(order)]
+                order.append(ready[0] if ready else next(n for n in names if n not in order))
+            self._order = tuple(order)
+        return self._order
+
+    # -- evaluation --------------------------------------------------------------------
+    def _build_plan(self) -> list:
+        plan = []
+        for name, pop in self.populations.items():
+            terms = []
+            for src, op in pop.incoming.items():
+                d = pop.delays[src]
+                if src in self._inputs:
+                    kind = _INPUT_LAG if d > 0 else _INPUT
+                else:
+                    kind = _POP_LAG if d > 0 else _POP
+                terms.append((src, op, kind, d))
+            plan.append((name, tuple(terms), pop.combine, pop.bias, pop.phi))
+        self._plan = plan
+        self._order = None
+        return plan
+
+    @staticmethod
+    def _drive_one(entry, state, history, inputs) -> Tensor:
+        name, terms, combine, bias, phi = entry
+        if combine is None:
+            u = None
+            for src, op, kind, d in terms:
+                x = (state[src] if kind == _POP else inputs[src] if kind == _INPUT
+                     else history.lag(src, d))
+                y = op(x)
+                u = y if u is None else u + y
+            if u is None:
+                u = torch.zeros_like(state[name])
+        else:
+            u = combine({src: op(state[src] if kind == _POP else inputs[src] if kind == _INPUT
+                                 else history.lag(src, d))
+                         for src, op, kind, d in terms})
+        if bias is not None:
+            u = u + bias
+        return phi(u)
+
+    def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor],
+              names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """``Phi_p(u_p(t))`` for every population (or the given ``names``)."""
+        plan = self._plan if self._plan is not None else self._build_plan()
+        if names is None:
+            return {entry[0]: self._drive_one(entry, state, history, inputs) for entry in plan}
+        by_name = {entry[0]: entry for entry in plan}
+        return {n: self._drive_one(by_name[n], state, history, inputs) for n in names}
+
+    def plan(self) -> list:
+        """The resolved per-population evaluation plan (built once, rebuilt after changes)."""
+        return self._plan if self._plan is not None else self._build_plan()
+
+    def forward(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]
+                ) -> dict[str, Tensor]:
+        """``dr/dt = (Phi(u) - r) / tau`` per population."""
+        target = self.drive(t, state, history, inputs)
+        return {name: (target[name] - state[name]) / pop.tau
+                for name, pop in self.populations.items()}
+
+
+def _shape(shape, what: str) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{what}: shape must be a tuple of positive ints, got {shape!r}") from None
+    if not out or any(s <= 0 for s in out):
+        raise ConfigurationError(f"{what}: shape must be a non-empty tuple of positive ints, got {shape!r}")
+    return out
+
+
+def _output_shape(op: nn.Module, in_shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """Per-sample output shape of ``op`` on ``in_shape``, computed on the meta device (no FLOPs);
+    falls back to one zero sample if the module cannot run on meta tensors."""
+    try:
+        with torch.no_grad():
+            out = op(torch.empty((1, *in_shape), device="meta"))
+    except (NotImplementedError, RuntimeError, TypeError) as meta_error:
+        try:
+            p = next(op.parameters(), None)
+            x = torch.zeros((1, *in_shape), device=p.device if p is not None else None,
+                            dtype=p.dtype if p is not None and p.is_floating_point() else None)
+            with torch.no_grad():
+                out = op(x)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise ShapeError(f"{what}: the operator cannot take an input of shape (batch, *{in_shape}): "
+                             f"{exc}") from meta_error
+    if not isinstance(out, Tensor):
+        raise ShapeError(f"{what}: the operator must return a tensor, got {type(out).__name__}")
+    return tuple(out.shape[1:])

@@ -1,0 +1,190 @@
+"""An initial-value problem, validated once before any step runs.
+
+:func:`make_problem` turns what the user passed to ``integrate`` (a field, a stimulus in one
+of its accepted forms, times, an initial state) into a :class:`Problem` whose parts the
+solvers use as they are: a bound input function ``t -> {input_name: batched tensor}``,
+the breakpoints, the initial state on the right device and dtype, and the save times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError, ShapeError
+from dynode.field import VectorField
+from dynode.stimuli.base import Stimulus, as_stimulus
+
+__all__ = ["Problem", "make_problem"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: VectorField
+    inputs: Callable[[float], dict[str, Tensor]]
+    breakpoints: tuple[float, ...]
+    y0: dict[str, Tensor]
+    t0: float
+    t_end: float
+    save_at: tuple[float, ...] | None  # None: every step of a fixed-step solver
+    batch_size: int
+    max_abs: float | None
+    check_every: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.y0)
+
+
+def _no_inputs(t: float) -> dict[str, Tensor]:
+    return {}
+
+
+def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device, torch.dtype]:
+    if initial_state:
+        v = next(iter(initial_state.values()))
+        if isinstance(v, Tensor):
+            return v.device, v.dtype
+    for t in list(field.parameters()) + list(field.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, batch_size: int | None,
+                   device, dtype) -> tuple[Callable[[float], dict[str, Tensor]], int | None]:
+    names = tuple(field.input_names())
+    shapes = field.input_shapes() if hasattr(field, "input_shapes") else {}
+    if stimulus is None:
+        if names:
+            raise ConfigurationError(f"the field reads the inputs {list(names)} but no stimulus was "
+                                     "given; pass stimulus=... (a Stimulus, a tensor or a dict)")
+        return _no_inputs, batch_size
+    stimulus = stimulus.to(device=device, dtype=dtype)
+    first = stimulus(t0)
+    if isinstance(first, Tensor):
+        if len(names) != 1:
+            raise ConfigurationError(
+                f"the stimulus gives one unnamed tensor but the field has {len(names)} inputs "
+                f"{list(names)}; give a dict {{input_name: tensor}} instead" if names else
+                "the stimulus gives one unnamed tensor but the field declares no inputs "
+                "(a custom VectorField declares them with input_names())")
+        only = names[0]
+        first = {only: first}
+        wrap = lambda v, only=only: {only: v}  # noqa: E731
+    elif isinstance(first, Mapping):
+        wrap = None
+        if names:
+            missing = [n for n in names if n not in first]
+            extra = [n for n in first if n not in names]
+            if missing or extra:
+                raise ConfigurationError(f"stimulus inputs {sorted(first)} do not match the field's "
+                                         f"inputs {list(names)} (missing {missing}, unknown {extra})")
+    else:
+        raise ConfigurationError(f"the stimulus returned {type(first).__name__}; it must return a "
+                                 "tensor or a dict of tensors")
+    expand: dict[str, tuple[int, ...]] = {}
+    batch = batch_size
+    for name, value in first.items():
+        shape = shapes.get(name)
+        if shape is None:  # custom field: trust the given shape, batch first
+            vb = value.shape[0] if value.dim() > 0 else None
+        elif tuple(value.shape) == tuple(shape):
+            expand[name] = tuple(shape)
+            vb = None
+        elif tuple(value.shape[1:]) == tuple(shape):
+            vb = value.shape[0]
+        else:
+            raise ShapeError(f"input {name!r}: the stimulus has shape {tuple(value.shape)} but the "
+                             f"input is declared (batch, *{tuple(shape)})")
+        if vb is not None:
+            if batch is not None and batch != vb:
+                raise ShapeError(f"input {name!r}: the stimulus has batch {vb} but the batch size is "
+                                 f"{batch} (from batch_size, the initial state or another input)")
+            batch = vb
+    b = batch if batch is not None else 1
+
+    if wrap is None and not expand:
+        return stimulus, batch
+    if not expand:
+        return (lambda t: wrap(stimulus(t))), batch
+
+    def bound(t: float) -> dict[str, Tensor]:
+        v = stimulus(t)
+        v = wrap(v) if wrap is not None else dict(v)
+        for name, shape in expand.items():
+            v[name] = v[name].expand(b, *shape)
+        return v
+    return bound, batch
+
+
+def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
+                 max_abs, check_every) -> Problem:
+    if not isinstance(field, VectorField):
+        raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
+                                 f"{type(field).__name__}")
+    t0, t_end = float(t0), float(t_end)
+    if not (math.isfinite(t0) and math.isfinite(t_end)):
+        raise ConfigurationError(f"t0 and t_end must be finite (ms), got t0={t0}, t_end={t_end}")
+    if not t_end > t0:
+        raise ConfigurationError(f"t_end ({t_end} ms) must be greater than t0 ({t0} ms)")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
+    if max_abs is not None and not max_abs > 0:
+        raise ConfigurationError(f"max_abs must be > 0 (or None to disable the blow-up check), got {max_abs}")
+    if not (isinstance(check_every, int) and check_every >= 1):
+        raise ConfigurationError(f"check_every must be a positive int (steps), got {check_every!r}")
+    device, dtype = _infer_device_dtype(field, initial_state)
+    stim = as_stimulus(stimulus)
+    inputs, batch = _bind_stimulus(stim, field, t0, batch_size, device, dtype)
+    if initial_state:
+        for name, v in initial_state.items():
+            if isinstance(v, Tensor) and v.dim() > 0 and batch is None:
+                default = field.init_state(1, device="meta")
+                if name in default and tuple(v.shape) != tuple(default[name].shape[1:]):
+                    batch = v.shape[0]
+    b = batch if batch is not None else 1
+    y0 = field.init_state(b, device=device, dtype=dtype)
+    if not isinstance(y0, Mapping) or not y0:
+        raise ConfigurationError(f"{type(field).__name__}.init_state must return a non-empty dict "
+                                 "{population: tensor}")
+    y0 = dict(y0)
+    if initial_state:
+        unknown = [n for n in initial_state if n not in y0]
+        if unknown:
+            raise ConfigurationError(f"initial_state has unknown populations {unknown}; "
+                                     f"the field's populations are {list(y0)}")
+        for name, v in initial_state.items():
+            v = torch.as_tensor(v, device=device, dtype=dtype)
+            target = y0[name].shape
+            if tuple(v.shape) == tuple(target):
+                y0[name] = v
+            elif tuple(v.shape) == tuple(target[1:]) or v.dim() == 0:
+                y0[name] = v.expand(target).clone()
+            else:
+                raise ShapeError(f"initial_state[{name!r}] has shape {tuple(v.shape)}; expected "
+                                 f"{tuple(target)} or {tuple(target[1:])}")
+    bps = tuple(sorted({float(x) for x in (stim.breakpoints if stim is not None else ())}))
+    if save_at is not None:
+        if isinstance(save_at, (int, float)):
+            every = float(save_at)
+            if not every > 0:
+                raise ConfigurationError(f"save_at as a number is the saving interval in ms and must "
+                                         f"be > 0, got {every}")
+            n = int(math.floor((t_end - t0) / every + 1e-9))
+            save_at = tuple(t0 + i * every for i in range(n + 1))
+        else:
+            save_at = tuple(float(s) for s in (save_at.tolist() if isinstance(save_at, Tensor) else save_at))
+            if not save_at:
+                raise ConfigurationError("save_at is empty; give at least one time in ms")
+            if any(b <= a for a, b in zip(save_at, save_at[1:])):
+                raise ConfigurationError("save_at must be strictly increasing (ms)")
+            if save_at[0] < t0 - 1e-9 or save_at[-1] > t_end + 1e-9:
+                raise ConfigurationError(f"save_at must lie within [t0, t_end] = [{t0}, {t_end}] ms, got "
+                                         f"[{save_at[0]}, {save_at[-1]}]")
+    return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
+                   save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every)

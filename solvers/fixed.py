@@ -1,0 +1,298 @@
+r"""Fixed-step explicit Runge-Kutta solvers on the grid ``t_n = t0 + n dt``.
+
+A method with Butcher tableau ``(c, A, b)`` advances the state by
+
+.. math:: k_i = f\big(t_n + c_i \Delta t,\; r_n + \Delta t \textstyle\sum_{j<i} a_{ij} k_j\big),
+          \qquad r_{n+1} = r_n + \Delta t \textstyle\sum_i b_i k_i .
+
+Delayed values come from :class:`dynode.History` (grid reads, Hermite interpolation at
+off-grid stages). Every delay must be an integer multiple of ``dt``; this is checked for
+every connection before the first step.
+
+:class:`Euler` is special-cased for a :class:`dynode.Network`: it computes exactly
+``r <- lerp(r, Phi(u), dt / tau)`` = ``r + dt/tau * (-r + Phi(u))``, and it can sweep the
+populations in topological order within a step (``order="sequential"``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError, DelayError, StabilityWarning
+from dynode.guards import Guard
+from dynode.history import History, compatible_dts, delay_steps
+from dynode.problem import Problem
+from dynode.solution import Solution
+from dynode.solvers.stats import SolverStats, Status
+
+__all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
+
+
+def _grid_steps(t0: float, t_end: float, dt: float) -> int:
+    n = delay_steps(t_end - t0, dt)
+    if n is None:
+        n_lo = math.floor((t_end - t0) / dt)
+        raise ConfigurationError(
+            f"t_end - t0 = {t_end - t0:g} ms is not a whole number of steps of dt = {dt:g} ms; "
+            f"use t_end = {t0 + n_lo * dt:g} or {t0 + (n_lo + 1) * dt:g} ms, or a dt that divides "
+            f"{t_end - t0:g} ms")
+    return n
+
+
+class FixedStepSolver:
+    """Base of the fixed-step methods: the tableau is a class attribute, the loop is here."""
+
+    name: ClassVar[str]
+    c: ClassVar[tuple[float, ...]]
+    a: ClassVar[tuple[tuple[float, ...], ...]]
+    b: ClassVar[tuple[float, ...]]
+    convergence_order: ClassVar[int]
+    stability_limit: ClassVar[float]  # largest stable dt/tau on the negative real axis
+    adaptive: ClassVar[bool] = False
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def needs_derivatives(self) -> bool:
+        """Off-grid stages read delayed values by Hermite interpolation, which needs dr/dt."""
+        return any(ci not in (0.0, 1.0) for ci in self.c)
+
+    # -- checks --------------------------------------------------------------------------
+    def _check(self, problem: Problem, dt) -> float:
+        if dt is None:
+            raise ConfigurationError(f"{type(self).__name__} is a fixed-step solver: give dt (ms)")
+        dt = float(dt)
+        if not (dt > 0 and math.isfinite(dt)):
+            raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
+        field = problem.field
+        delays = field.delays()
+        bad = [(label, d) for label, (_, d) in delays.items() if d > 0 and delay_steps(d, dt) is None]
+        if bad:
+            label, d = bad[0]
+            dts = ", ".join(f"{x:g}" for x in compatible_dts([x for _, x in delays.values()]))
+            raise DelayError(
+                f"connection {label}: delay {d:g} ms is not an integer multiple of dt = {dt:g} ms; "
+                f"dt values that fit every delay: {dts} ms (or use an adaptive solver)")
+        for name, tau in field.time_constants().items():
+            self._warn(name, tau, dt)
+        return dt
+
+    def _warn(self, name: str, tau: float, dt: float) -> None:
+        if dt / tau > self.stability_limit:
+            warnings.warn(f"{type(self).__name__}: dt/tau = {dt / tau:.3g} for population {name!r} "
+                          f"(dt = {dt:g} ms, tau = {tau:g} ms) exceeds the method's stability limit "
+                          f"{self.stability_limit:.3g}; reduce dt", StabilityWarning, stacklevel=4)
+
+    # -- the loop --------------------------------------------------------------------------
+    def solve(self, problem: Problem, dt, *, observer=None) -> Solution:
+        """Integrate ``problem`` with step ``dt`` (ms).
+
+        ``observer(t, state)``, if given, receives every saved state as it is produced
+        (for streaming to disk) and the states are then not kept: ``Solution.states`` is
+        empty and memory does not grow with the number of steps.
+        """
+        dt = self._check(problem, dt)
+        t0, field = problem.t0, problem.field
+        n_steps = _grid_steps(t0, problem.t_end, dt)
+        if problem.save_at is None:
+            save = [True] * (n_steps + 1)
+        else:
+            save = [False] * (n_steps + 1)
+            for ts in problem.save_at:
+                k = delay_steps(ts - t0, dt)
+                if k is None:
+                    raise ConfigurationError(
+                        f"save_at time {ts:g} ms is not on the solver's grid t0 + n*dt "
+                        f"(t0 = {t0:g}, dt = {dt:g} ms); save on multiples of dt or use an "
+                        "adaptive solver, whose dense output serves any time")
+                save[k] = True
+        max_delay = float(field.max_delay())
+        history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
+                          derivatives=self.needs_derivatives, inputs=problem.inputs)
+        guard = Guard(problem.max_abs, field.time_constants(), dt)
+        step = self._stepper(problem, dt, history, store=max_delay > 0)
+
+        y = problem.y0
+        saved: list = []
+        emit = observer if observer is not None else (lambda t, state: saved.append(state))
+        if save[0]:
+            emit(t0, y)
+        check_every, t_checked = problem.check_every, t0
+        for n in range(n_steps):
+            y = step(n, t0 + n * dt, y)
+            if save[n + 1]:
+                emit(t0 + (n + 1) * dt, y)
+            if (n + 1) % check_every == 0:
+                t_now = t0 + (n + 1) * dt
+                guard.check(y, t_checked, t_now)
+                t_checked = t_now
+        if n_steps % check_every:
+            guard.check(y, t_checked, problem.t_end)
+        idx = [i for i, s in enumerate(save) if s]
+        ts = torch.tensor([t0 + i * dt for i in idx], dtype=torch.float64)
+        states = ({name: torch.stack([s[name] for s in saved]) for name in problem.names}
+                  if observer is None else {})
+        nfe = n_steps * self._evals_per_step()
+        stats = SolverStats(nfe=nfe, steps=n_steps, accepted=n_steps, rejected=0,
+                            status=Status.SUCCESS, t_final=problem.t_end)
+        return Solution(ts=ts, states=states, stats=stats, final_state=y)
+
+    def _evals_per_step(self) -> int:
+        return self.stages
+
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool):
+        """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method."""
+        f, inputs = problem.field, problem.inputs
+        c = self.c
+        rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.a]
+        final = tuple((j, h * bj) for j, bj in enumerate(self.b) if bj)
+        derivs = self.needs_derivatives
+
+        def combine(y: dict[str, Tensor], ks: list, terms) -> dict[str, Tensor]:
+            out = {}
+            for name, yv in y.items():
+                (j0, w0), *rest = terms
+                acc = torch.add(yv, ks[j0][name], alpha=w0)
+                for j, w in rest:
+                    acc = acc.add_(ks[j][name], alpha=w)
+                out[name] = acc
+            return out
+
+        def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+            if store and not derivs:
+                history.store(n, y)
+            ks: list = []
+            for i, ci in enumerate(c):
+                yi = y if i == 0 else combine(y, ks, rows[i])
+                ti = t + ci * h
+                history.at(n, ci, ti, yi)
+                k = f(ti, yi, history, inputs(ti))
+                if i == 0 and store and derivs:
+                    history.store(n, y, k)
+                ks.append(k)
+            return combine(y, ks, final)
+
+        return step
+
+
+@dataclass(frozen=True)
+class Euler(FixedStepSolver):
+    """Forward Euler, ``r_{n+1} = r_n + dt * f(t_n, r_n)`` (order 1).
+
+    For a :class:`dynode.Network` this is ``r <- lerp(r, Phi(u), dt/tau)``. With
+    ``order="sequential"`` the populations are updated one after the other in topological
+    order of their zero-delay connections, each seeing the already-updated upstream state,
+    so a zero-delay feed-forward chain is crossed within one step ("engineering time").
+    ``dt == tau`` gives the discrete-time RNN ``r_{n+1} = Phi(u_n)``.
+    """
+
+    order: Literal["simultaneous", "sequential"] = "simultaneous"
+
+    name: ClassVar[str] = "euler"
+    c: ClassVar = (0.0,)
+    a: ClassVar = ((),)
+    b: ClassVar = (1.0,)
+    convergence_order: ClassVar[int] = 1
+    stability_limit: ClassVar[float] = 2.0
+
+    def __post_init__(self):
+        if self.order not in ("simultaneous", "sequential"):
+            raise ConfigurationError(f"Euler order must be 'simultaneous' or 'sequential', got {self.order!r}")
+
+    def _warn(self, name: str, tau: float, dt: float) -> None:
+        if dt > tau * (1 + 1e-12):
+            warnings.warn(f"Euler: dt = {dt:g} ms > tau = {tau:g} ms for population {name!r} "
+                          f"(dt/tau = {dt / tau:.3g}); the update overshoots (unstable beyond 2). "
+                          "dt == tau is the discrete-time RNN case; otherwise reduce dt",
+                          StabilityWarning, stacklevel=4)
+
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool):
+        field, inputs = problem.field, problem.inputs
+        if not hasattr(field, "plan"):
+            if self.order == "sequential":
+                raise ConfigurationError("Euler(order='sequential') needs a dynode.Network (it sweeps "
+                                         "the network's populations); a custom VectorField only "
+                                         "supports order='simultaneous'")
+            return super()._stepper(problem, h, history, store)
+        plan = field.plan()
+        drive = field._drive_one
+        pops = field.populations
+        w = {}
+        for name, pop in pops.items():
+            tau = pop.tau
+            if isinstance(tau, Tensor):
+                y0 = problem.y0[name]
+                w[name] = (h / tau).to(device=y0.device, dtype=y0.dtype)
+            else:
+                w[name] = h / tau
+        lerp = torch.lerp
+
+        if self.order == "sequential":
+            order = field.update_order()
+            by_name = {e[0]: e for e in plan}
+            seq = [(name, by_name[name], w[name]) for name in order]
+
+            def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+                if store:
+                    history.store(n, y)
+                history.at(n, 0.0, t, y)
+                x = inputs(t)
+                new = dict(y)
+                for name, entry, wn in seq:
+                    new[name] = lerp(y[name], drive(entry, new, history, x), wn)
+                return new
+            return step
+
+        ws = [(e, w[e[0]]) for e in plan]
+
+        def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+            if store:
+                history.store(n, y)
+            history.at(n, 0.0, t, y)
+            x = inputs(t)
+            return {e[0]: lerp(y[e[0]], drive(e, y, history, x), wn) for e, wn in ws}
+        return step
+
+
+@dataclass(frozen=True)
+class Midpoint(FixedStepSolver):
+    """Explicit midpoint rule (order 2): ``r_{n+1} = r_n + dt f(t_n + dt/2, r_n + dt/2 f_n)``."""
+
+    name: ClassVar[str] = "midpoint"
+    c: ClassVar = (0.0, 0.5)
+    a: ClassVar = ((), (0.5,))
+    b: ClassVar = (0.0, 1.0)
+    convergence_order: ClassVar[int] = 2
+    stability_limit: ClassVar[float] = 2.0
+
+
+@dataclass(frozen=True)
+class Heun(FixedStepSolver):
+    """Heun's method / explicit trapezoid (order 2): Euler predictor, trapezoidal corrector."""
+
+    name: ClassVar[str] = "heun"
+    c: ClassVar = (0.0, 1.0)
+    a: ClassVar = ((), (1.0,))
+    b: ClassVar = (0.5, 0.5)
+    convergence_order: ClassVar[int] = 2
+    stability_limit: ClassVar[float] = 2.0
+
+
+@dataclass(frozen=True)
+class RK4(FixedStepSolver):
+    """The classic fourth-order Runge-Kutta method (order 4, also on delay equations)."""
+
+    name: ClassVar[str] = "rk4"
+    c: ClassVar = (0.0, 0.5, 0.5, 1.0)
+    a: ClassVar = ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
+    b: ClassVar = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
+    convergence_order: ClassVar[int] = 4
+    stability_limit: ClassVar[float] = 2.785
