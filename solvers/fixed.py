@@ -150,7 +150,7 @@ class FixedStepSolver:
 
     def _stepper(self, problem: Problem, h: float, history: History, store: bool):
         """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method."""
-        f, inputs = problem.field, problem.inputs
+        f, inputs, t0 = problem.field, problem.inputs, problem.t0
         c = self.c
         rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.a]
         final = tuple((j, h * bj) for j, bj in enumerate(self.b) if bj)
@@ -166,13 +166,19 @@ class FixedStepSolver:
                 out[name] = acc
             return out
 
+        # A stage at the end of the step (c = 1) sees the stimulus' left limit there: the step
+        # lies before a jump at its end (a pulse starting at t_{n+1} acts from step n+1 on).
+        # The left limit is taken 1e-9 dt before the grid point.
+        left = 1.0 - 1e-9
+        c_eval = tuple(left if ci == 1.0 else ci for ci in c)
+
         def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
             if store and not derivs:
                 history.store(n, y)
             ks: list = []
             for i, ci in enumerate(c):
                 yi = y if i == 0 else combine(y, ks, rows[i])
-                ti = t + ci * h
+                ti = t0 + (n + c_eval[i]) * h
                 history.at(n, ci, ti, yi)
                 k = f(ti, yi, history, inputs(ti))
                 if i == 0 and store and derivs:
@@ -191,6 +197,8 @@ class Euler(FixedStepSolver):
     ``order="sequential"`` the populations are updated one after the other in topological
     order of their zero-delay connections, each seeing the already-updated upstream state,
     so a zero-delay feed-forward chain is crossed within one step ("engineering time").
+    A connection with delay ``d`` then reads its source at ``t_{n+1} - d``, exactly ``d``
+    after what a zero-delay connection reads (inputs are read at ``t_n - d``).
     ``dt == tau`` gives the discrete-time RNN ``r_{n+1} = Phi(u_n)``.
     """
 
@@ -243,7 +251,9 @@ class Euler(FixedStepSolver):
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
                     history.store(n, y)
-                history.at(n, 0.0, t, y)
+                # zero-delay reads see the swept value at t_{n+1}; a delayed population read
+                # sees t_{n+1} - d (stage fraction 1), so a delay d arrives exactly d later
+                history.at(n, 1.0, t, y)
                 x = inputs(t)
                 new = dict(y)
                 for name, entry, wn in seq:
