@@ -29,10 +29,13 @@ from torch import Tensor, nn
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.models.activations import get_activation
+from dynode.models.adapters import adapter as _adapter
+from dynode.models.pipeline import build_pipeline
 
 __all__ = ["Network", "Population", "Connection"]
 
 _POP, _POP_LAG, _INPUT, _INPUT_LAG = 0, 1, 2, 3
+_SKIP = 4  # added to a kind: the term is absent while its source is still at its initial state
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Connection:
     dst: str
     delay: float
     op: nn.Module
+    skip_initial: bool = False
 
     @property
     def label(self) -> str:
@@ -64,6 +68,7 @@ class Population(nn.Module):
         self.combine = combine
         self.incoming = nn.ModuleDict()
         self.delays: dict[str, float] = {}
+        self.skip_initial: set[str] = set()
         if isinstance(tau, Tensor):
             tau = tau.detach().clone().float()
             if not bool(torch.all(tau > 0)) or not bool(torch.all(torch.isfinite(tau))):
@@ -117,6 +122,9 @@ class Network(VectorField):
         self._connections: list[Connection] = []
         self._plan: list | None = None
         self._order: tuple[str, ...] | None = None
+        self.readout: nn.Module | None = None
+        self.protocol: dict = {}  # defaults for running the model (dt, t_end, solver), set by the zoo
+        self.memory_format = torch.contiguous_format
 
     # -- building --------------------------------------------------------------------
     def _check_new_name(self, name: str) -> None:
@@ -132,31 +140,54 @@ class Network(VectorField):
         self._plan = None
         return self
 
-    def add_population(self, name: str, shape: Sequence[int], tau: float | Tensor, phi="relu",
+    def add_population(self, name: str, shape: Sequence[int], tau: float | Tensor, phi=None,
                        bias: bool | str = False, combine: nn.Module | None = None,
-                       **phi_params) -> "Network":
+                       pipeline: Sequence | None = None, **phi_params) -> "Network":
         """Declare a population of per-sample ``shape`` with time constant ``tau`` (ms).
 
         ``phi``: a name (``"relu"``, ``"identity"``, ``"tanh"``, ``"softplus"``,
         ``"supralinear"``, ...), an ``nn.Module`` or a callable; ``phi_params`` go to a named
         activation (e.g. ``n=1.8, k=0.8``). ``bias``: ``False``, ``True`` / ``"channel"``
         (one per channel) or ``"unit"`` (one per unit). ``combine``: a module mapping
-        ``{source_name: op_output}`` to ``u`` (default: their sum).
+        ``{source_name: op_output}`` to ``u`` (default: their sum); ``phi`` defaults to relu.
+
+        ``pipeline``: instead of ``combine`` and ``phi``, the ordered list of the population's
+        operations, e.g. ``["sum", nn.GroupNorm(32, C), "relu", nn.MaxPool2d(2)]`` (see
+        :mod:`dynode.models.pipeline`): a combine stage first (default the sum), then modules
+        or activation names applied in order; the bias (if any) is added after the combine.
+        The stages after the combine are ``Phi`` (``populations[name].phi``).
         """
         self._check_new_name(name)
         shape = _shape(shape, f"population {name!r}")
         if combine is not None and not callable(combine):
             raise ConfigurationError(f"population {name!r}: combine must be an nn.Module")
-        self.populations[name] = Population(name, shape, tau, get_activation(phi, **phi_params),
-                                            bias, combine)
+        if pipeline is not None:
+            if phi is not None or combine is not None or phi_params:
+                raise ConfigurationError(f"population {name!r}: give either pipeline=[...] or "
+                                         "phi/combine, not both (put the activation in the pipeline)")
+            combine, phi_module = build_pipeline(pipeline, f"population {name!r}")
+        else:
+            phi_module = get_activation("relu" if phi is None else phi, **phi_params)
+        self.populations[name] = Population(name, shape, tau, phi_module, bias, combine)
         self._plan = None
         return self
 
-    def connect(self, src: str, dst: str, op: nn.Module | None = None, delay: float = 0.0) -> "Network":
+    def connect(self, src: str, dst: str, op: nn.Module | None = None, delay: float = 0.0, *,
+                skip_initial: bool = False) -> "Network":
         """Connect ``src`` (population or input) to population ``dst`` through ``op``.
 
-        ``op`` maps a batch of ``src`` to a batch of ``dst``'s shape (``None``: identity).
-        ``delay`` (ms, >= 0) is the transmission delay: ``dst`` sees ``op(r_src(t - delay))``.
+        ``op`` maps a batch of ``src`` to a batch of ``dst``'s shape. ``delay`` (ms, >= 0) is
+        the transmission delay: ``dst`` sees ``op(r_src(t - delay))``.
+
+        ``op=None``: the identity when the shapes agree; between populations of different
+        shapes (and a destination that sums its inputs) the automatic skip/feedback adapter
+        :func:`dynode.models.adapters.adapter` built from the declared shapes (resize: area
+        average down, bilinear up; then a 1x1 channel projection). An explicit ``op`` whose
+        output does not fit ``dst`` is an error (wrap it: ``nn.Sequential(op, adapter(...))``).
+
+        ``skip_initial=True``: the term is absent while the value it reads is the source's
+        initial state (``t - delay <= t0`` on the fixed-step grid), as in CORnet-RT, whose
+        upper areas get no input (not ``op(0)``) at the first step. It also skips that work.
         """
         if dst not in self.populations:
             known = list(self.populations)
@@ -172,18 +203,23 @@ class Network(VectorField):
         if src in pop.incoming:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "
                                      "combine both operators in one module")
-        op = nn.Identity() if op is None else op
+        src_shape = self.shape_of(src)
+        if op is None:
+            op = (_adapter(src_shape, pop.shape) if src_shape != pop.shape and pop.combine is None
+                  else nn.Identity())
         if not isinstance(op, nn.Module):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
-        src_shape = self.shape_of(src)
         out = _output_shape(op, src_shape, f"connection {src} -> {dst}")
         if pop.combine is None and out != pop.shape:
             raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
                              f"{dst!r} has shape {pop.shape}; fix the operator (channels, stride, "
-                             "padding) or the population shape")
+                             "padding) or the population shape, or pass op=None for the automatic "
+                             "adapter (resize + 1x1 projection)")
         pop.incoming[src] = op
         pop.delays[src] = delay
-        self._connections.append(Connection(src, dst, delay, op))
+        if skip_initial:
+            pop.skip_initial.add(src)
+        self._connections.append(Connection(src, dst, delay, op, bool(skip_initial)))
         self._plan = None
         return self
 
@@ -213,8 +249,52 @@ class Network(VectorField):
         return max((c.delay for c in self._connections), default=0.0)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> dict[str, Tensor]:
-        return {name: torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype)
+        fmt = self.memory_format
+        return {name: (torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype)
+                       if fmt is torch.contiguous_format or len(pop.shape) != 3 else
+                       torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype
+                                   ).contiguous(memory_format=fmt))
                 for name, pop in self.populations.items()}
+
+    # -- readout and summary ---------------------------------------------------------------
+    def set_readout(self, readout: nn.Module) -> "Network":
+        """Attach a readout (e.g. :class:`dynode.models.Readout`) on one population; its
+        parameters become the network's (``state_dict`` keys ``readout.*``)."""
+        pop = getattr(readout, "population", None)
+        if pop not in self.populations:
+            raise ConfigurationError(f"the readout reads population {pop!r}, which this network does not "
+                                     f"have (populations: {list(self.populations)})")
+        shape = tuple(getattr(readout, "shape", self.populations[pop].shape))
+        if shape != self.populations[pop].shape:
+            raise ShapeError(f"the readout expects {pop!r} of shape {shape}, but it has shape "
+                             f"{self.populations[pop].shape}")
+        self.readout = readout
+        return self
+
+    def decode(self, solution) -> Tensor:
+        """The readout applied to a :class:`dynode.Solution` of this network: logits."""
+        ro = self.readout
+        if ro is None:
+            raise ConfigurationError("this network has no readout; attach one with set_readout()")
+        name = ro.population
+        if getattr(ro, "at", "last") == "last":
+            return ro(solution.final_state[name].unsqueeze(0), solution.ts)
+        if name not in solution.states:
+            raise ConfigurationError(f"the solution holds no trajectory of {name!r} (streamed run?); "
+                                     "integrate with saving on")
+        return ro(solution.states[name], solution.ts)
+
+    def summary(self, dt: float | None = None, *, file=None, **power_options) -> str:
+        """Print (and return) populations, shapes, taus, dt/tau, connections with delays and
+        parameter counts, and the spectral radius of each recurrent operator
+        (:func:`dynode.models.stability.stability_report`). ``dt`` defaults to
+        ``protocol["dt"]``."""
+        from dynode.models.stability import format_summary
+
+        dt = dt if dt is not None else self.protocol.get("dt")
+        text = format_summary(self, dt, **power_options)
+        print(text, file=file)
+        return text
 
     def update_order(self) -> tuple[str, ...]:
         """Populations in topological order of their zero-delay connections (declaration order
@@ -242,6 +322,8 @@ class Network(VectorField):
                     kind = _INPUT_LAG if d > 0 else _INPUT
                 else:
                     kind = _POP_LAG if d > 0 else _POP
+                if src in pop.skip_initial:
+                    kind += _SKIP
                 terms.append((src, op, kind, d))
             plan.append((name, tuple(terms), pop.combine, pop.bias, pop.phi))
         self._plan = plan
@@ -254,6 +336,10 @@ class Network(VectorField):
         if combine is None:
             u = None
             for src, op, kind, d in terms:
+                if kind >= _SKIP:
+                    if _reads_initial(history, d):
+                        continue
+                    kind -= _SKIP
                 x = (state[src] if kind == _POP else inputs[src] if kind == _INPUT
                      else history.lag(src, d))
                 y = op(x)
@@ -261,9 +347,10 @@ class Network(VectorField):
             if u is None:
                 u = torch.zeros_like(state[name])
         else:
-            u = combine({src: op(state[src] if kind == _POP else inputs[src] if kind == _INPUT
-                                 else history.lag(src, d))
-                         for src, op, kind, d in terms})
+            u = combine({src: op(state[src] if kind % _SKIP == _POP else inputs[src]
+                                 if kind % _SKIP == _INPUT else history.lag(src, d))
+                         for src, op, kind, d in terms
+                         if kind < _SKIP or not _reads_initial(history, d)})
         if bias is not None:
             u = u + bias
         return phi(u)
@@ -287,6 +374,17 @@ class Network(VectorField):
         target = self.drive(t, state, history, inputs)
         return {name: (target[name] - state[name]) / pop.tau
                 for name, pop in self.populations.items()}
+
+
+def _reads_initial(history, delay: float) -> bool:
+    """Whether a read with ``delay`` at the current stage falls on the initial state
+    (``t_stage - delay <= t0``), from the grid position alone (no device sync)."""
+    try:
+        pos = (history.n + history.c) * history.dt
+    except AttributeError:
+        raise ConfigurationError("connections with skip_initial=True need a fixed-step solver "
+                                 "(a dynode.History on the grid)") from None
+    return pos <= delay + 1e-9 * max(1.0, delay)
 
 
 def _shape(shape, what: str) -> tuple[int, ...]:
