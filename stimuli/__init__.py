@@ -1,5 +1,26 @@
 """Time-dependent stimuli (deterministic in ``t``, with breakpoints in ms)."""
 
 from dynode.stimuli.base import Constant, Pulse, Stimulus, StimulusValue, as_stimulus
+from dynode.stimuli import envelopes  # noqa: E402
+from dynode.stimuli.envelopes import Envelope
+from dynode.stimuli.compose import Modulated, Sequence, Sum, resolve_background, scale_contrast
+from dynode.stimuli.noise import NOISE_KINDS, DynamicNoise, add_noise, noise_field, signal_power, snr_of
+from dynode.stimuli.generated import (
+    ImageTask, checkerboard, gabor, generated_task, grating, pink_noise,
+)
+from dynode.stimuli.protocols import (
+    GROEN2022, Protocol, contrast_series, duration_series, groen2022, interval_series,
+)
+from dynode.stimuli import datasets  # noqa: E402
+from dynode.stimuli.datasets import (
+    STATS, DatasetNotFoundError, InMemoryLoader, dataset, in_memory, load_tensors,
+)
 
 __all__ = ["Constant", "Pulse", "Stimulus", "StimulusValue", "as_stimulus"]
+__all__ += [
+    "envelopes", "Envelope", "Modulated", "Sequence", "Sum", "resolve_background", "scale_contrast",
+    "NOISE_KINDS", "DynamicNoise", "add_noise", "noise_field", "signal_power", "snr_of",
+    "ImageTask", "checkerboard", "gabor", "generated_task", "grating", "pink_noise",
+    "GROEN2022", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
+    "datasets", "STATS", "DatasetNotFoundError", "InMemoryLoader", "dataset", "in_memory", "load_tensors",
+]

@@ -68,6 +68,14 @@ class Stimulus:
         """Return a copy whose tensors live on ``device`` with floating ``dtype``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement to()")
 
+    def __add__(self, other: "Stimulus") -> "Stimulus":
+        """``a + b``: the stimuli summed (:class:`dynode.stimuli.Sum`)."""
+        if not isinstance(other, Stimulus):
+            return NotImplemented
+        from dynode.stimuli.compose import Sum
+
+        return Sum(self, other)
+
 
 def _move(value: StimulusValue, device, dtype) -> StimulusValue:
     def mv(x: Tensor) -> Tensor:

@@ -1,0 +1,179 @@
+r"""Experimental protocols: labelled batches of conditions with exact timing in ms.
+
+A protocol is a :class:`Protocol` (a :class:`~dynode.stimuli.compose.Modulated` stimulus)
+whose batch holds every (condition, image) pair, condition-major: sample
+``i * n_images + j`` is condition ``i`` shown with image ``j``. Its ``conditions`` label every
+sample (``contrast``, ``duration`` (ms, of each pulse), ``isi`` (ms; 0 for a single pulse),
+``n_pulses``, ``onset`` (ms), ``image``), its ``breakpoints`` are the exact onsets and
+offsets, and ``t_end`` is the end of the epoch, so a run is::
+
+    p = dn.stimuli.groen2022("duration", images=imgs)
+    sol = dn.integrate(net, p, t_end=p.t_end, dt=1.0)
+
+Images are shown around the ``background`` (mean grey by default) at the given contrast:
+``I = g + c (x - g)`` while a pulse is on and ``I = g`` otherwise.
+
+Generic builders: :func:`contrast_series`, :func:`duration_series`, :func:`interval_series`;
+:func:`groen2022` gives the conditions of Groen et al. (2022, J Neurosci 42(40):7562):
+
+* ``"contrast"``: 500 ms at contrast 0.0625, 0.125, 0.25, 0.5, 1;
+* ``"duration"``: one full-contrast pulse of 17, 33, 67, 133, 267, 533 ms;
+* ``"repetition"``: two full-contrast 133 ms pulses with a gap of 17, 33, 67, 133, 267, 533 ms,
+
+in 1 s epochs with a 100 ms pre-stimulus baseline (stimulus onset at ``onset = 100`` ms by
+default, epoch ``[0, 1000)`` ms, i.e. -0.1 to 0.9 s around the onset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError
+from dynode.stimuli import envelopes as E
+from dynode.stimuli.compose import Modulated
+
+__all__ = ["Protocol", "contrast_series", "duration_series", "interval_series", "groen2022",
+           "GROEN2022", "default_images"]
+
+GROEN2022 = {
+    "contrast": dict(contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), duration=500.0),
+    "duration": dict(durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), contrast=1.0),
+    "repetition": dict(isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), duration=133.0, contrast=1.0),
+    "epoch_ms": 1000.0,
+    "baseline_ms": 100.0,
+}
+"""The stimulus conditions of Groen et al. (2022), times in ms."""
+
+
+class Protocol(Modulated):
+    """A labelled condition batch (see the module docstring).
+
+    Extra attributes: ``name``, ``onset`` (ms), ``t_end`` (ms, end of the epoch), ``n_images``.
+    """
+
+    def __init__(self, images, envelope, *, name: str, onset: float, t_end: float, n_images: int,
+                 background="grey", input: str | None = None, conditions=None):
+        super().__init__(images, envelope, background=background, input=input, conditions=conditions)
+        self.name, self.onset, self.t_end, self.n_images = name, float(onset), float(t_end), n_images
+        if self.breakpoints and self.breakpoints[-1] > self.t_end:
+            raise ConfigurationError(f"protocol {name!r}: the last offset ({self.breakpoints[-1]} ms) "
+                                     f"is after the end of the epoch t_end={self.t_end} ms; raise t_end")
+
+    def to(self, device=None, dtype=None) -> "Protocol":
+        images = self.images.to(device=device, dtype=dtype if dtype is not None else self.images.dtype)
+        return Protocol(images, self.envelope, name=self.name, onset=self.onset, t_end=self.t_end,
+                        n_images=self.n_images, background=self.background_spec, input=self.input,
+                        conditions=self.conditions)
+
+    def __repr__(self) -> str:
+        return (f"Protocol({self.name!r}, batch={self.batch_size}, images={self.n_images}, "
+                f"onset={self.onset}, t_end={self.t_end}, breakpoints={list(self.breakpoints)})")
+
+
+def default_images(size: int = 32, channels: int = 3) -> Tensor:
+    """One full-contrast vertical grating (4 cycles per image, mean 0.5): ``(1, C, size, size)``."""
+    from dynode.stimuli.generated import grating
+
+    return grating(size, orientation=0.0, frequency=4.0, contrast=1.0, channels=channels)
+
+
+def _images(images) -> Tensor:
+    if images is None:
+        return default_images()
+    images = torch.as_tensor(images)
+    if not images.is_floating_point():
+        images = images.to(torch.get_default_dtype())
+    if images.dim() < 2:
+        raise ConfigurationError(f"images must be batch first (N, *shape), got shape {tuple(images.shape)}")
+    return images
+
+
+def _values(values, name: str, positive: bool = True) -> list[float]:
+    vals = [float(v) for v in (values if isinstance(values, Sequence) or hasattr(values, "__iter__")
+                                else [values])]
+    if not vals:
+        raise ConfigurationError(f"{name}: give at least one value")
+    if positive and any(not v > 0 for v in vals):
+        raise ConfigurationError(f"{name} must be > 0, got {vals}")
+    return vals
+
+
+def _build(name: str, images, env_per_condition: Sequence[E.Envelope], labels: dict[str, list], *,
+           onset: float, t_end: float, background, input) -> Protocol:
+    imgs = _images(images)
+    n_img, n_cond = imgs.shape[0], len(env_per_condition)
+    env = E.stack([e for e in env_per_condition for _ in range(n_img)])
+    x = imgs.repeat(n_cond, *([1] * (imgs.dim() - 1)))
+    conditions = {k: [v for v in vals for _ in range(n_img)] for k, vals in labels.items()}
+    conditions["image"] = list(range(n_img)) * n_cond
+    return Protocol(x, env, name=name, onset=onset, t_end=t_end, n_images=n_img, background=background,
+                    input=input, conditions=conditions)
+
+
+def contrast_series(images=None, contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), *, onset: float = 100.0,
+                    duration: float = 500.0, t_end: float = 1000.0, background="grey",
+                    input: str | None = None) -> Protocol:
+    """One pulse ``[onset, onset + duration)`` per contrast (values in [0, 1] around ``background``)."""
+    cs = _values(contrasts, "contrasts", positive=False)
+    if any(c < 0 for c in cs):
+        raise ConfigurationError(f"contrasts must be >= 0, got {cs}")
+    duration = _values(duration, "duration")[0]
+    envs = [E.pulse(onset, duration, c) for c in cs]
+    labels = dict(contrast=cs, duration=[duration] * len(cs), isi=[0.0] * len(cs), n_pulses=[1] * len(cs),
+                  onset=[float(onset)] * len(cs))
+    return _build("contrast", images, envs, labels, onset=onset, t_end=t_end, background=background,
+                  input=input)
+
+
+def duration_series(images=None, durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *,
+                    onset: float = 100.0, contrast: float = 1.0, t_end: float = 1000.0, background="grey",
+                    input: str | None = None) -> Protocol:
+    """One pulse of each duration (ms) at ``contrast``, all starting at ``onset``."""
+    ds = _values(durations, "durations")
+    envs = [E.pulse(onset, d, contrast) for d in ds]
+    labels = dict(contrast=[float(contrast)] * len(ds), duration=ds, isi=[0.0] * len(ds),
+                  n_pulses=[1] * len(ds), onset=[float(onset)] * len(ds))
+    return _build("duration", images, envs, labels, onset=onset, t_end=t_end, background=background,
+                  input=input)
+
+
+def interval_series(images=None, isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *, onset: float = 100.0,
+                    duration: float = 133.0, contrast: float = 1.0, t_end: float = 1000.0,
+                    background="grey", input: str | None = None) -> Protocol:
+    """Two pulses of ``duration`` ms separated by each inter-stimulus interval (offset of the
+    first to onset of the second, ms): on ``[onset, onset + duration)`` and
+    ``[onset + duration + isi, onset + 2 duration + isi)``."""
+    gaps = _values(isis, "isis")
+    duration = _values(duration, "duration")[0]
+    envs = [E.two_pulses(onset, duration, g, contrast) for g in gaps]
+    labels = dict(contrast=[float(contrast)] * len(gaps), duration=[duration] * len(gaps), isi=gaps,
+                  n_pulses=[2] * len(gaps), onset=[float(onset)] * len(gaps))
+    return _build("repetition", images, envs, labels, onset=onset, t_end=t_end, background=background,
+                  input=input)
+
+
+def groen2022(kind: str, images=None, *, onset: float = 100.0, background="grey",
+              input: str | None = None) -> Protocol:
+    """The conditions of Groen et al. (2022) for ``kind`` in ``"contrast"``, ``"duration"``,
+    ``"repetition"`` (see :data:`GROEN2022`), as one labelled batch (conditions x images)
+    in a 1 s epoch that starts ``onset`` ms (default 100, the baseline) before the stimulus."""
+    t_end = onset - GROEN2022["baseline_ms"] + GROEN2022["epoch_ms"]
+    if kind == "contrast":
+        spec = GROEN2022["contrast"]
+        p = contrast_series(images, spec["contrasts"], onset=onset, duration=spec["duration"], t_end=t_end,
+                            background=background, input=input)
+    elif kind == "duration":
+        spec = GROEN2022["duration"]
+        p = duration_series(images, spec["durations"], onset=onset, contrast=spec["contrast"], t_end=t_end,
+                            background=background, input=input)
+    elif kind == "repetition":
+        spec = GROEN2022["repetition"]
+        p = interval_series(images, spec["isis"], onset=onset, duration=spec["duration"],
+                            contrast=spec["contrast"], t_end=t_end, background=background, input=input)
+    else:
+        raise ConfigurationError(f"groen2022 kind must be 'contrast', 'duration' or 'repetition', got {kind!r}")
+    p.name = f"groen2022-{kind}"
+    return p
