@@ -21,12 +21,17 @@ from dynode.solution import Solution
 from dynode import models, solvers, stimuli  # noqa: E402  (subpackages)
 from dynode.integrate import integrate
 from dynode.solvers import SolverStats, Status
+from dynode.record import Record
+from dynode.simulate import SimulationResult, simulate
+from dynode.archive import open_archive
+from dynode import archive  # noqa: E402  (selection helpers, export)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VectorField", "Network", "Population", "Connection", "History", "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
+    "Record", "simulate", "SimulationResult", "open_archive", "archive",
     "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
     "SolverError", "StabilityWarning", "__version__",
 ]

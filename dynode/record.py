@@ -1,0 +1,306 @@
+r"""What a recording run keeps: :class:`Record`.
+
+A :class:`Record` names the populations to keep, the recording times and how each saved state
+is turned into what is stored:
+
+* **times**: ``t_k = start + k * every`` for ``t_k <= stop`` (ms). ``every=None`` keeps every
+  solver step. With a fixed-step solver every recording time must lie on the solver's grid
+  ``t0 + n * dt``, so ``every`` must be a multiple of ``dt``.
+* **selection** (``select``): integer indices per unit dimension (``"channel"``, ``"y"``,
+  ``"x"``, ...); the kept indices become the dimension's coordinate in the archive.
+* **reduction** (``reduce``) over all (selected) units of a sample:
+  ``"mean"`` :math:`\bar r(t) = \frac1N \sum_i r_i(t)` (the population time course that stands
+  in for an ECoG signal), ``"std"`` :math:`\sqrt{\frac1N \sum_i (r_i - \bar r)^2}`
+  (population standard deviation, no Bessel correction), ``"mean_std"`` (both, along a
+  ``statistic`` dimension), or a callable ``f(x: (batch, *shape)) -> (batch, *out)``.
+* **dtype**: the storage dtype (``"float32"`` keeps float32 runs bit-exact).
+
+Unit dimensions are named by the population's number of per-sample dimensions: 1 ``channel``;
+2 ``channel, x``; 3 ``channel, y, x``; 4 ``channel, z, y, x``; more ``channel, dim_1, ...``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError, ShapeError
+from dynode.history import delay_steps
+
+__all__ = ["Record", "PopulationPlan", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
+
+REDUCTIONS = ("mean", "std", "mean_std")
+STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+_GRID_TOL = 1e-9  # relative tolerance when checking that a time lies on the dt grid
+
+
+def unit_dims(ndim: int) -> tuple[str, ...]:
+    """Names of a population's per-sample dimensions (see the module docstring)."""
+    if ndim == 1:
+        return ("channel",)
+    if ndim == 2:
+        return ("channel", "x")
+    if ndim == 3:
+        return ("channel", "y", "x")
+    if ndim == 4:
+        return ("channel", "z", "y", "x")
+    return ("channel",) + tuple(f"dim_{i}" for i in range(1, ndim))
+
+
+def _dtype_name(dtype) -> str:
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in STORAGE_DTYPES:
+        raise ConfigurationError(f"Record(dtype={dtype!r}): the storage dtype must be one of "
+                                 f"{list(STORAGE_DTYPES)}")
+    return name
+
+
+def _indices(spec, size: int, what: str) -> tuple[int, ...]:
+    """Resolve an int / slice / range / sequence of ints against a dimension of ``size``."""
+    if isinstance(spec, slice):
+        out = tuple(range(size)[spec])
+    elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        out = (int(spec),)
+    elif isinstance(spec, (range, Sequence, np.ndarray, Tensor)) and not isinstance(spec, str):
+        seq = spec.tolist() if isinstance(spec, (np.ndarray, Tensor)) else list(spec)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in seq):
+            raise ConfigurationError(f"{what}: indices must be integers, got {spec!r}")
+        out = tuple(int(i) for i in seq)
+    else:
+        raise ConfigurationError(f"{what}: give an int, a slice, a range or a sequence of ints, "
+                                 f"got {type(spec).__name__}")
+    if not out:
+        raise ConfigurationError(f"{what}: the selection {spec!r} keeps no unit")
+    bad = [i for i in out if not -size <= i < size]
+    if bad:
+        raise ConfigurationError(f"{what}: indices {bad} are out of range for a dimension of size {size}")
+    out = tuple(i % size for i in out)
+    if len(set(out)) != len(out):
+        raise ConfigurationError(f"{what}: the selection {spec!r} repeats indices")
+    return out
+
+
+@dataclass(frozen=True)
+class PopulationPlan:
+    """How one population's saved state becomes its stored ``rate`` (resolved once).
+
+    ``index``: per unit dimension, the kept indices (``None``: all). ``dims``/``coords``:
+    the stored per-sample dimensions and their coordinates (after selection / reduction).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    unit_dims: tuple[str, ...]
+    index: tuple[tuple[int, ...] | None, ...]
+    reduce: str | Callable | None
+    dtype: torch.dtype
+
+    def selected_coords(self) -> dict[str, np.ndarray]:
+        return {d: np.arange(n) if idx is None else np.asarray(idx, dtype=np.int64)
+                for d, n, idx in zip(self.unit_dims, self.shape, self.index)}
+
+    def transform(self, x: Tensor) -> Tensor:
+        """``(batch, *shape)`` state -> ``(batch, *stored)`` values (not yet in storage dtype)."""
+        for dim, idx in enumerate(self.index, start=1):
+            if idx is None:
+                continue
+            lo = idx[0]
+            if idx == tuple(range(lo, lo + len(idx))):
+                x = x.narrow(dim, lo, len(idx))
+            else:
+                x = x.index_select(dim, torch.as_tensor(idx, device=x.device))
+        red = self.reduce
+        if red is None:
+            return x
+        units = tuple(range(1, x.dim()))
+        if red == "mean":
+            return x.mean(dim=units) if units else x
+        if red == "std":
+            return x.std(dim=units, correction=0) if units else torch.zeros_like(x)
+        if red == "mean_std":
+            std, mean = torch.std_mean(x, dim=units, correction=0)
+            return torch.stack((mean, std), dim=1)
+        out = red(x)
+        if not isinstance(out, Tensor) or out.dim() < 1 or out.shape[0] != x.shape[0]:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ShapeError(f"population {self.name!r}: Record(reduce={_fn_name(red)}) must return a "
+                             f"tensor (batch, ...) with batch {x.shape[0]}, got {got}")
+        return out
+
+    def stored_dims(self, out_shape: tuple[int, ...]) -> tuple[str, ...]:
+        """Names of the stored per-sample dims, given the per-sample shape ``transform`` gives."""
+        red = self.reduce
+        if red is None:
+            return self.unit_dims
+        if red in ("mean", "std"):
+            return ()
+        if red == "mean_std":
+            return ("statistic",)
+        if len(out_shape) == 1:
+            return ("feature",)
+        return tuple(f"feature_{i}" for i in range(len(out_shape)))
+
+    def describe(self) -> dict:
+        return {"population": self.name, "shape": list(self.shape),
+                "select": {d: list(i) for d, i in zip(self.unit_dims, self.index) if i is not None},
+                "reduce": None if self.reduce is None else
+                self.reduce if isinstance(self.reduce, str) else _fn_name(self.reduce),
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def _fn_name(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a :func:`dynode.simulate` run records. See the module docstring for the maths.
+
+    populations : names to record (default: all, in the field's order).
+    reduce : None, ``"mean"``, ``"std"``, ``"mean_std"`` or a callable
+        ``(batch, *shape) -> (batch, *out)``, applied after ``select``.
+    every : recording interval in ms (default: every solver step).
+    start, stop : recording window in ms (default: the whole run, both ends included).
+    select : unit selection, ``{dim: indices}`` for every recorded population (dims
+        ``"channel"``, ``"y"``, ``"x"``, ...) or ``{population: {dim: indices}}``; indices are
+        an int, a slice, a range or a sequence of ints.
+    dtype : storage dtype, ``"float16"``, ``"float32"`` (default) or ``"float64"``.
+    """
+
+    populations: Sequence[str] | str | None = None
+    reduce: str | Callable | None = None
+    every: float | None = None
+    start: float | None = None
+    stop: float | None = None
+    select: Mapping | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        pops = self.populations
+        if isinstance(pops, str):
+            pops = (pops,)
+        if pops is not None:
+            pops = tuple(pops)
+            if not pops or not all(isinstance(p, str) for p in pops):
+                raise ConfigurationError(f"Record(populations={self.populations!r}): give population "
+                                         "names (or None for all)")
+            if len(set(pops)) != len(pops):
+                raise ConfigurationError(f"Record(populations={self.populations!r}) repeats a name")
+        object.__setattr__(self, "populations", pops)
+        red = self.reduce
+        if red is not None and not callable(red) and red not in REDUCTIONS:
+            raise ConfigurationError(f"Record(reduce={red!r}): give None, one of {list(REDUCTIONS)} "
+                                     "or a callable (batch, *shape) -> (batch, *out)")
+        for name in ("every", "start", "stop"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigurationError(f"Record({name}={v!r}) must be a finite number of ms")
+            object.__setattr__(self, name, float(v))
+        if self.every is not None and not self.every > 0:
+            raise ConfigurationError(f"Record(every={self.every}) must be > 0 ms")
+        if self.start is not None and self.stop is not None and self.stop < self.start:
+            raise ConfigurationError(f"Record(start={self.start}, stop={self.stop}): stop must not "
+                                     "be before start")
+        object.__setattr__(self, "dtype", _dtype_name(self.dtype))
+        if self.select is not None and not isinstance(self.select, Mapping):
+            raise ConfigurationError(f"Record(select=...) must be a mapping {{dim: indices}} or "
+                                     f"{{population: {{dim: indices}}}}, got {type(self.select).__name__}")
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return STORAGE_DTYPES[self.dtype]
+
+    # -- times -------------------------------------------------------------------------
+    def times(self, t0: float, t_end: float, dt: float | None, on_grid: bool) -> tuple[float, ...]:
+        """The recording times (ms) in ``[start, stop]`` of a run over ``[t0, t_end]``.
+
+        ``on_grid``: the solver steps on ``t0 + n dt`` (fixed step), so every time must be a
+        grid point; the times are then computed as ``t0 + n * dt``, exactly the solver's.
+        """
+        start = t0 if self.start is None else self.start
+        stop = t_end if self.stop is None else self.stop
+        if start < t0 - 1e-9 or stop > t_end + 1e-9:
+            raise ConfigurationError(f"Record window [start, stop] = [{start:g}, {stop:g}] ms must lie "
+                                     f"within the run [t0, t_end] = [{t0:g}, {t_end:g}] ms")
+        if on_grid:
+            if dt is None:
+                raise ConfigurationError("a fixed-step solver needs dt (ms)")
+            k0 = delay_steps(start - t0, dt)
+            if k0 is None:
+                raise ConfigurationError(
+                    f"Record(start={start:g}) is not on the solver's grid t0 + n*dt (t0 = {t0:g}, "
+                    f"dt = {dt:g} ms); use start = {t0 + math.ceil((start - t0) / dt) * dt:g} ms")
+            if self.every is None:
+                m = 1
+            else:
+                m = delay_steps(self.every, dt)
+                if m is None or m == 0:
+                    lo = max(1, math.floor(self.every / dt))
+                    raise ConfigurationError(
+                        f"Record(every={self.every:g}) is not a multiple of dt = {dt:g} ms; a "
+                        f"fixed-step solver only has states on its grid: use every = {lo * dt:g} or "
+                        f"{(lo + 1) * dt:g} ms, or an adaptive solver")
+            k_stop = math.floor((stop - t0) / dt * (1 + _GRID_TOL) + _GRID_TOL)
+            return tuple(t0 + k * dt for k in range(k0, k_stop + 1, m))
+        if self.every is None:
+            raise ConfigurationError("this solver has no fixed step grid: give Record(every=...) "
+                                     "(the recording interval in ms)")
+        n = math.floor((stop - start) / self.every * (1 + _GRID_TOL) + _GRID_TOL)
+        return tuple(min(start + k * self.every, t_end) for k in range(n + 1))
+
+    # -- populations ---------------------------------------------------------------------
+    def plan(self, shapes: Mapping[str, tuple[int, ...]]) -> list[PopulationPlan]:
+        """Resolve populations and selections against the field's per-sample ``shapes``."""
+        names = self.populations if self.populations is not None else tuple(shapes)
+        unknown = [n for n in names if n not in shapes]
+        if unknown:
+            raise ConfigurationError(f"Record(populations=...): unknown populations {unknown}; the "
+                                     f"field's populations are {list(shapes)}")
+        per_pop = self._selection_by_population(shapes, names)
+        plans = []
+        for name in names:
+            shape = tuple(int(s) for s in shapes[name])
+            dims = unit_dims(len(shape))
+            sel = per_pop.get(name, {})
+            bad = [d for d in sel if d not in dims]
+            if bad:
+                raise ConfigurationError(f"Record(select=...): population {name!r} has the unit "
+                                         f"dimensions {list(dims)}, not {bad}")
+            index = tuple(None if d not in sel else
+                          _indices(sel[d], n, f"Record(select=...) {name!r} dimension {d!r}")
+                          for d, n in zip(dims, shape))
+            index = tuple(None if i is not None and i == tuple(range(n)) else i
+                          for i, n in zip(index, shape))
+            plans.append(PopulationPlan(name, shape, dims, index, self.reduce, self.storage_dtype))
+        return plans
+
+    def _selection_by_population(self, shapes, names) -> dict[str, Mapping]:
+        sel = self.select
+        if not sel:
+            return {}
+        keys = list(sel)
+        if all(k in shapes for k in keys):
+            not_rec = [k for k in keys if k not in names]
+            if not_rec:
+                raise ConfigurationError(f"Record(select=...) selects units of {not_rec}, which are not "
+                                         f"recorded (populations={list(names)})")
+            for k in keys:
+                if not isinstance(sel[k], Mapping):
+                    raise ConfigurationError(f"Record(select={{{k!r}: ...}}) must map dimension names "
+                                             "to indices, e.g. {'channel': [0, 1]}")
+            return {k: dict(sel[k]) for k in keys}
+        if any(k in shapes for k in keys):
+            raise ConfigurationError(f"Record(select={keys}) mixes population names and dimension "
+                                     "names; use either {dim: indices} or {population: {dim: indices}}")
+        return {n: dict(sel) for n in names}
+

@@ -1,0 +1,409 @@
+"""``simulate``: a recording run without gradients, streamed to an archive as it goes.
+
+The solver hands every recorded state to an observer. The observer applies the
+:class:`~dynode.record.Record` (selection, reduction, storage dtype) on the device and copies
+the result into a preallocated host block of ``chunk_steps`` steps (pinned memory and
+non-blocking copies on a GPU: no synchronisation per step). A full block goes to a background
+writer thread while the solver fills the other block, so peak memory is two blocks whatever
+``t_end`` is, and writing overlaps computing. See :mod:`dynode.archive` for the layout and the
+crash-safety protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import json
+import math
+import platform
+import queue
+import sys
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor
+
+from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrArchiveWriter,
+                            condition_coords, prepare_path, COMPRESSIONS)
+from dynode.errors import ConfigurationError
+from dynode.problem import make_problem
+from dynode.record import PopulationPlan, Record
+from dynode.solvers import get_solver
+from dynode.solvers.fixed import FixedStepSolver
+from dynode.stimuli.base import as_stimulus
+
+__all__ = ["simulate", "SimulationResult"]
+
+_BLOCK_BYTES = 64 * 2 ** 20  # default block size (all recorded populations together)
+_MAX_CHUNK_STEPS = 1024
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What :func:`simulate` returns.
+
+    tree : the recording as an ``xarray.DataTree`` (lazy when stored, in memory otherwise).
+    stats : :class:`dynode.solvers.SolverStats`. final_state : ``{population: (batch, *shape)}``
+    at ``t_end`` (to continue the run). path : the store, or None. run_id, status : as in the
+    archive's root attributes.
+    """
+
+    tree: xr.DataTree
+    stats: object
+    final_state: dict[str, Tensor]
+    path: Path | None
+    run_id: str
+    status: str
+
+    def __getitem__(self, population: str) -> xr.DataArray:
+        return self.tree[population]["rate"]
+
+
+# -- configuration as JSON ----------------------------------------------------------------
+def _jsonable(x):
+    """A JSON-safe rendering: numbers, strings, lists and dicts stay; tensors are summarised;
+    anything else becomes its ``repr`` (never pickled)."""
+    if x is None or isinstance(x, (bool, int, str)):
+        return x
+    if isinstance(x, float):
+        return x if math.isfinite(x) else str(x)
+    if isinstance(x, enum.Enum):
+        return x.name.lower()
+    if isinstance(x, (np.integer, np.floating)):
+        return _jsonable(x.item())
+    if isinstance(x, Tensor):
+        if x.numel() <= 16:
+            return _jsonable(x.detach().cpu().tolist())
+        xf = x.detach().float()
+        return {"shape": list(x.shape), "min": float(xf.min()), "max": float(xf.max()),
+                "mean": float(xf.mean())}
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in x]
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    return repr(x)
+
+
+def model_config(field) -> dict:
+    """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
+    from dynode.network import Network
+
+    if isinstance(field, Network):
+        pops = []
+        for name, pop in field.populations.items():
+            pops.append({"name": name, "shape": list(pop.shape), "tau": _jsonable(pop.tau),
+                         "phi": repr(pop.phi),
+                         "bias": None if pop.bias is None else list(pop.bias.shape),
+                         "combine": None if pop.combine is None else repr(pop.combine)})
+        conns = [{"src": c.src, "dst": c.dst, "delay": c.delay, "op": repr(c.op)}
+                 for c in field.connections]
+        return {"type": type(field).__qualname__,
+                "inputs": {k: list(v) for k, v in field.input_shapes().items()},
+                "populations": pops, "connections": conns,
+                "parameters": sum(p.numel() for p in field.parameters())}
+    return {"type": type(field).__qualname__, "repr": repr(field),
+            "inputs": list(field.input_names()),
+            "time_constants": _jsonable(field.time_constants()),
+            "delays": _jsonable(field.delays()), "max_delay": float(field.max_delay()),
+            "parameters": sum(p.numel() for p in field.parameters())}
+
+
+def solver_config(solver) -> dict:
+    options = ({f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver)}
+               if dataclasses.is_dataclass(solver) else {})
+    return {"name": getattr(solver, "name", type(solver).__name__.lower()),
+            "class": f"{type(solver).__module__}.{type(solver).__qualname__}", "options": options,
+            "adaptive": bool(getattr(solver, "adaptive", False))}
+
+
+def _versions() -> dict:
+    import zarr
+
+    import dynode
+
+    return {"dynode_version": dynode.__version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(), "numpy_version": np.__version__,
+            "xarray_version": xr.__version__, "zarr_version": zarr.__version__}
+
+
+# -- the observer -------------------------------------------------------------------------
+class _Streamer:
+    """The solver's observer: fills host blocks, hands full ones to a writer thread.
+
+    Two block buffers rotate between the solver (filling) and the writer (writing); the
+    solver waits only if the writer is a whole block behind. Writer errors surface in the
+    solver's thread at the next hand-off.
+    """
+
+    def __init__(self, plans: list[PopulationPlan], inputs, input_names: tuple[str, ...],
+                 chunk_steps: int | None, n_times: int, make_sink, progress):
+        self.plans, self.inputs, self.input_names = plans, inputs, input_names
+        self.chunk_steps, self.n_times = chunk_steps, n_times
+        self.make_sink, self.progress = make_sink, progress
+        self.sink = None
+        self._free: queue.Queue = queue.Queue()
+        self._work: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cur = None
+        self._i = 0
+
+    # called by the solver with every recorded state
+    def __call__(self, t: float, state: dict[str, Tensor]) -> None:
+        if self._cur is None:
+            self._start(state)
+        bufs, times, stim = self._cur
+        i = self._i
+        for plan, buf in zip(self.plans, bufs):
+            buf[i].copy_(plan.transform(state[plan.name]), non_blocking=True)
+        if stim is not None:
+            x = self.inputs(t)
+            for j, name in enumerate(self.input_names):
+                stim[i, :, j].copy_(_unit_mean(x[name], stim.shape[1]), non_blocking=True)
+        times[i] = t
+        self._i = i + 1
+        if self._i == self.chunk_steps:
+            self._hand_off()
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _start(self, state: dict[str, Tensor]) -> None:
+        outs = [p.transform(state[p.name]) for p in self.plans]
+        device = next(iter(state.values())).device
+        batch = next(iter(state.values())).shape[0]
+        dtype = self.plans[0].dtype if self.plans else torch.float32
+        per_step = sum(o.numel() for o in outs) * dtype.itemsize + batch * len(self.input_names) * 4
+        if self.chunk_steps is None:
+            self.chunk_steps = max(1, min(self.n_times, _MAX_CHUNK_STEPS, _BLOCK_BYTES // max(per_step, 1)))
+        k = self.chunk_steps
+        pin = device.type == "cuda"
+        self._shapes = [tuple(o.shape[1:]) for o in outs]
+        for _ in range(2):
+            bufs = [torch.empty((k, *o.shape), dtype=dtype, pin_memory=pin) for o in outs]
+            stim = (torch.empty((k, batch, len(self.input_names)), dtype=dtype, pin_memory=pin)
+                    if self.input_names else None)
+            self._free.put((bufs, np.empty(k, dtype=np.float64), stim))
+        self._event = torch.cuda.Event if device.type == "cuda" else None
+        self.sink = self.make_sink(batch, self._shapes, self.chunk_steps)
+        self._thread = threading.Thread(target=self._write_loop, name="dynode-archive-writer",
+                                        daemon=True)
+        self._thread.start()
+        self._cur = self._free.get()
+        self._i = 0
+
+    def _hand_off(self) -> None:
+        if self._error is not None:
+            raise self._error
+        event = None
+        if self._event is not None:
+            event = self._event()
+            event.record()
+        self._work.put((self._cur, self._i, event))
+        self._cur, self._i = None, 0
+        while True:  # wait for a free block, but notice a failed writer
+            try:
+                self._cur = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self._error is not None:
+                    raise self._error from None
+        if self._error is not None:
+            raise self._error
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            (bufs, times, stim), n, event = item
+            try:
+                if self._error is None:
+                    if event is not None:
+                        event.synchronize()
+                    block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
+                                  None if stim is None else stim[:n].numpy())
+                    self.sink.write(block)
+            except BaseException as exc:  # surfaced in the solver's thread
+                self._error = exc
+            finally:
+                self._free.put((bufs, times, stim))
+
+    def close(self) -> None:
+        """Write the partial last block and wait for the writer; re-raise its error."""
+        if self._thread is None:
+            return
+        if self._cur is not None and self._i > 0 and self._error is None:
+            event = None
+            if self._event is not None:
+                event = self._event()
+                event.record()
+            self._work.put((self._cur, self._i, event))
+            self._cur, self._i = None, 0
+        self._work.put(None)
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
+def _unit_mean(x: Tensor, batch: int) -> Tensor:
+    if x.dim() == 0:
+        return x.expand(batch)
+    if x.shape[0] == batch:
+        return x.reshape(batch, -1).mean(dim=1) if x.dim() > 1 else x
+    return x.mean().expand(batch)  # an unbatched input shared by every sample
+
+
+def _layout(plans, shapes, batch, conditions, input_names, stimulus_dtype, attrs) -> Layout:
+    groups = []
+    for plan, shape in zip(plans, shapes):
+        dims = plan.stored_dims(shape)
+        if plan.reduce is None:
+            coords = plan.selected_coords()
+        elif plan.reduce == "mean_std":
+            coords = {"statistic": np.array(["mean", "std"], dtype=object)}
+        else:
+            coords = {d: np.arange(n) for d, n in zip(dims, shape)}
+        red = plan.describe()["reduce"]
+        what = "firing rate" if red is None else f"{red} of the firing rate over units"
+        rate_attrs = {"units": "1", "long_name": f"{what} of population {plan.name}"}
+        if red is not None:
+            rate_attrs["reduction"] = red
+        sel = plan.describe()["select"]
+        if sel:
+            rate_attrs["selection"] = json.dumps(sel)
+        groups.append(GroupSpec(plan.name, dims, coords, rate_attrs,
+                                np.dtype(str(plan.dtype).removeprefix("torch."))))
+    return Layout(batch=batch, conditions=conditions, groups=tuple(groups), inputs=input_names,
+                  stimulus_dtype=np.dtype(str(stimulus_dtype).removeprefix("torch.")), attrs=attrs)
+
+
+def _progress_bar(progress, total: int):
+    if progress is None:
+        progress = sys.stderr is not None and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="step", desc="dynode.simulate", leave=False)
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "failed: KeyboardInterrupt (the run was interrupted)"
+    return f"failed: {type(exc).__name__}: {exc}"
+
+
+# -- the entry point ----------------------------------------------------------------------
+def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, solver="euler",
+             record: Record | None = None, store=None, chunk_steps: int | None = None,
+             overwrite: bool = False, progress: bool | None = None, t0: float = 0.0,
+             initial_state=None, batch_size: int | None = None, max_abs: float | None = 1e6,
+             check_every: int = 50, compression: str | None = "lz4", attrs: Mapping | None = None
+             ) -> SimulationResult:
+    """Run ``field`` under ``stimulus`` without gradients and record it (see :class:`Record`).
+
+    Parameters (as :func:`dynode.integrate`, plus)
+    ----------
+    record : what to keep (default ``Record()``: every population at every step).
+    store : a path for a zarr v3 archive written while the run goes; ``None`` keeps the
+        recording in memory.
+    chunk_steps : time steps per written block (= the zarr chunk along time); default: about
+        64 MiB per block. Peak memory is two blocks.
+    overwrite : replace an existing store (otherwise an existing path is an error).
+    progress : a tqdm bar; default only when stderr is a terminal.
+    compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
+    attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
+
+    Returns a :class:`SimulationResult`. On an exception or Ctrl-C the steps computed so far
+    are written, the archive's ``status`` becomes ``"failed: <reason>"`` and the exception
+    propagates.
+    """
+    record = Record() if record is None else record
+    if not isinstance(record, Record):
+        raise ConfigurationError(f"record must be a dynode.Record, got {type(record).__name__}")
+    if chunk_steps is not None and (isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int)
+                                    or chunk_steps < 1):
+        raise ConfigurationError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
+    if compression not in COMPRESSIONS:
+        raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
+    extra = _jsonable(dict(attrs or {}))
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"attrs must be JSON-serialisable: {exc}") from None
+    path = None if store is None else prepare_path(store, overwrite)
+    solver_obj = get_solver(solver)
+    on_grid = isinstance(solver_obj, FixedStepSolver) or getattr(solver_obj, "adaptive", None) is False
+    times = record.times(float(t0), float(t_end), None if dt is None else float(dt), on_grid)
+    stim = as_stimulus(stimulus)
+    problem = make_problem(field, stim, t0=t0, t_end=t_end, save_at=times,
+                           initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
+                           check_every=check_every)
+    shapes = {name: tuple(v.shape[1:]) for name, v in problem.y0.items()}
+    plans = record.plan(shapes)
+    conditions = condition_coords(getattr(stim, "conditions", None) or {}, problem.batch_size)
+    input_names = tuple(problem.inputs(problem.t0)) if stim is not None else ()
+    run_id = uuid.uuid4().hex
+    config = {"model": model_config(field), "solver": solver_config(solver_obj),
+              "dt": None if dt is None else float(dt), "t0": float(t0), "t_end": float(t_end),
+              "batch_size": problem.batch_size, "max_abs": max_abs, "check_every": check_every,
+              "record": {"populations": [p.name for p in plans], "every": record.every,
+                         "start": record.start, "stop": record.stop, "dtype": record.dtype,
+                         "reduce": plans[0].describe()["reduce"] if plans else None,
+                         "select": {p.name: p.describe()["select"] for p in plans}},
+              "stimulus": None if stim is None else {
+                  "type": type(stim).__qualname__, "repr": repr(stim),
+                  "breakpoints": list(stim.breakpoints), "conditions": list(conditions),
+                  "inputs": list(input_names)}}
+    root_attrs = {"dynode_archive": 1, "title": "dynode simulation", "run_id": run_id,
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "solver": config["solver"]["name"],
+                  "dt": float("nan") if dt is None else float(dt), "t0": float(t0),
+                  "t_end": float(t_end), "config": json.dumps(config), **_versions(), **extra}
+    if dt is None:
+        del root_attrs["dt"]
+    stimulus_dtype = record.storage_dtype
+
+    def make_sink(batch, out_shapes, k):
+        layout = _layout(plans, out_shapes, batch, conditions, input_names, stimulus_dtype, root_attrs)
+        if path is None:
+            return MemoryArchiveWriter(layout)
+        return ZarrArchiveWriter(path, layout, chunk_steps=k, compression=compression,
+                                 overwrite=overwrite)
+
+    bar = _progress_bar(progress, len(times))
+    streamer = _Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar)
+    try:
+        with torch.no_grad():
+            sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)
+        streamer.close()
+    except BaseException as exc:
+        status = _failure(exc)
+        try:
+            streamer.close()
+        except BaseException as write_exc:  # keep the original error; say what else failed
+            exc.add_note(f"dynode.simulate: writing the last block also failed: {write_exc!r}")
+        if streamer.sink is not None:
+            try:
+                streamer.sink.finish(status)
+            except Exception as mark_exc:
+                exc.add_note(f"dynode.simulate: could not mark the archive failed: {mark_exc!r}")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    stats = sol.stats
+    sink = streamer.sink
+    sink.finish("complete", {"solver_stats": json.dumps(stats.as_dict())})
+    return SimulationResult(tree=sink.result(), stats=stats, final_state=sol.final_state,
+                            path=path, run_id=run_id, status="complete")
