@@ -21,6 +21,9 @@ from dynode.solution import Solution
 from dynode import models, solvers, stimuli  # noqa: E402  (subpackages)
 from dynode.integrate import integrate
 from dynode.solvers import SolverStats, Status
+from dynode.convergence import convergence, plot_convergence
+from dynode import config  # noqa: E402  (pydantic configs)
+from dynode.config import SolverConfig, solver_config
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 from dynode.archive import open_archive
@@ -31,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "VectorField", "Network", "Population", "Connection", "History", "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
+    "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
     "Record", "simulate", "SimulationResult", "open_archive", "archive",
     "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
     "SolverError", "StabilityWarning", "__version__",

@@ -1,0 +1,475 @@
+r"""torchdiffeq and torchode behind dynode's solver interface.
+
+Both libraries integrate ``dy/dt = g(t, y)`` for one flat tensor ``y``. The adapters
+
+* flatten the state dict to ``(batch, features)`` (torchdiffeq, and torchode with
+  ``per_sample=True``) or to one row ``(1, batch * features)`` (torchode's default, so the
+  whole batch shares one step size as in dynode's own solvers), and restore the dict (views,
+  no copy) before every call of the vector field;
+* integrate **segment by segment**: the segments end on the stimulus breakpoints, on ``t0``
+  propagated by the delays, and -- for delayed fields -- are never longer than the smallest
+  positive delay (method of steps). A segment that ends on a stimulus jump sees the input's
+  left limit at its end, and the next segment starts its stages afresh;
+* answer delayed reads from the segments already solved: each is saved on ``n_dense + 1``
+  equally spaced points and read by piecewise-cubic Lagrange interpolation (4 points inside
+  one segment, error ``O((segment / n_dense)^4)``). dynode's own solvers use the method's
+  dense output instead, which is exact to the step's order at no extra cost;
+* return the same :class:`~dynode.solvers.SolverStats` (``nfe`` counted by the adapter,
+  steps from the library).
+
+``save_at=None`` saves ``t0`` and every segment end (for an ODE without breakpoints: ``t0``
+and ``t_end``); pass ``save_at`` for a trajectory.
+
+The libraries read time as a tensor: every evaluation converts it to a Python float to ask
+the stimulus for its value (one host read per evaluation on a GPU).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError, SolverError
+from dynode.problem import Problem
+from dynode.solution import Solution
+from dynode.solvers.dense import field_delays, propagate_breakpoints, time_tol
+from dynode.solvers.stats import SolverStats, Status
+
+__all__ = ["TorchDiffEq", "TorchODE", "segments"]
+
+_TDE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+_TDE_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
+_TDE_ADAPTIVE_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor",
+                         "max_num_steps")
+_TDE_FIXED_OPTIONS = ("step_size",)
+_TODE_METHODS = ("dopri5", "tsit5", "heun")
+_BREAKPOINT_LEVELS = 6  # propagate t0 and the stimulus jumps by up to 6 delays
+
+
+def segments(problem: Problem) -> list[tuple[float, float, bool]]:
+    """``[(a, b, b_is_jump)]`` covering ``[t0, t_end]``: breakpoints are segment ends, and for
+    a delayed field no segment is longer than the smallest positive delay."""
+    delays = field_delays(problem.field)
+    stops, jumps = propagate_breakpoints(problem.t0, problem.t_end, problem.breakpoints, delays,
+                                         _BREAKPOINT_LEVELS)
+    out = []
+    a = problem.t0
+    d_min = delays[0] if delays else math.inf
+    for b, jump in zip(stops, jumps):
+        n = max(1, math.ceil((b - a) / d_min - 1e-9)) if delays else 1
+        for m in range(n):
+            lo = a + (b - a) * m / n
+            hi = b if m == n - 1 else a + (b - a) * (m + 1) / n
+            out.append((lo, hi, jump and m == n - 1))
+        a = b
+    return out
+
+
+class _Flat:
+    """State dict <-> ``(rows, features)``; ``rows`` is the batch or 1 (whole batch in a row)."""
+
+    def __init__(self, y0: Mapping[str, Tensor], per_row: bool):
+        self.names = list(y0)
+        first = y0[self.names[0]]
+        self.batch = first.shape[0]
+        self.shapes = [tuple(y0[n].shape[1:]) for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.rows = self.batch if per_row else 1
+        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+
+    def flatten(self, state: Mapping[str, Tensor]) -> Tensor:
+        B, r = self.batch, self.rows
+        if r == 1:
+            if len(self.names) == 1:
+                return state[self.names[0]].reshape(1, -1)
+            return torch.cat([state[n].reshape(B, -1) for n in self.names], 1).reshape(1, -1)
+        return torch.cat([state[n].reshape(B, -1) for n in self.names], 1)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        rows = flat.reshape(self.batch, -1)
+        return {n: rows[:, o:o + s].reshape(self.batch, *sh)
+                for n, o, s, sh in zip(self.names, self.offsets, self.sizes, self.shapes)}
+
+    def column(self, flat: Tensor, name: str) -> Tensor:
+        i = self.names.index(name)
+        o, s = self.offsets[i], self.sizes[i]
+        return flat.reshape(self.batch, -1)[:, o:o + s].reshape(self.batch, *self.shapes[i])
+
+
+def _lagrange4(x: float) -> tuple[float, float, float, float]:
+    """Cubic Lagrange weights on nodes 0, 1, 2, 3 at ``x``."""
+    return (-(x - 1) * (x - 2) * (x - 3) / 6, x * (x - 2) * (x - 3) / 2,
+            -x * (x - 1) * (x - 3) / 2, x * (x - 1) * (x - 2) / 6)
+
+
+class SegmentHistory:
+    """Delayed reads for the backends: solved segments on ``n + 1`` points each, cubic Lagrange."""
+
+    def __init__(self, y0: Mapping[str, Tensor], flat: _Flat, *, t0: float, max_delay: float,
+                 inputs: Callable[[float], Mapping[str, Tensor]]):
+        self._y0 = dict(y0)
+        self._flat = flat
+        self._pops = set(y0)
+        self.t0, self.max_delay = t0, max_delay
+        self._inputs = inputs
+        self._starts: list[float] = []
+        self._segs: list[tuple[float, float, Tensor]] = []  # (a, dt, points (n+1, rows, feat))
+        self._done = t0
+        self._y_done: dict[str, Tensor] = self._y0
+        self.t = t0
+        self._state: Mapping[str, Tensor] = self._y0
+        self._cache: dict = {}
+
+    def at(self, t: float, state: Mapping[str, Tensor]) -> None:
+        self.t, self._state = t, state
+        if self._cache:
+            self._cache.clear()
+
+    def append(self, a: float, b: float, points: Tensor, y_end: dict[str, Tensor]) -> None:
+        n = points.shape[0] - 1
+        self._starts.append(a)
+        self._segs.append((a, (b - a) / n, points))
+        self._done, self._y_done = b, y_end
+        while len(self._segs) > 1 and self._starts[1] < b - self.max_delay - (b - a) - time_tol(b):
+            self._starts.pop(0)
+            self._segs.pop(0)
+
+    def lag(self, name: str, delay: float) -> Tensor:
+        if name not in self._pops:
+            return self._inputs(self.t - delay)[name]
+        if delay == 0:
+            return self._state[name]
+        key = (name, delay)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        tq = self.t - delay
+        if tq <= self.t0 + time_tol(self.t0):
+            out = self._y0[name]
+        elif tq >= self._done - time_tol(self._done):
+            if tq > self._done + time_tol(self._done):
+                raise ConfigurationError(
+                    f"history.lag({name!r}, {delay:g}) reads beyond the solved segments: declare every "
+                    "delay in the field's delays() (or max_delay()) so that segments are short enough")
+            out = self._y_done[name]
+        else:
+            j = bisect.bisect_right(self._starts, tq) - 1
+            if j < 0:
+                raise ConfigurationError(f"history.lag({name!r}, {delay:g}) reads further back than "
+                                         f"max_delay() = {self.max_delay:g} ms")
+            a, dt, pts = self._segs[j]
+            n = pts.shape[0] - 1
+            x = (tq - a) / dt
+            j0 = min(max(int(math.floor(x)) - 1, 0), n - 3)
+            w = _lagrange4(x - j0)
+            col = [self._flat.column(pts[j0 + m], name) for m in range(4)]
+            out = (col[0] * w[0]).add_(col[1], alpha=w[1]).add_(col[2], alpha=w[2]).add_(col[3], alpha=w[3])
+        self._cache[key] = out
+        return out
+
+
+def _grid(a: float, b: float, n_dense: int | None, save_at, si: int
+          ) -> tuple[list[float], list[int], list[int], int]:
+    """Times to request in segment ``[a, b]``: the dense points (delayed fields) and the saves,
+    with the indices of the saves and of the dense points among them."""
+    tol = time_tol(b)
+    pts = [a + (b - a) * m / n_dense for m in range(1, n_dense)] if n_dense else []
+    saves = []
+    while save_at is not None and si < len(save_at) and save_at[si] <= b + tol:
+        if save_at[si] > a + tol:
+            saves.append(save_at[si])
+        si += 1
+    times = sorted(set([a, b] + pts + saves))
+    merged: list[float] = []
+    for x in times:
+        if merged and x - merged[-1] <= tol:
+            continue
+        merged.append(x)
+    merged[-1] = b
+    nearest = lambda s: min(range(len(merged)), key=lambda i: abs(merged[i] - s))  # noqa: E731
+    dense = [nearest(x) for x in [a] + pts + [b]] if n_dense else []
+    return merged, [nearest(s) for s in saves], dense, si
+
+
+class _Backend:
+    """The segment loop shared by both adapters; subclasses solve one segment."""
+
+    n_dense: int
+    per_row: bool = False
+
+    def _solve_segment(self, rhs, y: Tensor, times: Tensor, a: float, b: float, counts: dict,
+                       first: float | None) -> Tensor:
+        """Solve one segment; return the states at ``times``, shape ``(len(times), rows, feat)``."""
+        raise NotImplementedError
+
+    def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
+        """Integrate ``problem`` segment by segment; ``dt``, if given, is the first step (ms)."""
+        field, inputs = problem.field, problem.inputs
+        delays = field_delays(field)
+        if delays and self.per_row:
+            raise ConfigurationError(f"{type(self).__name__}(per_sample=True) handles fields without "
+                                     "delays only; use per_sample=False for a delayed field")
+        flat = _Flat(problem.y0, self.per_row)
+        names = flat.names
+        max_delay = max(float(field.max_delay()), max(delays, default=0.0))
+        history = SegmentHistory(problem.y0, flat, t0=problem.t0, max_delay=max_delay, inputs=inputs)
+        counts = {"nfe": 0, "steps": 0, "accepted": 0, "rejected": 0}
+        first = None if dt is None else float(dt)
+        save_at = problem.save_at
+        ts_out: list[float] = []
+        saved: list[dict[str, Tensor]] = []
+
+        def emit(t: float, state: dict[str, Tensor]) -> None:
+            ts_out.append(t)
+            if observer is not None:
+                observer(t, state)
+            else:
+                saved.append(state)
+
+        si = 0
+        state = dict(problem.y0)
+        if save_at is None:
+            emit(problem.t0, state)
+        else:
+            while si < len(save_at) and save_at[si] <= problem.t0 + time_tol(problem.t0):
+                emit(save_at[si], state)
+                si += 1
+        y = flat.flatten(state)
+        tdtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+        for a, b, jump in segments(problem):
+            b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
+            rhs = self._rhs(field, inputs, history, flat, counts, b_left)
+            times, save_idx, dense_idx, si = _grid(a, b, self.n_dense if delays else None, save_at, si)
+            t_tensor = torch.tensor(times, dtype=tdtype, device=y.device)
+            ys = self._solve_segment(rhs, y, t_tensor, a, b, counts, first)
+            for i in save_idx:
+                emit(times[i], flat.unflatten(ys[i]))
+            y = ys[-1]
+            y_end = flat.unflatten(y)
+            if save_at is None:
+                emit(b, y_end)
+            if delays:
+                history.append(a, b, ys if len(times) == len(dense_idx) else ys[dense_idx], y_end)
+        t_end = problem.t_end
+        final = flat.unflatten(y)
+        ts = torch.tensor(ts_out, dtype=torch.float64)
+        states = ({n: torch.stack([st[n] for st in saved]) for n in names} if observer is None else {})
+        stats = SolverStats(nfe=counts["nfe"], steps=counts["steps"], accepted=counts["accepted"],
+                            rejected=counts["rejected"], status=Status.SUCCESS, t_final=t_end)
+        return Solution(ts=ts, states=states, stats=stats, final_state=final)
+
+    def _rhs(self, field, inputs, history, flat: _Flat, counts: dict, b_left: float):
+        def rhs(t: Tensor, yflat: Tensor) -> Tensor:
+            counts["nfe"] += 1
+            tf = min(float(t.reshape(-1)[0]), b_left)
+            state = flat.unflatten(yflat)
+            history.at(tf, state)
+            return flat.flatten(field(tf, state, history, inputs(tf))).reshape(yflat.shape)
+        return rhs
+
+
+def _fail(solver: str, status: Status, t: float, detail: str) -> SolverError:
+    advice = {Status.REACHED_MAX_STEPS: "raise the step limit, loosen rtol/atol or check tau",
+              Status.REACHED_DT_MIN: "loosen rtol/atol, lower the minimal step, or check tau and the "
+                                     "stimulus breakpoints",
+              Status.NON_FINITE: "check weights, activation and tau for overflow"}[status]
+    return SolverError(f"{solver}: {detail} in the segment starting at t = {t:g} ms; {advice}",
+                       status=int(status), t=t, population=None)
+
+
+@dataclass(frozen=True, init=False)
+class TorchDiffEq(_Backend):
+    """``torchdiffeq.odeint`` on a dynode field.
+
+    ``method``: an adaptive torchdiffeq method (``dopri5``, ``dopri8``, ``bosh3``,
+    ``fehlberg2``, ``adaptive_heun``) or a fixed-grid one (``euler``, ``midpoint``, ``heun2``,
+    ``heun3``, ``rk4``, which need ``step_size``). ``options``: torchdiffeq's own options
+    (adaptive: first_step, min_step, max_step, safety, ifactor, dfactor, max_num_steps; fixed:
+    step_size); anything else is rejected. ``jump_t`` / ``step_t`` are set from the
+    breakpoints by the adapter (as segment ends). ``n_dense``: history points per segment.
+    """
+
+    method: str
+    rtol: float
+    atol: float
+    options: tuple
+    n_dense: int
+
+    def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8, *,
+                 n_dense: int = 16, **options):
+        if method not in _TDE_ADAPTIVE + _TDE_FIXED:
+            raise ConfigurationError(f"TorchDiffEq: unknown method {method!r}; use one of "
+                                     f"{', '.join(_TDE_ADAPTIVE + _TDE_FIXED)}")
+        allowed = _TDE_ADAPTIVE_OPTIONS if method in _TDE_ADAPTIVE else _TDE_FIXED_OPTIONS
+        bad = [k for k in options if k not in allowed]
+        if bad:
+            raise ConfigurationError(f"TorchDiffEq({method!r}) does not take {bad}; its options are "
+                                     f"{list(allowed)} (breakpoints become segment ends, not jump_t)")
+        if method in _TDE_FIXED and "step_size" not in options:
+            raise ConfigurationError(f"TorchDiffEq({method!r}) is fixed-step: give step_size=... (ms)")
+        if not (rtol > 0 and atol > 0):
+            raise ConfigurationError(f"TorchDiffEq: rtol and atol must be > 0, got {rtol}, {atol}")
+        if not (isinstance(n_dense, int) and n_dense >= 3):
+            raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "rtol", float(rtol))
+        object.__setattr__(self, "atol", float(atol))
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+        object.__setattr__(self, "n_dense", n_dense)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in _TDE_ADAPTIVE
+
+    def _solve_segment(self, rhs, y, times, a, b, counts, first):
+        from torchdiffeq import odeint
+
+        class Func:
+            def __call__(self, t, yy):
+                return rhs(t, yy)
+
+            def callback_step(self, t0, y0, dt):
+                counts["steps"] += 1
+
+            def callback_accept_step(self, t0, y0, dt):
+                counts["accepted"] += 1
+
+            def callback_reject_step(self, t0, y0, dt):
+                counts["rejected"] += 1
+
+        opts = dict(self.options)
+        if first is not None and self.adaptive and "first_step" not in opts:
+            opts["first_step"] = min(first, b - a)
+        fixed = not self.adaptive
+        try:
+            ys = odeint(Func(), y, times, rtol=self.rtol, atol=self.atol, method=self.method,
+                        options=opts)
+        except AssertionError as exc:
+            msg = str(exc)
+            status = (Status.REACHED_MAX_STEPS if "max_num_steps" in msg else
+                      Status.NON_FINITE if "nan" in msg.lower() or "inf" in msg.lower() else
+                      Status.REACHED_DT_MIN)
+            raise _fail("TorchDiffEq", status, a, f"torchdiffeq stopped ({msg})") from exc
+        if fixed:
+            counts["accepted"] = counts["steps"]
+        if not bool(torch.isfinite(ys[-1]).all()):
+            raise _fail("TorchDiffEq", Status.NON_FINITE, a, "non-finite values")
+        return ys
+
+
+@dataclass(frozen=True, init=False)
+class TorchODE(_Backend):
+    """``torchode`` on a dynode field.
+
+    ``method``: ``dopri5``, ``tsit5`` or ``heun``; ``controller``: ``"integral"`` or
+    ``"pid"`` (PI gains 0.2/0.5, torchode's default); ``max_steps``, ``dt_min``, ``dt_max``.
+
+    ``per_sample=False`` (default) integrates the whole batch as one problem (one step size,
+    like dynode's solvers). ``per_sample=True`` gives every sample its own step size and
+    error control: it pays off when the samples' hard phases happen at different times
+    (e.g. different stimulus onsets or contrasts that drive some samples into fast
+    transients while others rest), because a shared step is the smallest any sample needs
+    at each moment, whereas per-sample stepping costs the largest per-sample step count; a
+    sample's result then also no longer depends on the rest of the batch. It does not pay
+    off for similar samples (every sample is still evaluated at every iteration) and costs
+    one host read of the per-sample times per evaluation to look up the stimulus. It needs
+    a :class:`dynode.Network` (whose ``forward`` reads time only through its inputs) without
+    delays.
+    """
+
+    method: str
+    rtol: float
+    atol: float
+    controller: str
+    per_sample: bool
+    max_steps: int | None
+    dt_min: float | None
+    dt_max: float | None
+    n_dense: int
+
+    def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8, *,
+                 controller: str = "integral", per_sample: bool = False, max_steps: int | None = None,
+                 dt_min: float | None = None, dt_max: float | None = None, n_dense: int = 16):
+        if method not in _TODE_METHODS:
+            raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
+        if controller not in ("integral", "pid"):
+            raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
+        if not (rtol > 0 and atol > 0):
+            raise ConfigurationError(f"TorchODE: rtol and atol must be > 0, got {rtol}, {atol}")
+        if not (isinstance(n_dense, int) and n_dense >= 3):
+            raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
+        for k, v in dict(method=method, rtol=float(rtol), atol=float(atol), controller=controller,
+                         per_sample=bool(per_sample), max_steps=max_steps, dt_min=dt_min,
+                         dt_max=dt_max, n_dense=n_dense).items():
+            object.__setattr__(self, k, v)
+
+    @property
+    def per_row(self) -> bool:  # type: ignore[override]
+        return self.per_sample
+
+    @property
+    def adaptive(self) -> bool:
+        return True
+
+    def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
+        if self.per_sample:
+            from dynode.network import Network
+
+            if not isinstance(problem.field, Network):
+                raise ConfigurationError(
+                    "TorchODE(per_sample=True) needs a dynode.Network: the samples are at different "
+                    "times, and a custom VectorField's forward takes one float t")
+        return super().solve(problem, dt, observer=observer)
+
+    def _rhs(self, field, inputs, history, flat, counts, b_left):
+        if not self.per_sample:
+            return super()._rhs(field, inputs, history, flat, counts, b_left)
+
+        def rhs(t: Tensor, yflat: Tensor) -> Tensor:
+            counts["nfe"] += 1
+            tl = [min(x, b_left) for x in t.tolist()]
+            state = flat.unflatten(yflat)
+            if all(x == tl[0] for x in tl):
+                x_in = inputs(tl[0])
+            else:
+                by_t = {x: inputs(x) for x in set(tl)}
+                names = by_t[tl[0]].keys()
+                x_in = {k: torch.stack([by_t[x][k][i] for i, x in enumerate(tl)]) for k in names}
+            history.at(tl[0], state)
+            return flat.flatten(field(tl[0], state, history, x_in))
+        return rhs
+
+    def _solve_segment(self, rhs, y, times, a, b, counts, first):
+        import torchode as to
+
+        term = to.ODETerm(rhs, with_stats=False)
+        method = {"dopri5": to.Dopri5, "tsit5": to.Tsit5, "heun": to.Heun}[self.method](term=term)
+        kw = dict(term=term, dt_min=self.dt_min, dt_max=self.dt_max)
+        if self.controller == "integral":
+            ctrl = to.IntegralController(atol=self.atol, rtol=self.rtol, **kw)
+        else:
+            ctrl = to.PIDController(atol=self.atol, rtol=self.rtol, pcoeff=0.2, icoeff=0.5, dcoeff=0.0, **kw)
+        solver = to.AutoDiffAdjoint(method, ctrl, max_steps=self.max_steps)
+        rows = y.shape[0]
+        t_eval = times.expand(rows, -1)
+        dt0 = None
+        if first is not None:
+            dt0 = torch.full((rows,), min(first, b - a), dtype=times.dtype, device=times.device)
+        sol = solver.solve(to.InitialValueProblem(y, t_eval[:, 0], t_eval[:, -1], t_eval), dt0=dt0)
+        status = sol.status.tolist()
+        bad = [s for s in status if s != 0]
+        if bad:
+            code = max(bad)
+            st = {2: Status.REACHED_DT_MIN, 3: Status.REACHED_MAX_STEPS}.get(code, Status.NON_FINITE)
+            raise _fail("TorchODE", st, a, f"torchode status {to.status_codes.Status(code).name}")
+        n_steps = int(sol.stats["n_steps"].max())
+        n_acc = int(sol.stats["n_accepted"].max())
+        counts["steps"] += n_steps
+        counts["accepted"] += n_acc
+        counts["rejected"] += n_steps - n_acc
+        return sol.ys.transpose(0, 1)  # (times, rows, feat)
