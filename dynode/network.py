@@ -168,7 +168,10 @@ class Network(VectorField):
             combine, phi_module = build_pipeline(pipeline, f"population {name!r}")
         else:
             phi_module = get_activation("relu" if phi is None else phi, **phi_params)
-        self.populations[name] = Population(name, shape, tau, phi_module, bias, combine)
+        self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
+        # shape of u (what the summed inputs must have): a pipeline may reshape (e.g. pool), so
+        # its u shape is learnt from the first connection and checked through the pipeline
+        pop.u_shape = shape if pipeline is None else None
         self._plan = None
         return self
 
@@ -204,15 +207,22 @@ class Network(VectorField):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "
                                      "combine both operators in one module")
         src_shape = self.shape_of(src)
+        target = pop.u_shape if pop.u_shape is not None else pop.shape
         if op is None:
-            op = (_adapter(src_shape, pop.shape) if src_shape != pop.shape and pop.combine is None
+            op = (_adapter(src_shape, target) if src_shape != target and pop.combine is None
                   else nn.Identity())
         if not isinstance(op, nn.Module):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
         out = _output_shape(op, src_shape, f"connection {src} -> {dst}")
-        if pop.combine is None and out != pop.shape:
+        if pop.combine is None and pop.u_shape is None:  # first input of a pipeline population
+            after = _output_shape(pop.phi, out, f"population {dst!r} pipeline")
+            if after != pop.shape:
+                raise ShapeError(f"connection {src} -> {dst}: the operator gives {out}, which "
+                                 f"{dst!r}'s pipeline maps to {after}, not to its shape {pop.shape}")
+            pop.u_shape = target = out
+        if pop.combine is None and out != target:
             raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
-                             f"{dst!r} has shape {pop.shape}; fix the operator (channels, stride, "
+                             f"{dst!r} has shape {target}; fix the operator (channels, stride, "
                              "padding) or the population shape, or pass op=None for the automatic "
                              "adapter (resize + 1x1 projection)")
         pop.incoming[src] = op

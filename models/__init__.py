@@ -1,6 +1,22 @@
-"""Model components: activation functions (and, as they land, recurrence operators,
-connection adapters, retina, losses and the model zoo)."""
+"""Model components: activation functions, recurrence operators, skip/feedback adapters,
+per-population pipelines, the retina front end, readouts, losses, the stability report,
+speed options and the model zoo."""
 
 from dynode.models.activations import ACTIVATIONS, RectifiedPower, Supralinear, get_activation
+from dynode.models.recurrence import RECURRENCE_TYPES, LocalRecurrence, SelfRecurrence, recurrence
+from dynode.models.adapters import Adapter, Resize, adapter
+from dynode.models.pipeline import Combine, Sum, build_pipeline
+from dynode.models.retina import Retina
+from dynode.models.readout import Classifier, Readout
+from dynode.models.stability import spectral_radius, stability_report
+from dynode.models import losses  # noqa: E402
+from dynode.models.speed import SpeedOptions, prepare_for_speed
+from dynode.models.zoo import alexnet_like, cordsnet, cornet_rt, dyrcnn
 
-__all__ = ["ACTIVATIONS", "RectifiedPower", "Supralinear", "get_activation"]
+__all__ = [
+    "ACTIVATIONS", "RectifiedPower", "Supralinear", "get_activation",
+    "RECURRENCE_TYPES", "LocalRecurrence", "SelfRecurrence", "recurrence",
+    "Adapter", "Resize", "adapter", "Combine", "Sum", "build_pipeline", "Retina",
+    "Classifier", "Readout", "spectral_radius", "stability_report", "losses",
+    "SpeedOptions", "prepare_for_speed", "alexnet_like", "cordsnet", "cornet_rt", "dyrcnn",
+]

@@ -15,6 +15,7 @@ it. :class:`Classifier` wraps integrate + decode as ``model(images) -> logits``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -97,7 +98,10 @@ class Readout(nn.Module):
 
 
 class Classifier(nn.Module):
-    """``model(images) -> logits``: integrate ``network`` under a constant image and decode.
+    """``model(images) -> logits``: integrate ``network`` under the image and decode.
+
+    The image is constant, or a pulse when ``network.protocol`` has ``stimulus_onset`` and
+    ``stimulus_duration`` (ms).
 
     ``dt``, ``t_end``, ``solver`` default to ``network.protocol`` (set by the zoo); the image
     feeds the network's only input (or ``input_name``). Gradients flow (training works).
@@ -119,14 +123,26 @@ class Classifier(nn.Module):
                 raise ConfigurationError(f"the network has inputs {list(names)}; pass input_name=")
             input_name = names[0]
         self.input_name = input_name
+        # the image as a pulse when the protocol has a stimulus window (e.g. CordsNet)
+        self.speed = None  # set by dynode.models.prepare_for_speed
+        self.onset = proto.get("stimulus_onset")
+        self.duration = proto.get("stimulus_duration")
         if network.readout is None:
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...)")
 
     def forward(self, images: Tensor) -> Tensor:
         from dynode.integrate import integrate
+        from dynode.stimuli.base import Pulse
 
         ro = self.network.readout
         save_at = (self.t_end,) if ro.at == "last" else None
-        sol = integrate(self.network, {self.input_name: images}, t_end=self.t_end, dt=self.dt,
-                        solver=self.solver, save_at=save_at)
-        return self.network.decode(sol)
+        speed = self.speed
+        if speed is not None and speed.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        stimulus = {self.input_name: images}
+        if self.onset is not None:
+            stimulus = Pulse(self.onset, self.duration, stimulus)
+        with (speed.autocast_context() if speed is not None else contextlib.nullcontext()):
+            sol = integrate(self.network, stimulus, t_end=self.t_end, dt=self.dt,
+                            solver=self.solver, save_at=save_at)
+            return self.network.decode(sol)

@@ -19,9 +19,11 @@ decaying mode), reported next to ``rho``.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 __all__ = ["spectral_radius", "PopulationReport", "stability_report", "format_summary"]
@@ -45,9 +47,15 @@ def spectral_radius(op: nn.Module, shape, *, iters: int = 300, tol: float = 1e-5
 
         def apply(x: Tensor) -> Tensor:
             try:
-                return torch.func.jvp(op, (zero,), (x,))[1]
-            except (RuntimeError, NotImplementedError):  # modules without forward-AD rules
-                return op(x) - offset
+                with warnings.catch_warnings():  # torch's forward-AD setup uses a deprecated jit call
+                    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+                    with fwAD.dual_level():
+                        tangent = fwAD.unpack_dual(op(fwAD.make_dual(zero, x))).tangent
+                if tangent is not None:
+                    return tangent
+                return torch.zeros_like(x)  # the operator does not depend on its input
+            except (RuntimeError, NotImplementedError):  # modules without forward-AD rules: secant
+                return op(x) - offset  # (exact for affine operators)
 
         for k in range(1, iters + 1):
             w = apply(v)

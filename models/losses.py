@@ -1,0 +1,122 @@
+r"""Training losses over trajectories (``dynode.models.losses``).
+
+* :func:`classification_loss` -- cross-entropy of per-time logits ``(T, B, K)`` over a time
+  window: the times ``t_i >= onset + reaction_time`` (and ``<= until``), each weighted by
+  ``w_i`` (uniform, or a ramp ``w_i \propto i`` rising over the window), weights summing to 1:
+  ``L = sum_i w_i CE(logits_i, y)``.
+* :func:`energy_loss` -- activity (energy) penalty ``sum_p lambda_p mean_{t,b,units} |r_p|^q``
+  with ``q = 1`` (L1) or ``2`` (L2) and per-population weights ``lambda_p``.
+* :func:`stability_loss` -- deviation from the pre-stimulus baseline after the stimulus is
+  removed: ``sum_p mean_{t >= t_off} (r_p(t) - \bar r_p)^2`` with ``\bar r_p`` the mean over
+  the baseline window (per sample and unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dynode.errors import ConfigurationError, ShapeError
+
+__all__ = ["time_weights", "classification_loss", "energy_loss", "stability_loss"]
+
+
+def _times(ts, n: int) -> list[float]:
+    out = ts.tolist() if isinstance(ts, Tensor) else [float(t) for t in ts]
+    if len(out) != n:
+        raise ShapeError(f"{len(out)} times given for {n} time points")
+    return out
+
+
+def time_weights(ts, *, onset: float = 0.0, reaction_time: float = 0.0, until: float | None = None,
+                 ramp: bool = False) -> Tensor:
+    """Weights ``w_i`` (float64, summing to 1) over the times ``ts`` (ms): zero before
+    ``onset + reaction_time`` and after ``until``; uniform or a linear ramp ``1, 2, ..., m``."""
+    t = torch.as_tensor(ts, dtype=torch.float64).flatten()
+    start = float(onset) + float(reaction_time)
+    mask = t >= start - 1e-9
+    if until is not None:
+        mask &= t <= float(until) + 1e-9
+    m = int(mask.sum())
+    if m == 0:
+        raise ConfigurationError(f"no time point lies in the loss window [{start:g}, "
+                                 f"{'end' if until is None else f'{until:g}'}] ms "
+                                 f"(times {float(t[0]):g} .. {float(t[-1]):g} ms)")
+    w = torch.zeros_like(t)
+    w[mask] = torch.arange(1, m + 1, dtype=torch.float64) if ramp else 1.0
+    return w / w.sum()
+
+
+def classification_loss(logits: Tensor, target: Tensor, ts=None, *, onset: float = 0.0,
+                        reaction_time: float = 0.0, until: float | None = None, ramp: bool = False,
+                        weights: Tensor | None = None, **ce_options) -> Tensor:
+    """Weighted cross-entropy over time of ``logits`` ``(T, B, K)`` (or ``(B, K)``: plain CE).
+
+    ``weights`` (``(T,)``) overrides the window/ramp weights computed from ``ts`` (ms).
+    ``ce_options`` go to ``F.cross_entropy`` (e.g. ``label_smoothing``).
+    """
+    if logits.dim() == 2:
+        return F.cross_entropy(logits, target, **ce_options)
+    if logits.dim() != 3:
+        raise ShapeError(f"logits must be (T, B, K) or (B, K), got {tuple(logits.shape)}")
+    T = logits.shape[0]
+    if weights is None:
+        if ts is None:
+            raise ConfigurationError("classification_loss over time needs ts (ms) or weights")
+        weights = time_weights(_times(ts, T), onset=onset, reaction_time=reaction_time, until=until,
+                               ramp=ramp)
+    weights = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
+    if weights.shape != (T,):
+        raise ShapeError(f"weights must have shape ({T},), got {tuple(weights.shape)}")
+    idx = torch.nonzero(weights.detach().cpu() != 0).flatten().tolist()
+    per_t = torch.stack([F.cross_entropy(logits[i], target, **ce_options) for i in idx])
+    return (per_t * weights[idx]).sum()
+
+
+def energy_loss(states: Mapping[str, Tensor], *, p: int = 1,
+                weights: Mapping[str, float] | float = 1.0) -> Tensor:
+    """``sum_pop w_pop * mean |r|^p`` over every element of each population's tensor
+    (trajectory ``(T, B, ...)`` or state ``(B, ...)``). ``weights``: one number for all
+    populations or a dict (populations missing from it are left out)."""
+    if p not in (1, 2):
+        raise ConfigurationError(f"energy_loss p must be 1 (L1) or 2 (L2), got {p!r}")
+    if not states:
+        raise ConfigurationError("energy_loss got no states")
+    total = None
+    for name, r in states.items():
+        if isinstance(weights, Mapping):
+            if name not in weights:
+                continue
+            w = float(weights[name])
+        else:
+            w = float(weights)
+        term = r.abs().mean() if p == 1 else r.square().mean()
+        term = w * term
+        total = term if total is None else total + term
+    if total is None:
+        raise ConfigurationError(f"energy_loss weights name none of the populations {list(states)}")
+    return total
+
+
+def stability_loss(states: Mapping[str, Tensor], ts, *, baseline: tuple[float, float],
+                   after: float, populations: Sequence[str] | None = None) -> Tensor:
+    """``sum_p mean_{t >= after} (r_p(t) - mean_{t in baseline} r_p)^2`` for trajectories
+    ``(T, B, ...)`` saved at ``ts`` (ms)."""
+    names = list(states) if populations is None else list(populations)
+    first = states[names[0]]
+    t = _times(ts, first.shape[0])
+    b = [i for i, x in enumerate(t) if baseline[0] - 1e-9 <= x <= baseline[1] + 1e-9]
+    a = [i for i, x in enumerate(t) if x >= after - 1e-9]
+    if not b or not a:
+        raise ConfigurationError(f"stability_loss: the baseline window {baseline} ms or the time "
+                                 f"after {after:g} ms holds no saved time ({t[0]:g} .. {t[-1]:g} ms)")
+    total = None
+    for name in names:
+        r = states[name]
+        ref = r[b].mean(0, keepdim=True)
+        term = (r[a] - ref).square().mean()
+        total = term if total is None else total + term
+    return total

@@ -1,0 +1,212 @@
+r"""The model zoo: ready networks (with readout and run protocol) in the one formalism
+``tau dr/dt = -r + Phi(u)``.
+
+Every builder returns a :class:`dynode.Network` with ``net.readout`` attached and
+``net.protocol`` holding the defaults to run it (``dt``, ``t_end``, ``solver``, and for
+CordsNet the stimulus window). ``dn.models.Classifier(net)(images)`` integrates and decodes.
+
+* :func:`dyrcnn` -- the continuous-time RCNN family (2, 4 or 8 areas) of the reference:
+  V1-V2-V4-IT with 36/64/121/256 channels, ``tau = 5`` ms, ``dt = 2`` ms, 20 steps,
+  recurrence of any :data:`~dynode.models.recurrence.RECURRENCE_TYPES` with a 6 ms delay,
+  skips two areas up (V1 -> V4, V2 -> IT), optional feedback two areas down (30 ms),
+  supralinear ``Phi(x) = 0.8 sign(x) |x|^1.8``.
+* :func:`cornet_rt` -- CORnet-RT as the discrete-time special case ``dt == tau`` with Euler:
+  ``r_{n+1} = Phi(u_n)``; each area's block is the population's pipeline
+  ``u = relu(GN(conv_in(r_below))) + r_self``, ``Phi(u) = relu(GN(conv(u)))``; the
+  connections read the previous step (Euler's one-step lag) and are absent while their
+  source is still at its zero initial state (``skip_initial``), so at step 0 only V1 sees
+  the image, exactly as in the unrolled model.
+* :func:`cordsnet` -- the continuous-time ResNet-like network: eight areas, ``tau = 10`` ms,
+  ``dt = 2`` ms, ``r_i`` driven by ``relu(Conv_rec(r_i) + b_i + Conv(r_{i-1}) + Conv(r_{i-2}))``
+  with a per-position bias; 100 steps spontaneous, 100 with the image, 100 after.
+* :func:`alexnet_like` -- a feed-forward baseline: zero delays, ``dt == tau``, swept with
+  ``Euler(order="sequential")`` so one step is one feed-forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from dynode.errors import ConfigurationError
+from dynode.models.readout import Readout
+from dynode.models.recurrence import recurrence
+
+__all__ = ["dyrcnn", "cornet_rt", "cordsnet", "alexnet_like", "DYRCNN_AREAS"]
+
+DYRCNN_AREAS = {
+    2: (("V1", 36), ("IT", 256)),
+    4: (("V1", 36), ("V2", 64), ("V4", 121), ("IT", 256)),
+    8: (("V1a", 36), ("V1b", 36), ("V2a", 64), ("V2b", 64), ("V4a", 121), ("V4b", 121),
+        ("ITa", 256), ("ITb", 256)),
+}
+
+
+def _conv_out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def _network():
+    from dynode.network import Network  # late import: dynode.network imports dynode.models
+
+    return Network()
+
+
+def _scaled(c: int, width: float, multiple: int = 1) -> int:
+    return max(multiple, int(round(c * width / multiple)) * multiple)
+
+
+def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[int] = (3, 32, 32),
+           num_classes: int = 100, *, tau: float = 5.0, dt: float = 2.0, steps: int = 20,
+           recurrence_delay: float = 6.0, feedforward_delay: float = 0.0, skip: bool = True,
+           feedback: bool = False, feedback_delay: float = 30.0, phi: str | nn.Module = "supralinear",
+           n: float = 1.8, k: float = 0.8, kernel_size: int = 3, width: float = 1.0,
+           readout_at: str = "last", readout_window: tuple[float, float] | None = None,
+           recurrence_options: dict | None = None):
+    """The continuous-time RCNN of the reference (``depth`` 2, 4 or 8 areas).
+
+    Each area ``i``: ``tau dr_i/dt = -r_i + Phi(Conv_i(r_{i-1}(t - d_ff)) + W_i r_i(t - d_rec)
+    [+ A(r_{i-2}(t - d_ff))] [+ F(r_{i+2}(t - d_fb))])`` with ``Conv_i`` a ``k x k`` stride-2
+    convolution (stride 1 for the second area of a pair when ``depth == 8``), ``W_i`` the
+    recurrence, ``A``/``F`` automatic skip/feedback adapters. Readout: average pool and a
+    linear map of the last area (``readout_at``: ``"last"``, ``"mean"``, ``"every"``).
+    ``width`` scales the channel counts (for quick tests). Protocol: ``t_end = steps * dt``.
+    """
+    if depth not in DYRCNN_AREAS:
+        raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
+    areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
+    c_in, h, w = (int(s) for s in input_shape)
+    net = _network()
+    net.add_input("image", shape=(c_in, h, w))
+    phi_params = {"n": n, "k": k} if phi == "supralinear" else {}
+    names = [name for name, _ in areas]
+    src, c_prev = "image", c_in
+    for i, (name, c) in enumerate(areas):
+        stride = 1 if (depth == 8 and i % 2 == 1) else 2
+        h, w = _conv_out(h, kernel_size, stride, kernel_size // 2), _conv_out(w, kernel_size, stride, kernel_size // 2)
+        net.add_population(name, shape=(c, h, w), tau=tau, phi=phi, **phi_params)
+        net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2),
+                    delay=feedforward_delay if src != "image" else 0.0)
+        net.connect(name, name, recurrence(recurrence_type, c, kernel_size, **(recurrence_options or {})),
+                    delay=recurrence_delay)
+        src, c_prev = name, c
+    for i in range(len(names) - 2):
+        if skip:
+            net.connect(names[i], names[i + 2], delay=feedforward_delay)
+        if feedback:
+            net.connect(names[i + 2], names[i], delay=feedback_delay)
+    last = names[-1]
+    net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
+    net.protocol = {"dt": float(dt), "t_end": float(steps * dt), "solver": "euler", "steps": steps}
+    return net
+
+
+def _cornet_stage(c_in: int, c_out: int, k: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2),
+                         nn.GroupNorm(32, c_out), nn.ReLU())
+
+
+def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[int] = (3, 224, 224),
+              dt: float = 10.0, width: float = 1.0):
+    """CORnet-RT (V1, V2, V4, IT with 64, 128, 256, 512 channels) as a dynode network.
+
+    Area ``A`` with the area below ``B`` (the image for V1), ``dt == tau`` and Euler::
+
+        r_A[n+1] = relu(GN(conv(relu(GN(conv_in(r_B[n]))) + r_A[n])))
+
+    where a term whose source is still at its (zero) initial state is absent (at ``n = 0``
+    the upper areas get no input, V1 gets the image). The image is presented at every step;
+    the readout decodes IT after ``times`` steps (average pool, linear). ``width`` scales the
+    channels (kept multiples of 32 for GroupNorm(32)).
+    """
+    if times < 1:
+        raise ConfigurationError(f"cornet_rt times must be >= 1, got {times}")
+    c_in, h, w = (int(s) for s in input_shape)
+    net = _network()
+    net.add_input("image", shape=(c_in, h, w))
+    spec = (("V1", 64, 7, 4), ("V2", 128, 3, 2), ("V4", 256, 3, 2), ("IT", 512, 3, 2))
+    src, c_prev = "image", c_in
+    for name, c, k, s in spec:
+        c = _scaled(c, width, 32)
+        h, w = _conv_out(h, k, s, k // 2), _conv_out(w, k, s, k // 2)
+        net.add_population(name, shape=(c, h, w), tau=float(dt),
+                           pipeline=["sum", nn.Conv2d(c, c, 3, padding=1, bias=False),
+                                     nn.GroupNorm(32, c), nn.ReLU()])
+        net.connect(src, name, _cornet_stage(c_prev, c, k, s), skip_initial=src != "image")
+        net.connect(name, name, None, skip_initial=True)
+        src, c_prev = name, c
+    net.set_readout(Readout("IT", net.shape_of("IT"), num_classes, at="last"))
+    net.protocol = {"dt": float(dt), "t_end": float(times * dt), "solver": "euler", "steps": times}
+    return net
+
+
+def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32),
+             channels: Sequence[int] = (64, 64, 128, 128, 256, 256, 512, 512), tau: float = 10.0,
+             dt: float = 2.0, spontaneous_steps: int = 100, stimulus_steps: int = 100,
+             after_steps: int = 100, width: float = 1.0, rec_gain: float = 0.1):
+    """CordsNet: ``tau dr_i/dt = -r_i + relu(W_i r_i + b_i + C_i r_{i-1} + S_i r_{i-2})``.
+
+    Eight areas (``channels``), ``3 x 3`` recurrent (``full``) and inter-area convolutions;
+    the channel count doubles with a stride-2 convolution (ResNet-like); ``S_i`` is the skip
+    from two areas below (a stride-matched ``3 x 3`` convolution); ``b_i`` a per-position
+    bias. Protocol (``dt / tau = 0.2``): the image is on from ``spontaneous_steps * dt`` for
+    ``stimulus_steps * dt``, then off for ``after_steps * dt``. Readout: the mean of the last
+    area over the second half of the stimulus window.
+    """
+    c_in, h, w = (int(s) for s in input_shape)
+    chans = [_scaled(c, width) for c in channels]
+    net = _network()
+    net.add_input("image", shape=(c_in, h, w))
+    names = [f"A{i + 1}" for i in range(len(chans))]
+    shapes = []
+    for i, (name, c) in enumerate(zip(names, chans)):
+        c_prev = c_in if i == 0 else chans[i - 1]
+        stride = 1 if i == 0 or c == c_prev else 2
+        h, w = _conv_out(h, 3, stride, 1), _conv_out(w, 3, stride, 1)
+        shapes.append((c, h, w))
+        net.add_population(name, shape=(c, h, w), tau=tau, phi="relu", bias="unit")
+        net.connect("image" if i == 0 else names[i - 1], name, nn.Conv2d(c_prev, c, 3, stride=stride, padding=1))
+        net.connect(name, name, recurrence("full", c, 3, gain=rec_gain))
+        if i >= 2:
+            cs, hs, _ = shapes[i - 2]
+            s2 = hs // h
+            if s2 not in (1, 2) or _conv_out(hs, 3, s2, 1) != h:
+                raise ConfigurationError(f"cordsnet: cannot build the skip {names[i - 2]} -> {name} "
+                                         f"({shapes[i - 2]} -> {(c, h, w)}); use an input size divisible by 8")
+            net.connect(names[i - 2], name, nn.Conv2d(cs, c, 3, stride=s2, padding=1, bias=False))
+    onset, off = spontaneous_steps * dt, (spontaneous_steps + stimulus_steps) * dt
+    net.set_readout(Readout(names[-1], shapes[-1], num_classes, at="mean",
+                            window=(onset + 0.5 * stimulus_steps * dt, off)))
+    net.protocol = {"dt": float(dt), "t_end": float(off + after_steps * dt), "solver": "euler",
+                    "stimulus_onset": float(onset), "stimulus_duration": float(off - onset),
+                    "steps": spontaneous_steps + stimulus_steps + after_steps}
+    return net
+
+
+def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0,
+                 dt: float = 1.0):
+    """A feed-forward AlexNet-style baseline (five conv areas; max-pooling in the pipelines of
+    conv1, conv2 and conv5), zero delays, ``tau == dt``, one step of
+    ``Euler(order="sequential")`` = one feed-forward pass: ``r_i[1] = Phi_i(conv_i(r_{i-1}[1]))``.
+    """
+    from dynode.solvers import Euler
+
+    c_in, h, w = (int(s) for s in input_shape)
+    net = _network()
+    net.add_input("image", shape=(c_in, h, w))
+    spec = (("conv1", 64, 5, True), ("conv2", 192, 5, True), ("conv3", 384, 3, False),
+            ("conv4", 256, 3, False), ("conv5", 256, 3, True))
+    src, c_prev = "image", c_in
+    for name, c, k, pool in spec:
+        c = _scaled(c, width)
+        stages = ["relu"] + ([nn.MaxPool2d(2)] if pool else [])
+        if pool:
+            h, w = h // 2, w // 2
+        net.add_population(name, shape=(c, h, w), tau=float(dt), pipeline=stages)
+        net.connect(src, name, nn.Conv2d(c_prev, c, k, padding=k // 2))
+        src, c_prev = name, c
+    net.set_readout(Readout(src, net.shape_of(src), num_classes, at="last"))
+    net.protocol = {"dt": float(dt), "t_end": float(dt), "solver": Euler(order="sequential"), "steps": 1}
+    return net
+
