@@ -266,7 +266,7 @@ class _Backend:
     def _rhs(self, field, inputs, history, flat: _Flat, counts: dict, b_left: float):
         def rhs(t: Tensor, yflat: Tensor) -> Tensor:
             counts["nfe"] += 1
-            tf = min(float(t.reshape(-1)[0]), b_left)
+            tf = min(float(t.detach().reshape(-1)[0]), b_left)
             state = flat.unflatten(yflat)
             history.at(tf, state)
             return flat.flatten(field(tf, state, history, inputs(tf))).reshape(yflat.shape)
@@ -336,6 +336,7 @@ class TorchDiffEq(_Backend):
             def callback_step(self, t0, y0, dt):
                 counts["steps"] += 1
 
+        class AdaptiveFunc(Func):
             def callback_accept_step(self, t0, y0, dt):
                 counts["accepted"] += 1
 
@@ -347,7 +348,7 @@ class TorchDiffEq(_Backend):
             opts["first_step"] = min(first, b - a)
         fixed = not self.adaptive
         try:
-            ys = odeint(Func(), y, times, rtol=self.rtol, atol=self.atol, method=self.method,
+            ys = odeint(Func() if fixed else AdaptiveFunc(), y, times, rtol=self.rtol, atol=self.atol, method=self.method,
                         options=opts)
         except AssertionError as exc:
             msg = str(exc)
@@ -432,7 +433,7 @@ class TorchODE(_Backend):
 
         def rhs(t: Tensor, yflat: Tensor) -> Tensor:
             counts["nfe"] += 1
-            tl = [min(x, b_left) for x in t.tolist()]
+            tl = [min(x, b_left) for x in t.detach().tolist()]
             state = flat.unflatten(yflat)
             if all(x == tl[0] for x in tl):
                 x_in = inputs(tl[0])
