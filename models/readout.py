@@ -145,4 +145,4 @@ class Classifier(nn.Module):
         with (speed.autocast_context() if speed is not None else contextlib.nullcontext()):
             sol = integrate(self.network, stimulus, t_end=self.t_end, dt=self.dt,
                             solver=self.solver, save_at=save_at)
-            return self.network.decode(sol)
+        return self.network.decode(sol)  # outside autocast: float32 logits

@@ -9,6 +9,8 @@ radius ``rho(W) = max |lambda|`` is the usual summary (``rho * Phi'(0) < 1`` suf
 .. math:: v_{k+1} = J v_k / \|J v_k\|, \qquad
           \hat\rho = \exp\Big(\frac{1}{m}\sum_{k > K-m} \log \|J v_k\|\Big)
 
+with ``J v = op(v) - op(0)`` for operators known to be affine (convolutions, the recurrence
+types, adapters) and forward-mode AD otherwise
 (the geometric mean of the growth factors over the last ``m`` iterations, which converges to
 ``rho`` also when the dominant eigenvalues are a complex pair or ``+-lambda``).
 
@@ -29,6 +31,19 @@ from torch import Tensor, nn
 __all__ = ["spectral_radius", "PopulationReport", "stability_report", "format_summary"]
 
 
+def is_affine(op: nn.Module) -> bool:
+    """Whether ``op`` is known to be affine (then ``J v = op(v) - op(0)`` exactly)."""
+    from dynode.models.adapters import Adapter, Resize
+    from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
+
+    if isinstance(op, (nn.Conv2d, nn.Linear, nn.Identity, nn.AvgPool2d, SelfRecurrence,
+                       LocalRecurrence, Resize)):
+        return True
+    if isinstance(op, (nn.Sequential, SumOf, Adapter)):
+        return all(is_affine(m) for m in op.children())
+    return False
+
+
 def spectral_radius(op: nn.Module, shape, *, iters: int = 300, tol: float = 1e-5, seed: int = 0,
                     device=None, dtype=None) -> float:
     """Spectral radius of ``op`` (linearised at 0) acting on per-sample ``shape``."""
@@ -42,10 +57,13 @@ def spectral_radius(op: nn.Module, shape, *, iters: int = 300, tol: float = 1e-5
     zero = torch.zeros_like(v)
     logs: list[Tensor] = []
     last = math.nan
+    affine = is_affine(op)
     with torch.no_grad():
         offset = op(zero)
 
         def apply(x: Tensor) -> Tensor:
+            if affine:
+                return op(x) - offset
             try:
                 with warnings.catch_warnings():  # torch's forward-AD setup uses a deprecated jit call
                     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
