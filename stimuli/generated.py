@@ -9,7 +9,7 @@ the modulation relative to the mean: ``x = mean * (1 + contrast * s)`` with ``s`
   ``f`` in cycles per image, ``theta`` the orientation in degrees (0: vertical bars).
 * :func:`gabor`: a grating times ``exp(-((x-cx)^2 + (y-cy)^2) / (2 sigma^2))``, carrier
   phase measured at the centre ``(cx, cy)``.
-* :func:`checkerboard`: ``s = sign(sin(pi (x+ox)/check) sin(pi (y+oy)/check))``.
+* :func:`checkerboard`: ``s = (-1)^(floor((x+ox)/check) + floor((y+oy)/check))``.
 * :func:`pink_noise`: random phases with amplitude spectrum ``1 / |f|^exponent``, scaled so
   that ``max |s| = 1``.
 
@@ -95,8 +95,8 @@ def checkerboard(size: int = 32, *, check=4.0, offset_x=0.0, offset_y=0.0, contr
     if torch.any(p["check"] <= 0):
         raise ConfigurationError("checkerboard check size must be > 0 px")
     y, x = _coords(size)
-    s = torch.sign(torch.sin(math.pi * (x + p["ox"] + 0.5) / p["check"])
-                   * torch.sin(math.pi * (y + p["oy"] + 0.5) / p["check"]))
+    parity = torch.floor((x + p["ox"]) / p["check"]) + torch.floor((y + p["oy"]) / p["check"])
+    s = 1.0 - 2.0 * torch.remainder(parity, 2.0)
     return _finish(s, p["contrast"], p["mean"], channels)
 
 
