@@ -14,14 +14,16 @@ Layout (a ``xarray.DataTree``; on disk a zarr v3 store, one zarr group per node)
 
 Every variable carries CF-style ``units`` / ``long_name`` attributes; time is float ms.
 
-Streaming protocol (crash safety): the store is created (status ``incomplete``,
-``steps_written = 0``) when the first state arrives. Each block of ``chunk_steps`` steps is
-appended by (1) growing every time-indexed array of every group (metadata only), (2) writing
-the time coordinates, (3) writing the data (one new chunk per array; chunk files and metadata
-are written atomically by zarr's local store), (4) committing ``steps_written``. A killed run
-therefore leaves a store that plain ``xarray.open_datatree(path, engine="zarr")`` opens, with
-every committed block; steps past ``steps_written`` may read as NaN (fill value).
-:func:`open_archive` cuts them off. Metadata is consolidated once, when the run ends.
+Streaming protocol (crash safety): the store is created when the first state arrives, with
+the whole time axis allocated (every recording time is known before the run) and written
+into the ``time`` coordinates, status ``incomplete`` and ``steps_written = 0``. Each block of
+``chunk_steps`` steps then writes whole new chunks of the data arrays (zarr's local store
+writes every file atomically) and commits ``steps_written``. Array shapes never change while
+the run goes, so a killed run leaves a store that plain
+``xarray.open_datatree(path, engine="zarr")`` opens, with every committed block; the steps
+after ``steps_written`` read as NaN (the fill value), and :func:`open_archive` cuts them off.
+A run that ends with an exception or Ctrl-C writes what it computed, cuts the arrays to it
+and sets ``status = "failed: <reason>"``. Metadata is consolidated once, when the run ends.
 """
 
 from __future__ import annotations
@@ -164,6 +166,14 @@ def _zarr_config():
     return zarr.config.set({"array.write_empty_chunks": True})
 
 
+def _shrink(arr, n: int) -> None:
+    """Set the time length of a zarr array to ``n`` by a metadata write only (no scan over
+    the chunk keys past ``n``, which could be many; data there is ignored by readers)."""
+    from zarr.core.sync import sync
+
+    sync(arr.async_array.resize((n,) + arr.shape[1:], delete_outside_chunks=False))
+
+
 # -- writers --------------------------------------------------------------------------------
 def prepare_path(path, overwrite: bool) -> Path:
     """Refuse to touch an existing path unless ``overwrite``; only a zarr store is removed."""
@@ -182,27 +192,32 @@ def prepare_path(path, overwrite: bool) -> Path:
 
 
 class ZarrArchiveWriter:
-    """Streams blocks into a zarr v3 store following the protocol in the module docstring."""
+    """Streams blocks into a zarr v3 store following the protocol in the module docstring.
 
-    def __init__(self, path, layout: Layout, *, chunk_steps: int, compression="lz4",
+    ``times``: every recording time of the run (ms). The time axis is allocated for all of
+    them when the store is created, so array shapes never change while the run goes.
+    """
+
+    def __init__(self, path, layout: Layout, times, *, chunk_steps: int, compression="lz4",
                  overwrite: bool = False):
         if compression not in COMPRESSIONS:
             raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
         self.path = prepare_path(path, overwrite)
         self.overwrite = overwrite
         self.layout = layout
+        self.times = np.asarray(times, dtype=np.float64)
         self.chunk_steps = int(chunk_steps)
         self.compression = compression
         self.steps_written = 0
         self._root = None
         self._arrays: list[tuple[str, str, object]] = []  # (group, variable, zarr array)
 
-    # the first call creates the store (zero-length time), every call appends
     def write(self, block: Block) -> None:
+        """Create the store on the first call; write ``block`` at the next free steps."""
         if self._root is None:
             self._create()
         with _zarr_config():
-            self._append(block)
+            self._write(block)
 
     def _create(self) -> None:
         import zarr
@@ -213,59 +228,71 @@ class ZarrArchiveWriter:
                 shutil.rmtree(self.path)
             else:
                 self.path.unlink()
-        empty = Block(np.zeros(0), {g.name: np.zeros((0, self.layout.batch) + tuple(len(v) for v in
-                                                     g.coords.values()), dtype=g.dtype)
-                                    for g in self.layout.groups},
-                      np.zeros((0, self.layout.batch, len(self.layout.inputs)),
-                               dtype=self.layout.stimulus_dtype))
-        attrs = dict(self.layout.attrs, status="incomplete", steps_written=0)
-        dsets = block_datasets(Layout(**{**self.layout.__dict__, "attrs": attrs}), empty)
-        k = self.chunk_steps
-        with _zarr_config(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        lay = self.layout
+        empty = Block(np.zeros(0), {g.name: np.zeros((0, lay.batch) + tuple(len(v) for v in g.coords.values()),
+                                                     dtype=g.dtype) for g in lay.groups},
+                      np.zeros((0, lay.batch, len(lay.inputs)), dtype=lay.stimulus_dtype))
+        attrs = dict(lay.attrs, status="incomplete", steps_written=0)
+        dsets = block_datasets(Layout(**{**lay.__dict__, "attrs": attrs}), empty)
+        k, n = self.chunk_steps, len(self.times)
+        with _zarr_config():
             for i, (group, ds) in enumerate(dsets.items()):
                 enc = {}
                 for name, var in ds.variables.items():
                     if var.dims and var.dims[0] == "time":
-                        enc[name] = {"chunks": (k,) + var.shape[1:]}
-                        if name != "time":
-                            enc[name]["compressors"] = _codecs(self.compression)
+                        if name == "time":  # written once, below
+                            enc[name] = {"chunks": (max(1, min(n, max(k, 2 ** 16))),)}
+                        else:
+                            enc[name] = {"chunks": (k,) + var.shape[1:],
+                                         "compressors": _codecs(self.compression)}
                 ds.to_zarr(self.path, group=None if group == "/" else group,
                            mode="w-" if i == 0 else "a", consolidated=False, encoding=enc,
                            zarr_format=3)
-            root = zarr.open_group(self.path, mode="r+")
+            root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
             for group in dsets:
                 node = root if group == "/" else root[group]
                 for name, arr in node.arrays():
                     dims = arr.metadata.dimension_names or ()
                     if dims and dims[0] == "time":
                         self._arrays.append((group, name, arr))
+            # allocate the whole time axis now: shapes stay fixed while the run writes
+            for _, name, arr in self._arrays:
+                arr.resize((n,) + arr.shape[1:])
+                if name == "time":
+                    arr[:] = self.times
         self._root = root
 
-    def _append(self, block: Block) -> None:
+    def _write(self, block: Block) -> None:
         n0, k = self.steps_written, len(block)
         if k == 0:
             return
         n1 = n0 + k
-        for _, _, arr in self._arrays:  # (1) grow every time-indexed array (metadata writes)
-            arr.resize((n1,) + arr.shape[1:])
-        for _, name, arr in self._arrays:  # (2) time coordinates
-            if name == "time":
-                arr[n0:n1] = block.times
-        for group, name, arr in self._arrays:  # (3) data
+        want = self.times[n0:n1]
+        if len(want) != k or not np.allclose(block.times, want, rtol=1e-12, atol=1e-9):
+            raise DynodeError(f"the solver saved states at {block.times[:3].tolist()}... ms but the "
+                              f"archive expects {want[:3].tolist()}... (steps {n0}..{n1 - 1} of "
+                              f"{len(self.times)}); the solver did not honour save_at")
+        for group, name, arr in self._arrays:  # whole new chunks, each written atomically
             if name == "rate":
                 arr[n0:n1] = block.rates[group]
             elif name == "stimulus":
                 arr[n0:n1] = block.stimulus
-        self._root.attrs.update({"steps_written": n1})  # (4) commit
+        self._root.attrs.update({"steps_written": n1})  # commit
         self.steps_written = n1
 
     def finish(self, status: str, attrs: Mapping | None = None) -> None:
-        """Set the final ``status`` (and extra root attrs) and consolidate the metadata."""
+        """Set the final ``status`` (and extra root attrs); an unfinished run's arrays are cut
+        to the steps written; then consolidate the metadata."""
         import zarr
 
         if self._root is None:
             return
+        if self.steps_written < len(self.times):
+            if status == "complete":
+                raise DynodeError(f"the run ended after {self.steps_written} of {len(self.times)} "
+                                  "recording times; the solver did not deliver every save time")
+            for _, _, arr in self._arrays:
+                _shrink(arr, self.steps_written)
         self._root.attrs.update({**dict(attrs or {}), "status": status})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
@@ -339,8 +366,9 @@ def open_archive(path, *, trim: bool = True) -> xr.DataTree:
         if attrs.get("status") == "complete":
             raise
         raise DynodeError(f"the incomplete archive {str(path)!r} does not open ({exc}); the run was "
-                          "killed while growing its arrays: dynode.archive.repair_archive(path) cuts "
-                          "them back to the last committed block") from exc
+                          "killed while creating the store or while cutting its arrays after a "
+                          "failure: dynode.archive.repair_archive(path) cuts every array back to the "
+                          "last committed block") from exc
     status = tree.attrs.get("status", "unknown")
     if status != "complete":
         n = int(tree.attrs.get("steps_written", tree.sizes.get("time", 0)))
@@ -353,7 +381,8 @@ def open_archive(path, *, trim: bool = True) -> xr.DataTree:
 
 def repair_archive(path) -> int:
     """Cut every time-indexed array of an interrupted archive back to ``steps_written`` (the
-    last committed block), so that plain xarray opens it again; returns that step count."""
+    last committed block): the NaN tail of a killed run goes, and a store whose arrays
+    disagree in length opens with plain xarray again. Returns that step count."""
     import zarr
 
     path = Path(path)
@@ -367,7 +396,10 @@ def repair_archive(path) -> int:
         for _, arr in node.arrays():
             dims = arr.metadata.dimension_names or ()
             if dims and dims[0] == "time" and arr.shape[0] != n:
-                arr.resize((n,) + arr.shape[1:])
+                _shrink(arr, n)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
     return n
 
 
@@ -378,7 +410,13 @@ def archive_config(tree: xr.DataTree) -> dict:
 
 def populations(tree: xr.DataTree) -> list[str]:
     """Names of the recorded populations (the groups holding ``rate``)."""
-    return [name for name, node in tree.children.items() if "rate" in node.data_vars]
+    present = [name for name, node in tree.children.items() if "rate" in node.data_vars]
+    order = tree.attrs.get("populations")
+    if isinstance(order, str):
+        order = json.loads(order)
+    if order:  # the recording order (zarr lists groups alphabetically)
+        return [n for n in order if n in present] + [n for n in present if n not in order]
+    return present
 
 
 def select_conditions(tree: xr.DataTree, **conditions) -> xr.DataTree:
@@ -510,7 +548,9 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
         if fmt == "netcdf":
             assembly.to_netcdf(path)
         elif fmt == "zarr":
-            assembly.to_dataset().to_zarr(path, mode="w-", consolidated=True, zarr_format=3)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+                assembly.to_dataset().to_zarr(path, mode="w-", consolidated=True, zarr_format=3)
         else:
             raise ConfigurationError(f"format must be 'netcdf' or 'zarr', got {format!r}")
     return assembly

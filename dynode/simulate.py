@@ -336,11 +336,12 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         raise ConfigurationError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
     if compression not in COMPRESSIONS:
         raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
-    extra = _jsonable(dict(attrs or {}))
+    extra = dict(attrs or {})
     try:
         json.dumps(extra)
     except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"attrs must be JSON-serialisable: {exc}") from None
+        raise ConfigurationError(f"attrs must be JSON-serialisable (numbers, strings, lists, dicts): "
+                                 f"{exc}") from None
     path = None if store is None else prepare_path(store, overwrite)
     solver_obj = get_solver(solver)
     on_grid = isinstance(solver_obj, FixedStepSolver) or getattr(solver_obj, "adaptive", None) is False
@@ -367,18 +368,22 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                   "inputs": list(input_names)}}
     root_attrs = {"dynode_archive": 1, "title": "dynode simulation", "run_id": run_id,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  "solver": config["solver"]["name"],
+                  "solver": config["solver"]["name"], "populations": [p.name for p in plans],
                   "dt": float("nan") if dt is None else float(dt), "t0": float(t0),
-                  "t_end": float(t_end), "config": json.dumps(config), **_versions(), **extra}
+                  "t_end": float(t_end), "config": json.dumps(config), **_versions()}
     if dt is None:
         del root_attrs["dt"]
+    clash = sorted(set(extra) & (set(root_attrs) | {"status", "steps_written", "solver_stats"}))
+    if clash:
+        raise ConfigurationError(f"attrs {clash} would overwrite the archive's own attributes; rename them")
+    root_attrs.update(extra)
     stimulus_dtype = record.storage_dtype
 
     def make_sink(batch, out_shapes, k):
         layout = _layout(plans, out_shapes, batch, conditions, input_names, stimulus_dtype, root_attrs)
         if path is None:
             return MemoryArchiveWriter(layout)
-        return ZarrArchiveWriter(path, layout, chunk_steps=k, compression=compression,
+        return ZarrArchiveWriter(path, layout, times, chunk_steps=k, compression=compression,
                                  overwrite=overwrite)
 
     bar = _progress_bar(progress, len(times))
