@@ -203,3 +203,40 @@ def test_network_sees_the_pulse_exactly_at_onset():
     peak = [ts[int(r[:, b].argmax())] for b in range(2)]
     assert rising == [11.0, 21.0]  # the step starting at 10 (20) is the first to see the pulse
     assert peak == [15.0, 27.0]  # and the one starting at 15 (27) the first to miss it
+
+
+def scan(env, lo=-5.0, hi=120.0, step=0.25, d=0.1):
+    """Brute-force oracle (all knots here lie on the 0.25 ms grid): at each grid time, a jump
+    if the value differs from the value just before; a kink if it does not but the slopes on
+    the two sides (finite differences over ``d`` ms) differ."""
+    def f(t):
+        return env.values(np.array([t]))[0]
+
+    jumps, kinks = set(), set()
+    for t in np.arange(lo, hi, step):
+        t = float(t)
+        if np.max(np.abs(f(t) - f(t - 1e-7))) > 1e-5:
+            jumps.add(t)
+        elif np.max(np.abs((f(t + d) - f(t)) - (f(t - d) - f(t - 2 * d)))) > 1e-9:
+            kinks.add(t)
+    return jumps, kinks
+
+
+@pytest.mark.parametrize("env", [
+    E.pulse(10.0, 5.0),
+    E.pulse_train(3.0, 4.0, 4, period=11.0, amplitude=[1.0, 2.0]),
+    E.two_pulses(20.0, 13.0, isi=[7.0, 21.0]),
+    E.ramp(10.0, 30.0, 0.2, 1.0),
+    E.ramp([0.0, 5.0], [40.0, 25.0], 1.0, 0.0),
+    E.pattern("1101001", 6.0, onset=2.0),
+    E.ramp(0.0, 20.0) + E.pulse(10.0, 30.0),
+    E.sequence([E.ramp(0.0, 10.0), E.pattern("101", 5.0), E.ramp(0.0, 10.0, 1.0, 0.0)], [10.0, 15.0, 10.0]),
+    E.stack([E.pulse(0.0, 8.0), E.ramp(4.0, 12.0)]).shift(3.0),
+    E.constant([0.5, 1.0]),
+], ids=["pulse", "train", "two_pulses", "ramp", "ramps", "pattern", "ramp+pulse", "sequence",
+        "stack-shift", "constant"])
+def test_every_builder_lists_exactly_its_jumps_and_kinks(env):
+    jumps, kinks = scan(env)
+    assert set(env.jumps) == jumps
+    assert set(env.kinks) == kinks
+    assert env.breakpoints == tuple(sorted(jumps | kinks))
