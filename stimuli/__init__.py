@@ -11,6 +11,7 @@ from dynode.stimuli.generated import (
 from dynode.stimuli.protocols import (
     GROEN2022, Protocol, contrast_series, duration_series, groen2022, interval_series,
 )
+from dynode.stimuli.protocols import present
 from dynode.stimuli import datasets  # noqa: E402
 from dynode.stimuli.datasets import (
     STATS, DatasetNotFoundError, InMemoryLoader, dataset, in_memory, load_tensors,
@@ -21,6 +22,6 @@ __all__ += [
     "envelopes", "Envelope", "Modulated", "Sequence", "Sum", "resolve_background", "scale_contrast",
     "NOISE_KINDS", "DynamicNoise", "add_noise", "noise_field", "signal_power", "snr_of",
     "ImageTask", "checkerboard", "gabor", "generated_task", "grating", "pink_noise",
-    "GROEN2022", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
+    "present", "GROEN2022", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
     "datasets", "STATS", "DatasetNotFoundError", "InMemoryLoader", "dataset", "in_memory", "load_tensors",
 ]

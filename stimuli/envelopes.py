@@ -18,7 +18,7 @@ separate them. A piecewise-constant envelope has no kinks, so its breakpoints ar
 its discontinuities.
 
 Building blocks (every time in ms; per-sample values may be given as sequences, which makes
-a batch of conditions): :func:`constant`, :func:`pulse`, :func:`pulse_train`,
+a batch of conditions): :func:`constant`, :func:`step`, :func:`pulse`, :func:`pulse_train`,
 :func:`two_pulses`, :func:`ramp`, :func:`pattern`; combine with ``+`` (sum), ``*`` (scaling
 by a number or per-sample values), :func:`stack` (concatenate batches), :func:`sequence`
 (one after the other) and :meth:`Envelope.shift`.
@@ -39,7 +39,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError
 
-__all__ = ["Envelope", "constant", "pulse", "pulse_train", "two_pulses", "ramp", "pattern",
+__all__ = ["Envelope", "constant", "step", "pulse", "pulse_train", "two_pulses", "ramp", "pattern",
            "stack", "sequence"]
 
 _TOL = 1e-12
@@ -271,6 +271,13 @@ def pulse(onset, duration, amplitude=1.0, baseline=0.0) -> Envelope:
     if np.any(du <= 0):
         raise ConfigurationError(f"pulse duration must be > 0 ms, got {du.tolist()}")
     return _from_segments([[(on[b], on[b] + du[b], amp[b])] for b in range(n)], base)
+
+
+def step(onset, amplitude=1.0, baseline=0.0) -> Envelope:
+    """``baseline`` before ``onset``, ``amplitude`` from ``onset`` on (a pulse that never ends)."""
+    n, (on, amp, base) = _broadcast(onset=_vec(onset, "onset"), amplitude=_vec(amplitude, "amplitude"),
+                                    baseline=_vec(baseline, "baseline"))
+    return _from_segments([[(on[b], math.inf, amp[b])] for b in range(n)], base)
 
 
 def pulse_train(onset, duration, count: int, *, period=None, gap=None, amplitude=1.0,

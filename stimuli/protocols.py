@@ -13,6 +13,7 @@ offsets, and ``t_end`` is the end of the epoch, so a run is::
 Images are shown around the ``background`` (mean grey by default) at the given contrast:
 ``I = g + c (x - g)`` while a pulse is on and ``I = g`` otherwise.
 
+:func:`present` shows a labelled image batch (e.g. a CIFAR batch) for a while after a blank.
 Generic builders: :func:`contrast_series`, :func:`duration_series`, :func:`interval_series`;
 :func:`groen2022` gives the conditions of Groen et al. (2022, J Neurosci 42(40):7562):
 
@@ -35,7 +36,7 @@ from dynode.errors import ConfigurationError
 from dynode.stimuli import envelopes as E
 from dynode.stimuli.compose import Modulated
 
-__all__ = ["Protocol", "contrast_series", "duration_series", "interval_series", "groen2022",
+__all__ = ["Protocol", "present", "contrast_series", "duration_series", "interval_series", "groen2022",
            "GROEN2022", "default_images"]
 
 GROEN2022 = {
@@ -110,6 +111,29 @@ def _build(name: str, images, env_per_condition: Sequence[E.Envelope], labels: d
     conditions = {k: [v for v in vals for _ in range(n_img)] for k, vals in labels.items()}
     conditions["image"] = list(range(n_img)) * n_cond
     return Protocol(x, env, name=name, onset=onset, t_end=t_end, n_images=n_img, background=background,
+                    input=input, conditions=conditions)
+
+
+def present(images, *, onset: float = 0.0, duration: float | None = None, labels=None,
+            contrast: float = 1.0, background="blank", t_end: float | None = None,
+            input: str | None = None) -> Protocol:
+    """Show ``images`` (a batch) at ``contrast`` from ``onset`` for ``duration`` ms (``None``:
+    until the end), the ``background`` before and after; ``labels`` (one per image, e.g. the
+    class labels of a data-set batch) become the ``label`` condition.
+
+    ``present(x, onset=20.0, duration=40.0, labels=y)``: 20 ms blank, the batch for 40 ms.
+    ``t_end`` defaults to the offset (or the onset, for an image that stays on)."""
+    imgs = _images(images)
+    n = imgs.shape[0]
+    env = E.step(onset, contrast) if duration is None else E.pulse(onset, _values(duration, "duration")[0],
+                                                                     contrast)
+    if t_end is None:
+        t_end = float(onset) + (0.0 if duration is None else float(duration))
+    conditions = {}
+    if labels is not None:
+        labels = labels.tolist() if isinstance(labels, Tensor) else list(labels)
+        conditions["label"] = labels
+    return Protocol(imgs, env, name="present", onset=onset, t_end=t_end, n_images=n, background=background,
                     input=input, conditions=conditions)
 
 

@@ -122,3 +122,13 @@ def test_protocol_runs_through_integrate_with_labels():
     # all samples identical before the onset; the 17 ms pulse is over by 120 ms, the others not
     assert torch.allclose(v1[1, 0], v1[1, 5])
     assert not torch.allclose(v1[2, 0], v1[2, 5])
+
+
+def test_present_a_labelled_batch_after_a_blank(images):
+    p = dn.stimuli.present(images, onset=20.0, duration=40.0, labels=torch.tensor([3, 7]))
+    assert p.conditions == {"label": [3, 7]} and p.breakpoints == (20.0, 60.0) and p.t_end == 60.0
+    assert torch.equal(p(before(20.0)), torch.zeros_like(images))
+    torch.testing.assert_close(p(20.0), images)
+    assert torch.equal(p(60.0), torch.zeros_like(images))
+    stay = dn.stimuli.present(images, onset=5.0)
+    assert stay.breakpoints == (5.0,) and torch.equal(stay(1e9), stay(5.0))

@@ -240,3 +240,9 @@ def test_every_builder_lists_exactly_its_jumps_and_kinks(env):
     assert set(env.jumps) == jumps
     assert set(env.kinks) == kinks
     assert env.breakpoints == tuple(sorted(jumps | kinks))
+
+
+def test_step_never_switches_off():
+    e = E.step([2.0, 4.0], amplitude=3.0)
+    assert e.breakpoints == (2.0, 4.0)
+    assert value(e, before(2.0)) == [0.0, 0.0] and value(e, 2.0) == [3.0, 0.0] and value(e, 1e12) == [3.0, 3.0]
