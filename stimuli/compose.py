@@ -26,8 +26,19 @@ from dynode.errors import ConfigurationError, ShapeError
 from dynode.stimuli.base import Stimulus, StimulusValue
 from dynode.stimuli.envelopes import Envelope
 
-__all__ = ["Modulated", "Sum", "Sequence", "resolve_background", "scale_contrast",
+__all__ = ["Modulated", "Sum", "Sequence", "as_float_images", "resolve_background", "scale_contrast",
            "merge_conditions"]
+
+
+def as_float_images(images) -> Tensor:
+    """Images as a floating tensor; ``uint8`` images (0-255, e.g. a raw CIFAR batch) are
+    divided by 255 (as torchvision's ``ToTensor``), other types converted as they are."""
+    images = torch.as_tensor(images)
+    if images.dtype == torch.uint8:
+        return images.to(torch.get_default_dtype()) / 255.0
+    if not images.is_floating_point():
+        return images.to(torch.get_default_dtype())
+    return images
 
 
 def resolve_background(background, images: Tensor) -> Tensor:
@@ -82,8 +93,8 @@ class Modulated(Stimulus):
 
     Parameters
     ----------
-    images : tensor ``(N, *shape)``. ``N`` must equal the envelope's batch, or one of them
-        is 1 and is broadcast to the other.
+    images : tensor ``(N, *shape)`` (``uint8`` is scaled to [0, 1]). ``N`` must equal the
+        envelope's batch, or one of them is 1 and is broadcast to the other.
     envelope : :class:`~dynode.stimuli.envelopes.Envelope` (its breakpoints become the
         stimulus's breakpoints: jumps and ramp kinks).
     background : see :func:`resolve_background` (default ``"blank"``, i.e. 0).
@@ -97,9 +108,7 @@ class Modulated(Stimulus):
         if not isinstance(envelope, Envelope):
             raise ConfigurationError(f"envelope must be a dynode.stimuli.envelopes.Envelope, got "
                                      f"{type(envelope).__name__}")
-        images = torch.as_tensor(images)
-        if not images.is_floating_point():
-            images = images.to(torch.get_default_dtype())
+        images = as_float_images(images)
         if images.dim() < 2:
             raise ShapeError(f"images must be batch first (N, *shape), got shape {tuple(images.shape)}")
         n, e = images.shape[0], envelope.batch_size

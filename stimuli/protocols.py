@@ -11,7 +11,9 @@ offsets, and ``t_end`` is the end of the epoch, so a run is::
     sol = dn.integrate(net, p, t_end=p.t_end, dt=1.0)
 
 Images are shown around the ``background`` (mean grey by default) at the given contrast:
-``I = g + c (x - g)`` while a pulse is on and ``I = g`` otherwise.
+``I = g + c (x - g)`` while a pulse is on and ``I = g`` otherwise. Images in [0, 1] (``uint8``
+batches are divided by 255) suit ``background="grey"``; for normalised images (a data set's
+mean subtracted) the mean grey is 0: use ``background="blank"``.
 
 :func:`present` shows a labelled image batch (e.g. a CIFAR batch) for a while after a blank.
 Generic builders: :func:`contrast_series`, :func:`duration_series`, :func:`interval_series`;
@@ -34,7 +36,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError
 from dynode.stimuli import envelopes as E
-from dynode.stimuli.compose import Modulated
+from dynode.stimuli.compose import Modulated, as_float_images
 
 __all__ = ["Protocol", "present", "contrast_series", "duration_series", "interval_series", "groen2022",
            "GROEN2022", "default_images"]
@@ -84,9 +86,7 @@ def default_images(size: int = 32, channels: int = 3) -> Tensor:
 def _images(images) -> Tensor:
     if images is None:
         return default_images()
-    images = torch.as_tensor(images)
-    if not images.is_floating_point():
-        images = images.to(torch.get_default_dtype())
+    images = as_float_images(images)
     if images.dim() < 2:
         raise ConfigurationError(f"images must be batch first (N, *shape), got shape {tuple(images.shape)}")
     return images

@@ -246,3 +246,20 @@ def test_step_never_switches_off():
     e = E.step([2.0, 4.0], amplitude=3.0)
     assert e.breakpoints == (2.0, 4.0)
     assert value(e, before(2.0)) == [0.0, 0.0] and value(e, 2.0) == [3.0, 0.0] and value(e, 1e12) == [3.0, 3.0]
+
+
+def test_uint8_images_are_scaled_like_to_tensor():
+    x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
+    s = Modulated(x, E.pulse(0.0, 1.0))
+    torch.testing.assert_close(s(0.5), torch.tensor([[0.0, 0.2, 1.0]]))
+
+
+def test_sum_of_stimuli_for_two_named_inputs():
+    a = Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0), input="left")
+    b = Modulated(torch.ones(2, 4), E.pulse(2.0, 5.0), input="right")
+    s = Sum(a, b)
+    v = s(3.0)
+    assert set(v) == {"left", "right"} and v["left"].shape == (2, 3) and v["right"].shape == (2, 4)
+    assert s.breakpoints == (0.0, 2.0, 5.0, 7.0)
+    with pytest.raises(ConfigurationError, match="mix of tensors and dicts"):
+        Sum(a, Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0)))(1.0)

@@ -111,3 +111,19 @@ def test_noise_errors_name_the_fix():
         DynamicNoise("gaussian", (1, 4), frame_ms=5.0, scale=1.0)
     with pytest.raises(ConfigurationError, match="scale= .*snr"):
         DynamicNoise("gaussian", (1, 4))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_REF = DynamicNoise("uniform", (2, 3), frame_ms=2.5, t_end=30.0, seed=11, scale=0.3)
+_FRAMES = {k: _REF(k * 2.5).clone() for k in range(12)}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-5.0, 40.0, allow_nan=False), min_size=1, max_size=30))
+def test_any_query_order_gives_the_frame_of_t(times):
+    noise = DynamicNoise("uniform", (2, 3), frame_ms=2.5, t_end=30.0, seed=11, scale=0.3, cache_frames=2)
+    for t in times:
+        k = min(max(int(t // 2.5), 0), 11)  # frame 0 before t_start, the last frame after t_end
+        assert torch.equal(noise(t), _FRAMES[k])
