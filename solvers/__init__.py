@@ -19,7 +19,8 @@ __all__ = ["Euler", "Midpoint", "Heun", "RK4", "FixedStepSolver", "SolverStats",
            "IntegralController", "PIController", "TorchDiffEq", "TorchODE"]
 
 SOLVERS: dict[str, type] = {"euler": Euler, "midpoint": Midpoint, "heun": Heun, "rk4": RK4}
-SOLVERS.update({"dopri5": Dopri5, "tsit5": Tsit5, "bosh3": Bosh3})
+SOLVERS.update({"dopri5": Dopri5, "tsit5": Tsit5, "bosh3": Bosh3, "torchdiffeq": TorchDiffEq,
+                "torchode": TorchODE})
 
 
 def get_solver(solver) -> object:

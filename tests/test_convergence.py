@@ -78,8 +78,9 @@ def test_failures_are_recorded_not_raised(f64):
     ds = dn.convergence(net, torch.ones(1, 1), t_end=6.0, dts=[2.0, 1.0], solvers=[Euler()], grid=2.0)
     assert math.isnan(ds["max_abs_error"].sel(dt=2.0).values.item()) and "delay" in ds.attrs["failures"]
     assert np.isfinite(ds["max_abs_error"].sel(dt=1.0).values.item())
-    unstable = dn.convergence(leaky(tau=1.0), torch.ones(1, 3), t_end=300.0, dts=[3.0], solvers=["euler"],
-                              grid=3.0)
+    with pytest.warns(dn.StabilityWarning, match="dt/tau = 3"):
+        unstable = dn.convergence(leaky(tau=1.0), torch.ones(1, 3), t_end=300.0, dts=[3.0],
+                                  solvers=["euler"], grid=3.0)
     assert np.isinf(unstable["max_abs_error"].values).all() and "euler" in unstable.attrs["failures"]
 
 
