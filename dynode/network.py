@@ -69,6 +69,7 @@ class Population(nn.Module):
         self.incoming = nn.ModuleDict()
         self.delays: dict[str, float] = {}
         self.skip_initial: set[str] = set()
+        self.u_shape: tuple[int, ...] | None = shape  # shape of u; None: learnt from the first input
         if isinstance(tau, Tensor):
             tau = tau.detach().clone().float()
             if not bool(torch.all(tau > 0)) or not bool(torch.all(torch.isfinite(tau))):
@@ -171,7 +172,8 @@ class Network(VectorField):
         self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
         # shape of u (what the summed inputs must have): a pipeline may reshape (e.g. pool), so
         # its u shape is learnt from the first connection and checked through the pipeline
-        pop.u_shape = shape if pipeline is None else None
+        if pipeline is not None:
+            pop.u_shape = None
         self._plan = None
         return self
 

@@ -68,10 +68,11 @@ def classification_loss(logits: Tensor, target: Tensor, ts=None, *, onset: float
             raise ConfigurationError("classification_loss over time needs ts (ms) or weights")
         weights = time_weights(_times(ts, T), onset=onset, reaction_time=reaction_time, until=until,
                                ramp=ramp)
-    weights = torch.as_tensor(weights, dtype=logits.dtype, device=logits.device)
+    weights = torch.as_tensor(weights)
     if weights.shape != (T,):
         raise ShapeError(f"weights must have shape ({T},), got {tuple(weights.shape)}")
-    idx = torch.nonzero(weights.detach().cpu() != 0).flatten().tolist()
+    idx = torch.nonzero(weights.detach().cpu() != 0).flatten().tolist()  # once, not per step
+    weights = weights.to(dtype=logits.dtype, device=logits.device)
     per_t = torch.stack([F.cross_entropy(logits[i], target, **ce_options) for i in idx])
     return (per_t * weights[idx]).sum()
 
