@@ -59,16 +59,24 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def get_activation(phi: str | nn.Module | Callable[[Tensor], Tensor], **params) -> nn.Module:
-    """Resolve ``phi`` (a name from :data:`ACTIVATIONS`, a module or a callable) to a module.
+def get_activation(phi: str | tuple | nn.Module | Callable[[Tensor], Tensor], **params) -> nn.Module:
+    """Resolve ``phi`` (a name from :data:`ACTIVATIONS`, a ``(name, {params})`` pair, a module or
+    a callable) to a module.
 
-    Parameters (``n``, ``k`` for the power laws) are passed as keyword arguments.
+    Parameters (``n``, ``k`` for the power laws) are passed as keyword arguments, or in the
+    pair form, which also works inside a population pipeline:
+    ``pipeline=["sum", ("supralinear", {"n": 1.8, "k": 0.8})]``.
     """
     if isinstance(phi, nn.Module):
         if params:
             raise ConfigurationError(f"activation parameters {sorted(params)} given with a module; "
                                      "configure the module itself instead")
         return phi
+    if isinstance(phi, tuple) and len(phi) == 2 and isinstance(phi[0], str) and isinstance(phi[1], dict):
+        if params:
+            raise ConfigurationError(f"activation {phi[0]!r}: give its parameters either in the tuple "
+                                     "or as keywords, not both")
+        return get_activation(phi[0], **phi[1])
     if isinstance(phi, str):
         try:
             factory = ACTIVATIONS[phi]

@@ -251,6 +251,18 @@ def test_activations_by_name_with_parameters():
     torch.testing.assert_close(get_activation("tanh")(x), torch.tanh(x))
     m = nn.ReLU()
     assert get_activation(m) is m
+    pair = get_activation(("rectified_power", {"n": 3.0, "k": 2.0}))
+    torch.testing.assert_close(pair(x), 2.0 * torch.relu(x) ** 3)
+    with pytest.raises(dn.ConfigurationError, match="not both"):
+        get_activation(("supralinear", {"n": 2.0}), k=1.0)
+    with pytest.raises(dn.ConfigurationError, match="does not take"):
+        get_activation("supralinear", beta=2.0)
+    net = dn.Network()
+    net.add_input("x", shape=(5,))
+    net.add_population("A", shape=(5,), tau=1.0, pipeline=["sum", ("supralinear", {"n": 2.0, "k": 0.5})])
+    net.connect("x", "A")
+    sol = dn.integrate(net, x, t_end=1.0, dt=1.0)
+    torch.testing.assert_close(sol.states["A"][1, 0], 0.5 * torch.sign(x) * x.abs() ** 2)
 
 
 # -- speed options ---------------------------------------------------------------------
