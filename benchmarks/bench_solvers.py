@@ -13,9 +13,10 @@
 (c) ``rate DDE dopri5``: the same with 2 ms recurrent delays (the libraries integrate
     segment by segment through dynode's adapters). Informational.
 
-Run: ``python benchmarks/run.py solvers --repeats 3 --threads 1`` (on a shared machine, two
-threads made the libraries' BLAS calls 10-30x slower while dynode was unaffected) or ``python benchmarks/bench_solvers.py``
-(prints the accuracy sweep only).
+Run: ``python benchmarks/run.py solvers --repeats 3 --threads 1`` (on the shared 2-core
+machine, two threads made the libraries' BLAS-backed stage sums 10-30x slower while dynode's
+small foreach ops were unaffected), or ``python benchmarks/bench_solvers.py`` for the
+accuracy sweep only.
 """
 
 from __future__ import annotations
