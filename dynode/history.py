@@ -121,6 +121,16 @@ class History:
             self._cache.clear()
         self.n, self.c, self.t, self._state = n, c, t, state
 
+    def snapshot(self) -> tuple[dict[str, list], dict[str, list]]:
+        """The ring contents (references), to restore when a segment is recomputed."""
+        return ({k: list(v) for k, v in self._y.items()}, {k: list(v) for k, v in self._f.items()})
+
+    def restore(self, snapshot: tuple[dict[str, list], dict[str, list]]) -> None:
+        ys, fs = snapshot
+        self._y = {k: list(v) for k, v in ys.items()}
+        self._f = {k: list(v) for k, v in fs.items()}
+        self._cache.clear()
+
     # -- read by vector fields -------------------------------------------------------
     def lag(self, name: str, delay: float) -> Tensor:
         """The population (or input) ``name`` at time ``t - delay`` (ms)."""

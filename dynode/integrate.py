@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dynode.errors import ConfigurationError
 from dynode.problem import make_problem
 from dynode.solution import Solution
 from dynode.solvers import get_solver
@@ -17,7 +18,8 @@ __all__ = ["integrate"]
 
 def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0: float = 0.0,
               solver="euler", save_at=None, initial_state=None, batch_size: int | None = None,
-              max_abs: float | None = 1e6, check_every: int = 50) -> Solution:
+              max_abs: float | None = 1e6, check_every: int = 50,
+              checkpoint: int | bool | None = None) -> Solution:
     """Integrate ``field`` from ``t0`` to ``t_end`` (ms) under ``stimulus``.
 
     Parameters
@@ -35,6 +37,10 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     batch_size : batch size when neither the stimulus nor the initial state sets it (default 1).
     max_abs : blow-up threshold for the divergence check (None: only NaN/inf).
     check_every : steps between divergence checks (each costs one device sync).
+    checkpoint : gradient checkpointing for long BPTT (fixed-step solvers): the run is cut
+        into segments of this many steps (``True``: about sqrt(steps)); only segment
+        boundaries and saved states are kept, the inside is recomputed during backward.
+        Memory then grows with sqrt(steps) (plus the saved states); time about 1.3x.
 
     Returns
     -------
@@ -43,5 +49,9 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     """
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
-                           check_every=check_every)
-    return get_solver(solver).solve(problem, dt)
+                           check_every=check_every, checkpoint=checkpoint)
+    solver = get_solver(solver)
+    if checkpoint and getattr(solver, "adaptive", False):
+        raise ConfigurationError(f"checkpoint= is implemented for the fixed-step solvers only, not "
+                                 f"{type(solver).__name__}; use Euler/Heun/Midpoint/RK4 for checkpointed BPTT")
+    return solver.solve(problem, dt)

@@ -34,6 +34,7 @@ class Problem:
     batch_size: int
     max_abs: float | None
     check_every: int
+    checkpoint: int | bool | None = None  # gradient checkpointing segment (steps); fixed-step only
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -123,7 +124,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
 
 
 def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
-                 max_abs, check_every) -> Problem:
+                 max_abs, check_every, checkpoint: int | bool | None = None) -> Problem:
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
@@ -138,6 +139,10 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
         raise ConfigurationError(f"max_abs must be > 0 (or None to disable the blow-up check), got {max_abs}")
     if not (isinstance(check_every, int) and check_every >= 1):
         raise ConfigurationError(f"check_every must be a positive int (steps), got {check_every!r}")
+    if checkpoint is not None and not isinstance(checkpoint, bool) and not (
+            isinstance(checkpoint, int) and checkpoint >= 1):
+        raise ConfigurationError(f"checkpoint must be None, True (segments of sqrt(steps)) or a "
+                                 f"positive number of steps per segment, got {checkpoint!r}")
     device, dtype = _infer_device_dtype(field, initial_state)
     stim = as_stimulus(stimulus)
     inputs, batch = _bind_stimulus(stim, field, t0, batch_size, device, dtype)
@@ -187,4 +192,5 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                 raise ConfigurationError(f"save_at must lie within [t0, t_end] = [{t0}, {t_end}] ms, got "
                                          f"[{save_at[0]}, {save_at[-1]}]")
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
-                   save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every)
+                   save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
+                   checkpoint=checkpoint)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError, StabilityWarning
@@ -125,17 +126,37 @@ class FixedStepSolver:
         emit = observer if observer is not None else (lambda t, state: saved.append(state))
         if save[0]:
             emit(t0, y)
-        check_every, t_checked = problem.check_every, t0
-        for n in range(n_steps):
-            y = step(n, t0 + n * dt, y)
-            if save[n + 1]:
-                emit(t0 + (n + 1) * dt, y)
-            if (n + 1) % check_every == 0:
-                t_now = t0 + (n + 1) * dt
-                guard.check(y, t_checked, t_now)
-                t_checked = t_now
-        if n_steps % check_every:
-            guard.check(y, t_checked, problem.t_end)
+
+        def run(a: int, b: int, y: dict[str, Tensor], snapshot=None, emit_now=None):
+            """Steps a..b-1 from state y; returns the state at b and the states to save
+            (``emit_now``: hand each saved state on at once, so that a streaming observer
+            holds no segment in memory and an error loses no computed state)."""
+            if snapshot is not None:
+                history.restore(snapshot)
+            out = []
+            for n in range(a, b):
+                y = step(n, t0 + n * dt, y)
+                if save[n + 1]:
+                    if emit_now is not None:
+                        emit_now(t0 + (n + 1) * dt, y)
+                    else:
+                        out.append((n + 1, y))
+            return y, out
+
+        seg = self._segment_length(problem.checkpoint, n_steps)
+        if seg is None:  # check the activity every check_every steps
+            seg, wrap = problem.check_every, None
+        else:  # gradient checkpointing: keep segment boundaries, recompute inside
+            wrap = torch.utils.checkpoint.checkpoint
+        for a in range(0, n_steps, seg):
+            b = min(a + seg, n_steps)
+            if wrap is None:
+                y, out = run(a, b, y, emit_now=emit)
+            else:
+                y, out = wrap(run, a, b, y, history.snapshot(), use_reentrant=False)
+            for k, state in out:
+                emit(t0 + k * dt, state)
+            guard.check(y, t0 + a * dt, t0 + b * dt)
         idx = [i for i, s in enumerate(save) if s]
         ts = torch.tensor([t0 + i * dt for i in idx], dtype=torch.float64)
         states = ({name: torch.stack([s[name] for s in saved]) for name in problem.names}
@@ -147,6 +168,16 @@ class FixedStepSolver:
 
     def _evals_per_step(self) -> int:
         return self.stages
+
+    @staticmethod
+    def _segment_length(checkpoint, n_steps: int) -> int | None:
+        if checkpoint is None or checkpoint is False:
+            return None
+        if not torch.is_grad_enabled():
+            return None  # nothing to save memory on
+        if checkpoint is True:
+            return max(1, round(math.sqrt(n_steps)))
+        return int(checkpoint)
 
     def _stepper(self, problem: Problem, h: float, history: History, store: bool):
         """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method."""

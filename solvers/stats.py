@@ -17,6 +17,9 @@ class Status(enum.IntEnum):
     NON_FINITE = 3
     DIVERGED = 4
 
+    def __repr__(self) -> str:
+        return self.name
+
 
 @dataclass(frozen=True)
 class SolverStats:

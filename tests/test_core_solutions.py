@@ -121,3 +121,34 @@ def test_gradients_match_finite_differences(f64):
 
     x = torch.randn(2, 3, requires_grad=True)
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["euler", "rk4"])
+@pytest.mark.parametrize("checkpoint", [True, 3, 7])
+def test_checkpointed_bptt_gives_the_same_gradients(solver, checkpoint):
+    torch.manual_seed(0)
+    net = dn.Network()
+    net.add_input("x", shape=(4,))
+    net.add_population("A", shape=(4,), tau=2.0, phi="tanh")
+    net.add_population("B", shape=(3,), tau=3.0)
+    net.connect("x", "A", torch.nn.Linear(4, 4))
+    net.connect("A", "A", torch.nn.Linear(4, 4), delay=1.5)
+    net.connect("A", "B", torch.nn.Linear(4, 3), delay=0.5)
+    x = torch.randn(2, 4)
+
+    def grads(**kw):
+        net.zero_grad()
+        sol = dn.integrate(net, x, t_end=12.0, dt=0.5, solver=solver, save_at=[6.0, 9.0, 12.0], **kw)
+        (sol.states["B"] ** 2).sum().backward()
+        return sol.states["B"].detach(), [p.grad.clone() for p in net.parameters()]
+
+    ref_states, ref = grads()
+    states, got = grads(checkpoint=checkpoint)
+    torch.testing.assert_close(states, ref_states, rtol=0, atol=0)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_argument_is_validated():
+    with pytest.raises(dn.ConfigurationError, match=r"checkpoint must be None, True"):
+        dn.integrate(leaky(), torch.ones(3), t_end=2.0, dt=1.0, checkpoint=0)
