@@ -12,6 +12,9 @@
     saving only the end state. Target: dynode at least as fast as each library.
 (c) ``rate DDE dopri5``: the same with 2 ms recurrent delays (the libraries integrate
     segment by segment through dynode's adapters). Informational.
+(d) ``staggered bumps``: 8 samples of a leaky population (tau 5 ms, 8 units), sample ``i``
+    driven by a narrow Gaussian bump centred at ``10 + 10 i`` ms (100 ms, rtol 1e-6,
+    dt_max 2 ms): where torchode's per-sample step sizes pay off. Informational.
 
 Run: ``python benchmarks/run.py solvers --repeats 3 --threads 1`` (on the shared 2-core
 machine, two threads made the libraries' BLAS-backed stage sums 10-30x slower while dynode's
@@ -126,6 +129,43 @@ def _setup_libs(rec_delay: float, lib: str):
     return setup
 
 
+class StaggeredBumps(dn.stimuli.Stimulus):
+    """Sample ``i``: ``5 exp(-((t - c_i) / width)^2)`` on every unit (smooth: no breakpoints)."""
+
+    breakpoints = ()
+
+    def __init__(self, centres, width: float, units: int):
+        self.centres = torch.as_tensor(centres, dtype=torch.get_default_dtype())[:, None]
+        self.width, self.units = width, units
+
+    def __call__(self, t: float):
+        return (5 * torch.exp(-((t - self.centres) / self.width) ** 2)).expand(-1, self.units)
+
+    def to(self, device=None, dtype=None):
+        new = StaggeredBumps([], self.width, self.units)
+        new.centres = self.centres.to(device=device, dtype=dtype)
+        return new
+
+
+def _setup_per_sample(quick: bool):
+    n = 4 if quick else 8
+    net = dn.Network()
+    net.add_input("x", shape=(8,))
+    net.add_population("r", shape=(8,), tau=5.0, phi="identity")
+    net.connect("x", "r")
+    stim = StaggeredBumps([10.0 + 10 * i for i in range(n)], 0.5, 8)
+    tol = dict(rtol=1e-6, atol=1e-8, dt_max=2.0)
+    t_end = 10.0 * (n + 2)
+
+    def run(solver):
+        def go():
+            with torch.no_grad():
+                return dn.integrate(net, stim, t_end=t_end, solver=solver, save_at=[t_end])
+        return go
+    return {"torchode joint": run(TorchODE(**tol)), "torchode per_sample": run(TorchODE(per_sample=True, **tol)),
+            "dynode Dopri5": run(Dopri5(**tol))}
+
+
 BENCHMARKS = [
     Benchmark("conv4 accuracy: nfe for 1e-3 rel. error", _setup_accuracy, metric="value",
               target={"dopri5": 1.0},
@@ -136,6 +176,8 @@ BENCHMARKS = [
               target={"dynode Dopri5": 1.0}, note="rtol 1e-6, atol 1e-8, batch 32, 50 ms"),
     Benchmark("rate DDE dopri5 vs torchode", _setup_libs(2.0, "torchode"),
               note="2 ms delays: libraries go segment by segment (informational)"),
+    Benchmark("staggered bumps: per-sample steps", _setup_per_sample,
+              note="8 samples, bump i at 10 + 10 i ms (informational)"),
 ]
 
 
