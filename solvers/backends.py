@@ -191,7 +191,9 @@ def _grid(a: float, b: float, n_dense: int | None, save_at, si: int
             continue
         merged.append(x)
     merged[-1] = b
-    nearest = lambda s: min(range(len(merged)), key=lambda i: abs(merged[i] - s))  # noqa: E731
+    def nearest(x: float) -> int:
+        i = bisect.bisect_left(merged, x)
+        return i if i == 0 or (i < len(merged) and merged[i] - x < x - merged[i - 1]) else i - 1
     dense = [nearest(x) for x in [a] + pts + [b]] if n_dense else []
     return merged, [nearest(s) for s in saves], dense, si
 
