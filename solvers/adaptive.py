@@ -299,29 +299,7 @@ class AdaptiveSolver:
                 si += 1
 
         def fail(status: Status, t: float, h: float, per_pop: list[float] | None) -> SolverError:
-            worst = None
-            if per_pop:
-                worst = names[max(range(len(names)),
-                                  key=lambda i: math.inf if math.isnan(per_pop[i]) else per_pop[i])]
-            tau = taus.get(worst) if worst is not None else None
-            where = f"at t = {t:g} ms"
-            who = f"; population {worst!r} has the largest error estimate" if worst else ""
-            who += f" (tau = {tau:g} ms)" if tau else ""
-            if status == Status.REACHED_DT_MIN:
-                msg = (f"{type(self).__name__}: the step size fell below dt_min = {self.dt_min:g} ms {where}"
-                       f" (h = {h:.3g} ms){who}. The solution is probably stiff, discontinuous or "
-                       "blowing up there: check tau and the weights, declare input jumps in the "
-                       "stimulus' breakpoints, loosen rtol/atol or lower dt_min")
-            elif status == Status.REACHED_MAX_STEPS:
-                msg = (f"{type(self).__name__}: max_steps = {self.max_steps} steps reached {where} "
-                       f"(of t_end = {t_end:g} ms, last h = {h:.3g} ms){who}. Raise max_steps, loosen "
-                       "rtol/atol, or check tau (a small tau forces small steps: consider a fixed-step "
-                       "solver with dt < tau)")
-            else:
-                msg = (f"{type(self).__name__}: non-finite values (NaN/inf) {where}{who}, even with "
-                       f"steps down to {h:.3g} ms. Check the activation, weights and inputs for "
-                       "overflow, and tau (too small a tau makes the field explode)")
-            return SolverError(msg, status=int(status), t=t, population=worst)
+            return _failure(self, status, t, h, per_pop, names, taus, t_end)
 
         # -- first stage and first step --------------------------------------------------
         k1 = f(t0, y)
@@ -396,7 +374,7 @@ class AdaptiveSolver:
                         theta = (ts_ - t) / h
                         emit(ts_, y_new if theta >= 1.0 - 1e-12 else _interp(y, ks, h, tab.weights(theta)))
                         si += 1
-                if max(peaks) > max_abs:
+                if not all(p <= max_abs for p in peaks):
                     guard.check(dict(zip(names, y_new)), t, t_new)  # raises DivergenceError
                 t, y = t_new, y_new
                 if clipped:
@@ -424,6 +402,32 @@ class AdaptiveSolver:
         stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
                             status=Status.SUCCESS, t_final=t)
         return Solution(ts=ts, states=states, stats=stats, final_state=dict(zip(names, y)))
+
+
+def _failure(solver: "AdaptiveSolver", status: Status, t: float, h: float, per_pop: list[float] | None,
+             names: list[str], taus: dict[str, float], t_end: float) -> SolverError:
+    """The :class:`SolverError` of a failed solve: status, time, worst population, advice."""
+    worst = None
+    if per_pop:
+        worst = names[max(range(len(names)), key=lambda i: math.inf if math.isnan(per_pop[i]) else per_pop[i])]
+    tau = taus.get(worst) if worst is not None else None
+    who = f"; population {worst!r} has the largest error estimate" if worst else ""
+    who += f" (tau = {tau:g} ms)" if tau else ""
+    name = type(solver).__name__
+    if status == Status.REACHED_DT_MIN:
+        msg = (f"{name}: the step size fell below dt_min = {solver.dt_min:g} ms at t = {t:g} ms "
+               f"(h = {h:.3g} ms){who}. The solution is probably stiff, discontinuous or blowing up "
+               "there: check tau and the weights, declare input jumps in the stimulus' breakpoints, "
+               "loosen rtol/atol or lower dt_min")
+    elif status == Status.REACHED_MAX_STEPS:
+        msg = (f"{name}: max_steps = {solver.max_steps} steps reached at t = {t:g} ms (of t_end = "
+               f"{t_end:g} ms, last h = {h:.3g} ms){who}. Raise max_steps, loosen rtol/atol, or check "
+               "tau (a small tau forces small steps: consider a fixed-step solver with dt < tau)")
+    else:
+        msg = (f"{name}: non-finite values (NaN/inf) at t = {t:g} ms{who}, even with steps down to "
+               f"{h:.3g} ms. Check the activation, weights and inputs for overflow, and tau (too small "
+               "a tau makes the field explode)")
+    return SolverError(msg, status=int(status), t=t, population=worst)
 
 
 def _combine_zero(ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) -> list[Tensor]:
