@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from torch import Tensor
 
-from dynode.errors import DelayError
+from dynode.errors import ConfigurationError, DelayError
 
-__all__ = ["History", "delay_steps", "compatible_dts"]
+__all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts"]
 
 _REL_TOL = 1e-9
 
@@ -70,6 +71,28 @@ def _hermite(theta: float, dt: float) -> tuple[float, float, float, float]:
     return (2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2, dt * (t3 - 2 * t2 + theta), dt * (t3 - t2))
 
 
+@dataclass(frozen=True)
+class HistoryTail:
+    """The last grid states of a fixed-step run, to continue it with its delayed past intact.
+
+    ``states`` / ``derivatives`` run oldest to newest; the newest state is the run's final
+    state. ``before`` is the constant history before the oldest stored state (the run's own
+    initial state). Every tensor is a reference (no copy).
+    """
+
+    dt: float
+    states: tuple[dict[str, Tensor], ...]
+    derivatives: tuple[dict[str, Tensor], ...] | None
+    before: dict[str, Tensor]
+
+    def detach(self) -> "HistoryTail":
+        """The same tail cut from the autograd graph (truncated back-propagation)."""
+        det = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
+        return HistoryTail(self.dt, tuple(det(s) for s in self.states),
+                           None if self.derivatives is None else tuple(det(f) for f in self.derivatives),
+                           det(self.before))
+
+
 class History:
     """Ring buffers of past states on the grid ``t0 + n * dt``; read with :meth:`lag`.
 
@@ -80,11 +103,14 @@ class History:
     max_delay : the longest delay that will be read (ms); sizes the rings.
     derivatives : keep ``dr/dt`` per step as well (needed for stages off the grid).
     inputs : ``t -> {input_name: tensor}``, for inputs read with a delay.
+    tail : the end of an earlier run (:class:`HistoryTail`) whose past continues here
+        (instead of the constant history); its newest state must be ``initial_state``.
     """
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, dt: float,
                  max_delay: float, derivatives: bool,
-                 inputs: Callable[[float], Mapping[str, Tensor]] | None = None):
+                 inputs: Callable[[float], Mapping[str, Tensor]] | None = None,
+                 tail: HistoryTail | None = None):
         self.t0, self.dt = float(t0), float(dt)
         self._y0 = dict(initial_state)
         k_max = 0
@@ -104,16 +130,58 @@ class History:
         # the stage being evaluated: grid step n, stage fraction c, its time and state
         self.n, self.c, self.t = 0, 0.0, self.t0
         self._state: Mapping[str, Tensor] = self._y0
+        # grid steps n >= oldest are in the rings; before that the history is constant
+        # (self._before: the initial state, or the start of a continued run)
+        self._oldest = 0
+        self._before = self._y0
+        if tail is not None:
+            self._load_tail(tail)
+
+    def _load_tail(self, tail: HistoryTail) -> None:
+        if abs(tail.dt - self.dt) > _REL_TOL * self.dt:
+            raise DelayError(f"cannot continue a run made with dt = {tail.dt:g} ms at dt = {self.dt:g} ms: "
+                             "the delayed history lives on the old grid; use the same dt")
+        m = min(len(tail.states), self.size)
+        if self._derivatives and m > 1 and tail.derivatives is None:
+            raise ConfigurationError(
+                "this solver reads the delayed history between grid points (Hermite interpolation "
+                "needs dr/dt), but the run being continued kept no derivatives (it used Euler or "
+                "Heun); continue it with the same solver, or with Euler/Heun")
+        missing = [n for n in self._y0 if n not in tail.states[-1]]
+        if missing:
+            raise ConfigurationError(f"the run being continued has no populations {missing}")
+        first = len(tail.states) - m
+        for i in range(m):
+            n = i - (m - 1)  # the newest stored state is step 0 of this run
+            slot = n % self.size
+            for name, ring in self._y.items():
+                ring[slot] = tail.states[first + i][name]
+            if self._derivatives and n < 0:
+                for name, ring in self._f.items():
+                    ring[slot] = tail.derivatives[first + i][name]
+        self._oldest = -(m - 1)
+        self._before = {k: v for k, v in tail.before.items() if k in self._y0}
+
+    def tail(self, n_end: int) -> HistoryTail:
+        """The stored past at the end of a run of ``n_end`` steps (newest = step ``n_end``)."""
+        oldest = max(self._oldest, n_end - self.size + 1)
+        ns = range(oldest, n_end + 1)
+        states = tuple({k: ring[n % self.size] for k, ring in self._y.items()} for n in ns)
+        derivs = (tuple({k: ring[n % self.size] for k, ring in self._f.items()} if n < n_end else {}
+                        for n in ns) if self._derivatives else None)  # dr/dt at n_end: not computed
+        return HistoryTail(self.dt, states, derivs, dict(self._before))
 
     # -- written by the solver -------------------------------------------------------
     def store(self, n: int, state: Mapping[str, Tensor], derivative: Mapping[str, Tensor] | None = None) -> None:
-        """Record ``r_n`` (and ``f_n`` when derivatives are kept) in slot ``n mod size``."""
+        """Record ``r_n`` (and ``f_n`` when derivatives are kept) in slot ``n mod size``.
+
+        ``derivative=None`` records a final state whose ``dr/dt`` was not computed."""
         slot = n % self.size
         for name, ring in self._y.items():
             ring[slot] = state[name]
         if self._derivatives:
             for name, ring in self._f.items():
-                ring[slot] = derivative[name]
+                ring[slot] = None if derivative is None else derivative[name]
 
     def at(self, n: int, c: float, t: float, state: Mapping[str, Tensor]) -> None:
         """Set the stage being evaluated: time ``t = t0 + (n + c) dt`` with state ``state``."""
@@ -145,11 +213,11 @@ class History:
         j = self.n - k
         c = self.c
         if c == 0.0:
-            return ring[j % self.size] if j >= 0 else self._y0[name]
+            return ring[j % self.size] if j >= self._oldest else self._before[name]
         if c == 1.0:
-            return ring[(j + 1) % self.size] if j + 1 >= 0 else self._y0[name]
-        if j + 1 <= 0:  # the whole interval lies in the constant initial history
-            return self._y0[name]
+            return ring[(j + 1) % self.size] if j + 1 >= self._oldest else self._before[name]
+        if j < self._oldest:  # the interval lies in the constant history before the rings
+            return self._before[name]
         key = (name, j, c)
         hit = self._cache.get(key)
         if hit is not None:

@@ -33,7 +33,10 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     solver : a name (``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``) or a solver object.
     save_at : None (every step), a number (every that many ms) or a sequence of times (ms).
     initial_state : ``{population: tensor}`` overriding the field's ``init_state`` (zeros
-        for a Network); batch first, or per-sample shape to share across the batch.
+        for a Network); batch first, or per-sample shape to share across the batch. Or a
+        :class:`Solution` of a fixed-step run with the same ``dt``: the run continues exactly,
+        its delayed past included (e.g. after an idle warm-up, or for truncated BPTT with
+        ``solution.tail.detach()`` via ``dataclasses.replace``).
     batch_size : batch size when neither the stimulus nor the initial state sets it (default 1).
     max_abs : blow-up threshold for the divergence check (None: only NaN/inf).
     check_every : steps between divergence checks (each costs one device sync).
@@ -51,6 +54,10 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint)
     solver = get_solver(solver)
+    if problem.tail is not None and getattr(solver, "adaptive", False):
+        raise ConfigurationError(f"continuing a solution with its delayed history is implemented for the "
+                                 f"fixed-step solvers, not {type(solver).__name__}; pass "
+                                 "solution.final_state to restart from the last state instead")
     if checkpoint and getattr(solver, "adaptive", False):
         raise ConfigurationError(f"checkpoint= is implemented for the fixed-step solvers only, not "
                                  f"{type(solver).__name__}; use Euler/Heun/Midpoint/RK4 for checkpointed BPTT")

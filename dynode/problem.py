@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,6 +19,9 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.stimuli.base import Stimulus, as_stimulus
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dynode.history import HistoryTail
 
 __all__ = ["Problem", "make_problem"]
 
@@ -35,6 +39,7 @@ class Problem:
     max_abs: float | None
     check_every: int
     checkpoint: int | bool | None = None  # gradient checkpointing segment (steps); fixed-step only
+    tail: "HistoryTail | None" = None  # the delayed past of a continued run (fixed-step only)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -143,6 +148,14 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             isinstance(checkpoint, int) and checkpoint >= 1):
         raise ConfigurationError(f"checkpoint must be None, True (segments of sqrt(steps)) or a "
                                  f"positive number of steps per segment, got {checkpoint!r}")
+    tail = None
+    if hasattr(initial_state, "final_state") and hasattr(initial_state, "tail"):  # a Solution
+        tail = initial_state.tail
+        if tail is None:
+            raise ConfigurationError("this solution cannot be continued exactly (its solver keeps no "
+                                     "delayed history); pass solution.final_state to restart from "
+                                     "its last state with constant history")
+        initial_state = initial_state.final_state
     device, dtype = _infer_device_dtype(field, initial_state)
     stim = as_stimulus(stimulus)
     inputs, batch = _bind_stimulus(stim, field, t0, batch_size, device, dtype)
@@ -193,4 +206,4 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                          f"[{save_at[0]}, {save_at[-1]}]")
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
                    save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
-                   checkpoint=checkpoint)
+                   checkpoint=checkpoint, tail=tail)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dynode.history import HistoryTail
     from dynode.solvers.stats import SolverStats
 
 __all__ = ["Solution"]
@@ -21,13 +22,16 @@ class Solution:
     ts : save times in ms, 1-D float64.
     states : ``{population: tensor of shape (len(ts), batch, *shape)}``.
     stats : :class:`dynode.solvers.SolverStats` (nfe, steps, accepted, rejected, status).
-    final_state : the state at ``t_end`` (``{population: (batch, *shape)}``), to continue a run.
+    final_state : the state at ``t_end`` (``{population: (batch, *shape)}``).
+    tail : the delayed past at ``t_end`` (fixed-step solvers): pass the solution itself as
+        ``initial_state`` to continue the run exactly, delays included.
     """
 
     ts: Tensor
     states: dict[str, Tensor]
     stats: "SolverStats"
     final_state: dict[str, Tensor]
+    tail: "HistoryTail | None" = None
 
     def __getitem__(self, name: str) -> Tensor:
         return self.states[name]

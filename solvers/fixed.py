@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
-from dynode.history import History, compatible_dts, delay_steps
+from dynode.history import History, HistoryTail, compatible_dts, delay_steps
 from dynode.problem import Problem
 from dynode.solution import Solution
 from dynode.solvers.stats import SolverStats, Status
@@ -117,7 +117,7 @@ class FixedStepSolver:
                 save[k] = True
         max_delay = float(field.max_delay())
         history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
-                          derivatives=self.needs_derivatives, inputs=problem.inputs)
+                          derivatives=self.needs_derivatives, inputs=problem.inputs, tail=problem.tail)
         guard = Guard(problem.max_abs, field.time_constants(), dt)
         step = self._stepper(problem, dt, history, store=max_delay > 0)
 
@@ -164,7 +164,13 @@ class FixedStepSolver:
         nfe = n_steps * self._evals_per_step()
         stats = SolverStats(nfe=nfe, steps=n_steps, accepted=n_steps, rejected=0,
                             status=Status.SUCCESS, t_final=problem.t_end)
-        return Solution(ts=ts, states=states, stats=stats, final_state=y)
+        tail = None
+        if max_delay > 0:
+            history.store(n_steps, y)  # the final state completes the past of a continuation
+            tail = history.tail(n_steps)
+        else:
+            tail = HistoryTail(dt, ({k: v for k, v in y.items()},), None, dict(y))
+        return Solution(ts=ts, states=states, stats=stats, final_state=y, tail=tail)
 
     def _evals_per_step(self) -> int:
         return self.stages

@@ -124,3 +124,35 @@ def test_initial_state_override_and_continuation():
     # so the continuation (constant history) differs only in B's first ms
     second = dn.integrate(net, x, t0=5.0, t_end=10.0, dt=0.5, initial_state=first.final_state)
     torch.testing.assert_close(second.states["A"], full.states["A"][10:])
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun", "rk4"])
+def test_continuing_a_solution_is_exact_with_delays(solver):
+    torch.manual_seed(0)
+    net = dn.Network()
+    net.add_input("x", shape=(3,))
+    net.add_population("A", shape=(3,), tau=3.0, phi="tanh")
+    net.add_population("B", shape=(3,), tau=2.0, phi="tanh")
+    net.connect("x", "A", nn.Linear(3, 3))
+    net.connect("A", "A", nn.Linear(3, 3), delay=2.0)
+    net.connect("A", "B", nn.Linear(3, 3), delay=1.5)
+    stim = Pulse(1.0, 6.0, torch.ones(3))
+    with torch.no_grad():
+        full = dn.integrate(net, stim, t_end=12.0, dt=0.5, solver=solver)
+        first = dn.integrate(net, stim, t_end=5.0, dt=0.5, solver=solver)
+        second = dn.integrate(net, stim, t0=5.0, t_end=12.0, dt=0.5, solver=solver, initial_state=first)
+        restart = dn.integrate(net, stim, t0=5.0, t_end=12.0, dt=0.5, solver=solver,
+                               initial_state=first.final_state)
+    for name in ("A", "B"):
+        torch.testing.assert_close(second.states[name], full.states[name][10:], atol=1e-6, rtol=1e-6)
+    assert full.states["B"][10:].abs().max() > 0.05
+    assert not torch.allclose(restart.states["B"], full.states["B"][10:], atol=1e-4)  # constant history
+
+
+def test_continuation_errors():
+    net = chain(1.0)
+    first = dn.integrate(net, torch.ones(2), t_end=4.0, dt=0.5)
+    with pytest.raises(dn.DelayError, match=r"made with dt = 0.5 ms at dt = 0.25 ms"):
+        dn.integrate(net, torch.ones(2), t0=4.0, t_end=8.0, dt=0.25, initial_state=first)
+    with pytest.raises(dn.ConfigurationError, match=r"kept no derivatives"):
+        dn.integrate(net, torch.ones(2), t0=4.0, t_end=8.0, dt=0.5, solver="rk4", initial_state=first)
