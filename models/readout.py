@@ -142,7 +142,11 @@ class Classifier(nn.Module):
         stimulus = {self.input_name: images}
         if self.onset is not None:
             stimulus = Pulse(self.onset, self.duration, stimulus)
+        initial = None
+        if speed is not None and speed.state_dtype is not None:
+            initial = self.network.init_state(images.shape[0], device=images.device, dtype=speed.state_dtype)
         with (speed.autocast_context() if speed is not None else contextlib.nullcontext()):
             sol = integrate(self.network, stimulus, t_end=self.t_end, dt=self.dt,
-                            solver=self.solver, save_at=save_at)
-        return self.network.decode(sol)  # outside autocast: float32 logits
+                            solver=self.solver, save_at=save_at, initial_state=initial)
+            logits = self.network.decode(sol)
+        return logits if speed is None or speed.autocast is None else logits.float()

@@ -7,7 +7,9 @@ bare :class:`dynode.Network`) in place and records them in ``model.speed``:
   NHWC, which the CPU (oneDNN) and GPU (cuDNN) convolutions prefer; the classifier converts
   the images too.
 * ``compile``: every connection operator and every population's ``Phi`` stage is compiled
-  in place (``nn.Module.compile``, so ``state_dict`` keys do not change).
+  in place (``nn.Module.compile``, so ``state_dict`` keys do not change); dynamo's
+  ``recompile_limit`` is raised to the number of compiled modules (instances of one class
+  share a code object). On the 2-core CPU compiling CORnet-RT took minutes and ran slower.
 * ``autocast``: ``torch.bfloat16`` (or ``torch.float16`` on CUDA) runs the operators in that
   dtype under ``torch.autocast``; each population's drive is cast back to the state dtype, so
   the Euler update ``r + dt/tau (Phi(u) - r)`` and the states stay in float32. The classifier
@@ -35,6 +37,7 @@ class SpeedOptions:
     compile: bool = False
     autocast: torch.dtype | None = None
     device_type: str = "cpu"
+    state_dtype: torch.dtype | None = None  # None: the parameters' dtype
 
     def autocast_context(self):
         """The autocast region for these options (a no-op context when autocast is off)."""
@@ -50,8 +53,16 @@ def _cast_hook(dtype: torch.dtype):
 
 
 def prepare_for_speed(model: nn.Module, *, channels_last: bool = True, compile: bool = False,
-                      autocast: torch.dtype | None = None, compile_options: dict | None = None) -> nn.Module:
-    """Switch on the speed options for ``model`` (a Classifier or a Network), in place."""
+                      autocast: torch.dtype | None = None, low_precision_states: bool = False,
+                      compile_options: dict | None = None) -> nn.Module:
+    """Switch on the speed options for ``model`` (a Classifier or a Network), in place.
+
+    ``low_precision_states=True`` (with ``autocast``) keeps the states themselves in the
+    autocast dtype, as a plain autocast loop does; exact in meaning for ``dt == tau``
+    (``r_{n+1} = Phi(u_n)``, e.g. CORnet-RT), but it rounds the Euler update
+    ``r + dt/tau (Phi(u) - r)`` to bf16 otherwise. The Classifier then starts from zero
+    states of that dtype.
+    """
     net = getattr(model, "network", model)
     if not hasattr(net, "populations"):
         raise ConfigurationError("prepare_for_speed needs a dynode.Network or a Classifier wrapping one")
@@ -65,19 +76,28 @@ def prepare_for_speed(model: nn.Module, *, channels_last: bool = True, compile: 
             raise ConfigurationError(f"autocast must be torch.bfloat16 or torch.float16, got {autocast}")
         if autocast == torch.float16 and device_type != "cuda":
             raise ConfigurationError("float16 autocast is for CUDA devices; use torch.bfloat16 on the CPU")
+        if low_precision_states:
+            state_dtype = autocast
         for pop in net.populations.values():
             pop.phi.register_forward_hook(_cast_hook(state_dtype))
+    elif low_precision_states:
+        raise ConfigurationError("low_precision_states=True needs autocast=torch.bfloat16 (or float16)")
     if channels_last:
         net.to(memory_format=torch.channels_last)
         net.memory_format = torch.channels_last
     if compile:
         opts = dict(compile_options or {})
-        for pop in net.populations.values():
-            for op in pop.incoming.values():
-                if not isinstance(op, nn.Identity):
-                    op.compile(**opts)
-            pop.phi.compile(**opts)
+        targets = [op for pop in net.populations.values() for op in pop.incoming.values()
+                   if not isinstance(op, nn.Identity)] + [pop.phi for pop in net.populations.values()]
+        # modules of one class share a code object, which dynamo recompiles per instance: let
+        # it keep one entry per compiled module instead of falling back to eager after 8
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, len(targets) + 8)
+        for m in targets:
+            m.compile(**opts)
         net._plan = None
     model.speed = SpeedOptions(channels_last=channels_last, compile=compile, autocast=autocast,
-                               device_type=device_type)
+                               device_type=device_type,
+                               state_dtype=autocast if low_precision_states else None)
     return model

@@ -286,6 +286,15 @@ def test_channels_last_and_autocast_keep_the_model():
     torch.testing.assert_close(got, ref, atol=0.05 * ref.abs().max().item(), rtol=0.05)
     with pytest.raises(dn.ConfigurationError, match="already applied"):
         prepare_for_speed(bf)
+    with torch.no_grad():
+        ref = Classifier(net)(x)
+        low = prepare_for_speed(Classifier(net), channels_last=False, autocast=torch.bfloat16,
+                                low_precision_states=True)
+        got = low(x)
+        assert low.speed.state_dtype == torch.bfloat16 and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.05 * ref.abs().max().item(), rtol=0.05)
+    with pytest.raises(dn.ConfigurationError, match="needs autocast"):
+        prepare_for_speed(Classifier(zoo.dyrcnn(2, width=0.25)), low_precision_states=True)
     with pytest.raises(dn.ConfigurationError, match="float16 autocast is for CUDA"):
         prepare_for_speed(Classifier(zoo.dyrcnn(2, width=0.25)), autocast=torch.float16)
 
