@@ -28,6 +28,7 @@ from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 from dynode.archive import open_archive
 from dynode import archive  # noqa: E402  (selection helpers, export)
+from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figures)
 
 __version__ = "0.1.0"
 
@@ -35,7 +36,7 @@ __all__ = [
     "VectorField", "Network", "Population", "Connection", "History", "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
     "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
-    "Record", "simulate", "SimulationResult", "open_archive", "archive",
+    "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis",
     "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
     "SolverError", "StabilityWarning", "__version__",
 ]

@@ -1,0 +1,227 @@
+r"""The delayed normalisation (DN) model and its fit to population time courses.
+
+The model (Zhou et al. 2018; Groen et al. 2022) maps a stimulus time course ``s(t)`` (the
+contrast envelope) to a response, every time in **ms**:
+
+.. math::
+
+    h_1(t) &= \Gamma_2(t - \delta;\ \tau_1) - w\, \Gamma_2(t - \delta;\ 1.5\,\tau_1),
+    \qquad \Gamma_2(t; \tau) = \frac{t}{\tau^2} e^{-t/\tau}\ (t \ge 0),\ 0\ (t < 0)\\
+    L(t) &= (s * h_1)(t) \qquad\text{(linear response; the shift } \delta
+    \text{ delays the input)}\\
+    P(t) &= (L * h_2)(t), \qquad h_2(t) = \frac{1}{\tau_2} e^{-t/\tau_2}\ (t \ge 0)
+    \qquad\text{(normalisation pool)}\\
+    r(t) &= \text{scale}\ \frac{|L(t)|^n}{\sigma^n + |P(t)|^n}
+
+Both gamma kernels and the exponential have unit area. The convolutions are discrete on the
+uniform time grid ``t_k = t_0 + k\,dt``: ``(s * h)(t_k) = dt \sum_{j \ge 0} h(j\,dt)\, s_{k-j}``
+(the stimulus is 0 before ``t_0``), computed with an FFT. The shift enters through the kernel
+(``h_1`` is evaluated at ``j\,dt - \delta``), so it need not be a multiple of ``dt`` and the
+response is differentiable in every parameter.
+
+Parameters and the REFERENCE start values and bounds, converted from s to ms
+(:data:`DN_START`, :data:`DN_BOUNDS`): ``tau1`` 5 ms (1 - 1000), ``weight`` 0 (0 - 1),
+``tau2`` 70 ms (10 - 2000), ``n`` 1.5 (1 - 5), ``sigma`` 0.15 (0 - 1), ``shift`` 60 ms
+(0 - 100), ``scale`` 2 (positive). The fit (:func:`fit_dn`) optimises unconstrained variables
+``z``: a bounded parameter is ``lo + (hi - lo) sigmoid(z)``, ``scale`` is ``softplus(z)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynode.errors import ConfigurationError
+
+__all__ = ["DN_PARAMS", "DN_START", "DN_BOUNDS", "dn_model", "fit_dn", "DNFit"]
+
+DN_PARAMS = ("tau1", "weight", "tau2", "n", "sigma", "shift", "scale")
+DN_START = {"tau1": 5.0, "weight": 0.0, "tau2": 70.0, "n": 1.5, "sigma": 0.15, "shift": 60.0,
+            "scale": 2.0}
+"""Start values (ms for the times) from Groen et al. (2022)."""
+DN_BOUNDS = {"tau1": (1.0, 1000.0), "weight": (0.0, 1.0), "tau2": (10.0, 2000.0), "n": (1.0, 5.0),
+             "sigma": (0.0, 1.0), "shift": (0.0, 100.0), "scale": (0.0, math.inf)}
+"""Bounds (ms for the times); ``scale`` is only required to be positive."""
+
+
+def _grid_step(t: Tensor) -> float:
+    if t.dim() != 1 or t.numel() < 2:
+        raise ConfigurationError(f"t must be a 1-D time grid (ms) with at least 2 points, got shape "
+                                 f"{tuple(t.shape)}")
+    d = torch.diff(t.double())
+    dt = float(d.mean())
+    if not dt > 0 or float((d - dt).abs().max()) > 1e-6 * max(dt, 1.0):
+        raise ConfigurationError("t must be uniformly spaced and increasing (the DN model convolves on "
+                                 "the time grid); resample the time course first")
+    return dt
+
+
+def _gamma2(t: Tensor, tau: Tensor) -> Tensor:
+    """Unit-area gamma of order 2: ``t / tau^2 exp(-t / tau)`` for ``t >= 0``, else 0."""
+    tp = t.clamp_min(0.0)
+    return torch.where(t > 0, tp / tau**2 * torch.exp(-tp / tau), torch.zeros_like(tp))
+
+
+def _causal_conv(x: Tensor, h: Tensor, dt: float) -> Tensor:
+    """``dt * sum_j h[..., j] x[..., k - j]`` along the last axis (FFT, zero padding)."""
+    n = x.shape[-1]
+    m = 1 << (2 * n - 1).bit_length()
+    y = torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)
+    return dt * y[..., :n]
+
+
+def _as_params(params: Mapping, like: Tensor) -> dict[str, Tensor]:
+    missing = [k for k in DN_PARAMS if k not in params]
+    unknown = [k for k in params if k not in DN_PARAMS]
+    if missing or unknown:
+        raise ConfigurationError(f"DN parameters: missing {missing}, unknown {unknown}; give exactly "
+                                 f"{list(DN_PARAMS)}")
+    return {k: torch.as_tensor(params[k], dtype=like.dtype, device=like.device) for k in DN_PARAMS}
+
+
+def dn_model(stimulus, t, params: Mapping) -> Tensor:
+    """The DN response (module docstring) to ``stimulus`` ``(..., T)`` on the grid ``t`` ``(T,)`` ms.
+
+    ``params``: ``tau1, weight, tau2, n, sigma, shift, scale`` (numbers or tensors that
+    broadcast against the leading dims of ``stimulus`` plus a trailing 1, e.g. shape
+    ``(B, 1)`` for one parameter set per row). Returns a tensor ``(..., T)`` (float64 unless
+    ``stimulus`` is a floating tensor of another dtype).
+    """
+    s = torch.as_tensor(stimulus)
+    if not s.is_floating_point():
+        s = s.double()
+    elif not isinstance(stimulus, Tensor):
+        s = s.double()
+    t = torch.as_tensor(t, dtype=s.dtype, device=s.device)
+    dt = _grid_step(t)
+    if s.shape[-1] != t.numel():
+        raise ConfigurationError(f"stimulus has {s.shape[-1]} time points but t has {t.numel()}")
+    p = _as_params(params, s)
+    lag = torch.arange(t.numel(), dtype=s.dtype, device=s.device) * dt
+    h1 = _gamma2(lag - p["shift"], p["tau1"]) - p["weight"] * _gamma2(lag - p["shift"], 1.5 * p["tau1"])
+    h2 = torch.exp(-lag / p["tau2"]) / p["tau2"]
+    lin = _causal_conv(s, h1, dt)
+    pool = _causal_conv(lin, h2, dt)
+    n = p["n"]
+    num = lin.abs().clamp_min(1e-30) ** n
+    den = p["sigma"].clamp_min(1e-30) ** n + pool.abs().clamp_min(1e-30) ** n
+    return p["scale"] * num / den
+
+
+# -- fitting --------------------------------------------------------------------------------
+def _to_z(name: str, value: float) -> float:
+    lo, hi = DN_BOUNDS[name]
+    if math.isinf(hi):
+        v = max(float(value), 1e-6)
+        return v + math.log(-math.expm1(-v))  # softplus^-1
+    frac = (float(value) - lo) / (hi - lo)
+    frac = min(max(frac, 0.01), 0.99)  # start inside: on a bound the gradient vanishes
+    return math.log(frac / (1 - frac))
+
+
+def _from_z(name: str, z: Tensor) -> Tensor:
+    lo, hi = DN_BOUNDS[name]
+    if math.isinf(hi):
+        return torch.nn.functional.softplus(z)
+    return lo + (hi - lo) * torch.sigmoid(z)
+
+
+@dataclass(frozen=True)
+class DNFit:
+    """Result of :func:`fit_dn`: ``params`` (floats, ms for times), ``r2`` (coefficient of
+    determination over every fitted point), ``prediction`` (the model on the data's grid,
+    numpy, the data's shape), ``loss`` (final mean squared error)."""
+
+    params: dict[str, float]
+    r2: float
+    prediction: np.ndarray
+    loss: float
+
+
+def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mapping | None = None,
+           restarts: Sequence[Mapping] = ({}, {"weight": 0.3}), adam_steps: int = 200,
+           lr: float = 0.01, lbfgs_steps: int = 300) -> DNFit:
+    """Least-squares fit of :func:`dn_model` to ``response`` ``(..., T)`` driven by ``stimulus``
+    (same shape, or broadcastable) on the grid ``t`` (ms): one parameter set for every row
+    (e.g. every condition of one population, as Groen et al. fit each area).
+
+    Minimises the mean squared error (relative to the data's mean square) with Adam
+    (``adam_steps`` at ``lr``) then L-BFGS (``lbfgs_steps``, strong-Wolfe line search) over the
+    unconstrained variables of the module docstring, so the parameters stay inside
+    :data:`DN_BOUNDS` (a start on a bound is moved 1 % of the range inside, where the sigmoid
+    still has a gradient). The loss has local minima (notably ``weight`` stuck at 0), so the
+    fit is repeated from ``start`` (default :data:`DN_START`) updated by each entry of
+    ``restarts``, and the lowest loss wins. ``fixed`` holds parameters that are not fitted.
+    ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` over every point.
+    """
+    y = torch.as_tensor(np.asarray(response, dtype=np.float64))
+    s = torch.as_tensor(np.asarray(stimulus, dtype=np.float64))
+    tt = torch.as_tensor(np.asarray(t, dtype=np.float64))
+    if not torch.isfinite(y).all():
+        raise ConfigurationError("the response holds NaN or inf; cut the time course to finite values")
+    fixed = dict(fixed or {})
+    start = {**DN_START, **dict(start or {})}
+    bad = [k for k in list(start) + list(fixed) if k not in DN_PARAMS]
+    if bad:
+        raise ConfigurationError(f"unknown DN parameters {bad}; known: {list(DN_PARAMS)}")
+    for k, v in {**start, **fixed}.items():
+        lo, hi = DN_BOUNDS[k]
+        if not lo <= float(v) <= hi:
+            raise ConfigurationError(f"DN parameter {k}={v} is outside its bounds [{lo}, {hi}]")
+    free = [k for k in DN_PARAMS if k not in fixed]
+    norm = float(y.square().mean().clamp_min(1e-30))  # the loss is relative to the data's power
+    best = None
+    for extra in restarts or ({},):
+        begin = {**start, **{k: v for k, v in dict(extra).items() if k not in fixed}}
+        z = _optimise(s, y, tt, begin, fixed, free, norm, adam_steps, lr, lbfgs_steps)
+        with torch.no_grad():
+            p = _params_of(z, fixed, free)
+            pred = dn_model(s, tt, p).expand_as(y)
+            res = float((y - pred).square().sum())
+        if best is None or res < best[0] or not math.isfinite(best[0]):
+            best = (res, p, pred)
+    res, p, pred = best
+    tot = float((y - y.mean()).square().sum())
+    r2 = 1.0 - res / tot if tot > 0 else float("nan")
+    return DNFit(params={k: float(p[k]) for k in DN_PARAMS}, r2=r2, prediction=pred.numpy(),
+                 loss=res / y.numel())
+
+
+def _params_of(z: Tensor, fixed: Mapping, free: Sequence[str]) -> dict[str, Tensor]:
+    out = {k: torch.as_tensor(float(v), dtype=torch.float64) for k, v in fixed.items()}
+    out.update({k: _from_z(k, z[i]) for i, k in enumerate(free)})
+    return out
+
+
+def _optimise(s, y, t, start, fixed, free, norm, adam_steps, lr, lbfgs_steps) -> Tensor:
+    """Adam then L-BFGS from ``start``; returns the unconstrained variables."""
+    z = torch.tensor([_to_z(k, start[k]) for k in free], dtype=torch.float64, requires_grad=True)
+    if not free:
+        return z
+
+    def loss_fn() -> Tensor:
+        return (dn_model(s, t, _params_of(z, fixed, free)) - y).square().mean() / norm
+
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(adam_steps):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    if lbfgs_steps > 0:
+        lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=lbfgs_steps, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-12, tolerance_change=1e-15)
+
+        def closure():
+            lbfgs.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+    return z.detach()

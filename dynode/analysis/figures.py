@@ -1,0 +1,153 @@
+"""Figures of the analysis (matplotlib, Agg backend, PNG): one function per figure, each
+taking analysis results (xarray data, one variable per population) and an output path and
+returning that path. One panel per population."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from dynode.errors import ConfigurationError
+
+__all__ = ["plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # never opens a window; a backend set by the user stays
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _variables(data) -> dict[str, xr.DataArray]:
+    if isinstance(data, xr.DataArray):
+        return {str(data.name or "response"): data}
+    if isinstance(data, xr.Dataset):
+        return {str(k): v for k, v in data.data_vars.items()}
+    if isinstance(data, Mapping):
+        return {str(k): v for k, v in data.items()}
+    raise ConfigurationError(f"expected a DataArray, a Dataset or a mapping of populations, got "
+                             f"{type(data).__name__}")
+
+
+def _png(path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigurationError(f"figures are written as PNG; give a path ending in .png, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _panels(n: int, plt, width: float = 3.6, height: float = 3.0):
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, constrained_layout=True)
+    return fig, axes[0]
+
+
+def _save(fig, plt, path: Path, title: str | None) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_time_courses(courses, path, *, dim: str | None = None, title: str | None = None) -> Path:
+    """Time courses per condition (lines, coloured along ``dim``; default the courses' one
+    non-time dimension) and population (panels), from the start of the baseline window when
+    the courses carry one (``baseline_ms``)."""
+    plt = _pyplot()
+    path = _png(path)
+    pops = _variables(courses)
+    fig, axes = _panels(len(pops), plt)
+    for ax, (name, da) in zip(axes, pops.items()):
+        others = [d for d in da.dims if d != "time"]
+        d = dim or (others[0] if len(others) == 1 else None)
+        if len(others) > 1 and d is None:
+            raise ConfigurationError(f"population {name!r} has several condition dims {others}; pass dim=")
+        lo = (da.attrs.get("baseline_ms") or [None])[0]  # hide the settling before the baseline
+        if lo is not None:
+            da = da.sel(time=slice(lo, None))
+        t = da["time"].values
+        if d is None:
+            ax.plot(t, da.values, color="k")
+        else:
+            rest = [x for x in others if x != d]
+            da2 = da.mean(rest) if rest else da
+            values = da2[d].values
+            colors = plt.cm.viridis(np.linspace(0, 0.9, len(values)))
+            for v, col in zip(values, colors):
+                ax.plot(t, da2.sel({d: v}).values, color=col, label=f"{d} {v:g}")
+            ax.legend(fontsize=6, frameon=False)
+        ax.set_title(name)
+        ax.set_xlabel(f"{da['time'].attrs.get('long_name', 'time')} (ms)")
+        ax.set_ylabel("population response")
+        ax.axhline(0, color="0.8", lw=0.5)
+    return _save(fig, plt, path, title)
+
+
+def plot_summation(summed, path, *, dim: str = "duration", title: str | None = None) -> Path:
+    """Summed response vs pulse duration (markers) and the linear prediction from the shortest
+    pulse, ``R(T_min) T / T_min`` (dashed)."""
+    plt = _pyplot()
+    path = _png(path)
+    pops = _variables(summed)
+    fig, axes = _panels(len(pops), plt)
+    for ax, (name, da) in zip(axes, pops.items()):
+        T = np.asarray(da[dim].values, dtype=np.float64)
+        R = np.asarray(da.values, dtype=np.float64)
+        ax.plot(T, R, "o-", color="C0", label="model")
+        ax.plot(T, R[np.argmin(T)] * T / T.min(), "--", color="0.5", label="linear prediction")
+        ax.set_xscale("log")
+        ax.set_xticks(T, [f"{x:g}" for x in T], fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel(f"{dim} (ms)")
+        ax.set_ylabel("summed response")
+        ax.legend(fontsize=7, frameon=False)
+    return _save(fig, plt, path, title)
+
+
+def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None) -> Path:
+    """Recovery of the second pulse's response vs the inter-stimulus interval (1 = full)."""
+    plt = _pyplot()
+    path = _png(path)
+    pops = _variables(recovery)
+    fig, axes = _panels(len(pops), plt)
+    for ax, (name, da) in zip(axes, pops.items()):
+        isi = np.asarray(da[dim].values, dtype=np.float64)
+        ax.plot(isi, da.values, "o-", color="C1")
+        ax.axhline(1.0, color="0.6", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xticks(isi, [f"{x:g}" for x in isi], fontsize=7)
+        ax.set_title(name)
+        ax.set_xlabel("inter-stimulus interval (ms)")
+        ax.set_ylabel("recovery")
+    return _save(fig, plt, path, title)
+
+
+def plot_contrast_response(responses, path, *, fits: Mapping | None = None, dim: str = "contrast",
+                           title: str | None = None) -> Path:
+    """Summed response vs contrast (markers, log axis) with each population's fitted hyperbolic
+    ratio function (``fits``: population -> :class:`HyperbolicRatioFit`) and its c50."""
+    plt = _pyplot()
+    path = _png(path)
+    pops = _variables(responses)
+    fig, axes = _panels(len(pops), plt)
+    for ax, (name, da) in zip(axes, pops.items()):
+        c = np.asarray(da[dim].values, dtype=np.float64)
+        ax.plot(c, da.values, "o", color="C2", label="model")
+        fit = (fits or {}).get(name)
+        if fit is not None:
+            cc = np.geomspace(c[c > 0].min(), c.max(), 100)
+            ax.plot(cc, fit(cc), "-", color="C2", alpha=0.7, label=f"fit, c50 = {fit.c50:.3g}")
+            ax.axvline(fit.c50, color="0.7", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("contrast")
+        ax.set_ylabel("summed response")
+        ax.legend(fontsize=7, frameon=False)
+    return _save(fig, plt, path, title)
