@@ -1,36 +1,253 @@
-"""The ``dynode`` command line (subcommands are added as the workflow lands)."""
+"""The ``dynode`` command line: ``demo``, ``train``, ``simulate``, ``experiment``,
+``convergence``, ``inspect``, ``analyze`` and ``config``.
+
+Every command that takes a CONFIG reads one YAML file (:class:`dynode.config.RunConfig`,
+one section per concern; ``dynode config schema`` prints the JSON schema). A bad config or
+argument prints one line, ``dynode <command>: error: <field path>: <reason>``, and exits
+with status 2 (no traceback).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import dynode
+    from dynode import __version__
 
-    ap = argparse.ArgumentParser(prog="dynode", description="Continuous-time recurrent networks of "
-                                 "the visual system: simulate, record, analyse.")
-    ap.add_argument("--version", action="version", version=f"dynode {dynode.__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("info", help="print versions and the available solvers")
+    ap = _Parser(prog="dynode", description="Continuous-time recurrent networks of the visual system: "
+                 "train, simulate, record and analyse.")
+    ap.add_argument("--version", action="version", version=f"dynode {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    d = sub.add_parser("demo", help="train a small dyrcnn on the generated task, run the Groen 2022 "
+                       "experiments, write archives and figures, print a summary")
+    d.add_argument("--out", default="dynode-demo", help="output folder (default: dynode-demo)")
+    d.add_argument("--quick", action="store_true", help="tiny settings (a smoke test in seconds)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 6; quick 1)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="replace archives from an earlier demo")
+    for name, text in (("train", "train the configured model on the configured data"),
+                       ("simulate", "simulate the model under the configured stimulus into an archive"),
+                       ("experiment", "run the Groen 2022 experiments into archives and analyse them"),
+                       ("convergence", "the dt/tau study: errors of cheap steps vs a tight reference")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="YAML run configuration")
+        p.add_argument("--out", default=None, help="output folder (default: the config's output)")
+        p.add_argument("--overwrite", action="store_true", help="replace existing archives")
+    i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
+    i.add_argument("archive")
+    a = sub.add_parser("analyze", help="analyse Groen 2022 archives (time courses, summation, recovery)")
+    a.add_argument("archives", nargs="+", help="archives written by `dynode experiment` / `dynode demo`")
+    a.add_argument("--out", default=None, help="folder for figures (default: beside the first archive)")
+    c = sub.add_parser("config", help="configuration helpers")
+    csub = c.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    csub.add_parser("schema", help="print the JSON schema of the run configuration")
+    chk = csub.add_parser("check", help="validate a YAML run configuration")
+    chk.add_argument("file")
     return ap
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "info":
-        import platform
+    import pydantic
 
-        import torch
+    from dynode.errors import DynodeError
 
-        import dynode
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command](args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as exc:
+        from dynode.config import describe_validation_error
 
-        print(f"dynode {dynode.__version__}, torch {torch.__version__}, python {platform.python_version()}")
-        print("solvers: " + ", ".join(dynode.solvers.SOLVERS))
-        return 0
-    build_parser().print_help()
+        print(f"dynode {args.command}: error: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    except (DynodeError, FileNotFoundError, FileExistsError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"dynode {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dynode {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands ------------------------------------------------------------------------------
+def _out(args, cfg) -> Path:
+    out = Path(args.out if getattr(args, "out", None) else cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _model_and_data(cfg):
+    train, test, shape, n_classes = cfg.data.load()
+    net = cfg.model.build(input_shape=shape, num_classes=n_classes)
+    return net, train, test
+
+
+def cmd_train(args) -> int:
+    from dynode.config import load_config
+    from dynode.train import Trainer
+
+    cfg = load_config(args.config)
+    out = _out(args, cfg)
+    net, train, test = _model_and_data(cfg)
+    trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out)
+    if (out / "last.pt").exists() and not args.overwrite:
+        trainer.resume(out / "last.pt")
+        print(f"resuming from {out / 'last.pt'} at epoch {trainer.epoch}")
+    result = trainer.fit(train, test)
+    (out / "config.json").write_text(cfg.model_dump_json(indent=2))
+    final = result.final
+    print(f"trained {cfg.model.name} for {final.get('epoch')} epochs: train acc {final.get('train_acc', 0):.3f}, "
+          f"test acc {final.get('val_acc', 0):.3f}; weights in {out / 'last.pt'}")
     return 0
+
+
+def cmd_simulate(args) -> int:
+    import dynode as dn
+    from dynode.config import load_config
+
+    cfg = load_config(args.config)
+    out = _out(args, cfg)
+    net, _, test = _model_and_data(cfg)
+    images = test[0]
+    stim = cfg.stimulus.build(images, net.input_names()[0])
+    proto = getattr(net, "protocol", {}) or {}
+    dt = cfg.dt or proto.get("dt")
+    t_end = cfg.t_end or getattr(stim, "t_end", None) or proto.get("t_end")
+    res = dn.simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
+                      store=out / "simulation.zarr", overwrite=args.overwrite)
+    print(f"wrote {res.path} ({res.status}; {res.stats.steps} steps, {res.stats.nfe} evaluations)")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from dynode.config import load_config
+    from dynode.experiments import groen2022_experiments
+
+    cfg = load_config(args.config)
+    out = _out(args, cfg)
+    net, _, test = _model_and_data(cfg)
+    ex = cfg.experiment
+    paths = groen2022_experiments(net, test[0][: ex.n_images], out / "experiments", dt=ex.dt,
+                                  solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
+                                  overwrite=args.overwrite, background=ex.background)
+    for kind, path in paths.items():
+        print(f"wrote {path}")
+    _analyze(list(paths.values()), out / "figures")
+    return 0
+
+
+def cmd_convergence(args) -> int:
+    import dynode as dn
+    from dynode.config import load_config
+
+    cfg = load_config(args.config)
+    out = _out(args, cfg)
+    net, _, test = _model_and_data(cfg)
+    conv = cfg.convergence
+    stim = cfg.stimulus.build(test[0], net.input_names()[0])
+    import torch
+
+    with torch.no_grad():
+        ds = dn.convergence(net, stim, t_end=conv.t_end, dts=conv.dts, solvers=conv.solvers,
+                            reference=conv.reference.build())
+    ds.to_netcdf(out / "convergence.nc")
+    png = dn.plot_convergence(ds, out / "convergence.png")
+    print(ds)
+    print(f"wrote {out / 'convergence.nc'} and {png}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import dynode as dn
+    from dynode.archive import archive_config, populations
+
+    path = Path(args.archive)
+    if not path.exists():
+        raise FileNotFoundError(f"no archive at {path}")
+    tree = dn.open_archive(path)
+    attrs = tree.attrs
+    print(f"{path}: status {attrs.get('status')}, run {attrs.get('run_id')}, created {attrs.get('created')}")
+    print(f"dynode {attrs.get('dynode_version', '?')}, solver {attrs.get('solver')}, dt {attrs.get('dt')} ms")
+    times = tree.ds["time"].values if "time" in tree.ds.coords else []
+    if len(times):
+        print(f"time: {len(times)} points, {times[0]:g} .. {times[-1]:g} ms")
+    for name in populations(tree):
+        rate = tree[name]["rate"]
+        dims = ", ".join(f"{d}={n}" for d, n in rate.sizes.items())
+        print(f"  {name}: rate ({dims}) {rate.dtype}")
+    coords = [c for c in tree.ds.coords if tree.ds[c].dims == ("sample",) and c != "sample"]
+    for c in coords:
+        vals = sorted(set(tree.ds[c].values.tolist()))
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in vals[:8])
+        print(f"  condition {c}: {shown}{' ...' if len(vals) > 8 else ''}")
+    config = archive_config(tree)
+    if config:
+        print("config: " + json.dumps(config)[:400])
+    return 0
+
+
+def _analyze(paths, fig_dir: Path) -> dict:
+    from dynode import analysis
+
+    summary = analysis.summarize(paths, figures=fig_dir)
+    print(analysis.format_summary(summary))
+    return summary
+
+
+def cmd_analyze(args) -> int:
+    paths = [Path(p) for p in args.archives]
+    for p in paths:
+        if not p.exists():
+            raise FileNotFoundError(f"no archive at {p}")
+    fig_dir = Path(args.out) if args.out else paths[0].parent / "figures"
+    _analyze(paths, fig_dir)
+    return 0
+
+
+def cmd_config(args) -> int:
+    from dynode.config import load_config, run_config_schema
+
+    if args.action == "schema":
+        print(json.dumps(run_config_schema(), indent=2))
+        return 0
+    if args.action == "check":
+        cfg = load_config(args.file)
+        print(f"{args.file}: valid ({', '.join(f'{k}' for k in cfg.model_fields_set) or 'all defaults'})")
+        return 0
+    raise _UsageError("dynode config: error: give an action: schema or check FILE")
+
+
+def cmd_demo(args) -> int:
+    from dynode.demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "simulate": cmd_simulate, "experiment": cmd_experiment,
+            "convergence": cmd_convergence, "inspect": cmd_inspect, "analyze": cmd_analyze, "config": cmd_config}
 
 
 if __name__ == "__main__":

@@ -178,3 +178,247 @@ def solver_config(data: Any) -> Any:
     if isinstance(data, str):
         data = {"kind": data}
     return _SOLVER_ADAPTER.validate_python(data)
+
+
+# ============================================================================================
+# Run configuration: one model per concern, composed into RunConfig (YAML in, objects out).
+# ============================================================================================
+ZOO = ("dyrcnn", "cornet_rt", "cordsnet", "alexnet_like")
+
+
+class ModelConfig(_Frozen):
+    """A zoo model: ``name`` and the keyword options of its builder (see ``dynode.models``).
+
+    ``input_shape`` and ``num_classes`` default to the data's. ``weights``: a checkpoint
+    (from ``dynode train``) to load.
+    """
+
+    name: Literal["dyrcnn", "cornet_rt", "cordsnet", "alexnet_like"] = "dyrcnn"
+    options: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = None
+
+    def build(self, *, input_shape=None, num_classes=None):
+        import inspect
+
+        from dynode import models
+        from dynode.errors import ConfigurationError
+
+        builder = getattr(models, self.name)
+        params = inspect.signature(builder).parameters
+        unknown = [k for k in self.options if k not in params]
+        if unknown:
+            raise ConfigurationError(f"model.options: {self.name}() takes no option(s) {unknown}; "
+                                     f"it takes {[p for p in params]}")
+        opts = dict(self.options)
+        if input_shape is not None and "input_shape" in params:
+            opts.setdefault("input_shape", tuple(input_shape))
+        if num_classes is not None and "num_classes" in params:
+            opts.setdefault("num_classes", int(num_classes))
+        net = builder(**opts)
+        if self.weights:
+            from dynode.train import load_checkpoint
+
+            state = load_checkpoint(self.weights)
+            net.load_state_dict(state["model"] if "model" in state else state)
+        return net
+
+
+class DataConfig(_Frozen):
+    """Image data: the generated task (no files, the default) or a torchvision data set in ``root``."""
+
+    name: Literal["generated", "cifar10", "cifar100", "mnist", "imagenette", "imagefolder"] = "generated"
+    root: str | None = None
+    n_train: PositiveInt = 1200
+    n_test: PositiveInt = 300
+    size: PositiveInt = 16
+    channels: Literal[1, 3] = 1
+    classes: list[str] | None = None
+    seed: int = 0
+    augment: bool | None = None
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.name == "generated":
+            if self.root is not None:
+                raise ValueError("the generated task reads no files: remove data.root")
+        else:
+            if self.root is None:
+                raise ValueError(f"data.name={self.name!r} needs data.root (the folder holding the data set)")
+            given = [k for k in ("n_train", "n_test", "size", "channels", "classes") if k in self.model_fields_set]
+            if given:
+                raise ValueError(f"{given} only apply to the generated task, not {self.name!r}")
+        return self
+
+    def load(self):
+        """``(train, test, image_shape, num_classes)``; train/test iterate ``(images, labels)``
+        batches or are ``(images, labels)`` tensor pairs."""
+        if self.name == "generated":
+            from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
+
+            task = generated_task(self.n_train, self.n_test, size=self.size, channels=self.channels,
+                                  classes=tuple(self.classes) if self.classes else DEFAULT_CLASSES,
+                                  seed=self.seed)
+            train = (task.normalize(task.x_train), task.y_train)
+            test = (task.normalize(task.x_test), task.y_test)
+            return train, test, task.image_shape, task.num_classes
+        from dynode.stimuli.datasets import STATS, load_tensors
+
+        name = "imagenette" if self.name == "imagefolder" else self.name
+        x_tr, y_tr, classes = load_tensors(name, self.root, "train")
+        x_te, y_te, _ = load_tensors(name, self.root, "test")
+        mean, std = STATS[name]
+        m = torch_tensor(mean).view(1, -1, 1, 1)
+        s = torch_tensor(std).view(1, -1, 1, 1)
+        norm = lambda x: (x.float() / 255.0 - m) / s  # noqa: E731
+        return (norm(x_tr), y_tr), (norm(x_te), y_te), tuple(x_tr.shape[1:]), len(classes)
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class RecordConfig(_Frozen):
+    """What to record (see :class:`dynode.Record`); the default is the population time course."""
+
+    populations: list[str] | None = None
+    reduce: Literal["mean", "std", "mean_std"] | None = "mean"
+    every: PositiveFloat | None = None
+    start: float | None = None
+    stop: float | None = None
+    dtype: Literal["float16", "float32", "float64"] = "float32"
+
+    def build(self):
+        from dynode.record import Record
+
+        return Record(**self.model_dump())
+
+
+class StimulusConfig(_Frozen):
+    """A stimulus for ``dynode simulate``: test images of the data shown as a pulse (or constantly),
+    or one of the Groen 2022 protocols."""
+
+    kind: Literal["pulse", "constant", "groen2022"] = "pulse"
+    n_images: PositiveInt = 4
+    onset: Annotated[float, Field(ge=0)] = 0.0
+    duration: PositiveFloat | None = None
+    contrast: Annotated[float, Field(ge=0)] = 1.0
+    protocol: Literal["contrast", "duration", "repetition"] | None = None
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.kind == "groen2022" and self.protocol is None:
+            raise ValueError("stimulus.kind='groen2022' needs stimulus.protocol: contrast, duration or repetition")
+        if self.kind != "groen2022" and self.protocol is not None:
+            raise ValueError("stimulus.protocol only applies to kind='groen2022'")
+        if self.kind == "constant" and (self.duration is not None or self.onset):
+            raise ValueError("a constant stimulus takes no onset or duration; use kind='pulse'")
+        return self
+
+    def build(self, images, input_name: str):
+        from dynode.stimuli import Constant, Pulse, groen2022
+
+        images = images[: self.n_images] * self.contrast
+        if self.kind == "groen2022":
+            return groen2022(self.protocol, images)
+        if self.kind == "constant":
+            return Constant({input_name: images})
+        duration = self.duration if self.duration is not None else math.inf
+        return Pulse(self.onset, duration, {input_name: images})
+
+
+class ExperimentConfig(_Frozen):
+    """The in-silico experiments (Groen et al. 2022) run on a (trained) model."""
+
+    protocols: list[Literal["contrast", "duration", "repetition"]] = Field(
+        default_factory=lambda: ["contrast", "duration", "repetition"])
+    n_images: PositiveInt = 4
+    dt: PositiveFloat = 2.0
+    solver: SolverConfig = Field(default_factory=EulerConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    background: Literal["grey", "blank", "mean"] = "grey"
+
+
+class ConvergenceConfig(_Frozen):
+    """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference."""
+
+    dts: list[PositiveFloat] = Field(default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
+    solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] = Field(default_factory=lambda: ["euler", "rk4"])
+    t_end: PositiveFloat = 40.0
+    reference: SolverConfig = Field(default_factory=lambda: Dopri5Config(rtol=1e-7, atol=1e-9))
+
+
+class RunConfig(_Frozen):
+    """Everything one ``dynode`` command needs, one section per concern."""
+
+    output: str = "dynode-out"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    training: "TrainingConfig" = Field(default_factory=lambda: _training_config())
+    solver: SolverConfig = Field(default_factory=EulerConfig)
+    dt: PositiveFloat | None = None
+    t_end: PositiveFloat | None = None
+    stimulus: StimulusConfig = Field(default_factory=StimulusConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
+
+
+def _training_config():
+    from dynode.train import TrainingConfig
+
+    return TrainingConfig()
+
+
+def _rebuild():
+    from dynode.train import TrainingConfig
+
+    RunConfig.model_rebuild(_types_namespace={"TrainingConfig": TrainingConfig})
+
+
+def load_config(path) -> RunConfig:
+    """Read a YAML file into a :class:`RunConfig` (``yaml.safe_load``; every key checked)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dynode.errors import ConfigurationError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigurationError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
+    return run_config(data)
+
+
+def run_config(data: Any) -> RunConfig:
+    _rebuild()
+    return RunConfig.model_validate(data)
+
+
+def run_config_schema() -> dict:
+    """The JSON schema of :class:`RunConfig` (what ``dynode config schema`` prints)."""
+    _rebuild()
+    return RunConfig.model_json_schema()
+
+
+def describe_validation_error(err) -> str:
+    """One line per problem: ``section.field: reason`` (pydantic's messages, with paths)."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x.endswith("Config")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not an option here; check the spelling)"
+        lines.append(f"{loc or '<top>'}: {msg}")
+    return "; ".join(lines)

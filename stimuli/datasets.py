@@ -339,7 +339,8 @@ class InMemoryLoader:
             self._mul = torch.full((1, 1, 1, 1), self._scale, dtype=dtype, device=device)
             self._add = torch.zeros((1, 1, 1, 1), dtype=dtype, device=device)
         self._gen = torch.Generator(device=device)
-        self._gen.manual_seed(int(seed))
+        self._seed = int(seed)
+        self._gen.manual_seed(self._seed)
         h, w = images.shape[2], images.shape[3]
         self._rows = torch.arange(h, device=device)
         self._cols = torch.arange(w, device=device)
@@ -347,6 +348,10 @@ class InMemoryLoader:
     def __len__(self) -> int:
         n = len(self.images)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the shuffling/augmentation stream for ``epoch`` (reproducible resumes)."""
+        self._gen.manual_seed(int(self._seed) + 1_000_003 * int(epoch))
 
     def _crop_flip(self, x: Tensor) -> Tensor:
         """Random crop of the zero-padded batch and random horizontal flip as ONE gather:
