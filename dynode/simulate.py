@@ -32,7 +32,7 @@ from torch import Tensor
 
 from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrArchiveWriter,
                             condition_coords, prepare_path, COMPRESSIONS)
-from dynode.errors import ConfigurationError
+from dynode.errors import ConfigurationError, DynodeError
 from dynode.problem import make_problem
 from dynode.record import PopulationPlan, Record
 from dynode.solvers import get_solver
@@ -41,7 +41,7 @@ from dynode.stimuli.base import as_stimulus
 
 __all__ = ["simulate", "SimulationResult"]
 
-_BLOCK_BYTES = 64 * 2 ** 20  # default block size (all recorded populations together)
+_BLOCK_BYTES = 16 * 2 ** 20  # default block size (all recorded populations together)
 _MAX_CHUNK_STEPS = 1024
 
 
@@ -142,19 +142,27 @@ class _Streamer:
     Two block buffers rotate between the solver (filling) and the writer (writing); the
     solver waits only if the writer is a whole block behind. Writer errors surface in the
     solver's thread at the next hand-off.
+
+    ``hold``: the solver hands over fresh tensors that it never modifies afterwards (the
+    fixed-step solvers), so on the CPU, when no dtype conversion is needed, the observer
+    keeps references and the writer thread copies them into the block (off the solver's
+    thread). Each held tensor's version counter is checked after the copy: a state
+    modified in place in the meantime is an error, never silently wrong data.
     """
 
     def __init__(self, plans: list[PopulationPlan], inputs, input_names: tuple[str, ...],
-                 chunk_steps: int | None, n_times: int, make_sink, progress):
+                 chunk_steps: int | None, n_times: int, make_sink, progress, hold: bool = False):
         self.plans, self.inputs, self.input_names = plans, inputs, input_names
         self.chunk_steps, self.n_times = chunk_steps, n_times
         self.make_sink, self.progress = make_sink, progress
+        self.hold = hold
         self.sink = None
         self._free: queue.Queue = queue.Queue()
         self._work: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._cur = None
+        self._held: list[list] = []
         self._i = 0
 
     # called by the solver with every recorded state
@@ -163,13 +171,19 @@ class _Streamer:
             self._start(state)
         bufs, times, stim = self._cur
         i = self._i
-        for plan, buf in zip(self.plans, bufs):
-            buf[i].copy_(plan.transform(state[plan.name]), non_blocking=True)
+        if self.hold:
+            refs = [plan.transform(state[plan.name]) for plan in self.plans]
+        else:
+            for plan, buf in zip(self.plans, bufs):
+                buf[i].copy_(plan.transform(state[plan.name]), non_blocking=True)
         if stim is not None:
             x = self.inputs(t)
             for j, name in enumerate(self.input_names):
                 stim[i, :, j].copy_(_unit_mean(x[name], stim.shape[1]), non_blocking=True)
         times[i] = t
+        if self.hold:  # commit the step only once everything above succeeded
+            for held, v in zip(self._held, refs):
+                held.append((v, v._version))
         self._i = i + 1
         if self._i == self.chunk_steps:
             self._hand_off()
@@ -186,6 +200,7 @@ class _Streamer:
             self.chunk_steps = max(1, min(self.n_times, _MAX_CHUNK_STEPS, _BLOCK_BYTES // max(per_step, 1)))
         k = self.chunk_steps
         pin = device.type == "cuda"
+        self.hold = self.hold and device.type == "cpu" and all(o.dtype == dtype for o in outs)
         self._shapes = [tuple(o.shape[1:]) for o in outs]
         for _ in range(2):
             bufs = [torch.empty((k, *o.shape), dtype=dtype, pin_memory=pin) for o in outs]
@@ -198,17 +213,21 @@ class _Streamer:
                                         daemon=True)
         self._thread.start()
         self._cur = self._free.get()
+        self._held = [[] for _ in self.plans]
         self._i = 0
 
-    def _hand_off(self) -> None:
-        if self._error is not None:
-            raise self._error
+    def _submit(self) -> None:
         event = None
         if self._event is not None:
             event = self._event()
             event.record()
-        self._work.put((self._cur, self._i, event))
-        self._cur, self._i = None, 0
+        self._work.put((self._cur, self._i, event, self._held if self.hold else None))
+        self._cur, self._i, self._held = None, 0, [[] for _ in self.plans]
+
+    def _hand_off(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._submit()
         while True:  # wait for a free block, but notice a failed writer
             try:
                 self._cur = self._free.get(timeout=0.5)
@@ -224,17 +243,28 @@ class _Streamer:
             item = self._work.get()
             if item is None:
                 return
-            (bufs, times, stim), n, event = item
+            (bufs, times, stim), n, event, held = item
             try:
                 if self._error is None:
                     if event is not None:
                         event.synchronize()
+                    if held is not None:
+                        for plan, buf, refs in zip(self.plans, bufs, held):
+                            if len(refs) != n:
+                                raise DynodeError(f"internal: {len(refs)} held states for {n} steps")
+                            torch.stack([v for v, _ in refs], out=buf[:n])
+                            if any(v._version != ver for v, ver in refs):
+                                raise DynodeError(
+                                    f"population {plan.name!r}: the solver modified a saved state in "
+                                    "place before it was written; a solver that declares "
+                                    "fresh_states = True must hand the observer new tensors")
                     block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
                                   None if stim is None else stim[:n].numpy())
                     self.sink.write(block)
             except BaseException as exc:  # surfaced in the solver's thread
                 self._error = exc
             finally:
+                item = held = None  # drop the references to the solver's states
                 self._free.put((bufs, times, stim))
 
     def close(self) -> None:
@@ -242,12 +272,7 @@ class _Streamer:
         if self._thread is None:
             return
         if self._cur is not None and self._i > 0 and self._error is None:
-            event = None
-            if self._event is not None:
-                event = self._event()
-                event.record()
-            self._work.put((self._cur, self._i, event))
-            self._cur, self._i = None, 0
+            self._submit()
         self._work.put(None)
         self._thread.join()
         self._thread = None
@@ -318,7 +343,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     store : a path for a zarr v3 archive written while the run goes; ``None`` keeps the
         recording in memory.
     chunk_steps : time steps per written block (= the zarr chunk along time); default: about
-        64 MiB per block. Peak memory is two blocks.
+        16 MiB per block. Peak memory is two blocks.
     overwrite : replace an existing store (otherwise an existing path is an error).
     progress : a tqdm bar; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
@@ -387,7 +412,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                                  overwrite=overwrite)
 
     bar = _progress_bar(progress, len(times))
-    streamer = _Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar)
+    hold = isinstance(solver_obj, FixedStepSolver) or bool(getattr(solver_obj, "fresh_states", False))
+    streamer = _Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
+                         hold=hold)
     try:
         with torch.no_grad():
             sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)

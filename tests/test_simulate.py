@@ -292,3 +292,44 @@ def test_result_indexing_and_lazy_tree(tmp_path):
         # stored trees are lazy: nothing loaded until asked
         assert not run.tree["A"]["rate"].variable._in_memory
     assert run.path == tmp_path / "l.zarr"
+
+
+def test_t0_initial_state_and_batch_size_are_passed_through():
+    net = small_net()
+    x = torch.rand(2, 4, 4)  # one input shared by the batch
+    init = {"A": torch.rand(3, 4, 4), "B": torch.rand(4, 5)}
+    kw = dict(t0=5.0, t_end=9.0, dt=0.5, initial_state=init, batch_size=4)
+    run = dn.simulate(net, dn.stimuli.Constant(x), progress=False, **kw)
+    sol = reference(net, dn.stimuli.Constant(x), **kw)
+    assert run.tree["time"].values[0] == 5.0 and run.tree.sizes["sample"] == 4
+    np.testing.assert_array_equal(run.tree["B"]["rate"].values, sol.states["B"].numpy())
+    np.testing.assert_array_equal(run.tree["B"]["rate"].values[0], init["B"].numpy())
+
+
+def test_a_solver_that_reuses_its_state_tensors_is_caught():
+    """Solvers declaring fresh_states hand over tensors that are kept by reference until
+    written; one that overwrites them in place must fail loudly, not store wrong data."""
+
+    class Reusing:
+        fresh_states = True
+        adaptive = False
+
+        def solve(self, problem, dt, *, observer=None):
+            bufs = {k: v.clone() for k, v in problem.y0.items()}
+
+            def reuse(t, state):
+                for k, v in state.items():
+                    bufs[k].copy_(v)
+                observer(t, bufs)
+
+            return dn.solvers.Euler().solve(problem, dt, observer=reuse)
+
+    with pytest.raises(dn.DynodeError, match="modified a saved state in place"):
+        dn.simulate(small_net(), pulse(), t_end=4.0, dt=0.5, solver=Reusing(), chunk_steps=4,
+                    progress=False)
+    # the same solver without the declaration is copied step by step and records correctly
+    Reusing.fresh_states = False
+    run = dn.simulate(small_net(), pulse(), t_end=4.0, dt=0.5, solver=Reusing(), chunk_steps=4,
+                      progress=False)
+    sol = reference(small_net(), pulse(), t_end=4.0, dt=0.5)
+    np.testing.assert_array_equal(run.tree["A"]["rate"].values, sol.states["A"].numpy())
