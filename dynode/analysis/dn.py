@@ -14,10 +14,17 @@ contrast envelope) to a response, every time in **ms**:
     r(t) &= \text{scale}\ \frac{|L(t)|^n}{\sigma^n + |P(t)|^n}
 
 Both gamma kernels and the exponential have unit area. The convolutions are discrete on the
-uniform time grid ``t_k = t_0 + k\,dt``: ``(s * h)(t_k) = dt \sum_{j \ge 0} h(j\,dt)\, s_{k-j}``
-(the stimulus is 0 before ``t_0``), computed with an FFT. The shift enters through the kernel
-(``h_1`` is evaluated at ``j\,dt - \delta``), so it need not be a multiple of ``dt`` and the
-response is differentiable in every parameter.
+uniform time grid ``t_k = t_0 + k\,dt``, exact for an input held constant over each step
+(zero-order hold, ``x(t) = x_k`` on ``[t_k, t_{k+1})``, 0 before ``t_0``):
+
+.. math:: (x * h)(t_k) = \sum_{j \ge 0} w_j\, x_{k-1-j}, \qquad
+          w_j = \int_{j\,dt}^{(j+1)\,dt} h(u)\, du = H((j+1)\,dt) - H(j\,dt)
+
+with the kernel's integral ``H``: :math:`H_{\Gamma}(u) = 1 - e^{-u'/\tau}(1 + u'/\tau)`,
+:math:`u' = \max(u - \delta, 0)` for the shifted gammas, :math:`H_2(u) = 1 - e^{-u/\tau_2}`.
+So the weights sum to 1 whatever ``dt`` (a constant input gives the same steady state at
+every resolution), the shift need not be a multiple of ``dt`` and the response is
+differentiable in every parameter. The sums are computed with an FFT.
 
 Parameters and the REFERENCE start values and bounds, converted from s to ms
 (:data:`DN_START`, :data:`DN_BOUNDS`): ``tau1`` 5 ms (1 - 1000), ``weight`` 0 (0 - 1),
@@ -61,18 +68,24 @@ def _grid_step(t: Tensor) -> float:
     return dt
 
 
-def _gamma2(t: Tensor, tau: Tensor) -> Tensor:
-    """Unit-area gamma of order 2: ``t / tau^2 exp(-t / tau)`` for ``t >= 0``, else 0."""
-    tp = t.clamp_min(0.0)
-    return torch.where(t > 0, tp / tau**2 * torch.exp(-tp / tau), torch.zeros_like(tp))
+def _gamma2_integral(u: Tensor, tau: Tensor) -> Tensor:
+    """``int_0^u t / tau^2 exp(-t / tau) dt = 1 - exp(-u / tau) (1 + u / tau)`` (0 for u <= 0)."""
+    x = u.clamp_min(0.0) / tau
+    return 1.0 - torch.exp(-x) * (1.0 + x)
 
 
-def _causal_conv(x: Tensor, h: Tensor, dt: float) -> Tensor:
-    """``dt * sum_j h[..., j] x[..., k - j]`` along the last axis (FFT, zero padding)."""
+def _bin_weights(integral, edges: Tensor) -> Tensor:
+    """``w_j = H(edges[j + 1]) - H(edges[j])``: the kernel's mass in each step."""
+    h = integral(edges)
+    return h[..., 1:] - h[..., :-1]
+
+
+def _causal_conv(x: Tensor, w: Tensor) -> Tensor:
+    """``y_k = sum_j w_j x_{k-1-j}`` along the last axis (FFT, zero padding)."""
     n = x.shape[-1]
     m = 1 << (2 * n - 1).bit_length()
-    y = torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(h, m), m)
-    return dt * y[..., :n]
+    y = torch.fft.irfft(torch.fft.rfft(x, m) * torch.fft.rfft(w, m), m)[..., : n - 1]
+    return torch.nn.functional.pad(y, (1, 0))
 
 
 def _as_params(params: Mapping, like: Tensor) -> dict[str, Tensor]:
@@ -102,11 +115,12 @@ def dn_model(stimulus, t, params: Mapping) -> Tensor:
     if s.shape[-1] != t.numel():
         raise ConfigurationError(f"stimulus has {s.shape[-1]} time points but t has {t.numel()}")
     p = _as_params(params, s)
-    lag = torch.arange(t.numel(), dtype=s.dtype, device=s.device) * dt
-    h1 = _gamma2(lag - p["shift"], p["tau1"]) - p["weight"] * _gamma2(lag - p["shift"], 1.5 * p["tau1"])
-    h2 = torch.exp(-lag / p["tau2"]) / p["tau2"]
-    lin = _causal_conv(s, h1, dt)
-    pool = _causal_conv(lin, h2, dt)
+    edges = torch.arange(t.numel() + 1, dtype=s.dtype, device=s.device) * dt
+    w1 = (_bin_weights(lambda u: _gamma2_integral(u - p["shift"], p["tau1"]), edges)
+          - p["weight"] * _bin_weights(lambda u: _gamma2_integral(u - p["shift"], 1.5 * p["tau1"]), edges))
+    w2 = _bin_weights(lambda u: 1.0 - torch.exp(-u / p["tau2"]), edges)
+    lin = _causal_conv(s, w1)
+    pool = _causal_conv(lin, w2)
     n = p["n"]
     num = lin.abs().clamp_min(1e-30) ** n
     den = p["sigma"].clamp_min(1e-30) ** n + pool.abs().clamp_min(1e-30) ** n
