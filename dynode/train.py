@@ -1,32 +1,58 @@
 r"""Training by back-propagation through time (``dynode.train``).
 
-One training step for a batch of images ``x`` with labels ``y``:
+One training step for a global batch of images ``x`` with labels ``y``:
 
 1. optional idle warm-up: ``idle`` ms without input and without gradient; the run then
    continues from that state *with its delayed past* (``integrate(initial_state=solution)``);
 2. the image is shown from ``stimulus_onset`` for ``stimulus_duration`` ms (default: to the
-   end) and the network is integrated to ``t_end`` with gradients;
-3. loss ``L = CE_window + energy_weight * E + stability_weight * S`` with
+   end) and the network is integrated on the grid ``t_k = k dt``, ``k = 0..N``,
+   ``N = t_end / dt``, with gradients;
+3. loss ``L = CE + energy_weight * E + stability_weight * S`` with
 
-   * ``CE_window``: cross-entropy of the readout over the reaction window
-     ``t >= onset + reaction_time`` (readout ``at="every"``; ``"last"``/``"mean"`` give one
-     logit vector), uniform or ramp weights (:func:`dynode.models.losses.classification_loss`);
-   * ``E``: mean ``|r|^p`` over populations and time (:func:`~dynode.models.losses.energy_loss`);
-   * ``S``: squared deviation after the stimulus from the pre-stimulus baseline;
-4. backward, gradient clipping, optimizer and scheduler step.
+   * ``CE``: for a readout ``at="every"`` the weighted cross-entropy
+     ``sum_k w_k CE(logits(t_k), y)`` over the reaction window ``t_k >= onset + reaction_time``
+     (inside the readout's own window, if it has one), ``w_k`` uniform or a ramp, summing to 1
+     (:func:`dynode.models.losses.time_weights`); for ``at="last"``/``"mean"``: the
+     cross-entropy of the one logit vector;
+   * ``E = mean_{k, b, units} |r|^p`` over all populations, all ``N + 1`` saved times
+     (:func:`~dynode.models.losses.energy_loss`);
+   * ``S``: squared deviation after the stimulus offset from the pre-stimulus mean
+     (:func:`~dynode.models.losses.stability_loss`);
+4. backward, gradient clipping, optimizer step; the LR schedule steps once per epoch.
 
-Long runs: ``checkpoint`` (gradient checkpointing over time segments, memory ~ sqrt(steps))
-and ``tbptt`` (truncated BPTT: segments of that many steps, the state and its delayed past
-detached between segments, gradients accumulated, one optimizer step per batch).
+Only the states the loss needs are saved (``save_at``): the final state for ``at="last"``,
+the weighted window for ``"every"``, every step when ``E`` or ``S`` is on.
 
-Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the network is wrapped in
-``torch.nn.parallel.DistributedDataParallel``; every rank takes its share of each global batch,
-so the loss curve matches single-process training on the same global batch.
+Long runs:
+
+* ``checkpoint`` -- gradient checkpointing over time segments (``True``: ~sqrt(N) steps);
+  the gradients equal those of plain BPTT; memory grows with the number of segments plus
+  one segment's graph (each segment boundary also keeps the delayed past, ``max_delay / dt + 1``
+  states per population).
+* ``tbptt`` -- truncated BPTT: segments of that many steps; the state *and its delayed past*
+  are detached between segments, each segment back-propagates its part of the loss
+  (``sum_k w_k CE_k`` over its times, ``E`` weighted by its share of the times), the
+  gradients accumulate and the optimizer steps once per batch. The loss *value* equals the
+  full-run loss; only the gradient is truncated. (``S`` needs the whole run: not with tbptt.)
+
+Distributed (DDP): launch the training script with ``torchrun --nproc_per_node P script.py``.
+When ``WORLD_SIZE > 1`` and no process group exists yet, :class:`Trainer` initialises one
+itself (``env://``; backend ``nccl`` for CUDA devices, with ``cuda:LOCAL_RANK``, else ``gloo``)
+and :meth:`Trainer.close` (called by :func:`train`) destroys it again; a script that creates
+its own process group keeps it. The network runner is wrapped in
+``DistributedDataParallel``. Every rank gets the same global batches (the same seeded
+order) and takes the samples ``rank, rank + P, ...`` of each; its loss is scaled by
+``P * n_local / n_global`` so that DDP's gradient average is the gradient of the global-batch
+mean: the loss curve matches single-process training on the same global batch (up to
+floating-point summation order). Metrics are reduced over ranks; rank 0 writes the log
+and the checkpoints. TBPTT segments before the last run under ``no_sync`` (one gradient
+all-reduce per batch).
 
 Everything that makes a run is in :class:`TrainingConfig`; checkpoints hold the weights, the
-optimizer and scheduler state, the epoch, the RNG states and the config, and load with
-``torch.load(..., weights_only=True)``. Resuming continues the same run: data order and
-random streams are seeded per epoch.
+optimizer, scheduler and gradient-scaler state, the epoch, the metrics, the RNG state and
+the config, and load with ``torch.load(..., weights_only=True)``. Resuming continues the same
+run: the data order and the random streams are seeded per epoch, so 2 epochs straight and
+1 epoch + checkpoint + resume + 1 epoch give the same weights and metrics.
 """
 
 from __future__ import annotations
@@ -50,6 +76,8 @@ from dynode.errors import ConfigurationError
 from dynode.integrate import integrate
 
 __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint"]
+
+_EPS = 1e-9
 
 
 class TrainingConfig(BaseModel):
@@ -92,12 +120,19 @@ class TrainingConfig(BaseModel):
                              "and an offset (stimulus_duration) to measure the return to baseline")
         if self.tbptt is not None and self.checkpoint:
             raise ValueError("choose tbptt or checkpoint, not both")
+        if self.tbptt is not None and self.stability_weight > 0:
+            raise ValueError("stability_weight needs the whole run (baseline and offset) in one graph; "
+                             "it is not implemented with tbptt: set tbptt=None or stability_weight=0")
+        if (self.checkpoint is not None and not isinstance(self.checkpoint, bool)
+                and self.checkpoint < 1):
+            raise ValueError(f"checkpoint must be None, True/False or a segment length >= 1 (steps), "
+                             f"got {self.checkpoint}")
         return self
 
 
 @dataclass
 class TrainResult:
-    """Metrics per epoch (the JSON-lines log as dicts) and the final accuracy."""
+    """Metrics per epoch (the JSON-lines log as dicts)."""
 
     history: list[dict] = field(default_factory=list)
 
@@ -106,31 +141,59 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def _dist():
+def _init_distributed(device: str):
+    """The ``torch.distributed`` module when a process group is (or, under torchrun, is now)
+    initialised; None for a single process. Returns (dist, created)."""
     import torch.distributed as dist
 
-    return dist if dist.is_available() and dist.is_initialized() else None
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not dist.is_available():
+        if world > 1:
+            raise ConfigurationError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        return None, False
+    if dist.is_initialized():
+        return dist, False
+    if world <= 1:
+        return None, False
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise ConfigurationError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun "
+                                     "or call torch.distributed.init_process_group yourself")
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist, True
 
 
 class _Runner(nn.Module):
-    """One forward pass = integrate the network under the batch and decode (DDP wraps this)."""
+    """One forward pass = integrate the network over one time segment (DDP wraps this)."""
 
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
 
-    def forward(self, stimulus, t0: float, t_end: float, dt: float, solver: str, initial_state, checkpoint):
-        sol = integrate(self.network, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver,
-                        initial_state=initial_state, checkpoint=checkpoint)
-        return sol
+    def forward(self, stimulus, *, t0: float, t_end: float, dt: float, solver: str, save_at,
+                initial_state, checkpoint):
+        return integrate(self.network, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver,
+                         save_at=save_at, initial_state=initial_state, checkpoint=checkpoint)
+
+
+def _steps(length: float, dt: float, what: str) -> int:
+    n = round(length / dt)
+    if abs(n * dt - length) > 1e-6 * max(dt, 1.0):
+        raise ConfigurationError(f"{what} = {length:g} ms is not a whole number of steps dt = {dt:g} ms")
+    return n
 
 
 class Trainer:
-    """Trains ``network`` (a :class:`dynode.Network` with a readout) under ``config``."""
+    """Trains ``network`` (a :class:`dynode.Network` with a readout) under ``config``.
+
+    ``log``: a JSON-lines file (one row per epoch, rewritten from the run's history when
+    training starts or resumes); ``checkpoint_dir``: ``last.pt`` written after every epoch.
+    """
 
     def __init__(self, network: nn.Module, config: TrainingConfig, *, log: str | Path | None = None,
                  checkpoint_dir: str | Path | None = None, progress: bool | None = None):
-        if getattr(network, "readout", None) is None:
+        readout = getattr(network, "readout", None)
+        if readout is None:
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...) "
                                      "(the zoo's models have one)")
         self.config = config
@@ -140,20 +203,27 @@ class Trainer:
         if not self.dt or not self.t_end:
             raise ConfigurationError("training needs dt and t_end (ms): set them in the TrainingConfig "
                                      "or use a zoo model (network.protocol)")
-        self.device = torch.device(config.device)
-        torch.manual_seed(config.seed)
-        self.network = network.to(self.device)
-        self.dist = _dist()
+        self.n_steps = _steps(self.t_end, self.dt, "t_end")
+        self.n_idle = _steps(config.idle, self.dt, "idle")
+        self.dist, self._owns_group = _init_distributed(config.device)
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
-        if config.batch_size % self.world:
-            raise ConfigurationError(f"batch_size {config.batch_size} is not divisible by the "
-                                     f"{self.world} processes")
-        runner = _Runner(self.network)
+        device = config.device
+        if self.dist and device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank % max(torch.cuda.device_count(), 1)))}"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        torch.manual_seed(config.seed)
+        self.network = network.to(self.device)
+        self.readout = readout
+        self._plan_losses()
+        runner: nn.Module = _Runner(self.network)
         if self.dist:
             from torch.nn.parallel import DistributedDataParallel
 
-            runner = DistributedDataParallel(runner, broadcast_buffers=False)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            runner = DistributedDataParallel(runner, device_ids=ids, broadcast_buffers=False)
         self.runner = runner
         params = [p for p in self.network.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
@@ -190,6 +260,63 @@ class Trainer:
             raise ConfigurationError("amp='fp16' needs a CUDA device; use 'bf16' (CPU and recent GPUs) or 'off'")
         return torch.bfloat16 if amp == "bf16" else torch.float16
 
+    def _plan_losses(self) -> None:
+        """Which grid steps the loss reads, with which weights, and the TBPTT segments."""
+        cfg, ro, dt, n = self.config, self.readout, self.dt, self.n_steps
+        self.at = getattr(ro, "at", "last")
+        window = getattr(ro, "window", None)
+
+        def in_window(k: int) -> bool:
+            return window is None or window[0] - _EPS <= k * dt <= window[1] + _EPS
+
+        self._read_steps = [k for k in range(n + 1) if in_window(k)]  # the times a decoder returns
+        if self.at in ("every", "mean") and not self._read_steps:
+            raise ConfigurationError(f"the readout window {window} ms holds no step of the run "
+                                     f"(0 .. {self.t_end:g} ms, dt = {dt:g})")
+        self._ce_weight: dict[int, float] = {}
+        if self.at == "every":
+            from dynode.models.losses import time_weights
+
+            w = time_weights([k * dt for k in self._read_steps], onset=cfg.stimulus_onset,
+                             reaction_time=cfg.reaction_time, ramp=cfg.ramp)
+            self._ce_weight = {k: float(x) for k, x in zip(self._read_steps, w.tolist()) if x > 0}
+        elif cfg.reaction_time > 0 or cfg.ramp:
+            raise ConfigurationError(f"reaction_time/ramp weight the loss over time and need a readout "
+                                     f"at='every'; this network's readout is at={self.at!r}")
+        self._save_all = cfg.energy_weight > 0 or cfg.stability_weight > 0
+        if cfg.stability_weight > 0:
+            off = cfg.stimulus_onset + cfg.stimulus_duration
+            if off >= self.t_end - _EPS:
+                raise ConfigurationError(f"stability_weight: the stimulus ends at {off:g} ms, not before "
+                                         f"t_end = {self.t_end:g} ms; nothing to measure after the offset")
+        if cfg.stimulus_onset >= self.t_end:
+            raise ConfigurationError(f"stimulus_onset {cfg.stimulus_onset:g} ms is not before t_end "
+                                     f"{self.t_end:g} ms")
+        seg = cfg.tbptt
+        self._bounds = [0, n] if seg is None else list(range(0, n, seg)) + [n]
+        last_a = self._bounds[-2]
+        if self.at == "every" and not any(k > last_a for k in self._ce_weight) and seg is not None:
+            raise ConfigurationError(f"tbptt={seg}: the last segment ({last_a * dt:g} .. {self.t_end:g} ms) "
+                                     "holds no time of the loss window; shorten the window or the segments")
+        if self.at == "mean" and seg is not None and self._read_steps[0] <= last_a:
+            raise ConfigurationError(f"tbptt={seg}: a readout at='mean' must average inside the last segment "
+                                     f"({last_a * dt:g} .. {self.t_end:g} ms), but its window is {window}")
+
+    def _save_at(self, a: int, b: int, first: bool) -> list[float] | None:
+        """Save times (ms) of the segment of steps a..b (a only for the first segment)."""
+        lo = a if first else a + 1
+        if self._save_all:
+            return None if (first and b == self.n_steps and a == 0) else [k * self.dt for k in range(lo, b + 1)]
+        if self.at == "every":
+            ks = [k for k in range(lo, b + 1) if k in self._ce_weight]
+        elif self.at == "mean":
+            ks = [k for k in range(lo, b + 1) if k in self._read_steps]
+        else:
+            ks = []
+        if b not in ks:
+            ks.append(b)  # the final state (at='last', accuracy) and never an empty save list
+        return [k * self.dt for k in ks]
+
     def _stimulus(self, images: Tensor):
         from dynode.stimuli.base import Pulse
 
@@ -200,65 +327,98 @@ class Trainer:
         duration = cfg.stimulus_duration if cfg.stimulus_duration is not None else math.inf
         return Pulse(cfg.stimulus_onset, duration, {name: images})
 
-    # -- one batch -------------------------------------------------------------------------
-    def _losses(self, sol, labels: Tensor, t_end: float) -> tuple[Tensor, Tensor]:
+    def _warm_up(self, batch: int):
+        """Idle run from ``-idle`` to 0 ms without input and without gradient (or None)."""
+        if self.n_idle == 0:
+            return None
+        with torch.no_grad():
+            zeros = {n: torch.zeros(batch, *s, device=self.device)
+                     for n, s in self.network.input_shapes().items()}
+            return integrate(self.network, zeros, t0=-self.config.idle, t_end=0.0, dt=self.dt,
+                             solver=self.config.solver, save_at=[0.0])
+
+    # -- losses ---------------------------------------------------------------------------
+    def _segment_loss(self, sol, labels: Tensor, last: bool) -> tuple[Tensor | None, Tensor | None]:
+        """This segment's part of the loss, and the final logits (last segment only)."""
         from dynode.models.losses import classification_loss, energy_loss, stability_loss
 
         cfg = self.config
-        logits = self.network.decode(sol)
-        if logits.dim() == 3:
-            loss = classification_loss(logits.float(), labels, sol.ts, onset=cfg.stimulus_onset,
-                                       reaction_time=cfg.reaction_time, ramp=cfg.ramp)
-            final = logits[-1]
-        else:
+        loss, final = None, None
+        if self.at == "every":
+            steps = [round(float(t) / self.dt) for t in sol.ts.tolist()]
+            steps = [k for k in steps if k in set(self._read_steps)]
+            w = [self._ce_weight.get(k, 0.0) for k in steps]
+            if any(w) or last:
+                logits = self.network.decode(sol)
+                if any(w):
+                    loss = classification_loss(logits.float(), labels,
+                                               weights=torch.tensor(w, dtype=torch.float32))
+                final = logits[-1] if last else None
+        elif last:
+            logits = self.network.decode(sol)
             loss = nn.functional.cross_entropy(logits.float(), labels)
             final = logits
         if cfg.energy_weight > 0:
-            loss = loss + cfg.energy_weight * energy_loss(sol.states, p=cfg.energy_p)
+            share = len(sol.ts) / (self.n_steps + 1)  # this segment's share of the N + 1 times
+            e = (cfg.energy_weight * share) * energy_loss(sol.states, p=cfg.energy_p)
+            loss = e if loss is None else loss + e
         if cfg.stability_weight > 0:
-            loss = loss + cfg.stability_weight * stability_loss(
-                sol.states, sol.ts, baseline=(sol.ts[0].item(), cfg.stimulus_onset),
+            s = cfg.stability_weight * stability_loss(
+                sol.states, sol.ts, baseline=(0.0, cfg.stimulus_onset),
                 after=cfg.stimulus_onset + cfg.stimulus_duration)
+            loss = s if loss is None else loss + s
         return loss, final
 
-    def _warm_up(self, stimulus_shape_batch: int):
-        cfg = self.config
-        if cfg.idle <= 0:
-            return None
-        with torch.no_grad():
-            zeros = {n: torch.zeros(stimulus_shape_batch, *s, device=self.device)
-                     for n, s in self.network.input_shapes().items()}
-            return integrate(self.network, zeros, t0=-cfg.idle, t_end=0.0, dt=self.dt, solver=cfg.solver)
-
-    def step(self, images: Tensor, labels: Tensor) -> tuple[float, float]:
-        """One optimisation step on a (local) batch; returns (loss, accuracy) of the batch."""
+    # -- one batch -------------------------------------------------------------------------
+    def backward(self, images: Tensor, labels: Tensor, *, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Forward and backward on a (local) batch, gradients *accumulated* into ``.grad``
+        (multiplied by ``scale``); returns the batch-mean loss and the number of correct
+        final predictions (tensors; no host sync)."""
         cfg = self.config
         images, labels = images.to(self.device), labels.to(self.device)
         stim = self._stimulus(images)
-        start = self._warm_up(images.shape[0])
-        self.optimizer.zero_grad(set_to_none=True)
+        state = self._warm_up(images.shape[0])
         amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                else contextlib.nullcontext())
-        seg = cfg.tbptt
-        n_steps = round(self.t_end / self.dt)
-        bounds = [0, n_steps] if seg is None else list(range(0, n_steps, seg)) + [n_steps]
-        total, correct, final = 0.0, 0.0, None
-        state = start
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            last = i == len(bounds) - 2
-            sync = (self.runner.no_sync() if (self.dist and not last) else contextlib.nullcontext())
+        total = torch.zeros((), device=self.device)
+        final = None
+        segments = list(zip(self._bounds, self._bounds[1:]))
+        for i, (a, b) in enumerate(segments):
+            last = i == len(segments) - 1
+            sync = self.runner.no_sync() if (self.dist and not last) else contextlib.nullcontext()
             with sync:
                 with amp:
-                    sol = self.runner(stim, a * self.dt, b * self.dt, self.dt, cfg.solver, state, cfg.checkpoint)
-                loss, final = self._losses(sol, labels, b * self.dt) if (last or seg is not None) else (None, None)
-                if seg is not None and not last:
-                    loss = self._segment_loss(sol)  # energy only before the last segment
+                    sol = self.runner(stim, t0=a * self.dt, t_end=b * self.dt, dt=self.dt, solver=cfg.solver,
+                                      save_at=self._save_at(a, b, i == 0), initial_state=state,
+                                      checkpoint=cfg.checkpoint)
+                    loss, final_i = self._segment_loss(sol, labels, last)
                 if loss is not None:
-                    (self.scaler.scale(loss) if self.scaler else loss).backward()
-                    total += float(loss.detach())
-            if seg is not None:
-                state = replace(sol, tail=sol.tail.detach(),
+                    scaled = loss * scale
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    total = total + loss.detach()
+            if last:
+                final = final_i
+            else:  # truncate: the next segment starts from a detached state and delayed past
+                state = replace(sol, tail=sol.tail.detach(), states={},
                                 final_state={k: v.detach() for k, v in sol.final_state.items()})
+        correct = (final.detach().argmax(-1) == labels).sum()
+        return total, correct
+
+    def _local(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return (x[self.rank::self.world], y[self.rank::self.world]) if self.world > 1 else (x, y)
+
+    def step(self, images: Tensor, labels: Tensor) -> tuple[float, float]:
+        """One optimisation step on a *global* batch (each rank takes its share);
+        returns the loss and accuracy of the global batch."""
+        cfg = self.config
+        n_global = len(labels)
+        if n_global < self.world:
+            raise ConfigurationError(f"a batch of {n_global} samples cannot be split over {self.world} "
+                                     "processes; choose batch_size (and data size) so every batch has "
+                                     "at least one sample per process")
+        x, y = self._local(images, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, correct = self.backward(x, y, scale=self.world * len(y) / n_global)
         if cfg.grad_clip is not None:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
@@ -268,57 +428,60 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
-        correct = (final.detach().argmax(-1) == labels).float().mean().item()
-        return total, correct
+        loss_sum, correct = self._reduce(loss.double() * len(y), correct.double())
+        return loss_sum / n_global, correct / n_global
 
-    def _segment_loss(self, sol):
-        from dynode.models.losses import energy_loss
-
-        cfg = self.config
-        if cfg.energy_weight > 0:
-            return cfg.energy_weight * energy_loss(sol.states, p=cfg.energy_p)
-        return None
+    def _reduce(self, *values: Tensor) -> tuple[float, ...]:
+        """Sum over ranks (one all-reduce, one host read)."""
+        t = torch.stack([v.to(self.device, torch.float64) for v in values])
+        if self.dist:
+            self.dist.all_reduce(t)
+        return tuple(float(v) for v in t.cpu())
 
     # -- epochs ------------------------------------------------------------------------------
-    def _local(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return (x[self.rank::self.world], y[self.rank::self.world]) if self.world > 1 else (x, y)
-
-    def fit(self, train_data, val_data=None) -> TrainResult:
-        """Train for the remaining epochs. Data: an ``(images, labels)`` pair of tensors, a
-        :class:`dynode.stimuli.ImageTask`, or any iterable of ``(images, labels)`` global batches
-        (with ``set_epoch(epoch)`` for a reproducible order)."""
+    def fit(self, train_data, val_data=None, *, until: int | None = None) -> TrainResult:
+        """Train for the remaining epochs (up to epoch ``until``, default ``config.epochs``:
+        stopping early and resuming later gives the same run). Data: an ``(images, labels)``
+        pair of tensors, a :class:`dynode.stimuli.ImageTask` (normalised train split;
+        ``evaluate`` uses its test split), or any iterable of ``(images, labels)`` global
+        batches (with ``set_epoch(epoch)`` for a reproducible order)."""
         cfg = self.config
+        stop = cfg.epochs if until is None else min(int(until), cfg.epochs)
         from tqdm.auto import tqdm
 
-        while self.epoch < cfg.epochs:
+        n_data = _size(train_data)
+        if n_data is not None and 0 < n_data % cfg.batch_size < self.world:
+            raise ConfigurationError(f"{n_data} samples in batches of {cfg.batch_size} leave a last batch of "
+                                     f"{n_data % cfg.batch_size}, fewer than the {self.world} processes; "
+                                     "change batch_size")
+        self._write_log()
+        while self.epoch < stop:
             epoch = self.epoch
             torch.manual_seed(cfg.seed + 1000 * (epoch + 1))
             self.network.train()
             t_start = time.perf_counter()
-            n, loss_sum, acc_sum = 0, 0.0, 0.0
-            batches = _batches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch, epoch=epoch)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress or self.rank,
-                       leave=False, total=_len(train_data, cfg.batch_size))
+            n, loss_sum, correct_sum = 0, 0.0, 0.0
+            batches = _batches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress or self.rank != 0,
+                       leave=False, total=None if n_data is None else math.ceil(n_data / cfg.batch_size))
             for i, (x, y) in enumerate(bar):
-                xl, yl = self._local(x, y)
-                loss, acc = self.step(xl, yl)
-                loss, acc = self._reduce(loss, acc)
-                n += 1
-                loss_sum += loss
-                acc_sum += acc
+                loss, acc = self.step(x, y)
+                n += len(y)
+                loss_sum += loss * len(y)
+                correct_sum += acc * len(y)
                 if i % cfg.log_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{acc_sum / n:.3f}")
+                    bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct_sum / n:.3f}")
+            bar.close()
             if self.scheduler is not None:
                 self.scheduler.step()
             self.epoch += 1
-            row = {"epoch": self.epoch, "train_loss": loss_sum / max(n, 1), "train_acc": acc_sum / max(n, 1),
+            row = {"epoch": self.epoch, "train_loss": loss_sum / max(n, 1), "train_acc": correct_sum / max(n, 1),
                    "lr": self.optimizer.param_groups[0]["lr"], "time_s": time.perf_counter() - t_start}
             if val_data is not None:
                 row.update({f"val_{k}": v for k, v in self.evaluate(val_data).items()})
             self.result.history.append(row)
             if self.rank == 0:
                 if self.log_path is not None:
-                    self.log_path.parent.mkdir(parents=True, exist_ok=True)
                     with self.log_path.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")
                 if self.checkpoint_dir is not None:
@@ -328,39 +491,55 @@ class Trainer:
                           file=sys.stderr)
         return self.result
 
-    def _reduce(self, loss: float, acc: float) -> tuple[float, float]:
-        if not self.dist:
-            return loss, acc
-        t = torch.tensor([loss, acc], dtype=torch.float64, device=self.device)
-        self.dist.all_reduce(t)
-        return float(t[0]) / self.world, float(t[1]) / self.world
+    def _write_log(self) -> None:
+        """Start the log from the run's history (fresh run: empty; resumed: its epochs)."""
+        if self.rank != 0 or self.log_path is None:
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as fh:
+            for row in self.result.history:
+                fh.write(json.dumps(row) + "\n")
 
     @torch.no_grad()
     def evaluate(self, data) -> dict:
-        """Loss and accuracy of the readout at the end of the run (no gradient)."""
+        """Loss and accuracy (readout at the end of the run) on ``data`` without gradient;
+        an :class:`~dynode.stimuli.ImageTask` is evaluated on its test split. Under DDP the
+        ranks share each batch and the result is reduced."""
+        was_training = self.network.training
         self.network.eval()
-        n, loss_sum, correct = 0, 0.0, 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
+        amp = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+               else contextlib.nullcontext())
         for x, y in _batches(data, self.config.batch_size, shuffle=False, seed=0, epoch=0, eval_split=True):
-            x, y = x.to(self.device), y.to(self.device)
-            start = self._warm_up(x.shape[0])
-            sol = integrate(self.network, self._stimulus(x), t0=0.0, t_end=self.t_end, dt=self.dt,
-                            solver=self.config.solver, initial_state=start)
-            loss, final = self._losses(sol, y, self.t_end)
-            loss_sum += float(loss) * len(y)
-            correct += float((final.argmax(-1) == y).sum())
             n += len(y)
-        self.network.train()
+            x, y = self._local(x, y)
+            if len(y) == 0:
+                continue
+            x, y = x.to(self.device), y.to(self.device)
+            with amp:
+                sol = integrate(self.network, self._stimulus(x), t0=0.0, t_end=self.t_end, dt=self.dt,
+                                solver=self.config.solver, save_at=self._save_at(0, self.n_steps, True),
+                                initial_state=self._warm_up(x.shape[0]))
+                loss, final = self._segment_loss(sol, y, True)
+            loss_sum += loss.double() * len(y)
+            correct += (final.argmax(-1) == y).sum()
+        self.network.train(was_training)
+        loss_sum, correct = self._reduce(loss_sum, correct)
         return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Weights, optimizer/scheduler state, epoch, RNG and config (``weights_only`` loadable)."""
+        """Weights, optimizer/scheduler/scaler state, epoch, metrics, RNG and config
+        (loadable with ``weights_only=True``); written atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": self.epoch,
             "history": json.dumps(self.result.history),
             "config": self.config.model_dump_json(),
@@ -384,10 +563,18 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch = int(ckpt["epoch"])
         self.result = TrainResult(json.loads(ckpt["history"]))
         torch.set_rng_state(ckpt["rng"])
         return self
+
+    def close(self) -> None:
+        """Destroy the process group if this trainer created it (under torchrun)."""
+        if self._owns_group and self.dist is not None and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+        self._owns_group = False
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -398,15 +585,17 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _len(data, batch_size: int) -> int | None:
-    if isinstance(data, tuple) or hasattr(data, "x_train"):
-        n = len(data[0]) if isinstance(data, tuple) else len(data.x_train)
-        return math.ceil(n / batch_size)
-    return len(data) if hasattr(data, "__len__") else None
+def _size(data) -> int | None:
+    if hasattr(data, "x_train"):
+        return len(data.x_train)
+    if isinstance(data, tuple):
+        return len(data[0])
+    return None
 
 
 def _batches(data, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
              eval_split: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+    """Global batches; a shuffled order is drawn from a generator seeded by (seed, epoch)."""
     if hasattr(data, "x_train"):  # an ImageTask: normalised train or test split
         x, y = (data.x_test, data.y_test) if eval_split else (data.x_train, data.y_train)
         data = (data.normalize(x), y)
@@ -414,7 +603,7 @@ def _batches(data, batch_size: int, *, shuffle: bool, seed: int, epoch: int,
         x, y = data
         if len(x) != len(y):
             raise ConfigurationError(f"{len(x)} images but {len(y)} labels")
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         order = torch.randperm(len(x), generator=g) if shuffle else torch.arange(len(x))
         return ((x[idx], y[idx]) for idx in order.split(batch_size))
     if hasattr(data, "set_epoch"):
@@ -427,12 +616,19 @@ def train(network: nn.Module, train_data, config: TrainingConfig | dict | None =
     """Train ``network`` on ``train_data`` (see :meth:`Trainer.fit`); returns the metrics."""
     cfg = config if isinstance(config, TrainingConfig) else TrainingConfig.model_validate(config or {})
     trainer = Trainer(network, cfg, log=log, checkpoint_dir=checkpoint_dir, progress=progress)
-    if resume is not None:
-        trainer.resume(resume)
-    return trainer.fit(train_data, val_data)
+    try:
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit(train_data, val_data)
+    finally:
+        trainer.close()
 
 
 def evaluate(network: nn.Module, data, config: TrainingConfig | dict | None = None) -> dict:
     """Loss and accuracy of ``network`` on ``data`` under the run settings of ``config``."""
     cfg = config if isinstance(config, TrainingConfig) else TrainingConfig.model_validate(config or {})
-    return Trainer(network, cfg, progress=False).evaluate(data)
+    trainer = Trainer(network, cfg, progress=False)
+    try:
+        return trainer.evaluate(data)
+    finally:
+        trainer.close()

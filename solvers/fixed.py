@@ -279,6 +279,9 @@ class Euler(FixedStepSolver):
             else:
                 w[name] = h / tau
         lerp = torch.lerp
+        if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):  # drive in bf16/fp16, state fp32
+            def lerp(a: Tensor, b: Tensor, w: float) -> Tensor:
+                return torch.lerp(a, b.to(a.dtype), w)
 
         if self.order == "sequential":
             order = field.update_order()
