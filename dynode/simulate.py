@@ -31,7 +31,7 @@ import xarray as xr
 from torch import Tensor
 
 from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrArchiveWriter,
-                            condition_coords, prepare_path, COMPRESSIONS)
+                            condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS)
 from dynode.errors import ConfigurationError, DynodeError
 from dynode.problem import make_problem
 from dynode.record import PopulationPlan, Record
@@ -391,13 +391,11 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                   "type": type(stim).__qualname__, "repr": repr(stim),
                   "breakpoints": list(stim.breakpoints), "conditions": list(conditions),
                   "inputs": list(input_names)}}
-    root_attrs = {"dynode_archive": 1, "title": "dynode simulation", "run_id": run_id,
+    root_attrs = {"dynode_archive": ARCHIVE_FORMAT, "title": "dynode simulation", "run_id": run_id,
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "solver": config["solver"]["name"], "populations": [p.name for p in plans],
-                  "dt": float("nan") if dt is None else float(dt), "t0": float(t0),
+                  **({} if dt is None else {"dt": float(dt)}), "t0": float(t0),
                   "t_end": float(t_end), "config": json.dumps(config), **_versions()}
-    if dt is None:
-        del root_attrs["dt"]
     clash = sorted(set(extra) & (set(root_attrs) | {"status", "steps_written", "solver_stats"}))
     if clash:
         raise ConfigurationError(f"attrs {clash} would overwrite the archive's own attributes; rename them")
@@ -436,6 +434,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
             bar.close()
     stats = sol.stats
     sink = streamer.sink
+    if sink is None:
+        raise DynodeError(f"{type(solver_obj).__name__}.solve never called the observer; simulate needs a "
+                          "solver that hands every saved state to solve(..., observer=...)")
     sink.finish("complete", {"solver_stats": json.dumps(stats.as_dict())})
     return SimulationResult(tree=sink.result(), stats=stats, final_state=sol.final_state,
                             path=path, run_id=run_id, status="complete")
