@@ -22,7 +22,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,25 +44,39 @@ _BLOCK_BYTES = 16 * 2 ** 20  # default block size (all recorded populations toge
 _MAX_CHUNK_STEPS = 1024
 
 
-@dataclass(frozen=True)
 class SimulationResult:
     """What :func:`simulate` returns.
 
-    tree : the recording as an ``xarray.DataTree`` (lazy when stored, in memory otherwise).
-    stats : :class:`dynode.solvers.SolverStats`. final_state : ``{population: (batch, *shape)}``
-    at ``t_end`` (to continue the run). path : the store, or None. run_id, status : as in the
+    tree : the recording as an ``xarray.DataTree`` (for a store: opened lazily on first
+    access, nothing loaded until used; in memory otherwise). stats :
+    :class:`dynode.solvers.SolverStats`. final_state : ``{population: (batch, *shape)}`` at
+    ``t_end`` (to continue the run). path : the store, or None. run_id, status : as in the
     archive's root attributes.
     """
 
-    tree: xr.DataTree
-    stats: object
-    final_state: dict[str, Tensor]
-    path: Path | None
-    run_id: str
-    status: str
+    def __init__(self, *, tree: xr.DataTree | None, stats, final_state: dict[str, Tensor],
+                 path: Path | None, run_id: str, status: str):
+        if tree is None and path is None:
+            raise ValueError("SimulationResult needs a tree or a path")
+        self._tree = tree
+        self.stats, self.final_state = stats, final_state
+        self.path, self.run_id, self.status = path, run_id, status
+
+    @property
+    def tree(self) -> xr.DataTree:
+        if self._tree is None:
+            from dynode.archive import open_archive
+
+            self._tree = open_archive(self.path)
+        return self._tree
 
     def __getitem__(self, population: str) -> xr.DataArray:
         return self.tree[population]["rate"]
+
+    def __repr__(self) -> str:
+        where = f"path={str(self.path)!r}" if self.path is not None else "in memory"
+        return (f"SimulationResult({where}, run_id={self.run_id!r}, status={self.status!r}, "
+                f"nfe={self.stats.nfe})")
 
 
 # -- configuration as JSON ----------------------------------------------------------------
@@ -438,5 +451,5 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         raise DynodeError(f"{type(solver_obj).__name__}.solve never called the observer; simulate needs a "
                           "solver that hands every saved state to solve(..., observer=...)")
     sink.finish("complete", {"solver_stats": json.dumps(stats.as_dict())})
-    return SimulationResult(tree=sink.result(), stats=stats, final_state=sol.final_state,
-                            path=path, run_id=run_id, status="complete")
+    return SimulationResult(tree=sink.result() if path is None else None, stats=stats,
+                            final_state=sol.final_state, path=path, run_id=run_id, status="complete")
