@@ -44,7 +44,7 @@ def _png(path) -> Path:
 
 
 def _panels(n: int, plt, width: float = 3.6, height: float = 3.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="tight")
     return fig, axes[0]
 
 
@@ -103,6 +103,7 @@ def plot_summation(summed, path, *, dim: str = "duration", title: str | None = N
         ax.plot(T, R, "o-", color="C0", label="model")
         ax.plot(T, R[np.argmin(T)] * T / T.min(), "--", color="0.5", label="linear prediction")
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(T, [f"{x:g}" for x in T], fontsize=7)
         ax.set_title(name)
         ax.set_xlabel(f"{dim} (ms)")
@@ -122,6 +123,7 @@ def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None)
         ax.plot(isi, da.values, "o-", color="C1")
         ax.axhline(1.0, color="0.6", ls="--", lw=1)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(isi, [f"{x:g}" for x in isi], fontsize=7)
         ax.set_title(name)
         ax.set_xlabel("inter-stimulus interval (ms)")
@@ -144,8 +146,11 @@ def plot_contrast_response(responses, path, *, fits: Mapping | None = None, dim:
         if fit is not None:
             cc = np.geomspace(c[c > 0].min(), c.max(), 100)
             ax.plot(cc, fit(cc), "-", color="C2", alpha=0.7, label=f"fit, c50 = {fit.c50:.3g}")
-            ax.axvline(fit.c50, color="0.7", ls=":", lw=1)
+            if c[c > 0].min() <= fit.c50 <= c.max():  # an extrapolated c50 would stretch the axis
+                ax.axvline(fit.c50, color="0.7", ls=":", lw=1)
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(c[c > 0], [f"{x:g}" for x in c[c > 0]], fontsize=6)
         ax.set_title(name)
         ax.set_xlabel("contrast")
         ax.set_ylabel("summed response")
