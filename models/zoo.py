@@ -61,7 +61,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
            num_classes: int = 100, *, tau: float = 5.0, dt: float = 2.0, steps: int = 20,
            recurrence_delay: float = 6.0, feedforward_delay: float = 0.0, skip: bool = True,
            feedback: bool = False, feedback_delay: float = 30.0, phi: str | nn.Module = "supralinear",
-           n: float = 1.8, k: float = 0.8, kernel_size: int = 3, width: float = 1.0,
+           n: float | None = None, k: float | None = None, kernel_size: int = 3, width: float = 1.0,
            readout_at: str = "last", readout_window: tuple[float, float] | None = None,
            recurrence_options: dict | None = None):
     """The continuous-time RCNN of the reference (``depth`` 2, 4 or 8 areas).
@@ -72,6 +72,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     recurrence, ``A``/``F`` automatic skip/feedback adapters. Readout: average pool and a
     linear map of the last area (``readout_at``: ``"last"``, ``"mean"``, ``"every"``).
     ``width`` scales the channel counts (for quick tests). Protocol: ``t_end = steps * dt``.
+    ``n``, ``k``: exponent and gain of ``phi="supralinear"`` / ``"rectified_power"`` (default
+    1.8 and 0.8).
     """
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
@@ -79,7 +81,13 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     c_in, h, w = (int(s) for s in input_shape)
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
-    phi_params = {"n": n, "k": k} if phi == "supralinear" else {}
+    if phi in ("supralinear", "rectified_power"):
+        phi_params = {"n": 1.8 if n is None else n, "k": 0.8 if k is None else k}
+    elif n is not None or k is not None:
+        raise ConfigurationError(f"dyrcnn: n and k parametrise the power-law activations; phi={phi!r} "
+                                 "takes none (pass a configured module instead)")
+    else:
+        phi_params = {}
     names = [name for name, _ in areas]
     src, c_prev = "image", c_in
     for i, (name, c) in enumerate(areas):

@@ -172,6 +172,11 @@ def test_dyrcnn_rejects_unknown_depth_and_type():
         zoo.dyrcnn(3)
     with pytest.raises(dn.ConfigurationError, match="known: self, full"):
         zoo.dyrcnn(4, "diagonal")
+    with pytest.raises(dn.ConfigurationError, match="takes none"):
+        zoo.dyrcnn(2, phi="relu", n=2.0)
+    net = zoo.dyrcnn(2, phi="rectified_power", n=2.0, k=0.5)
+    assert (net.populations["V1"].phi.n, net.populations["V1"].phi.k) == (2.0, 0.5)
+    assert (zoo.dyrcnn(2).populations["IT"].phi.n, zoo.dyrcnn(2).populations["IT"].phi.k) == (1.8, 0.8)
 
 
 def _run(net, solver, shape, batch=1):
