@@ -110,6 +110,21 @@ def test_linear_network_sums_linearly_and_recovers_fully(linear_runs):
     json.dumps(summary)  # plain numbers: the CLI prints it as JSON
 
 
+def test_dn_fit_of_an_archive(linear_runs):
+    """The DN model fitted to a population's duration series (a linear cascade of two leaky
+    stages with a 10 ms delay: DN with n near 1 describes it well)."""
+    res = A.analyze(duration=linear_runs["duration"], populations=["V2"], dn=True,
+                    dn_options=dict(restarts=({},), adam_steps=100, lbfgs_steps=100))
+    d = res.summary()["V2"]["dn"]
+    assert set(d) == set(A.DN_PARAMS) | {"r2"}
+    assert d["r2"] > 0.95
+    for k, (lo, hi) in A.DN_BOUNDS.items():
+        assert lo <= d[k] <= hi, k
+    assert res.dn_fits["V2"].prediction.shape == res.courses["duration"]["V2"].sel(time=slice(0, None)).shape
+    with pytest.raises(ConfigurationError, match="dn=True"):
+        A.analyze(duration=linear_runs["duration"], dn_options={"adam_steps": 1})
+
+
 @pytest.mark.filterwarnings("ignore:fitted c50")
 def test_summarize_a_nonlinear_network_from_stores_and_write_figures(tmp_path, images):
     runs = run_all(two_area_net(linear=False), images, store=tmp_path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,15 +138,18 @@ def _classify(archives, named: dict) -> dict[str, xr.DataTree]:
 
 def analyze(*archives, contrast=None, duration=None, repetition=None, populations=None,
             baseline: tuple[float, float] | None = (-50.0, 0.0), window: float = 300.0,
-            dn: bool = False) -> Analysis:
+            dn: bool = False, dn_options: Mapping | None = None) -> Analysis:
     """Analyse the Groen experiments' archives (DataTrees, SimulationResults or paths).
 
     Positional ``archives`` are sorted by :func:`experiment_kind`; or name them by keyword.
     Any subset works; a metric whose experiment is missing is left out (ISI recovery needs the
     duration archive too, for the single pulse of the repetition's pulse length).
     ``window``: the ISI recovery window (ms). ``dn``: also fit the delayed normalisation model
-    to each population's duration series (a few seconds per population).
+    to each population's duration series from the onset on (t >= 0; a few seconds per
+    population; ``dn_options`` are keyword arguments of :func:`~dynode.analysis.fit_dn`).
     """
+    if dn_options is not None and not dn:
+        raise ConfigurationError("dn_options is only used with dn=True")
     trees = _classify(archives, {"contrast": contrast, "duration": duration, "repetition": repetition})
     courses = {k: all_time_courses(t, _BY[k], populations=populations, baseline=baseline)
                for k, t in trees.items()}
@@ -193,11 +197,12 @@ def analyze(*archives, contrast=None, duration=None, repetition=None, population
     if dn:
         if "duration" not in courses:
             raise ConfigurationError("dn=True fits the duration series; give the duration archive")
-        dur = courses["duration"]
+        dur = courses["duration"].sel(time=slice(0.0, None))  # from the onset: the model is 0 before
         c = _single(conditions(trees["duration"])["contrast"], "contrast")
         t = dur["time"].values
         stim = np.stack([c * ((t >= 0) & (t < T)) for T in dur["duration"].values]).astype(np.float64)
-        res.dn_fits = {p: fit_dn(stim, dur[p].transpose("duration", "time").values, t) for p in pops}
+        res.dn_fits = {p: fit_dn(stim, dur[p].transpose("duration", "time").values, t, **dict(dn_options or {}))
+                       for p in pops}
     return res
 
 
