@@ -105,12 +105,12 @@ def dn_model(stimulus, t, params: Mapping) -> Tensor:
     ``(B, 1)`` for one parameter set per row). Returns a tensor ``(..., T)`` (float64 unless
     ``stimulus`` is a floating tensor of another dtype).
     """
-    s = torch.as_tensor(stimulus)
-    if not s.is_floating_point():
-        s = s.double()
-    elif not isinstance(stimulus, Tensor):
-        s = s.double()
-    t = torch.as_tensor(t, dtype=s.dtype, device=s.device)
+    if isinstance(stimulus, Tensor):
+        s = stimulus if stimulus.is_floating_point() else stimulus.double()
+    else:
+        s = torch.tensor(np.asarray(stimulus, dtype=np.float64))
+    t = (t.to(dtype=s.dtype, device=s.device) if isinstance(t, Tensor)
+         else torch.tensor(np.asarray(t, dtype=np.float64), dtype=s.dtype, device=s.device))
     dt = _grid_step(t)
     if s.shape[-1] != t.numel():
         raise ConfigurationError(f"stimulus has {s.shape[-1]} time points but t has {t.numel()}")
@@ -173,9 +173,9 @@ def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mappin
     ``restarts``, and the lowest loss wins. ``fixed`` holds parameters that are not fitted.
     ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` over every point.
     """
-    y = torch.as_tensor(np.asarray(response, dtype=np.float64))
-    s = torch.as_tensor(np.asarray(stimulus, dtype=np.float64))
-    tt = torch.as_tensor(np.asarray(t, dtype=np.float64))
+    y = torch.tensor(np.asarray(response, dtype=np.float64))  # copies: inputs may be read-only views
+    s = torch.tensor(np.asarray(stimulus, dtype=np.float64))
+    tt = torch.tensor(np.asarray(t, dtype=np.float64))
     if not torch.isfinite(y).all():
         raise ConfigurationError("the response holds NaN or inf; cut the time course to finite values")
     fixed = dict(fixed or {})
