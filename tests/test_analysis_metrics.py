@@ -52,6 +52,16 @@ def test_linear_system_sums_linearly(durations):
     np.testing.assert_allclose(A.summed_response(r).values, durations, rtol=1e-4)
 
 
+@settings(max_examples=15, deadline=None)
+@given(tau=st.floats(2.0, 40.0), T=st.floats(5.0, 150.0), dt=st.sampled_from([0.5, 1.0]))
+def test_linear_summation_ratio_is_one_for_any_time_constant(tau, T, dt):
+    T = round(T / dt) * dt  # pulses of a whole number of steps
+    t = np.arange(-50.0, 300.0 + 2 * T + 12 * tau, dt)
+    s = np.stack([pulses(t, [(0.0, T)]), pulses(t, [(0.0, 2 * T)])])
+    r = course(leaky(s, dt, tau), t, duration=[T, 2 * T])
+    assert A.summation_ratio(r, T) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_onset_transient_only_gives_ratio_one_half():
     """A response that ignores the duration (an onset transient) does not sum at all."""
     durations = [25.0, 50.0, 100.0]

@@ -22,12 +22,13 @@ uniform time grid ``t_k = t_0 + k\,dt``, exact for an input held constant over e
 
 with the kernel's integral ``H``: :math:`H_{\Gamma}(u) = 1 - e^{-u'/\tau}(1 + u'/\tau)`,
 :math:`u' = \max(u - \delta, 0)` for the shifted gammas, :math:`H_2(u) = 1 - e^{-u/\tau_2}`.
-So the weights sum to 1 whatever ``dt`` (a constant input gives the same steady state at
-every resolution), the shift need not be a multiple of ``dt`` and the response is
+So the weights sum to 1 over an unbounded grid whatever ``dt`` (a constant input gives the
+same steady state at every resolution), the shift need not be a multiple of ``dt`` and the response is
 differentiable in every parameter. The sums are computed with an FFT.
 
 Parameters and the REFERENCE start values and bounds, converted from s to ms
-(:data:`DN_START`, :data:`DN_BOUNDS`): ``tau1`` 5 ms (1 - 1000), ``weight`` 0 (0 - 1),
+(:data:`DN_START`, :data:`DN_BOUNDS`): ``tau1`` 5 ms (1 - 1000), ``weight`` 0 (0 - 1: our bound,
+the reference gives none),
 ``tau2`` 70 ms (10 - 2000), ``n`` 1.5 (1 - 5), ``sigma`` 0.15 (0 - 1), ``shift`` 60 ms
 (0 - 100), ``scale`` 2 (positive). The fit (:func:`fit_dn`) optimises unconstrained variables
 ``z``: a bounded parameter is ``lo + (hi - lo) sigmoid(z)``, ``scale`` is ``softplus(z)``.
