@@ -153,7 +153,7 @@ class FixedStepSolver:
             if wrap is None:
                 y, out = run(a, b, y, emit_now=emit)
             else:
-                y, out = wrap(run, a, b, y, history.snapshot(), use_reentrant=False)
+                y, out = wrap(run, a, b, y, history.snapshot(a if max_delay > 0 else None), use_reentrant=False)
             for k, state in out:
                 emit(t0 + k * dt, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
@@ -283,10 +283,19 @@ class Euler(FixedStepSolver):
             def lerp(a: Tensor, b: Tensor, w: float) -> Tensor:
                 return torch.lerp(a, b.to(a.dtype), w)
 
+        def take(a: Tensor, b: Tensor, w: float) -> Tensor:  # lerp(a, b, 1) == b exactly
+            return b if b.dtype == a.dtype else b.to(a.dtype)
+
+        # dt == tau (the discrete-time RNN case, r_{n+1} = Phi(u_n)): no lerp and no zero
+        # gradient into r_n. Identity Phi may return an input tensor itself, so it keeps lerp.
+        upd = {name: take if (not isinstance(w[name], Tensor) and w[name] == 1.0
+                              and not isinstance(pops[name].phi, torch.nn.Identity)) else lerp
+               for name in pops}
+
         if self.order == "sequential":
             order = field.update_order()
             by_name = {e[0]: e for e in plan}
-            seq = [(name, by_name[name], w[name]) for name in order]
+            seq = [(name, by_name[name], w[name], upd[name]) for name in order]
 
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
@@ -296,19 +305,19 @@ class Euler(FixedStepSolver):
                 history.at(n, 1.0, t, y)
                 x = inputs(t)
                 new = dict(y)
-                for name, entry, wn in seq:
-                    new[name] = lerp(y[name], drive(entry, new, history, x), wn)
+                for name, entry, wn, up in seq:
+                    new[name] = up(y[name], drive(entry, new, history, x), wn)
                 return new
             return step
 
-        ws = [(e, w[e[0]]) for e in plan]
+        ws = [(e, w[e[0]], upd[e[0]]) for e in plan]
 
         def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
             if store:
                 history.store(n, y)
             history.at(n, 0.0, t, y)
             x = inputs(t)
-            return {e[0]: lerp(y[e[0]], drive(e, y, history, x), wn) for e, wn in ws}
+            return {e[0]: up(y[e[0]], drive(e, y, history, x), wn) for e, wn, up in ws}
         return step
 
 
