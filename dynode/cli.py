@@ -210,9 +210,13 @@ def cmd_inspect(args) -> int:
 
 def _analyze(paths, fig_dir: Path) -> dict:
     from dynode import analysis
+    from dynode.demo import format_summary
 
-    summary = analysis.summarize(paths, figures=fig_dir)
-    print(analysis.format_summary(summary))
+    res = analysis.analyze(*paths)
+    figures = res.figures(fig_dir)
+    summary = res.summary()
+    print(format_summary(summary))
+    print("figures: " + ", ".join(str(p) for p in figures.values()))
     return summary
 
 

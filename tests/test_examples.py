@@ -33,3 +33,31 @@ def test_wilson_cowan_example_oscillates(capsys):
     for line in lines:
         peaks = [int(p) for p in line.split("[")[1].split("]")[0].split(",")]
         assert all(p >= 3 for p in peaks), line
+
+
+def test_compare_solvers_example_orders_the_errors(tmp_path):
+    errors = load("compare_solvers").main(["--out", str(tmp_path / "c.png")])
+    assert errors["rk4"] < errors["heun"] < errors["euler"]
+    assert errors["dopri5"] < 1e-2 and (tmp_path / "c.png").exists()
+
+
+def test_plot_archive_example_reads_with_plain_xarray(tmp_path):
+    import torch
+
+    import dynode as dn
+    from dynode.stimuli import groen2022
+
+    net = dn.models.dyrcnn(depth=2, input_shape=(1, 8, 8), num_classes=3, width=0.25, phi="relu")
+    proto = groen2022("duration", torch.rand(1, 1, 8, 8))
+    dn.simulate(net, proto, t_end=proto.t_end, dt=2.0, record=dn.Record(reduce="mean"),
+                store=tmp_path / "a.zarr")
+    out = load("plot_archive").main([str(tmp_path / "a.zarr"), "--out", str(tmp_path / "p.png")])
+    assert pathlib.Path(out).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("name", ["train_generated", "cifar100_dyrcnn", "experiment_groen", "convergence"])
+def test_example_configs_validate(name):
+    from dynode.config import load_config
+
+    cfg = load_config(EXAMPLES / "configs" / f"{name}.yaml")
+    assert cfg.model.name == "dyrcnn"
