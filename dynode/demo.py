@@ -28,7 +28,7 @@ def demo_settings(quick: bool = False, epochs: int | None = None, seed: int = 0)
         n_train=96 if quick else 1200, n_test=48 if quick else 300, size=16,
         width=0.25 if quick else 0.5, steps=5 if quick else 10,
         epochs=epochs if epochs is not None else (1 if quick else 4), batch_size=32, lr=1e-3,
-        n_images=1 if quick else 3, dt=2.0 if quick else 2.0,
+        n_images=1 if quick else 3, dt=2.0 if quick else 1.0, onset=200.0,
         kinds=("contrast", "duration", "repetition"), seed=seed,
     )
 
@@ -95,8 +95,9 @@ def run_demo(out: Path, *, quick: bool = False, epochs: int | None = None, seed:
 
     net.eval()
     images = test[0][: s["n_images"]]
+    # onset 200 ms: 100 ms to settle from the initial state, then the 100 ms baseline
     paths = groen2022_experiments(net, images, out / "experiments", dt=s["dt"], kinds=s["kinds"],
-                                  overwrite=True)
+                                  overwrite=True, onset=s["onset"])
     t_exp = time.perf_counter() - t_start - t_train
     log(f"experiments: {', '.join(str(p) for p in paths.values())} ({t_exp:.0f} s)")
 

@@ -47,10 +47,14 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
 def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver="euler",
                           kinds: Sequence[str] = GROEN_KINDS, record: Record | None = None,
                           overwrite: bool = False, progress: bool | None = None,
-                          background="grey") -> dict[str, Path]:
+                          background="grey", onset: float = 100.0) -> dict[str, Path]:
     """Run the ``kinds`` of Groen et al. (2022) (contrast, duration, repetition) on ``images``
     (``(N, C, H, W)``, already normalised as the network expects) and write one archive per
-    kind, ``out_dir/groen2022-<kind>.zarr``. Returns ``{kind: path}``."""
+    kind, ``out_dir/groen2022-<kind>.zarr``. Returns ``{kind: path}``.
+
+    ``onset`` (ms): the stimulus starts this long after t0; the last 100 ms before it are the
+    baseline, so ``onset > 100`` leaves the network time to settle from its initial state.
+    Use a ``dt`` that divides the durations (1 ms) for exact pulse lengths."""
     from dynode.stimuli import groen2022
 
     unknown = [k for k in kinds if k not in GROEN_KINDS]
@@ -60,7 +64,7 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for kind in kinds:
-        protocol = groen2022(kind, images, background=background)
+        protocol = groen2022(kind, images, background=background, onset=onset)
         path = out_dir / f"groen2022-{kind}.zarr"
         run_protocol(network, protocol, dt=dt, solver=solver, record=record, store=path,
                      overwrite=overwrite, progress=progress)

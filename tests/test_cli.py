@@ -123,7 +123,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
     for kind in ("contrast", "duration", "repetition"):
         tree = xr.open_datatree(out / "experiments" / f"groen2022-{kind}.zarr", engine="zarr")
-        assert tree.attrs["status"] == "complete" and tree["IT"]["rate"].sizes["time"] == 501
+        assert tree.attrs["status"] == "complete" and tree["IT"]["rate"].sizes["time"] == 551  # 1100 ms at dt 2
     for png in summary["figures"].values():
         with open(png, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
