@@ -314,3 +314,19 @@ def test_compile_switch_keeps_outputs_and_state_dict_keys():
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert list(net.state_dict()) == keys
     assert model.speed.compile
+
+
+def test_euler_dt_equal_tau_is_the_discrete_rnn_without_aliasing():
+    """dt == tau: r_{n+1} = Phi(u_n) exactly; an identity Phi never hands out an input tensor
+    itself as a state."""
+    net = dn.Network()
+    net.add_input("x", shape=(3,))
+    net.add_population("A", shape=(3,), tau=2.0, phi="identity")
+    net.add_population("B", shape=(3,), tau=2.0, phi="tanh")
+    net.connect("x", "A")
+    net.connect("A", "B", nn.Identity())
+    x = torch.tensor([[0.5, -1.0, 2.0]])
+    sol = dn.integrate(net, x, t_end=4.0, dt=2.0)
+    torch.testing.assert_close(sol.states["A"][1], x, rtol=0, atol=0)
+    torch.testing.assert_close(sol.states["B"][2], torch.tanh(x), rtol=0, atol=0)
+    assert sol.final_state["A"] is not x and sol.final_state["A"].data_ptr() != x.data_ptr()
