@@ -189,9 +189,17 @@ class History:
             self._cache.clear()
         self.n, self.c, self.t, self._state = n, c, t, state
 
-    def snapshot(self) -> tuple[dict[str, list], dict[str, list]]:
-        """The ring contents (references), to restore when a segment is recomputed."""
-        return ({k: list(v) for k, v in self._y.items()}, {k: list(v) for k, v in self._f.items()})
+    def snapshot(self, next_step: int | None = None) -> tuple[dict[str, list], dict[str, list]]:
+        """The ring contents (references), to restore when a segment is recomputed.
+
+        ``next_step``: the step the segment starts with; its slot is stored before it is read,
+        so the stale state there is left out (a checkpoint boundary then keeps
+        ``max_delay / dt`` past states per population, not one more)."""
+        drop = None if next_step is None else next_step % self.size
+
+        def keep(ring: list) -> list:
+            return [None if i == drop else v for i, v in enumerate(ring)]
+        return ({k: keep(v) for k, v in self._y.items()}, {k: keep(v) for k, v in self._f.items()})
 
     def restore(self, snapshot: tuple[dict[str, list], dict[str, list]]) -> None:
         ys, fs = snapshot
