@@ -270,6 +270,7 @@ class Trainer:
             return window is None or window[0] - _EPS <= k * dt <= window[1] + _EPS
 
         self._read_steps = [k for k in range(n + 1) if in_window(k)]  # the times a decoder returns
+        self._read_set = frozenset(self._read_steps)
         if self.at in ("every", "mean") and not self._read_steps:
             raise ConfigurationError(f"the readout window {window} ms holds no step of the run "
                                      f"(0 .. {self.t_end:g} ms, dt = {dt:g})")
@@ -346,7 +347,7 @@ class Trainer:
         loss, final = None, None
         if self.at == "every":
             steps = [round(float(t) / self.dt) for t in sol.ts.tolist()]
-            steps = [k for k in steps if k in set(self._read_steps)]
+            steps = [k for k in steps if k in self._read_set]
             w = [self._ce_weight.get(k, 0.0) for k in steps]
             if any(w) or last:
                 logits = self.network.decode(sol)
@@ -450,6 +451,10 @@ class Trainer:
         from tqdm.auto import tqdm
 
         n_data = _size(train_data)
+        loader_batch = getattr(train_data, "batch_size", None)
+        if n_data is None and loader_batch is not None and loader_batch != cfg.batch_size:
+            raise ConfigurationError(f"the data loader makes batches of {loader_batch} but the config says "
+                                     f"batch_size={cfg.batch_size}; make them equal")
         if n_data is not None and 0 < n_data % cfg.batch_size < self.world:
             raise ConfigurationError(f"{n_data} samples in batches of {cfg.batch_size} leave a last batch of "
                                      f"{n_data % cfg.batch_size}, fewer than the {self.world} processes; "
@@ -463,7 +468,8 @@ class Trainer:
             n, loss_sum, correct_sum = 0, 0.0, 0.0
             batches = _batches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress or self.rank != 0,
-                       leave=False, total=None if n_data is None else math.ceil(n_data / cfg.batch_size))
+                       leave=False, total=(math.ceil(n_data / cfg.batch_size) if n_data is not None
+                                              else len(train_data) if hasattr(train_data, "__len__") else None))
             for i, (x, y) in enumerate(bar):
                 loss, acc = self.step(x, y)
                 n += len(y)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="no
 # 61 images in batches of 16: the last batch (13) splits unevenly, 7 + 6
 DATA = dict(n_train=61, n_test=24, size=16, seed=1)
 CONFIGS = {
-    "bptt": dict(epochs=3, batch_size=16, lr=5e-3, seed=2, energy_weight=0.01, grad_clip=1.0),
+    "bptt+checkpoint": dict(epochs=3, batch_size=16, lr=5e-3, seed=2, energy_weight=0.01, grad_clip=1.0, checkpoint=2),
     "tbptt": dict(epochs=2, batch_size=16, lr=5e-3, seed=2, tbptt=2, idle=4.0, optimizer="sgd",
                   schedule="step", step_epochs=1, gamma=0.5),
 }

@@ -91,6 +91,39 @@ def test_resume_continues_the_same_run(task, tmp_path):
     assert {"train_loss", "train_acc", "lr", "time_s", "val_loss", "val_acc"} <= set(rows[0])
 
 
+def test_resume_with_a_loader_reseeded_per_epoch(task, tmp_path):
+    """An iterable loader with set_epoch (shuffle and augmentation) resumes exactly too."""
+    from dynode.stimuli import InMemoryLoader
+
+    def loader():
+        return InMemoryLoader(task.x_train, task.y_train, batch_size=32, augment=True, pad=2,
+                              mean=task.mean, std=task.std, seed=4)
+    cfg = TrainingConfig(epochs=2, batch_size=32, lr=3e-3, seed=5)
+    straight = Trainer(_net(task), cfg, progress=False)
+    straight.fit(loader())
+    first = Trainer(_net(task), cfg, checkpoint_dir=tmp_path, progress=False)
+    first.fit(loader(), until=1)
+    second = Trainer(_net(task), cfg, progress=False).resume(tmp_path / "last.pt")
+    second.fit(loader())
+    assert _metrics(second.result.history) == _metrics(straight.result.history)
+    assert torch.equal(second.network.readout.linear.weight, straight.network.readout.linear.weight)
+    with pytest.raises(ConfigurationError, match="batches of 32 but the config says batch_size=16"):
+        Trainer(_net(task), cfg.model_copy(update={"batch_size": 16}), progress=False).fit(loader())
+
+
+def test_progress_prints_one_line_per_epoch(task, capsys):
+    Trainer(_net(task), TrainingConfig(epochs=1, batch_size=48), progress=True).fit(task)
+    err = capsys.readouterr().err
+    assert "epoch=1 train_loss=" in err and "train_acc=" in err
+
+
+def test_world_size_without_a_rendezvous_is_a_clear_error(task, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigurationError, match="RANK is not set|MASTER_ADDR is not set"):
+        Trainer(_net(task), TrainingConfig(), progress=False)
+
+
 def test_resume_rejects_another_config(task, tmp_path):
     cfg = TrainingConfig(epochs=1, batch_size=48, seed=0)
     trainer = Trainer(_net(task), cfg, checkpoint_dir=tmp_path, progress=False)
