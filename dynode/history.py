@@ -66,6 +66,21 @@ def compatible_dts(delays, limit: int = 6) -> list[float]:
     return out
 
 
+def lag_input(inputs: Callable[[float], Mapping[str, Tensor]] | None, t: float, name: str,
+              populations) -> Tensor:
+    """Input ``name`` evaluated at time ``t`` (a delayed read of a stimulus input), or a
+    ``KeyError`` naming the populations and inputs there are."""
+    if inputs is None:
+        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                       f"populations: {sorted(populations)}")
+    values = inputs(t)
+    try:
+        return values[name]
+    except KeyError:
+        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                       f"populations: {sorted(populations)}, inputs: {sorted(values)}") from None
+
+
 def _hermite(theta: float, dt: float) -> tuple[float, float, float, float]:
     t2, t3 = theta * theta, theta * theta * theta
     return (2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2, dt * (t3 - 2 * t2 + theta), dt * (t3 - t2))
@@ -240,15 +255,7 @@ class History:
         return out
 
     def _lag_input(self, name: str, delay: float) -> Tensor:
-        if self._inputs is None:
-            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                           f"populations: {sorted(self._y)}")
-        values = self._inputs(self.t - delay)
-        try:
-            return values[name]
-        except KeyError:
-            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                           f"populations: {sorted(self._y)}, inputs: {sorted(values)}") from None
+        return lag_input(self._inputs, self.t - delay, name, self._y)
 
     def _resolve(self, name: str, delay: float) -> int:
         if not (delay >= 0 and math.isfinite(delay)):

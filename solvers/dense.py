@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import DelayError
+from dynode.history import lag_input
 
 __all__ = ["DenseHistory", "field_delays", "propagate_breakpoints", "time_tol"]
 
@@ -204,13 +205,5 @@ class DenseHistory:
         return s.y[i] if out is None else out
 
     def _lag_input(self, name: str, delay: float) -> Tensor:
-        if self._inputs is None:
-            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                           f"populations: {self._names}")
-        values = self._inputs(self.t - delay)
-        try:
-            return values[name]
-        except KeyError:
-            raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                           f"populations: {self._names}, inputs: {sorted(values)}") from None
+        return lag_input(self._inputs, self.t - delay, name, self._names)
 
