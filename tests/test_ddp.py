@@ -33,12 +33,15 @@ WORKER = textwrap.dedent("""
     torch.set_num_threads(1)
     sys.path.insert(0, os.environ["DDP_TEST_DIR"])
     from test_ddp import CONFIGS, run
-    out = {}
+    out, trainers = {}, []
     for name, options in CONFIGS.items():
         trainer, history, weights = run(options)
         assert trainer.world == 2 and trainer.dist is not None and trainer.dist.get_backend() == "gloo"
         out[name] = {"history": history, "weights": weights}
-        trainer.close() if name == list(CONFIGS)[-1] else None
+        trainers.append(trainer)
+    assert trainers[0]._owns_group and not trainers[1]._owns_group  # the first one initialised it
+    trainers[0].close()
+    assert not torch.distributed.is_initialized()
     with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.json"), "w") as fh:
         json.dump(out, fh)
 """)

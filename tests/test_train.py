@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -279,7 +278,8 @@ def test_step_is_deterministic_under_a_seed(task):
     ({"stability_weight": 1.0}, "needs a pre-stimulus baseline"),
     ({"stability_weight": 1.0, "stimulus_onset": 2.0}, "stimulus_duration"),
     ({"tbptt": 4, "checkpoint": True}, "choose tbptt or checkpoint"),
-    ({"tbptt": 4, "stability_weight": 1.0, "stimulus_onset": 2.0, "stimulus_duration": 2.0}, "not implemented with tbptt"),
+    ({"tbptt": 4, "stability_weight": 1.0, "stimulus_onset": 2.0, "stimulus_duration": 2.0},
+     "not implemented with tbptt"),
     ({"checkpoint": 0}, "segment length >= 1"),
     ({"lr": 0}, "greater than 0"),
     ({"epoch": 3}, "Extra inputs are not permitted"),
