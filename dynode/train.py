@@ -27,8 +27,10 @@ Long runs:
 
 * ``checkpoint`` -- gradient checkpointing over time segments (``True``: ~sqrt(N) steps);
   the gradients equal those of plain BPTT; memory grows with the number of segments plus
-  one segment's graph (each segment boundary also keeps the delayed past, ``max_delay / dt + 1``
-  states per population).
+  one segment's graph (each segment boundary also keeps the delayed past, ``max_delay / dt``
+  states per population). On the CPU with glibc, freed buffers of the recomputed segments stay
+  in the heap unless ``MALLOC_MMAP_THRESHOLD_`` is fixed (e.g. ``131072``); the process's
+  resident set then follows the live tensors.
 * ``tbptt`` -- truncated BPTT: segments of that many steps; the state *and its delayed past*
   are detached between segments, each segment back-propagates its part of the loss
   (``sum_k w_k CE_k`` over its times, ``E`` weighted by its share of the times), the
