@@ -341,6 +341,14 @@ class Trainer:
                              solver=self.config.solver, save_at=[0.0])
 
     # -- losses ---------------------------------------------------------------------------
+    def _drop_unread(self, sol):
+        """Free the saved trajectories the loss does not read (all but the readout's
+        population, unless the energy or stability terms read every population)."""
+        if self._save_all:
+            return sol
+        keep = self.readout.population if self.at != "last" else None
+        return replace(sol, states={k: v for k, v in sol.states.items() if k == keep})
+
     def _segment_loss(self, sol, labels: Tensor, last: bool) -> tuple[Tensor | None, Tensor | None]:
         """This segment's part of the loss, and the final logits (last segment only)."""
         from dynode.models.losses import classification_loss, energy_loss, stability_loss
@@ -394,6 +402,7 @@ class Trainer:
                     sol = self.runner(stim, t0=a * self.dt, t_end=b * self.dt, dt=self.dt, solver=cfg.solver,
                                       save_at=self._save_at(a, b, i == 0), initial_state=state,
                                       checkpoint=cfg.checkpoint)
+                    sol = self._drop_unread(sol)
                     loss, final_i = self._segment_loss(sol, labels, last)
                 if loss is not None:
                     scaled = loss * scale
@@ -530,7 +539,7 @@ class Trainer:
                 sol = integrate(self.network, self._stimulus(x), t0=0.0, t_end=self.t_end, dt=self.dt,
                                 solver=self.config.solver, save_at=self._save_at(0, self.n_steps, True),
                                 initial_state=self._warm_up(x.shape[0]))
-                loss, final = self._segment_loss(sol, y, True)
+                loss, final = self._segment_loss(self._drop_unread(sol), y, True)
             loss_sum += loss.double() * len(y)
             correct += (final.argmax(-1) == y).sum()
         self.network.train(was_training)
