@@ -21,7 +21,8 @@ One training step for a global batch of images ``x`` with labels ``y``:
 4. backward, gradient clipping, optimizer step; the LR schedule steps once per epoch.
 
 Only the states the loss needs are saved (``save_at``): the final state for ``at="last"``,
-the weighted window for ``"every"``, every step when ``E`` or ``S`` is on.
+the weighted window for ``"every"``, every step when ``E`` or ``S`` is on; without ``E`` and
+``S`` only the readout's population of the saved states is kept.
 
 Long runs:
 
@@ -48,7 +49,9 @@ order) and takes the samples ``rank, rank + P, ...`` of each; its loss is scaled
 mean: the loss curve matches single-process training on the same global batch (up to
 floating-point summation order). Metrics are reduced over ranks; rank 0 writes the log
 and the checkpoints. TBPTT segments before the last run under ``no_sync`` (one gradient
-all-reduce per batch).
+all-reduce per batch). The wrapped forward returns a :class:`dynode.Solution` (DDP does not
+look into it: ``find_unused_parameters`` is off, so every parameter must get a gradient in
+every step, as in the zoo's models).
 
 Everything that makes a run is in :class:`TrainingConfig`; checkpoints hold the weights, the
 optimizer, scheduler and gradient-scaler state, the epoch, the metrics, the RNG state and
