@@ -29,7 +29,6 @@ and sets ``status = "failed: <reason>"``. Metadata is consolidated once, when th
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
