@@ -100,6 +100,9 @@ class TrainingConfig(BaseModel):
     step_epochs: int = Field(10, ge=1, description="schedule='step': decay every this many epochs")
     gamma: float = Field(0.1, gt=0, le=1, description="schedule='step': decay factor")
     grad_clip: float | None = Field(None, gt=0)
+    max_spectral_radius: float | None = Field(
+        None, gt=0, description="after every optimizer step, scale each population's recurrent "
+        "operator down to this spectral radius (keeps long runs stable)")
     dt: float | None = Field(None, gt=0, description="step (ms); default: the model's protocol")
     t_end: float | None = Field(None, gt=0, description="run length (ms); default: the model's protocol")
     solver: Literal["euler", "midpoint", "heun", "rk4"] = "euler"
@@ -443,8 +446,36 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if cfg.max_spectral_radius is not None:
+            self.constrain_recurrence(cfg.max_spectral_radius)
         loss_sum, correct = self._reduce(loss.double() * len(y), correct.double())
         return loss_sum / n_global, correct / n_global
+
+    @torch.no_grad()
+    def constrain_recurrence(self, rho_max: float) -> dict[str, float]:
+        """Project every self-connection ``W_p`` of the network onto ``rho(W_p) <= rho_max``.
+
+        ``rho`` is estimated by power iteration (:func:`dynode.models.stability.spectral_radius`);
+        when it exceeds ``rho_max`` every ``weight`` of the operator is multiplied by
+        ``rho_max / rho``. For a sum of maps this gives ``rho_max``, for a composition of maps
+        less, so the bound always holds. The linearised dynamics
+        ``tau dr/dt = -r + Phi'(0) W r`` then stay stable for ``Phi'(0) rho_max < 1`` (relu: 1).
+        Returns the radii before projection.
+        """
+        from dynode.models.stability import spectral_radius
+
+        radii = {}
+        for name, pop in self.network.populations.items():
+            op = pop.incoming[name] if name in pop.incoming else None
+            if op is None:
+                continue
+            rho = spectral_radius(op, pop.shape, iters=40, tol=1e-3)
+            radii[name] = rho
+            if rho > rho_max:
+                for pname, p in op.named_parameters():
+                    if pname.split(".")[-1] == "weight":
+                        p.mul_(rho_max / rho)
+        return radii
 
     def _reduce(self, *values: Tensor) -> tuple[float, ...]:
         """Sum over ranks (one all-reduce, one host read)."""

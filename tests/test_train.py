@@ -313,3 +313,22 @@ def test_trainer_needs_a_readout_and_a_time_grid(task):
     net.protocol = {}
     with pytest.raises(ConfigurationError, match="needs dt and t_end"):
         Trainer(net, TrainingConfig(), progress=False)
+
+
+def test_max_spectral_radius_projects_every_recurrence():
+    import dynode as dn
+    from dynode.models.stability import spectral_radius
+    from dynode.train import Trainer, TrainingConfig
+
+    torch.manual_seed(0)
+    net = dn.models.dyrcnn(depth=2, input_shape=(1, 8, 8), num_classes=3, width=0.25, steps=3,
+                           phi="relu", recurrence_type="depthpointwise")
+    for name, pop in net.populations.items():  # make every recurrence strongly unstable
+        for p in pop.incoming[name].parameters():
+            p.data.mul_(30.0)
+    tr = Trainer(net, TrainingConfig(epochs=1, batch_size=4, max_spectral_radius=0.7), progress=False)
+    before = {n: spectral_radius(p.incoming[n], p.shape) for n, p in net.populations.items()}
+    assert all(r > 0.7 for r in before.values())
+    tr.step(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+    for name, pop in net.populations.items():
+        assert spectral_radius(pop.incoming[name], pop.shape) <= 0.7 * 1.01
