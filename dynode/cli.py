@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from dynode.config import first_images
+
 __all__ = ["main", "build_parser"]
 
 
@@ -99,7 +101,7 @@ def _out(args, cfg) -> Path:
 
 
 def _model_and_data(cfg):
-    train, test, shape, n_classes = cfg.data.load()
+    train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
     net = cfg.model.build(input_shape=shape, num_classes=n_classes)
     return net, train, test
 
@@ -130,8 +132,7 @@ def cmd_simulate(args) -> int:
     cfg = load_config(args.config)
     out = _out(args, cfg)
     net, _, test = _model_and_data(cfg)
-    images = test[0]
-    stim = cfg.stimulus.build(images, net.input_names()[0])
+    stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     proto = getattr(net, "protocol", {}) or {}
     dt = cfg.dt or proto.get("dt")
     t_end = cfg.t_end or getattr(stim, "t_end", None) or proto.get("t_end")
@@ -149,7 +150,7 @@ def cmd_experiment(args) -> int:
     out = _out(args, cfg)
     net, _, test = _model_and_data(cfg)
     ex = cfg.experiment
-    paths = groen2022_experiments(net, test[0][: ex.n_images], out / "experiments", dt=ex.dt,
+    paths = groen2022_experiments(net, first_images(test, ex.n_images), out / "experiments", dt=ex.dt,
                                   solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
                                   overwrite=args.overwrite, background=ex.background)
     for kind, path in paths.items():
@@ -166,7 +167,7 @@ def cmd_convergence(args) -> int:
     out = _out(args, cfg)
     net, _, test = _model_and_data(cfg)
     conv = cfg.convergence
-    stim = cfg.stimulus.build(test[0], net.input_names()[0])
+    stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     import torch
 
     with torch.no_grad():

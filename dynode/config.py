@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
+from dynode.errors import ConfigurationError
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, model_validator
 
 __all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
@@ -201,7 +202,6 @@ class ModelConfig(_Frozen):
         import inspect
 
         from dynode import models
-        from dynode.errors import ConfigurationError
 
         builder = getattr(models, self.name)
         params = inspect.signature(builder).parameters
@@ -249,34 +249,53 @@ class DataConfig(_Frozen):
                 raise ValueError(f"{given} only apply to the generated task, not {self.name!r}")
         return self
 
-    def load(self):
-        """``(train, test, image_shape, num_classes)``; train/test iterate ``(images, labels)``
-        batches or are ``(images, labels)`` tensor pairs."""
+    def load(self, batch_size: int = 64):
+        """``(train, test, image_shape, num_classes)``: ``(images, labels)`` tensor pairs for the
+        generated task; for the data sets, loaders of ``batch_size`` (in-memory for CIFAR and
+        MNIST, a torchvision ``DataLoader`` for image folders), training split shuffled and
+        augmented unless ``augment`` says otherwise."""
         if self.name == "generated":
             from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
 
+            if self.augment:
+                raise ConfigurationError("data.augment: the generated task has its nuisance variation "
+                                         "built in; augmentation applies to the image data sets")
             task = generated_task(self.n_train, self.n_test, size=self.size, channels=self.channels,
                                   classes=tuple(self.classes) if self.classes else DEFAULT_CLASSES,
                                   seed=self.seed)
             train = (task.normalize(task.x_train), task.y_train)
             test = (task.normalize(task.x_test), task.y_test)
             return train, test, task.image_shape, task.num_classes
-        from dynode.stimuli.datasets import STATS, load_tensors
+        from dynode.stimuli.datasets import dataset, in_memory
 
-        name = "imagenette" if self.name == "imagefolder" else self.name
-        x_tr, y_tr, classes = load_tensors(name, self.root, "train")
-        x_te, y_te, _ = load_tensors(name, self.root, "test")
-        mean, std = STATS[name]
-        m = torch_tensor(mean).view(1, -1, 1, 1)
-        s = torch_tensor(std).view(1, -1, 1, 1)
-        norm = lambda x: (x.float() / 255.0 - m) / s  # noqa: E731
-        return (norm(x_tr), y_tr), (norm(x_te), y_te), tuple(x_tr.shape[1:]), len(classes)
+        name = self.name
+        if name in ("cifar10", "cifar100", "mnist"):
+            train = in_memory(name, self.root, "train", batch_size=batch_size, augment=self.augment, seed=self.seed)
+            test = in_memory(name, self.root, "test", batch_size=batch_size, shuffle=False, augment=False)
+            return train, test, tuple(train.images.shape[1:]), int(train.labels.max()) + 1
+        import torch
+
+        tr = dataset(name, self.root, "train", augment=self.augment)
+        te = dataset(name, self.root, "val", augment=False)  # image folders: train/ and val/
+        g = torch.Generator().manual_seed(self.seed)
+        train = torch.utils.data.DataLoader(tr, batch_size=batch_size, shuffle=True, generator=g, num_workers=2)
+        test = torch.utils.data.DataLoader(te, batch_size=batch_size, shuffle=False, num_workers=2)
+        return train, test, tuple(tr[0][0].shape), len(tr.classes)
 
 
-def torch_tensor(values):
+def first_images(data, n: int):
+    """The first ``n`` images of a split returned by :meth:`DataConfig.load`."""
+    if isinstance(data, tuple):
+        return data[0][:n]
     import torch
 
-    return torch.tensor(values, dtype=torch.float32)
+    got, total = [], 0
+    for x, _ in data:
+        got.append(x)
+        total += len(x)
+        if total >= n:
+            break
+    return torch.cat(got)[:n]
 
 
 class RecordConfig(_Frozen):
@@ -382,8 +401,6 @@ def load_config(path) -> RunConfig:
     from pathlib import Path
 
     import yaml
-
-    from dynode.errors import ConfigurationError
 
     p = Path(path)
     if not p.is_file():

@@ -129,3 +129,34 @@ def test_demo_quick_end_to_end(tmp_path):
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     v1 = summary["summary"]["V1"]
     assert 0.0 < v1["summation_ratio_mean"] < 2.0 and v1["peak_latency_ms"] > 0
+
+
+@pytest.mark.parametrize("kind", ["cifar10", "imagefolder"])
+def test_train_on_real_on_disk_formats(tmp_path, capsys, kind):
+    from test_datasets import write_cifar10, write_folder
+
+    root = tmp_path / "data"
+    if kind == "cifar10":
+        write_cifar10(root, n=16)
+        data = f"data: {{name: cifar10, root: {root}}}"
+    else:
+        for split in ("train", "val"):
+            write_folder(root / "imagenette2-160" / split, size=32)
+        data = f"data: {{name: imagefolder, root: {root / 'imagenette2-160'}}}"
+    cfg = write(tmp_path, f"""
+output: {tmp_path / 'o'}
+model:
+  name: dyrcnn
+  options: {{depth: 2, width: 0.25, steps: 2, phi: relu}}
+{data}
+training: {{epochs: 1, batch_size: 4}}
+""")
+    code, out, err = run(capsys, "train", str(cfg))
+    assert code == 0, err
+    assert "trained dyrcnn for 1 epochs" in out
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    cfg = write(tmp_path, f"data: {{name: cifar100, root: {tmp_path / 'nothing'}}}\n")
+    code, _, err = run(capsys, "train", str(cfg), "--out", str(tmp_path / "o"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cifar" in err.lower()
