@@ -357,6 +357,8 @@ class ExperimentConfig(_Frozen):
     solver: SolverConfig = Field(default_factory=EulerConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
     background: Literal["grey", "blank", "mean"] = "grey"
+    onset: PositiveFloat = Field(200.0, description="stimulus onset (ms): 100 ms to settle, then the "
+                                 "100 ms baseline")
 
 
 class ConvergenceConfig(_Frozen):

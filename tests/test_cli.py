@@ -160,3 +160,16 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
     cfg = write(tmp_path, f"data: {{name: cifar100, root: {tmp_path / 'nothing'}}}\n")
     code, _, err = run(capsys, "train", str(cfg), "--out", str(tmp_path / "o"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "cifar" in err.lower()
+
+
+@pytest.mark.slow
+def test_experiment_command_writes_archives_and_figures(tmp_path, capsys):
+    out_dir = tmp_path / "e"
+    cfg = write(tmp_path, TINY.format(out=out_dir) + "experiment: {protocols: [duration, repetition], "
+                "n_images: 1, dt: 2.0, onset: 150.0}\n")
+    code, out, err = run(capsys, "experiment", str(cfg))
+    assert code == 0, err
+    assert (out_dir / "experiments" / "groen2022-duration.zarr").exists()
+    assert "sum. ratio" in out and (out_dir / "figures" / "recovery.png").exists()
+    code, out, err = run(capsys, "analyze", str(out_dir / "experiments" / "groen2022-duration.zarr"))
+    assert code == 0, err
