@@ -47,7 +47,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, SolverError
 from dynode.guards import Guard
 from dynode.problem import Problem
-from dynode.solution import Solution
+from dynode.solution import Saver, Solution
 from dynode.solvers.controllers import get_controller, initial_step
 from dynode.solvers.dense import DenseHistory, field_delays, propagate_breakpoints, time_tol
 from dynode.solvers.stats import SolverStats, Status
@@ -278,16 +278,10 @@ class AdaptiveSolver:
 
         # -- saving ------------------------------------------------------------------
         save_at = problem.save_at
-        ts_out: list[float] = []
-        saved: list[dict[str, Tensor]] = []
+        saver = Saver(observer)
 
         def emit(t: float, y: list[Tensor]) -> None:
-            st = dict(zip(names, y))
-            ts_out.append(t)
-            if observer is not None:
-                observer(t, st)
-            else:
-                saved.append(st)
+            saver(t, dict(zip(names, y)))
 
         si = 0
         y = [problem.y0[n] for n in names]
@@ -397,8 +391,7 @@ class AdaptiveSolver:
             if steps >= self.max_steps:
                 raise fail(Status.REACHED_MAX_STEPS, t, h, per_pop)
 
-        ts = torch.tensor(ts_out, dtype=torch.float64)
-        states = ({n: torch.stack([st[n] for st in saved]) for n in names} if observer is None else {})
+        ts, states = saver.ts(), saver.states(names)
         stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
                             status=Status.SUCCESS, t_final=t)
         return Solution(ts=ts, states=states, stats=stats, final_state=dict(zip(names, y)))

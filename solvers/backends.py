@@ -36,7 +36,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, SolverError
 from dynode.problem import Problem
-from dynode.solution import Solution
+from dynode.solution import Saver, Solution
 from dynode.solvers.dense import field_delays, propagate_breakpoints, time_tol
 from dynode.solvers.stats import SolverStats, Status
 
@@ -223,15 +223,7 @@ class _Backend:
         counts = {"nfe": 0, "steps": 0, "accepted": 0, "rejected": 0}
         first = None if dt is None else float(dt)
         save_at = problem.save_at
-        ts_out: list[float] = []
-        saved: list[dict[str, Tensor]] = []
-
-        def emit(t: float, state: dict[str, Tensor]) -> None:
-            ts_out.append(t)
-            if observer is not None:
-                observer(t, state)
-            else:
-                saved.append(state)
+        emit = Saver(observer)
 
         si = 0
         state = dict(problem.y0)
@@ -259,8 +251,7 @@ class _Backend:
                 history.append(a, b, ys if len(times) == len(dense_idx) else ys[dense_idx], y_end)
         t_end = problem.t_end
         final = flat.unflatten(y)
-        ts = torch.tensor(ts_out, dtype=torch.float64)
-        states = ({n: torch.stack([st[n] for st in saved]) for n in names} if observer is None else {})
+        ts, states = emit.ts(), emit.states(names)
         stats = SolverStats(nfe=counts["nfe"], steps=counts["steps"], accepted=counts["accepted"],
                             rejected=counts["rejected"], status=Status.SUCCESS, t_final=t_end)
         return Solution(ts=ts, states=states, stats=stats, final_state=final)

@@ -29,7 +29,7 @@ from dynode.errors import ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
 from dynode.history import History, HistoryTail, compatible_dts, delay_steps
 from dynode.problem import Problem
-from dynode.solution import Solution
+from dynode.solution import Saver, Solution
 from dynode.solvers.stats import SolverStats, Status
 
 __all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
@@ -122,8 +122,7 @@ class FixedStepSolver:
         step = self._stepper(problem, dt, history, store=max_delay > 0)
 
         y = problem.y0
-        saved: list = []
-        emit = observer if observer is not None else (lambda t, state: saved.append(state))
+        emit = Saver(observer)
         if save[0]:
             emit(t0, y)
 
@@ -157,10 +156,7 @@ class FixedStepSolver:
             for k, state in out:
                 emit(t0 + k * dt, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
-        idx = [i for i, s in enumerate(save) if s]
-        ts = torch.tensor([t0 + i * dt for i in idx], dtype=torch.float64)
-        states = ({name: torch.stack([s[name] for s in saved]) for name in problem.names}
-                  if observer is None else {})
+        ts, states = emit.ts(), emit.states(problem.names)
         nfe = n_steps * self._evals_per_step()
         stats = SolverStats(nfe=nfe, steps=n_steps, accepted=n_steps, rejected=0,
                             status=Status.SUCCESS, t_final=problem.t_end)
