@@ -12,6 +12,7 @@ from dynode.models.stability import spectral_radius, stability_report
 from dynode.models import losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
 from dynode.models.zoo import alexnet_like, cordsnet, cornet_rt, dyrcnn
+from dynode.models.published import dyrcnn_published
 
 __all__ = [
     "ACTIVATIONS", "RectifiedPower", "Supralinear", "get_activation",
@@ -19,4 +20,5 @@ __all__ = [
     "Adapter", "Resize", "adapter", "Combine", "Sum", "build_pipeline", "Retina",
     "Classifier", "Readout", "spectral_radius", "stability_report", "losses",
     "SpeedOptions", "prepare_for_speed", "alexnet_like", "cordsnet", "cornet_rt", "dyrcnn",
+    "dyrcnn_published",
 ]
