@@ -14,6 +14,7 @@ __all__ = [
     "DivergenceError",
     "SolverError",
     "StabilityWarning",
+    "BaselineDriftWarning",
 ]
 
 
@@ -67,3 +68,7 @@ class SolverError(DynodeError, RuntimeError):
 
 class StabilityWarning(UserWarning):
     """A configuration that runs but is probably not what was meant (e.g. Euler with dt > tau)."""
+
+
+class BaselineDriftWarning(UserWarning):
+    """The network's activity before a stimulus is not steady: a baseline read from it drifts."""
