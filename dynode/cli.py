@@ -152,7 +152,8 @@ def cmd_experiment(args) -> int:
     ex = cfg.experiment
     paths = groen2022_experiments(net, first_images(test, ex.n_images), out / "experiments", dt=ex.dt,
                                   solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
-                                  overwrite=args.overwrite, background=ex.background, onset=ex.onset)
+                                  overwrite=args.overwrite, background=ex.background, onset=ex.onset,
+                                  settle_max=ex.settle_max)
     for path in paths.values():
         print(f"wrote {path}")
     _analyze(list(paths.values()), out / "figures")

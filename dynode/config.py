@@ -356,9 +356,14 @@ class ExperimentConfig(_Frozen):
     dt: PositiveFloat = 2.0
     solver: SolverConfig = Field(default_factory=EulerConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
-    background: Literal["grey", "blank", "mean"] = "grey"
-    onset: PositiveFloat = Field(200.0, description="stimulus onset (ms): 100 ms to settle, then the "
-                                 "100 ms baseline")
+    background: Literal["grey", "blank", "mean"] = Field(
+        "mean", description="the screen between stimuli in the units the model is fed: 'mean' (each "
+        "image's mean luminance), 'blank' (0) or 'grey' (0.5, for raw images in [0, 1])")
+    onset: PositiveFloat = Field(100.0, description="stimulus onset (ms) after the settled start: the "
+                                 "baseline")
+    settle_max: PositiveFloat | None = Field(
+        3000.0, description="ms the network may run on the background alone to reach a steady baseline "
+        "before each experiment (warns with the measured drift if not steady); null: no settling")
 
 
 class ConvergenceConfig(_Frozen):

@@ -9,28 +9,105 @@ carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image`
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dynode.errors import ConfigurationError
+from dynode.errors import BaselineDriftWarning, ConfigurationError
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 
-__all__ = ["run_protocol", "groen2022_experiments", "GROEN_KINDS"]
+__all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "GROEN_KINDS"]
 
 GROEN_KINDS = ("contrast", "duration", "repetition")
 
 
+@dataclass(frozen=True)
+class Settled:
+    """The outcome of :func:`settle`.
+
+    state : ``{population: (batch, *shape)}`` at the end of settling (the steady state).
+    time : ms of settling it took (a multiple of ``window``).
+    drift : per population, ``|m(T) - m(T - window)|`` of the population mean rate ``m`` over
+        the last window (the rate's own units).
+    level : per population, ``max |m|`` over the last window.
+    steady : every population met ``drift <= rtol * level + atol``.
+    """
+
+    state: dict[str, Tensor]
+    time: float
+    drift: dict[str, float] = field(default_factory=dict)
+    level: dict[str, float] = field(default_factory=dict)
+    steady: bool = True
+
+    def attrs(self) -> dict:
+        """JSON attributes for an archive."""
+        return {"settle_ms": self.time, "settle_steady": self.steady,
+                "settle_drift": {k: self.drift[k] for k in sorted(self.drift)},
+                "settle_level": {k: self.level[k] for k in sorted(self.level)}}
+
+
+def settle(network, background, *, dt: float, solver="euler", window: float = 100.0,
+           max_time: float = 3000.0, rtol: float = 1e-3, atol: float = 1e-6) -> Settled:
+    r"""Run ``network`` on a constant ``background`` until its activity is steady.
+
+    From the network's initial state, integrate in windows of ``window`` ms (continuing
+    exactly, delayed past included) until every population's mean rate ``m(t)`` changes by
+    at most ``rtol * max|m| + atol`` over the last window, or ``max_time`` ms have passed;
+    then warn (:class:`~dynode.errors.BaselineDriftWarning`) with the drift measured. Start an
+    experiment from ``settled.state``: a steady state is its own constant history, so a
+    baseline recorded from it is flat, whatever the network's slow loops.
+
+    ``background``: a stimulus value (tensor or ``{input: tensor}``, batch first) held constant.
+    """
+    from dynode.integrate import integrate
+    from dynode.stimuli import Constant
+
+    for name, v in (("window", window), ("max_time", max_time)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ConfigurationError(f"settle: {name} must be a positive number of ms, got {v!r}")
+    stim = Constant(background)
+    n_steps = round(window / dt)
+    if abs(n_steps * dt - window) > 1e-9 * window:
+        raise ConfigurationError(f"settle: window={window} ms is not a whole number of steps of dt={dt} ms")
+    saves = [i * dt for i in range(n_steps + 1)]
+    previous, t, steady = None, 0.0, False
+    drift, level = {}, {}
+    with torch.no_grad():
+        while t < max_time and not steady:
+            sol = integrate(network, stim, t0=t, t_end=t + window, dt=dt, solver=solver,
+                            initial_state=previous, save_at=[t + s for s in saves])
+            previous, t = sol, t + window
+            means = {p: x.flatten(2).mean(-1).double() if x.dim() > 2 else x.double()
+                     for p, x in sol.states.items()}                    # (time, batch)
+            drift = {p: float((m[-1] - m[0]).abs().max()) for p, m in means.items()}
+            level = {p: float(m.abs().max()) for p, m in means.items()}
+            steady = all(drift[p] <= rtol * level[p] + atol for p in means)
+    if not steady:
+        worst = max(drift, key=lambda p: drift[p] / (level[p] + atol))
+        warnings.warn(f"the network did not settle on the background within {max_time:g} ms: population "
+                      f"{worst!r} still changes by {drift[worst]:.3g} ({100 * drift[worst] / max(level[worst], atol):.2g} "
+                      f"% of its level {level[worst]:.3g}) over the last {window:g} ms; a baseline "
+                      "read from it drifts (raise max_time, or check the network's stability with "
+                      "net.summary())", BaselineDriftWarning, stacklevel=2)
+    return Settled(state={p: x.clone() for p, x in previous.final_state.items()}, time=t, drift=drift,
+                   level=level, steady=steady)
+
+
 def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record | None = None,
                  store=None, overwrite: bool = False, progress: bool | None = None,
-                 t_end: float | None = None, attrs: dict | None = None) -> SimulationResult:
+                 t_end: float | None = None, attrs: dict | None = None, initial_state=None
+                 ) -> SimulationResult:
     """Simulate ``network`` through ``protocol`` (a labelled stimulus with ``t_end``) and record it.
 
     ``record`` defaults to the mean over units of every population at every step (the
-    population time course that stands in for an ECoG broadband signal).
+    population time course that stands in for an ECoG broadband signal). ``initial_state``:
+    e.g. :func:`settle`'s state on the protocol's background.
     """
     t_end = t_end if t_end is not None else getattr(protocol, "t_end", None)
     if t_end is None:
@@ -41,19 +118,26 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
     meta.update(attrs or {})
     with torch.no_grad():
         return simulate(network, protocol, t_end=float(t_end), dt=dt, solver=solver, record=record,
-                        store=store, overwrite=overwrite, progress=progress, attrs=meta)
+                        store=store, overwrite=overwrite, progress=progress, attrs=meta,
+                        initial_state=initial_state)
 
 
 def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver="euler",
                           kinds: Sequence[str] = GROEN_KINDS, record: Record | None = None,
                           overwrite: bool = False, progress: bool | None = None,
-                          background="grey", onset: float = 100.0) -> dict[str, Path]:
+                          background="mean", onset: float = 100.0, settle_max: float | None = 3000.0
+                          ) -> dict[str, Path]:
     """Run the ``kinds`` of Groen et al. (2022) (contrast, duration, repetition) on ``images``
     (``(N, C, H, W)``, already normalised as the network expects) and write one archive per
     kind, ``out_dir/groen2022-<kind>.zarr``. Returns ``{kind: path}``.
 
-    ``onset`` (ms): the stimulus starts this long after t0; the last 100 ms before it are the
-    baseline, so ``onset > 100`` leaves the network time to settle from its initial state.
+    ``background``: the screen between stimuli in the units the network is fed (default
+    ``"mean"``: each image's mean luminance, so that a contrast change keeps the mean; see
+    :func:`dynode.stimuli.groen2022`). ``settle_max`` (ms): before each experiment the
+    network runs on the background alone until steady (:func:`settle`, warning with the drift
+    it measured if it is not steady after this long); the experiment starts from that state,
+    so its baseline (the ``onset`` ms before the stimulus, default 100) is flat. ``None``
+    starts from the network's initial state instead. Epochs end 1.2 s after the onset.
     Use a ``dt`` that divides the durations (1 ms) for exact pulse lengths."""
     from dynode.stimuli import groen2022
 
@@ -66,7 +150,11 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     for kind in kinds:
         protocol = groen2022(kind, images, background=background, onset=onset)
         path = out_dir / f"groen2022-{kind}.zarr"
+        state, extra = None, {}
+        if settle_max is not None:
+            settled = settle(network, protocol(0.0), dt=dt, solver=solver, max_time=settle_max)
+            state, extra = settled.state, settled.attrs()
         run_protocol(network, protocol, dt=dt, solver=solver, record=record, store=path,
-                     overwrite=overwrite, progress=progress)
+                     overwrite=overwrite, progress=progress, initial_state=state, attrs=extra)
         paths[kind] = path
     return paths

@@ -23,8 +23,10 @@ Generic builders: :func:`contrast_series`, :func:`duration_series`, :func:`inter
 * ``"duration"``: one full-contrast pulse of 17, 33, 67, 133, 267, 533 ms;
 * ``"repetition"``: two full-contrast 133 ms pulses with a gap of 17, 33, 67, 133, 267, 533 ms,
 
-in 1 s epochs with a 100 ms pre-stimulus baseline (stimulus onset at ``onset = 100`` ms by
-default, epoch ``[0, 1000)`` ms, i.e. -0.1 to 0.9 s around the onset).
+in epochs from -0.1 s to 1.2 s around the onset, as in Groen's data (stimulus onset at
+``onset = 100`` ms by default, epoch ``[0, 1300)`` ms): the 100 ms before the onset are the
+baseline, and the recovery window of the longest ISI (its second pulse starts 666 ms after
+the onset) ends inside the epoch.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ GROEN2022 = {
     "contrast": dict(contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), duration=500.0),
     "duration": dict(durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), contrast=1.0),
     "repetition": dict(isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), duration=133.0, contrast=1.0),
-    "epoch_ms": 1000.0,
+    "epoch_ms": 1300.0,
     "baseline_ms": 100.0,
 }
 """The stimulus conditions of Groen et al. (2022), times in ms."""
@@ -183,7 +185,13 @@ def groen2022(kind: str, images=None, *, onset: float = 100.0, background="grey"
               input: str | None = None) -> Protocol:
     """The conditions of Groen et al. (2022) for ``kind`` in ``"contrast"``, ``"duration"``,
     ``"repetition"`` (see :data:`GROEN2022`), as one labelled batch (conditions x images)
-    in a 1 s epoch that starts ``onset`` ms (default 100, the baseline) before the stimulus."""
+    in an epoch that starts ``onset`` ms (default 100, the baseline) before the stimulus and
+    ends 1.2 s after it (Groen's epochs: -0.1 to 1.2 s).
+
+    ``background``: the screen between pulses, in the units the model is fed. ``"grey"`` (0.5)
+    suits raw images in [0, 1]; for normalised images use ``"mean"`` (each image's mean
+    luminance: contrast changes around it keep the mean constant, as on Groen's mean-grey
+    screen) or ``"blank"`` (0)."""
     t_end = onset - GROEN2022["baseline_ms"] + GROEN2022["epoch_ms"]
     if kind == "contrast":
         spec = GROEN2022["contrast"]

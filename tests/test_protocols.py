@@ -50,7 +50,7 @@ def check_exact_timing(p):
 
 def test_groen2022_contrast(images):
     p = groen2022("contrast", images=images)
-    assert p.batch_size == 10 and p.t_end == 1000.0 and p.onset == 100.0
+    assert p.batch_size == 10 and p.t_end == 1300.0 and p.onset == 100.0  # -0.1 .. 1.2 s
     assert p.conditions["contrast"] == [c for c in (0.0625, 0.125, 0.25, 0.5, 1.0) for _ in range(2)]
     assert set(p.conditions["duration"]) == {500.0}
     assert p.conditions["image"] == [0, 1] * 5
@@ -70,9 +70,11 @@ def test_groen2022_repetition(images):
     p = groen2022("repetition", images=images)
     assert p.conditions["isi"] == [g for g in (17.0, 33.0, 67.0, 133.0, 267.0, 533.0) for _ in range(2)]
     assert set(p.conditions["duration"]) == {133.0} and set(p.conditions["n_pulses"]) == {2}
-    # second pulse: onset 100 + 133 + isi, offset 133 ms later; the longest ends at 899 < 1000
+    # second pulse: onset 100 + 133 + isi, offset 133 ms later; the longest ends at 899, and
+    # its 300 ms recovery window (to 1199 ms) ends inside the 1300 ms epoch
     seconds = {(233.0 + g, 366.0 + g) for g in (17.0, 33.0, 67.0, 133.0, 267.0, 533.0)}
     assert {on_intervals(p, i)[1] for i in range(p.batch_size)} == seconds
+    assert max(start for start, _ in seconds) + 300.0 <= p.t_end  # the last recovery window fits
     check_exact_timing(p)
 
 
@@ -85,7 +87,7 @@ def test_full_contrast_shows_the_image_and_blank_is_mean_grey(images):
 def test_default_images_and_onset():
     p = groen2022("contrast", onset=200.0)
     assert p.batch_size == 5 and p.images.shape[1:] == (3, 32, 32)
-    assert p.breakpoints == (200.0, 700.0) and p.t_end == 1100.0
+    assert p.breakpoints == (200.0, 700.0) and p.t_end == 1400.0
 
 
 def test_generic_series_with_user_values(images):
