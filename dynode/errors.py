@@ -14,6 +14,10 @@ __all__ = [
     "DivergenceError",
     "SolverError",
     "StabilityWarning",
+    "ArchiveError",
+    "ArchiveLockedError",
+    "ArchiveCorruptError",
+    "AccuracyWarning",
     "BaselineDriftWarning",
 ]
 
@@ -70,5 +74,68 @@ class StabilityWarning(UserWarning):
     """A configuration that runs but is probably not what was meant (e.g. Euler with dt > tau)."""
 
 
+class AccuracyWarning(UserWarning):
+    """A run that is correct but less accurate than the method's order promises (e.g. a
+    stimulus jump between the grid points of a fixed-step solver: first order there)."""
+
+
 class BaselineDriftWarning(UserWarning):
     """The network's activity before a stimulus is not steady: a baseline read from it drifts."""
+
+
+class MissingConditionsError(ConfigurationError):
+    """An analysis needs stimulus conditions (or an experiment) that the archive does not hold.
+
+    Attributes
+    ----------
+    missing : the names of the missing conditions or experiments.
+    """
+
+    def __init__(self, message: str, *, missing: list[str]):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+class AnalysisWarning(UserWarning):
+    """An analysis number that is computed but should not be read as a result as it stands: a
+    baseline that drifts, a response below its baseline, a fit that extrapolates or has
+    parameters on their bounds, a window cut by the end of the epoch."""
+
+
+class UndefinedMetricWarning(AnalysisWarning):
+    """A metric that is not defined for this response (a peak time on a plateau, a c50 below
+    the lowest tested contrast, ...): the analysis returns NaN (``None`` in a summary) and
+    says why, instead of a number."""
+
+
+class ArchiveError(DynodeError):
+    """An archive that cannot be written, read, repaired or replaced as asked (a store that
+    dynode did not write, values that its storage dtype cannot hold, ...)."""
+
+
+class ArchiveLockedError(ArchiveError):
+    """The archive is being written by a run that holds its lease (``writer`` root attribute).
+
+    Attributes
+    ----------
+    pid, host : the writing process and its host.
+    heartbeat_age : seconds since the writer last refreshed its lease.
+    """
+
+    def __init__(self, message: str, *, pid: int, host: str, heartbeat_age: float):
+        super().__init__(message)
+        self.pid, self.host, self.heartbeat_age = pid, host, heartbeat_age
+
+
+class ArchiveCorruptError(ArchiveError):
+    """Committed data of an archive is missing or fails its checksum.
+
+    Attributes
+    ----------
+    report : the :class:`dynode.archive.VerifyReport` naming each damaged population, variable
+        and step range.
+    """
+
+    def __init__(self, message: str, *, report):
+        super().__init__(message)
+        self.report = report

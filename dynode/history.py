@@ -19,6 +19,17 @@ A delay ``d = k * dt`` (``k`` an integer, checked) read at the stage time
   :math:`h_{01} = -2\theta^3 + 3\theta^2`, :math:`h_{11} = \theta^3 - \theta^2`. Its error is
   :math:`O(\Delta t^4)`, so RK4 keeps order 4 on a delay equation.
 
+One-sided slopes. ``f_j`` is the derivative at the *start* of step ``j`` (its first stage:
+the right limit at ``t_j``). Where the vector field jumps at a grid point ``t_m`` (a stimulus
+onset or offset ``b``, or ``b + d`` for an input read with delay ``d``), ``dr/dt`` has a left
+and a right limit, and the interval ``[t_{m-1}, t_m]`` must end on the *left* limit: the
+solver gives it with :meth:`History.store_left` (RK4: its last stage, evaluated at
+``t_m^-``; Midpoint: the slope ``2 (r_m - r_{m-1}) / \Delta t - f_{m-1}`` of the quadratic
+through ``r_{m-1}, f_{m-1}, r_m``, error :math:`O(\Delta t^3)`). No extra evaluation of the
+field is made, and nothing changes at grid points where nothing jumps. Reading the interval
+before a jump with the right-limit slope costs an :math:`O(\Delta t)` error there and turns
+RK4 into a second-order method on every delayed network with a stimulus onset.
+
 For ``t < t0`` the history is the initial state (constant history). Inputs (stimulus
 populations) read with a delay are evaluated at ``t - d`` directly.
 """
@@ -99,13 +110,14 @@ class HistoryTail:
     states: tuple[dict[str, Tensor], ...]
     derivatives: tuple[dict[str, Tensor], ...] | None
     before: dict[str, Tensor]
+    left: tuple[tuple[int, dict[str, Tensor]], ...] = ()  # (index into states, dr/dt left limit)
 
     def detach(self) -> "HistoryTail":
         """The same tail cut from the autograd graph (truncated back-propagation)."""
         det = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
         return HistoryTail(self.dt, tuple(det(s) for s in self.states),
                            None if self.derivatives is None else tuple(det(f) for f in self.derivatives),
-                           det(self.before))
+                           det(self.before), tuple((i, det(f)) for i, f in self.left))
 
 
 class History:
@@ -138,6 +150,7 @@ class History:
         self._derivatives = derivatives
         self._y: dict[str, list] = {name: [None] * self.size for name in self._y0}
         self._f: dict[str, list] = {name: [None] * self.size for name in self._y0} if derivatives else {}
+        self._left: dict[int, Mapping[str, Tensor]] = {}  # grid step -> left-limit dr/dt (jumps only)
         self._steps: dict[float, int] = {}
         self._inputs = inputs
         self._weights: dict[float, tuple[float, float, float, float]] = {}
@@ -174,6 +187,8 @@ class History:
             if self._derivatives and n < 0:
                 for name, ring in self._f.items():
                     ring[slot] = tail.derivatives[first + i][name]
+        if self._derivatives:
+            self._left = {i - first - (m - 1): f for i, f in tail.left if i >= first}
         self._oldest = -(m - 1)
         self._before = {k: v for k, v in tail.before.items() if k in self._y0}
 
@@ -184,7 +199,8 @@ class History:
         states = tuple({k: ring[n % self.size] for k, ring in self._y.items()} for n in ns)
         derivs = (tuple({k: ring[n % self.size] for k, ring in self._f.items()} if n < n_end else {}
                         for n in ns) if self._derivatives else None)  # dr/dt at n_end: not computed
-        return HistoryTail(self.dt, states, derivs, dict(self._before))
+        left = tuple((n - oldest, f) for n, f in sorted(self._left.items()) if oldest <= n <= n_end)
+        return HistoryTail(self.dt, states, derivs, dict(self._before), left)
 
     # -- written by the solver -------------------------------------------------------
     def store(self, n: int, state: Mapping[str, Tensor], derivative: Mapping[str, Tensor] | None = None) -> None:
@@ -198,13 +214,20 @@ class History:
             for name, ring in self._f.items():
                 ring[slot] = None if derivative is None else derivative[name]
 
+    def store_left(self, n: int, derivative: Mapping[str, Tensor]) -> None:
+        """Record the left limit of ``dr/dt`` at grid step ``n`` (a point where the field
+        jumps): the interval ``[t_{n-1}, t_n]`` ends on this slope instead of ``f_n``."""
+        self._left[n] = derivative
+        for old in [m for m in self._left if m <= n - self.size]:
+            del self._left[old]
+
     def at(self, n: int, c: float, t: float, state: Mapping[str, Tensor]) -> None:
         """Set the stage being evaluated: time ``t = t0 + (n + c) dt`` with state ``state``."""
         if n != self.n:
             self._cache.clear()
         self.n, self.c, self.t, self._state = n, c, t, state
 
-    def snapshot(self, next_step: int | None = None) -> tuple[dict[str, list], dict[str, list]]:
+    def snapshot(self, next_step: int | None = None) -> tuple[dict[str, list], dict[str, list], dict]:
         """The ring contents (references), to restore when a segment is recomputed.
 
         ``next_step``: the step the segment starts with; its slot is stored before it is read,
@@ -214,12 +237,14 @@ class History:
 
         def keep(ring: list) -> list:
             return [None if i == drop else v for i, v in enumerate(ring)]
-        return ({k: keep(v) for k, v in self._y.items()}, {k: keep(v) for k, v in self._f.items()})
+        return ({k: keep(v) for k, v in self._y.items()}, {k: keep(v) for k, v in self._f.items()},
+                dict(self._left))
 
-    def restore(self, snapshot: tuple[dict[str, list], dict[str, list]]) -> None:
-        ys, fs = snapshot
+    def restore(self, snapshot: tuple[dict[str, list], dict[str, list], dict]) -> None:
+        ys, fs, left = snapshot
         self._y = {k: list(v) for k, v in ys.items()}
         self._f = {k: list(v) for k, v in fs.items()}
+        self._left = dict(left)
         self._cache.clear()
 
     # -- read by vector fields -------------------------------------------------------
@@ -250,7 +275,9 @@ class History:
             w = self._weights[c] = _hermite(c, self.dt)
         fr = self._f[name]
         a, b = j % self.size, (j + 1) % self.size
-        out = (ring[a] * w[0]).add_(ring[b], alpha=w[1]).add_(fr[a], alpha=w[2]).add_(fr[b], alpha=w[3])
+        left = self._left.get(j + 1) if self._left else None
+        fb = fr[b] if left is None else left[name]
+        out = (ring[a] * w[0]).add_(ring[b], alpha=w[1]).add_(fr[a], alpha=w[2]).add_(fb, alpha=w[3])
         self._cache[key] = out
         return out
 

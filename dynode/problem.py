@@ -40,6 +40,7 @@ class Problem:
     check_every: int
     checkpoint: int | bool | None = None  # gradient checkpointing segment (steps); fixed-step only
     tail: "HistoryTail | None" = None  # the delayed past of a continued run (fixed-step only)
+    dense: bool = False  # keep the solver's interpolant on every step (Solution.evaluate)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -129,7 +130,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
 
 
 def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
-                 max_abs, check_every, checkpoint: int | bool | None = None) -> Problem:
+                 max_abs, check_every, checkpoint: int | bool | None = None, dense: bool = False) -> Problem:
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
@@ -148,6 +149,8 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             isinstance(checkpoint, int) and checkpoint >= 1):
         raise ConfigurationError(f"checkpoint must be None, True (segments of sqrt(steps)) or a "
                                  f"positive number of steps per segment, got {checkpoint!r}")
+    if not isinstance(dense, bool):
+        raise ConfigurationError(f"dense must be True or False, got {dense!r}")
     tail = None
     if hasattr(initial_state, "final_state") and hasattr(initial_state, "tail"):  # a Solution
         tail = initial_state.tail
@@ -206,4 +209,4 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                          f"[{save_at[0]}, {save_at[-1]}]")
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
                    save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
-                   checkpoint=checkpoint, tail=tail)
+                   checkpoint=checkpoint, tail=tail, dense=dense)

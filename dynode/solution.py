@@ -2,17 +2,76 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
+
+from dynode.errors import ConfigurationError
 
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail
     from dynode.solvers.stats import SolverStats
 
-__all__ = ["Solution", "Saver"]
+__all__ = ["Solution", "Saver", "DenseOutput"]
+
+_TIME_TOL = 1e-9
+
+
+def _weighted(terms: Sequence[Mapping[str, Tensor]], w: Sequence[float]) -> dict[str, Tensor]:
+    """``sum_i w_i T_i`` for every population (fresh tensors; zero weights skipped)."""
+    out = {}
+    for name in terms[0]:
+        acc = None
+        for wi, term in zip(w, terms):
+            if wi:
+                acc = term[name] * wi if acc is None else acc.add(term[name], alpha=wi)
+        out[name] = terms[0][name] * 0.0 if acc is None else acc
+    return out
+
+
+class DenseOutput:
+    r"""A solve's continuous output: the solver's own interpolant on every step.
+
+    Step ``[t_a, t_a + h]`` is stored as tensors ``T_i`` (states, stage derivatives: references,
+    no copy) and weights ``w_i(theta)``, and
+
+    .. math:: r(t_a + \theta h) = \textstyle\sum_i w_i(\theta)\, T_i, \qquad 0 \le \theta \le 1 .
+
+    Each step uses only its own data (its stages see the stimulus' one-sided values), so the
+    interpolant is one-sided at stimulus jumps. Memory: every step's tensors are kept (about
+    2-8 states per step), which is why solvers keep it only when asked (``dense=True``).
+    """
+
+    def __init__(self, t0: float, t_end: float):
+        self.t0, self.t_end = float(t0), float(t_end)
+        self._starts: list[float] = []
+        self._pieces: list[tuple[float, float, tuple, Callable[[float], Sequence[float]]]] = []
+
+    def add(self, t: float, h: float, terms: Sequence[Mapping[str, Tensor]],
+            weights: Callable[[float], Sequence[float]]) -> None:
+        """Append the step ``[t, t + h]`` (steps are added in time order)."""
+        self._starts.append(float(t))
+        self._pieces.append((float(t), float(h), tuple(terms), weights))
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+
+    def __call__(self, t: float) -> dict[str, Tensor]:
+        """The state at time ``t`` (ms), ``{population: (batch, *shape)}``."""
+        t = float(t)
+        tol = _TIME_TOL * max(1.0, abs(self.t_end))
+        if not (self.t0 - tol <= t <= self.t_end + tol):
+            raise ConfigurationError(f"evaluate(t = {t:g} ms): outside the run [{self.t0:g}, "
+                                     f"{self.t_end:g}] ms; the dense output covers only that interval")
+        j = max(bisect.bisect_right(self._starts, t) - 1, 0)
+        ta, h, terms, weights = self._pieces[j]
+        theta = min(max((t - ta) / h, 0.0), 1.0)
+        return _weighted(terms, weights(theta))
 
 
 @dataclass(frozen=True)
@@ -25,6 +84,8 @@ class Solution:
     final_state : the state at ``t_end`` (``{population: (batch, *shape)}``).
     tail : the delayed past at ``t_end`` (fixed-step solvers): pass the solution itself as
         ``initial_state`` to continue the run exactly, delays included.
+    dense : the solver's interpolant over the whole run (:class:`DenseOutput`), kept only
+        with ``integrate(..., dense=True)``; read it with :meth:`evaluate`.
     """
 
     ts: Tensor
@@ -32,9 +93,36 @@ class Solution:
     stats: "SolverStats"
     final_state: dict[str, Tensor]
     tail: "HistoryTail | None" = None
+    dense: DenseOutput | None = None
 
     def __getitem__(self, name: str) -> Tensor:
         return self.states[name]
+
+    def evaluate(self, t) -> dict[str, Tensor]:
+        """The state at time(s) ``t`` (ms) from the solver's own interpolant (dense output).
+
+        ``t`` a number: ``{population: (batch, *shape)}``; a sequence or 1-D tensor of times:
+        ``{population: (len(t), batch, *shape)}``. Needs ``integrate(..., dense=True)``; a time
+        outside ``[t0, t_end]`` is an error.
+        """
+        span = f"[{float(self.ts[0]):g}, {float(self.ts[-1]):g}] ms" if len(self.ts) else "the run"
+        if self.dense is None:
+            raise ConfigurationError(
+                f"this Solution (saved on {span}) kept no dense output: integrate with dense=True to "
+                "evaluate it at any time, or pass the times as save_at")
+        if isinstance(t, Tensor):
+            t = t.tolist()
+        if isinstance(t, (int, float)):
+            if not math.isfinite(float(t)):
+                raise ConfigurationError(f"evaluate(t = {t}): t must be a finite time in ms")
+            return self.dense(float(t))
+        times = [float(x) for x in t]
+        if not times:
+            raise ConfigurationError("evaluate: give at least one time (ms)")
+        values = [self.evaluate(x) for x in times]
+        return {k: torch.stack([v[k] for v in values]) for k in values[0]}
+
+    at = evaluate
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.states.items())

@@ -47,7 +47,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, SolverError
 from dynode.guards import Guard
 from dynode.problem import Problem
-from dynode.solution import Saver, Solution
+from dynode.solution import DenseOutput, Saver, Solution
 from dynode.solvers.controllers import get_controller, initial_step
 from dynode.solvers.dense import DenseHistory, field_delays, propagate_breakpoints, time_tol
 from dynode.solvers.stats import SolverStats, Status
@@ -216,6 +216,7 @@ class AdaptiveSolver:
     name: ClassVar[str]
     tableau: ClassVar[Tableau]
     adaptive: ClassVar[bool] = True
+    dense_output: ClassVar[bool] = True  # integrate(..., dense=True) is supported
     _ctrl: object = dc_field(init=False, repr=False, compare=False)
 
     @property
@@ -279,6 +280,7 @@ class AdaptiveSolver:
         # -- saving ------------------------------------------------------------------
         save_at = problem.save_at
         saver = Saver(observer)
+        dense = DenseOutput(t0, t_end) if problem.dense else None
 
         def emit(t: float, y: list[Tensor]) -> None:
             saver(t, dict(zip(names, y)))
@@ -359,6 +361,9 @@ class AdaptiveSolver:
                 factor = ctrl.accept(total)
                 if keep:
                     history.append(t, h, t_new, y, ks, y_new)
+                if dense is not None:
+                    dense.add(t, h, [dict(zip(names, v)) for v in (y, *ks)],
+                              lambda th, h=h: [1.0, *(h * w for w in tab.weights(th))])
                 if save_at is None:
                     emit(t_new, y_new)
                 else:
@@ -394,7 +399,7 @@ class AdaptiveSolver:
         ts, states = saver.ts(), saver.states(names)
         stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
                             status=Status.SUCCESS, t_final=t)
-        return Solution(ts=ts, states=states, stats=stats, final_state=dict(zip(names, y)))
+        return Solution(ts=ts, states=states, stats=stats, final_state=dict(zip(names, y)), dense=dense)
 
 
 def _failure(solver: "AdaptiveSolver", status: Status, t: float, h: float, per_pop: list[float] | None,

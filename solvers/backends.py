@@ -238,7 +238,7 @@ class _Backend:
         for a, b, jump in segments(problem):
             b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
             rhs = self._rhs(field, inputs, history, flat, counts, b_left)
-            times, save_idx, dense_idx, si = _grid(a, b, self.n_dense if delays else None, save_at, si)
+            times, save_idx, dense_idx, si = _grid(a, b, self._points(a, b) if delays else None, save_at, si)
             t_tensor = torch.tensor(times, dtype=tdtype, device=y.device)
             ys = self._solve_segment(rhs, y, t_tensor, a, b, counts, first)
             for i in save_idx:
@@ -255,6 +255,10 @@ class _Backend:
         stats = SolverStats(nfe=counts["nfe"], steps=counts["steps"], accepted=counts["accepted"],
                             rejected=counts["rejected"], status=Status.SUCCESS, t_final=t_end)
         return Solution(ts=ts, states=states, stats=stats, final_state=final)
+
+    def _points(self, a: float, b: float) -> int:
+        """Intervals per segment on which the history is kept (``n_dense``)."""
+        return self.n_dense
 
     def _rhs(self, field, inputs, history, flat: _Flat, counts: dict, b_left: float):
         def rhs(t: Tensor, yflat: Tensor) -> Tensor:
@@ -318,6 +322,16 @@ class TorchDiffEq(_Backend):
     @property
     def adaptive(self) -> bool:
         return self.method in _TDE_ADAPTIVE
+
+    def _points(self, a: float, b: float) -> int:
+        """A fixed-grid method keeps the history on its own steps when at least 3 fit the
+        segment exactly: torchdiffeq interpolates between its steps linearly (second order),
+        so off-step history points would cap RK4 at order 2."""
+        if not self.adaptive:
+            n = (b - a) / dict(self.options)["step_size"]
+            if round(n) >= 3 and abs(n - round(n)) < 1e-9 * max(1.0, n):
+                return int(round(n))
+        return self.n_dense
 
     def _solve_segment(self, rhs, y, times, a, b, counts, first):
         from torchdiffeq import odeint

@@ -9,6 +9,20 @@ Delayed values come from :class:`dynode.History` (grid reads, Hermite interpolat
 off-grid stages). Every delay must be an integer multiple of ``dt``; this is checked for
 every connection before the first step.
 
+Jumps. Where the field jumps on the grid (a stimulus breakpoint ``b``, or ``b + d`` for an
+input read with delay ``d``), the step ending there evaluates its ``c = 1`` stage with the
+input's left limit, and the history's interval ending there gets the left-limit slope (see
+:mod:`dynode.history`), so every method keeps its order (measured in
+``tests/test_order_jumps.py``). A breakpoint *between* grid points is inside a step: that
+step integrates a discontinuous field and is first-order accurate whatever the method; the
+solver warns (:class:`dynode.errors.AccuracyWarning`) with the ``dt`` values that fit.
+
+Dense output. Each step's own interpolant: linear (Euler), the quadratic through
+``r_n, f_n, r_{n+1}`` (Midpoint), cubic Hermite on ``r_n, k_1, r_{n+1}, k_s`` with the last
+stage ``k_s`` at ``t_{n+1}^-`` (Heun: order 3, RK4: order 4). It serves ``save_at`` times
+between grid points (computed as the step is taken, nothing kept) and, with
+``integrate(..., dense=True)``, :meth:`dynode.Solution.evaluate` at any time.
+
 :class:`Euler` is special-cased for a :class:`dynode.Network`: it computes exactly
 ``r <- lerp(r, Phi(u), dt / tau)`` = ``r + dt/tau * (-r + Phi(u))``, and it can sweep the
 populations in topological order within a step (``order="sequential"``).
@@ -25,11 +39,11 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from dynode.errors import ConfigurationError, DelayError, StabilityWarning
+from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
-from dynode.history import History, HistoryTail, compatible_dts, delay_steps
+from dynode.history import History, HistoryTail, _hermite, compatible_dts, delay_steps
 from dynode.problem import Problem
-from dynode.solution import Saver, Solution
+from dynode.solution import DenseOutput, Saver, Solution, _weighted
 from dynode.solvers.stats import SolverStats, Status
 
 __all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
@@ -56,6 +70,7 @@ class FixedStepSolver:
     convergence_order: ClassVar[int]
     stability_limit: ClassVar[float]  # largest stable dt/tau on the negative real axis
     adaptive: ClassVar[bool] = False
+    dense_output: ClassVar[bool] = True  # integrate(..., dense=True) is supported
 
     @property
     def stages(self) -> int:
@@ -103,23 +118,30 @@ class FixedStepSolver:
         dt = self._check(problem, dt)
         t0, field = problem.t0, problem.field
         n_steps = _grid_steps(t0, problem.t_end, dt)
+        if problem.dense and problem.checkpoint:
+            raise ConfigurationError("dense=True keeps every step's interpolant, checkpoint= recomputes "
+                                     "the steps during backward: use one or the other")
+        # save[k]: the grid point t0 + k dt is saved; inner[n]: saved times inside step n
+        inner: dict[int, list[float]] = {}
         if problem.save_at is None:
             save = [True] * (n_steps + 1)
         else:
             save = [False] * (n_steps + 1)
             for ts in problem.save_at:
                 k = delay_steps(ts - t0, dt)
-                if k is None:
-                    raise ConfigurationError(
-                        f"save_at time {ts:g} ms is not on the solver's grid t0 + n*dt "
-                        f"(t0 = {t0:g}, dt = {dt:g} ms); save on multiples of dt or use an "
-                        "adaptive solver, whose dense output serves any time")
-                save[k] = True
+                if k is not None:
+                    save[k] = True
+                else:
+                    n = min(max(int(math.floor((ts - t0) / dt)), 0), n_steps - 1)
+                    inner.setdefault(n, []).append(ts)
         max_delay = float(field.max_delay())
+        jumps = self._jump_steps(problem, dt, n_steps, max_delay)
         history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
                           derivatives=self.needs_derivatives, inputs=problem.inputs, tail=problem.tail)
         guard = Guard(problem.max_abs, field.time_constants(), dt)
-        step = self._stepper(problem, dt, history, store=max_delay > 0)
+        step = self._stepper(problem, dt, history, store=max_delay > 0, jumps=jumps)
+        last = getattr(step, "last", None)  # (k_1, k_s) of the latest step, for the interpolant
+        dense = DenseOutput(t0, problem.t_end) if problem.dense else None
 
         y = problem.y0
         emit = Saver(observer)
@@ -133,13 +155,18 @@ class FixedStepSolver:
             if snapshot is not None:
                 history.restore(snapshot)
             out = []
+            put = emit_now if emit_now is not None else (lambda t, state: out.append((t, state)))
             for n in range(a, b):
-                y = step(n, t0 + n * dt, y)
+                y_new = step(n, t0 + n * dt, y)
+                if dense is not None or n in inner:
+                    terms, weights = self._interpolant(dt, y, y_new, last)
+                    for ts in inner.get(n, ()):
+                        put(ts, _weighted(terms, weights((ts - t0 - n * dt) / dt)))
+                    if dense is not None:
+                        dense.add(t0 + n * dt, dt, terms, weights)
+                y = y_new
                 if save[n + 1]:
-                    if emit_now is not None:
-                        emit_now(t0 + (n + 1) * dt, y)
-                    else:
-                        out.append((n + 1, y))
+                    put(t0 + (n + 1) * dt, y)
             return y, out
 
         seg = self._segment_length(problem.checkpoint, n_steps)
@@ -153,8 +180,8 @@ class FixedStepSolver:
                 y, out = run(a, b, y, emit_now=emit)
             else:
                 y, out = wrap(run, a, b, y, history.snapshot(a if max_delay > 0 else None), use_reentrant=False)
-            for k, state in out:
-                emit(t0 + k * dt, state)
+            for t_save, state in out:
+                emit(t_save, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
         ts, states = emit.ts(), emit.states(problem.names)
         nfe = n_steps * self._evals_per_step()
@@ -166,7 +193,49 @@ class FixedStepSolver:
             tail = history.tail(n_steps)
         else:
             tail = HistoryTail(dt, ({k: v for k, v in y.items()},), None, dict(y))
-        return Solution(ts=ts, states=states, stats=stats, final_state=y, tail=tail)
+        return Solution(ts=ts, states=states, stats=stats, final_state=y, tail=tail, dense=dense)
+
+    def _jump_steps(self, problem: Problem, dt: float, n_steps: int, max_delay: float) -> frozenset[int]:
+        """Grid steps ``m`` (``1 <= m <= n_steps``) where the field may jump: ``b + d`` for every
+        stimulus breakpoint ``b`` and ``d`` = 0 or a delay. Warns about breakpoints between grid
+        points (the step across them is first-order accurate)."""
+        t0, t_end = problem.t0, problem.t_end
+        lags = {0.0, max_delay} | {float(d) for _, d in problem.field.delays().values() if d > 0}
+        out: set[int] = set()
+        off: list[float] = []
+        for b in problem.breakpoints:
+            k = delay_steps(b - t0, dt)
+            for d in lags:
+                if not (t0 < b + d < t_end + 1e-9 * max(1.0, abs(t_end))):
+                    continue
+                kd = delay_steps(d, dt)
+                if k is None or kd is None:
+                    off.append(b)
+                elif 0 < k + kd <= n_steps:
+                    out.add(k + kd)
+        off = sorted(set(off))
+        if off and self.convergence_order > 1:
+            fits = compatible_dts([b - t0 for b in off if b > t0] + [d for d in lags if d > 0])
+            warnings.warn(
+                f"{type(self).__name__}: the stimulus jumps at t = {', '.join(f'{b:g}' for b in off[:5])} ms, "
+                f"between the grid points t0 + n*dt (t0 = {t0:g}, dt = {dt:g} ms); a step across a jump "
+                f"is first-order accurate, so the run is not order {self.convergence_order}. Use a dt "
+                f"that puts the jumps on the grid (e.g. {', '.join(f'{x:g}' for x in fits[:4])} ms) "
+                "or an adaptive solver, which steps onto breakpoints", AccuracyWarning, stacklevel=4)
+        return frozenset(out)
+
+    def _interpolant(self, h: float, y0: dict[str, Tensor], y1: dict[str, Tensor], last):
+        """The step's dense output ``r(t_n + theta h) = sum_i w_i(theta) T_i``: ``([T_i], w)``.
+
+        Linear for first-order methods; the quadratic through ``r_n, k_1, r_{n+1}`` when the
+        method has no stage at the step's end (Midpoint); else cubic Hermite on ``r_n, k_1,
+        r_{n+1}`` and the last stage ``k_s`` (at ``t_{n+1}^-``)."""
+        if self.convergence_order == 1 or not last:
+            return (y0, y1), lambda th: (1.0 - th, th)
+        k1, ks = last
+        if self.c[-1] != 1.0:
+            return (y0, y1, k1), lambda th: (1.0 - th * th, th * th, h * th * (1.0 - th))
+        return (y0, y1, k1, ks), lambda th: _hermite(th, h)
 
     def _evals_per_step(self) -> int:
         return self.stages
@@ -181,8 +250,13 @@ class FixedStepSolver:
             return max(1, round(math.sqrt(n_steps)))
         return int(checkpoint)
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool):
-        """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method."""
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool,
+                 jumps: frozenset[int] = frozenset()):
+        """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method.
+
+        ``step.last`` holds ``(k_1, k_s)`` of the latest step (for the dense output).
+        ``jumps``: grid steps where the field jumps; the step ending there gives the history
+        the left-limit slope (the last stage if it sits at ``c = 1``, else the quadratic's)."""
         f, inputs, t0 = problem.field, problem.inputs, problem.t0
         c = self.c
         rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.a]
@@ -204,6 +278,9 @@ class FixedStepSolver:
         # The left limit is taken 1e-9 dt before the grid point.
         left = 1.0 - 1e-9
         c_eval = tuple(left if ci == 1.0 else ci for ci in c)
+        ends = c[-1] == 1.0
+        jumps = jumps if (store and derivs) else frozenset()
+        last: list = []
 
         def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
             if store and not derivs:
@@ -217,8 +294,14 @@ class FixedStepSolver:
                 if i == 0 and store and derivs:
                     history.store(n, y, k)
                 ks.append(k)
-            return combine(y, ks, final)
+            y_new = combine(y, ks, final)
+            if n + 1 in jumps:
+                history.store_left(n + 1, ks[-1] if ends else
+                                   {p: (y_new[p] - y[p]).mul_(2.0 / h).sub_(ks[0][p]) for p in y})
+            last[:] = (ks[0], ks[-1])
+            return y_new
 
+        step.last = last  # type: ignore[attr-defined]
         return step
 
 
@@ -255,14 +338,15 @@ class Euler(FixedStepSolver):
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
                           StabilityWarning, stacklevel=4)
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool):
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool,
+                 jumps: frozenset[int] = frozenset()):
         field, inputs = problem.field, problem.inputs
         if not hasattr(field, "plan"):
             if self.order == "sequential":
                 raise ConfigurationError("Euler(order='sequential') needs a dynode.Network (it sweeps "
                                          "the network's populations); a custom VectorField only "
                                          "supports order='simultaneous'")
-            return super()._stepper(problem, h, history, store)
+            return super()._stepper(problem, h, history, store, jumps)
         plan = field.plan()
         drive = field._drive_one
         pops = field.populations
