@@ -65,6 +65,11 @@ class Population(nn.Module):
 
     The incoming operators live in ``self.incoming`` (keyed by source name), so
     ``state_dict`` keys read ``populations.V1.incoming.image.weight``.
+
+    ``combine`` is part of the population's definition: give it to
+    :meth:`Network.add_population` or replace it with :meth:`Network.set_combine` (which
+    checks the shapes and rebuilds the evaluation plan). Assigning ``pop.combine = ...``
+    directly raises, since the network's plan would not see it.
     """
 
     def __init__(self, name: str, shape: tuple[int, ...], tau: float | Tensor, phi: nn.Module,
@@ -73,6 +78,7 @@ class Population(nn.Module):
         self.name, self.shape = name, shape
         self.phi = phi
         self.combine = combine
+        self._combine_locked = True  # from now on only Network.set_combine replaces it
         self.incoming = nn.ModuleDict()
         self.delays: dict[str, float] = {}
         self.skip_initial: set[str] = set()
@@ -102,6 +108,21 @@ class Population(nn.Module):
         else:
             raise ConfigurationError(f"population {name!r}: bias must be False, True/'channel' or "
                                      f"'unit', got {bias!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "combine" and self.__dict__.get("_combine_locked", False):
+            raise ConfigurationError(
+                f"population {self.name!r}: assigning .combine directly would not reach the network's "
+                "evaluation plan; use net.set_combine(name, combine) (it checks the shapes) or pass "
+                "combine= to add_population")
+        super().__setattr__(name, value)
+
+    def _replace_combine(self, combine: nn.Module | None) -> None:
+        self.__dict__["_combine_locked"] = False
+        try:
+            self.combine = combine
+        finally:
+            self.__dict__["_combine_locked"] = True
 
     def tau_min(self) -> float:
         return float(self.tau.min()) if isinstance(self.tau, Tensor) else self.tau
@@ -234,6 +255,9 @@ class Network(VectorField):
                              f"{dst!r} has shape {target}; fix the operator (channels, stride, "
                              "padding) or the population shape, or pass op=None for the automatic "
                              "adapter (resize + 1x1 projection)")
+        if pop.combine is not None:
+            self._check_combine(dst, pop.combine, {**self._term_shapes(dst), src: out},
+                                f"connection {src} -> {dst}")
         pop.incoming[src] = op
         pop.delays[src] = delay
         if skip_initial:
@@ -241,6 +265,57 @@ class Network(VectorField):
         self._connections.append(Connection(src, dst, delay, op, bool(skip_initial)))
         self._plan = None
         return self
+
+    def set_combine(self, name: str, combine: nn.Module | None) -> "Network":
+        """Replace population ``name``'s combine (``None``: the sum) and rebuild the plan.
+
+        The combine maps ``{source: op_output}`` (a subset of the incoming connections, see
+        :class:`dynode.models.pipeline.Combine`) to ``u``; its output for the current
+        connections is checked on the meta device against the shape ``u`` must have.
+        """
+        if name not in self.populations:
+            raise ConfigurationError(f"set_combine({name!r}): no such population "
+                                     f"(populations: {list(self.populations)})")
+        if combine is not None and not isinstance(combine, nn.Module):
+            raise ConfigurationError(f"population {name!r}: combine must be an nn.Module, got "
+                                     f"{type(combine).__name__}")
+        pop = self.populations[name]
+        if combine is None:
+            bad = {s: o for s, o in self._term_shapes(name).items()
+                   if pop.u_shape is not None and o != pop.u_shape}
+            if bad:
+                raise ShapeError(f"population {name!r}: the sum needs every input of shape {pop.u_shape}, "
+                                 f"but {bad} differ; keep a combine that maps them to it")
+        else:
+            self._check_combine(name, combine, self._term_shapes(name), f"set_combine({name!r})")
+        pop._replace_combine(combine)
+        self._plan = None
+        return self
+
+    def _term_shapes(self, name: str) -> dict[str, tuple[int, ...]]:
+        """Per-sample output shape of each incoming operator of ``name`` (meta device)."""
+        pop = self.populations[name]
+        return {src: _output_shape(op, self.shape_of(src), f"connection {src} -> {name}")
+                for src, op in pop.incoming.items()}
+
+    def _check_combine(self, name: str, combine: nn.Module, shapes: Mapping[str, tuple[int, ...]],
+                       what: str) -> None:
+        """Check that ``combine`` maps inputs of ``shapes`` to the shape of ``u`` (learning it
+        for a pipeline population that has none yet)."""
+        if not shapes:
+            return
+        pop = self.populations[name]
+        out = _combine_shape(combine, shapes, what)
+        if pop.u_shape is None:
+            after = _output_shape(pop.phi, out, f"population {name!r} pipeline")
+            if after != pop.shape:
+                raise ShapeError(f"{what}: the combine gives {out}, which {name!r}'s pipeline maps to "
+                                 f"{after}, not to its shape {pop.shape}")
+            pop.u_shape = out
+        elif out != pop.u_shape:
+            raise ShapeError(f"{what}: the combine of {name!r} maps its inputs "
+                             f"{dict(shapes)} to {out}, but u must have shape {pop.u_shape}; fix "
+                             "the combine or the operators")
 
     # -- introspection ---------------------------------------------------------------
     def shape_of(self, name: str) -> tuple[int, ...]:
@@ -416,6 +491,27 @@ def _shape(shape, what: str) -> tuple[int, ...]:
     if not out or any(s <= 0 for s in out):
         raise ConfigurationError(f"{what}: shape must be a non-empty tuple of positive ints, got {shape!r}")
     return out
+
+
+def _combine_shape(combine: nn.Module, shapes: Mapping[str, tuple[int, ...]], what: str
+                   ) -> tuple[int, ...]:
+    """Per-sample shape of ``combine({src: batch of shape})``, on the meta device when the
+    module allows it, else on one zero sample."""
+    try:
+        with torch.no_grad():
+            out = combine({s: torch.empty((1, *sh), device="meta") for s, sh in shapes.items()})
+    except (NotImplementedError, RuntimeError, TypeError) as meta_error:
+        try:
+            p = next(combine.parameters(), None)
+            kw = dict(device=p.device, dtype=p.dtype) if p is not None and p.is_floating_point() else {}
+            with torch.no_grad():
+                out = combine({s: torch.zeros((1, *sh), **kw) for s, sh in shapes.items()})
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise ShapeError(f"{what}: the combine cannot take inputs of shapes {dict(shapes)}: "
+                             f"{exc}") from meta_error
+    if not isinstance(out, Tensor):
+        raise ShapeError(f"{what}: the combine must return a tensor, got {type(out).__name__}")
+    return tuple(out.shape[1:])
 
 
 def _output_shape(op: nn.Module, in_shape: tuple[int, ...], what: str) -> tuple[int, ...]:

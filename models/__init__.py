@@ -1,6 +1,7 @@
 """Model components: activation functions, recurrence operators, skip/feedback adapters,
 per-population pipelines, the retina front end, readouts, losses, the stability report,
-speed options and the model zoo."""
+speed options, cortex-like components (divisive normalization, adaptation, E/I) and the
+model zoo."""
 
 from dynode.models.activations import ACTIVATIONS, RectifiedPower, Supralinear, get_activation
 from dynode.models.recurrence import RECURRENCE_TYPES, LocalRecurrence, SelfRecurrence, recurrence
@@ -11,6 +12,8 @@ from dynode.models.readout import Classifier, Readout
 from dynode.models.stability import spectral_radius, stability_report
 from dynode.models import losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
+from dynode.models.normalization import POOLS, Divide, Pool, Subtract, add_normalization
+from dynode.models.adaptation import ADAPTATION_KINDS, add_adaptation
 from dynode.models.zoo import alexnet_like, cordsnet, cornet_rt, dyrcnn
 from dynode.models.published import dyrcnn_published
 

@@ -25,6 +25,7 @@ CordsNet the stimulus window). ``dn.models.Classifier(net)(images)`` integrates 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from torch import nn
@@ -63,7 +64,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
            feedback: bool = False, feedback_delay: float = 30.0, phi: str | nn.Module = "supralinear",
            n: float | None = None, k: float | None = None, kernel_size: int = 3, width: float = 1.0,
            readout_at: str = "last", readout_window: tuple[float, float] | None = None,
-           recurrence_options: dict | None = None):
+           recurrence_options: dict | None = None, bias: bool = True,
+           normalization: bool | str | dict | None = None, adaptation: bool | str | dict | None = None):
     """The continuous-time RCNN of the reference (``depth`` 2, 4 or 8 areas).
 
     Each area ``i``: ``tau dr_i/dt = -r_i + Phi(Conv_i(r_{i-1}(t - d_ff)) + W_i r_i(t - d_rec)
@@ -74,7 +76,23 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     ``width`` scales the channel counts (for quick tests). Protocol: ``t_end = steps * dt``.
     ``n``, ``k``: exponent and gain of ``phi="supralinear"`` / ``"rectified_power"`` (default
     1.8 and 0.8).
+
+    Cortex-like dynamics (each area, see :mod:`dynode.models.normalization` and
+    :mod:`dynode.models.adaptation`):
+
+    * ``bias``: biases of the feed-forward convolutions (``True`` as published; ``False`` keeps
+      a blank input at exactly zero activity);
+    * ``normalization``: ``None``/``False`` (off), ``True`` (defaults), a pool kind
+      (``"channel"``, ``"space"``, ``"both"``, ``"unit"``) or a dict of
+      :func:`~dynode.models.normalization.add_normalization` options, e.g.
+      ``{"tau": 30, "delay": 4, "pool": "channel"}``: a pool population ``<area>_norm`` per
+      area and ``u = D / (sigma + g)``;
+    * ``adaptation``: ``None``/``False``, ``True``, a kind (``"subtractive"``, ``"divisive"``)
+      or a dict of :func:`~dynode.models.adaptation.add_adaptation` options: a slow population
+      ``<area>_adapt`` per area.
     """
+    norm_opts = _component_options(normalization, "normalization", "pool")
+    adapt_opts = _component_options(adaptation, "adaptation", "kind")
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
     areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
@@ -94,7 +112,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
         stride = 1 if (depth == 8 and i % 2 == 1) else 2
         h, w = _conv_out(h, kernel_size, stride, kernel_size // 2), _conv_out(w, kernel_size, stride, kernel_size // 2)
         net.add_population(name, shape=(c, h, w), tau=tau, phi=phi, **phi_params)
-        net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2),
+        net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2,
+                                         bias=bool(bias)),
                     delay=feedforward_delay if src != "image" else 0.0)
         net.connect(name, name, recurrence(recurrence_type, c, kernel_size, **(recurrence_options or {})),
                     delay=recurrence_delay)
@@ -104,10 +123,48 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
             net.connect(names[i], names[i + 2], delay=feedforward_delay)
         if feedback:
             net.connect(names[i + 2], names[i], delay=feedback_delay)
+    _add_components(net, names, "dyrcnn", norm_opts, adapt_opts)
     last = names[-1]
     net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
     net.protocol = {"dt": float(dt), "t_end": float(steps * dt), "solver": "euler", "steps": steps}
     return net
+
+
+def _component_options(value, what: str, kind_key: str) -> dict | None:
+    """``None``/``False`` -> off, ``True`` -> defaults, a string -> ``{kind_key: value}``, a dict
+    -> a copy (its keys are checked by the helper that builds the component)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, str):
+        return {kind_key: value}
+    if isinstance(value, dict):
+        return dict(value)
+    raise ConfigurationError(f"{what} must be None/False (off), True (defaults), a string ({kind_key}) "
+                             f"or a dict of options, got {type(value).__name__}")
+
+
+def _add_components(net, areas: Sequence[str], model: str, norm_opts: dict | None,
+                    adapt_opts: dict | None) -> None:
+    """Add normalization and adaptation populations to each of ``areas`` (errors name the model
+    and the option)."""
+    from dynode.models.adaptation import add_adaptation
+    from dynode.models.normalization import add_normalization
+
+    for what, opts, add in (("normalization", norm_opts, add_normalization),
+                            ("adaptation", adapt_opts, add_adaptation)):
+        if opts is None:
+            continue
+        allowed = [p for p in inspect.signature(add).parameters if p not in ("net", "area", "name")]
+        unknown = sorted(set(opts) - set(allowed))
+        if unknown:
+            raise ConfigurationError(f"{model}: unknown {what} options {unknown}; allowed: {allowed}")
+        for area in areas:
+            try:
+                add(net, area, **opts)
+            except ConfigurationError as exc:
+                raise type(exc)(f"{model}: {what}={opts!r}: {exc}") from None
 
 
 def _cornet_stage(c_in: int, c_out: int, k: int, stride: int) -> nn.Sequential:

@@ -1,0 +1,295 @@
+"""Cortex-like components (dynode.models.normalization / adaptation / ei): each equation on an
+analytic case, the phenomena of Groen et al. (2022) on a hand-set single area, and the zoo
+options that build them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import dynode as dn
+from dynode.models.normalization import Divide, Pool, add_normalization, add_pool_population
+from dynode.stimuli import Modulated
+from dynode.stimuli import envelopes as env
+
+
+def _solve(net, stimulus, t_end, dt, solver="rk4"):
+    with torch.no_grad():
+        return dn.integrate(net, stimulus, t_end=t_end, dt=dt, solver=solver)
+
+
+def _flat_area(tau=10.0, phi="relu", channels=1, **phi_params):
+    net = dn.Network()
+    net.add_input("x", shape=(channels,))
+    net.add_population("A", shape=(channels,), tau=tau, phi=phi, **phi_params)
+    net.connect("x", "A")
+    return net
+
+
+# -- the pool ----------------------------------------------------------------------------
+@pytest.mark.parametrize("pool, out", [("unit", (4, 3, 3)), ("channel", (1, 3, 3)),
+                                       ("space", (4, 1, 1)), ("both", (1, 1, 1))])
+def test_pool_operator_is_the_stated_weighted_mean(f64, pool, out):
+    r = torch.rand(2, 4, 3, 3)
+    p = Pool((4, 3, 3), pool, weight=2.0)
+    y = p(r)
+    assert y.shape == (2, *out)
+    ref = {"unit": 2 * r, "channel": 2 * r.mean(1, keepdim=True), "space": 2 * r.mean((2, 3), keepdim=True),
+           "both": 2 * r.mean((1, 2, 3), keepdim=True)}[pool]
+    torch.testing.assert_close(y, ref)
+    with torch.no_grad():  # weights stay nonnegative whatever the optimizer does to v
+        p.weight.fill_(-3.0)
+    assert bool((p.weights() >= 0).all())
+    w_old = 2.0 if pool in ("unit", "space") else 2.0 / 4
+    torch.testing.assert_close(p(r), ref * 3.0 / w_old)
+
+
+def test_pool_errors():
+    with pytest.raises(dn.ConfigurationError, match="unknown pool 'chanel'"):
+        Pool((4, 3, 3), "chanel")
+    with pytest.raises(dn.ConfigurationError, match="no spatial dims"):
+        Pool((4,), "space")
+    with pytest.raises(dn.ConfigurationError, match="weight must be finite and >= 0"):
+        Pool((4,), "unit", weight=-1.0)
+
+
+def test_pool_population_relaxes_as_one_minus_exp_after_its_delay(f64):
+    """A follows its input exactly one step late (Euler with dt == tau): r_A = c for t >= dt.
+    The pool then obeys tau_g dg/dt = -g + c from t = delay + dt on:
+    g(t) = c (1 - exp(-(t - delay - dt) / tau_g)), and g = 0 exactly before."""
+    dt, tau_g, delay, c = 0.05, 20.0, 4.0, 0.7
+    net = _flat_area(tau=dt, channels=3)
+    add_pool_population(net, "A", "G", tau=tau_g, delay=delay, pool="channel", weight=1.0,
+                        learn_weight=False, phi="relu")
+    sol = _solve(net, torch.full((1, 3), c), t_end=80.0, dt=dt, solver="euler")
+    ts, g = sol.ts, sol.states["G"][:, 0, 0]
+    t_on = delay + dt
+    assert float(g[ts <= t_on + 1e-9].abs().max()) == 0.0
+    after = ts > t_on
+    ref = c * (1 - torch.exp(-(ts[after] - t_on) / tau_g))
+    # Euler's global error on a decaying exponential: <= c * dt / (2 tau_g) * (t / tau_g) e^{-t/tau_g} <~ 1e-3
+    torch.testing.assert_close(g[after], ref, atol=1e-3, rtol=0)
+
+
+# -- divisive normalization ---------------------------------------------------------------
+@pytest.mark.parametrize("pool, sigma", [("channel", 1.0), ("unit", 0.3)])
+def test_normalized_steady_state_in_closed_form(f64, pool, sigma):
+    """relu, identity input, constant drive D >= 0: g* = P r*, r* = D / (sigma + g*).
+    With a per-unit pool of weight w: w r^2 + sigma r - D = 0. With a channel pool over equal
+    drives D: the same with w = 1 (the mean)."""
+    D = torch.tensor([[0.2, 1.0, 3.0]]) if pool == "unit" else torch.full((1, 3), 2.0)
+    w = 1.5 if pool == "unit" else 1.0
+    net = _flat_area(tau=5.0, channels=3)
+    g_name = add_normalization(net, "A", tau=20.0, delay=2.0, pool=pool, sigma=sigma, weight=w)
+    assert g_name == "A_norm" and isinstance(net.populations["A"].combine, Divide)
+    assert float(net.populations["A"].combine.sigma.detach()) == pytest.approx(sigma)
+    sol = _solve(net, D, t_end=600.0, dt=0.5)
+    r, g = sol.final_state["A"], sol.final_state["A_norm"]
+    r_star = (-sigma + torch.sqrt(sigma ** 2 + 4 * w * D)) / (2 * w)
+    torch.testing.assert_close(r, r_star, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(g, w * r_star if pool == "unit" else r_star.mean(1, keepdim=True),
+                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(r, D / (sigma + g), rtol=1e-6, atol=1e-9)
+
+
+def test_before_the_pool_arrives_the_drive_is_divided_by_sigma(f64):
+    net = _flat_area(tau=1.0)
+    add_normalization(net, "A", tau=30.0, delay=10.0, sigma=0.5, learn_sigma=False)
+    assert "populations.A.combine.s" not in dict(net.named_parameters())
+    assert "populations.A.combine.s" in dict(net.named_buffers())
+    sol = _solve(net, torch.full((1, 1), 2.0), t_end=10.0, dt=1.0, solver="euler")
+    # Euler with dt == tau: r_{n+1} = D / sigma while g is still 0 (it sees r(t - 10) = 0 + ...)
+    torch.testing.assert_close(sol.states["A"][1:, 0, 0], torch.full((10,), 4.0))
+
+
+def test_sigma_and_pool_weights_are_learnt_and_stay_positive(f64):
+    net = _flat_area(channels=2)
+    add_normalization(net, "A", tau=10.0, delay=1.0)
+    names = {n for n, _ in net.named_parameters()}
+    assert {"populations.A.combine.s", "populations.A_norm.incoming.A.weight"} <= names
+    opt = torch.optim.SGD(net.parameters(), lr=50.0)
+    for _ in range(3):
+        opt.zero_grad()
+        sol = dn.integrate(net, torch.tensor([[1.0, 2.0]]), t_end=20.0, dt=1.0)
+        sol.final_state["A"].sum().backward()
+        opt.step()
+    comb, pool = net.populations["A"].combine, net.populations["A_norm"].incoming["A"]
+    assert float(comb.sigma.detach()) > 0 and bool((pool.weights() >= 0).all())
+    assert float(comb.sigma.detach()) != pytest.approx(1.0)  # it moved
+
+
+def test_normalization_wraps_an_existing_combine_and_later_connections_join_the_drive(f64):
+    net = _flat_area(tau=5.0)
+    net.add_input("y", shape=(1,))
+    add_normalization(net, "A", tau=10.0, delay=0.0, sigma=1.0, learn_weight=False, weight=0.0)
+    net.connect("y", "A")  # joins D: u = (x + y) / (sigma + 0)
+    sol = _solve(net, {"x": torch.full((1, 1), 1.0), "y": torch.full((1, 1), 2.0)}, t_end=200.0, dt=1.0)
+    assert float(sol.final_state["A"]) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_normalization_errors_name_the_fix():
+    net = _flat_area()
+    with pytest.raises(dn.ConfigurationError, match=r"add_normalization\('B'\): no such population"):
+        add_normalization(net, "B")
+    with pytest.raises(dn.ConfigurationError, match="sigma .* must be finite and > 0"):
+        add_normalization(net, "A", sigma=0.0)
+    net = dn.Network()
+    net.add_input("x", shape=(4, 8, 8))
+    net.add_population("P", shape=(4, 4, 4), tau=5.0, pipeline=["relu", nn.MaxPool2d(2)])
+    net.connect("x", "P", nn.Identity())
+    with pytest.raises(dn.ConfigurationError, match="a pipeline reshapes them"):
+        add_normalization(net, "P")
+
+
+# -- the phenomena on one hand-set area with normalization ----------------------------------
+def _normalized_area():
+    net = _flat_area(tau=10.0)
+    add_normalization(net, "A", tau=50.0, delay=10.0, sigma=0.1, learn_sigma=False, learn_weight=False)
+    return net
+
+
+def _responses(net, envelope, t_end, dt=1.0):
+    sol = _solve(net, Modulated(torch.ones(1, 1), envelope, background="blank"), t_end=t_end, dt=dt)
+    return sol.ts, sol.states["A"][:, :, 0]
+
+
+def test_normalization_gives_a_transient_and_faster_peaks_at_high_contrast(f64):
+    net = _normalized_area()
+    ts, r = _responses(net, env.pulse(100.0, 500.0, [0.0625, 0.25, 1.0]), t_end=700.0)
+    on = (ts >= 100) & (ts < 600)
+    peak = r[on].max(0).values
+    sustained = r[(ts >= 580) & (ts < 600)].mean(0)
+    assert bool((sustained < 0.5 * peak).all())  # transient then sustained
+    t_peak = ts[on][r[on].argmax(0)] - 100
+    # latency shortens with contrast (about 18, 14, 12 ms on the 1 ms grid)
+    assert float(t_peak[0]) > float(t_peak[1]) > float(t_peak[2]) and float(t_peak[0] - t_peak[2]) >= 4.0
+    assert float(r[ts < 100].abs().max()) == 0.0  # no input, no bias: zero baseline
+    assert float(r[-1].abs().max()) < 1e-3 * float(peak.max())  # back to baseline after offset
+
+
+def test_normalization_gives_subadditive_temporal_summation(f64):
+    net = _normalized_area()
+    durations = [17.0, 33.0, 67.0, 133.0, 267.0]
+    ts, r = _responses(net, env.pulse(100.0, durations), t_end=800.0)
+    R = r.sum(0)
+    ratio = R[1:] / (2 * R[:-1])
+    assert bool((ratio < 0.9).all()), ratio
+
+
+def test_normalization_gives_repetition_suppression_that_recovers_with_isi(f64):
+    net = _normalized_area()
+    isis = [17.0, 67.0, 267.0, 533.0]
+    ts, r2 = _responses(net, env.two_pulses(100.0, 133.0, isis), t_end=1200.0)
+    _, r1 = _responses(net, env.pulse(100.0, 133.0), t_end=1200.0)
+    first = ((ts >= 100) & (ts < 400))
+    rec = []
+    for j, isi in enumerate(isis):
+        on2 = 100.0 + 133.0 + isi
+        w = (ts >= on2) & (ts < on2 + 300)
+        rec.append(float((r2[w, j] - r1[w, 0]).sum() / r1[first, 0].sum()))
+    assert rec[0] < 0.8
+    assert all(b > a for a, b in zip(rec, rec[1:])), rec
+    assert rec[-1] > 0.95
+
+
+# -- zoo -----------------------------------------------------------------------------------
+def test_dyrcnn_with_normalization_and_no_bias(f64):
+    net = dn.models.dyrcnn(depth=4, width=0.25, input_shape=(3, 16, 16), num_classes=4, phi="relu",
+                           bias=False, normalization={"tau": 30, "delay": 4})
+    for area in ("V1", "V2", "V4", "IT"):
+        pop = net.populations[area]
+        assert isinstance(pop.combine, Divide) and pop.combine.source == f"{area}_norm"
+        assert net.populations[f"{area}_norm"].shape == (1, *pop.shape[1:])
+        assert net.populations[f"{area}_norm"].tau == 30.0
+        assert net.populations[f"{area}_norm"].delays[area] == 4.0
+    assert not any(isinstance(m, nn.Conv2d) and m.bias is not None for m in net.modules())
+    sol = _solve(net, torch.zeros(2, 3, 16, 16), t_end=40.0, dt=2.0, solver="euler")
+    assert all(float(v.abs().max()) == 0.0 for v in sol.final_state.values())  # blank in, zero out
+    sol = _solve(net, torch.rand(2, 3, 16, 16), t_end=40.0, dt=2.0, solver="euler")
+    assert float(sol.final_state["IT_norm"].min()) >= 0 and float(sol.final_state["V1_norm"].max()) > 0
+    # the published defaults are unchanged
+    plain = dn.models.dyrcnn(depth=4, width=0.25, input_shape=(3, 16, 16), num_classes=4)
+    assert set(plain.populations) == {"V1", "V2", "V4", "IT"}
+    assert plain.populations["V1"].incoming["image"].bias is not None
+    assert plain.populations["V2"].incoming["V1"].bias is not None
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"tau": 30, "dela": 4}, r"unknown normalization options \['dela'\]"),
+    ("chanel", "unknown pool 'chanel'"),
+    (3, "normalization must be None/False"),
+    ({"sigma": -1.0}, r"dyrcnn: normalization=.*sigma"),
+])
+def test_dyrcnn_normalization_option_errors(option, match):
+    with pytest.raises(dn.ConfigurationError, match=match):
+        dn.models.dyrcnn(depth=2, width=0.25, input_shape=(3, 16, 16), num_classes=4, normalization=option)
+
+
+# -- combine is part of the population's definition -------------------------------------------
+class _Product(dn.models.Combine):
+    def forward(self, terms):
+        out = None
+        for v in terms.values():
+            out = v if out is None else out * v
+        return out
+
+
+class _Flatten(dn.models.Combine):
+    def forward(self, terms):
+        return sum(terms.values()).flatten(1)
+
+
+def _two_inputs():
+    net = dn.Network()
+    net.add_input("x", shape=(2,))
+    net.add_input("y", shape=(2,))
+    net.add_population("A", shape=(2,), tau=1.0, phi="identity")
+    net.connect("x", "A")
+    net.connect("y", "A")
+    return net
+
+
+def test_set_combine_after_the_plan_is_built_takes_effect(f64):
+    net = _two_inputs()
+    inputs = {"x": torch.tensor([[2.0, 3.0]]), "y": torch.tensor([[5.0, 7.0]])}
+    sol = _solve(net, inputs, t_end=1.0, dt=1.0, solver="euler")  # builds the plan
+    torch.testing.assert_close(sol.final_state["A"], torch.tensor([[7.0, 10.0]]))
+    net.set_combine("A", _Product())
+    sol = _solve(net, inputs, t_end=1.0, dt=1.0, solver="euler")
+    torch.testing.assert_close(sol.final_state["A"], torch.tensor([[10.0, 21.0]]))
+    net.set_combine("A", None)  # back to the sum
+    sol = _solve(net, inputs, t_end=1.0, dt=1.0, solver="euler")
+    torch.testing.assert_close(sol.final_state["A"], torch.tensor([[7.0, 10.0]]))
+
+
+def test_assigning_combine_directly_raises_instead_of_being_ignored():
+    net = _two_inputs()
+    net.plan()
+    with pytest.raises(dn.ConfigurationError, match=r"'A'.*use net.set_combine\(name, combine\)"):
+        net.populations["A"].combine = _Product()
+    assert net.populations["A"].combine is None
+
+
+def test_a_custom_combine_is_shape_checked():
+    net = _two_inputs()
+    with pytest.raises(dn.ShapeError, match=r"set_combine\('A'\): the combine of 'A' maps its inputs .* "
+                                            r"to \(2, 1\), but u must have shape \(2,\)"):
+        net.set_combine("A", _Expand())
+    with pytest.raises(dn.ConfigurationError, match="combine must be an nn.Module"):
+        net.set_combine("A", lambda terms: terms["x"])
+    with pytest.raises(dn.ConfigurationError, match=r"set_combine\('B'\): no such population"):
+        net.set_combine("B", _Product())
+    # at add_population: checked when the inputs arrive
+    net = dn.Network()
+    net.add_input("x", shape=(2, 3, 3))
+    net.add_population("A", shape=(2, 3, 3), tau=1.0, combine=_Flatten())
+    with pytest.raises(dn.ShapeError, match=r"connection x -> A: the combine of 'A' maps .* to \(18,\)"):
+        net.connect("x", "A")
+
+
+class _Expand(dn.models.Combine):
+    def forward(self, terms):
+        return sum(terms.values()).unsqueeze(-1)
