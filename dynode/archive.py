@@ -16,20 +16,42 @@ Every variable carries CF-style ``units`` / ``long_name`` attributes; time is fl
 
 Streaming protocol (crash safety): the store is created when the first state arrives, with
 the whole time axis allocated (every recording time is known before the run) and written
-into the ``time`` coordinates, status ``incomplete`` and ``steps_written = 0``. Each block of
-``chunk_steps`` steps then writes whole new chunks of the data arrays (zarr's local store
-writes every file atomically) and commits ``steps_written``. Array shapes never change while
-the run goes, so a killed run leaves a store that plain
-``xarray.open_datatree(path, engine="zarr")`` opens, with every committed block; the steps
-after ``steps_written`` read as NaN (the fill value), and :func:`open_archive` cuts them off.
-A run that ends with an exception or Ctrl-C writes what it computed, cuts the arrays to it
-and sets ``status = "failed: <reason>"``. Metadata is consolidated once, when the run ends.
+into the ``time`` coordinates, status ``incomplete`` and ``steps_written = 0``. It is built
+under a hidden sibling name (``.<name>.dynode-new-<hex>``) and renamed into place, so the
+store either does not exist or opens. Each block of ``chunk_steps`` steps then writes whole
+new chunks of the data arrays (zarr's local store writes every file atomically) and commits
+``steps_written``. Array shapes never change while the run goes, so a killed run leaves a
+store that plain ``xarray.open_datatree(path, engine="zarr")`` opens, with every committed
+block; the steps after ``steps_written`` read as NaN (the fill value), and
+:func:`open_archive` cuts them off. A run that ends with an exception or Ctrl-C writes what
+it computed, cuts the arrays to it and sets ``status = "failed: <reason>"``. Metadata is
+consolidated once, when the run ends.
+
+Lease: while it writes, the run holds the root attribute ``writer = {pid, host, boot_id,
+pid_start, started, heartbeat}`` (``heartbeat``: Unix time in s), refreshed with every
+commit and at least every :data:`HEARTBEAT_S` seconds, and removed when the run ends
+(complete, failed or interrupted). :func:`repair_archive` and ``simulate(overwrite=True)``
+refuse an archive whose writer is live (:class:`~dynode.errors.ArchiveLockedError`). A lease
+is broken automatically when its writer is provably gone (same host and boot, no such
+process, or the pid now belongs to another process), and by ``repair_archive(path,
+force=True)`` when its heartbeat is older than :data:`LEASE_TIMEOUT_S`.
+
+Integrity: every array carries a crc32c checksum codec (a corrupted chunk raises on read);
+:func:`open_archive` checks that every chunk of the committed steps exists, and
+:func:`verify_archive` also reads and checksums them all.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
+import os
 import shutil
+import socket
+import tempfile
+import time
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,11 +60,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dynode.errors import ConfigurationError, DynodeError
+from dynode.errors import (ArchiveCorruptError, ArchiveError, ArchiveLockedError,
+                           ConfigurationError, DynodeError)
 
 __all__ = [
     "ARCHIVE_FORMAT", "IncompleteArchiveWarning", "Layout", "GroupSpec", "Block",
     "ZarrArchiveWriter", "MemoryArchiveWriter", "open_archive", "archive_config", "repair_archive",
+    "verify_archive", "VerifyReport", "Damage", "LeaseState", "lease_state", "HEARTBEAT_S",
+    "LEASE_TIMEOUT_S",
     "select_conditions", "time_window", "population_time_course", "time_courses", "to_brainscore",
 ]
 
@@ -52,6 +77,9 @@ SAMPLE_ATTRS = {"units": "1", "long_name": "sample index in the batch"}
 RESERVED = frozenset({"time", "sample", "rate", "stimulus", "input", "statistic", "channel", "x",
                       "y", "z", "feature"})
 COMPRESSIONS = ("lz4", "zstd", None)
+LEASE_ATTR = "writer"  # root attribute holding the live writer's lease
+HEARTBEAT_S = 30.0  # a live writer refreshes its lease at least this often (s)
+LEASE_TIMEOUT_S = 300.0  # a lease whose heartbeat is older is stale: force=True may break it
 
 
 class IncompleteArchiveWarning(UserWarning):
@@ -148,14 +176,16 @@ _DIM_NAMES = {"channel": "channel index", "x": "x position (column index)",
               "feature": "reduced feature index"}
 
 
-def _codecs(compression):
-    from zarr.codecs import BloscCodec, ZstdCodec
+def _codecs(compression) -> list:
+    """The bytes-to-bytes codecs of a data array: the compressor, then a crc32c checksum
+    (checked first on every read, so a corrupted chunk raises instead of decoding garbage)."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
     if compression == "lz4":
-        return [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle")]
+        return [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"), Crc32cCodec()]
     if compression == "zstd":
-        return [ZstdCodec(level=3)]
-    return None
+        return [ZstdCodec(level=3), Crc32cCodec()]
+    return [Crc32cCodec()]
 
 
 def _zarr_config():
@@ -173,9 +203,129 @@ def _shrink(arr, n: int) -> None:
     sync(arr.async_array.resize((n,) + arr.shape[1:], delete_outside_chunks=False))
 
 
+def _consolidate(path: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
+
+
+# -- the writer's lease ---------------------------------------------------------------------
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, start time in clock ticks since boot)`` of a process, from ``/proc`` (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])
+
+
+def new_lease() -> dict:
+    """A lease for this process: who writes, since when, and the first heartbeat."""
+    stat = _proc_stat(os.getpid())
+    now = time.time()
+    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
+            "pid_start": None if stat is None else stat[1],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "heartbeat": now}
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A writer's lease as seen now: ``age`` (s since its heartbeat) and ``dead`` (the writer
+    is provably gone: same host, and a reboot since, no such process, a zombie, or the pid
+    now belongs to a process started later)."""
+
+    pid: int
+    host: str
+    age: float
+    dead: bool
+
+    @property
+    def stale(self) -> bool:
+        return self.age > LEASE_TIMEOUT_S
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on host {self.host!r} (heartbeat {self.age:.0f} s ago)"
+
+
+def lease_state(attrs: Mapping) -> LeaseState | None:
+    """The lease in an archive's root ``attrs``, or None when no writer holds it."""
+    lease = attrs.get(LEASE_ATTR)
+    if lease is None:
+        return None
+    try:
+        pid, host, beat = int(lease["pid"]), str(lease["host"]), float(lease["heartbeat"])
+    except (TypeError, KeyError, ValueError):
+        raise ArchiveError(f"the archive's {LEASE_ATTR!r} attribute is malformed ({lease!r}); it "
+                           "should hold pid, host and heartbeat") from None
+    dead = False
+    if host == socket.gethostname():
+        boot = lease.get("boot_id")
+        if boot is not None and _boot_id() is not None and boot != _boot_id():
+            dead = True  # the machine rebooted since
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                dead = True
+            except PermissionError:
+                pass  # a process of another user
+            stat = None if dead else _proc_stat(pid)
+            if stat is not None:
+                start = lease.get("pid_start")
+                dead = stat[0] == "Z" or (start is not None and stat[1] != int(start))
+    return LeaseState(pid, host, max(0.0, time.time() - beat), dead)
+
+
+def _check_lease(path: Path, attrs: Mapping, *, doing: str, force: bool = False) -> None:
+    """Raise :class:`ArchiveLockedError` if a live writer holds the archive. A provably dead
+    writer's lease is ignored; ``force`` also ignores a stale one."""
+    st = lease_state(attrs)
+    if st is None or st.dead or (force and st.stale):
+        return
+    if st.stale:
+        hint = (f"its heartbeat is older than {LEASE_TIMEOUT_S:g} s, so that run may be gone "
+                "(killed on another host, or suspended): if so, break the lease with "
+                "dynode.archive.repair_archive(path, force=True)")
+    else:
+        hint = (f"wait for that run to end; if it is gone, its lease goes stale {LEASE_TIMEOUT_S:g} s "
+                "after its last heartbeat and dynode.archive.repair_archive(path, force=True) "
+                "then breaks it")
+    raise ArchiveLockedError(f"archive {str(path)!r} is being written by {st.describe()}; refusing "
+                             f"to {doing} it: {hint}", pid=st.pid, host=st.host, heartbeat_age=st.age)
+
+
 # -- writers --------------------------------------------------------------------------------
+def _check_writable(path: Path) -> None:
+    """Before any work: the nearest existing folder above ``path`` must be a folder in which
+    files can be created (the store is built next to ``path`` and renamed into place)."""
+    anc = path.parent
+    while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigurationError(f"store {str(path)!r}: {str(anc)!r} is a file, not a folder; choose "
+                                 "a store path inside a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigurationError(f"store {str(path)!r}: cannot create files in the folder {str(anc)!r} "
+                                 f"({exc.strerror}); choose a writable folder") from None
+
+
 def prepare_path(path, overwrite: bool) -> Path:
-    """Refuse to touch an existing path unless ``overwrite``; only a zarr store is removed."""
+    """Check a store path before any work: refuse an existing path unless ``overwrite``, and
+    even then refuse anything that is not a dynode archive (a file, a link, a foreign folder
+    or zarr store) or an archive that a live run is writing; the folder must be writable."""
     if not isinstance(path, (str, Path)):
         raise ConfigurationError(f"store must be a path (str or pathlib.Path) to a zarr directory, got "
                                  f"{type(path).__name__}")
@@ -184,9 +334,23 @@ def prepare_path(path, overwrite: bool) -> Path:
         if not overwrite:
             raise ConfigurationError(f"store {str(path)!r} already exists; pass overwrite=True to "
                                      "replace it, or choose another path")
-        if path.is_dir() and not (path / "zarr.json").exists() and any(path.iterdir()):
-            raise ConfigurationError(f"store {str(path)!r} is a non-empty directory that is not a zarr "
-                                     "store; refusing to delete it even with overwrite=True")
+        if path.is_symlink():
+            raise ConfigurationError(f"store {str(path)!r} is a symbolic link; refusing to replace it "
+                                     "even with overwrite=True: remove the link or choose another path")
+        if not path.is_dir():
+            raise ConfigurationError(f"store {str(path)!r} is a file, not a dynode archive; refusing to "
+                                     "delete it even with overwrite=True")
+        if any(path.iterdir()):
+            if not (path / "zarr.json").is_file():
+                raise ConfigurationError(f"store {str(path)!r} is a non-empty directory that is not a "
+                                         "zarr store; refusing to delete it even with overwrite=True")
+            attrs = _root_meta(path).get("attributes", {})
+            if "dynode_archive" not in attrs:
+                raise ConfigurationError(f"store {str(path)!r} is a zarr store that dynode did not write "
+                                         "(no 'dynode_archive' attribute); refusing to delete it even "
+                                         "with overwrite=True")
+            _check_lease(path, attrs, doing="overwrite")
+    _check_writable(path)
     return path
 
 
@@ -209,6 +373,7 @@ class ZarrArchiveWriter:
         self.compression = compression
         self.steps_written = 0
         self._root = None
+        self._lease: dict | None = None
         self._arrays: list[tuple[str, str, object]] = []  # (group, variable, zarr array)
 
     def write(self, block: Block) -> None:
@@ -218,48 +383,96 @@ class ZarrArchiveWriter:
         with _zarr_config():
             self._write(block)
 
+    def heartbeat(self) -> None:
+        """Refresh the lease (called by an idle writer thread at least every HEARTBEAT_S)."""
+        if self._root is not None and self._lease is not None:
+            self._lease["heartbeat"] = time.time()
+            self._root.attrs.update({LEASE_ATTR: self._lease})
+
     def _create(self) -> None:
+        """Build the store under a hidden sibling name, then rename it into place."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.dynode-new-{uuid.uuid4().hex[:12]}"
+        try:
+            self._build(tmp)
+            self._install(tmp)
+        except BaseException as exc:
+            if tmp.exists():
+                try:
+                    shutil.rmtree(tmp)
+                except OSError as rm_exc:
+                    exc.add_note(f"dynode: could not remove the unfinished store {str(tmp)!r}: {rm_exc}")
+            raise
         import zarr
 
-        if self.path.exists() or self.path.is_symlink():
-            prepare_path(self.path, self.overwrite)  # re-check right before deleting
-            if self.path.is_dir() and not self.path.is_symlink():
-                shutil.rmtree(self.path)
-            else:
-                self.path.unlink()
+        root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+        for group in ["/"] + [g.name for g in self.layout.groups]:
+            node = root if group == "/" else root[group]
+            for name, arr in node.arrays():
+                dims = arr.metadata.dimension_names or ()
+                if dims and dims[0] == "time":
+                    self._arrays.append((group, name, arr))
+        self._root = root
+
+    def _build(self, tmp: Path) -> None:
+        import zarr
+        from zarr.codecs import Crc32cCodec
+
         lay = self.layout
         empty = Block(np.zeros(0), {g.name: np.zeros((0, lay.batch) + tuple(len(v) for v in g.coords.values()),
                                                      dtype=g.dtype) for g in lay.groups},
                       np.zeros((0, lay.batch, len(lay.inputs)), dtype=lay.stimulus_dtype))
-        attrs = dict(lay.attrs, status="incomplete", steps_written=0)
+        self._lease = new_lease()
+        attrs = dict(lay.attrs, status="incomplete", steps_written=0, **{LEASE_ATTR: self._lease})
         dsets = block_datasets(Layout(**{**lay.__dict__, "attrs": attrs}), empty)
         k, n = self.chunk_steps, len(self.times)
         with _zarr_config():
             for i, (group, ds) in enumerate(dsets.items()):
                 enc = {}
                 for name, var in ds.variables.items():
+                    enc[name] = {"compressors": [Crc32cCodec()]}  # every array is checksummed
                     if var.dims and var.dims[0] == "time":
                         if name == "time":  # written once, below
-                            enc[name] = {"chunks": (max(1, min(n, max(k, 2 ** 16))),)}
+                            enc[name]["chunks"] = (max(1, min(n, max(k, 2 ** 16))),)
                         else:
                             enc[name] = {"chunks": (k,) + var.shape[1:],
                                          "compressors": _codecs(self.compression)}
-                ds.to_zarr(self.path, group=None if group == "/" else group,
+                ds.to_zarr(tmp, group=None if group == "/" else group,
                            mode="w-" if i == 0 else "a", consolidated=False, encoding=enc,
                            zarr_format=3)
-            root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+            root = zarr.open_group(tmp, mode="r+", use_consolidated=False)
+            # allocate the whole time axis now: shapes stay fixed while the run writes
             for group in dsets:
                 node = root if group == "/" else root[group]
                 for name, arr in node.arrays():
                     dims = arr.metadata.dimension_names or ()
                     if dims and dims[0] == "time":
-                        self._arrays.append((group, name, arr))
-            # allocate the whole time axis now: shapes stay fixed while the run writes
-            for _, name, arr in self._arrays:
-                arr.resize((n,) + arr.shape[1:])
-                if name == "time":
-                    arr[:] = self.times
-        self._root = root
+                        arr.resize((n,) + arr.shape[1:])
+                        if name == "time":
+                            arr[:] = self.times
+
+    def _install(self, tmp: Path) -> None:
+        """Rename the finished store ``tmp`` to the store path (replacing an old archive only
+        when overwriting, after checking again that no live run writes it)."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            try:
+                os.rename(tmp, self.path)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if not self.overwrite:
+                raise ConfigurationError(f"store {str(self.path)!r} was created by someone else while "
+                                         "this run started; choose another path") from None
+        prepare_path(self.path, self.overwrite)  # re-check right before replacing
+        old = self.path.parent / f".{self.path.name}.dynode-old-{uuid.uuid4().hex[:12]}"
+        os.rename(self.path, old)
+        try:
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.rename(old, self.path)
+            raise
+        shutil.rmtree(old)
 
     def _write(self, block: Block) -> None:
         n0, k = self.steps_written, len(block)
@@ -276,14 +489,13 @@ class ZarrArchiveWriter:
                 arr[n0:n1] = block.rates[group]
             elif name == "stimulus":
                 arr[n0:n1] = block.stimulus
-        self._root.attrs.update({"steps_written": n1})  # commit
+        self._lease["heartbeat"] = time.time()
+        self._root.attrs.update({"steps_written": n1, LEASE_ATTR: self._lease})  # commit
         self.steps_written = n1
 
     def finish(self, status: str, attrs: Mapping | None = None) -> None:
-        """Set the final ``status`` (and extra root attrs); an unfinished run's arrays are cut
-        to the steps written; then consolidate the metadata."""
-        import zarr
-
+        """Set the final ``status`` (and extra root attrs) and release the lease, in one write;
+        an unfinished run's arrays are cut to the steps written first; then consolidate."""
         if self._root is None:
             return
         if self.steps_written < len(self.times):
@@ -292,10 +504,11 @@ class ZarrArchiveWriter:
                                   "recording times; the solver did not deliver every save time")
             for _, _, arr in self._arrays:
                 _shrink(arr, self.steps_written)
-        self._root.attrs.update({**dict(attrs or {}), "status": status})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-            zarr.consolidate_metadata(str(self.path))
+        final = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
+        final.update({**dict(attrs or {}), "status": status})
+        self._root.attrs.put(final)
+        self._lease = None
+        _consolidate(self.path)
 
     def result(self) -> xr.DataTree | None:
         if self._root is None:
@@ -340,65 +553,229 @@ class MemoryArchiveWriter:
 def _root_meta(path: Path) -> dict:
     meta_file = path / "zarr.json"
     if not meta_file.is_file():
-        raise DynodeError(f"{str(path)!r} is not a zarr v3 store (no zarr.json); was it written by "
-                          "dynode.simulate(store=...)?")
-    return json.loads(meta_file.read_text())
+        raise ArchiveError(f"{str(path)!r} is not a zarr v3 store (no zarr.json); was it written by "
+                           "dynode.simulate(store=...)?")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchiveError(f"{str(meta_file)!r} is not valid JSON ({exc}); the store's root metadata "
+                           "is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
+        raise ArchiveError(f"{str(meta_file)!r} is not zarr v3 group metadata (a JSON object with an "
+                           "'attributes' object)")
+    return meta
 
 
-def open_archive(path, *, trim: bool = True) -> xr.DataTree:
+def _archive_attrs(path: Path) -> dict:
+    """The root attributes of a dynode archive; anything else is refused."""
+    attrs = _root_meta(path).get("attributes", {})
+    if "dynode_archive" not in attrs:
+        raise ArchiveError(f"{str(path)!r} is a zarr store but not a dynode archive (no "
+                           "'dynode_archive' attribute); dynode does not read, repair or replace it")
+    n = attrs.get("steps_written", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ArchiveError(f"archive {str(path)!r}: 'steps_written' is {n!r}, not a count of steps; the "
+                           "root metadata is damaged")
+    return attrs
+
+
+@dataclass(frozen=True)
+class Damage:
+    """Damaged data: ``group`` (``"/"`` or a population), ``variable``, the time indices
+    ``steps = (first, last)`` and times ``times = (first, last)`` in ms (both ends included;
+    None for an array without a time axis), and ``reason``."""
+
+    group: str
+    variable: str
+    steps: tuple[int, int] | None
+    times: tuple[float, float] | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.variable if self.group == "/" else f"{self.group}/{self.variable}"
+        if self.steps is None:
+            return f"{where}: {self.reason}"
+        span = "" if self.times is None else f", t = {self.times[0]:g}..{self.times[1]:g} ms"
+        return f"{where}: steps {self.steps[0]}..{self.steps[1]}{span}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify_archive` found: ``damaged`` is empty when every chunk of the
+    committed steps exists (and, when ``read``, decodes with a matching checksum)."""
+
+    path: str
+    steps_written: int
+    chunks: int
+    read: bool
+    checksummed: bool
+    damaged: tuple[Damage, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def __str__(self) -> str:
+        how = "read and checksummed" if self.read else "checked to exist"
+        head = (f"archive {self.path!r}: {self.chunks} chunks of {self.steps_written} committed steps "
+                f"{how}")
+        if not self.checksummed:
+            head += " (written without checksums: corruption inside a chunk is not detectable)"
+        if self.ok:
+            return head + ": intact"
+        return "\n  ".join([head + f"; {len(self.damaged)} damaged:"] + [str(d) for d in self.damaged])
+
+
+def _scan(path: Path, steps_written: int, *, read: bool) -> VerifyReport:
+    """Check every chunk of the committed steps (and every chunk of the other arrays)."""
+    import zarr
+
+    root = zarr.open_group(path, mode="r", use_consolidated=False)
+    try:
+        times = np.asarray(root["time"][:], dtype=np.float64)
+    except Exception:  # the time axis itself is damaged: it is reported below, without times
+        times = None
+    found: list[tuple[str, str, int | None, str]] = []  # (group, variable, chunk index, reason)
+    steps_of: dict[tuple[str, str], int] = {}
+    chunks, checksummed = 0, True
+    for gname, node in [("/", root)] + sorted(root.groups(), key=lambda kv: kv[0]):
+        folder = path if gname == "/" else path / gname
+        for vname, arr in sorted(node.arrays(), key=lambda kv: kv[0]):
+            checksummed &= any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs)
+            dims = arr.metadata.dimension_names or ()
+            timed = bool(dims) and dims[0] == "time" and vname != "time"
+            shape = list(arr.shape)
+            if timed:
+                shape[0] = min(shape[0], steps_written)
+                steps_of[gname, vname] = arr.chunks[0]
+            grid = [range(-(-s // c)) for s, c in zip(shape, arr.chunks)]
+            for coords in itertools.product(*grid):
+                chunks += 1
+                index = coords[0] if timed else None
+                if not (folder / vname / arr.metadata.encode_chunk_key(coords)).is_file():
+                    found.append((gname, vname, index, "chunk file missing"))
+                    continue
+                if read:
+                    try:
+                        arr.get_block_selection(coords)
+                    except Exception as exc:  # reported as damage, with its cause
+                        why = ("checksum mismatch" if "checksum" in str(exc).lower()
+                               else f"does not decode ({type(exc).__name__})")
+                        found.append((gname, vname, index, why))
+    damaged = []
+    for (gname, vname, reason), items in itertools.groupby(found, key=lambda f: (f[0], f[1], f[3])):
+        idx = [i for _, _, i, _ in items]
+        if idx[0] is None:
+            damaged.append(Damage(gname, vname, None, None, reason))
+            continue
+        k = steps_of[gname, vname]
+        runs = [list(g) for _, g in itertools.groupby(idx, key=lambda i, c=itertools.count(): i - next(c))]
+        for run in runs:
+            first, last = run[0] * k, min((run[-1] + 1) * k, steps_written) - 1
+            span = None if times is None or last >= len(times) else (float(times[first]),
+                                                                      float(times[last]))
+            damaged.append(Damage(gname, vname, (first, last), span, reason))
+    return VerifyReport(str(path), steps_written, chunks, read, checksummed, tuple(damaged))
+
+
+def verify_archive(path) -> VerifyReport:
+    """Read every chunk of an archive's committed steps and check its crc32c checksum.
+
+    Returns the :class:`VerifyReport` when the archive is intact; raises
+    :class:`~dynode.errors.ArchiveCorruptError` (carrying the report) naming each damaged
+    population, variable and step range (a chunk file that is missing, or that does not
+    decode or fails its checksum). Only committed steps (``steps_written``) are checked.
+    """
+    path = Path(path)
+    report = _scan(path, int(_archive_attrs(path).get("steps_written", 0)), read=True)
+    if not report.ok:
+        raise ArchiveCorruptError(str(report), report=report)
+    return report
+
+
+def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTree:
     """Open an archive lazily as an ``xarray.DataTree`` (nothing is read until used).
 
-    An archive whose run did not complete gives an :class:`IncompleteArchiveWarning`; with
+    Every chunk of the committed steps must exist (a cheap check of the files); with
+    ``verify`` every chunk is also read and checksummed (:func:`verify_archive`). Damage
+    raises :class:`~dynode.errors.ArchiveCorruptError`; plain
+    ``xarray.open_datatree(path, engine="zarr")`` still opens a damaged store (missing chunks
+    read as NaN). An archive whose run did not complete gives an
+    :class:`IncompleteArchiveWarning` that says whether a live run is still writing it; with
     ``trim`` (default) steps past the last committed block (``steps_written``) are cut off.
-    Plain ``xarray.open_datatree(path, engine="zarr")`` opens the same store without dynode.
     """
     path = Path(path)
     meta = _root_meta(path)
-    attrs = meta.get("attributes", {})
-    if "dynode_archive" not in attrs:
-        raise DynodeError(f"{str(path)!r} is a zarr store but not a dynode archive (no "
-                          "'dynode_archive' attribute)")
+    attrs = _archive_attrs(path)
+    lease = lease_state(attrs)
+    live = lease is not None and not lease.dead
     consolidated = bool(meta.get("consolidated_metadata"))
     try:
         tree = xr.open_datatree(path, engine="zarr", consolidated=consolidated)
     except ValueError as exc:
+        if live:
+            raise ArchiveLockedError(f"archive {str(path)!r} is being written by {lease.describe()} "
+                                     f"and does not open right now ({exc}): the run is cutting its "
+                                     "arrays after a failure; open it again in a moment",
+                                     pid=lease.pid, host=lease.host, heartbeat_age=lease.age) from exc
         if attrs.get("status") == "complete":
             raise
-        raise DynodeError(f"the incomplete archive {str(path)!r} does not open ({exc}); the run was "
-                          "killed while creating the store or while cutting its arrays after a "
-                          "failure: dynode.archive.repair_archive(path) cuts every array back to the "
-                          "last committed block") from exc
+        raise ArchiveError(f"the incomplete archive {str(path)!r} does not open ({exc}); the run was "
+                           "killed while cutting its arrays after a failure: "
+                           "dynode.archive.repair_archive(path) cuts every array back to the last "
+                           "committed block") from exc
     status = tree.attrs.get("status", "unknown")
+    n = int(tree.attrs.get("steps_written", tree.sizes.get("time", 0)))
+    report = _scan(path, min(n, int(attrs.get("steps_written", 0))), read=verify)
+    if not report.ok:
+        raise ArchiveCorruptError(str(report) + "\n(plain xarray.open_datatree(path, engine='zarr') "
+                                  "opens it anyway: missing chunks read as NaN)", report=report)
     if status != "complete":
-        n = int(tree.attrs.get("steps_written", tree.sizes.get("time", 0)))
-        warnings.warn(f"archive {str(path)!r}: status {status!r}; it holds {n} committed time steps",
-                      IncompleteArchiveWarning, stacklevel=2)
+        if live:
+            who = f"being written by {lease.describe()}; it holds {n} committed time steps so far"
+        elif lease is not None:
+            who = (f"its writer, {lease.describe()}, is gone; it holds {n} committed time steps "
+                   "(dynode.archive.repair_archive(path) cuts the arrays on disk to them)")
+        else:
+            who = f"it holds {n} committed time steps"
+        warnings.warn(f"archive {str(path)!r}: status {status!r}, {who}", IncompleteArchiveWarning,
+                      stacklevel=2)
         if trim and tree.sizes.get("time", 0) > n:
             tree = tree.isel(time=slice(0, n))
     return tree
 
 
-def repair_archive(path) -> int:
+def repair_archive(path, *, force: bool = False) -> int:
     """Cut every time-indexed array of an interrupted archive back to ``steps_written`` (the
     last committed block): the NaN tail of a killed run goes, and a store whose arrays
-    disagree in length opens with plain xarray again. Returns that step count."""
+    disagree in length opens with plain xarray again. Returns that step count.
+
+    Refuses a store that dynode did not write, and an archive that a live run is writing
+    (:class:`~dynode.errors.ArchiveLockedError`). The lease of a writer that is provably gone
+    (same host, process ended) is broken automatically; ``force=True`` also breaks a stale
+    one (heartbeat older than :data:`LEASE_TIMEOUT_S` s: a writer killed on another host).
+    """
     import zarr
 
     path = Path(path)
-    attrs = _root_meta(path).get("attributes", {})
-    if attrs.get("status") == "complete":
-        return int(attrs.get("steps_written", 0))
+    attrs = _archive_attrs(path)
+    _check_lease(path, attrs, doing="repair", force=force)
     n = int(attrs.get("steps_written", 0))
+    if attrs.get("status") == "complete" and LEASE_ATTR not in attrs:
+        return n
     root = zarr.open_group(path, mode="r+", use_consolidated=False)
-    nodes = [root] + [g for _, g in root.groups()]
-    for node in nodes:
+    for node in [root] + [g for _, g in root.groups()]:
         for _, arr in node.arrays():
             dims = arr.metadata.dimension_names or ()
             if dims and dims[0] == "time" and arr.shape[0] != n:
+                if arr.shape[0] < n:
+                    raise ArchiveError(f"archive {str(path)!r}: 'steps_written' is {n} but the array "
+                                       f"{arr.path!r} holds only {arr.shape[0]} steps; the root "
+                                       "metadata is damaged")
                 _shrink(arr, n)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-        zarr.consolidate_metadata(str(path))
+    if LEASE_ATTR in root.attrs:
+        root.attrs.put({k: v for k, v in root.attrs.items() if k != LEASE_ATTR})
+    _consolidate(path)
     return n
 
 
@@ -484,7 +861,7 @@ def time_courses(tree: xr.DataTree, names: Sequence[str] | None = None, *,
 
 
 def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float], path=None, *,
-                  format: str | None = None) -> xr.DataArray:
+                  format: str | None = None, overwrite: bool = False) -> xr.DataArray:
     """A Brain-Score-style assembly ``(presentation, neuroid, time_bin)`` of one population.
 
     Bin ``j`` holds the mean rate over the recorded times ``t`` with
@@ -492,12 +869,17 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
     ``time_bin_end``. Neuroid coordinates: ``neuroid_id`` (``"<layer>.<channel>.<y>.<x>"``),
     ``layer``, ``channel``, ``channel_x``, ``channel_y``; presentations carry ``stimulus_id``,
     ``sample`` and the condition coordinates. With ``path`` the assembly is also written, as
-    netCDF (``.nc``, default) or zarr (``.zarr``, or ``format="zarr"``).
+    netCDF (``.nc``, default) or zarr (``.zarr``, or ``format="zarr"``); an existing file is
+    replaced only with ``overwrite=True`` (and only by its own kind: a netCDF file by netCDF, a
+    zarr store that is not a dynode archive by zarr).
     """
     if population not in tree.children or "rate" not in tree[population].data_vars:
         raise ConfigurationError(f"no population {population!r} in the archive; recorded: "
                                  f"{populations(tree)}")
     rate = tree[population].to_dataset()["rate"]
+    fmt = None if path is None else format or ("zarr" if str(path).endswith(".zarr") else "netcdf")
+    if fmt is not None:
+        _check_export_path(Path(path), fmt, overwrite)
     if rate.attrs.get("reduction") is not None:
         raise ConfigurationError(f"population {population!r} was recorded with reduce="
                                  f"{rate.attrs['reduction']!r}; an assembly needs unit-level recordings")
@@ -542,14 +924,33 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
         attrs={"units": rate.attrs.get("units", "1"),
                "long_name": f"mean rate of {population} per time bin",
                "source": "dynode archive", "run_id": tree.attrs.get("run_id", "")})
-    if path is not None:
-        fmt = format or ("zarr" if str(path).endswith(".zarr") else "netcdf")
-        if fmt == "netcdf":
-            assembly.to_netcdf(path)
-        elif fmt == "zarr":
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-                assembly.to_dataset().to_zarr(path, mode="w-", consolidated=True, zarr_format=3)
-        else:
-            raise ConfigurationError(f"format must be 'netcdf' or 'zarr', got {format!r}")
+    if fmt == "netcdf":
+        assembly.to_netcdf(path, mode="w")
+    elif fmt == "zarr":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+            assembly.to_dataset().to_zarr(path, mode="w" if overwrite else "w-", consolidated=True,
+                                          zarr_format=3)
     return assembly
+
+
+def _check_export_path(path: Path, fmt: str, overwrite: bool) -> None:
+    """Before any work: the export format is known and an existing ``path`` is replaced only
+    with ``overwrite`` and only when it is an export of the same kind."""
+    if fmt not in ("netcdf", "zarr"):
+        raise ConfigurationError(f"format must be 'netcdf' or 'zarr', got {fmt!r}")
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise ConfigurationError(f"{str(path)!r} already exists; pass overwrite=True to replace it, or "
+                                 "choose another path")
+    if fmt == "netcdf" and not path.is_file():
+        raise ConfigurationError(f"{str(path)!r} is not a file; refusing to replace it with a netCDF "
+                                 "file even with overwrite=True")
+    if fmt == "zarr":
+        if not (path.is_dir() and (path / "zarr.json").is_file()):
+            raise ConfigurationError(f"{str(path)!r} is not a zarr store; refusing to replace it even "
+                                     "with overwrite=True")
+        if "dynode_archive" in _root_meta(path).get("attributes", {}):
+            raise ConfigurationError(f"{str(path)!r} is a dynode simulation archive; refusing to replace "
+                                     "it with an assembly even with overwrite=True")

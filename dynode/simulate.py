@@ -30,8 +30,9 @@ import xarray as xr
 from torch import Tensor
 
 from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrArchiveWriter,
-                            condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS)
-from dynode.errors import ConfigurationError, DynodeError
+                            condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS,
+                            HEARTBEAT_S, LEASE_ATTR)
+from dynode.errors import ArchiveError, ConfigurationError, DynodeError
 from dynode.problem import make_problem
 from dynode.record import PopulationPlan, Record
 from dynode.solvers import get_solver
@@ -214,6 +215,9 @@ class _Streamer:
         k = self.chunk_steps
         pin = device.type == "cuda"
         self.hold = self.hold and device.type == "cpu" and all(o.dtype == dtype for o in outs)
+        # a cast to a narrower storage dtype turns values beyond its range into inf: one check
+        # per block (in the writer thread) catches that before the block is written
+        self._narrow = dtype.itemsize < next(iter(state.values())).dtype.itemsize
         self._shapes = [tuple(o.shape[1:]) for o in outs]
         for _ in range(2):
             bufs = [torch.empty((k, *o.shape), dtype=dtype, pin_memory=pin) for o in outs]
@@ -253,7 +257,15 @@ class _Streamer:
 
     def _write_loop(self) -> None:
         while True:
-            item = self._work.get()
+            try:
+                item = self._work.get(timeout=HEARTBEAT_S)
+            except queue.Empty:  # the solver is busy: keep the archive's lease fresh
+                if self._error is None and hasattr(self.sink, "heartbeat"):
+                    try:
+                        self.sink.heartbeat()
+                    except BaseException as exc:  # surfaced in the solver's thread
+                        self._error = exc
+                continue
             if item is None:
                 return
             (bufs, times, stim), n, event, held = item
@@ -271,6 +283,8 @@ class _Streamer:
                                     f"population {plan.name!r}: the solver modified a saved state in "
                                     "place before it was written; a solver that declares "
                                     "fresh_states = True must hand the observer new tensors")
+                    if self._narrow:
+                        self._check_range(bufs, stim, n, times)
                     block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
                                   None if stim is None else stim[:n].numpy())
                     self.sink.write(block)
@@ -279,6 +293,19 @@ class _Streamer:
             finally:
                 item = held = None  # drop the references to the solver's states
                 self._free.put((bufs, times, stim))
+
+    def _check_range(self, bufs, stim, n: int, times) -> None:
+        """Refuse a block in which a value overflowed the storage dtype (became +-inf)."""
+        for what, buf in [*((f"population {p.name!r}", b) for p, b in zip(self.plans, bufs)),
+                          ("the stimulus", stim)]:
+            if buf is None or not torch.isinf(buf[:n]).any():
+                continue
+            bad = torch.isinf(buf[:n]).flatten(1).any(dim=1).nonzero()[:, 0]
+            name = str(buf.dtype).removeprefix("torch.")
+            raise ArchiveError(
+                f"{what}: values beyond the range of Record(dtype={name!r}) (|x| > "
+                f"{torch.finfo(buf.dtype).max:g}) at t = {times[int(bad[0])]:g}..{times[int(bad[-1])]:g} ms "
+                f"would be stored as inf; record with Record(dtype='float32')")
 
     def close(self) -> None:
         """Write the partial last block and wait for the writer; re-raise its error."""
@@ -409,7 +436,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                   "solver": config["solver"]["name"], "populations": [p.name for p in plans],
                   **({} if dt is None else {"dt": float(dt)}), "t0": float(t0),
                   "t_end": float(t_end), "config": json.dumps(config), **_versions()}
-    clash = sorted(set(extra) & (set(root_attrs) | {"status", "steps_written", "solver_stats"}))
+    clash = sorted(set(extra) & (set(root_attrs) | {"status", "steps_written", "solver_stats",
+                                                     LEASE_ATTR}))
     if clash:
         raise ConfigurationError(f"attrs {clash} would overwrite the archive's own attributes; rename them")
     root_attrs.update(extra)
