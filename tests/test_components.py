@@ -293,3 +293,77 @@ def test_a_custom_combine_is_shape_checked():
 class _Expand(dn.models.Combine):
     def forward(self, terms):
         return sum(terms.values()).unsqueeze(-1)
+
+
+# -- slow adaptation ----------------------------------------------------------------------------
+def _adapting_area(kind, weight=1.0, tau_a=150.0, channels=3):
+    net = _flat_area(tau=10.0, channels=channels)
+    name = dn.models.add_adaptation(net, "A", kind=kind, tau=tau_a, weight=weight, learn_weight=False)
+    assert name == "A_adapt" and net.populations[name].tau == tau_a
+    return net
+
+
+@pytest.mark.parametrize("kind", ["subtractive", "divisive"])
+def test_adaptation_steady_state_in_closed_form(f64, kind):
+    """relu, constant drive D > 0, per-unit pool of weight w: subtractive r* = D / (1 + w),
+    divisive r* = (sqrt(1 + 4 w D) - 1) / (2 w); a* = w r*."""
+    w, D = 0.8, torch.tensor([[0.5, 1.0, 4.0]])
+    net = _adapting_area(kind, weight=w, tau_a=100.0)
+    sol = _solve(net, D, t_end=1600.0, dt=2.0)
+    r_star = D / (1 + w) if kind == "subtractive" else (torch.sqrt(1 + 4 * w * D) - 1) / (2 * w)
+    torch.testing.assert_close(sol.final_state["A"], r_star, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(sol.final_state["A_adapt"], w * r_star, rtol=1e-6, atol=1e-9)
+
+
+def test_subtractive_adaptation_is_linear_and_relaxes_on_its_time_constant(f64):
+    """Identity Phi, tau -> dt (r = D - a): tau_a da/dt = -a + w (D - a), so
+    a(t) = w D / (1 + w) (1 - exp(-(1 + w) t / tau_a)): the slow time constant tau_a / (1 + w)."""
+    dt, tau_a, w, D = 0.05, 100.0, 0.5, 2.0
+    net = dn.Network()
+    net.add_input("x", shape=(1,))
+    net.add_population("A", shape=(1,), tau=dt, phi="identity")
+    net.connect("x", "A")
+    dn.models.add_adaptation(net, "A", kind="subtractive", tau=tau_a, weight=w, learn_weight=False)
+    sol = _solve(net, torch.full((1, 1), D), t_end=300.0, dt=dt, solver="euler")
+    ts, a = sol.ts, sol.states["A_adapt"][:, 0, 0]
+    ref = w * D / (1 + w) * (1 - torch.exp(-(1 + w) * ts / tau_a))
+    torch.testing.assert_close(a[ts > 1], ref[ts > 1], atol=2e-3, rtol=0)  # Euler, one-step lag of r
+
+
+@pytest.mark.parametrize("kind", ["subtractive", "divisive"])
+def test_adaptation_gives_transient_summation_and_repetition_suppression(f64, kind):
+    net = _adapting_area(kind, weight=2.0, channels=1)
+    ts, r = _responses(net, env.pulse(100.0, 500.0, 1.0), t_end=700.0)
+    on = (ts >= 100) & (ts < 600)
+    peak, sustained = float(r[on].max()), float(r[(ts >= 580) & (ts < 600)].mean())
+    assert sustained < 0.8 * peak
+    ts, r = _responses(net, env.pulse(100.0, [67.0, 133.0, 267.0]), t_end=1200.0)
+    R = r.sum(0)
+    assert bool((R[1:] / (2 * R[:-1]) < 0.95).all())
+    ts, r2 = _responses(net, env.two_pulses(100.0, 133.0, [17.0, 533.0]), t_end=1500.0)
+    _, r1 = _responses(net, env.pulse(100.0, 133.0), t_end=1500.0)
+    first = (ts >= 100) & (ts < 400)
+    rec = []
+    for j, isi in enumerate([17.0, 533.0]):
+        on2 = 233.0 + isi
+        win = (ts >= on2) & (ts < on2 + 300)
+        rec.append(float((r2[win, j] - r1[win, 0]).sum() / r1[first, 0].sum()))
+    assert rec[0] < 0.9 and rec[1] > rec[0] + 0.05
+
+
+def test_adaptation_errors():
+    net = _flat_area()
+    with pytest.raises(dn.ConfigurationError, match="unknown kind 'subtract'"):
+        dn.models.add_adaptation(net, "A", kind="subtract")
+    with pytest.raises(dn.ConfigurationError, match=r"unknown adaptation options \['taus'\]"):
+        dn.models.dyrcnn(depth=2, width=0.25, input_shape=(3, 16, 16), num_classes=4, adaptation={"taus": 100})
+
+
+def test_dyrcnn_with_normalization_and_adaptation_stacks_both(f64):
+    net = dn.models.dyrcnn(depth=2, width=0.25, input_shape=(3, 16, 16), num_classes=4, phi="relu",
+                           bias=False, normalization="space", adaptation={"kind": "subtractive", "tau": 120})
+    assert dn.models.normalization.modulators(net, "V1") == [("V1_adapt", "subtractive adaptation"),
+                                                            ("V1_norm", "divisive")]
+    assert net.populations["V1_norm"].shape == (9, 1, 1)
+    sol = _solve(net, torch.rand(1, 3, 16, 16), t_end=20.0, dt=2.0, solver="euler")
+    assert all(bool(torch.isfinite(v).all()) for v in sol.final_state.values())
