@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, SolverError
+from dynode.guards import Guard
 from dynode.problem import Problem
 from dynode.solution import Saver, Solution
 from dynode.solvers.dense import field_delays, propagate_breakpoints, time_tol
@@ -234,6 +235,7 @@ class _Backend:
                 emit(save_at[si], state)
                 si += 1
         y = flat.flatten(state)
+        guard = Guard(problem.max_abs, field.time_constants(), None)
         tdtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         for a, b, jump in segments(problem):
             b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
@@ -245,6 +247,7 @@ class _Backend:
                 emit(times[i], flat.unflatten(ys[i]))
             y = ys[-1]
             y_end = flat.unflatten(y)
+            guard.check(y_end, a, b)  # NaN/inf or |r| > max_abs, as dynode's own solvers
             if save_at is None:
                 emit(b, y_end)
             if delays:
@@ -268,6 +271,36 @@ class _Backend:
             history.at(tf, state)
             return flat.flatten(field(tf, state, history, inputs(tf))).reshape(yflat.shape)
         return rhs
+
+
+# option -> (test, what it must be); checked at construction, not mid-run
+_OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "step_size": (lambda v: 0 < v < math.inf, "a finite step > 0 ms"),
+    "first_step": (lambda v: 0 < v < math.inf, "a finite step > 0 ms"),
+    "min_step": (lambda v: 0 <= v < math.inf, "a finite step >= 0 ms"),
+    "dt_min": (lambda v: 0 <= v < math.inf, "a finite step >= 0 ms"),
+    "max_step": (lambda v: 0 < v, "a step > 0 ms (inf for no cap)"),
+    "dt_max": (lambda v: 0 < v, "a step > 0 ms (inf for no cap)"),
+    "safety": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "ifactor": (lambda v: 1 < v < math.inf, "a finite growth factor > 1"),
+    "dfactor": (lambda v: 0 < v < 1, "a shrink factor in (0, 1)"),
+}
+
+
+def _check_tolerances(solver: str, rtol, atol) -> None:
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+            raise ConfigurationError(f"{solver}: {name} must be a finite number > 0, got {v!r}")
+
+
+def _check_option(solver: str, key: str, value) -> None:
+    if key in ("max_num_steps", "max_steps"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{solver}: {key} must be a positive int, got {value!r}")
+        return
+    test, what = _OPTION_RULES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(float(value)):
+        raise ConfigurationError(f"{solver}: {key} must be {what}, got {value!r}")
 
 
 def _fail(solver: str, status: Status, t: float, detail: str) -> SolverError:
@@ -309,8 +342,9 @@ class TorchDiffEq(_Backend):
                                      f"{list(allowed)} (breakpoints become segment ends, not jump_t)")
         if method in _TDE_FIXED and "step_size" not in options:
             raise ConfigurationError(f"TorchDiffEq({method!r}) is fixed-step: give step_size=... (ms)")
-        if not (rtol > 0 and atol > 0):
-            raise ConfigurationError(f"TorchDiffEq: rtol and atol must be > 0, got {rtol}, {atol}")
+        _check_tolerances("TorchDiffEq", rtol, atol)
+        for key, value in options.items():
+            _check_option(f"TorchDiffEq({method!r})", key, value)
         if not (isinstance(n_dense, int) and n_dense >= 3):
             raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
         object.__setattr__(self, "method", method)
@@ -365,9 +399,7 @@ class TorchDiffEq(_Backend):
             raise _fail("TorchDiffEq", status, a, f"torchdiffeq stopped ({msg})") from exc
         if fixed:
             counts["accepted"] = counts["steps"]
-        if not bool(torch.isfinite(ys[-1]).all()):
-            raise _fail("TorchDiffEq", Status.NON_FINITE, a, "non-finite values")
-        return ys
+        return ys  # non-finite values: the divergence guard names the population
 
 
 @dataclass(frozen=True, init=False)
@@ -411,8 +443,12 @@ class TorchODE(_Backend):
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
         if controller not in ("integral", "pid"):
             raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
-        if not (rtol > 0 and atol > 0):
-            raise ConfigurationError(f"TorchODE: rtol and atol must be > 0, got {rtol}, {atol}")
+        _check_tolerances("TorchODE", rtol, atol)
+        for key, value in dict(max_steps=max_steps, dt_min=dt_min, dt_max=dt_max).items():
+            if value is not None:
+                _check_option("TorchODE", key, value)
+        if dt_min is not None and dt_max is not None and not dt_max > dt_min:
+            raise ConfigurationError(f"TorchODE: need dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         if not (isinstance(n_dense, int) and n_dense >= 3):
             raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
         for k, v in dict(method=method, rtol=float(rtol), atol=float(atol), controller=controller,

@@ -135,3 +135,46 @@ def test_per_sample_steps_pay_off_on_staggered_transients(f64):
         assert float((sol.states["r"] - ref.states["r"]).abs().max()) < 1e-5
         runs[per_sample] = sol.stats.steps
     assert runs[True] < 0.6 * runs[False]
+
+
+def _exploding() -> dn.Network:
+    """tau r' = -r + 3 r(t - 1): grows about 1.8x per ms, past |r| = 1e6 well before 40 ms."""
+    net = dn.Network()
+    net.add_input("x", shape=(2,))
+    net.add_population("E", shape=(2,), tau=1.0, phi="identity")
+    net.connect("x", "E")
+    gain = torch.nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        gain.weight.copy_(3.0 * torch.eye(2))
+    net.connect("E", "E", gain, delay=1.0)
+    return net.double().requires_grad_(False)
+
+
+@pytest.mark.parametrize("solver", [dn.solvers.Dopri5(), TorchDiffEq("dopri5"), TorchDiffEq("rk4", step_size=0.25),
+                                    TorchODE("tsit5")], ids=["dopri5", "tde-dopri5", "tde-rk4", "tode-tsit5"])
+def test_every_solver_applies_the_divergence_guard(f64, solver):
+    with pytest.raises(dn.DivergenceError, match=r"population 'E' exceeded \|r\| = 1e\+06") as err:
+        dn.integrate(_exploding(), torch.ones(1, 2), t_end=40.0, solver=solver)
+    assert err.value.population == "E" and err.value.t_range[1] <= 40.0
+    # max_abs=None switches the blow-up check off (NaN/inf still raise): the run completes
+    sol = dn.integrate(_exploding(), torch.ones(1, 2), t_end=10.0, solver=solver, max_abs=None)
+    assert float(sol.final_state["E"].abs().max()) > 100
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: TorchDiffEq("dopri5", rtol=math.inf), "rtol must be a finite number > 0, got inf"),
+    (lambda: TorchDiffEq("dopri5", atol=0.0), "atol must be a finite number > 0"),
+    (lambda: TorchDiffEq("dopri5", max_num_steps=0), "max_num_steps must be a positive int, got 0"),
+    (lambda: TorchDiffEq("dopri5", first_step=-1.0), "first_step must be a finite step > 0 ms"),
+    (lambda: TorchDiffEq("dopri5", min_step=math.nan), "min_step must be a finite step >= 0 ms"),
+    (lambda: TorchDiffEq("dopri5", safety=2.0), r"safety must be a factor in \(0, 1\]"),
+    (lambda: TorchDiffEq("rk4", step_size=0.0), "step_size must be a finite step > 0 ms"),
+    (lambda: TorchODE(rtol=math.inf), "rtol must be a finite number > 0"),
+    (lambda: TorchODE(dt_min=-1.0), "dt_min must be a finite step >= 0 ms, got -1.0"),
+    (lambda: TorchODE(max_steps=0), "max_steps must be a positive int, got 0"),
+    (lambda: TorchODE(max_steps=True), "max_steps must be a positive int"),
+    (lambda: TorchODE(dt_min=1.0, dt_max=0.5), "need dt_min < dt_max"),
+])
+def test_backend_options_are_rejected_at_construction(make, match):
+    with pytest.raises(dn.ConfigurationError, match=match):
+        make()
