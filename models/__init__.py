@@ -14,6 +14,7 @@ from dynode.models import losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
 from dynode.models.normalization import POOLS, Divide, Pool, Subtract, add_normalization
 from dynode.models.adaptation import ADAPTATION_KINDS, add_adaptation
+from dynode.models.ei import SignedConv, add_inhibition, dale_signs, signed_recurrence
 from dynode.models.zoo import alexnet_like, cordsnet, cornet_rt, dyrcnn
 from dynode.models.published import dyrcnn_published
 

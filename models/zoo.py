@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from dynode.errors import ConfigurationError
+from dynode.models.adaptation import add_adaptation
+from dynode.models.ei import add_inhibition, signed_recurrence
+from dynode.models.normalization import add_normalization
 from dynode.models.readout import Readout
 from dynode.models.recurrence import recurrence
 
@@ -65,7 +68,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
            n: float | None = None, k: float | None = None, kernel_size: int = 3, width: float = 1.0,
            readout_at: str = "last", readout_window: tuple[float, float] | None = None,
            recurrence_options: dict | None = None, bias: bool = True,
-           normalization: bool | str | dict | None = None, adaptation: bool | str | dict | None = None):
+           normalization: bool | str | dict | None = None, adaptation: bool | str | dict | None = None,
+           ei: bool | dict | None = None):
     """The continuous-time RCNN of the reference (``depth`` 2, 4 or 8 areas).
 
     Each area ``i``: ``tau dr_i/dt = -r_i + Phi(Conv_i(r_{i-1}(t - d_ff)) + W_i r_i(t - d_rec)
@@ -89,10 +93,22 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
       area and ``u = D / (sigma + g)``;
     * ``adaptation``: ``None``/``False``, ``True``, a kind (``"subtractive"``, ``"divisive"``)
       or a dict of :func:`~dynode.models.adaptation.add_adaptation` options: a slow population
-      ``<area>_adapt`` per area.
+      ``<area>_adapt`` per area;
+    * ``ei``: ``None``/``False``, ``True`` or a dict of
+      :func:`~dynode.models.ei.add_inhibition` options plus ``dale_recurrence`` (default
+      ``True``: the recurrence ``W_EE`` becomes nonnegative, :func:`~dynode.models.ei.signed_recurrence`;
+      types full, depthwise, pointwise, self): an inhibitory population ``<area>_inh`` per area
+      with Dale's law in the local circuit.
     """
     norm_opts = _component_options(normalization, "normalization", "pool")
     adapt_opts = _component_options(adaptation, "adaptation", "kind")
+    if isinstance(ei, str):
+        raise ConfigurationError(f"dyrcnn: ei takes None/False, True or a dict of options, got the string {ei!r}")
+    ei_opts = _component_options(ei, "ei", "")
+    dale = bool(ei_opts.pop("dale_recurrence", True)) if ei_opts is not None else False
+    if dale and recurrence_options and set(recurrence_options) - {"gain"}:
+        raise ConfigurationError(f"dyrcnn: with ei (dale_recurrence) the recurrence takes only the option "
+                                 f"'gain', got {sorted(recurrence_options)}")
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
     areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
@@ -115,15 +131,17 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
         net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2,
                                          bias=bool(bias)),
                     delay=feedforward_delay if src != "image" else 0.0)
-        net.connect(name, name, recurrence(recurrence_type, c, kernel_size, **(recurrence_options or {})),
-                    delay=recurrence_delay)
+        rec = (signed_recurrence(recurrence_type, c, kernel_size, sign=1,
+                                 gain=float((recurrence_options or {}).get("gain", 0.1))) if dale
+               else recurrence(recurrence_type, c, kernel_size, **(recurrence_options or {})))
+        net.connect(name, name, rec, delay=recurrence_delay)
         src, c_prev = name, c
     for i in range(len(names) - 2):
         if skip:
             net.connect(names[i], names[i + 2], delay=feedforward_delay)
         if feedback:
             net.connect(names[i + 2], names[i], delay=feedback_delay)
-    _add_components(net, names, "dyrcnn", norm_opts, adapt_opts)
+    _add_components(net, names, "dyrcnn", norm_opts, adapt_opts, ei_opts)
     last = names[-1]
     net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
     net.protocol = {"dt": float(dt), "t_end": float(steps * dt), "solver": "euler", "steps": steps}
@@ -146,13 +164,11 @@ def _component_options(value, what: str, kind_key: str) -> dict | None:
 
 
 def _add_components(net, areas: Sequence[str], model: str, norm_opts: dict | None,
-                    adapt_opts: dict | None) -> None:
-    """Add normalization and adaptation populations to each of ``areas`` (errors name the model
-    and the option)."""
-    from dynode.models.adaptation import add_adaptation
-    from dynode.models.normalization import add_normalization
-
-    for what, opts, add in (("normalization", norm_opts, add_normalization),
+                    adapt_opts: dict | None, ei_opts: dict | None = None) -> None:
+    """Add inhibitory, normalization and adaptation populations to each of ``areas`` (errors
+    name the model and the option)."""
+    for what, opts, add in (("ei", ei_opts, add_inhibition),
+                            ("normalization", norm_opts, add_normalization),
                             ("adaptation", adapt_opts, add_adaptation)):
         if opts is None:
             continue

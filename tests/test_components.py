@@ -367,3 +367,88 @@ def test_dyrcnn_with_normalization_and_adaptation_stacks_both(f64):
     assert net.populations["V1_norm"].shape == (9, 1, 1)
     sol = _solve(net, torch.rand(1, 3, 16, 16), t_end=20.0, dt=2.0, solver="euler")
     assert all(bool(torch.isfinite(v).all()) for v in sol.final_state.values())
+
+
+# -- excitatory / inhibitory split ---------------------------------------------------------------
+def _set(op, value):
+    with torch.no_grad():
+        op.weight.fill_(value)
+
+
+def test_ei_pair_steady_state_in_closed_form(f64):
+    """One E and one I unit, relu, no W_II: r_I = w_IE r_E, r_E = D / (1 - w_EE + w_EI w_IE)."""
+    w_ee, w_ei, w_ie, D = 0.5, 1.0, 2.0, 3.0
+    net = _flat_area(tau=10.0)
+    net.connect("A", "A", dn.models.signed_recurrence("full", 1, flat=True), delay=2.0)
+    name = dn.models.add_inhibition(net, "A", channels=1, tau=5.0, delay_ie=1.0, inhibitory_recurrence=False)
+    pops = net.populations
+    _set(pops["A"].incoming["A"], w_ee)
+    _set(pops[name].incoming["A"], w_ie)
+    _set(pops["A"].incoming[name], -w_ei)  # the sign lives in the operator: |-1| = 1
+    assert pops["A"].incoming[name].effective_weight().item() == -w_ei
+    assert pops[name].tau == 5.0 and pops["A"].delays[name] == 1.0
+    sol = _solve(net, torch.full((1, 1), D), t_end=600.0, dt=0.5)
+    r_e = D / (1 - w_ee + w_ei * w_ie)
+    assert float(sol.final_state["A"]) == pytest.approx(r_e, rel=1e-8)
+    assert float(sol.final_state[name]) == pytest.approx(w_ie * r_e, rel=1e-8)
+
+
+def test_slower_inhibition_gives_a_transient(f64):
+    net = _flat_area(tau=10.0)
+    name = dn.models.add_inhibition(net, "A", channels=1, tau=40.0, delay_ie=5.0, inhibitory_recurrence=False)
+    _set(net.populations[name].incoming["A"], 2.0)
+    _set(net.populations["A"].incoming[name], 1.0)
+    ts, r = _responses(net, env.pulse(100.0, 500.0, 1.0), t_end=700.0)
+    on = (ts >= 100) & (ts < 600)
+    assert float(r[(ts >= 580) & (ts < 600)].mean()) < 0.6 * float(r[on].max())
+    assert float(r[-1].max()) < 0.05 * float(r[on].max())
+
+
+def test_dales_law_holds_after_optimizer_steps():
+    torch.manual_seed(0)
+    net = dn.models.dyrcnn(depth=2, width=0.25, input_shape=(3, 8, 8), num_classes=3, phi="relu", steps=5,
+                           bias=False, ei={"tau": 4.0, "delay_ie": 2.0})
+    signs = dn.models.dale_signs(net)
+    assert signs == {"V1 -> V1": 1, "IT -> IT": 1, "V1 -> V1_inh": 1, "V1_inh -> V1": -1,
+                     "V1_inh -> V1_inh": -1, "IT -> IT_inh": 1, "IT_inh -> IT": -1, "IT_inh -> IT_inh": -1}
+    model = dn.models.Classifier(net)
+    opt = torch.optim.Adam(net.parameters(), lr=0.3)
+    x, y = torch.rand(8, 3, 8, 8), torch.randint(0, 3, (8,))
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    ops = {c.label: c.op for c in net.connections if isinstance(c.op, dn.models.SignedConv)}
+    flipped = 0
+    for label, op in ops.items():
+        w = op.effective_weight()
+        assert bool((w >= 0).all()) if signs[label] > 0 else bool((w <= 0).all()), label
+        flipped += int((op.weight < 0).sum())
+    assert flipped > 0  # the raw parameters did cross zero: the constraint, not luck, kept the signs
+
+
+def test_signed_operators_scale_linearly_with_their_weight_and_report_their_radius(f64):
+    op = dn.models.signed_recurrence("pointwise", 4)
+    x = torch.rand(2, 4, 3, 3)
+    y = op(x)
+    with torch.no_grad():
+        op.weight.mul_(0.5)
+    torch.testing.assert_close(op(x), 0.5 * y)
+    m = op.effective_weight().view(4, 4)
+    rho = torch.linalg.eigvals(m).abs().max().item()
+    assert dn.models.spectral_radius(op, (4, 3, 3), iters=500) == pytest.approx(rho, rel=1e-3)
+
+
+def test_ei_errors():
+    with pytest.raises(dn.ConfigurationError, match="supports types .* got 'depthpointwise'"):
+        dn.models.dyrcnn(depth=2, width=0.25, recurrence_type="depthpointwise", ei=True)
+    with pytest.raises(dn.ConfigurationError, match=r"unknown ei options \['tua'\]"):
+        dn.models.dyrcnn(depth=2, width=0.25, ei={"tua": 3.0})
+    with pytest.raises(dn.ConfigurationError, match="ei takes None/False, True or a dict"):
+        dn.models.dyrcnn(depth=2, width=0.25, ei="yes")
+    with pytest.raises(dn.ConfigurationError, match="sign must be"):
+        dn.models.SignedConv(2, 2, sign=0)
+    net = dn.models.dyrcnn(depth=2, width=0.25, recurrence_type="depthpointwise",
+                           ei={"dale_recurrence": False})
+    assert "V1_inh" in net.populations and not isinstance(net.populations["V1"].incoming["V1"],
+                                                         dn.models.SignedConv)
