@@ -37,16 +37,18 @@ the reference gives none),
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dynode.errors import ConfigurationError
+from dynode.errors import AnalysisWarning, ConfigurationError
 
-__all__ = ["DN_PARAMS", "DN_START", "DN_BOUNDS", "dn_model", "fit_dn", "DNFit"]
+__all__ = ["DN_PARAMS", "DN_START", "DN_BOUNDS", "dn_model", "fit_dn", "DNFit", "pulse_envelope",
+           "BOUND_TOL"]
 
 DN_PARAMS = ("tau1", "weight", "tau2", "n", "sigma", "shift", "scale")
 DN_START = {"tau1": 5.0, "weight": 0.0, "tau2": 70.0, "n": 1.5, "sigma": 0.15, "shift": 60.0,
@@ -55,6 +57,19 @@ DN_START = {"tau1": 5.0, "weight": 0.0, "tau2": 70.0, "n": 1.5, "sigma": 0.15, "
 DN_BOUNDS = {"tau1": (1.0, 1000.0), "weight": (0.0, 1.0), "tau2": (10.0, 2000.0), "n": (1.0, 5.0),
              "sigma": (0.0, 1.0), "shift": (0.0, 100.0), "scale": (0.0, math.inf)}
 """Bounds (ms for the times); ``scale`` is only required to be positive."""
+BOUND_TOL = 1e-3
+"""A fitted parameter within this fraction of its range from a bound is *on* the bound."""
+
+
+def pulse_envelope(t, *, contrast: float = 1.0, duration: float, isi: float | None = None) -> np.ndarray:
+    r"""The stimulus time course of a Groen condition on the grid ``t`` (ms from the onset):
+    ``contrast`` times a pulse on ``[0, duration)``, plus a second pulse on
+    ``[duration + isi, 2 duration + isi)`` when ``isi`` is given (the repetition experiment)."""
+    t = np.asarray(t, dtype=np.float64)
+    s = (t >= 0) & (t < duration)
+    if isi is not None:
+        s |= (t >= duration + isi) & (t < 2 * duration + isi)
+    return float(contrast) * s.astype(np.float64)
 
 
 def _grid_step(t: Tensor) -> float:
@@ -150,12 +165,20 @@ def _from_z(name: str, z: Tensor) -> Tensor:
 class DNFit:
     """Result of :func:`fit_dn`: ``params`` (floats, ms for times), ``r2`` (coefficient of
     determination over every fitted point), ``prediction`` (the model on the data's grid,
-    numpy, the data's shape), ``loss`` (final mean squared error)."""
+    numpy, the data's shape), ``loss`` (final mean squared error), ``on_bounds`` (the fitted
+    parameters within :data:`BOUND_TOL` of their range from a bound, with the bound: a fit that
+    presses against its bounds is not a description of the data, whatever its ``r2``).
+    ``good``: ``r2`` may be read as the fit's quality (no parameter on a bound)."""
 
     params: dict[str, float]
     r2: float
     prediction: np.ndarray
     loss: float
+    on_bounds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def good(self) -> bool:
+        return not self.on_bounds and math.isfinite(self.r2)
 
 
 def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mapping | None = None,
@@ -172,7 +195,9 @@ def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mappin
     still has a gradient). The loss has local minima (notably ``weight`` stuck at 0), so the
     fit is repeated from ``start`` (default :data:`DN_START`) updated by each entry of
     ``restarts``, and the lowest loss wins. ``fixed`` holds parameters that are not fitted.
-    ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` over every point.
+    ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` over every point. Free parameters
+    that end on a bound are listed in ``DNFit.on_bounds`` (and warned,
+    :class:`~dynode.errors.AnalysisWarning`).
     """
     y = torch.tensor(np.asarray(response, dtype=np.float64))  # copies: inputs may be read-only views
     s = torch.tensor(np.asarray(stimulus, dtype=np.float64))
@@ -203,8 +228,28 @@ def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mappin
     res, p, pred = best
     tot = float((y - y.mean()).square().sum())
     r2 = 1.0 - res / tot if tot > 0 else float("nan")
-    return DNFit(params={k: float(p[k]) for k in DN_PARAMS}, r2=r2, prediction=pred.numpy(),
-                 loss=res / y.numel())
+    params = {k: float(p[k]) for k in DN_PARAMS}
+    on_bounds = _on_bounds(params, free)
+    if on_bounds:
+        warnings.warn(f"DN fit: parameters on their bounds {on_bounds} (R^2 {r2:.3f} does not make this a "
+                      "description of the data: the model wants values outside its bounds, or does not "
+                      "use these terms)", AnalysisWarning, stacklevel=2)
+    return DNFit(params=params, r2=r2, prediction=pred.numpy(), loss=res / y.numel(),
+                 on_bounds=on_bounds)
+
+
+def _on_bounds(params: Mapping[str, float], free: Sequence[str]) -> dict[str, float]:
+    """``{name: bound}`` for the fitted parameters within :data:`BOUND_TOL` of a bound (for
+    ``scale``, whose range is unbounded above, within ``BOUND_TOL`` of 0)."""
+    out = {}
+    for k in free:
+        lo, hi = DN_BOUNDS[k]
+        span = (hi - lo) if math.isfinite(hi) else 1.0
+        if params[k] - lo <= BOUND_TOL * span:
+            out[k] = lo
+        elif math.isfinite(hi) and hi - params[k] <= BOUND_TOL * span:
+            out[k] = hi
+    return out
 
 
 def _params_of(z: Tensor, fixed: Mapping, free: Sequence[str]) -> dict[str, Tensor]:

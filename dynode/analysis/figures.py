@@ -1,6 +1,7 @@
 """Figures of the analysis (matplotlib, Agg backend, PNG): one function per figure, each
 taking analysis results (xarray data, one variable per population) and an output path and
-returning that path. One panel per population."""
+returning that path. One panel per population, in the order of the data's variables (the
+archive's population order: the hierarchy); time in ms, responses in the archive's units."""
 
 from __future__ import annotations
 
@@ -48,6 +49,12 @@ def _panels(n: int, plt, width: float = 3.6, height: float = 3.0):
     return fig, axes[0]
 
 
+def _units(da: xr.DataArray) -> str:
+    """The response's units for an axis label (the archive's ``units`` attribute)."""
+    u = str(da.attrs.get("units", "1"))
+    return "" if u in ("", "1") else f" ({u})"
+
+
 def _save(fig, plt, path: Path, title: str | None) -> Path:
     if title:
         fig.suptitle(title)
@@ -80,13 +87,18 @@ def plot_time_courses(courses, path, *, dim: str | None = None, title: str | Non
             da2 = da.mean(rest) if rest else da
             values = da2[d].values
             colors = plt.cm.viridis(np.linspace(0, 0.9, len(values)))
+            unit = "" if d in ("contrast", "n_pulses", "image", "sample") else " ms"
             for v, col in zip(values, colors):
-                ax.plot(t, da2.sel({d: v}).values, color=col, label=f"{d} {v:g}")
-            ax.legend(fontsize=6, frameon=False)
+                ax.plot(t, da2.sel({d: v}).values, color=col, lw=1.2, label=f"{v:g}{unit}")
         ax.set_title(name)
         ax.set_xlabel(f"{da['time'].attrs.get('long_name', 'time')} (ms)")
-        ax.set_ylabel("population response")
+        ax.set_ylabel(f"population response{_units(da)}")
         ax.axhline(0, color="0.8", lw=0.5)
+        ax.axvline(0, color="0.8", lw=0.5, ls=":")
+    handles, labels = axes[-1].get_legend_handles_labels()
+    if handles:
+        axes[-1].legend(handles, labels, title=dim or None, fontsize=8, title_fontsize=8, frameon=False,
+                        loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, plt, path, title)
 
 
@@ -107,7 +119,7 @@ def plot_summation(summed, path, *, dim: str = "duration", title: str | None = N
         ax.set_xticks(T, [f"{x:g}" for x in T], fontsize=7)
         ax.set_title(name)
         ax.set_xlabel(f"{dim} (ms)")
-        ax.set_ylabel("summed response")
+        ax.set_ylabel(f"summed response{_units(da) or ' (ms)'}")
         ax.legend(fontsize=7, frameon=False)
     return _save(fig, plt, path, title)
 
@@ -131,10 +143,12 @@ def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None)
     return _save(fig, plt, path, title)
 
 
-def plot_contrast_response(responses, path, *, fits: Mapping | None = None, dim: str = "contrast",
-                           title: str | None = None) -> Path:
-    """Summed response vs contrast (markers, log axis) with each population's fitted hyperbolic
-    ratio function (``fits``: population -> :class:`HyperbolicRatioFit`) and its c50."""
+def plot_contrast_response(responses, path, *, fits: Mapping | None = None, c50: Mapping | None = None,
+                           dim: str = "contrast", title: str | None = None) -> Path:
+    """Peak response vs contrast (markers, log axis) per population, with Groen's c50 (the
+    half-peak contrast, ``c50``: population -> value; a dotted line) and, as an extra, the
+    fitted Naka-Rushton function (``fits``: population -> :class:`HyperbolicRatioFit`; dashed,
+    its c50 marked as extrapolated when outside the tested contrasts)."""
     plt = _pyplot()
     path = _png(path)
     pops = _variables(responses)
@@ -145,14 +159,16 @@ def plot_contrast_response(responses, path, *, fits: Mapping | None = None, dim:
         fit = (fits or {}).get(name)
         if fit is not None:
             cc = np.geomspace(c[c > 0].min(), c.max(), 100)
-            ax.plot(cc, fit(cc), "-", color="C2", alpha=0.7, label=f"fit, c50 = {fit.c50:.3g}")
-            if c[c > 0].min() <= fit.c50 <= c.max():  # an extrapolated c50 would stretch the axis
-                ax.axvline(fit.c50, color="0.7", ls=":", lw=1)
+            tag = " (extrapolated)" if getattr(fit, "extrapolates", False) else ""
+            ax.plot(cc, fit(cc), "--", color="C2", alpha=0.6, label=f"Naka-Rushton, c50 {fit.c50:.3g}{tag}")
+        g = (c50 or {}).get(name)
+        if g is not None and np.isfinite(g):
+            ax.axvline(g, color="0.4", ls=":", lw=1, label=f"c50 (half peak) {g:.3g}")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(c[c > 0], [f"{x:g}" for x in c[c > 0]], fontsize=6)
         ax.set_title(name)
         ax.set_xlabel("contrast")
-        ax.set_ylabel("summed response")
-        ax.legend(fontsize=7, frameon=False)
+        ax.set_ylabel(f"peak response{_units(da)}")
+        ax.legend(fontsize=6, frameon=False)
     return _save(fig, plt, path, title)

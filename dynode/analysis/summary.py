@@ -1,17 +1,28 @@
 """One call from the three Groen et al. (2022) experiment archives (contrast, duration,
-repetition) to per-population numbers and figures: :func:`analyze`, :func:`summarize`.
+repetition) to per-population numbers, flags and figures: :func:`analyze`, :func:`summarize`,
+:func:`format_summary`.
 
-Every course is the population mean per condition, aligned to the stimulus onset, with the
-mean over the baseline window (default -50 to 0 ms, the end of the 100 ms pre-stimulus period,
-after the network has settled from its initial state) subtracted. Summed responses run from
-the onset to the end of the epoch.
+Every course is the population mean per condition, aligned to the stimulus onset (the
+``onset`` condition, or the archive's ``onset_ms`` attribute), with the mean over the baseline
+window (default -100 to 0 ms, Groen's baseline) subtracted. The metrics follow Groen's
+definitions (:mod:`dynode.analysis.metrics`): summed responses over 0-1 s after onset, time to
+peak and half-rise latency inside the 500 ms contrast stimulus, c50 as the half-peak contrast,
+ISI recovery in 300 ms windows, asymptote/peak from a smoothed course at 0.5 s, the DN model
+fitted jointly to every condition.
+
+What is not a result is said, not printed as a number: a metric that is undefined is ``None``
+in the summary with the reason in its ``flags`` (and an
+:class:`~dynode.errors.UndefinedMetricWarning`); a number that should not be read as it
+stands (a drifting baseline, a response below baseline, a Naka-Rushton c50 outside the tested
+contrasts, DN parameters on their bounds, a recovery window cut by the end of the epoch) is
+kept with a flag (and an :class:`~dynode.errors.AnalysisWarning`).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +30,23 @@ import numpy as np
 import xarray as xr
 
 from dynode.analysis import metrics as M
-from dynode.analysis.courses import all_time_courses, as_tree, conditions
-from dynode.analysis.dn import DNFit, fit_dn
-from dynode.errors import ConfigurationError
+from dynode.analysis.courses import align_to_onset, all_time_courses, as_tree, conditions
+from dynode.analysis.dn import DNFit, fit_dn, pulse_envelope
+from dynode.errors import AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError
 
-__all__ = ["experiment_kind", "Analysis", "analyze", "summarize"]
+__all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL",
+           "NEEDS"]
 
 KINDS = ("contrast", "duration", "repetition")
 _BY = {"contrast": "contrast", "duration": "duration", "repetition": "isi"}
+NEEDS = {"contrast": ("contrast", "duration"), "duration": ("duration", "contrast"),
+         "repetition": ("isi", "duration", "contrast")}
+"""The conditions (archive coordinates along ``sample``) each experiment's analysis reads."""
+BASELINE = (-100.0, 0.0)
+"""Groen's baseline window (ms from onset)."""
+DRIFT_TOL = 0.01
+"""A baseline that changes by more than this fraction of the peak over the baseline window
+(least-squares slope times the window length) is flagged as drifting."""
 
 
 def experiment_kind(source) -> str:
@@ -40,9 +60,11 @@ def experiment_kind(source) -> str:
         return "contrast"
     if "duration" in varies:
         return "duration"
-    raise ConfigurationError(f"cannot tell the experiment of this archive from its conditions "
-                             f"{sorted(labels)}; record a dynode.stimuli.groen2022 protocol (its "
-                             "contrast / duration / isi / n_pulses labels) or pass it by keyword")
+    raise MissingConditionsError(
+        f"cannot tell the Groen experiment of this archive from its conditions {sorted(labels)}: it needs "
+        "several 'contrast' values (contrast experiment), several 'duration' values (duration experiment) or "
+        "'n_pulses' = 2 with 'isi' (repetition experiment); record a dynode.stimuli.groen2022 protocol or pass "
+        "the archive by keyword", missing=["contrast", "duration", "isi"])
 
 
 def _single(values, name: str) -> float:
@@ -52,15 +74,26 @@ def _single(values, name: str) -> float:
     return float(u[0])
 
 
+def _num(x) -> float | None:
+    """A plain float, ``None`` for NaN (JSON has no NaN)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 @dataclass
 class Analysis:
-    """The results of :func:`analyze`; xarray Datasets hold one variable per population.
+    """The results of :func:`analyze`; xarray Datasets hold one variable per population, in the
+    archive's population order (the hierarchy).
 
     courses : ``{kind: Dataset (condition, time)}`` baseline-corrected, time from onset (ms).
-    summed : ``{kind: Dataset (condition)}`` summed responses from the onset (ms units).
-    ratios : summation ratios along ``duration`` (T), or None.
+    summed : ``{kind: Dataset (condition)}`` summed responses over ``sum_window`` (ms x units).
+    ratios : summation ratios R(T2) / ((T2/T) R(T)) along ``duration`` (T; ``attrs["T2"]``), or None.
     recovery : ISI recovery along ``isi``, or None.
-    peaks : time to peak (ms) along ``contrast`` (or ``duration`` without a contrast archive).
+    latency : ``{"time_to_peak": Dataset, "half_rise": Dataset}`` along ``contrast`` (ms).
+    peaks : peak response per contrast inside the stimulus window.
+    c50 : Groen's half-peak c50 per population (NaN when undefined).
+    flags : ``{population: {key: reason}}`` for every value that is not a plain result.
+    not_computed : ``{metric: what is missing}``.
     """
 
     courses: dict[str, xr.Dataset]
@@ -69,38 +102,85 @@ class Analysis:
     ratios: xr.Dataset | None = None
     windows: dict[str, float] = field(default_factory=dict)
     recovery: xr.Dataset | None = None
+    latency: dict[str, xr.Dataset] = field(default_factory=dict)
     peaks: xr.Dataset | None = None
+    c50: dict[str, float] = field(default_factory=dict)
     asymptote: dict[str, float] = field(default_factory=dict)
     contrast_fits: dict[str, M.HyperbolicRatioFit | None] = field(default_factory=dict)
     dn_fits: dict[str, DNFit] = field(default_factory=dict)
+    baseline_to_peak: dict[str, float] = field(default_factory=dict)
+    drift_to_peak: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, dict[str, str]] = field(default_factory=dict)
+    not_computed: dict[str, str] = field(default_factory=dict)
+
+    def flag(self, pop: str, key: str, reason: str, category=AnalysisWarning) -> None:
+        """Record ``reason`` for ``key`` of ``pop`` and warn it."""
+        self.flags.setdefault(pop, {})[key] = reason
+        warnings.warn(f"{pop}: {key}: {reason}", category, stacklevel=3)
 
     def summary(self) -> dict[str, dict]:
-        """Per-population numbers (plain floats; dict keys are condition values)."""
+        """Per-population numbers, JSON-serialisable (plain floats, ``None`` where undefined;
+        condition-keyed dicts have float keys, which JSON writes as strings). Keys (each only
+        when its experiment was given):
+
+        * ``baseline_to_peak``: |mean baseline| / |raw peak| (the raw peak is the baseline plus
+          the largest baseline-corrected response), the worst experiment;
+        * ``baseline_drift_to_peak``: |change over the baseline window| / peak (flagged above
+          :data:`DRIFT_TOL`);
+        * ``summed_response``: ``{T: R(T)}`` over 0-1 s after onset (ms x the rate's units);
+        * ``summation_ratio``: ``{T: R(T2) / ((T2/T) R(T))}``, with ``summation_pair``
+          ``{T: T2}`` (T2 the duration nearest 2T); ``summation_window_ms``: FWHM of the
+          response to the shortest pulse;
+        * ``isi_recovery``: ``{isi: recovery}`` (1 = full);
+        * ``time_to_peak_ms``, ``half_rise_ms``: ``{contrast: ms}`` inside the stimulus window;
+          ``peak_response``: ``{contrast: peak}``;
+        * ``c50``: Groen's half-peak contrast; ``c50_naka_rushton``, ``c50_naka_rushton_r2``:
+          the hyperbolic-ratio fit to the peaks (an extra; flagged when it extrapolates);
+        * ``asymptote_to_peak``: smoothed value at 0.5 s / smoothed peak;
+        * ``dn``: the joint DN fit's parameters (ms), ``r2``, ``on_bounds`` ``{name: bound}``
+          and ``good`` (False when a parameter is on a bound: read no ``r2`` then);
+        * ``flags``: ``{key: reason}`` for values that are undefined (``None``) or not to be
+          read as results; a key is a metric name, with ``[condition]`` for one condition;
+        * ``not_computed``: ``{metric: what is missing}``.
+        """
         out = {}
         for pop in self.populations:
             d: dict = {}
+            if pop in self.baseline_to_peak:
+                d["baseline_to_peak"] = _num(self.baseline_to_peak[pop])
+                d["baseline_drift_to_peak"] = _num(self.drift_to_peak[pop])
+            if "duration" in self.summed:
+                r = self.summed["duration"][pop]
+                d["summed_response"] = {float(T): _num(v) for T, v in zip(r["duration"].values, r.values)}
             if self.ratios is not None:
                 r = self.ratios[pop]
-                d["summation_ratio"] = {float(T): float(v) for T, v in zip(r["duration"].values, r.values)}
-                d["summation_ratio_mean"] = float(np.nanmean(r.values))
+                d["summation_ratio"] = {float(T): _num(v) for T, v in zip(r["duration"].values, r.values)}
+                d["summation_pair"] = {float(T): float(T2) for T, T2 in zip(r["duration"].values, r.attrs["T2"])}
             if pop in self.windows:
-                d["summation_window_ms"] = self.windows[pop]
+                d["summation_window_ms"] = _num(self.windows[pop])
             if self.recovery is not None:
                 r = self.recovery[pop]
-                d["isi_recovery"] = {float(i): float(v) for i, v in zip(r["isi"].values, r.values)}
+                d["isi_recovery"] = {float(i): _num(v) for i, v in zip(r["isi"].values, r.values)}
+            for key, name in (("time_to_peak_ms", "time_to_peak"), ("half_rise_ms", "half_rise")):
+                if name in self.latency:
+                    p = self.latency[name][pop]
+                    d[key] = {float(c): _num(v) for c, v in zip(p["contrast"].values, p.values)}
             if self.peaks is not None:
                 p = self.peaks[pop]
-                dim = p.dims[0]
-                d[f"time_to_peak_ms_by_{dim}"] = {float(c): float(v) for c, v in zip(p[dim].values, p.values)}
-                d["peak_latency_ms"] = float(p.isel({dim: -1}))
-            if pop in self.asymptote:
-                d["asymptote_to_peak"] = self.asymptote[pop]
+                d["peak_response"] = {float(c): _num(v) for c, v in zip(p["contrast"].values, p.values)}
+            if pop in self.c50:
+                d["c50"] = _num(self.c50[pop])
             if pop in self.contrast_fits:
                 fit = self.contrast_fits[pop]
-                d["c50"] = float("nan") if fit is None else fit.c50
-                d["c50_fit_r2"] = float("nan") if fit is None else fit.r2
+                d["c50_naka_rushton"] = None if fit is None else _num(fit.c50)
+                d["c50_naka_rushton_r2"] = None if fit is None else _num(fit.r2)
+            if pop in self.asymptote:
+                d["asymptote_to_peak"] = _num(self.asymptote[pop])
             if pop in self.dn_fits:
-                d["dn"] = {**self.dn_fits[pop].params, "r2": self.dn_fits[pop].r2}
+                f = self.dn_fits[pop]
+                d["dn"] = {**f.params, "r2": _num(f.r2), "on_bounds": dict(f.on_bounds), "good": f.good}
+            d["flags"] = dict(self.flags.get(pop, {}))
+            d["not_computed"] = dict(self.not_computed)
             out[pop] = d
         return out
 
@@ -117,9 +197,9 @@ class Analysis:
             paths["summation"] = F.plot_summation(self.summed["duration"], outdir / "summation.png")
         if self.recovery is not None:
             paths["recovery"] = F.plot_recovery(self.recovery, outdir / "recovery.png")
-        if "contrast" in self.summed:
+        if self.peaks is not None:
             paths["contrast_response"] = F.plot_contrast_response(
-                self.summed["contrast"], outdir / "contrast_response.png", fits=self.contrast_fits)
+                self.peaks, outdir / "contrast_response.png", fits=self.contrast_fits, c50=self.c50)
         return paths
 
 
@@ -133,82 +213,349 @@ def _classify(archives, named: dict) -> dict[str, xr.DataTree]:
         trees[kind] = tree
     if not trees:
         raise ConfigurationError("give at least one archive (contrast, duration or repetition experiment)")
-    return trees
+    return {k: trees[k] for k in KINDS if k in trees}
+
+
+def _raw_courses(kind: str, tree: xr.DataTree, populations) -> xr.Dataset:
+    """The population courses of one experiment, aligned to the onset, baseline not removed;
+    a :class:`MissingConditionsError` naming what the archive lacks."""
+    labels = conditions(tree)
+    missing = [c for c in NEEDS[kind] if c not in labels]
+    onset = tree.attrs.get("onset_ms")
+    if "onset" not in labels and onset is None:
+        missing.append("onset")
+    if missing:
+        raise MissingConditionsError(
+            f"the {kind} archive lacks the condition(s) {missing} that its analysis needs (it has "
+            f"{sorted(labels)}{'' if onset is None else ', onset_ms attribute'}); record it with "
+            f"dynode.experiments.groen2022_experiments or a dynode.stimuli.groen2022({kind!r}) protocol",
+            missing=missing)
+    if "onset" in labels:
+        return all_time_courses(tree, _BY[kind], populations=populations, align=True)
+    ds = all_time_courses(tree, _BY[kind], populations=populations, align=False)
+    return xr.Dataset({p: align_to_onset(ds[p], float(onset)) for p in ds.data_vars})
+
+
+def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, drift_tol: float) -> xr.Dataset:
+    """Subtract the baseline; record its level and drift relative to the peak per population."""
+    lo, hi = window
+    out = {}
+    for pop in raw.data_vars:
+        da = raw[pop]
+        t = da["time"].values
+        mask = (t >= lo - 1e-9) & (t < hi - 1e-9)
+        if mask.sum() < 2:
+            raise ConfigurationError(f"the baseline window [{lo:g}, {hi:g}) ms holds fewer than 2 time points of "
+                                     f"the {kind} archive (it spans [{t.min():g}, {t.max():g}] ms from onset)")
+        base = da.isel(time=np.flatnonzero(mask))
+        level = base.mean("time")
+        y = base.transpose(..., "time").values.astype(np.float64)
+        tb = t[mask] - t[mask].mean()
+        slope = (y - y.mean(-1, keepdims=True)) @ tb / (tb @ tb)  # least squares, per condition
+        change = float(np.abs(slope).max() * (hi - lo))
+        corrected = da - level
+        corrected.attrs = dict(da.attrs, baseline_ms=[lo, hi])
+        corrected.name = pop
+        after = corrected.sel(time=slice(0.0, stop))
+        peak = float(after.max())
+        b = float(level.mean())  # the conditions share the pre-onset input
+        ratio_b = abs(b) / abs(b + peak) if b + peak != 0 else math.inf
+        drift = change / peak if peak > 0 else math.inf
+        res.baseline_to_peak[pop] = max(res.baseline_to_peak.get(pop, 0.0), ratio_b)
+        res.drift_to_peak[pop] = max(res.drift_to_peak.get(pop, 0.0), drift)
+        if drift > drift_tol:
+            res.flag(pop, "baseline_drift_to_peak",
+                     f"the {kind} baseline changes by {change:.3g} ({drift:.1%} of the peak) over [{lo:g}, "
+                     f"{hi:g}) ms, more than {drift_tol:.0%}: the network has not settled, so the responses "
+                     "carry the drift; start the stimulus later (a longer settling period)", BaselineDriftWarning)
+        dim = _BY[kind]
+        sums = M.summed_response(after, 0.0, stop)
+        bad = [float(v) for v, s, m in zip(after[dim].values, np.atleast_1d(sums.values),
+                                           np.atleast_1d(after.max("time").values)) if not (s > 0 and m > 0)]
+        if bad:
+            res.flag(pop, f"response[{kind}]",
+                     f"the response is below the baseline (summed response or peak <= 0) at {dim} {bad}: "
+                     "metrics of these conditions are not responses to the stimulus")
+        out[pop] = corrected
+    return xr.Dataset(out)
+
+
+def _undefined(res: Analysis, pop: str, key: str, da: xr.DataArray) -> None:
+    """Copy a metric's per-condition undefined reasons into the flags (already warned)."""
+    for where, why in (da.attrs.get("undefined") or {}).items():
+        res.flags.setdefault(pop, {})[f"{key}[{where.split('=', 1)[-1]}]"] = why
 
 
 def analyze(*archives, contrast=None, duration=None, repetition=None, populations=None,
-            baseline: tuple[float, float] | None = (-50.0, 0.0), window: float = 300.0,
+            baseline: tuple[float, float] = BASELINE, sum_window: tuple[float, float] = M.SUM_WINDOW,
+            window: float = M.ISI_WINDOW, smooth_ms: float = M.SMOOTH_MS, drift_tol: float = DRIFT_TOL,
             dn: bool = False, dn_options: Mapping | None = None) -> Analysis:
     """Analyse the Groen experiments' archives (DataTrees, SimulationResults or paths).
 
     Positional ``archives`` are sorted by :func:`experiment_kind`; or name them by keyword.
-    Any subset works; a metric whose experiment is missing is left out (ISI recovery needs the
-    duration archive too, for the single pulse of the repetition's pulse length).
-    ``window``: the ISI recovery window (ms). ``dn``: also fit the delayed normalisation model
-    to each population's duration series from the onset on (t >= 0; a few seconds per
-    population; ``dn_options`` are keyword arguments of :func:`~dynode.analysis.fit_dn`).
+    Any subset works; a metric whose experiment is missing is left out and named in
+    ``not_computed`` (ISI recovery needs the duration archive too, for the single pulse of the
+    repetition's pulse length). An archive that lacks a condition its analysis reads is a
+    :class:`~dynode.errors.MissingConditionsError` naming it.
+
+    ``baseline``: the window (ms from onset) whose mean is subtracted and whose drift is
+    checked against ``drift_tol`` x the peak. ``sum_window``: summed responses (Groen: 0-1 s).
+    ``window``: the ISI recovery window (ms). ``smooth_ms``: the moving average before the
+    asymptote/peak ratio. ``dn``: also fit the delayed normalisation model to each
+    population, jointly to every condition of every given archive (shared parameters, as
+    Groen fit each electrode), from the onset on (a few seconds per population;
+    ``dn_options`` are keyword arguments of :func:`~dynode.analysis.fit_dn`).
     """
     if dn_options is not None and not dn:
         raise ConfigurationError("dn_options is only used with dn=True")
     trees = _classify(archives, {"contrast": contrast, "duration": duration, "repetition": repetition})
-    courses = {k: all_time_courses(t, _BY[k], populations=populations, baseline=baseline)
-               for k, t in trees.items()}
-    pops = list(next(iter(courses.values())).data_vars)
-    for k, ds in courses.items():
+    raw = {k: _raw_courses(k, t, populations) for k, t in trees.items()}
+    pops = list(next(iter(raw.values())).data_vars)
+    for k, ds in raw.items():
         missing = [p for p in pops if p not in ds]
         if missing:
             raise ConfigurationError(f"the {k} archive lacks populations {missing}; pass populations=")
-    summed = {k: xr.Dataset({p: M.summed_response(ds[p], 0.0) for p in pops}) for k, ds in courses.items()}
-    res = Analysis(courses=courses, summed=summed, populations=pops)
+    res = Analysis(courses={}, summed={}, populations=pops)
+    start, stop = sum_window
+    for k, ds in raw.items():
+        res.courses[k] = _baseline(res, k, ds, baseline, stop, drift_tol)
+        end = float(ds["time"].values[-1]) + M.time_step(ds[pops[0]])
+        if end < stop - 1e-9:
+            for p in pops:
+                res.flag(p, f"summed_response[{k}]", f"the {k} epoch ends {end:g} ms after onset, before the end "
+                         f"of the {start:g}-{stop:g} ms summation window: sums are cut short")
+        res.summed[k] = xr.Dataset({p: M.summed_response(res.courses[k][p], start, stop) for p in pops})
+    courses = res.courses
     if "duration" in courses:
-        dur = courses["duration"]
-        res.ratios = xr.Dataset({p: M.summation_ratios(dur[p], start=0.0) for p in pops})
-        res.windows = {p: float(M.summation_window(dur[p])) for p in pops}
+        _durations(res, courses["duration"], start, stop)
+    else:
+        res.not_computed["summation_ratio"] = "the duration experiment"
     if "repetition" in courses and "duration" in courses:
-        d_pulse = _single(conditions(trees["repetition"])["duration"], "pulse duration")
-        dur = courses["duration"]
-        if np.isclose(dur["duration"].values, d_pulse).any():
-            res.recovery = xr.Dataset({p: M.isi_recovery(courses["repetition"][p],
-                                                         dur[p].sel(duration=d_pulse, method="nearest"),
-                                                         duration=d_pulse, window=window) for p in pops})
-        else:
-            warnings.warn(f"no single {d_pulse:g} ms pulse in the duration archive (durations "
-                          f"{dur['duration'].values.tolist()}); ISI recovery left out", RuntimeWarning,
-                          stacklevel=2)
-    long_kind = "contrast" if "contrast" in courses else "duration" if "duration" in courses else None
-    if long_kind is not None:
-        ds = courses[long_kind]
-        res.peaks = xr.Dataset({p: M.time_to_peak(ds[p], 0.0) for p in pops})
-        if long_kind == "contrast":
-            offset = _single(conditions(trees["contrast"])["duration"], "contrast pulse duration")
-            longest = ds.isel(contrast=-1)
-        else:
-            offset = float(ds["duration"].values.max())
-            longest = ds.sel(duration=offset)
-        res.asymptote = {p: float(M.asymptote_to_peak(longest[p], offset)) for p in pops}
-    if "contrast" in summed:
-        for p in pops:
-            try:
-                res.contrast_fits[p] = M.fit_hyperbolic_ratio(summed["contrast"][p]["contrast"].values,
-                                                              summed["contrast"][p].values)
-            except ConfigurationError as exc:
-                warnings.warn(f"population {p}: no c50 ({exc})", RuntimeWarning, stacklevel=2)
-                res.contrast_fits[p] = None
+        _recovery(res, trees, courses, window)
+    else:
+        res.not_computed["isi_recovery"] = "the repetition and the duration experiments"
+    if "contrast" in courses:
+        _contrast(res, courses["contrast"], _single(conditions(trees["contrast"])["duration"], "contrast pulse "
+                                                                                               "duration"))
+    else:
+        res.not_computed["time_to_peak, c50"] = "the contrast experiment"
+    _asymptote(res, trees, courses, smooth_ms)
     if dn:
-        if "duration" not in courses:
-            raise ConfigurationError("dn=True fits the duration series; give the duration archive")
-        dur = courses["duration"].sel(time=slice(0.0, None))  # from the onset: the model is 0 before
-        c = _single(conditions(trees["duration"])["contrast"], "contrast")
-        t = dur["time"].values
-        stim = np.stack([c * ((t >= 0) & (t < T)) for T in dur["duration"].values]).astype(np.float64)
-        res.dn_fits = {p: fit_dn(stim, dur[p].transpose("duration", "time").values, t, **dict(dn_options or {}))
-                       for p in pops}
+        _dn(res, trees, courses, dict(dn_options or {}))
     return res
 
 
+def _durations(res: Analysis, dur: xr.Dataset, start: float, stop: float) -> None:
+    ratios = {}
+    for p in res.populations:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 of a silent pulse: flagged below
+            r = M.summation_ratios(dur[p], start=start, stop=stop)
+        R = res.summed["duration"][p]
+        for T, v in zip(r["duration"].values, r.values):
+            if not (R.sel(duration=T) > 0):
+                res.flag(p, f"summation_ratio[{T:g}]", f"no response above baseline to the {T:g} ms pulse "
+                         "(summed response <= 0): the ratio is not a summation ratio")
+        ratios[p] = r
+        res.windows[p] = float(M.summation_window(dur[p]))
+        if not math.isfinite(res.windows[p]):
+            res.flags.setdefault(p, {})["summation_window_ms"] = ("the response to the shortest pulse does not "
+                                                                  "fall below half its peak on both sides")
+    res.ratios = xr.Dataset(ratios)
+
+
+def _recovery(res: Analysis, trees, courses, window: float) -> None:
+    d_pulse = _single(conditions(trees["repetition"])["duration"], "pulse duration")
+    dur = courses["duration"]
+    if not np.isclose(dur["duration"].values, d_pulse).any():
+        raise MissingConditionsError(f"ISI recovery needs a single {d_pulse:g} ms pulse in the duration archive, "
+                                     f"which has durations {dur['duration'].values.tolist()}; run the duration "
+                                     "experiment with the repetition's pulse length", missing=[f"duration={d_pulse:g}"])
+    single = dur.sel(duration=d_pulse, method="nearest")
+    out = {}
+    for p in res.populations:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)  # re-flagged per population below
+            r = M.isi_recovery(courses["repetition"][p], single[p], duration=d_pulse, window=window)
+        for isi, w in r.attrs["second_window_ms"].items():
+            if w < window - 1e-9:
+                res.flag(p, f"isi_recovery[{isi:g}]", f"the second {window:g} ms window is cut to {w:g} ms by the "
+                         "end of the epoch (Groen's convention), so the recovery is underestimated")
+        out[p] = r
+    res.recovery = xr.Dataset(out)
+
+
+def _contrast(res: Analysis, con: xr.Dataset, on: float) -> None:
+    ttp, hr, peaks = {}, {}, {}
+    for p in res.populations:
+        ttp[p] = M.time_to_peak(con[p], 0.0, on)
+        hr[p] = M.half_rise_latency(con[p], 0.0, on)
+        _undefined(res, p, "time_to_peak_ms", ttp[p])
+        _undefined(res, p, "half_rise_ms", hr[p])
+        peaks[p] = M.peak_response(con[p], 0.0, on)
+        c = M.c50(peaks[p])
+        res.c50[p] = c
+        if not math.isfinite(c):
+            res.flags.setdefault(p, {})["c50"] = _c50_reason(peaks[p])
+        cs, ys = peaks[p]["contrast"].values, peaks[p].values
+        if (cs > 0).sum() >= 3 and np.all(np.isfinite(ys)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AnalysisWarning)  # re-flagged with the population below
+                fit = M.fit_hyperbolic_ratio(cs, ys)
+            res.contrast_fits[p] = fit
+            if fit.extrapolates:
+                res.flag(p, "c50_naka_rushton", f"the Naka-Rushton fit's c50 = {fit.c50:.3g} lies outside the tested "
+                         f"contrasts [{cs[cs > 0].min():g}, {cs.max():g}] (an extrapolation, not a result)")
+    res.latency = {"time_to_peak": xr.Dataset(ttp), "half_rise": xr.Dataset(hr)}
+    res.peaks = xr.Dataset(peaks)
+
+
+def _c50_reason(peaks: xr.DataArray) -> str:
+    p = peaks.sortby("contrast")
+    c = p["contrast"].values
+    v = M._half_peak_contrast(c, p.values)
+    return v[1] if isinstance(v, tuple) else ""
+
+
+def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.0) -> None:
+    """Asymptote/peak of the full-contrast 500 ms stimulus (contrast experiment), else of the
+    longest pulse of the duration experiment if it lasts at least ``at`` ms."""
+    if "contrast" in courses and _single(conditions(trees["contrast"])["duration"], "duration") >= at:
+        ds = courses["contrast"]
+        long = ds.sel(contrast=ds["contrast"].values.max())
+    elif "duration" in courses and courses["duration"]["duration"].values.max() >= at:
+        ds = courses["duration"]
+        long = ds.sel(duration=ds["duration"].values.max())
+    else:
+        res.not_computed["asymptote_to_peak"] = f"a stimulus of at least {at:g} ms (contrast experiment)"
+        return
+    for p in res.populations:
+        v = M.asymptote_to_peak(long[p], at, width=smooth_ms)
+        res.asymptote[p] = v
+        if not math.isfinite(v):
+            res.flags.setdefault(p, {})["asymptote_to_peak"] = "no response above the baseline"
+
+
+def _dn(res: Analysis, trees, courses, options: dict) -> None:
+    """One DN fit per population to the rows of every experiment together (t >= 0)."""
+    stims, rows = [], {p: [] for p in res.populations}
+    t_ref = None
+    for kind, ds in courses.items():
+        part = ds.sel(time=slice(0.0, None))
+        t = part["time"].values
+        if t_ref is None:
+            t_ref = t
+        n = min(len(t_ref), len(t))
+        if not np.allclose(t[:n], t_ref[:n]):
+            raise ConfigurationError("the joint DN fit needs every archive on the same time grid (same dt); "
+                                     "run the experiments with one dt")
+        t_ref = t_ref[:n]
+        labels = conditions(trees[kind])
+        for v in part[_BY[kind]].values:
+            spec = {"contrast": labels["contrast"], "duration": labels["duration"]}
+            spec[_BY[kind]] = np.array([v])
+            env = pulse_envelope(t, contrast=_single(spec["contrast"], "contrast"),
+                                 duration=_single(spec["duration"], "duration"),
+                                 isi=float(v) if kind == "repetition" else None)
+            stims.append(env)
+            for p in res.populations:
+                rows[p].append(part[p].sel({_BY[kind]: v}).values)
+    n = len(t_ref)
+    s = np.stack([x[:n] for x in stims])
+    for p in res.populations:
+        fit = fit_dn(s, np.stack([x[:n] for x in rows[p]]), t_ref, **options)
+        res.dn_fits[p] = fit
+        if fit.on_bounds:
+            res.flags.setdefault(p, {})["dn"] = (f"parameters on their bounds {fit.on_bounds}: the R^2 "
+                                                 f"{fit.r2:.3f} does not make this a description of the data")
+
+
 def summarize(*archives, contrast=None, duration=None, repetition=None, **kwargs) -> dict[str, dict]:
-    """:func:`analyze` the archives and return :meth:`Analysis.summary`: per population the
-    summation ratios (and their mean), summation window, ISI recovery, time to peak per
-    contrast and the peak latency at the highest contrast, asymptote-to-peak ratio, c50."""
+    """:func:`analyze` the archives and return :meth:`Analysis.summary` (its docstring lists
+    the keys)."""
     return analyze(*archives, contrast=contrast, duration=duration, repetition=repetition,
                    **kwargs).summary()
+
+
+# -- the printed table ----------------------------------------------------------------------------
+def _cell(d: dict, key: str, cond=None, fmt: str = ".2f", notes: dict | None = None) -> str:
+    """A value as text: ``-`` when absent, ``n/a`` when undefined, ``*k`` after a flagged one
+    (``k`` numbers the footnote in ``notes``)."""
+    v = d.get(key)
+    if cond is not None:
+        v = None if v is None else v.get(cond, v.get(str(cond)))
+    fkey = key if cond is None else f"{key}[{cond:g}]"
+    flags = d.get("flags", {})
+    why = flags.get(fkey)
+    if v is None and why is None and key not in d:
+        return "-"
+    text = "n/a" if v is None else format(v, fmt)
+    if why is not None and notes is not None:
+        n = notes.setdefault(why, len(notes) + 1)
+        text += f"*{n}"
+    return text
+
+
+def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
+                   latency_contrasts: Sequence[float] = (1.0, 0.25)) -> str:
+    """A plain-text table of :meth:`Analysis.summary`, one row per area in the summary's order
+    (the archive's population order: the hierarchy). Columns: the summation ratio's range over
+    duration pairs with T >= ``short`` ms (min..max) and each pair below the table, the
+    sustained/peak ratio, ISI recovery at each ISI, time to peak and half-rise latency at
+    ``latency_contrasts``, Groen's c50, baseline/peak. A value with a flag is followed by
+    ``*k`` and footnote ``k`` says why; ``n/a`` is a metric that is undefined (its reason in a
+    footnote), ``-`` one that was not computed."""
+    notes: dict[str, int] = {}
+    rows = []
+    head = ["area", "sum. ratio", "sust/peak"]
+    isis = sorted({float(k) for d in summary.values() for k in (d.get("isi_recovery") or {})})
+    head += [f"ISI {i:g}" for i in isis]
+    for c in latency_contrasts:
+        head.append(f"peak@{c:g} ms")
+    for c in latency_contrasts:
+        head.append(f"half@{c:g} ms")
+    head += ["c50", "base/peak"]
+    for pop, d in summary.items():
+        ratios = {float(k): v for k, v in (d.get("summation_ratio") or {}).items()}
+        keep = [v for T, v in ratios.items() if T >= short and v is not None]
+        flagged = any(f"summation_ratio[{T:g}]" in d.get("flags", {}) for T in ratios if T >= short)
+        if keep:
+            rng = f"{min(keep):.2f}..{max(keep):.2f}"
+            if flagged:
+                why = "; ".join(w for k, w in d["flags"].items() if k.startswith("summation_ratio["))
+                rng += f"*{notes.setdefault(why, len(notes) + 1)}"
+        else:
+            rng = "-"
+        drift = d.get("flags", {}).get("baseline_drift_to_peak")
+        name = pop if drift is None else f"{pop}*{notes.setdefault(drift, len(notes) + 1)}"
+        row = [name, rng, _cell(d, "asymptote_to_peak", notes=notes)]
+        row += [_cell(d, "isi_recovery", i, notes=notes) for i in isis]
+        row += [_cell(d, "time_to_peak_ms", c, ".0f", notes) for c in latency_contrasts]
+        row += [_cell(d, "half_rise_ms", c, ".0f", notes) for c in latency_contrasts]
+        row += [_cell(d, "c50", fmt=".3g", notes=notes), _cell(d, "baseline_to_peak", fmt=".1%", notes=notes)]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+    out = [line(head)] + [line(r) for r in rows]
+    pairs = {}
+    for pop, d in summary.items():
+        pr = d.get("summation_pair") or {}
+        for T, v in (d.get("summation_ratio") or {}).items():
+            T2 = pr.get(T, pr.get(str(T)))
+            pairs.setdefault(f"{float(T):g}->{float(T2):g}", []).append(_cell(d, "summation_ratio", float(T),
+                                                                               notes=notes))
+    if pairs:
+        out.append("summation ratio R(2T)/2R(T) per pair (" + ", ".join(summary) + "):")
+        out += [f"  {k:>9} ms: " + "  ".join(v) for k, v in pairs.items()]
+    others = {}
+    for pop, d in summary.items():
+        for key, why in d.get("flags", {}).items():
+            shown = key.split("[")[0] in ("baseline_drift_to_peak", "asymptote_to_peak", "isi_recovery", "time_to_peak_ms", "half_rise_ms",
+                                          "c50", "baseline_to_peak", "summation_ratio")
+            if not shown or why not in notes:
+                others.setdefault(why, []).append(f"{pop} {key}")
+    for why, n in notes.items():
+        out.append(f"*{n} {why}")
+    for why, where in others.items():
+        out.append(f"note ({', '.join(where)}): {why}")
+    return "\n".join(out)
