@@ -17,8 +17,10 @@ between areas are the network's own operators and are not sign-constrained; with
 ``Phi = relu`` rates are nonnegative, so E stays excitatory.) The dyrcnn option
 ``ei={...}`` also makes ``W_EE`` nonnegative (``dale_recurrence``).
 
-Initialisation: ``|N(0, gain^2 / fan_in)|``, so that each operator's spectral radius is of
-order ``gain``. With a relu ``Phi`` an inhibition-stabilised steady state for a constant drive
+Initialisation: ``|N(0, 1)|`` scaled to the mean ``gain / fan_in``, so that every row of a
+nonnegative operator sums to about ``gain`` and its spectral radius (the Perron root, at most
+the largest row sum) is about ``gain`` whatever the width (default 0.5 for the E/I loop, the
+recurrence's ``gain`` for ``W_EE``). With a relu ``Phi`` an inhibition-stabilised steady state for a constant drive
 ``D >= 0`` (one E and one I unit, no ``W_II``) is ``r_I = w_{IE} r_E`` and
 ``r_E = D / (1 - w_{EE} + w_{EI} w_{IE})`` while ``w_{EE} < 1 + w_{EI} w_{IE}``.
 """
@@ -57,8 +59,8 @@ class SignedConv(nn.Module):
         shape = (c_out, c_in // groups, k, k) if kernel_size is not None else (c_out, c_in)
         fan_in = (c_in // groups) * k * k
         w = torch.empty(shape)
-        with torch.no_grad():
-            w.normal_(0.0, float(gain) / math.sqrt(fan_in)).abs_()
+        with torch.no_grad():  # |N(0, 1)| scaled to mean gain / fan_in: every row sums to ~gain
+            w.normal_().abs_().mul_(float(gain) / (fan_in * math.sqrt(2 / math.pi)))
         self.weight = nn.Parameter(w)
 
     def effective_weight(self) -> Tensor:

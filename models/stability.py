@@ -14,6 +14,9 @@ types, adapters) and forward-mode AD otherwise
 (the geometric mean of the growth factors over the last ``m`` iterations, which converges to
 ``rho`` also when the dominant eigenvalues are a complex pair or ``+-lambda``).
 
+The report also lists, per population, the normalization, adaptation and inhibitory loops
+acting on it (:func:`describe_loops`), e.g. ``V1 <- V1_norm (divisive, tau 30 ms, delay 4 ms)``.
+
 The explicit update is stable for ``dt / tau`` below the solver's limit (2 for Euler on a
 decaying mode), reported next to ``rho``.
 """
@@ -28,7 +31,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-__all__ = ["spectral_radius", "PopulationReport", "stability_report", "format_summary"]
+__all__ = ["spectral_radius", "PopulationReport", "stability_report", "format_summary", "describe_loops"]
 
 
 def is_affine(op: nn.Module) -> bool:
@@ -107,6 +110,38 @@ class PopulationReport:
     params: int
     incoming: tuple[tuple[str, float, int], ...]  # (source, delay ms, operator parameters)
     spectral_radius: float | None  # of the self connection's operator; None without one
+    loops: tuple[str, ...] = ()  # normalization, adaptation and inhibition acting on it, in words
+
+
+def describe_loops(net, name: str) -> tuple[str, ...]:
+    """The normalization, adaptation and inhibitory loops acting on population ``name``, e.g.
+    ``"V1 <- V1_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)"``."""
+    from dynode.models.ei import SignedConv
+    from dynode.models.normalization import Divide, Pool, modulators
+
+    pops = net.populations
+    out = []
+    comb = pops[name].combine
+    sigmas = {}
+    while comb is not None and hasattr(comb, "source"):
+        if isinstance(comb, Divide) and comb.kind == "divisive":
+            sigmas[comb.source] = float(comb.sigma.detach())
+        comb = comb.inner
+    for src, kind in modulators(net, name):
+        pool = pops[src]
+        feed = pool.incoming[name] if name in pool.incoming else None
+        extra = f", pool {feed.pool}" if isinstance(feed, Pool) else ""
+        if src in sigmas:
+            extra += f", sigma {sigmas[src]:.3g}"
+        out.append(f"{name} <- {src} ({kind}, tau {pool.tau_min():g} ms, delay "
+                   f"{pool.delays.get(name, 0.0):g} ms{extra})")
+    for src, op in pops[name].incoming.items():
+        if src != name and isinstance(op, SignedConv) and op.sign < 0:
+            back = pops[src].delays.get(name)
+            via = "" if back is None else f"; {src} <- {name} @ {back:g} ms"
+            out.append(f"{name} <- {src} (inhibitory, tau {pops[src].tau_min():g} ms, delay "
+                       f"{pops[name].delays[src]:g} ms, {pops[src].shape[0]} channels{via})")
+    return tuple(out)
 
 
 def _count(module: nn.Module, seen: set[int]) -> int:
@@ -133,7 +168,7 @@ def stability_report(net, dt: float | None = None, **power_options) -> list[Popu
         rows.append(PopulationReport(name=name, shape=pop.shape, tau=tau,
                                      dt_over_tau=None if dt is None else dt / tau,
                                      params=_count(pop, seen), incoming=tuple(incoming),
-                                     spectral_radius=rho))
+                                     spectral_radius=rho, loops=describe_loops(net, name)))
     return rows
 
 
@@ -150,6 +185,10 @@ def format_summary(net, dt: float | None = None, **power_options) -> str:
         rho = "-" if r.spectral_radius is None else f"{r.spectral_radius:.4g}"
         inc = ", ".join(f"{s} @ {d:g} [{p}]" for s, d, p in r.incoming)
         lines.append(f"{r.name:<12} {str(r.shape):<16} {r.tau:>7.4g} {dtt:>7} {r.params:>10} {rho:>10}  {inc}")
+    loops = [loop for r in rows for loop in r.loops]
+    if loops:
+        lines.append("loops:")
+        lines += [f"  {loop}" for loop in loops]
     ro = getattr(net, "readout", None)
     if ro is not None:
         lines.append(f"readout: {ro.extra_repr()}, {ro.num_classes} classes, "

@@ -4,7 +4,7 @@ options that build them."""
 
 from __future__ import annotations
 
-import math
+import io
 
 import pytest
 import torch
@@ -452,3 +452,20 @@ def test_ei_errors():
                            ei={"dale_recurrence": False})
     assert "V1_inh" in net.populations and not isinstance(net.populations["V1"].incoming["V1"],
                                                          dn.models.SignedConv)
+
+
+def test_summary_and_stability_report_show_the_loops_as_what_they_are():
+    net = dn.models.dyrcnn(depth=2, width=0.25, input_shape=(3, 16, 16), num_classes=4, phi="relu", bias=False,
+                           ei={"tau": 8.0, "delay_ie": 2.0}, normalization={"tau": 30, "delay": 4},
+                           adaptation={"kind": "subtractive", "tau": 120})
+    rows = {r.name: r for r in dn.models.stability_report(net, dt=2.0)}
+    assert rows["V1"].loops == (
+        "V1 <- V1_adapt (subtractive adaptation, tau 120 ms, delay 0 ms, pool unit)",
+        "V1 <- V1_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)",
+        "V1 <- V1_inh (inhibitory, tau 8 ms, delay 2 ms, 2 channels; V1_inh <- V1 @ 0 ms)")
+    assert rows["V1_norm"].loops == () and rows["V1_norm"].spectral_radius is None
+    # nonnegative weights scaled by fan-in: the inhibitory self loop has rho ~ gain 0.5, not ~sqrt(fan_in)
+    assert 0.2 < rows["IT_inh"].spectral_radius <= 0.55
+    text = net.summary(file=io.StringIO())
+    assert "loops:\n  V1 <- V1_adapt (subtractive adaptation, tau 120 ms" in text
+    assert "  IT <- IT_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)" in text
