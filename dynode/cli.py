@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help="replace existing archives")
     i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
     i.add_argument("archive")
-    a = sub.add_parser("analyze", help="analyse Groen 2022 archives (time courses, summation, recovery)")
+    a = sub.add_parser("analyze", help="analyse archives: Groen 2022 metrics, flags and figures where the "
+                                       "conditions are there; any archive's time courses")
     a.add_argument("archives", nargs="+", help="archives written by `dynode experiment` / `dynode demo`")
     a.add_argument("--out", default=None, help="folder for figures (default: beside the first archive)")
     c = sub.add_parser("config", help="configuration helpers")
@@ -211,14 +212,32 @@ def cmd_inspect(args) -> int:
 
 
 def _analyze(paths, fig_dir: Path) -> dict:
+    """Groen archives: the metrics table (flags as footnotes) and figures; any other archive:
+    its per-population time courses (mean over units, per condition) as a figure."""
     from dynode import analysis
-    from dynode.demo import format_summary
+    from dynode.errors import MissingConditionsError
 
-    res = analysis.analyze(*paths)
-    figures = res.figures(fig_dir)
-    summary = res.summary()
-    print(format_summary(summary))
-    print("figures: " + ", ".join(str(p) for p in figures.values()))
+    groen, other = [], []
+    for p in paths:
+        try:
+            analysis.experiment_kind(p)
+            groen.append(p)
+        except MissingConditionsError:
+            other.append(p)
+    summary = {}
+    if groen:
+        res = analysis.analyze(*groen)
+        figures = res.figures(fig_dir)
+        summary = res.summary()
+        print(analysis.format_summary(summary))
+        print("figures: " + ", ".join(str(p) for p in figures.values()))
+    for p in other:
+        ds = analysis.all_time_courses(p)
+        dims = [d for d in ds[next(iter(ds.data_vars))].dims if d != "time"]
+        png = analysis.plot_time_courses(ds, fig_dir / f"time_courses_{Path(p).stem}.png",
+                                         dim=dims[0] if dims else None, title=Path(p).name)
+        print(f"{p}: no Groen 2022 conditions (contrast / duration / isi), so no Groen metrics; time courses "
+              f"of {', '.join(ds.data_vars)}{' per ' + dims[0] if dims else ''}: {png}")
     return summary
 
 
