@@ -219,3 +219,25 @@ def test_missing_conditions_are_named():
         A.analyze(duration=short, repetition=archive("repetition", latency_response, pops=("V1",)))
     with pytest.raises(ConfigurationError, match="baseline window"):
         A.analyze(duration=dur, baseline=(-500.0, -400.0))
+
+
+def test_sustained_response_without_transient_is_flagged_by_the_asymptote_reference():
+    """Groen's asymptote/peak smooths over 291 ms around 0.5 s, past the offset: a box response
+    (no transient) at latency L reads (145 + L) / 291, not 1; the summary gives that reference
+    and flags a value that does not fall below it, while a real transient passes."""
+    def box(pop, t, cond):
+        return cond["contrast"] * ((t >= 40.0) & (t < 540.0)).astype(float)
+
+    with pytest.warns(AnalysisWarning, match="no transient"):
+        d = A.summarize(contrast=archive("contrast", box, pops=("V1",)))["V1"]
+    want = (540.0 - 355.0) / 291.0  # the smoothing window 355..645 ms holds the box up to 540 ms
+    assert d["asymptote_to_peak"] == pytest.approx(want, abs=2e-3)
+    assert d["asymptote_to_peak_no_transient"] == pytest.approx(want, abs=5e-3)
+    assert "no transient" in d["flags"]["asymptote_to_peak"]
+
+    def transient(pop, t, cond):
+        return box(pop, t, cond) * (0.3 + 0.7 * np.exp(-np.clip(t - 40.0, 0, None) / 50.0))
+
+    d = A.summarize(contrast=archive("contrast", transient, pops=("V1",)))["V1"]
+    assert d["asymptote_to_peak"] < 0.5 * d["asymptote_to_peak_no_transient"]
+    assert "asymptote_to_peak" not in d["flags"]

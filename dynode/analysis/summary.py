@@ -91,6 +91,7 @@ class Analysis:
     recovery : ISI recovery along ``isi``, or None.
     latency : ``{"time_to_peak": Dataset, "half_rise": Dataset}`` along ``contrast`` (ms).
     peaks : peak response per contrast inside the stimulus window.
+    sustained_reference : the asymptote/peak of a response without transient (see summary()).
     c50 : Groen's half-peak c50 per population (NaN when undefined).
     flags : ``{population: {key: reason}}`` for every value that is not a plain result.
     not_computed : ``{metric: what is missing}``.
@@ -110,6 +111,7 @@ class Analysis:
     dn_fits: dict[str, DNFit] = field(default_factory=dict)
     baseline_to_peak: dict[str, float] = field(default_factory=dict)
     drift_to_peak: dict[str, float] = field(default_factory=dict)
+    sustained_reference: dict[str, float] = field(default_factory=dict)
     flags: dict[str, dict[str, str]] = field(default_factory=dict)
     not_computed: dict[str, str] = field(default_factory=dict)
 
@@ -136,7 +138,11 @@ class Analysis:
           ``peak_response``: ``{contrast: peak}``;
         * ``c50``: Groen's half-peak contrast; ``c50_naka_rushton``, ``c50_naka_rushton_r2``:
           the hyperbolic-ratio fit to the peaks (an extra; flagged when it extrapolates);
-        * ``asymptote_to_peak``: smoothed value at 0.5 s / smoothed peak;
+        * ``asymptote_to_peak``: smoothed value at 0.5 s / smoothed peak (Groen's measure);
+          ``asymptote_to_peak_no_transient``: the same measure of a sustained box response with
+          the population's half-rise latency (Groen's smoothing window reaches past the
+          offset, so no transient reads about 0.5-0.85, not 1; flagged when the value is within
+          5 % of this reference);
         * ``dn``: the joint DN fit's parameters (ms), ``r2``, ``on_bounds`` ``{name: bound}``
           and ``good`` (False when a parameter is on a bound: read no ``r2`` then);
         * ``flags``: ``{key: reason}`` for values that are undefined (``None``) or not to be
@@ -176,6 +182,8 @@ class Analysis:
                 d["c50_naka_rushton_r2"] = None if fit is None else _num(fit.r2)
             if pop in self.asymptote:
                 d["asymptote_to_peak"] = _num(self.asymptote[pop])
+            if pop in self.sustained_reference:
+                d["asymptote_to_peak_no_transient"] = _num(self.sustained_reference[pop])
             if pop in self.dn_fits:
                 f = self.dn_fits[pop]
                 d["dn"] = {**f.params, "r2": _num(f.r2), "on_bounds": dict(f.on_bounds), "good": f.good}
@@ -434,6 +442,22 @@ def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.
         res.asymptote[p] = v
         if not math.isfinite(v):
             res.flags.setdefault(p, {})["asymptote_to_peak"] = "no response above the baseline"
+            continue
+        # Groen's smoothing window around 0.5 s reaches past the stimulus offset, so even a
+        # response without any transient reads below 1: the same measure of a sustained box
+        # response with this population's half-rise latency is the no-transient reference
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)
+            lat = M.half_rise_latency(long[p], 0.0, at)
+        if math.isfinite(lat):
+            t = long[p]["time"].values
+            box = long[p].copy(data=((t >= lat) & (t < at + lat)).astype(np.float64))
+            ref = M.asymptote_to_peak(box, at, width=smooth_ms)
+            res.sustained_reference[p] = ref
+            if v >= 0.95 * ref:
+                res.flag(p, "asymptote_to_peak", f"no transient: {v:.2f} is what a sustained response without "
+                         f"any transient gives at this latency ({lat:.0f} ms) under Groen's {smooth_ms:g} ms "
+                         f"smoothing ({ref:.2f})")
 
 
 def _dn(res: Analysis, trees, courses, options: dict) -> None:
