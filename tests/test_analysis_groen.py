@@ -130,7 +130,7 @@ def test_latency_per_contrast_and_c50_from_an_archive():
     text = A.format_summary(s)
     rows = text.splitlines()
     assert [r.split()[0] for r in rows[1:5]] == list(HIERARCHY)
-    assert "peak@1 ms" in rows[0] and "half@0.25 ms" in rows[0]
+    assert "ttp c=1" in rows[0] and "t50 c=0.25" in rows[0]
 
 
 def test_undefined_and_drifting_values_are_flagged_not_printed():

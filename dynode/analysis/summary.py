@@ -527,17 +527,18 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     duration pairs with T >= ``short`` ms (min..max) and each pair below the table, the
     sustained/peak ratio, ISI recovery at each ISI, time to peak and half-rise latency at
     ``latency_contrasts``, Groen's c50, baseline/peak. A value with a flag is followed by
-    ``*k`` and footnote ``k`` says why; ``n/a`` is a metric that is undefined (its reason in a
-    footnote), ``-`` one that was not computed."""
+    ``*k`` and footnote ``k`` says why (an area whose baseline drifts is marked on its name);
+    ``n/a`` is a metric that is undefined (its reason in a footnote), ``-`` one that was not
+    computed. Flags on values outside the table that change its reading (a response below
+    baseline, sums cut by a short epoch, DN parameters on bounds) follow as notes; the
+    Naka-Rushton extra's flags stay in the summary dict."""
     notes: dict[str, int] = {}
     rows = []
     head = ["area", "sum. ratio", "sust/peak"]
     isis = sorted({float(k) for d in summary.values() for k in (d.get("isi_recovery") or {})})
     head += [f"ISI {i:g}" for i in isis]
-    for c in latency_contrasts:
-        head.append(f"peak@{c:g} ms")
-    for c in latency_contrasts:
-        head.append(f"half@{c:g} ms")
+    head += [f"ttp c={c:g}" for c in latency_contrasts]
+    head += [f"t50 c={c:g}" for c in latency_contrasts]
     head += ["c50", "base/peak"]
     for pop, d in summary.items():
         ratios = {float(k): v for k, v in (d.get("summation_ratio") or {}).items()}
@@ -571,15 +572,12 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     if pairs:
         out.append("summation ratio R(2T)/2R(T) per pair (" + ", ".join(summary) + "):")
         out += [f"  {k:>9} ms: " + "  ".join(v) for k, v in pairs.items()]
-    others = {}
-    for pop, d in summary.items():
-        for key, why in d.get("flags", {}).items():
-            shown = key.split("[")[0] in ("baseline_drift_to_peak", "asymptote_to_peak", "isi_recovery", "time_to_peak_ms", "half_rise_ms",
-                                          "c50", "baseline_to_peak", "summation_ratio")
-            if not shown or why not in notes:
-                others.setdefault(why, []).append(f"{pop} {key}")
+    out.append("ttp: time to peak, t50: half-rise latency (ms from onset) at contrast c; sust/peak at 0.5 s; "
+               "c50: contrast at half the full-contrast peak; base/peak: baseline over the raw peak")
     for why, n in notes.items():
         out.append(f"*{n} {why}")
-    for why, where in others.items():
-        out.append(f"note ({', '.join(where)}): {why}")
+    for pop, d in summary.items():  # flags on values outside the table that still change its reading
+        for key, why in d.get("flags", {}).items():
+            if key.startswith(("response[", "summed_response[", "dn", "summation_window")) and why not in notes:
+                out.append(f"note ({pop} {key}): {why}")
     return "\n".join(out)
