@@ -173,11 +173,14 @@ def cmd_convergence(args) -> int:
     import torch
 
     with torch.no_grad():
-        ds = dn.convergence(net, stim, t_end=conv.t_end, dts=conv.dts, solvers=conv.solvers,
-                            reference=conv.reference.build())
+        ds = dn.convergence(net, stim, t_end=conv.t_end, dts=conv.dts, solvers=conv.build_solvers(),
+                            reference=conv.reference.build(), tolerance=conv.tolerance)
     ds.to_netcdf(out / "convergence.nc")
-    png = dn.plot_convergence(ds, out / "convergence.png")
+    png = out / "convergence.png"
+    dn.plot_convergence(ds, png, population=conv.population)
     print(ds)
+    if "answer" in ds.attrs:
+        print(ds.attrs["answer"])
     print(f"wrote {out / 'convergence.nc'} and {png}")
     return 0
 

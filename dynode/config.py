@@ -366,13 +366,41 @@ class ExperimentConfig(_Frozen):
         "before each experiment (warns with the measured drift if not steady); null: no settling")
 
 
-class ConvergenceConfig(_Frozen):
-    """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference."""
+FixedSolverConfig = Annotated[Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config],
+                              Field(discriminator="kind")]
+"""A fixed-step solver configuration (the solvers a dt study compares)."""
 
-    dts: list[PositiveFloat] = Field(default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
-    solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] = Field(default_factory=lambda: ["euler", "rk4"])
-    t_end: PositiveFloat = 40.0
-    reference: SolverConfig = Field(default_factory=lambda: Dopri5Config(rtol=1e-7, atol=1e-9))
+
+def _reference_config():
+    from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
+
+    return Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
+
+
+class ConvergenceConfig(_Frozen):
+    """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference.
+
+    ``solvers``: names, or ``{label: solver config}`` to compare variants (e.g.
+    ``{simultaneous: {kind: euler}, sequential: {kind: euler, order: sequential}}``).
+    ``reference``: default ``Dopri5(rtol=1e-8, atol=1e-10)``, as ``dn.convergence``.
+    ``tolerance``: the acceptable max |r - r_ref| (rate units): the study then states per
+    solver the largest dt within it. ``population``: plot only this population.
+    """
+
+    dts: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
+    solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] | dict[str, FixedSolverConfig] = Field(
+        default_factory=lambda: ["euler", "rk4"])
+    t_end: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 40.0
+    reference: SolverConfig = Field(default_factory=_reference_config)
+    tolerance: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    population: str | None = None
+
+    def build_solvers(self):
+        """Names, or ``{label: solver object}``, for :func:`dynode.convergence`."""
+        if isinstance(self.solvers, dict):
+            return {label: cfg.build() for label, cfg in self.solvers.items()}
+        return list(self.solvers)
 
 
 class RunConfig(_Frozen):

@@ -1,75 +1,140 @@
 r"""The dt/tau study: how much of a model's behaviour is the step size?
 
-:func:`convergence` integrates the same field and stimulus with every solver at every
-``dt``, and a tight adaptive ``reference``, all saved on one common grid in ms, and reports
-per population and solver
+:func:`convergence` integrates the same field and stimulus with every fixed-step solver at
+every ``dt``, and a tight adaptive ``reference`` (by default ``Dopri5(rtol=1e-8,
+atol=1e-10)``, the same in ``dynode convergence``), all saved on one common grid in ms, and
+reports per population and solver
 
-* ``max_abs_error``  = :math:`\max_{t, b, u} |r(t) - r_{ref}(t)|`,
+* ``max_abs_error``  = :math:`\max_{t, b, u} |r(t) - r_{ref}(t)|` (in the units of the rates),
 * ``rel_l2_error``   = :math:`\|r - r_{ref}\|_2 / \|r_{ref}\|_2` over the grid,
 * ``observed_order`` between consecutive step sizes,
   :math:`p = \log(e_i / e_{i+1}) / \log(dt_i / dt_{i+1})`, and ``order``, the least-squares
   slope of :math:`\log e` against :math:`\log dt` (both from ``max_abs_error``);
+* with ``tolerance=`` (rate units): ``largest_dt`` (per solver and population; ``largest_dt_all``
+  over populations), the largest ``dt`` whose ``max_abs_error`` is within the tolerance at
+  that ``dt`` and at every smaller one tested, and ``attrs["answer"]``, one line per solver;
 
-with coordinates ``dt`` (ms), ``dt_over_tau`` (per population) and ``tau``. A solve that
-diverges records ``inf``; a ``dt`` that does not fit the delays records ``NaN`` (the
-reason is in ``attrs["failures"]``). :func:`plot_convergence` draws error against ``dt``
-on log-log axes with reference slopes and writes a PNG.
+with coordinates ``dt`` (ms), ``dt_over_tau`` (per population) and ``tau`` (ms); every
+variable carries ``units`` and ``long_name``. Solvers are labelled by name, or by the keys of
+a mapping (``{"simultaneous": Euler(), "sequential": Euler(order="sequential")}``). A solve
+that diverges records ``inf`` (the reason in ``attrs["failures"]``); a ``dt`` that cannot
+represent a delay is an error before anything runs. :func:`plot_convergence` draws one panel
+per population: error against ``dt / tau`` (and ``dt`` in ms on the top axis), the
+tolerance and the largest ``dt`` within it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 
 from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError
-from dynode.history import delay_steps
+from dynode.history import compatible_dts, delay_steps
 
-__all__ = ["convergence", "plot_convergence"]
+__all__ = ["convergence", "plot_convergence", "REFERENCE_RTOL", "REFERENCE_ATOL"]
+
+REFERENCE_RTOL, REFERENCE_ATOL = 1e-8, 1e-10  # the default reference, API and CLI alike
 
 
 def _label(solver) -> str:
-    if isinstance(solver, str):
-        return solver.lower()
-    return getattr(solver, "name", type(solver).__name__.lower())
+    name = getattr(solver, "name", type(solver).__name__.lower())
+    order = getattr(solver, "order", None)
+    return f"{name} ({order})" if isinstance(order, str) and order != "simultaneous" else name
 
 
 def _default_reference():
     from dynode.solvers import Dopri5
 
-    return Dopri5(rtol=1e-8, atol=1e-10)
+    return Dopri5(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
+
+
+def _fixed_solvers(solvers) -> list[tuple[str, object]]:
+    """``[(label, solver object)]``; only fixed-step solvers (the study varies their dt)."""
+    from dynode.solvers import get_solver
+    from dynode.solvers.fixed import FixedStepSolver
+
+    items = list(solvers.items()) if isinstance(solvers, Mapping) else [(None, s) for s in solvers]
+    if not items:
+        raise ConfigurationError("solvers is empty; give at least one fixed-step solver (e.g. ['euler', 'rk4'])")
+    out = []
+    for label, s in items:
+        obj = get_solver(s)
+        if not isinstance(obj, FixedStepSolver):
+            raise ConfigurationError(
+                f"convergence varies the step dt of fixed-step solvers (Euler, Midpoint, Heun, RK4), but "
+                f"{type(obj).__name__} chooses its own steps from its tolerances; pass it as reference= "
+                "(or compare its tolerances with integrate and stats.nfe)")
+        out.append((str(label) if label is not None else _label(obj), obj))
+    labels = [lab for lab, _ in out]
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise ConfigurationError(f"solvers share the labels {dup}; label them with a mapping, e.g. "
+                                 "solvers={'simultaneous': Euler(), 'sequential': Euler(order='sequential')}")
+    return out
+
+
+def _check_delays(field, dts: Sequence[float]) -> None:
+    """Every dt must represent every delay: say which do not, before anything runs."""
+    delays = [(label, d) for label, (_, d) in field.delays().items() if d > 0]
+    bad = [(dt, label, d) for dt in dts for label, d in delays if delay_steps(d, dt) is None]
+    if bad:
+        dt, label, d = bad[0]
+        fits = ", ".join(f"{x:g}" for x in compatible_dts([x for _, x in delays]))
+        which = sorted({b[0] for b in bad}, reverse=True)
+        raise DelayError(f"dts {', '.join(f'{x:g}' for x in which)} ms cannot represent every delay (connection "
+                         f"{label}: {d:g} ms is not a multiple of dt = {dt:g} ms); use dts that divide "
+                         f"the delays, e.g. {fits} ms")
+
+
+def _largest_within(err: np.ndarray, dts: Sequence[float], tolerance: float) -> float:
+    """The largest dt (dts descending) with err <= tolerance there and at every smaller dt."""
+    best = math.nan
+    for j in range(len(dts) - 1, -1, -1):
+        if not err[j] <= tolerance:
+            break
+        best = dts[j]
+    return best
 
 
 def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
-                solvers: Sequence = ("euler", "rk4"), reference=None, t0: float = 0.0,
-                grid: float | None = None, initial_state=None, batch_size: int | None = None,
-                max_abs: float | None = 1e6) -> xr.Dataset:
+                solvers: Sequence | Mapping = ("euler", "rk4"), reference=None, t0: float = 0.0,
+                grid: float | None = None, tolerance: float | None = None, initial_state=None,
+                batch_size: int | None = None, max_abs: float | None = 1e6) -> xr.Dataset:
     """Errors of fixed-step solvers at each ``dt`` against a tight adaptive reference.
 
     Parameters
     ----------
     field, stimulus : as for :func:`dynode.integrate`.
     t_end, t0 : the interval (ms).
-    dts : step sizes (ms) to compare; each must divide ``grid`` and ``t_end - t0``.
-    solvers : names or solver objects (default Euler and RK4).
-    reference : the reference solver (default ``Dopri5(rtol=1e-8, atol=1e-10)``); solved
-        once and read on the grid through its dense output.
+    dts : step sizes (ms) to compare; each must divide ``grid``, ``t_end - t0`` and every delay.
+    solvers : fixed-step solver names or objects (default Euler and RK4), or a mapping
+        ``{label: solver}`` to compare variants of one method.
+    reference : the reference solver (default ``Dopri5(rtol=1e-8, atol=1e-10)``, as the CLI);
+        solved once and read on the grid through its dense output.
     grid : spacing (ms) of the common comparison grid; default ``max(dts)``.
+    tolerance : the largest acceptable ``max_abs_error`` (rate units); the result then states
+        per solver the largest ``dt`` within it (``largest_dt``, ``attrs["answer"]``).
 
     Returns
     -------
     ``xarray.Dataset`` with variables ``max_abs_error``, ``rel_l2_error``,
-    ``observed_order`` (dims ``solver, dt, population``) and ``order``
-    (``solver, population``); coordinates ``dt``, ``dt_over_tau``, ``tau``.
+    ``observed_order`` (dims ``solver, dt, population``), ``order`` (``solver, population``)
+    and, with a tolerance, ``largest_dt``, ``largest_dt_over_tau`` (``solver, population``)
+    and ``largest_dt_all`` (``solver``); coordinates ``dt``, ``dt_over_tau``, ``tau``.
     """
     from dynode.integrate import integrate
 
     dts = sorted((float(d) for d in dts), reverse=True)
     if not dts or any(not (d > 0 and math.isfinite(d)) for d in dts):
         raise ConfigurationError(f"dts must be positive step sizes in ms, got {dts}")
+    if len(set(dts)) != len(dts):
+        raise ConfigurationError(f"dts must be distinct, got {dts}")
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and 0 < tolerance < math.inf):
+        raise ConfigurationError(f"tolerance must be a finite error > 0 (rate units), got {tolerance!r}")
     grid = float(grid) if grid is not None else dts[0]
     for d in dts:
         if delay_steps(grid, d) is None:
@@ -78,6 +143,8 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
     if delay_steps(t_end - t0, grid) is None:
         raise ConfigurationError(f"the grid spacing {grid:g} ms does not divide t_end - t0 = "
                                  f"{t_end - t0:g} ms")
+    items = _fixed_solvers(solvers)
+    _check_delays(field, dts)
     reference = reference if reference is not None else _default_reference()
     kw = dict(t0=t0, t_end=t_end, save_at=grid, initial_state=initial_state,
               batch_size=batch_size, max_abs=max_abs)
@@ -85,24 +152,19 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         ref = integrate(field, stimulus, solver=reference, **kw)
     pops = list(ref.states)
     ref_np = {p: ref.states[p].double() for p in pops}
-    labels = [_label(s) for s in solvers]
-    if len(set(labels)) != len(labels):
-        raise ConfigurationError(f"solvers must be distinct, got {labels}")
-    shape = (len(solvers), len(dts), len(pops))
+    labels = [lab for lab, _ in items]
+    shape = (len(items), len(dts), len(pops))
     max_abs_err = np.full(shape, np.nan)
     rel_l2 = np.full(shape, np.nan)
     failures: list[str] = []
-    for i, solver in enumerate(solvers):
+    for i, (label, solver) in enumerate(items):
         for j, dt in enumerate(dts):
             try:
                 with torch.no_grad():
                     sol = integrate(field, stimulus, solver=solver, dt=dt, **kw)
             except (DivergenceError, SolverError) as exc:
                 max_abs_err[i, j, :] = rel_l2[i, j, :] = np.inf
-                failures.append(f"{labels[i]} dt={dt:g}: {exc}")
-                continue
-            except DelayError as exc:
-                failures.append(f"{labels[i]} dt={dt:g}: {exc}")
+                failures.append(f"{label} dt={dt:g}: {exc}")
                 continue
             for k, p in enumerate(pops):
                 diff = sol.states[p].double() - ref_np[p]
@@ -114,7 +176,7 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         observed = np.full(shape, np.nan)
         observed[:, 1:, :] = (log_e[:, :-1] - log_e[:, 1:]) / (log_dt[:-1] - log_dt[1:])[None, :, None]
         order = np.full(shape[::2], np.nan)
-        for i in range(len(solvers)):
+        for i in range(len(items)):
             for k in range(len(pops)):
                 ok = np.isfinite(log_e[i, :, k]) & (max_abs_err[i, :, k] > 0)
                 if ok.sum() >= 2:
@@ -129,47 +191,115 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         coords={"solver": labels, "dt": np.asarray(dts), "population": pops, "tau": ("population", tau),
                 "dt_over_tau": (("dt", "population"), np.asarray(dts)[:, None] / tau[None, :])},
         attrs={"reference": repr(reference), "t0": t0, "t_end": t_end, "grid_ms": grid,
-               "failures": "\n".join(failures), "reference_nfe": ref.stats.nfe},
+               "failures": "\n".join(failures), "reference_nfe": ref.stats.nfe,
+               "solvers": "\n".join(f"{lab}: {s!r}" for lab, s in items)},
     )
-    ds["dt"].attrs["units"] = "ms"
-    ds["tau"].attrs["units"] = "ms"
+    meta = {
+        "max_abs_error": ("rate units (as r)", "max over time, batch and units of |r - r_ref|"),
+        "rel_l2_error": ("1", "||r - r_ref||_2 / ||r_ref||_2 over the comparison grid"),
+        "observed_order": ("1", "log(e_i / e_i+1) / log(dt_i / dt_i+1) of max_abs_error"),
+        "order": ("1", "least-squares slope of log max_abs_error against log dt"),
+        "dt": ("ms", "step size"), "tau": ("ms", "time constant (smallest of the population)"),
+        "dt_over_tau": ("1", "step size / time constant"),
+    }
+    if tolerance is not None:
+        largest = np.array([[_largest_within(max_abs_err[i, :, k], dts, tolerance) for k in range(len(pops))]
+                            for i in range(len(items))]).reshape(len(items), len(pops))
+        ds["largest_dt"] = (("solver", "population"), largest)
+        ds["largest_dt_over_tau"] = (("solver", "population"), largest / tau[None, :])
+        ds["largest_dt_all"] = (("solver",), np.array([np.nan if np.isnan(r).any() else r.min() for r in largest]))
+        ds.attrs["tolerance"] = float(tolerance)
+        ds.attrs["answer"] = "\n".join(_answer(ds, lab, tolerance) for lab in labels)
+        what = f"largest dt tested with max_abs_error <= {tolerance:g} there and at every smaller dt"
+        meta.update(largest_dt=("ms", what), largest_dt_over_tau=("1", what + ", over tau"),
+                    largest_dt_all=("ms", what + ", for every population"))
+    for name, (units, long_name) in meta.items():
+        ds[name].attrs.update(units=units, long_name=long_name)
     return ds
 
 
-def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error",
-                     population: str | None = None, slopes: Sequence[int] | None = None):
-    """Log-log ``metric`` against ``dt`` per solver, with dashed reference slopes ``dt^p``.
+def _answer(ds: xr.Dataset, label: str, tolerance: float) -> str:
+    """One line: the largest dt of ``label`` within the tolerance, and its dt/tau."""
+    dt = float(ds["largest_dt_all"].sel(solver=label))
+    if math.isnan(dt):
+        smallest = float(ds["dt"].min())
+        return (f"{label}: no dt tested keeps max |r - r_ref| <= {tolerance:g} (down to dt = {smallest:g} ms); "
+                "try smaller dts")
+    ratios = ", ".join(f"{p}: {dt / float(t):.3g}" for p, t in zip(ds["population"].values, ds["tau"].values))
+    return f"{label}: dt <= {dt:g} ms keeps max |r - r_ref| <= {tolerance:g} (dt/tau = {ratios})"
 
-    ``population``: one population (default: the largest error over populations).
-    ``slopes``: the orders to draw (default: each solver's rounded fitted order).
+
+def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error",
+                     population: str | None = None, tolerance: float | None = None,
+                     slopes: Sequence[int] | None = None):
+    """Log-log ``metric`` against ``dt / tau``, one panel per population (or ``population``).
+
+    Each panel names its population and tau, has ``dt`` (ms) on its top axis, ticks at the
+    tested steps, dashed reference slopes ``dt^p`` (``slopes``, default each solver's rounded
+    fitted order), and, with a tolerance (``tolerance=`` or the one the study was run with),
+    a horizontal line there and a dotted mark at each solver's largest ``dt`` within it.
     Writes a PNG to ``path`` if given; returns the matplotlib ``Figure``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     if metric not in ("max_abs_error", "rel_l2_error"):
         raise ConfigurationError(f"metric must be 'max_abs_error' or 'rel_l2_error', got {metric!r}")
-    err = ds[metric].sel(population=population) if population else ds[metric].max("population")
-    fig = Figure(figsize=(5.0, 4.0))
+    pops = [str(p) for p in ds["population"].values]
+    if population is not None:
+        if population not in pops:
+            raise ConfigurationError(f"population {population!r} is not in the study; it has {pops}")
+        pops = [population]
+    if tolerance is None:
+        tolerance = ds.attrs.get("tolerance")
+    if tolerance is not None and metric != "max_abs_error":
+        raise ConfigurationError("the tolerance is on max_abs_error; plot metric='max_abs_error' with it")
+    ncol = min(len(pops), 3)
+    nrow = math.ceil(len(pops) / ncol)
+    fig = Figure(figsize=(4.6 * ncol, 4.0 * nrow))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
     dts = ds["dt"].values
-    for s in ds["solver"].values:
-        e = err.sel(solver=s).values
-        ax.loglog(dts, e, "o-", label=str(s))
-        ok = np.isfinite(e) & (e > 0)
-        if not ok.any():
-            continue
-        orders = slopes if slopes is not None else (
-            [int(round(float(ds["order"].sel(solver=s).max())))] if np.isfinite(ds["order"].sel(solver=s)).any() else [])
-        j = int(np.flatnonzero(ok)[0])
-        for p in orders:
-            ax.loglog(dts, e[j] * (dts / dts[j]) ** p, "--", color="grey", lw=0.8)
-            ax.annotate(f"dt^{p}", (dts[-1], e[j] * (dts[-1] / dts[j]) ** p), fontsize=7, color="grey")
-    ax.set_xlabel("dt (ms)")
-    ax.set_ylabel(metric.replace("_", " ") + (f" ({population})" if population else ""))
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
+    colors = [f"C{i}" for i in range(len(ds["solver"]))]
+    tick = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ylabel = ("max |r - r_ref| (rate units)" if metric == "max_abs_error" else "relative L2 error")
+    for n, p in enumerate(pops):
+        ax = fig.add_subplot(nrow, ncol, n + 1)
+        tau = float(ds["tau"].sel(population=p))
+        x = dts / tau
+        for s, color in zip(ds["solver"].values, colors):
+            e = ds[metric].sel(solver=s, population=p).values
+            ax.loglog(x, e, "o-", color=color, label=str(s))
+            ok = np.isfinite(e) & (e > 0)
+            if not ok.any():
+                continue
+            fitted = float(ds["order"].sel(solver=s, population=p))
+            orders = slopes if slopes is not None else ([int(round(fitted))] if math.isfinite(fitted) else [])
+            j = int(np.flatnonzero(ok)[0])
+            m = (j + len(x) - 1) // 2 if len(x) > 1 else 0
+            for q in orders:
+                ax.loglog(x, e[j] * (x / x[j]) ** q, "--", color=color, lw=0.7, alpha=0.6)
+                ax.annotate(f"slope {q}", (x[m], e[j] * (x[m] / x[j]) ** q), fontsize=7, color=color,
+                            ha="left", va="top", xytext=(4, -2), textcoords="offset points")
+            if "largest_dt" in ds and tolerance is not None:
+                best = float(ds["largest_dt"].sel(solver=s, population=p))
+                if math.isfinite(best):
+                    ax.axvline(best / tau, color=color, ls=":", lw=1.0)
+        if tolerance is not None:
+            ax.axhline(tolerance, color="k", ls="--", lw=1.0, label=f"tolerance {tolerance:g}")
+        ax.set_xticks(x)
+        ax.xaxis.set_major_formatter(tick)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("dt / tau")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"population {p!r} (tau = {tau:g} ms)", fontsize=10)
+        top = ax.secondary_xaxis("top", functions=(lambda v, tau=tau: v * tau, lambda v, tau=tau: v / tau))
+        top.set_xticks(dts)
+        top.xaxis.set_major_formatter(tick)
+        top.xaxis.set_minor_formatter(NullFormatter())
+        top.set_xlabel("dt (ms)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, format="png", dpi=100)
