@@ -252,9 +252,10 @@ def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, dr
         da = raw[pop]
         t = da["time"].values
         mask = (t >= lo - 1e-9) & (t < hi - 1e-9)
-        if mask.sum() < 2:
-            raise ConfigurationError(f"the baseline window [{lo:g}, {hi:g}) ms holds fewer than 2 time points of "
-                                     f"the {kind} archive (it spans [{t.min():g}, {t.max():g}] ms from onset)")
+        if t[0] > lo + 1e-9 or mask.sum() < 2:
+            raise ConfigurationError(f"the baseline window [{lo:g}, {hi:g}) ms is not inside the {kind} archive's "
+                                     f"epoch ({t[0]:g} to {t[-1]:g} ms from onset); pass a baseline= window inside "
+                                     "it or record a longer pre-stimulus period (a later onset)")
         base = da.isel(time=np.flatnonzero(mask))
         level = base.mean("time")
         y = base.transpose(..., "time").values.astype(np.float64)
@@ -401,10 +402,10 @@ def _contrast(res: Analysis, con: xr.Dataset, on: float) -> None:
         _undefined(res, p, "time_to_peak_ms", ttp[p])
         _undefined(res, p, "half_rise_ms", hr[p])
         peaks[p] = M.peak_response(con[p], 0.0, on)
-        c = M.c50(peaks[p])
-        res.c50[p] = c
-        if not math.isfinite(c):
-            res.flags.setdefault(p, {})["c50"] = _c50_reason(peaks[p])
+        c = M.c50(peaks[p].expand_dims(population=[p]))  # a DataArray keeps the reason in its attrs
+        res.c50[p] = float(c[0])
+        for why in c.attrs["undefined"].values():
+            res.flags.setdefault(p, {})["c50"] = why
         cs, ys = peaks[p]["contrast"].values, peaks[p].values
         if (cs > 0).sum() >= 3 and np.all(np.isfinite(ys)):
             with warnings.catch_warnings():
@@ -416,13 +417,6 @@ def _contrast(res: Analysis, con: xr.Dataset, on: float) -> None:
                          f"contrasts [{cs[cs > 0].min():g}, {cs.max():g}] (an extrapolation, not a result)")
     res.latency = {"time_to_peak": xr.Dataset(ttp), "half_rise": xr.Dataset(hr)}
     res.peaks = xr.Dataset(peaks)
-
-
-def _c50_reason(peaks: xr.DataArray) -> str:
-    p = peaks.sortby("contrast")
-    c = p["contrast"].values
-    v = M._half_peak_contrast(c, p.values)
-    return v[1] if isinstance(v, tuple) else ""
 
 
 def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.0) -> None:
@@ -461,33 +455,28 @@ def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.
 
 
 def _dn(res: Analysis, trees, courses, options: dict) -> None:
-    """One DN fit per population to the rows of every experiment together (t >= 0)."""
+    """One DN fit per population to the rows of every experiment together (t >= 0): the
+    stimulus of each row is its condition's contrast envelope (:func:`pulse_envelope`)."""
     stims, rows = [], {p: [] for p in res.populations}
-    t_ref = None
+    grids = [ds.sel(time=slice(0.0, None))["time"].values for ds in courses.values()]
+    n = min(len(g) for g in grids)
+    t = grids[0][:n]
+    if not all(np.allclose(g[:n], t) for g in grids):
+        raise ConfigurationError("the joint DN fit needs every archive on the same time grid (same dt); run the "
+                                 "experiments with one dt")
     for kind, ds in courses.items():
-        part = ds.sel(time=slice(0.0, None))
-        t = part["time"].values
-        if t_ref is None:
-            t_ref = t
-        n = min(len(t_ref), len(t))
-        if not np.allclose(t[:n], t_ref[:n]):
-            raise ConfigurationError("the joint DN fit needs every archive on the same time grid (same dt); "
-                                     "run the experiments with one dt")
-        t_ref = t_ref[:n]
         labels = conditions(trees[kind])
-        for v in part[_BY[kind]].values:
-            spec = {"contrast": labels["contrast"], "duration": labels["duration"]}
-            spec[_BY[kind]] = np.array([v])
-            env = pulse_envelope(t, contrast=_single(spec["contrast"], "contrast"),
-                                 duration=_single(spec["duration"], "duration"),
-                                 isi=float(v) if kind == "repetition" else None)
-            stims.append(env)
+        dim = _BY[kind]
+        fixed = {k: _single(labels[k], k) for k in ("contrast", "duration") if k != dim}
+        part = ds.sel(time=slice(0.0, None)).isel(time=slice(0, n))
+        for v in part[dim].values:
+            cond = {**fixed, dim: float(v)}
+            stims.append(pulse_envelope(t, contrast=cond["contrast"], duration=cond["duration"], isi=cond.get("isi")))
             for p in res.populations:
-                rows[p].append(part[p].sel({_BY[kind]: v}).values)
-    n = len(t_ref)
-    s = np.stack([x[:n] for x in stims])
+                rows[p].append(part[p].sel({dim: v}).values)
+    s = np.stack(stims)
     for p in res.populations:
-        fit = fit_dn(s, np.stack([x[:n] for x in rows[p]]), t_ref, **options)
+        fit = fit_dn(s, np.stack(rows[p]), t, **options)
         res.dn_fits[p] = fit
         if fit.on_bounds:
             res.flags.setdefault(p, {})["dn"] = (f"parameters on their bounds {fit.on_bounds}: the R^2 "
@@ -560,7 +549,10 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
         row += [_cell(d, "c50", fmt=".3g", notes=notes), _cell(d, "baseline_to_peak", fmt=".1%", notes=notes)]
         rows.append(row)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
-    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r: list[str]) -> str:  # the area left-aligned, numbers right-aligned
+        return "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+
     out = [line(head)] + [line(r) for r in rows]
     pairs = {}
     for pop, d in summary.items():
@@ -570,8 +562,10 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
             pairs.setdefault(f"{float(T):g}->{float(T2):g}", []).append(_cell(d, "summation_ratio", float(T),
                                                                                notes=notes))
     if pairs:
-        out.append("summation ratio R(2T)/2R(T) per pair (" + ", ".join(summary) + "):")
-        out += [f"  {k:>9} ms: " + "  ".join(v) for k, v in pairs.items()]
+        w = [max(7, len(pop)) for pop in summary]
+        out.append("summation ratio R(2T) / 2R(T) per duration pair:")
+        out.append(f"  {'T->2T ms':>10}  " + "  ".join(pop.rjust(n) for pop, n in zip(summary, w)))
+        out += [f"  {k:>10}  " + "  ".join(c.rjust(n) for c, n in zip(v, w)) for k, v in pairs.items()]
     out.append("ttp: time to peak, t50: half-rise latency (ms from onset) at contrast c; sust/peak at 0.5 s; "
                "c50: contrast at half the full-contrast peak; base/peak: baseline over the raw peak")
     for why, n in notes.items():
