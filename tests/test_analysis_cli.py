@@ -25,7 +25,7 @@ def test_analyze_command_on_groen_and_on_plain_archives(tmp_path, capsys):
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["area", "sum.", "ratio"]
     assert [line.split()[0].split("*")[0] for line in lines[1:3]] == ["V1", "V2"]  # the hierarchy
-    assert "17->33 ms" in out and "no Groen 2022 conditions" in out
+    assert "T->2T ms" in out and "17->33" in out and "no Groen 2022 conditions" in out
     for name in ("time_courses_contrast", "time_courses_duration", "summation", "contrast_response",
                  "time_courses_plain"):
         assert (tmp_path / "figs" / f"{name}.png").read_bytes()[:8] == PNG
