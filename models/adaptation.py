@@ -9,7 +9,7 @@ channel, see :class:`dynode.models.normalization.Pool`):
 
     \text{subtractive:}\quad \tau_a \frac{da}{dt} = -a + w\,r(t - d_a), \qquad u = D - a
 
-    \text{divisive:}\quad \tau_a \frac{da}{dt} = -a + [w\,r(t - d_a)]_+, \qquad u = \frac{D}{1 + a}
+    \text{divisive:}\quad \tau_a \frac{da}{dt} = -a + w\,|r(t - d_a)|, \qquad u = \frac{D}{1 + a}
 
 then ``tau dr/dt = -r + Phi(u + b)``. ``w = |v| >= 0`` (per channel, learnt unless
 ``learn_weight=False``), ``tau_a`` typically 100-200 ms, slower than the area's ``tau``.
@@ -49,7 +49,7 @@ def add_adaptation(net, area: str, *, kind: str = "subtractive", tau: float = 15
                                  "cannot act on u")
     name = name or f"{area}_adapt"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight, phi="identity" if kind == "subtractive" else "relu")
+                        learn_weight=learn_weight, magnitude=kind == "divisive")
     if kind == "subtractive":
         combine = Subtract(name, inner=pop.combine, kind="subtractive adaptation")
     else:

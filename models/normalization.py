@@ -6,30 +6,33 @@ adds a **pool population** ``g`` with its own time constant and a delayed input,
 
 .. math::
 
-    \tau_g \frac{dg}{dt} = -g + \big[P\,r(t - d_g)\big]_+, \qquad
+    \tau_g \frac{dg}{dt} = -g + P\,|r(t - d_g)|, \qquad
     u = \frac{D(t)}{\sigma + g(t)}, \qquad
     \tau \frac{dr}{dt} = -r + \Phi(u + b),
 
-with ``P`` a pooling operator with nonnegative weights (:class:`Pool`):
+with ``P`` a pooling operator with nonnegative weights (:class:`Pool`) applied to the
+magnitude of the rates (``|r| = r`` for nonnegative rates, e.g. with relu; with the
+odd-symmetric supralinear ``Phi`` the pool measures activity of either sign, so that
+positive and negative rates cannot cancel in it):
 
 ==========  ==============================================  ==============
 ``pool``    ``(P r)``                                       shape of ``g``
 ==========  ==============================================  ==============
-``unit``    ``w_c r_{c,x}``                                 ``(C, *S)``
-``channel`` ``sum_c w_c r_{c,x}`` (per position)            ``(1, *S)``
-``space``   ``w_c mean_x r_{c,x}`` (per channel)            ``(C, 1, ..)``
-``both``    ``sum_c w_c mean_x r_{c,x}``                    ``(1, 1, ..)``
+``unit``    ``w_c |r_{c,x}|``                               ``(C, *S)``
+``channel`` ``sum_c w_c |r_{c,x}|`` (per position)          ``(1, *S)``
+``space``   ``w_c mean_x |r_{c,x}|`` (per channel)          ``(C, 1, ..)``
+``both``    ``sum_c w_c mean_x |r_{c,x}|``                  ``(1, 1, ..)``
 ==========  ==============================================  ==============
 
 ``w_c = |v_c|`` (so any optimizer step keeps them nonnegative), initialised to ``weight / C``
 for the pools over channels (``weight`` times the mean rate) and to ``weight`` otherwise.
 The semi-saturation ``sigma = softplus(s) > 0`` is learnt (initialised to ``sigma``, default 1;
 ``learn_sigma=False`` fixes it); together with the learnt ``w`` and the input weights it sets
-the scale, so no per-area constant has to be tuned by hand. The rectification ``[.]_+`` (the
-pool population's ``Phi`` is relu) keeps ``g >= 0`` and hence the divisor ``>= sigma`` for
-any ``Phi``, including the odd-symmetric supralinear one.
+the scale, so no per-area constant has to be tuned by hand. Pooling ``|r|`` with nonnegative
+weights keeps ``g >= 0`` (the pool population's ``Phi`` is the identity) and hence the divisor
+``>= sigma`` for any ``Phi``.
 
-At a steady state with constant drive ``D``: ``g* = [P r*]_+``, ``r* = Phi(D / (sigma + g*) + b)``.
+At a steady state with constant drive ``D``: ``g* = P |r*|``, ``r* = Phi(D / (sigma + g*) + b)``.
 Before the first delayed rate reaches the pool (``g = 0``), ``u = D / sigma``; a step in ``D``
 therefore gives a transient (the pool catches up after ``d_g`` and ``~tau_g``), responses that
 sum subadditively in time, suppression of a second pulse that recovers as ``g`` decays, and
@@ -76,13 +79,14 @@ def _softplus_inverse(y: float) -> float:
 
 
 class Pool(nn.Module):
-    """The pooling operator ``P`` (see the module doc): nonnegative weights ``w_c = |v_c|``,
-    linear in ``r``. ``learn=False`` keeps the weights fixed (a buffer)."""
+    """The pooling operator ``P`` (see the module doc) with nonnegative weights ``w_c = |v_c|``
+    (``learn=False`` keeps them fixed, a buffer), of ``|r|`` (``magnitude=True``, for
+    normalization pools) or of ``r`` itself (linear, for subtractive adaptation)."""
 
     def __init__(self, shape: Sequence[int], pool: str = "channel", weight: float = 1.0,
-                 learn: bool = True):
+                 learn: bool = True, magnitude: bool = True):
         super().__init__()
-        self.shape, self.pool = tuple(int(s) for s in shape), pool
+        self.shape, self.pool, self.magnitude = tuple(int(s) for s in shape), pool, bool(magnitude)
         self.out_shape = pool_shape(self.shape, pool)
         weight = float(weight)
         if not (weight >= 0 and math.isfinite(weight)):
@@ -102,6 +106,8 @@ class Pool(nn.Module):
 
     def forward(self, r: Tensor) -> Tensor:
         w = self.weight.abs()
+        if self.magnitude:
+            r = r.abs()
         if self.pool == "unit":
             return r * w
         if self.pool == "channel":
@@ -112,7 +118,8 @@ class Pool(nn.Module):
         return m * w if self.pool == "space" else (m * w).sum(1, keepdim=True)
 
     def extra_repr(self) -> str:
-        return f"pool={self.pool!r}, {self.shape} -> {self.out_shape}"
+        of = "|r|" if self.magnitude else "r"
+        return f"pool={self.pool!r} of {of}, {self.shape} -> {self.out_shape}"
 
 
 class _Modulated(Combine):
@@ -212,12 +219,12 @@ def _check_area(net, area: str, what: str):
 
 
 def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, pool: str,
-                        weight: float, learn_weight: bool, phi: str) -> None:
-    """Add the population ``tau_g dg/dt = -g + Phi(P r_area(t - delay))`` of shape
-    :func:`pool_shape` and its connection from ``area``."""
+                        weight: float, learn_weight: bool, magnitude: bool = True) -> None:
+    """Add the population ``tau_g dg/dt = -g + P |r_area(t - delay)|`` (``magnitude=False``:
+    ``P r_area``) of shape :func:`pool_shape` and its connection from ``area``."""
     pop = net.populations[area]
-    net.add_population(name, shape=pool_shape(pop.shape, pool), tau=tau, phi=phi)
-    net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight), delay=delay)
+    net.add_population(name, shape=pool_shape(pop.shape, pool), tau=tau, phi="identity")
+    net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight, magnitude), delay=delay)
 
 
 def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, pool: str = "channel",
@@ -226,7 +233,7 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
     r"""Add delayed divisive normalization to population ``area`` of ``net`` (see the module doc):
 
     a pool population ``name`` (default ``f"{area}_norm"``) with ``tau_g = tau`` ms driven by
-    ``[P r_area(t - delay)]_+`` (``pool``: ``"channel"``, ``"space"``, ``"both"`` or
+    ``P |r_area(t - delay)|`` (``pool``: ``"channel"``, ``"space"``, ``"both"`` or
     ``"unit"``; weights initialised to ``weight`` times the mean), and ``area``'s combine
     replaced by ``u = D / (sigma + g)`` (wrapping the area's own combine, if any, as ``D``).
     Returns the pool population's name. Call it after the area's other connections or before;
@@ -239,7 +246,7 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
                                  "divide u -- normalise inside the pipeline instead")
     name = name or f"{area}_norm"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight, phi="relu")
+                        learn_weight=learn_weight)
     net.set_combine(area, Divide(name, sigma, learn_sigma=learn_sigma, inner=pop.combine))
     net.connect(name, area, nn.Identity())
     return name

@@ -38,11 +38,10 @@ def is_affine(op: nn.Module) -> bool:
     """Whether ``op`` is known to be affine (then ``J v = op(v) - op(0)`` exactly)."""
     from dynode.models.adapters import Adapter, Resize
     from dynode.models.ei import SignedConv
-    from dynode.models.normalization import Pool
     from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
 
     if isinstance(op, (nn.Conv2d, nn.Linear, nn.Identity, nn.AvgPool2d, SelfRecurrence,
-                       LocalRecurrence, Resize, SignedConv, Pool)):
+                       LocalRecurrence, Resize, SignedConv)):
         return True
     if isinstance(op, (nn.Sequential, SumOf, Adapter)):
         return all(is_affine(m) for m in op.children())

@@ -5,6 +5,7 @@ options that build them."""
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_pool_population_relaxes_as_one_minus_exp_after_its_delay(f64):
     dt, tau_g, delay, c = 0.05, 20.0, 4.0, 0.7
     net = _flat_area(tau=dt, channels=3)
     add_pool_population(net, "A", "G", tau=tau_g, delay=delay, pool="channel", weight=1.0,
-                        learn_weight=False, phi="relu")
+                        learn_weight=False)
     sol = _solve(net, torch.full((1, 3), c), t_end=80.0, dt=dt, solver="euler")
     ts, g = sol.ts, sol.states["G"][:, 0, 0]
     t_on = delay + dt
@@ -469,3 +470,63 @@ def test_summary_and_stability_report_show_the_loops_as_what_they_are():
     text = net.summary(file=io.StringIO())
     assert "loops:\n  V1 <- V1_adapt (subtractive adaptation, tau 120 ms" in text
     assert "  IT <- IT_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)" in text
+
+
+# -- the stabilized supralinear network (Rubin et al. 2015) ----------------------------------------
+def _supralinear_area(normalized: bool):
+    net = dn.Network()
+    net.add_input("x", shape=(1,))
+    net.add_population("A", shape=(1,), tau=10.0, phi="supralinear", n=1.8, k=0.8)
+    net.connect("x", "A")
+    lin = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.2)
+    net.connect("A", "A", lin, delay=2.0)
+    if normalized:
+        dn.models.add_normalization(net, "A", tau=20.0, delay=2.0, pool="unit")
+    return net
+
+
+def test_normalization_stabilizes_a_supralinear_area_that_otherwise_explodes(f64):
+    """k |x + w r|^1.8 with w = 1.2 has no fixed point: without normalization r blows up in
+    finite time; divided by (sigma + g) it stays bounded at every contrast and returns to 0."""
+    stim = Modulated(torch.ones(1, 1), env.pulse(100.0, 1000.0, [0.25, 1.0, 4.0]), background="blank")
+    with pytest.raises(dn.DivergenceError, match="'A'"):
+        _solve(_supralinear_area(False), stim, t_end=400.0, dt=2.0, solver="euler")
+    sol = _solve(_supralinear_area(True), stim, t_end=3500.0, dt=2.0, solver="euler")
+    r = sol.states["A"][:, :, 0]
+    assert bool(torch.isfinite(r).all()) and float(r.abs().max()) < 100.0  # transient peak ~21 at contrast 4
+    on = (sol.ts >= 100) & (sol.ts < 1100)
+    peaks = r[on].max(0).values
+    assert bool((peaks[1:] > peaks[:-1]).all()) and float(peaks[0]) > 0.05  # graded with contrast
+    assert float(r[-1].abs().max()) < 1e-9  # back to the (zero) baseline after offset
+
+
+@pytest.mark.slow
+def test_supralinear_dyrcnn_with_normalization_trains_and_stays_stable_for_3_5_s():
+    """The paper's activation (n 1.8, k 0.8) with delayed normalization, trained like the demo
+    (generated task, BPTT over 20 ms), then run for 3.5 s: image on 100-1100 ms, then off."""
+    from dynode.stimuli.generated import generated_task
+    from dynode.train import Trainer, TrainingConfig
+
+    torch.manual_seed(0)
+    task = generated_task(600, 96, size=16, seed=0)
+    train = (task.normalize(task.x_train), task.y_train)
+    test = (task.normalize(task.x_test), task.y_test)
+    net = dn.models.dyrcnn(depth=4, input_shape=task.image_shape, num_classes=task.num_classes, width=0.25,
+                           steps=10, phi="supralinear", bias=False, normalization={"tau": 30.0, "delay": 4.0})
+    cfg = TrainingConfig(epochs=3, batch_size=32, lr=3e-3, grad_clip=1.0, energy_weight=2e-4, seed=0)
+    history = Trainer(net, cfg).fit(train, test).history
+    losses = [h["train_loss"] for h in history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    net.eval()
+    stim = Modulated(test[0][:4], env.pulse(100.0, 1000.0), background="blank")
+    sol = _solve(net, stim, t_end=3500.0, dt=2.0, solver="euler")  # raises DivergenceError if it blows up
+    for name in ("V1", "V2", "V4", "IT"):
+        r = sol.states[name].flatten(2).abs().amax(2)  # (time, batch)
+        on = r[(sol.ts > 100) & (sol.ts <= 1100)]
+        assert bool(torch.isfinite(r).all()) and float(on.max()) < 100.0, name
+        assert float(on.max()) > 1e-3, name  # it responds
+        late_on = r[(sol.ts > 900) & (sol.ts <= 1100)]  # settled, not drifting
+        assert float((late_on.max(0).values - late_on.min(0).values).max()) < 0.05 * float(on.max()), name
+        assert float(r[sol.ts >= 2000].max()) < 1e-6 * float(on.max()), name  # back to baseline
