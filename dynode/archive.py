@@ -228,20 +228,27 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
+_HELD: set[str] = set()  # tokens of the leases that writers of this process hold now
+
+
 def new_lease() -> dict:
-    """A lease for this process: who writes, since when, and the first heartbeat."""
+    """A lease for this process: who writes, since when, and the first heartbeat. Its
+    ``token`` is in ``_HELD`` until the writer releases it."""
     stat = _proc_stat(os.getpid())
     now = time.time()
-    return {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
-            "pid_start": None if stat is None else stat[1],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "heartbeat": now}
+    lease = {"pid": os.getpid(), "host": socket.gethostname(), "boot_id": _boot_id(),
+             "pid_start": None if stat is None else stat[1], "token": uuid.uuid4().hex,
+             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "heartbeat": now}
+    _HELD.add(lease["token"])
+    return lease
 
 
 @dataclass(frozen=True)
 class LeaseState:
     """A writer's lease as seen now: ``age`` (s since its heartbeat) and ``dead`` (the writer
-    is provably gone: same host, and a reboot since, no such process, a zombie, or the pid
-    now belongs to a process started later)."""
+    is provably gone: same host, and a reboot since, no such process, a zombie, the pid now
+    belongs to a process started later, or it is this process and none of its writers holds
+    the lease any more)."""
 
     pid: int
     host: str
@@ -267,7 +274,9 @@ def lease_state(attrs: Mapping) -> LeaseState | None:
         raise ArchiveError(f"the archive's {LEASE_ATTR!r} attribute is malformed ({lease!r}); it "
                            "should hold pid, host and heartbeat") from None
     dead = False
-    if host == socket.gethostname():
+    if host == socket.gethostname() and pid == os.getpid():
+        dead = lease.get("token") not in _HELD
+    elif host == socket.gethostname():
         boot = lease.get("boot_id")
         if boot is not None and _boot_id() is not None and boot != _boot_id():
             dead = True  # the machine rebooted since
@@ -397,6 +406,7 @@ class ZarrArchiveWriter:
             self._build(tmp)
             self._install(tmp)
         except BaseException as exc:
+            self._release()
             if tmp.exists():
                 try:
                     shutil.rmtree(tmp)
@@ -498,17 +508,25 @@ class ZarrArchiveWriter:
         an unfinished run's arrays are cut to the steps written first; then consolidate."""
         if self._root is None:
             return
-        if self.steps_written < len(self.times):
-            if status == "complete":
-                raise DynodeError(f"the run ended after {self.steps_written} of {len(self.times)} "
-                                  "recording times; the solver did not deliver every save time")
-            for _, _, arr in self._arrays:
-                _shrink(arr, self.steps_written)
-        final = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
-        final.update({**dict(attrs or {}), "status": status})
-        self._root.attrs.put(final)
-        self._lease = None
+        try:
+            if self.steps_written < len(self.times):
+                if status == "complete":
+                    raise DynodeError(f"the run ended after {self.steps_written} of {len(self.times)} "
+                                      "recording times; the solver did not deliver every save time")
+                for _, _, arr in self._arrays:
+                    _shrink(arr, self.steps_written)
+            final = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
+            final.update({**dict(attrs or {}), "status": status})
+            self._root.attrs.put(final)
+        finally:
+            self._release()
         _consolidate(self.path)
+
+    def _release(self) -> None:
+        """This process no longer holds the lease (whether or not it was removed from disk)."""
+        if self._lease is not None:
+            _HELD.discard(self._lease["token"])
+            self._lease = None
 
     def result(self) -> xr.DataTree | None:
         if self._root is None:

@@ -302,10 +302,11 @@ class _Streamer:
                 continue
             bad = torch.isinf(buf[:n]).flatten(1).any(dim=1).nonzero()[:, 0]
             name = str(buf.dtype).removeprefix("torch.")
+            wider = "float32" if buf.dtype == torch.float16 else "float64"
             raise ArchiveError(
                 f"{what}: values beyond the range of Record(dtype={name!r}) (|x| > "
                 f"{torch.finfo(buf.dtype).max:g}) at t = {times[int(bad[0])]:g}..{times[int(bad[-1])]:g} ms "
-                f"would be stored as inf; record with Record(dtype='float32')")
+                f"would be stored as inf; record with Record(dtype={wider!r})")
 
     def close(self) -> None:
         """Write the partial last block and wait for the writer; re-raise its error."""

@@ -190,6 +190,9 @@ def test_leases_of_gone_writers_are_broken_and_others_respected(tmp_path):
         dn.archive.repair_archive(path)
     assert dn.archive.repair_archive(path, force=True) == 30
     assert "writer" not in root_attrs(path)
+    # this very process, but none of its writers holds that lease (a run whose end failed)
+    set_attrs(path, writer=dict(_lease(os.getpid(), socket.gethostname(), 1.0), token="released"))
+    assert dn.archive.repair_archive(path) == 30 and "writer" not in root_attrs(path)
     set_attrs(path, writer={"pid": "x"})
     with pytest.raises(ArchiveError, match="'writer' attribute is malformed"):
         dn.archive.repair_archive(path)
