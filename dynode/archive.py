@@ -401,6 +401,7 @@ class ZarrArchiveWriter:
     def _create(self) -> None:
         """Build the store under a hidden sibling name, then rename it into place."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
         tmp = self.path.parent / f".{self.path.name}.dynode-new-{uuid.uuid4().hex[:12]}"
         try:
             self._build(tmp)
@@ -423,6 +424,17 @@ class ZarrArchiveWriter:
                 if dims and dims[0] == "time":
                     self._arrays.append((group, name, arr))
         self._root = root
+
+    def _remove_leftovers(self) -> None:
+        """Remove unfinished stores (``.<name>.dynode-new-*``) of writers killed while creating
+        this store; only those whose lease shows their writer is provably gone."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.dynode-new-*"):
+            meta = tmp / "zarr.json"
+            if not meta.is_file():  # killed before its first metadata: whose it is is unknown
+                continue
+            st = lease_state(_root_meta(tmp).get("attributes", {}))
+            if st is not None and st.dead:
+                shutil.rmtree(tmp)
 
     def _build(self, tmp: Path) -> None:
         import zarr

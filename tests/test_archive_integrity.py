@@ -263,8 +263,9 @@ def test_a_kill_while_the_store_is_created_leaves_no_store(tmp_path):
     assert not path.exists()  # either no store, or one that opens: here, none yet
     left = [p.name for p in tmp_path.iterdir()]
     assert len(left) == 1 and left[0].startswith(".k.zarr.dynode-new-")  # hidden, harmless
-    complete_run(path)  # the path is free for the next run
+    complete_run(path)  # the path is free for the next run, which removes the leftover
     assert dn.open_archive(path).sizes["time"] == 60
+    assert [p.name for p in tmp_path.iterdir()] == ["k.zarr"]
 
 
 # -- 4: storage dtype overflow ----------------------------------------------------------------
