@@ -163,6 +163,18 @@ def _component_options(value, what: str, kind_key: str) -> dict | None:
                              f"or a dict of options, got {type(value).__name__}")
 
 
+def _no_components(model: str, components: dict, why: str) -> None:
+    """Reject the component options (and any other unknown keyword) of a model without them."""
+    given = sorted(k for k, v in components.items()
+                   if (k == "bias" and v is not True) or (k in ("normalization", "adaptation", "ei")
+                                                          and v is not None and v is not False))
+    unknown = sorted(k for k in components if k not in ("normalization", "adaptation", "ei", "bias"))
+    if unknown:
+        raise ConfigurationError(f"{model}: unknown options {unknown}")
+    if given:
+        raise ConfigurationError(f"{model} does not support {given}: {why}")
+
+
 def _add_components(net, areas: Sequence[str], model: str, norm_opts: dict | None,
                     adapt_opts: dict | None, ei_opts: dict | None = None) -> None:
     """Add inhibitory, normalization and adaptation populations to each of ``areas`` (errors
@@ -189,7 +201,7 @@ def _cornet_stage(c_in: int, c_out: int, k: int, stride: int) -> nn.Sequential:
 
 
 def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[int] = (3, 224, 224),
-              dt: float = 10.0, width: float = 1.0):
+              dt: float = 10.0, width: float = 1.0, **components):
     """CORnet-RT (V1, V2, V4, IT with 64, 128, 256, 512 channels) as a dynode network.
 
     Area ``A`` with the area below ``B`` (the image for V1), ``dt == tau`` and Euler::
@@ -200,7 +212,12 @@ def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[
     the upper areas get no input, V1 gets the image). The image is presented at every step;
     the readout decodes IT after ``times`` steps (average pool, linear). ``width`` scales the
     channels (kept multiples of 32 for GroupNorm(32)).
+
+    ``normalization``, ``adaptation``, ``ei`` and ``bias=False`` are not offered (a discrete-time RNN whose step
+    is one Euler step of ``dt == tau``: a pool with its own ``tau`` has no meaning here).
     """
+    _no_components("cornet_rt", components, "it is the discrete-time special case dt == tau, "
+                   "where pool populations with their own tau have no meaning; use dyrcnn or cordsnet")
     if times < 1:
         raise ConfigurationError(f"cornet_rt times must be >= 1, got {times}")
     c_in, h, w = (int(s) for s in input_shape)
@@ -225,7 +242,9 @@ def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[
 def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32),
              channels: Sequence[int] = (64, 64, 128, 128, 256, 256, 512, 512), tau: float = 10.0,
              dt: float = 2.0, spontaneous_steps: int = 100, stimulus_steps: int = 100,
-             after_steps: int = 100, width: float = 1.0, rec_gain: float = 0.1):
+             after_steps: int = 100, width: float = 1.0, rec_gain: float = 0.1, bias: bool = True,
+             normalization: bool | str | dict | None = None, adaptation: bool | str | dict | None = None,
+             ei: bool | dict | None = None):
     """CordsNet: ``tau dr_i/dt = -r_i + relu(W_i r_i + b_i + C_i r_{i-1} + S_i r_{i-2})``.
 
     Eight areas (``channels``), ``3 x 3`` recurrent (``full``) and inter-area convolutions;
@@ -234,7 +253,19 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
     bias. Protocol (``dt / tau = 0.2``): the image is on from ``spontaneous_steps * dt`` for
     ``stimulus_steps * dt``, then off for ``after_steps * dt``. Readout: the mean of the last
     area over the second half of the stimulus window.
+
+    ``bias=False`` drops ``b_i`` and the convolutions' biases; ``normalization``, ``adaptation``
+    and ``ei`` add those components to every area as in :func:`dyrcnn` (``ei`` keeps the
+    recurrence ``W_i`` unconstrained: CordsNet's published weights have both signs).
     """
+    norm_opts = _component_options(normalization, "normalization", "pool")
+    adapt_opts = _component_options(adaptation, "adaptation", "kind")
+    if isinstance(ei, str):
+        raise ConfigurationError(f"cordsnet: ei takes None/False, True or a dict of options, got the string {ei!r}")
+    ei_opts = _component_options(ei, "ei", "")
+    if ei_opts is not None and "dale_recurrence" in ei_opts:
+        raise ConfigurationError("cordsnet: ei has no dale_recurrence option (CordsNet's recurrence is "
+                                 "unconstrained); use dyrcnn(ei={'dale_recurrence': True}) for that")
     c_in, h, w = (int(s) for s in input_shape)
     chans = [_scaled(c, width) for c in channels]
     net = _network()
@@ -246,8 +277,9 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
         stride = 1 if i == 0 or c == c_prev else 2
         h, w = _conv_out(h, 3, stride, 1), _conv_out(w, 3, stride, 1)
         shapes.append((c, h, w))
-        net.add_population(name, shape=(c, h, w), tau=tau, phi="relu", bias="unit")
-        net.connect("image" if i == 0 else names[i - 1], name, nn.Conv2d(c_prev, c, 3, stride=stride, padding=1))
+        net.add_population(name, shape=(c, h, w), tau=tau, phi="relu", bias="unit" if bias else False)
+        net.connect("image" if i == 0 else names[i - 1], name,
+                    nn.Conv2d(c_prev, c, 3, stride=stride, padding=1, bias=bool(bias)))
         net.connect(name, name, recurrence("full", c, 3, gain=rec_gain))
         if i >= 2:
             cs, hs, _ = shapes[i - 2]
@@ -256,6 +288,7 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
                 raise ConfigurationError(f"cordsnet: cannot build the skip {names[i - 2]} -> {name} "
                                          f"({shapes[i - 2]} -> {(c, h, w)}); use an input size divisible by 8")
             net.connect(names[i - 2], name, nn.Conv2d(cs, c, 3, stride=s2, padding=1, bias=False))
+    _add_components(net, names, "cordsnet", norm_opts, adapt_opts, ei_opts)
     onset, off = spontaneous_steps * dt, (spontaneous_steps + stimulus_steps) * dt
     net.set_readout(Readout(names[-1], shapes[-1], num_classes, at="mean",
                             window=(onset + 0.5 * stimulus_steps * dt, off)))
@@ -266,11 +299,15 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
 
 
 def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0,
-                 dt: float = 1.0):
+                 dt: float = 1.0, **components):
     """A feed-forward AlexNet-style baseline (five conv areas; max-pooling in the pipelines of
     conv1, conv2 and conv5), zero delays, ``tau == dt``, one step of
     ``Euler(order="sequential")`` = one feed-forward pass: ``r_i[1] = Phi_i(conv_i(r_{i-1}[1]))``.
+    ``normalization``, ``adaptation``, ``ei`` and ``bias=False`` are not offered (one
+    feed-forward pass has no dynamics for them to shape).
     """
+    _no_components("alexnet_like", components, "it is a feed-forward baseline (one pass, no "
+                   "dynamics); use dyrcnn or cordsnet")
     from dynode.solvers import Euler
 
     c_in, h, w = (int(s) for s in input_shape)

@@ -31,6 +31,12 @@ def _flat_area(tau=10.0, phi="relu", channels=1, **phi_params):
 
 
 # -- the pool ----------------------------------------------------------------------------
+def test_pool_measures_activity_of_either_sign():
+    r = torch.tensor([[-1.0, 3.0]])
+    torch.testing.assert_close(Pool((2,), "channel")(r), torch.tensor([[2.0]]))  # mean |r|, no cancelling
+    torch.testing.assert_close(Pool((2,), "unit", magnitude=False)(r), r)  # linear (subtractive adaptation)
+
+
 @pytest.mark.parametrize("pool, out", [("unit", (4, 3, 3)), ("channel", (1, 3, 3)),
                                        ("space", (4, 1, 1)), ("both", (1, 1, 1))])
 def test_pool_operator_is_the_stated_weighted_mean(f64, pool, out):
@@ -530,3 +536,21 @@ def test_supralinear_dyrcnn_with_normalization_trains_and_stays_stable_for_3_5_s
         late_on = r[(sol.ts > 900) & (sol.ts <= 1100)]  # settled, not drifting
         assert float((late_on.max(0).values - late_on.min(0).values).max()) < 0.05 * float(on.max()), name
         assert float(r[sol.ts >= 2000].max()) < 1e-6 * float(on.max()), name  # back to baseline
+
+
+def test_cordsnet_takes_the_components_and_the_feed_forward_models_reject_them_clearly():
+    net = dn.models.cordsnet(width=0.125, input_shape=(3, 16, 16), num_classes=4, bias=False,
+                             normalization="channel", adaptation="divisive", ei={"tau": 5.0})
+    assert {"A1_norm", "A1_adapt", "A1_inh", "A8_norm"} <= set(net.populations)
+    assert net.populations["A1"].bias is None and net.populations["A1"].incoming["image"].bias is None
+    assert not isinstance(net.populations["A1"].incoming["A1"], dn.models.SignedConv)
+    with pytest.raises(dn.ConfigurationError, match="cordsnet: ei has no dale_recurrence option"):
+        dn.models.cordsnet(width=0.125, ei={"dale_recurrence": True})
+    with pytest.raises(dn.ConfigurationError, match=r"alexnet_like does not support \['normalization'\]: "
+                                                    "it is a feed-forward baseline"):
+        dn.models.alexnet_like(normalization={"tau": 30})
+    with pytest.raises(dn.ConfigurationError, match=r"cornet_rt does not support \['adaptation', 'bias'\]"):
+        dn.models.cornet_rt(adaptation=True, bias=False)
+    with pytest.raises(dn.ConfigurationError, match=r"alexnet_like: unknown options \['norm'\]"):
+        dn.models.alexnet_like(norm=True)
+    assert "conv1" in dn.models.alexnet_like(bias=True, normalization=None, ei=False).populations
