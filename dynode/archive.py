@@ -583,6 +583,14 @@ class MemoryArchiveWriter:
 def _root_meta(path: Path) -> dict:
     meta_file = path / "zarr.json"
     if not meta_file.is_file():
+        for tmp in path.parent.glob(f".{path.name}.dynode-new-*"):  # a run creating it now?
+            if not (tmp / "zarr.json").is_file():
+                continue
+            st = lease_state(_root_meta(tmp).get("attributes", {}))
+            if st is not None and not st.dead:
+                raise ArchiveLockedError(f"archive {str(path)!r} is being created by {st.describe()}; "
+                                         "open it again once the run has written its first block",
+                                         pid=st.pid, host=st.host, heartbeat_age=st.age)
         raise ArchiveError(f"{str(path)!r} is not a zarr v3 store (no zarr.json); was it written by "
                            "dynode.simulate(store=...)?")
     try:

@@ -89,7 +89,8 @@ def complete_run(path: Path, t_end: float = 59.0, chunk_steps: int = 10, **kw):
 # -- 1 and 8: a live run, and a reader, a repair and a second writer at the same time --------
 @pytest.mark.slow
 def test_live_run_is_leased_reader_repair_and_second_writer_get_clear_answers(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules["dynode.simulate"], "HEARTBEAT_S", 0.05)  # the idle writer thread beats often
+    # the idle writer thread beats often
+    monkeypatch.setattr(sys.modules["dynode.simulate"], "HEARTBEAT_S", 0.05)
     path = tmp_path / "live.zarr"
     gate = threading.Event()
     stim = Gated(image(), at=80.0, gate=gate)
@@ -124,8 +125,9 @@ def test_live_run_is_leased_reader_repair_and_second_writer_get_clear_answers(tm
         assert tree.sizes["time"] == 80
         # repair refuses, even with force (the heartbeat is fresh)
         for force in (False, True):
-            with pytest.raises(ArchiveLockedError, match=rf"being written by pid {os.getpid()} on host "
-                                                         r".*heartbeat \d+ s ago\); refusing to repair") as err:
+            with pytest.raises(ArchiveLockedError,
+                               match=rf"being written by pid {os.getpid()} on host "
+                                     r".*heartbeat \d+ s ago\); refusing to repair") as err:
                 dn.archive.repair_archive(path, force=force)
             assert err.value.pid == os.getpid() and err.value.heartbeat_age < 5
         # a second writer is refused before it computes anything
@@ -168,7 +170,8 @@ def test_leases_of_gone_writers_are_broken_and_others_respected(tmp_path):
     automatically; a live-looking one from another host only with force once it is stale."""
     path = tmp_path / "a.zarr"
     complete_run(path)
-    set_attrs(path, status="incomplete", steps_written=30, writer=_lease(_dead_pid(), socket.gethostname(), 1.0))
+    set_attrs(path, status="incomplete", steps_written=30,
+              writer=_lease(_dead_pid(), socket.gethostname(), 1.0))
     with pytest.warns(dn.archive.IncompleteArchiveWarning, match=r"its writer, pid \d+ .* is gone; it holds "
                                                               r"30 committed time steps \(dynode.archive"
                                                               r".repair_archive"):
@@ -266,6 +269,23 @@ def test_a_kill_while_the_store_is_created_leaves_no_store(tmp_path):
     complete_run(path)  # the path is free for the next run, which removes the leftover
     assert dn.open_archive(path).sizes["time"] == 60
     assert [p.name for p in tmp_path.iterdir()] == ["k.zarr"]
+
+
+def test_a_reader_during_creation_is_told_who_creates_the_store(tmp_path):
+    path = tmp_path / "soon.zarr"
+    building = tmp_path / ".soon.zarr.dynode-new-0123456789ab"
+    building.mkdir()
+    lease = dn.archive.new_lease()  # held by this process, as a writer's would be
+    try:
+        (building / "zarr.json").write_text(json.dumps(
+            {"zarr_format": 3, "node_type": "group", "attributes": {"dynode_archive": 1, "writer": lease}}))
+        with pytest.raises(ArchiveLockedError, match=rf"soon.zarr' is being created by pid {os.getpid()} "
+                                                     r"on host .*; open it again once"):
+            dn.open_archive(path)
+    finally:
+        dn.archive._HELD.discard(lease["token"])
+    with pytest.raises(ArchiveError, match="no zarr.json"):  # a released lease: no such run
+        dn.open_archive(path)
 
 
 # -- 4: storage dtype overflow ----------------------------------------------------------------
