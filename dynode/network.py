@@ -213,7 +213,8 @@ class Network(VectorField):
         the transmission delay: ``dst`` sees ``op(r_src(t - delay))``.
 
         ``op=None``: the identity when the shapes agree; between populations of different
-        shapes (and a destination that sums its inputs) the automatic skip/feedback adapter
+        shapes (and a destination that sums this input: the default combine, or a combine whose
+        ``sums(src)`` is true, such as normalization's drive) the automatic skip/feedback adapter
         :func:`dynode.models.adapters.adapter` built from the declared shapes (resize: area
         average down, bilinear up; then a 1x1 channel projection). An explicit ``op`` whose
         output does not fit ``dst`` is an error (wrap it: ``nn.Sequential(op, adapter(...))``).
@@ -239,7 +240,7 @@ class Network(VectorField):
         src_shape = self.shape_of(src)
         target = pop.u_shape if pop.u_shape is not None else pop.shape
         if op is None:
-            op = (_adapter(src_shape, target) if src_shape != target and pop.combine is None
+            op = (_adapter(src_shape, target) if src_shape != target and _summed(pop, src)
                   else nn.Identity())
         if not isinstance(op, nn.Module):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
@@ -250,7 +251,7 @@ class Network(VectorField):
                 raise ShapeError(f"connection {src} -> {dst}: the operator gives {out}, which "
                                  f"{dst!r}'s pipeline maps to {after}, not to its shape {pop.shape}")
             pop.u_shape = target = out
-        if pop.combine is None and out != target:
+        if _summed(pop, src) and out != target:
             raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
                              f"{dst!r} has shape {target}; fix the operator (channels, stride, "
                              "padding) or the population shape, or pass op=None for the automatic "
@@ -468,6 +469,17 @@ class Network(VectorField):
         target = self.drive(t, state, history, inputs)
         return {name: (target[name] - state[name]) / pop.tau
                 for name, pop in self.populations.items()}
+
+
+def _summed(pop: Population, src: str) -> bool:
+    """Whether ``src``'s term enters ``u`` as a summand, so it must have u's shape (and
+    ``op=None`` means the automatic adapter): always for the plain sum; for a custom combine
+    when it says so (``combine.sums(src)``, e.g. the drive of a normalization combine)."""
+    comb = pop.combine
+    if comb is None:
+        return True
+    sums = getattr(comb, "sums", None)
+    return bool(sums(src)) if callable(sums) else False
 
 
 def _reads_initial(history, delay: float) -> bool:

@@ -24,6 +24,8 @@ summation and repetition suppression that recovers with the interval as ``a`` de
 
 from __future__ import annotations
 
+from torch import nn
+
 from dynode.errors import ConfigurationError
 from dynode.models.normalization import Divide, Subtract, _check_area, add_pool_population
 
@@ -55,5 +57,5 @@ def add_adaptation(net, area: str, *, kind: str = "subtractive", tau: float = 15
     else:
         combine = Divide(name, 1.0, learn_sigma=False, inner=pop.combine, kind="divisive adaptation")
     net.set_combine(area, combine)
-    net.connect(name, area)
+    net.connect(name, area, nn.Identity())
     return name

@@ -134,14 +134,26 @@ class _Modulated(Combine):
         self.inner = inner
 
     def _drive(self, terms: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
-        m = terms.get(self.source)
-        rest = {k: v for k, v in terms.items() if k != self.source}
+        source = self.source
         if self.inner is not None:
-            return (self.inner(rest) if rest else None), m
-        d = None
-        for v in rest.values():
-            d = v if d is None else d + v
+            rest = {k: v for k, v in terms.items() if k != source}
+            return (self.inner(rest) if rest else None), terms.get(source)
+        d = m = None
+        for k, v in terms.items():
+            if k == source:
+                m = v
+            else:
+                d = v if d is None else d + v
         return d, m
+
+    def sums(self, source: str) -> bool:
+        """The drive's terms (all but ``source``) are summed when ``inner`` is the sum."""
+        if source == self.source:
+            return False
+        if self.inner is None:
+            return True
+        inner_sums = getattr(self.inner, "sums", None)
+        return bool(inner_sums(source)) if callable(inner_sums) else False
 
     def modulators(self) -> list[tuple[str, str]]:
         """``(source, kind)`` of this combine and of the combines inside it, outermost first."""

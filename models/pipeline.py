@@ -39,9 +39,17 @@ class Combine(nn.Module):
     def forward(self, terms: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def sums(self, source: str) -> bool:
+        """Whether ``source``'s term is added to ``u`` as is (then it must have u's shape, and
+        ``connect(..., op=None)`` inserts the automatic adapter). Default: no (free form)."""
+        return False
+
 
 class Sum(Combine):
     """``u = sum_c op_c(r_src(c))`` (the default combine)."""
+
+    def sums(self, source: str) -> bool:
+        return True
 
     def forward(self, terms: Mapping[str, Tensor]) -> Tensor:
         it = iter(terms.values())

@@ -554,3 +554,18 @@ def test_cordsnet_takes_the_components_and_the_feed_forward_models_reject_them_c
     with pytest.raises(dn.ConfigurationError, match=r"alexnet_like: unknown options \['norm'\]"):
         dn.models.alexnet_like(norm=True)
     assert "conv1" in dn.models.alexnet_like(bias=True, normalization=None, ei=False).populations
+
+
+def test_connections_added_after_normalization_join_the_drive_with_the_automatic_adapter():
+    net = dn.Network()
+    net.add_input("x", shape=(3, 8, 8))
+    net.add_population("A", shape=(4, 8, 8), tau=5.0)
+    net.add_population("B", shape=(6, 4, 4), tau=5.0)
+    net.connect("x", "A", nn.Conv2d(3, 4, 3, padding=1))
+    add_normalization(net, "A", pool="channel")
+    net.connect("B", "A", delay=2.0)  # feedback into a normalized area: resize + 1x1 projection
+    assert isinstance(net.populations["A"].incoming["B"], dn.models.Adapter)
+    net.add_input("y", shape=(1, 8, 8))
+    with pytest.raises(dn.ShapeError, match=r"connection y -> A: the operator maps \(1, 8, 8\) to \(1, 8, 8\), "
+                                            r"but 'A' has shape \(4, 8, 8\)"):
+        net.connect("y", "A", nn.Identity())  # would otherwise broadcast silently into the drive
