@@ -76,6 +76,9 @@ class Population(nn.Module):
                  bias: bool | str, combine: nn.Module | None):
         super().__init__()
         self.name, self.shape = name, shape
+        # what the population is: "area" (a layer of the model), or an auxiliary population added
+        # by a component of dynode.models ("normalization", "adaptation", "inhibitory")
+        self.role = "area"
         self.phi = phi
         self.combine = combine
         self._combine_locked = True  # from now on only Network.set_combine replaces it
@@ -333,6 +336,11 @@ class Network(VectorField):
 
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return dict(self._inputs)
+
+    def areas(self) -> tuple[str, ...]:
+        """The populations that are areas of the model (``role == "area"``), i.e. not the
+        normalization pools, adaptation and inhibitory populations that components add."""
+        return tuple(n for n, p in self.populations.items() if p.role == "area")
 
     def time_constants(self) -> dict[str, float]:
         return {name: pop.tau_min() for name, pop in self.populations.items()}

@@ -51,7 +51,7 @@ def add_adaptation(net, area: str, *, kind: str = "subtractive", tau: float = 15
                                  "cannot act on u")
     name = name or f"{area}_adapt"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight, magnitude=kind == "divisive")
+                        learn_weight=learn_weight, magnitude=kind == "divisive", role="adaptation")
     if kind == "subtractive":
         combine = Subtract(name, inner=pop.combine, kind="subtractive adaptation")
     else:

@@ -133,6 +133,7 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     tau = pop.tau_min() if tau is None else tau
     name = name or f"{area}_inh"
     net.add_population(name, shape=(channels, *shape[1:]), tau=tau, phi=phi)
+    net.populations[name].role = "inhibitory"
     c = shape[0]
     net.connect(area, name, SignedConv(c, channels, k, sign=1, gain=gain), delay=delay_ei)
     net.connect(name, area, SignedConv(channels, c, k, sign=-1, gain=gain), delay=delay_ie)

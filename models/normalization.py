@@ -231,11 +231,14 @@ def _check_area(net, area: str, what: str):
 
 
 def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, pool: str,
-                        weight: float, learn_weight: bool, magnitude: bool = True) -> None:
+                        weight: float, learn_weight: bool, magnitude: bool = True,
+                        role: str = "normalization") -> None:
     """Add the population ``tau_g dg/dt = -g + P |r_area(t - delay)|`` (``magnitude=False``:
-    ``P r_area``) of shape :func:`pool_shape` and its connection from ``area``."""
+    ``P r_area``) of shape :func:`pool_shape` and its connection from ``area``; its ``role``
+    marks it as auxiliary (``net.areas()`` leaves it out)."""
     pop = net.populations[area]
     net.add_population(name, shape=pool_shape(pop.shape, pool), tau=tau, phi="identity")
+    net.populations[name].role = role
     net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight, magnitude), delay=delay)
 
 

@@ -471,6 +471,9 @@ def test_summary_and_stability_report_show_the_loops_as_what_they_are():
         "V1 <- V1_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)",
         "V1 <- V1_inh (inhibitory, tau 8 ms, delay 2 ms, 2 channels; V1_inh <- V1 @ 0 ms)")
     assert rows["V1_norm"].loops == () and rows["V1_norm"].spectral_radius is None
+    assert net.areas() == ("V1", "IT")
+    assert {n: p.role for n, p in net.populations.items() if n.startswith("V1")} == {
+        "V1": "area", "V1_inh": "inhibitory", "V1_norm": "normalization", "V1_adapt": "adaptation"}
     # nonnegative weights scaled by fan-in: the inhibitory self loop has rho ~ gain 0.5, not ~sqrt(fan_in)
     assert 0.2 < rows["IT_inh"].spectral_radius <= 0.55
     text = net.summary(file=io.StringIO())
