@@ -24,6 +24,10 @@ positive and negative rates cannot cancel in it):
 ``both``    ``sum_c w_c mean_x |r_{c,x}|``                  ``(1, 1, ..)``
 ==========  ==============================================  ==============
 
+``neighborhood=k`` (``unit`` and ``channel`` pools of ``(C, H, W)`` areas) also averages the
+pooled map over the ``k x k`` neighbourhood of each position (stride 1, the padding left out
+of the average), a local spatial surround as in Heeger's normalization.
+
 ``w_c = |v_c|`` (so any optimizer step keeps them nonnegative), initialised to ``weight / C``
 for the pools over channels (``weight`` times the mean rate) and to ``weight`` otherwise.
 The semi-saturation ``sigma = softplus(s) > 0`` is learnt (initialised to ``sigma``, default 1;
@@ -84,10 +88,18 @@ class Pool(nn.Module):
     normalization pools) or of ``r`` itself (linear, for subtractive adaptation)."""
 
     def __init__(self, shape: Sequence[int], pool: str = "channel", weight: float = 1.0,
-                 learn: bool = True, magnitude: bool = True):
+                 learn: bool = True, magnitude: bool = True, neighborhood: int | None = None):
         super().__init__()
         self.shape, self.pool, self.magnitude = tuple(int(s) for s in shape), pool, bool(magnitude)
         self.out_shape = pool_shape(self.shape, pool)
+        if neighborhood is not None:
+            if pool not in ("unit", "channel") or len(self.shape) != 3:
+                raise ConfigurationError(f"neighborhood averages a (C, H, W) map over space: it needs "
+                                         f"pool='unit' or 'channel' on a (C, H, W) population, got "
+                                         f"pool={pool!r} on {self.shape}")
+            if not (isinstance(neighborhood, int) and neighborhood >= 1 and neighborhood % 2 == 1):
+                raise ConfigurationError(f"neighborhood must be an odd int >= 1 (pixels), got {neighborhood!r}")
+        self.neighborhood = neighborhood
         weight = float(weight)
         if not (weight >= 0 and math.isfinite(weight)):
             raise ConfigurationError(f"pool weight must be finite and >= 0, got {weight}")
@@ -108,18 +120,22 @@ class Pool(nn.Module):
         w = self.weight.abs()
         if self.magnitude:
             r = r.abs()
-        if self.pool == "unit":
-            return r * w
-        if self.pool == "channel":
-            if r.dim() == 4:  # a 1x1 convolution: one pass, no (B, C, H, W) temporary
-                return F.conv2d(r, w.view(1, -1, 1, 1))
-            return (r * w).sum(1, keepdim=True)
+        if self.pool in ("unit", "channel"):
+            if self.pool == "unit":
+                y = r * w
+            elif r.dim() == 4:  # a 1x1 convolution: one pass, no (B, C, H, W) temporary
+                y = F.conv2d(r, w.view(1, -1, 1, 1))
+            else:
+                y = (r * w).sum(1, keepdim=True)
+            k = self.neighborhood
+            return y if k is None else F.avg_pool2d(y, k, 1, k // 2, count_include_pad=False)
         m = r.mean(self._space, keepdim=True)
         return m * w if self.pool == "space" else (m * w).sum(1, keepdim=True)
 
     def extra_repr(self) -> str:
         of = "|r|" if self.magnitude else "r"
-        return f"pool={self.pool!r} of {of}, {self.shape} -> {self.out_shape}"
+        hood = "" if self.neighborhood is None else f", neighborhood={self.neighborhood}"
+        return f"pool={self.pool!r} of {of}{hood}, {self.shape} -> {self.out_shape}"
 
 
 class _Modulated(Combine):
@@ -232,24 +248,27 @@ def _check_area(net, area: str, what: str):
 
 def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, pool: str,
                         weight: float, learn_weight: bool, magnitude: bool = True,
-                        role: str = "normalization") -> None:
+                        role: str = "normalization", neighborhood: int | None = None) -> None:
     """Add the population ``tau_g dg/dt = -g + P |r_area(t - delay)|`` (``magnitude=False``:
     ``P r_area``) of shape :func:`pool_shape` and its connection from ``area``; its ``role``
     marks it as auxiliary (``net.areas()`` leaves it out)."""
     pop = net.populations[area]
     net.add_population(name, shape=pool_shape(pop.shape, pool), tau=tau, phi="identity")
     net.populations[name].role = role
-    net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight, magnitude), delay=delay)
+    net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight, magnitude, neighborhood),
+                delay=delay)
 
 
 def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, pool: str = "channel",
                       sigma: float = 1.0, learn_sigma: bool = True, weight: float = 1.0,
-                      learn_weight: bool = True, name: str | None = None) -> str:
+                      learn_weight: bool = True, neighborhood: int | None = None,
+                      name: str | None = None) -> str:
     r"""Add delayed divisive normalization to population ``area`` of ``net`` (see the module doc):
 
     a pool population ``name`` (default ``f"{area}_norm"``) with ``tau_g = tau`` ms driven by
     ``P |r_area(t - delay)|`` (``pool``: ``"channel"``, ``"space"``, ``"both"`` or
-    ``"unit"``; weights initialised to ``weight`` times the mean), and ``area``'s combine
+    ``"unit"``; weights initialised to ``weight`` times the mean; ``neighborhood``: a local
+    ``k x k`` spatial average on top, see :class:`Pool`), and ``area``'s combine
     replaced by ``u = D / (sigma + g)`` (wrapping the area's own combine, if any, as ``D``).
     Returns the pool population's name. Call it after the area's other connections or before;
     connections added later join ``D``.
@@ -261,7 +280,7 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
                                  "divide u -- normalise inside the pipeline instead")
     name = name or f"{area}_norm"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight)
+                        learn_weight=learn_weight, neighborhood=neighborhood)
     net.set_combine(area, Divide(name, sigma, learn_sigma=learn_sigma, inner=pop.combine))
     net.connect(name, area, nn.Identity())
     return name

@@ -572,3 +572,18 @@ def test_connections_added_after_normalization_join_the_drive_with_the_automatic
     with pytest.raises(dn.ShapeError, match=r"connection y -> A: the operator maps \(1, 8, 8\) to \(1, 8, 8\), "
                                             r"but 'A' has shape \(4, 8, 8\)"):
         net.connect("y", "A", nn.Identity())  # would otherwise broadcast silently into the drive
+
+
+def test_pool_neighborhood_is_a_local_spatial_average(f64):
+    r = torch.zeros(1, 2, 5, 5)
+    r[0, 0, 2, 2] = 9.0  # one active unit in channel 0
+    p = Pool((2, 5, 5), "channel", weight=2.0, neighborhood=3)  # w_c = 1: the channel sum
+    y = p(r)[0, 0].detach()
+    assert float(y[2, 2]) == pytest.approx(1.0) and float(y[1, 1]) == pytest.approx(1.0)  # 9 / 9
+    assert float(y[0, 0]) == 0.0 and float(y.sum()) == pytest.approx(9.0)  # a 3x3 surround, no leak
+    edge = torch.ones(1, 2, 5, 5)
+    torch.testing.assert_close(p(edge), torch.full((1, 1, 5, 5), 2.0))  # padding left out of the mean
+    with pytest.raises(dn.ConfigurationError, match="neighborhood averages a .* pool='unit' or 'channel'"):
+        Pool((2, 5, 5), "space", neighborhood=3)
+    with pytest.raises(dn.ConfigurationError, match="neighborhood must be an odd int"):
+        Pool((2, 5, 5), "channel", neighborhood=2)
