@@ -136,6 +136,9 @@ def test_dn_fit_of_an_archive(linear_runs):
     assert set(d) == set(A.DN_PARAMS) | {"r2", "on_bounds", "good"}
     assert d["r2"] > 0.95 and d["on_bounds"]["sigma"] == 1.0 and d["good"] is False
     assert "parameters on their bounds" in summary["flags"]["dn"]
+    text = A.format_summary(res.summary())
+    r2, note = text.splitlines()[1].split()[-1].split("*")  # the R^2 is printed only with its footnote
+    assert r2 == f"{d['r2']:.3f}" and f"*{note} parameters on their bounds" in text
     for k, (lo, hi) in A.DN_BOUNDS.items():
         assert lo <= d[k] <= hi, k
     assert res.dn_fits["V2"].prediction.shape == res.courses["duration"]["V2"].sel(time=slice(0, None)).shape

@@ -77,8 +77,11 @@ def test_joint_dn_fit_recovers_known_parameters_from_all_three_experiments(dn_ar
         assert fit.r2 > 0.999 and fit.good and fit.on_bounds == {}
         for k, v in true.items():
             assert fit.params[k] == pytest.approx(v, rel=0.1), (pop, k)
-    d = res.summary()["IT"]["dn"]
-    assert d["good"] is True and d["on_bounds"] == {} and "dn" not in res.summary()["IT"]["flags"]
+    s = res.summary()
+    d = s["IT"]["dn"]
+    assert d["good"] is True and d["on_bounds"] == {} and "dn" not in s["IT"]["flags"]
+    header, v1 = A.format_summary(s).splitlines()[:2]
+    assert header.split()[-2:] == ["DN", "R2"] and v1.split()[-1] == f"{res.dn_fits['V1'].r2:.3f}"
 
 
 def test_dn_responses_show_the_groen_phenomena(dn_archives):
@@ -132,6 +135,7 @@ def test_latency_per_contrast_and_c50_from_an_archive():
     rows = text.splitlines()
     assert [r.split()[0] for r in rows[1:5]] == list(HIERARCHY)
     assert "ttp c=1" in rows[0] and "t50 c=0.25" in rows[0]
+    assert A.format_summary(json.loads(json.dumps(s))) == text  # the same table from summary.json
 
 
 def test_undefined_and_drifting_values_are_flagged_not_printed():

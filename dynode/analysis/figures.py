@@ -139,7 +139,7 @@ def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None)
         ax.set_xticks(isi, [f"{x:g}" for x in isi], fontsize=7)
         ax.set_title(name)
         ax.set_xlabel("inter-stimulus interval (ms)")
-        ax.set_ylabel("recovery")
+        ax.set_ylabel("recovery (1 = full)")
     return _save(fig, plt, path, title)
 
 

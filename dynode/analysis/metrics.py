@@ -195,7 +195,9 @@ def isi_recovery(two_pulse: xr.DataArray, single: xr.DataArray, *, duration: flo
     past the end of the course only ``W_2`` is shortened (Groen's convention: the denominator
     keeps the full window, so a cut window gives less than 1 even for a linear system); the
     cut is warned (:class:`~dynode.errors.AnalysisWarning`) and recorded in
-    ``attrs["second_window_ms"]``. A linear time-invariant system gives 1 for uncut windows;
+    ``attrs["second_window_ms"]``. Groen estimate ``r_1`` from the first pulse of the
+    longest-ISI trials (the recordings have no clean single-pulse tail); in silico the single
+    pulse itself is run. A linear time-invariant system gives 1 for uncut windows;
     adaptation gives less. ``two_pulse`` ``(isi, ..., time)`` and ``single`` ``(..., time)``
     must share their time grid.
     """

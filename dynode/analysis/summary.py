@@ -515,11 +515,12 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     (the archive's population order: the hierarchy). Columns: the summation ratio's range over
     duration pairs with T >= ``short`` ms (min..max) and each pair below the table, the
     sustained/peak ratio, ISI recovery at each ISI, time to peak and half-rise latency at
-    ``latency_contrasts``, Groen's c50, baseline/peak. A value with a flag is followed by
+    ``latency_contrasts``, Groen's c50, baseline/peak, and the joint DN fit's R^2 when there is
+    one (flagged when parameters are on their bounds). A value with a flag is followed by
     ``*k`` and footnote ``k`` says why (an area whose baseline drifts is marked on its name);
     ``n/a`` is a metric that is undefined (its reason in a footnote), ``-`` one that was not
     computed. Flags on values outside the table that change its reading (a response below
-    baseline, sums cut by a short epoch, DN parameters on bounds) follow as notes; the
+    baseline, sums cut by a short epoch) follow as notes; the
     Naka-Rushton extra's flags stay in the summary dict."""
     notes: dict[str, int] = {}
     rows = []
@@ -529,6 +530,9 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     head += [f"ttp c={c:g}" for c in latency_contrasts]
     head += [f"t50 c={c:g}" for c in latency_contrasts]
     head += ["c50", "base/peak"]
+    with_dn = any("dn" in d for d in summary.values())
+    if with_dn:
+        head.append("DN R2")
     for pop, d in summary.items():
         ratios = {float(k): v for k, v in (d.get("summation_ratio") or {}).items()}
         keep = [v for T, v in ratios.items() if T >= short and v is not None]
@@ -547,6 +551,11 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
         row += [_cell(d, "time_to_peak_ms", c, ".0f", notes) for c in latency_contrasts]
         row += [_cell(d, "half_rise_ms", c, ".0f", notes) for c in latency_contrasts]
         row += [_cell(d, "c50", fmt=".3g", notes=notes), _cell(d, "baseline_to_peak", fmt=".1%", notes=notes)]
+        if with_dn:
+            dn = d.get("dn")
+            r2 = "-" if dn is None else "n/a" if dn["r2"] is None else f"{dn['r2']:.3f}"
+            why = d.get("flags", {}).get("dn")
+            row.append(r2 if why is None else f"{r2}*{notes.setdefault(why, len(notes) + 1)}")
         rows.append(row)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
 
@@ -572,6 +581,6 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
         out.append(f"*{n} {why}")
     for pop, d in summary.items():  # flags on values outside the table that still change its reading
         for key, why in d.get("flags", {}).items():
-            if key.startswith(("response[", "summed_response[", "dn", "summation_window")) and why not in notes:
+            if key.startswith(("response[", "summed_response[", "summation_window")) and why not in notes:
                 out.append(f"note ({pop} {key}): {why}")
     return "\n".join(out)
