@@ -322,13 +322,15 @@ def _check_writable(path: Path) -> None:
     if not anc.is_dir():
         raise ConfigurationError(f"store {str(path)!r}: {str(anc)!r} is a file, not a folder; choose "
                                  "a store path inside a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=anc)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigurationError(f"store {str(path)!r}: cannot create files in the folder {str(anc)!r} "
-                                 f"({exc.strerror}); choose a writable folder") from None
+    # the folder it is built in; and an archive to replace must be deletable
+    for folder in [anc] + ([path] if path.is_dir() and not path.is_symlink() else []):
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigurationError(f"store {str(path)!r}: cannot create files in the folder "
+                                     f"{str(folder)!r} ({exc.strerror}); choose a writable folder") from None
 
 
 def prepare_path(path, overwrite: bool) -> Path:

@@ -447,16 +447,33 @@ def test_a_store_under_a_file_is_refused_before_the_first_step(tmp_path):
     assert dn.open_archive(tmp_path / "new" / "deeper" / "r.zarr").sizes["time"] == 60
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root may write into read-only folders")
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        return False
+    (folder / "probe").unlink()
+    return True
+
+
 def test_a_read_only_folder_is_refused_before_the_first_step(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
+    if _can_write(folder):
+        folder.chmod(0o755)
+        pytest.skip("this user may write into read-only folders (root with CAP_DAC_OVERRIDE; run "
+                    "under setpriv --bounding-set=-dac_override to test)")
     stim = Gated(image())
+    old = tmp_path / "old.zarr"
+    complete_run(old)
+    old.chmod(0o555)  # an archive that cannot be deleted
     try:
         with pytest.raises(ConfigurationError, match=r"cannot create files in the folder .*ro'.*writable"):
             dn.simulate(small_net(), stim, t_end=5.0, dt=1.0, store=folder / "r.zarr", progress=False)
+        with pytest.raises(ConfigurationError, match=r"cannot create files in the folder .*old.zarr'"):
+            dn.simulate(small_net(), stim, t_end=5.0, dt=1.0, store=old, overwrite=True, progress=False)
     finally:
         folder.chmod(0o755)
+        old.chmod(0o755)
     assert stim.calls == 0
