@@ -385,7 +385,10 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         recording in memory.
     chunk_steps : time steps per written block (= the zarr chunk along time); default: about
         16 MiB per block. Peak memory is two blocks.
-    overwrite : replace an existing store (otherwise an existing path is an error).
+    overwrite : replace an existing dynode archive (otherwise an existing path is an error);
+        a file, a link, a foreign folder or zarr store, and an archive that a live run is
+        writing are refused even then. The store's folder is checked to be writable before
+        the first step.
     progress : a tqdm bar; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
