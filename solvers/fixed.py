@@ -209,9 +209,9 @@ class FixedStepSolver:
                 if not (t0 < b + d < t_end + 1e-9 * max(1.0, abs(t_end))):
                     continue
                 kd = delay_steps(d, dt)
-                if k is None or kd is None:
+                if k is None:
                     off.append(b)
-                elif 0 < k + kd <= n_steps:
+                elif kd is not None and 0 < k + kd <= n_steps:  # (kd None: a max_delay no connection uses)
                     out.add(k + kd)
         off = sorted(set(off))
         if off and self.convergence_order > 1:
