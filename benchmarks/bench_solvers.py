@@ -7,6 +7,13 @@
     relative error of 1e-3 (log-log interpolation of its sweep; Euler extrapolated with
     slope 1). The sweep and the error at which Dopri5 becomes cheaper than Euler are printed
     (stderr) when the row runs.
+(e) ``conv4 pulse accuracy``: the same field with a smooth ``phi`` (softplus) under
+    ``Pulse(onset=4, duration=12)`` (the image is shown from 4 to 16 ms: jumps on the grid,
+    with 6 ms delays), Euler, Heun, RK4 (dt 2 .. 0.25 ms), Dopri5 and Tsit5 (rtol 1e-1 ..
+    1e-5): nfe for a relative error of 1e-3, and the sweep (error against nfe) printed. The
+    case issue 10 was about: before the one-sided history RK4 was second order here. (With
+    relu, units crossing zero make ``dr/dt`` non-smooth and RK4 measures about order 2 with
+    or without the pulse: ``python bench_solvers.py --pulse --relu``.)
 (b) ``rate ODE dopri5``: ``rate_network(rec_delay=0)`` (4 x 64 units, batch 32, 50 ms,
     float32, no grad), Dopri5 at rtol 1e-6 / atol 1e-8 in dynode, torchdiffeq and torchode,
     saving only the end state. Target: dynode at least as fast as each library.
@@ -31,7 +38,8 @@ import sys
 import torch
 
 import dynode as dn
-from dynode.solvers import RK4, Dopri5, Euler, TorchDiffEq, TorchODE
+from dynode.solvers import RK4, Dopri5, Euler, Heun, TorchDiffEq, TorchODE, Tsit5
+from dynode.stimuli import Pulse
 from harness import Benchmark
 from nets import conv4_network, rate_network
 
@@ -39,27 +47,35 @@ TARGET_ERROR = 1e-3
 
 
 # -- (a) accuracy per cost ------------------------------------------------------------------------
-@functools.lru_cache(maxsize=2)
-def accuracy_sweep(quick: bool = False) -> dict[str, list[tuple[float, int, float]]]:
-    """``{solver: [(setting, nfe, relative max error)]}`` on the delayed conv4 field."""
-    net = conv4_network()
+@functools.lru_cache(maxsize=4)
+def accuracy_sweep(quick: bool = False, pulse: bool = False,
+                   relu: bool = False) -> dict[str, list[tuple[float, int, float]]]:
+    """``{solver: [(setting, nfe, relative max error)]}`` on the delayed conv4 field, under a
+    constant image (relu) or (``pulse``) the image shown from 4 to 16 ms (softplus unless ``relu``)."""
+    net = conv4_network(phi="softplus" if pulse and not relu else "relu")
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     t_end, grid = (12.0, 2.0) if quick else (24.0, 2.0)
+    stim = Pulse(onset=4.0, duration=12.0, value=x) if pulse else x
     with torch.no_grad():
-        ref = dn.integrate(net, x, t_end=t_end, solver=Dopri5(rtol=1e-7, atol=1e-9), save_at=grid)
+        ref = dn.integrate(net, stim, t_end=t_end, solver=Dopri5(rtol=1e-7, atol=1e-9), save_at=grid)
     scale = max(float(v.abs().max()) for v in ref.states.values())
+    adaptive = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
     runs = {"euler": [(Euler(), d) for d in (2.0, 1.0, 0.5, 0.25)],
             "rk4": [(RK4(), d) for d in (2.0, 1.0, 0.5)],
-            "dopri5": [(Dopri5(rtol=r, atol=r * 1e-2), r) for r in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)]}
+            "dopri5": [(Dopri5(rtol=r, atol=r * 1e-2), r) for r in adaptive]}
+    if pulse:
+        runs = {"euler": runs["euler"], "heun": [(Heun(), d) for d in (2.0, 1.0, 0.5, 0.25)],
+                "rk4": [(RK4(), d) for d in (2.0, 1.0, 0.5, 0.25)], "dopri5": runs["dopri5"],
+                "tsit5": [(Tsit5(rtol=r, atol=r * 1e-2), r) for r in adaptive]}
     if quick:
         runs = {k: v[:3] for k, v in runs.items()}
     out: dict[str, list[tuple[float, int, float]]] = {}
     for name, items in runs.items():
         rows = []
         for solver, setting in items:
-            dt = setting if name != "dopri5" else None
+            dt = None if solver.adaptive else setting
             with torch.no_grad():
-                sol = dn.integrate(net, x, t_end=t_end, solver=solver, dt=dt, save_at=grid)
+                sol = dn.integrate(net, stim, t_end=t_end, solver=solver, dt=dt, save_at=grid)
             err = max(float((sol.states[k] - ref.states[k]).abs().max()) for k in ref.states) / scale
             rows.append((setting, sol.stats.nfe, err))
         out[name] = rows
@@ -92,11 +108,19 @@ def crossover(sweep) -> float:
     return math.nan
 
 
+def observed_order(rows) -> str:
+    """Observed orders between consecutive fixed steps (error ratio over dt ratio, log-log)."""
+    return " / ".join(f"{math.log(e0 / e1) / math.log(s0 / s1):.2f}"
+                      for (s0, _, e0), (s1, _, e1) in zip(rows, rows[1:]) if e0 > 0 and e1 > 0)
+
+
 def format_sweep(sweep) -> str:
     lines = ["| solver | dt (ms) / rtol | nfe | rel. max error |", "| --- | ---: | ---: | ---: |"]
     for name, rows in sweep.items():
         for setting, nfe, err in rows:
             lines.append(f"| {name} | {setting:g} | {nfe} | {err:.3g} |")
+    fixed = [k for k in sweep if k in ("euler", "heun", "rk4")]
+    lines.append("\nobserved orders: " + "; ".join(f"{k} {observed_order(sweep[k])}" for k in fixed))
     lines.append(f"\nDopri5 needs no more evaluations than Euler for relative errors below "
                  f"{crossover(sweep):.3g}; nfe at {TARGET_ERROR:g}: " +
                  ", ".join(f"{k} {nfe_at(v, TARGET_ERROR, 1.0 if k == 'euler' else None):.0f}"
@@ -104,8 +128,8 @@ def format_sweep(sweep) -> str:
     return "\n".join(lines)
 
 
-def _setup_accuracy(quick: bool):
-    sweep = accuracy_sweep(quick)
+def _setup_accuracy(quick: bool, pulse: bool = False):
+    sweep = accuracy_sweep(quick, pulse)
     print(format_sweep(sweep), file=sys.stderr)
     return {name: (lambda rows=rows, name=name: nfe_at(rows, TARGET_ERROR, 1.0 if name == "euler" else None))
             for name, rows in sweep.items()}
@@ -170,6 +194,9 @@ BENCHMARKS = [
     Benchmark("conv4 accuracy: nfe for 1e-3 rel. error", _setup_accuracy, metric="value",
               target={"dopri5": 1.0},
               note="value = evaluations needed for a relative max error of 1e-3; first = Euler"),
+    Benchmark("conv4 pulse accuracy: nfe for 1e-3 rel. error", functools.partial(_setup_accuracy, pulse=True),
+              metric="value", target={"rk4": 1.0},
+              note="softplus, image shown 4-16 ms, 6 ms delays; value = evaluations for a relative max error of 1e-3"),
     Benchmark("rate ODE dopri5 vs torchdiffeq", _setup_libs(0.0, "torchdiffeq"),
               target={"dynode Dopri5": 1.0}, note="rtol 1e-6, atol 1e-8, batch 32, 50 ms"),
     Benchmark("rate ODE dopri5 vs torchode", _setup_libs(0.0, "torchode"),
@@ -182,4 +209,4 @@ BENCHMARKS = [
 
 
 if __name__ == "__main__":
-    print(format_sweep(accuracy_sweep("--quick" in sys.argv)))
+    print(format_sweep(accuracy_sweep("--quick" in sys.argv, "--pulse" in sys.argv, "--relu" in sys.argv)))
