@@ -8,6 +8,10 @@
 * memory_flat: peak RSS (MiB) of a fresh process that runs ``simulate`` to zarr over
   ``t_end`` and over ``10 * t_end`` (same field, batch and blocks). Target: the long run's
   peak within 10 % of the short one's.
+* checksum_cost_lz4 / checksum_cost_raw: the archive writer alone (no model), 16 MiB blocks
+  of conv4-shaped rates (batch 32; lz4 / uncompressed), with the crc32c codec that every
+  dynode array carries against the same writer without it. Target: at most 15 % more writer time (the writer runs
+  in a background thread, overlapped with the solver).
 """
 
 from __future__ import annotations
@@ -84,10 +88,64 @@ def _memory_setup(quick: bool):
             f"t_end {10 * t_end:g} ms": lambda: _peak_rss(batch, 10 * t_end, chunk)}
 
 
+def _checksum_setup(compression):
+    return lambda quick: _checksum_contenders(quick, compression)
+
+
+def _checksum_contenders(quick: bool, compression):
+    import contextlib
+
+    import numpy as np
+
+    import dynode.archive as A
+    from zarr.codecs import Crc32cCodec
+
+    batch, k, n_blocks = (8, 8, 4) if quick else (32, 8, 10)
+    shapes = {"V1": (36, 16, 16), "V2": (64, 8, 8), "V4": (121, 4, 4), "IT": (256, 2, 2)}
+    rng = np.random.default_rng(0)
+    groups = tuple(A.GroupSpec(n, ("channel", "y", "x"), {d: np.arange(m) for d, m in zip("cyx", s)},
+                               {"units": "1"}, np.dtype("float32")) for n, s in shapes.items())
+    layout = A.Layout(batch=batch, conditions={}, groups=groups, inputs=("image",),
+                      stimulus_dtype=np.dtype("float32"), attrs={"dynode_archive": A.ARCHIVE_FORMAT})
+    rates = {n: np.maximum(rng.standard_normal((k, batch) + s, dtype=np.float32), 0)
+             for n, s in shapes.items()}
+    stim = rng.random((k, batch, 1), dtype=np.float32)
+    times = np.arange(k * n_blocks, dtype=np.float64)
+    tmp = tempfile.TemporaryDirectory(prefix="dynode-bench-")
+    counter = itertools.count()
+    with_crc = A._codecs
+
+    @contextlib.contextmanager
+    def codecs(checksum: bool):
+        A._codecs = with_crc if checksum else (
+            lambda c: [x for x in with_crc(c) if not isinstance(x, Crc32cCodec)] or None)
+        try:
+            yield
+        finally:
+            A._codecs = with_crc
+
+    def write(checksum):
+        def run():
+            with codecs(checksum):
+                w = A.ZarrArchiveWriter(Path(tmp.name) / f"w{next(counter)}.zarr", layout, times,
+                                        chunk_steps=k, compression=compression)
+                for b in range(n_blocks):
+                    w.write(A.Block(times[b * k:(b + 1) * k], rates, stim))
+                w.finish("complete")
+        run.tmp = tmp
+        return run
+
+    return {"no checksum": write(False), "crc32c (dynode's default)": write(True)}
+
+
 BENCHMARKS = [
     Benchmark("record_conv4", _record_setup, target={"every step to zarr": 1.15,
                                                     "every step to zarr, uncompressed": 1.15},
               note="conv4, batch 32, 100 steps, every population every step, float32"),
+    Benchmark("checksum_cost_lz4", _checksum_setup("lz4"), target={"crc32c (dynode's default)": 1.15},
+              note="archive writer alone, 10 blocks of 16 MiB (conv4 rates, batch 32), lz4"),
+    Benchmark("checksum_cost_raw", _checksum_setup(None), target={"crc32c (dynode's default)": 1.15},
+              note="archive writer alone, 10 blocks of 16 MiB (conv4 rates, batch 32), uncompressed"),
     Benchmark("memory_flat", _memory_setup, target={"t_end 240 ms": 1.10, "t_end 120 ms": 1.10},
               metric="value", note="peak RSS (MiB) of a fresh process, conv4 batch 32, to zarr"),
 ]
