@@ -1,4 +1,4 @@
-"""The ``dynode`` command line: ``demo``, ``train``, ``simulate``, ``experiment``,
+"""The ``dynode`` command line: ``demo``, ``compare``, ``train``, ``simulate``, ``experiment``,
 ``convergence``, ``inspect``, ``analyze`` and ``config``.
 
 Every command that takes a CONFIG reads one YAML file (:class:`dynode.config.RunConfig`,
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "experiments, write archives and figures, print a summary")
     d.add_argument("--out", default="dynode-demo", help="output folder (default: dynode-demo)")
     d.add_argument("--quick", action="store_true", help="tiny settings (a smoke test in seconds)")
-    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 6; quick 1)")
+    d.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; quick 1)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--overwrite", action="store_true", help="replace archives from an earlier demo")
     for name, text in (("train", "train the configured model on the configured data"),
@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML run configuration")
         p.add_argument("--out", default=None, help="output folder (default: the config's output)")
         p.add_argument("--overwrite", action="store_true", help="replace existing archives")
+    m = sub.add_parser("compare", help="train several model variants (recurrence types, with and without "
+                       "normalization), run the Groen 2022 experiments on each, one table and one figure")
+    m.add_argument("config", nargs="?", default=None,
+                   help="YAML run configuration: the base model, data, training and experiment, and "
+                   "compare.variants (default: the demo's settings and the eight default variants)")
+    m.add_argument("--out", default=None, help="output folder (default: dynode-compare, or the config's output)")
+    m.add_argument("--quick", action="store_true", help="without CONFIG: the demo's tiny settings (a smoke test)")
+    m.add_argument("--variants", default=None,
+                   help="comma-separated labels to run out of the configured or default variants")
+    m.add_argument("--overwrite", action="store_true", help="retrain variants trained by an earlier run")
     i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
     i.add_argument("archive")
     a = sub.add_parser("analyze", help="analyse archives: Groen 2022 metrics, flags and figures where the "
@@ -267,6 +277,34 @@ def cmd_config(args) -> int:
     raise _UsageError("dynode config: error: give an action: schema or check FILE")
 
 
+def cmd_compare(args) -> int:
+    from dynode.compare import default_variants, run_comparison
+    from dynode.config import load_config
+    from dynode.demo import demo_config
+
+    if args.config is not None:
+        if args.quick:
+            raise _UsageError("dynode compare: error: --quick applies without CONFIG only (the demo's "
+                              "settings); put small settings in the config instead")
+        cfg = load_config(args.config)
+        out = Path(args.out or cfg.output)
+    else:
+        cfg = demo_config(quick=args.quick)
+        out = Path(args.out or "dynode-compare")
+    variants = cfg.compare.variants
+    if variants is None:
+        variants = default_variants(normalization=cfg.model.options.get("normalization"))
+    if args.variants:
+        wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in variants]
+        if unknown:
+            raise _UsageError(f"dynode compare: error: unknown variants {unknown}; known: {list(variants)}")
+        variants = {v: variants[v] for v in wanted}
+    res = run_comparison(cfg, out, variants, overwrite=args.overwrite)
+    print(f"compared {len(res['results'])} variants in {res['seconds']:.0f} s")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from dynode.demo import run_demo
 
@@ -274,7 +312,7 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "simulate": cmd_simulate, "experiment": cmd_experiment,
+COMMANDS = {"demo": cmd_demo, "compare": cmd_compare, "train": cmd_train, "simulate": cmd_simulate, "experiment": cmd_experiment,
             "convergence": cmd_convergence, "inspect": cmd_inspect, "analyze": cmd_analyze, "config": cmd_config}
 
 

@@ -403,6 +403,14 @@ class ConvergenceConfig(_Frozen):
         return list(self.solvers)
 
 
+class CompareConfig(_Frozen):
+    """``dynode compare``: model variants side by side (see :mod:`dynode.compare`)."""
+
+    variants: dict[str, dict[str, Any]] | None = Field(
+        None, description="{label: model.options overrides}; null: the recurrence types full, self, "
+        "depthpointwise and pointdepthwise, each with and without normalization")
+
+
 class RunConfig(_Frozen):
     """Everything one ``dynode`` command needs, one section per concern."""
 
@@ -417,6 +425,7 @@ class RunConfig(_Frozen):
     record: RecordConfig = Field(default_factory=RecordConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
 def _training_config():

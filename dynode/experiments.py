@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -138,8 +138,17 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     it measured if it is not steady after this long); the experiment starts from that state,
     so its baseline (the ``onset`` ms before the stimulus, default 100) is flat. ``None``
     starts from the network's initial state instead. Epochs end 1.2 s after the onset.
-    Use a ``dt`` that divides the durations (1 ms) for exact pulse lengths."""
+    Use a ``dt`` that divides the durations (1 ms) for exact pulse lengths.
+
+    ``record`` defaults to the population mean; unless it names populations, a
+    :class:`~dynode.Network`'s areas are recorded (``net.areas()``: not the normalization pools,
+    adaptation or inhibitory populations that components add)."""
+    from dynode.network import Network
     from dynode.stimuli import groen2022
+
+    record = record if record is not None else Record(reduce="mean")
+    if record.populations is None and isinstance(network, Network):
+        record = replace(record, populations=list(network.areas()))
 
     unknown = [k for k in kinds if k not in GROEN_KINDS]
     if unknown:

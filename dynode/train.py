@@ -79,6 +79,7 @@ from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
 from dynode.integrate import integrate
+from dynode.network import Network
 
 __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint"]
 
@@ -293,6 +294,10 @@ class Trainer:
             raise ConfigurationError(f"reaction_time/ramp weight the loss over time and need a readout "
                                      f"at='every'; this network's readout is at={self.at!r}")
         self._save_all = cfg.energy_weight > 0 or cfg.stability_weight > 0
+        # the activity penalty is on the model's areas, not on the normalization pools or
+        # adaptation variables that components add (they are not extra spikes to pay for)
+        areas = self.network.areas() if isinstance(self.network, Network) else None
+        self._energy_of = {a: 1.0 for a in areas} if areas else 1.0
         if cfg.stability_weight > 0:
             off = cfg.stimulus_onset + cfg.stimulus_duration
             if off >= self.t_end - _EPS:
@@ -377,7 +382,7 @@ class Trainer:
             final = logits
         if cfg.energy_weight > 0:
             share = len(sol.ts) / (self.n_steps + 1)  # this segment's share of the N + 1 times
-            e = (cfg.energy_weight * share) * energy_loss(sol.states, p=cfg.energy_p)
+            e = (cfg.energy_weight * share) * energy_loss(sol.states, p=cfg.energy_p, weights=self._energy_of)
             loss = e if loss is None else loss + e
         if cfg.stability_weight > 0:
             s = cfg.stability_weight * stability_loss(

@@ -1,0 +1,221 @@
+"""``dynode compare``: the paper's Figure 3 in silico -- several trained models side by side.
+
+Each *variant* is a set of ``model.options`` overrides of one base :class:`~dynode.config.RunConfig`
+(by default the demo's: the generated task and a four-area ``dyrcnn``). For every variant
+:func:`~dynode.demo.run_workflow` trains the model, runs the Groen et al. (2022) experiments and
+analyses them into ``OUT/<variant>/``; then one table (``comparison.csv``, ``comparison.md``,
+printed) and one figure (``comparison.png``: a row per variant, a column per area with the
+responses to the six durations, and a last column with ISI recovery) put them side by side.
+
+The default variants are the paper's recurrence types (full, self, depthpointwise,
+pointdepthwise), each with and without delayed divisive normalization.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from dynode.errors import ConfigurationError
+
+__all__ = ["COMPARED_RECURRENCE", "default_variants", "run_comparison", "comparison_rows",
+           "format_comparison", "plot_comparison"]
+
+COMPARED_RECURRENCE = ("full", "self", "depthpointwise", "pointdepthwise")
+"""The recurrence types of the paper's comparison."""
+
+
+def default_variants(recurrence_types: Sequence[str] = COMPARED_RECURRENCE,
+                     normalization: Mapping | None = None) -> dict[str, dict]:
+    """``{label: model option overrides}``: each recurrence type with delayed divisive
+    normalization (``"<type>+norm"``; ``normalization``: its options, default a channel pool
+    with tau 30 ms and delay 4 ms) and without (``"<type>"``)."""
+    norm = dict(normalization) if normalization else {"tau": 30.0, "delay": 4.0, "pool": "channel"}
+    out = {}
+    for rt in recurrence_types:
+        out[f"{rt}+norm"] = {"recurrence_type": rt, "normalization": norm}
+        out[rt] = {"recurrence_type": rt, "normalization": None}
+    return out
+
+
+def _variant_config(base, label: str, overrides: Mapping):
+    if not isinstance(overrides, Mapping):
+        raise ConfigurationError(f"compare variant {label!r}: give a mapping of model options, got "
+                                 f"{type(overrides).__name__}")
+    options = {**base.model.options, **overrides}
+    model = base.model.model_copy(update={"options": options})
+    return base.model_copy(update={"model": model})
+
+
+def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, overwrite: bool = False,
+                   log=print) -> dict:
+    """Run :func:`~dynode.demo.run_workflow` for each of ``variants`` (``{label: model option
+    overrides}``; default :func:`default_variants`) on the base config ``base`` into
+    ``out/<label>``, then write the table and the figure. Returns ``{"results": {label:
+    workflow result}, "table": path, "figure": path, "seconds": s}``."""
+    from dynode.demo import run_workflow
+
+    variants = dict(variants) if variants is not None else default_variants(
+        normalization=base.model.options.get("normalization"))
+    if not variants:
+        raise ConfigurationError("compare: give at least one variant")
+    bad = [v for v in variants if not v or "/" in v or v.startswith(".")]
+    if bad:
+        raise ConfigurationError(f"compare: variant labels become folder names; {bad} cannot")
+    configs = {label: _variant_config(base, label, ov) for label, ov in variants.items()}
+    for label, cfg in configs.items():  # every variant's model builds before anything trains
+        try:
+            cfg.model.model_copy(update={"weights": None}).build()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results = {}
+    for i, (label, cfg) in enumerate(configs.items()):
+        log(f"\n[{i + 1}/{len(configs)}] {label}")
+        try:
+            results[label] = run_workflow(cfg, out / label, overwrite=overwrite, log=lambda m: log("  " + m),
+                                          figures=False)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
+    rows = comparison_rows(results)
+    table = out / "comparison.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    text = format_comparison(rows)
+    (out / "comparison.md").write_text(text + "\n")
+    figure = plot_comparison(results, out / "comparison.png")
+    log("\n" + text)
+    log(f"\ntable: {table}, {out / 'comparison.md'}; figure: {figure}")
+    seconds = time.perf_counter() - t0
+    summary = {label: {"accuracy": r["accuracy"], "summary": r["summary"], "options": dict(configs[label].model.options)}
+               for label, r in results.items()}
+    (out / "comparison.json").write_text(json.dumps(summary, indent=2, default=str))
+    return {"results": results, "table": table, "figure": figure, "seconds": seconds}
+
+
+def _get(d: Mapping, key: str, cond: float | None = None):
+    v = d.get(key)
+    if cond is not None and isinstance(v, Mapping):
+        v = v.get(cond, v.get(str(cond)))
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def comparison_rows(results: Mapping[str, Mapping]) -> list[dict]:
+    """One row per (variant, area): accuracy and the Groen metrics (``None`` where undefined;
+    a flagged value is kept and marked in ``flags``)."""
+    rows = []
+    for label, res in results.items():
+        for area, d in res["summary"].items():
+            ratios = [v for T, v in (d.get("summation_ratio") or {}).items() if float(T) >= 33.0 and v is not None]
+            rec = d.get("isi_recovery") or {}
+            isis = sorted(float(k) for k in rec)
+            row = {"variant": label, "area": area, "accuracy": res["accuracy"],
+                   "summation_ratio_min": min(ratios) if ratios else None,
+                   "summation_ratio_max": max(ratios) if ratios else None}
+            for key, cond, name in (("asymptote_to_peak", None, "sustained_to_peak"),
+                                    ("isi_recovery", isis[0] if isis else None, "isi_recovery_shortest"),
+                                    ("isi_recovery", isis[-1] if isis else None, "isi_recovery_longest"),
+                                    ("time_to_peak_ms", 1.0, "time_to_peak_c1_ms"),
+                                    ("time_to_peak_ms", 0.25, "time_to_peak_c025_ms"),
+                                    ("c50", None, "c50"), ("baseline_to_peak", None, "baseline_to_peak")):
+                row[name] = None if key == "isi_recovery" and cond is None else _get(d, key, cond)
+            row["flags"] = "; ".join(sorted(d.get("flags", {})))
+            rows.append(row)
+    return rows
+
+
+def format_comparison(rows: Sequence[Mapping]) -> str:
+    """The comparison as a markdown table (undefined values ``n/a``; ``*`` marks an area whose
+    numbers carry analysis flags, listed in ``comparison.csv``)."""
+    cols = [("variant", "variant", "s"), ("area", "area", "s"), ("accuracy", "acc", ".2f"),
+            ("summation_ratio_min", "sum ratio min", ".2f"), ("summation_ratio_max", "sum ratio max", ".2f"),
+            ("sustained_to_peak", "sust/peak", ".2f"), ("isi_recovery_shortest", "ISI rec. short", ".2f"),
+            ("isi_recovery_longest", "ISI rec. long", ".2f"), ("time_to_peak_c1_ms", "ttp c=1 ms", ".0f"),
+            ("time_to_peak_c025_ms", "ttp c=0.25 ms", ".0f"), ("c50", "c50", ".3g"),
+            ("baseline_to_peak", "base/peak", ".1%")]
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |",
+             "| " + " | ".join("---" if f == "s" else "---:" for _, _, f in cols) + " |"]
+    for r in rows:
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            text = "n/a" if v is None else (str(v) if fmt == "s" else format(v, fmt))
+            if key == "area" and r.get("flags"):
+                text += "*"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("* the area has analysis flags (see comparison.csv, column flags)")
+    return "\n".join(lines)
+
+
+def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
+    """One figure: a row per variant, a column per area with the baseline-corrected responses
+    to the six stimulus durations, and a last column with ISI recovery per area."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(results)
+    areas = list(next(iter(results.values()))["summary"])
+    n_rows, n_cols = len(labels), len(areas) + 1
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 1.9 * n_rows + 0.6), squeeze=False,
+                             sharex="col", constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    for i, label in enumerate(labels):
+        res = results[label]["analysis"]
+        ds = res.courses.get("duration")
+        for j, area in enumerate(areas):
+            ax = axes[i, j]
+            if ds is not None and area in ds:
+                da = ds[area]
+                dim = [d for d in da.dims if d != "time"][0]
+                vals = da[dim].values
+                peak = float(abs(da).max()) or 1.0
+                for k, v in enumerate(vals):
+                    ax.plot(da["time"].values, da.sel({dim: v}).values / peak,
+                            color=cmap(k / max(1, len(vals) - 1)), lw=1.0, label=f"{v:g} ms")
+            ax.axhline(0.0, color="0.7", lw=0.5)
+            ax.set_xlim(-100, 1000)
+            if i == 0:
+                ax.set_title(area, fontsize=10)
+            if j == 0:
+                acc = results[label]["accuracy"]
+                ax.set_ylabel(f"{label}\n(acc {acc:.2f})\nresponse / peak", fontsize=9)
+            if i == n_rows - 1:
+                ax.set_xlabel("time from onset (ms)", fontsize=9)
+            ax.tick_params(labelsize=8)
+        ax = axes[i, -1]
+        rec = res.recovery
+        if rec is not None:
+            for j, area in enumerate(areas):
+                if area in rec:
+                    ax.plot(rec[area]["isi"].values, rec[area].values, "o-", ms=3, lw=1.0, label=area,
+                            color=plt.get_cmap("tab10")(j))
+            ax.set_xscale("log")
+            ax.axhline(1.0, color="0.7", lw=0.5, ls="--")
+        if i == 0:
+            ax.set_title("ISI recovery", fontsize=10)
+            ax.legend(fontsize=7, frameon=False)
+        if i == n_rows - 1:
+            ax.set_xlabel("ISI (ms)", fontsize=9)
+        ax.tick_params(labelsize=8)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, title="duration", fontsize=7, title_fontsize=8, loc="outside right upper",
+                   frameon=False)
+    fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area",
+                 fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
