@@ -66,7 +66,7 @@ def run_workflow(cfg, out, *, overwrite: bool = False, log=print, figures: bool 
     itself (key ``analysis``)."""
     from dynode import analysis
     from dynode.config import first_images
-    from dynode.experiments import groen2022_experiments
+    from dynode.experiments import groen2022_experiments, recovery_after_offset
     from dynode.train import Trainer
 
     out = Path(out)
@@ -102,14 +102,20 @@ def run_workflow(cfg, out, *, overwrite: bool = False, log=print, figures: bool 
     paths = groen2022_experiments(net, images, out / "experiments", dt=ex.dt, solver=ex.solver.build(),
                                   kinds=ex.protocols, record=ex.record.build(), overwrite=True,
                                   background=ex.background, onset=ex.onset, settle_max=ex.settle_max)
+    # a 3.5 s run (500 ms stimulus): activity must come back to rest after the offset
+    back = recovery_after_offset(net, images[:1], dt=ex.dt, solver=ex.solver.build(), background=ex.background,
+                                 t_end=3500.0)
     t_exp = time.perf_counter() - t_start - t_train
     log(f"experiments: {', '.join(str(p) for p in paths.values())} ({t_exp:.0f} s)")
+    log("3.5 s run, 500 ms stimulus: activity over the last 100 ms, relative to the peak: "
+        + ", ".join(f"{a} {v['final_to_peak']:.1e}" for a, v in back.items()))
 
     res = analysis.analyze(*paths.values())
     figs = res.figures(out / "figures") if figures else {}
     return {"accuracy": acc, "chance": 1 / n_classes, "parameters": n_params, "train_seconds": t_train,
             "experiment_seconds": t_exp, "archives": {k: str(v) for k, v in paths.items()},
-            "figures": {k: str(v) for k, v in figs.items()}, "summary": res.summary(), "analysis": res,
+            "figures": {k: str(v) for k, v in figs.items()}, "summary": res.summary(),
+            "recovery_after_offset": back, "analysis": res,
             "network": net}
 
 

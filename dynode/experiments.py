@@ -22,7 +22,7 @@ from dynode.errors import BaselineDriftWarning, ConfigurationError
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 
-__all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "GROEN_KINDS"]
+__all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
 
 GROEN_KINDS = ("contrast", "duration", "repetition")
 
@@ -167,3 +167,42 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
                      overwrite=overwrite, progress=progress, initial_state=state, attrs=extra)
         paths[kind] = path
     return paths
+
+
+def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler", onset: float = 100.0,
+                          duration: float = 500.0, t_end: float = 3500.0, background="blank",
+                          tail: float = 100.0) -> dict[str, dict[str, float]]:
+    r"""Does activity return to its rest state after a stimulus? A long run (default 3.5 s) from
+    the settled state: ``images`` shown at full contrast from ``onset`` for ``duration`` ms,
+    then the ``background`` until ``t_end``.
+
+    Returns per area (a :class:`~dynode.Network`'s ``areas()``, else every population) of the
+    population mean rate ``m(t)`` (mean over units and images): ``peak`` ``max |m - m_0|``
+    (``m_0`` the rest level before the onset), ``final`` ``max |m - m_0|`` over the last ``tail``
+    ms, and ``final_to_peak`` their ratio (``nan`` when there is no response).
+    """
+    from dynode.integrate import integrate
+    from dynode.network import Network
+    from dynode.stimuli import present
+
+    if not onset + duration + tail <= t_end:
+        raise ConfigurationError(f"recovery_after_offset: t_end={t_end} ms leaves no {tail} ms after the "
+                                 f"offset at {onset + duration} ms")
+    protocol = present(images, onset=onset, duration=duration, background=background, t_end=t_end)
+    settled = settle(network, protocol(0.0), dt=dt, solver=solver)
+    every = max(1, round(10.0 / dt)) * dt
+    n = int(round(t_end / every))
+    with torch.no_grad():
+        sol = integrate(network, protocol, t_end=t_end, dt=dt, solver=solver, initial_state=settled.state,
+                        save_at=[i * every for i in range(n + 1)])
+    names = network.areas() if isinstance(network, Network) else tuple(sol.states)
+    t = sol.ts.numpy()
+    out = {}
+    for name in names:
+        x = sol.states[name]
+        m = x.flatten(2).mean(-1).mean(-1).double() if x.dim() > 2 else x.double().mean(-1)
+        rest = float(m[t < onset].mean())
+        dev = (m - rest).abs()
+        peak, final = float(dev.max()), float(dev[t >= t_end - tail].max())
+        out[name] = {"peak": peak, "final": final, "final_to_peak": final / peak if peak > 0 else math.nan}
+    return out

@@ -55,9 +55,16 @@ def test_plot_archive_example_reads_with_plain_xarray(tmp_path):
     assert pathlib.Path(out).stat().st_size > 5000
 
 
-@pytest.mark.parametrize("name", ["train_generated", "cifar100_dyrcnn", "experiment_groen", "convergence"])
+@pytest.mark.parametrize("name", ["train_generated", "cifar100_dyrcnn", "experiment_groen", "convergence",
+                                  "compare_cifar100"])
 def test_example_configs_validate(name):
     from dynode.config import load_config
 
     cfg = load_config(EXAMPLES / "configs" / f"{name}.yaml")
     assert cfg.model.name == "dyrcnn"
+    if name == "compare_cifar100":  # every variant's model builds (CIFAR-100 shapes, no data needed)
+        from dynode.compare import _variant_config
+
+        for label, overrides in cfg.compare.variants.items():
+            net = _variant_config(cfg, label, overrides).model.build(input_shape=(3, 32, 32), num_classes=100)
+            assert ("V1_norm" in net.populations) == label.endswith("+norm")

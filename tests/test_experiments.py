@@ -93,3 +93,25 @@ def test_mean_background_is_each_images_mean_luminance():
     torch.testing.assert_close(blank, images.mean(dim=(2, 3), keepdim=True).expand_as(images).repeat(5, 1, 1, 1))
     # lower contrast keeps the mean luminance
     torch.testing.assert_close(p(150.0).mean(dim=(2, 3)), blank.mean(dim=(2, 3)))
+
+
+def test_recovery_after_offset_of_a_leaky_area_is_analytic():
+    # tau dr/dt = -r + x: after the offset r decays as exp(-t / tau) from its value at the offset
+    net = dn.Network()
+    net.add_input("image", shape=(3, 8, 8))
+    net.add_population("V1", shape=(4, 4, 4), tau=20.0, phi="relu")
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(0.05)
+    net.connect("image", "V1", conv)
+    net = net.double()
+    res = dn.experiments.recovery_after_offset(net, torch.ones(1, 3, 8, 8, dtype=torch.float64), dt=1.0,
+                                               onset=100.0, duration=200.0, t_end=600.0, tail=50.0)
+    v1 = res["V1"]
+    # peak at the offset (300 ms); the tail's largest deviation is at 550 ms, 250 Euler steps of
+    # decay later: (1 - dt / tau)^250
+    assert v1["final"] == pytest.approx(v1["peak"] * (1.0 - 1.0 / 20.0) ** 250, rel=1e-6)
+    assert v1["final_to_peak"] < 1e-4
+    with pytest.raises(ConfigurationError, match="leaves no 50.0 ms after the offset"):
+        dn.experiments.recovery_after_offset(net, torch.ones(1, 3, 8, 8, dtype=torch.float64), dt=1.0,
+                                             onset=100.0, duration=500.0, t_end=620.0, tail=50.0)
