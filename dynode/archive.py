@@ -969,8 +969,11 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
     elif fmt == "zarr":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-            assembly.to_dataset().to_zarr(path, mode="w" if overwrite else "w-", consolidated=True,
-                                          zarr_format=3)
+            ds = assembly.to_dataset()
+            enc = {name: {"compressors": _codecs("zstd" if name == assembly.name else None)}
+                   for name in ds.variables}  # checksummed, as every array dynode writes
+            ds.to_zarr(path, mode="w" if overwrite else "w-", consolidated=True, zarr_format=3,
+                       encoding=enc)
     return assembly
 
 

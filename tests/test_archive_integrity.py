@@ -432,6 +432,9 @@ def test_to_brainscore_refuses_to_overwrite_unless_asked(tmp_path):
         dn.archive.to_brainscore(tree, "V1", [0.0, 20.0], z)
     dn.archive.to_brainscore(tree, "V1", [0.0, 40.0], z, overwrite=True)
     assert xr.open_zarr(z)["time_bin_end"].values.tolist() == [40.0]
+    arrays = [json.loads(f.read_text()) for f in z.rglob("zarr.json")]
+    arrays = [m for m in arrays if m.get("node_type") == "array"]
+    assert arrays and all(m["codecs"][-1]["name"] == "crc32c" for m in arrays)
 
 
 # -- 7: the store's folder is checked before the first step ------------------------------------
