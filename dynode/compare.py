@@ -32,9 +32,9 @@ COMPARED_RECURRENCE = ("full", "self", "depthpointwise", "pointdepthwise")
 def default_variants(recurrence_types: Sequence[str] = COMPARED_RECURRENCE,
                      normalization: Mapping | None = None) -> dict[str, dict]:
     """``{label: model option overrides}``: each recurrence type with delayed divisive
-    normalization (``"<type>+norm"``; ``normalization``: its options, default a channel pool
-    with tau 30 ms and delay 4 ms) and without (``"<type>"``)."""
-    norm = dict(normalization) if normalization else {"tau": 30.0, "delay": 4.0, "pool": "channel"}
+    normalization (``"<type>+norm"``; ``normalization``: its options, default the demo's: a
+    channel pool with tau 100 ms, delay 4 ms, gain 30) and without (``"<type>"``)."""
+    norm = dict(normalization) if normalization else {"tau": 100.0, "delay": 4.0, "pool": "channel", "weight": 30.0}
     out = {}
     for rt in recurrence_types:
         out[f"{rt}+norm"] = {"recurrence_type": rt, "normalization": norm}
