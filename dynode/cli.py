@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "normalization), run the Groen 2022 experiments on each, one table and one figure")
     m.add_argument("config", nargs="?", default=None,
                    help="YAML run configuration: the base model, data, training and experiment, and "
-                   "compare.variants (default: the demo's settings and the eight default variants)")
+                   "compare.variants (default: the demo's model at half width, 600 training images, "
+                   "3 epochs, and the eight default variants)")
     m.add_argument("--out", default=None, help="output folder (default: dynode-compare, or the config's output)")
     m.add_argument("--quick", action="store_true", help="without CONFIG: the demo's tiny settings (a smoke test)")
     m.add_argument("--variants", default=None,
@@ -289,7 +290,7 @@ def cmd_compare(args) -> int:
         cfg = load_config(args.config)
         out = Path(args.out or cfg.output)
     else:
-        cfg = demo_config(quick=args.quick)
+        cfg = demo_config(quick=args.quick, small=not args.quick)
         out = Path(args.out or "dynode-compare")
     variants = cfg.compare.variants
     if variants is None:

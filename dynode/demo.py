@@ -37,23 +37,27 @@ zero-activity rest state. (Measured: a gain of 100 or 300 trains to onset-only r
 with activity that lingers for seconds after the stimulus in V4/IT; 30 does not.)"""
 
 
-def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0):
-    """The demo as a :class:`~dynode.config.RunConfig` (``quick``: the same pipeline in seconds)."""
+def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *, small: bool = False):
+    """The demo as a :class:`~dynode.config.RunConfig` (``quick``: the same pipeline in seconds;
+    ``small``: half the channels and training images, three epochs and two test images, the
+    default of ``dynode compare``, which trains eight such models)."""
     from dynode.config import run_config
 
-    model = dict(DEMO_MODEL, width=0.25 if quick else DEMO_MODEL["width"],
+    model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"],
                  steps=5 if quick else DEMO_MODEL["steps"])
+    if epochs is None:
+        epochs = 1 if quick else 3 if small else 4
     return run_config({
         "output": "dynode-demo",
         "model": {"name": "dyrcnn", "options": model},
-        "data": {"name": "generated", "n_train": 96 if quick else 1200, "n_test": 48 if quick else 300,
-                 "size": 16, "seed": seed},
+        "data": {"name": "generated", "n_train": 96 if quick else 600 if small else 1200,
+                 "n_test": 48 if quick else 300, "size": 16, "seed": seed},
         # rho(W_rec) <= 0.8 after every step: trained on 40 ms, the network must stay stable
         # over the experiments' 1.3 s epochs and the settling before them
-        "training": {"epochs": epochs if epochs is not None else (1 if quick else 4), "batch_size": 32,
+        "training": {"epochs": epochs, "batch_size": 32,
                      "lr": 1e-3, "grad_clip": 1.0, "energy_weight": 2e-4, "max_spectral_radius": 0.8,
                      "seed": seed},
-        "experiment": {"n_images": 1 if quick else 3, "dt": 2.0 if quick else 1.0,
+        "experiment": {"n_images": 1 if quick else 2 if small else 3, "dt": 2.0 if quick else 1.0,
                        # the images are normalised to the training set's mean: 0 is its mean-grey screen
                        "record": {"reduce": "mean"}, "background": "blank", "onset": 100.0,
                        "settle_max": 400.0 if quick else 3000.0},
