@@ -136,3 +136,14 @@ def test_backend_fixed_grid_order_under_a_pulse(f64, make, order):
     errs = [error(make(dt), "pulse_on_delay_multiple") for dt in (0.5, 0.25, 0.125)]
     observed = [math.log2(a / b) for a, b in zip(errs, errs[1:])]
     assert observed[-1] > order - 0.2 and observed[0] > order - 0.3, (errs, observed)
+
+
+@pytest.mark.parametrize("split", [8.0, 10.0])
+def test_continuation_keeps_the_one_sided_history(f64, split):
+    """A run continued at (8 ms) or after (10 ms) the onset, with its delayed past, equals the
+    uninterrupted run: the left-limit slope at the jump travels with the history tail."""
+    stim = STIMULI["pulse_on_delay_multiple"]()
+    whole = dn.integrate(loop_network(), stim, t_end=T_END, dt=0.5, solver="rk4")
+    first = dn.integrate(loop_network(), stim, t_end=split, dt=0.5, solver="rk4")
+    rest = dn.integrate(loop_network(), stim, t0=split, t_end=T_END, dt=0.5, solver="rk4", initial_state=first)
+    torch.testing.assert_close(rest.final_state["B"], whole.final_state["B"], rtol=0, atol=1e-13)
