@@ -180,6 +180,9 @@ def cmd_convergence(args) -> int:
     out = _out(args, cfg)
     net, _, test = _model_and_data(cfg)
     conv = cfg.convergence
+    if conv.population is not None and conv.population not in net.populations:
+        raise _UsageError(f"dynode convergence: error: convergence.population: no population "
+                          f"{conv.population!r} in the model; it has {list(net.populations)}")
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     import torch
 

@@ -107,6 +107,10 @@ def test_convergence_command(tmp_path, capsys):
     code, out, err = run(capsys, "convergence", str(cfg))
     assert code == 0, err
     assert (out_dir / "convergence.png").stat().st_size > 5000 and (out_dir / "convergence.nc").exists()
+    # a population typo is caught before anything runs
+    bad = write(tmp_path, TINY.format(out=tmp_path / "c2").replace("convergence:\n", "convergence:\n  population: V9\n"))
+    code, _, err = run(capsys, "convergence", str(bad))
+    assert code == 2 and "no population 'V9'" in err and not (tmp_path / "c2" / "convergence.nc").exists()
 
 
 @pytest.mark.slow
