@@ -108,9 +108,14 @@ def _get(d: Mapping, key: str, cond: float | None = None):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
+_TABLE_KEYS = ("summation_ratio", "asymptote_to_peak", "isi_recovery", "time_to_peak_ms", "c50",
+               "baseline_to_peak", "baseline_drift_to_peak")
+"""Summary keys whose flags mark a row of the table (an extra such as the Naka-Rushton fit does not)."""
+
+
 def comparison_rows(results: Mapping[str, Mapping]) -> list[dict]:
     """One row per (variant, area): accuracy and the Groen metrics (``None`` where undefined;
-    a flagged value is kept and marked in ``flags``)."""
+    a flagged value is kept, and ``flags`` lists the flagged keys among the table's)."""
     rows = []
     for label, res in results.items():
         for area, d in res["summary"].items():
@@ -127,7 +132,7 @@ def comparison_rows(results: Mapping[str, Mapping]) -> list[dict]:
                                     ("time_to_peak_ms", 0.25, "time_to_peak_c025_ms"),
                                     ("c50", None, "c50"), ("baseline_to_peak", None, "baseline_to_peak")):
                 row[name] = None if key == "isi_recovery" and cond is None else _get(d, key, cond)
-            row["flags"] = "; ".join(sorted(d.get("flags", {})))
+            row["flags"] = "; ".join(sorted(k for k in d.get("flags", {}) if k.split("[")[0] in _TABLE_KEYS))
             rows.append(row)
     return rows
 
@@ -170,6 +175,8 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 1.9 * n_rows + 0.6), squeeze=False,
                              sharex="col", constrained_layout=True)
     cmap = plt.get_cmap("viridis")
+    recs = [r["analysis"].recovery for r in results.values() if r["analysis"].recovery is not None]
+    low = min([0.0] + [float(rec[a].min()) for rec in recs for a in rec.data_vars]) - 0.05
     for i, label in enumerate(labels):
         res = results[label]["analysis"]
         ds = res.courses.get("duration")
@@ -201,6 +208,10 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
                     ax.plot(rec[area]["isi"].values, rec[area].values, "o-", ms=3, lw=1.0, label=area,
                             color=plt.get_cmap("tab10")(j))
             ax.set_xscale("log")
+            isis = rec["isi"].values
+            ax.set_xticks(isis[::2], [f"{v:g}" for v in isis[::2]])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_ylim(low, 1.05)  # one scale for every model: a flat line reads as flat
             ax.axhline(1.0, color="0.7", lw=0.5, ls="--")
         if i == 0:
             ax.set_title("ISI recovery", fontsize=10)
