@@ -113,7 +113,10 @@ def _out(args, cfg) -> Path:
 
 
 def _model_and_data(cfg):
+    import torch
+
     train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
+    torch.manual_seed(cfg.training.seed)  # before building: same config, same initial weights
     net = cfg.model.build(input_shape=shape, num_classes=n_classes)
     return net, train, test
 

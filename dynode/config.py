@@ -22,7 +22,8 @@ __all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "He
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and nan are no number of ms, tolerance or rate: float fields refuse them (dt_max: inf = no cap)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 # -- fixed step ------------------------------------------------------------------------------
@@ -67,7 +68,8 @@ class _AdaptiveConfig(_Frozen):
     atol: PositiveFloat = 1e-8
     controller: Literal["integral", "pi"] = "integral"
     dt_min: Annotated[float, Field(ge=0)] = 1e-10
-    dt_max: PositiveFloat = math.inf
+    # the one float where inf means something: no cap on the step (nan is still refused)
+    dt_max: Annotated[float, Field(gt=0, allow_inf_nan=True)] = math.inf
     max_steps: PositiveInt = 100_000
     safety: Annotated[float, Field(gt=0, le=1)] = 0.9
     factor_min: Annotated[float, Field(gt=0, lt=1)] = 0.2
@@ -440,6 +442,31 @@ def _rebuild():
     RunConfig.model_rebuild(_types_namespace={"TrainingConfig": TrainingConfig})
 
 
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
+        silently, so a duplicated section would drop the first without a word)."""
+
+    def construct_mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return Loader
+
+
+_UniqueKeyLoader = _unique_key_loader()
+
+
 def load_config(path) -> RunConfig:
     """Read a YAML file into a :class:`RunConfig` (``yaml.safe_load``; every key checked)."""
     from pathlib import Path
@@ -450,7 +477,7 @@ def load_config(path) -> RunConfig:
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

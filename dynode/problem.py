@@ -158,6 +158,12 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             raise ConfigurationError("this solution cannot be continued exactly (its solver keeps no "
                                      "delayed history); pass solution.final_state to restart from "
                                      "its last state with constant history")
+        t_last = float(initial_state.ts[-1]) if len(initial_state.ts) else None
+        if t_last is not None and abs(t_last - t0) > 1e-9 * max(1.0, abs(t0)):
+            raise ConfigurationError(f"initial_state is a solution that ends at t = {t_last:g} ms, but "
+                                     f"t0 = {t0:g} ms: a continuation starts where the run ended (pass "
+                                     f"t0={t_last:g}), or pass solution.final_state to restart from its "
+                                     "last state with constant history")
         initial_state = initial_state.final_state
     device, dtype = _infer_device_dtype(field, initial_state)
     stim = as_stimulus(stimulus)

@@ -89,7 +89,7 @@ _EPS = 1e-9
 class TrainingConfig(BaseModel):
     """Everything a training run needs besides the model and the data. Times in ms."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (split across ranks under torchrun)")

@@ -1,0 +1,57 @@
+"""Configs and continuations that used to be accepted silently (issue 13)."""
+
+import pydantic
+import pytest
+import torch
+
+import dynode as dn
+from dynode.config import load_config, run_config
+from dynode.errors import ConfigurationError
+from dynode.train import TrainingConfig
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  name: dyrcnn\ntraining: {epochs: 2}\nmodel:\n  name: cordsnet\n")
+    with pytest.raises(ConfigurationError, match=r"key 'model' appears twice \(lines 1 and 4\); keep one"):
+        load_config(p)
+    p.write_text("training: {epochs: 2, epochs: 3}\n")
+    with pytest.raises(ConfigurationError, match="key 'epochs' appears twice"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("data", [{"dt": float("inf")}, {"solver": {"kind": "dopri5", "rtol": float("inf")}},
+                                  {"training": {"lr": float("inf")}}, {"experiment": {"dt": float("nan")}}])
+def test_inf_and_nan_are_refused(data):
+    with pytest.raises(pydantic.ValidationError, match="finite number"):
+        run_config(data)
+
+
+def test_training_config_refuses_inf():
+    with pytest.raises(pydantic.ValidationError, match="finite number"):
+        TrainingConfig(lr=float("inf"))
+
+
+def test_a_continuation_starts_where_the_solution_ended():
+    net = dn.Network()
+    net.add_population("A", shape=(2,), tau=5.0, phi="tanh")
+    net.connect("A", "A", torch.nn.Linear(2, 2), delay=2.0)
+    sol = dn.integrate(net, None, t_end=10.0, dt=1.0, batch_size=1)
+    with pytest.raises(ConfigurationError, match=r"ends at t = 10 ms, but t0 = 50 ms.*pass t0=10"):
+        dn.integrate(net, None, t0=50.0, t_end=60.0, dt=1.0, initial_state=sol)
+    # the right t0 continues; a restart from the last state is still possible at any t0
+    dn.integrate(net, None, t0=10.0, t_end=12.0, dt=1.0, initial_state=sol)
+    dn.integrate(net, None, t0=50.0, t_end=52.0, dt=1.0, initial_state=sol.final_state)
+
+
+def test_the_cli_builds_the_model_after_seeding(tmp_path):
+    from dynode.cli import _model_and_data
+
+    cfg = run_config({"model": {"name": "dyrcnn", "options": {"depth": 2, "width": 0.25, "steps": 2,
+                                                               "phi": "relu"}},
+                      "data": {"n_train": 8, "n_test": 8}, "training": {"seed": 3}})
+    a, _, _ = _model_and_data(cfg)
+    torch.rand(5)  # whatever ran before
+    b, _, _ = _model_and_data(cfg)
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
