@@ -8,6 +8,10 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from dynode.errors import ConfigurationError
 from dynode.problem import make_problem
 from dynode.solution import Solution
@@ -19,7 +23,8 @@ __all__ = ["integrate"]
 def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0: float = 0.0,
               solver="euler", save_at=None, initial_state=None, batch_size: int | None = None,
               max_abs: float | None = 1e6, check_every: int = 50,
-              checkpoint: int | bool | None = None, dense: bool = False) -> Solution:
+              checkpoint: int | bool | None = None, dense: bool = False,
+              memory_limit: float | None = None) -> Solution:
     """Integrate ``field`` from ``t0`` to ``t_end`` (ms) under ``stimulus``.
 
     Parameters
@@ -52,6 +57,9 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         stage derivatives (2-8 states per step), so it is off by default; for known times
         ``save_at`` costs nothing extra. Not with ``checkpoint`` nor the torchdiffeq/torchode
         adapters.
+    memory_limit : bytes the kept trajectory may take (default: the memory available on the
+        states' device). A run whose saved states alone need more is refused before the first
+        step, with the remedies; ``math.inf`` runs anyway.
 
     Returns
     -------
@@ -62,6 +70,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense)
     solver = get_solver(solver)
+    _check_memory(problem, dt, getattr(solver, "adaptive", False), memory_limit)
     if problem.tail is not None and getattr(solver, "adaptive", False):
         raise ConfigurationError(f"continuing a solution with its delayed history is implemented for the "
                                  f"fixed-step solvers, not {type(solver).__name__}; pass "
@@ -74,3 +83,52 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
                                  f"Heun, RK4, Dopri5, Tsit5, Bosh3), not {type(solver).__name__}; "
                                  "pass the times you need as save_at")
     return solver.solve(problem, dt)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (CUDA: ``mem_get_info``; CPU: ``MemAvailable``
+    of /proc/meminfo), or ``None`` where it cannot be read."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _check_memory(problem, dt, adaptive: bool, memory_limit: float | None) -> None:
+    """Refuse, before the first step, a run whose kept trajectory alone would not fit.
+
+    The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
+    saves every step keeps ``(t_end - t0) / dt + 1`` of them. Autograd keeps more when gradients
+    are on, so this is a lower bound. ``memory_limit`` (bytes): the budget (default: the memory
+    available on the states' device); ``math.inf`` turns the check off."""
+    if memory_limit is not None and not (isinstance(memory_limit, (int, float)) and memory_limit > 0):
+        raise ConfigurationError(f"memory_limit must be a positive number of bytes (math.inf: no check), "
+                                 f"got {memory_limit!r}")
+    if memory_limit == math.inf:
+        return
+    if problem.save_at is not None:
+        n_saves = len(problem.save_at)
+    elif adaptive or dt is None:
+        return  # every accepted step: the count is not known before the run
+    else:
+        n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1
+    per_save = sum(y.numel() * y.element_size() for y in problem.y0.values())
+    need = n_saves * per_save
+    first = next(iter(problem.y0.values()))
+    budget = memory_limit if memory_limit is not None else available_memory(first.device)
+    if budget is None or need <= budget:
+        return
+    gb = 1024 ** 3
+    raise ConfigurationError(
+        f"keeping {n_saves} saved states of {per_save / 1024 ** 2:.3g} MiB each (batch {problem.batch_size}) "
+        f"needs at least {need / gb:.3g} GiB, more than the {budget / gb:.3g} GiB "
+        f"{'given as memory_limit' if memory_limit is not None else 'available on ' + str(first.device)}; "
+        "save fewer times (save_at=<ms between saves> or a list of times), stream the run to disk "
+        "(dn.simulate(..., store='run.zarr')), use a smaller batch, or pass memory_limit=math.inf to run anyway")

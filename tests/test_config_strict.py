@@ -55,3 +55,41 @@ def test_the_cli_builds_the_model_after_seeding(tmp_path):
     b, _, _ = _model_and_data(cfg)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def conv_area():
+    net = dn.Network()
+    net.add_input("x", shape=(16, 16, 16))
+    net.add_population("A", shape=(16, 16, 16), tau=5.0, phi="relu")
+    net.connect("x", "A", torch.nn.Identity())
+    return net
+
+
+def test_a_trajectory_that_cannot_fit_is_refused_before_the_first_step():
+    # the case: batch 4000 x (16, 16, 16), 500 steps, every step kept: ~31 GiB
+    net = conv_area()
+    x = torch.zeros(4000, 16, 16, 16)
+    with pytest.raises(ConfigurationError, match=r"keeping 501 saved states of 62.5 MiB each \(batch 4000\) "
+                                                  r"needs at least 30.6 GiB.*save_at=.*dn.simulate.*memory_limit=math.inf"):
+        dn.integrate(net, x, t_end=500.0, dt=1.0, memory_limit=24 * 1024 ** 3)
+    # the default budget is the memory available now: this machine has far less than 31 GiB free
+    from dynode.integrate import available_memory
+
+    if available_memory(torch.device("cpu")) < 30 * 1024 ** 3:
+        with pytest.raises(ConfigurationError, match="than the .* GiB available on cpu"):
+            dn.integrate(net, x, t_end=500.0, dt=1.0)
+
+
+def test_the_memory_check_counts_what_is_kept_and_can_be_turned_off():
+    import math
+
+    net = conv_area()
+    x = torch.zeros(2, 16, 16, 16)
+    per = 2 * 16 ** 3 * 4
+    dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=10 * per)            # 10 states fit
+    with pytest.raises(ConfigurationError, match="keeping 10 saved states"):
+        dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=10 * per - 1)
+    dn.integrate(net, x, t_end=9.0, dt=1.0, save_at=[0.0, 9.0], memory_limit=2 * per)  # save_at counts
+    dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=math.inf)
+    with pytest.raises(ConfigurationError, match="memory_limit must be a positive number"):
+        dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=-1)
