@@ -115,8 +115,8 @@ def _check_memory(problem, dt, adaptive: bool, memory_limit: float | None) -> No
         return
     if problem.save_at is not None:
         n_saves = len(problem.save_at)
-    elif adaptive or dt is None:
-        return  # every accepted step: the count is not known before the run
+    elif adaptive or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        return  # every accepted step (count unknown before the run), or a dt the solver refuses
     else:
         n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1
     per_save = sum(y.numel() * y.element_size() for y in problem.y0.values())
