@@ -200,6 +200,11 @@ class Network(VectorField):
             combine, phi_module = build_pipeline(pipeline, f"population {name!r}")
         else:
             phi_module = get_activation("relu" if phi is None else phi, **phi_params)
+            out = _output_shape(phi_module, shape, f"population {name!r}: phi")
+            if out != shape:  # r = Phi(u) must keep the population's shape (it would be broadcast)
+                raise ShapeError(f"population {name!r}: phi maps shape {shape} to {out}; Phi acts per "
+                                 "unit and must keep the population's shape (to pool or reshape, give "
+                                 "pipeline=[..., the module] and the population's new shape)")
         self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
         # shape of u (what the summed inputs must have): a pipeline may reshape (e.g. pool), so
         # its u shape is learnt from the first connection and checked through the pipeline

@@ -93,3 +93,14 @@ def test_the_memory_check_counts_what_is_kept_and_can_be_turned_off():
     dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=math.inf)
     with pytest.raises(ConfigurationError, match="memory_limit must be a positive number"):
         dn.integrate(net, x, t_end=9.0, dt=1.0, memory_limit=-1)
+
+
+def test_a_phi_that_changes_the_shape_is_an_error_at_build_time():
+    from dynode.errors import ShapeError
+
+    net = dn.Network()
+    with pytest.raises(ShapeError, match=r"population 'V1': phi maps shape \(4, 8, 8\) to \(4, 4, 4\)"):
+        net.add_population("V1", shape=(4, 8, 8), tau=5.0, phi=torch.nn.AvgPool2d(2))
+    with pytest.raises(ShapeError, match=r"phi maps shape \(3,\) to \(1,\)"):
+        net.add_population("A", shape=(3,), tau=5.0, phi=lambda u: u.sum(-1, keepdim=True))
+    net.add_population("B", shape=(3,), tau=5.0, phi=lambda u: torch.tanh(u))  # per unit: fine
