@@ -417,7 +417,15 @@ class Network(VectorField):
                 ready = [n for n in names if n not in order and deps[n] <= set(order)]
                 order.append(ready[0] if ready else next(n for n in names if n not in order))
             self._order = tuple(order)
+            self._cyclic = tuple(n for n in order if n in _upstream(n, deps))
         return self._order
+
+    def zero_delay_cycles(self) -> tuple[str, ...]:
+        """The populations on cycles of zero-delay connections (self-connections aside), in the
+        sweep order :meth:`update_order` gives them; empty when there is none. A sequential
+        sweep of such a cycle depends on the declaration order."""
+        self.update_order()
+        return self._cyclic
 
     # -- evaluation --------------------------------------------------------------------
     def _build_plan(self) -> list:
@@ -493,6 +501,18 @@ def _summed(pop: Population, src: str) -> bool:
         return True
     sums = getattr(comb, "sums", None)
     return bool(sums(src)) if callable(sums) else False
+
+
+def _upstream(name: str, deps: dict[str, set[str]]) -> set[str]:
+    """Every population that reaches ``name`` through ``deps`` (``name`` itself if on a cycle)."""
+    seen: set[str] = set()
+    todo = list(deps[name])
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(deps[n])
+    return seen
 
 
 def _reads_initial(history, delay: float) -> bool:

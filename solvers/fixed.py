@@ -374,6 +374,13 @@ class Euler(FixedStepSolver):
 
         if self.order == "sequential":
             order = field.update_order()
+            cyclic = field.zero_delay_cycles()
+            if cyclic:
+                warnings.warn(f"Euler(order='sequential'): populations {list(cyclic)} form a cycle of "
+                              "zero-delay connections, so the sweep order inside a step (here the "
+                              "declaration order) changes the result; give a connection of the cycle "
+                              "a delay of at least dt, or use order='simultaneous'",
+                              StabilityWarning, stacklevel=3)
             by_name = {e[0]: e for e in plan}
             seq = [(name, by_name[name], w[name], upd[name]) for name in order]
 

@@ -104,3 +104,39 @@ def test_a_phi_that_changes_the_shape_is_an_error_at_build_time():
     with pytest.raises(ShapeError, match=r"phi maps shape \(3,\) to \(1,\)"):
         net.add_population("A", shape=(3,), tau=5.0, phi=lambda u: u.sum(-1, keepdim=True))
     net.add_population("B", shape=(3,), tau=5.0, phi=lambda u: torch.tanh(u))  # per unit: fine
+
+
+def test_a_zero_delay_cycle_under_sequential_euler_warns():
+    from dynode.errors import StabilityWarning
+    from dynode.solvers import Euler
+
+    def net(first):
+        n = dn.Network()
+        n.add_input("x", shape=(2,))
+        names = ["A", "B"] if first == "A" else ["B", "A"]
+        for p in names:
+            n.add_population(p, shape=(2,), tau=5.0, phi="tanh")
+        n.add_population("C", shape=(2,), tau=5.0, phi="tanh")
+        n.connect("x", "A", torch.nn.Identity())
+        n.connect("A", "B", torch.nn.Identity())
+        n.connect("B", "A", torch.nn.Identity())   # A <-> B without delay: a cycle
+        n.connect("B", "C", torch.nn.Identity())   # C is downstream, not on it
+        return n
+
+    assert net("A").zero_delay_cycles() == ("A", "B") and net("B").zero_delay_cycles() == ("B", "A")
+    x = torch.ones(1, 2)
+    runs = []
+    for first in ("A", "B"):
+        with pytest.warns(StabilityWarning, match=r"populations \[.*\] form a cycle of zero-delay connections"):
+            runs.append(dn.integrate(net(first), x, t_end=5.0, dt=1.0, solver=Euler(order="sequential")))
+    # the warning is about a real effect: the two declaration orders give different results
+    assert not torch.allclose(runs[0].final_state["C"], runs[1].final_state["C"])
+    # a delay on the loop removes the cycle (and the warning)
+    n = dn.Network()
+    n.add_input("x", shape=(2,))
+    n.add_population("A", shape=(2,), tau=5.0, phi="tanh")
+    n.add_population("B", shape=(2,), tau=5.0, phi="tanh")
+    n.connect("x", "A", torch.nn.Identity())
+    n.connect("A", "B", torch.nn.Identity())
+    n.connect("B", "A", torch.nn.Identity(), delay=1.0)
+    assert n.zero_delay_cycles() == ()
