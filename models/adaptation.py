@@ -41,14 +41,10 @@ def add_adaptation(net, area: str, *, kind: str = "subtractive", tau: float = 15
     to population ``area`` of ``net``: a population ``name`` (default ``f"{area}_adapt"``) with
     time constant ``tau`` ms driven by ``w r_area(t - delay)`` (pooled by ``pool``), and the
     area's combine wrapped so that ``u = D - a`` or ``u = D / (1 + a)``. Returns ``name``."""
-    pop = _check_area(net, area, "add_adaptation")
+    pop = _check_area(net, area, "add_adaptation", "adaptation of the rates cannot act on u")
     if kind not in ADAPTATION_KINDS:
         raise ConfigurationError(f"add_adaptation({area!r}): unknown kind {kind!r}; known: "
                                  f"{', '.join(ADAPTATION_KINDS)}")
-    if pop.u_shape is not None and pop.u_shape != pop.shape:
-        raise ConfigurationError(f"add_adaptation({area!r}): u has shape {pop.u_shape} but the rates "
-                                 f"{pop.shape} (a pipeline reshapes them); adaptation of the rates "
-                                 "cannot act on u")
     name = name or f"{area}_adapt"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
                         learn_weight=learn_weight, magnitude=kind == "divisive", role="adaptation")

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
+from dynode.models.normalization import _check_area
 
 __all__ = ["SignedConv", "add_inhibition", "signed_recurrence", "dale_signs"]
 
@@ -113,14 +114,8 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     resolution, time constant ``tau`` (default the area's), ``E -> I`` (delay ``delay_ei``),
     ``I -> E`` (``delay_ie``) and, with ``inhibitory_recurrence``, ``I -> I`` (``delay_ii``),
     all through :class:`SignedConv` of ``kernel_size`` with Dale's signs. Returns ``name``."""
-    if area not in net.populations:
-        raise ConfigurationError(f"add_inhibition({area!r}): no such population (populations: "
-                                 f"{list(net.populations)})")
-    pop = net.populations[area]
+    pop = _check_area(net, area, "add_inhibition", "inhibition from the rates cannot enter u")
     what = f"add_inhibition({area!r})"
-    if pop.u_shape is not None and pop.u_shape != pop.shape:
-        raise ConfigurationError(f"{what}: u has shape {pop.u_shape} but the rates {pop.shape} (a "
-                                 "pipeline reshapes them); inhibition from the rates cannot enter u")
     shape = pop.shape
     k = _kernel(shape, kernel_size, what)
     if channels is None:

@@ -239,11 +239,18 @@ def modulators(net, name: str) -> list[tuple[str, str]]:
     return comb.modulators() if isinstance(comb, _Modulated) else []
 
 
-def _check_area(net, area: str, what: str):
+def _check_area(net, area: str, what: str, acts_on_u: str):
+    """The population ``area`` of ``net`` that component ``what`` is added to; an error when
+    there is none, or when its pipeline reshapes the rates so that ``u`` has another shape
+    (``acts_on_u``: why the component then cannot act on ``u``)."""
     if area not in net.populations:
         raise ConfigurationError(f"{what}({area!r}): no such population (populations: "
                                  f"{list(net.populations)})")
-    return net.populations[area]
+    pop = net.populations[area]
+    if pop.u_shape is not None and pop.u_shape != pop.shape:
+        raise ConfigurationError(f"{what}({area!r}): u has shape {pop.u_shape} but the rates {pop.shape} "
+                                 f"(a pipeline reshapes them); {acts_on_u}")
+    return pop
 
 
 def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, pool: str,
@@ -273,11 +280,8 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
     Returns the pool population's name. Call it after the area's other connections or before;
     connections added later join ``D``.
     """
-    pop = _check_area(net, area, "add_normalization")
-    if pop.u_shape is not None and pop.u_shape != pop.shape:
-        raise ConfigurationError(f"add_normalization({area!r}): u has shape {pop.u_shape} but the rates "
-                                 f"{pop.shape} (a pipeline reshapes them); the pool of the rates cannot "
-                                 "divide u -- normalise inside the pipeline instead")
+    pop = _check_area(net, area, "add_normalization", "the pool of the rates cannot divide u -- "
+                      "normalise inside the pipeline instead")
     name = name or f"{area}_norm"
     add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
                         learn_weight=learn_weight, neighborhood=neighborhood)
