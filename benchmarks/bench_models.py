@@ -44,9 +44,9 @@ class PlainDyRCNN:
         self.skip = {i: pops[a].incoming[self.areas[i - 2]] for i, a in enumerate(self.areas) if i >= 2}
         self.phi = [pops[a].phi for a in self.areas]
         self.shapes = [pops[a].shape for a in self.areas]
-        self.w = net.protocol["dt"] / pops[self.areas[0]].tau
-        self.k = round(pops[self.areas[0]].delays[self.areas[0]] / net.protocol["dt"])
-        self.steps = net.protocol["steps"]
+        self.w = net.protocol.dt / pops[self.areas[0]].tau
+        self.k = round(pops[self.areas[0]].delays[self.areas[0]] / net.protocol.dt)
+        self.steps = net.protocol.steps
         self.readout = net.readout.linear
 
     def __call__(self, img):

@@ -48,7 +48,7 @@ def _trainer(steps: int, batch: int, size: int, checkpoint):
 
     torch.manual_seed(0)
     net = dyrcnn(depth=4, input_shape=(3, size, size), num_classes=100, steps=steps, readout_at="every")
-    dt = net.protocol["dt"]
+    dt = net.protocol.dt
     cfg = TrainingConfig(checkpoint=checkpoint, reaction_time=(steps - _WINDOW) * dt)
     trainer = Trainer(net, cfg, progress=False)
     x = torch.randn(batch, 3, size, size)

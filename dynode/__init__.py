@@ -16,7 +16,7 @@ from dynode.errors import (
 )
 from dynode.field import VectorField
 from dynode.history import History
-from dynode.network import Connection, Network, Population
+from dynode.network import Connection, Network, Population, RunProtocol
 from dynode.solution import Solution
 from dynode import models, solvers, stimuli  # noqa: E402  (subpackages)
 from dynode.integrate import integrate
@@ -33,7 +33,7 @@ from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figur
 __version__ = "0.1.0"
 
 __all__ = [
-    "VectorField", "Network", "Population", "Connection", "History", "integrate", "Solution",
+    "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
     "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
     "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis",

@@ -148,9 +148,8 @@ def cmd_simulate(args) -> int:
     out = _out(args, cfg)
     net, _, test = _model_and_data(cfg)
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
-    proto = getattr(net, "protocol", {}) or {}
-    dt = cfg.dt or proto.get("dt")
-    t_end = cfg.t_end or getattr(stim, "t_end", None) or proto.get("t_end")
+    dt = cfg.dt or net.protocol.dt
+    t_end = cfg.t_end or getattr(stim, "t_end", None) or net.protocol.t_end
     res = dn.simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
                       store=out / "simulation.zarr", overwrite=args.overwrite)
     print(f"wrote {res.path} ({res.status}; {res.stats.steps} steps, {res.stats.nfe} evaluations)")

@@ -94,7 +94,7 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
                       f"{worst!r} still changes by {drift[worst]:.3g} ({100 * drift[worst] / max(level[worst], atol):.2g} "
                       f"% of its level {level[worst]:.3g}) over the last {window:g} ms; a baseline "
                       "read from it drifts (raise max_time, or check the network's stability with "
-                      "net.summary())", BaselineDriftWarning, stacklevel=2)
+                      "dn.models.summary(net))", BaselineDriftWarning, stacklevel=2)
     return Settled(state={p: x.clone() for p, x in previous.final_state.items()}, time=t, drift=drift,
                    level=level, steady=steady)
 

@@ -16,12 +16,13 @@ Everything is resolved when the network is built: each population holds a ready 
 incoming connections (operator module, source, delay), so the step loop does no lookups by
 string beyond reading its state dict.
 
-Building blocks from :mod:`dynode.models`: ``connect(src, dst)`` without an operator between
-populations of different shapes inserts the skip/feedback adapter (resize, then a 1x1
+Building blocks of the core: ``connect(src, dst)`` without an operator between
+populations of different shapes inserts the skip/feedback adapter (:mod:`dynode.adapters`) (resize, then a 1x1
 projection); ``add_population(..., pipeline=[...])`` declares the ordered operations from
 the combined input to ``Phi(u)``; ``skip_initial=True`` marks a connection that is absent
 while its source is still at its initial state (CORnet-RT's first step); ``set_readout``
-makes a decoder part of the model and ``summary()`` prints the stability report.
+makes a decoder part of the model; :func:`dynode.models.summary` prints the stability report.
+``net.protocol`` (:class:`RunProtocol`) holds how the model is meant to be run.
 """
 
 from __future__ import annotations
@@ -29,20 +30,43 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
-from dynode.models.activations import get_activation
-from dynode.models.adapters import adapter as _adapter
-from dynode.models.pipeline import build_pipeline
+from dynode.activations import get_activation
+from dynode.adapters import adapter as _adapter
+from dynode.pipeline import build_pipeline
 
-__all__ = ["Network", "Population", "Connection"]
+__all__ = ["Network", "Population", "Connection", "RunProtocol", "PopulationPlan", "Term", "Read"]
 
-_POP, _POP_LAG, _INPUT, _INPUT_LAG = 0, 1, 2, 3
-_SKIP = 4  # added to a kind: the term is absent while its source is still at its initial state
+
+
+@dataclass(frozen=True)
+class RunProtocol:
+    """How a model is meant to be run (times in ms): the defaults of :class:`dynode.models.Classifier`,
+    training and the CLI. ``stimulus_onset``/``stimulus_duration``: the image is shown as a pulse
+    (``None``: from ``t0`` on, for good)."""
+
+    dt: float | None = None
+    t_end: float | None = None
+    solver: object = "euler"
+    steps: int | None = None
+    stimulus_onset: float | None = None
+    stimulus_duration: float | None = None
+
+    def __post_init__(self):
+        for key in ("dt", "t_end", "stimulus_onset", "stimulus_duration"):
+            v = getattr(self, key)
+            if v is not None:
+                v = float(v)
+                if not (math.isfinite(v) and (v >= 0 if key == "stimulus_onset" else v > 0)):
+                    raise ConfigurationError(f"RunProtocol.{key} must be a finite number "
+                                             f"{'>= 0' if key == 'stimulus_onset' else '> 0'} ms, got {v}")
+                object.__setattr__(self, key, v)
 
 
 @dataclass(frozen=True)
@@ -152,11 +176,29 @@ class Network(VectorField):
         self.populations = nn.ModuleDict()
         self._inputs: dict[str, tuple[int, ...]] = {}
         self._connections: list[Connection] = []
-        self._plan: list | None = None
+        self._plan: tuple[PopulationPlan, ...] | None = None
+        self._plan_by_name: dict[str, PopulationPlan] = {}
         self._order: tuple[str, ...] | None = None
         self.readout: nn.Module | None = None
-        self.protocol: dict = {}  # defaults for running the model (dt, t_end, solver), set by the zoo
+        self.protocol = RunProtocol()  # how the model is meant to be run (the zoo sets it)
         self.memory_format = torch.contiguous_format
+
+    @property
+    def protocol(self) -> RunProtocol:
+        """The model's run defaults (:class:`RunProtocol`); a dict is converted."""
+        return self.__dict__["_protocol"]
+
+    @protocol.setter
+    def protocol(self, value: RunProtocol | Mapping) -> None:
+        if isinstance(value, Mapping):
+            unknown = set(value) - set(RunProtocol.__dataclass_fields__)
+            if unknown:
+                raise ConfigurationError(f"network.protocol: unknown keys {sorted(unknown)}; known: "
+                                         f"{list(RunProtocol.__dataclass_fields__)}")
+            value = RunProtocol(**value)
+        if not isinstance(value, RunProtocol):
+            raise ConfigurationError(f"network.protocol must be a dynode.RunProtocol, got {type(value).__name__}")
+        self.__dict__["_protocol"] = value
 
     # -- building --------------------------------------------------------------------
     def _check_new_name(self, name: str) -> None:
@@ -185,7 +227,7 @@ class Network(VectorField):
 
         ``pipeline``: instead of ``combine`` and ``phi``, the ordered list of the population's
         operations, e.g. ``["sum", nn.GroupNorm(32, C), "relu", nn.MaxPool2d(2)]`` (see
-        :mod:`dynode.models.pipeline`): a combine stage first (default the sum), then modules
+        :mod:`dynode.pipeline`): a combine stage first (default the sum), then modules
         or activation names applied in order; the bias (if any) is added after the combine.
         The stages after the combine are ``Phi`` (``populations[name].phi``).
         """
@@ -223,7 +265,7 @@ class Network(VectorField):
         ``op=None``: the identity when the shapes agree; between populations of different
         shapes (and a destination that sums this input: the default combine, or a combine whose
         ``sums(src)`` is true, such as normalization's drive) the automatic skip/feedback adapter
-        :func:`dynode.models.adapters.adapter` built from the declared shapes (resize: area
+        :func:`dynode.adapters.adapter` built from the declared shapes (resize: area
         average down, bilinear up; then a 1x1 channel projection). An explicit ``op`` whose
         output does not fit ``dst`` is an error (wrap it: ``nn.Sequential(op, adapter(...))``).
 
@@ -279,7 +321,7 @@ class Network(VectorField):
         """Replace population ``name``'s combine (``None``: the sum) and rebuild the plan.
 
         The combine maps ``{source: op_output}`` (a subset of the incoming connections, see
-        :class:`dynode.models.pipeline.Combine`) to ``u``; its output for the current
+        :class:`dynode.pipeline.Combine`) to ``u``; its output for the current
         connections is checked on the meta device against the shape ``u`` must have.
         """
         if name not in self.populations:
@@ -392,18 +434,6 @@ class Network(VectorField):
                                      "integrate with saving on")
         return ro(solution.states[name], solution.ts)
 
-    def summary(self, dt: float | None = None, *, file=None, **power_options) -> str:
-        """Print (and return) populations, shapes, taus, dt/tau, connections with delays and
-        parameter counts, and the spectral radius of each recurrent operator
-        (:func:`dynode.models.stability.stability_report`). ``dt`` defaults to
-        ``protocol["dt"]``."""
-        from dynode.models.stability import format_summary
-
-        dt = dt if dt is not None else self.protocol.get("dt")
-        text = format_summary(self, dt, **power_options)
-        print(text, file=file)
-        return text
-
     def update_order(self) -> tuple[str, ...]:
         """Populations in topological order of their zero-delay connections (declaration order
         breaks ties and cycles): the sweep order of ``Euler(order="sequential")``."""
@@ -428,61 +458,25 @@ class Network(VectorField):
         return self._cyclic
 
     # -- evaluation --------------------------------------------------------------------
-    def _build_plan(self) -> list:
-        plan = []
-        for name, pop in self.populations.items():
-            terms = []
-            for src, op in pop.incoming.items():
-                d = pop.delays[src]
-                if src in self._inputs:
-                    kind = _INPUT_LAG if d > 0 else _INPUT
-                else:
-                    kind = _POP_LAG if d > 0 else _POP
-                if src in pop.skip_initial:
-                    kind += _SKIP
-                terms.append((src, op, kind, d))
-            plan.append((name, tuple(terms), pop.combine, pop.bias, pop.phi))
-        self._plan = plan
-        self._order = None
-        return plan
-
-    @staticmethod
-    def _drive_one(entry, state, history, inputs) -> Tensor:
-        name, terms, combine, bias, phi = entry
-        if combine is None:
-            u = None
-            for src, op, kind, d in terms:
-                if kind >= _SKIP:
-                    if _reads_initial(history, d):
-                        continue
-                    kind -= _SKIP
-                x = (state[src] if kind == _POP else inputs[src] if kind == _INPUT
-                     else history.lag(src, d))
-                y = op(x)
-                u = y if u is None else u + y
-            if u is None:
-                u = torch.zeros_like(state[name])
-        else:
-            u = combine({src: op(state[src] if kind % _SKIP == _POP else inputs[src]
-                                 if kind % _SKIP == _INPUT else history.lag(src, d))
-                         for src, op, kind, d in terms
-                         if kind < _SKIP or not _reads_initial(history, d)})
-        if bias is not None:
-            u = u + bias
-        return phi(u)
+    def plan(self) -> tuple[PopulationPlan, ...]:
+        """The resolved evaluation plan, one :class:`PopulationPlan` per population in
+        declaration order (built once, rebuilt after any change to the network)."""
+        if self._plan is None:
+            self._plan = tuple(
+                PopulationPlan(name, tuple(_term(self, pop, src, op) for src, op in pop.incoming.items()),
+                               pop.combine, pop.bias, pop.phi)
+                for name, pop in self.populations.items())
+            self._plan_by_name = {p.name: p for p in self._plan}
+            self._order = None
+        return self._plan
 
     def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor],
               names: Sequence[str] | None = None) -> dict[str, Tensor]:
         """``Phi_p(u_p(t))`` for every population (or the given ``names``)."""
-        plan = self._plan if self._plan is not None else self._build_plan()
-        if names is None:
-            return {entry[0]: self._drive_one(entry, state, history, inputs) for entry in plan}
-        by_name = {entry[0]: entry for entry in plan}
-        return {n: self._drive_one(by_name[n], state, history, inputs) for n in names}
-
-    def plan(self) -> list:
-        """The resolved per-population evaluation plan (built once, rebuilt after changes)."""
-        return self._plan if self._plan is not None else self._build_plan()
+        plan = self.plan()
+        if names is not None:
+            plan = [self._plan_by_name[n] for n in names]
+        return {p.name: p.drive(state, history, inputs) for p in plan}
 
     def forward(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]
                 ) -> dict[str, Tensor]:
@@ -490,6 +484,72 @@ class Network(VectorField):
         target = self.drive(t, state, history, inputs)
         return {name: (target[name] - state[name]) / pop.tau
                 for name, pop in self.populations.items()}
+
+
+class Read(Enum):
+    """Where a connection's operator reads its source."""
+
+    STATE = "r_src(t)"          # a population, no delay: the current state
+    INPUT = "I(t)"              # an input, no delay: the stimulus now
+    LAG = "r_src(t - d)"        # a population or input read with delay d from the history
+
+
+@dataclass(frozen=True, eq=False)
+class Term:
+    """One incoming connection as evaluated: ``op(source read as `read`)``.
+
+    ``skip_initial``: the term is absent while the value it reads is the source's initial state.
+    """
+
+    src: str
+    op: nn.Module
+    read: Read
+    delay: float
+    skip_initial: bool
+
+    def __call__(self, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]) -> Tensor:
+        read = self.read
+        x = (state[self.src] if read is Read.STATE else inputs[self.src] if read is Read.INPUT
+             else history.lag(self.src, self.delay))
+        return self.op(x)
+
+    def absent(self, history) -> bool:
+        return self.skip_initial and _reads_initial(history, self.delay)
+
+
+@dataclass(frozen=True, eq=False)
+class PopulationPlan:
+    """A population as evaluated: ``Phi(combine({c: op_c(...)}) + bias)`` (sum by default)."""
+
+    name: str
+    terms: tuple[Term, ...]
+    combine: nn.Module | None
+    bias: Tensor | None
+    phi: nn.Module
+
+    def drive(self, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]) -> Tensor:
+        """``Phi(u)`` with ``u = combine(terms) + bias``."""
+        if self.combine is None:
+            u = None
+            for term in self.terms:
+                if term.skip_initial and term.absent(history):
+                    continue
+                y = term(state, history, inputs)
+                u = y if u is None else u + y
+            if u is None:
+                u = torch.zeros_like(state[self.name])
+        else:
+            u = self.combine({term.src: term(state, history, inputs) for term in self.terms
+                              if not (term.skip_initial and term.absent(history))})
+        if self.bias is not None:
+            u = u + self.bias
+        return self.phi(u)
+
+
+def _term(net: Network, pop: Population, src: str, op: nn.Module) -> Term:
+    delay = pop.delays[src]
+    read = Read.LAG if delay > 0 else Read.INPUT if src in net.input_shapes() else Read.STATE
+    return Term(src, op, read, delay, src in pop.skip_initial)
 
 
 def _summed(pop: Population, src: str) -> bool:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
-from dynode.stimuli.base import Stimulus, as_stimulus
+from dynode.stimulus import Stimulus, as_stimulus
 
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail

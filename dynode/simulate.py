@@ -37,7 +37,7 @@ from dynode.problem import make_problem
 from dynode.record import PopulationPlan, Record
 from dynode.solvers import get_solver
 from dynode.solvers.fixed import FixedStepSolver
-from dynode.stimuli.base import as_stimulus
+from dynode.stimulus import as_stimulus
 
 __all__ = ["simulate", "SimulationResult"]
 

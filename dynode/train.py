@@ -79,7 +79,10 @@ from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
 from dynode.integrate import integrate
-from dynode.network import Network
+from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
+from dynode.models.stability import spectral_radius
+from dynode.network import Network, RunProtocol
+from dynode.stimulus import Pulse
 
 __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint"]
 
@@ -206,9 +209,14 @@ class Trainer:
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...) "
                                      "(the zoo's models have one)")
         self.config = config
-        proto = dict(getattr(network, "protocol", {}) or {})
-        self.dt = float(config.dt if config.dt is not None else proto.get("dt", 0) or 0)
-        self.t_end = float(config.t_end if config.t_end is not None else proto.get("t_end", 0) or 0)
+        proto = network.protocol if isinstance(network, Network) else RunProtocol()
+        self.dt = float(config.dt if config.dt is not None else proto.dt or 0)
+        self.t_end = float(config.t_end if config.t_end is not None else proto.t_end or 0)
+        # the stimulus window: the config's if given, else the model's protocol (e.g. CordsNet)
+        given = config.model_fields_set & {"stimulus_onset", "stimulus_duration"}
+        self.onset, self.duration = ((config.stimulus_onset, config.stimulus_duration)
+                                     if given or proto.stimulus_onset is None else
+                                     (proto.stimulus_onset, proto.stimulus_duration))
         if not self.dt or not self.t_end:
             raise ConfigurationError("training needs dt and t_end (ms): set them in the TrainingConfig "
                                      "or use a zoo model (network.protocol)")
@@ -285,9 +293,7 @@ class Trainer:
                                      f"(0 .. {self.t_end:g} ms, dt = {dt:g})")
         self._ce_weight: dict[int, float] = {}
         if self.at == "every":
-            from dynode.models.losses import time_weights
-
-            w = time_weights([k * dt for k in self._read_steps], onset=cfg.stimulus_onset,
+            w = time_weights([k * dt for k in self._read_steps], onset=self.onset,
                              reaction_time=cfg.reaction_time, ramp=cfg.ramp)
             self._ce_weight = {k: float(x) for k, x in zip(self._read_steps, w.tolist()) if x > 0}
         elif cfg.reaction_time > 0 or cfg.ramp:
@@ -299,12 +305,12 @@ class Trainer:
         areas = self.network.areas() if isinstance(self.network, Network) else None
         self._energy_of = {a: 1.0 for a in areas} if areas else 1.0
         if cfg.stability_weight > 0:
-            off = cfg.stimulus_onset + cfg.stimulus_duration
+            off = self.onset + self.duration
             if off >= self.t_end - _EPS:
                 raise ConfigurationError(f"stability_weight: the stimulus ends at {off:g} ms, not before "
                                          f"t_end = {self.t_end:g} ms; nothing to measure after the offset")
-        if cfg.stimulus_onset >= self.t_end:
-            raise ConfigurationError(f"stimulus_onset {cfg.stimulus_onset:g} ms is not before t_end "
+        if self.onset >= self.t_end:
+            raise ConfigurationError(f"stimulus_onset {self.onset:g} ms is not before t_end "
                                      f"{self.t_end:g} ms")
         seg = cfg.tbptt
         self._bounds = [0, n] if seg is None else list(range(0, n, seg)) + [n]
@@ -332,14 +338,12 @@ class Trainer:
         return [k * self.dt for k in ks]
 
     def _stimulus(self, images: Tensor):
-        from dynode.stimuli.base import Pulse
-
         cfg = self.config
         name = self.network.input_names()[0]
-        if cfg.stimulus_onset == 0 and cfg.stimulus_duration is None:
+        if self.onset == 0 and self.duration is None:
             return {name: images}
-        duration = cfg.stimulus_duration if cfg.stimulus_duration is not None else math.inf
-        return Pulse(cfg.stimulus_onset, duration, {name: images})
+        duration = self.duration if self.duration is not None else math.inf
+        return Pulse(self.onset, duration, {name: images})
 
     def _warm_up(self, batch: int):
         """Idle run from ``-idle`` to 0 ms without input and without gradient (or None)."""
@@ -362,8 +366,6 @@ class Trainer:
 
     def _segment_loss(self, sol, labels: Tensor, last: bool) -> tuple[Tensor | None, Tensor | None]:
         """This segment's part of the loss, and the final logits (last segment only)."""
-        from dynode.models.losses import classification_loss, energy_loss, stability_loss
-
         cfg = self.config
         loss, final = None, None
         if self.at == "every":
@@ -386,8 +388,8 @@ class Trainer:
             loss = e if loss is None else loss + e
         if cfg.stability_weight > 0:
             s = cfg.stability_weight * stability_loss(
-                sol.states, sol.ts, baseline=(0.0, cfg.stimulus_onset),
-                after=cfg.stimulus_onset + cfg.stimulus_duration)
+                sol.states, sol.ts, baseline=(0.0, self.onset),
+                after=self.onset + self.duration)
             loss = s if loss is None else loss + s
         return loss, final
 
@@ -467,8 +469,6 @@ class Trainer:
         ``tau dr/dt = -r + Phi'(0) W r`` then stay stable for ``Phi'(0) rho_max < 1`` (relu: 1).
         Returns the radii before projection.
         """
-        from dynode.models.stability import spectral_radius
-
         radii = {}
         for name, pop in self.network.populations.items():
             op = pop.incoming[name] if name in pop.incoming else None

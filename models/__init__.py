@@ -1,15 +1,15 @@
-"""Model components: activation functions, recurrence operators, skip/feedback adapters,
-per-population pipelines, the retina front end, readouts, losses, the stability report,
+"""Model components (re-exporting the core's activations, adapters and pipeline stages):
+recurrence operators, the retina front end, readouts, losses, the stability report,
 speed options, cortex-like components (divisive normalization, adaptation, E/I) and the
 model zoo."""
 
-from dynode.models.activations import ACTIVATIONS, RectifiedPower, Supralinear, get_activation
+from dynode.activations import ACTIVATIONS, RectifiedPower, Supralinear, get_activation
+from dynode.adapters import Adapter, Resize, adapter
+from dynode.pipeline import Combine, SumCombine, build_pipeline
 from dynode.models.recurrence import RECURRENCE_TYPES, LocalRecurrence, SelfRecurrence, recurrence
-from dynode.models.adapters import Adapter, Resize, adapter
-from dynode.models.pipeline import Combine, Sum, build_pipeline
 from dynode.models.retina import Retina
 from dynode.models.readout import Classifier, Readout
-from dynode.models.stability import spectral_radius, stability_report
+from dynode.models.stability import spectral_radius, stability_report, summary
 from dynode.models import losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
 from dynode.models.normalization import POOLS, Divide, Pool, Subtract, add_normalization
@@ -20,9 +20,10 @@ from dynode.models.published import dyrcnn_published
 
 __all__ = [
     "ACTIVATIONS", "RectifiedPower", "Supralinear", "get_activation",
+    "Adapter", "Resize", "adapter", "Combine", "SumCombine", "build_pipeline",
     "RECURRENCE_TYPES", "LocalRecurrence", "SelfRecurrence", "recurrence",
-    "Adapter", "Resize", "adapter", "Combine", "Sum", "build_pipeline", "Retina",
-    "Classifier", "Readout", "spectral_radius", "stability_report", "losses",
+    "Retina",
+    "Classifier", "Readout", "spectral_radius", "stability_report", "summary", "losses",
     "SpeedOptions", "prepare_for_speed", "alexnet_like", "cordsnet", "cornet_rt", "dyrcnn",
     "dyrcnn_published",
 ]

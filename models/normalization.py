@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
-from dynode.models.pipeline import Combine
+from dynode.pipeline import Combine
 
 __all__ = ["POOLS", "Pool", "Divide", "Subtract", "pool_shape", "add_normalization", "modulators"]
 

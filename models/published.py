@@ -39,7 +39,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from dynode.errors import ConfigurationError
-from dynode.models.adapters import Adapter, Resize
+from dynode.network import Network, RunProtocol
+from dynode.adapters import Adapter, Resize
 from dynode.models.readout import Readout
 from dynode.models.recurrence import recurrence
 
@@ -64,8 +65,6 @@ def dyrcnn_published(recurrence_type: str = "full", input_shape: Sequence[int] =
     |x|^1.8`` by default); ``readout_at="every"`` decodes every step as the toolbox does
     (``"last"`` or ``"mean"`` with a window also work). Protocol: ``t_end = steps * dt``.
     """
-    from dynode.network import Network
-
     c_in, h, w = (int(s) for s in input_shape)
     if h < 8 or w < 8:
         raise ConfigurationError(f"dyrcnn_published needs images of at least 8 x 8 pixels, got {h} x {w}")
@@ -100,5 +99,5 @@ def dyrcnn_published(recurrence_type: str = "full", input_shape: Sequence[int] =
             net.connect(a, b, Adapter(Resize((ha, wa), (hb, wb)), nn.Conv2d(ca, cb, 1, bias=True)),
                         delay=feedforward_delay)
     net.set_readout(Readout("IT", shapes["IT"], num_classes, at=readout_at, window=readout_window))
-    net.protocol = {"dt": float(dt), "t_end": float(steps * dt), "solver": "euler", "steps": steps}
+    net.protocol = RunProtocol(dt=dt, t_end=steps * dt, solver="euler", steps=steps)
     return net

@@ -16,6 +16,7 @@ it. :class:`Classifier` wraps integrate + decode as ``model(images) -> logits``.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -23,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError, ShapeError
+from dynode.integrate import integrate
+from dynode.stimulus import Pulse
 
 __all__ = ["Readout", "Classifier"]
 
@@ -110,11 +113,11 @@ class Classifier(nn.Module):
     def __init__(self, network, *, dt: float | None = None, t_end: float | None = None,
                  solver=None, input_name: str | None = None):
         super().__init__()
-        proto = dict(getattr(network, "protocol", {}) or {})
+        proto = network.protocol
         self.network = network
-        self.dt = float(dt if dt is not None else proto.get("dt", 0.0)) or None
-        self.t_end = float(t_end if t_end is not None else proto.get("t_end", 0.0)) or None
-        self.solver = solver if solver is not None else proto.get("solver", "euler")
+        self.dt = float(dt) if dt is not None else proto.dt
+        self.t_end = float(t_end) if t_end is not None else proto.t_end
+        self.solver = solver if solver is not None else proto.solver
         if self.dt is None or self.t_end is None:
             raise ConfigurationError("Classifier needs dt and t_end (ms): pass them or set network.protocol")
         names = network.input_names()
@@ -125,15 +128,12 @@ class Classifier(nn.Module):
         self.input_name = input_name
         # the image as a pulse when the protocol has a stimulus window (e.g. CordsNet)
         self.speed = None  # set by dynode.models.prepare_for_speed
-        self.onset = proto.get("stimulus_onset")
-        self.duration = proto.get("stimulus_duration")
+        self.onset = proto.stimulus_onset
+        self.duration = proto.stimulus_duration
         if network.readout is None:
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...)")
 
     def forward(self, images: Tensor) -> Tensor:
-        from dynode.integrate import integrate
-        from dynode.stimuli.base import Pulse
-
         ro = self.network.readout
         save_at = (self.t_end,) if ro.at == "last" else None
         speed = self.speed
@@ -141,7 +141,7 @@ class Classifier(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         stimulus = {self.input_name: images}
         if self.onset is not None:
-            stimulus = Pulse(self.onset, self.duration, stimulus)
+            stimulus = Pulse(self.onset, self.duration if self.duration is not None else math.inf, stimulus)
         initial = None
         if speed is not None and speed.state_dtype is not None:
             initial = self.network.init_state(images.shape[0], device=images.device, dtype=speed.state_dtype)

@@ -96,7 +96,6 @@ def prepare_for_speed(model: nn.Module, *, channels_last: bool = True, compile: 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, len(targets) + 8)
         for m in targets:
             m.compile(**opts)
-        net._plan = None
     model.speed = SpeedOptions(channels_last=channels_last, compile=compile, autocast=autocast,
                                device_type=device_type,
                                state_dtype=autocast if low_precision_states else None)

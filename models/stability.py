@@ -31,12 +31,12 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
-__all__ = ["spectral_radius", "PopulationReport", "stability_report", "format_summary", "describe_loops"]
+__all__ = ["spectral_radius", "PopulationReport", "stability_report", "summary", "describe_loops"]
 
 
 def is_affine(op: nn.Module) -> bool:
     """Whether ``op`` is known to be affine (then ``J v = op(v) - op(0)`` exactly)."""
-    from dynode.models.adapters import Adapter, Resize
+    from dynode.adapters import Adapter, Resize
     from dynode.models.ei import SignedConv
     from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
 
@@ -171,8 +171,11 @@ def stability_report(net, dt: float | None = None, **power_options) -> list[Popu
     return rows
 
 
-def format_summary(net, dt: float | None = None, **power_options) -> str:
-    """A text table of :func:`stability_report` plus inputs, readout and totals."""
+def summary(net, dt: float | None = None, *, file=None, **power_options) -> str:
+    """Print (and return) a text table of :func:`stability_report` (populations, shapes, taus,
+    dt/tau, connections with delays and parameter counts, the spectral radius of each recurrent
+    operator) plus inputs, readout and totals. ``dt`` defaults to ``net.protocol.dt``."""
+    dt = dt if dt is not None else net.protocol.dt
     rows = stability_report(net, dt, **power_options)
     lines = []
     for name, shape in net.input_shapes().items():
@@ -194,4 +197,6 @@ def format_summary(net, dt: float | None = None, **power_options) -> str:
                      f"{sum(p.numel() for p in ro.parameters())} params")
     total = sum(p.numel() for p in net.parameters())
     lines.append(f"total parameters: {total}")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    print(text, file=file)
+    return text

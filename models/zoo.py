@@ -31,6 +31,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from dynode.errors import ConfigurationError
+from dynode.network import Network, RunProtocol
+from dynode.solvers import Euler
 from dynode.models.adaptation import add_adaptation
 from dynode.models.ei import add_inhibition, signed_recurrence
 from dynode.models.normalization import add_normalization
@@ -51,9 +53,7 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
-def _network():
-    from dynode.network import Network  # late import: dynode.network imports dynode.models
-
+def _network() -> Network:
     return Network()
 
 
@@ -144,7 +144,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     _add_components(net, names, "dyrcnn", norm_opts, adapt_opts, ei_opts)
     last = names[-1]
     net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
-    net.protocol = {"dt": float(dt), "t_end": float(steps * dt), "solver": "euler", "steps": steps}
+    net.protocol = RunProtocol(dt=dt, t_end=steps * dt, solver="euler", steps=steps)
     return net
 
 
@@ -235,7 +235,7 @@ def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[
         net.connect(name, name, None, skip_initial=True)
         src, c_prev = name, c
     net.set_readout(Readout("IT", net.shape_of("IT"), num_classes, at="last"))
-    net.protocol = {"dt": float(dt), "t_end": float(times * dt), "solver": "euler", "steps": times}
+    net.protocol = RunProtocol(dt=dt, t_end=times * dt, solver="euler", steps=times)
     return net
 
 
@@ -292,9 +292,9 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
     onset, off = spontaneous_steps * dt, (spontaneous_steps + stimulus_steps) * dt
     net.set_readout(Readout(names[-1], shapes[-1], num_classes, at="mean",
                             window=(onset + 0.5 * stimulus_steps * dt, off)))
-    net.protocol = {"dt": float(dt), "t_end": float(off + after_steps * dt), "solver": "euler",
-                    "stimulus_onset": float(onset), "stimulus_duration": float(off - onset),
-                    "steps": spontaneous_steps + stimulus_steps + after_steps}
+    net.protocol = RunProtocol(dt=dt, t_end=off + after_steps * dt, solver="euler",
+                               stimulus_onset=onset, stimulus_duration=off - onset,
+                               steps=spontaneous_steps + stimulus_steps + after_steps)
     return net
 
 
@@ -308,8 +308,6 @@ def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 
     """
     _no_components("alexnet_like", components, "it is a feed-forward baseline (one pass, no "
                    "dynamics); use dyrcnn or cordsnet")
-    from dynode.solvers import Euler
-
     c_in, h, w = (int(s) for s in input_shape)
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
@@ -325,6 +323,6 @@ def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 
         net.connect(src, name, nn.Conv2d(c_prev, c, k, padding=k // 2))
         src, c_prev = name, c
     net.set_readout(Readout(src, net.shape_of(src), num_classes, at="last"))
-    net.protocol = {"dt": float(dt), "t_end": float(dt), "solver": Euler(order="sequential"), "steps": 1}
+    net.protocol = RunProtocol(dt=dt, t_end=dt, solver=Euler(order="sequential"), steps=1)
     return net
 

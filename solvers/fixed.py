@@ -41,6 +41,7 @@ from torch import Tensor
 
 from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
+from dynode.network import Network
 from dynode.history import History, HistoryTail, _hermite, compatible_dts, delay_steps
 from dynode.problem import Problem
 from dynode.solution import DenseOutput, Saver, Solution, _weighted
@@ -341,39 +342,40 @@ class Euler(FixedStepSolver):
     def _stepper(self, problem: Problem, h: float, history: History, store: bool,
                  jumps: frozenset[int] = frozenset()):
         field, inputs = problem.field, problem.inputs
-        if not hasattr(field, "plan"):
+        if not isinstance(field, Network):
             if self.order == "sequential":
                 raise ConfigurationError("Euler(order='sequential') needs a dynode.Network (it sweeps "
                                          "the network's populations); a custom VectorField only "
                                          "supports order='simultaneous'")
             return super()._stepper(problem, h, history, store, jumps)
-        plan = field.plan()
-        drive = field._drive_one
         pops = field.populations
-        w = {}
-        for name, pop in pops.items():
-            tau = pop.tau
+
+        def weight(name: str):  # dt / tau, a tensor for per-unit taus
+            tau = pops[name].tau
             if isinstance(tau, Tensor):
                 y0 = problem.y0[name]
-                w[name] = (h / tau).to(device=y0.device, dtype=y0.dtype)
-            else:
-                w[name] = h / tau
-        lerp = torch.lerp
+                return (h / tau).to(device=y0.device, dtype=y0.dtype)
+            return h / tau
+
+        def lerp(r: Tensor, target: Tensor, w) -> Tensor:  # r + w (target - r)
+            return torch.lerp(r, target, w)
+
         if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):  # drive in bf16/fp16, state fp32
-            def lerp(a: Tensor, b: Tensor, w: float) -> Tensor:
-                return torch.lerp(a, b.to(a.dtype), w)
+            def lerp(r: Tensor, target: Tensor, w) -> Tensor:
+                return torch.lerp(r, target.to(r.dtype), w)
 
-        def take(a: Tensor, b: Tensor, w: float) -> Tensor:  # lerp(a, b, 1) == b exactly
-            return b if b.dtype == a.dtype else b.to(a.dtype)
+        def take(r: Tensor, target: Tensor, w) -> Tensor:  # lerp(r, target, 1) == target exactly
+            return target if target.dtype == r.dtype else target.to(r.dtype)
 
-        # dt == tau (the discrete-time RNN case, r_{n+1} = Phi(u_n)): no lerp and no zero
-        # gradient into r_n. Identity Phi may return an input tensor itself, so it keeps lerp.
-        upd = {name: take if (not isinstance(w[name], Tensor) and w[name] == 1.0
-                              and not isinstance(pops[name].phi, torch.nn.Identity)) else lerp
-               for name in pops}
+        def update(name: str):
+            # dt == tau (the discrete-time RNN case, r_{n+1} = Phi(u_n)): no lerp and no zero
+            # gradient into r_n. Identity Phi may return an input tensor itself, so it keeps lerp.
+            w = weight(name)
+            exact = not isinstance(w, Tensor) and w == 1.0 and not isinstance(pops[name].phi, torch.nn.Identity)
+            return name, w, take if exact else lerp
 
+        drive = field.drive
         if self.order == "sequential":
-            order = field.update_order()
             cyclic = field.zero_delay_cycles()
             if cyclic:
                 warnings.warn(f"Euler(order='sequential'): populations {list(cyclic)} form a cycle of "
@@ -381,8 +383,7 @@ class Euler(FixedStepSolver):
                               "declaration order) changes the result; give a connection of the cycle "
                               "a delay of at least dt, or use order='simultaneous'",
                               StabilityWarning, stacklevel=3)
-            by_name = {e[0]: e for e in plan}
-            seq = [(name, by_name[name], w[name], upd[name]) for name in order]
+            sweep = [(update(name), (name,)) for name in field.update_order()]
 
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
@@ -391,20 +392,20 @@ class Euler(FixedStepSolver):
                 # sees t_{n+1} - d (stage fraction 1), so a delay d arrives exactly d later
                 history.at(n, 1.0, t, y)
                 x = inputs(t)
-                new = dict(y)
-                for name, entry, wn, up in seq:
-                    new[name] = up(y[name], drive(entry, new, history, x), wn)
-                return new
+                r = dict(y)
+                for (name, w, lerp), just in sweep:
+                    r[name] = lerp(y[name], drive(t, r, history, x, just)[name], w)
+                return r
             return step
 
-        ws = [(e, w[e[0]], upd[e[0]]) for e in plan]
+        populations = [update(name) for name in pops]
 
-        def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+        def step(n: int, t: float, r: dict[str, Tensor]) -> dict[str, Tensor]:
             if store:
-                history.store(n, y)
-            history.at(n, 0.0, t, y)
-            x = inputs(t)
-            return {e[0]: up(y[e[0]], drive(e, y, history, x), wn) for e, wn, up in ws}
+                history.store(n, r)
+            history.at(n, 0.0, t, r)
+            phi_u = drive(t, r, history, inputs(t))  # Phi(u_p(t_n)) per population
+            return {p: lerp(r[p], phi_u[p], dt_over_tau) for p, dt_over_tau, lerp in populations}
         return step
 
 

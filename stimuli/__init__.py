@@ -1,6 +1,6 @@
 """Time-dependent stimuli (deterministic in ``t``, with breakpoints in ms)."""
 
-from dynode.stimuli.base import Constant, Pulse, Stimulus, StimulusValue, as_stimulus
+from dynode.stimulus import Constant, Pulse, Stimulus, StimulusValue, as_stimulus
 from dynode.stimuli import envelopes  # noqa: E402
 from dynode.stimuli.envelopes import Envelope
 from dynode.stimuli.compose import Modulated, Sequence, Sum, resolve_background, scale_contrast

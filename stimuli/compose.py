@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
-from dynode.stimuli.base import Stimulus, StimulusValue
+from dynode.stimulus import Stimulus, StimulusValue, Sum, merge_conditions
 from dynode.stimuli.envelopes import Envelope
 
 __all__ = ["Modulated", "Sum", "Sequence", "as_float_images", "resolve_background", "scale_contrast",
@@ -69,23 +69,6 @@ def scale_contrast(images: Tensor, contrast, background="grey") -> Tensor:
     if c.dim() == 1:
         c = c.reshape(-1, *([1] * (images.dim() - 1)))
     return g + c * (images - g)
-
-
-def merge_conditions(parts: Seq[Mapping[str, Seq]], batch: int | None = None) -> dict[str, list]:
-    """Merge per-sample condition labels; a key given twice must carry the same labels."""
-    out: dict[str, list] = {}
-    for cond in parts:
-        for k, v in cond.items():
-            v = list(v)
-            if k in out and out[k] != v:
-                raise ConfigurationError(f"condition {k!r} is given twice with different labels")
-            out[k] = v
-    if batch is not None:
-        bad = {k: len(v) for k, v in out.items() if len(v) != batch}
-        if bad:
-            raise ConfigurationError(f"condition labels must have one entry per sample (batch "
-                                     f"{batch}); lengths: {bad}")
-    return out
 
 
 class Modulated(Stimulus):
@@ -165,60 +148,6 @@ class Modulated(Stimulus):
     def __repr__(self) -> str:
         return (f"Modulated(images={tuple(self.images.shape)}, {self.envelope!r}, "
                 f"background={self.background_spec!r})")
-
-
-class Sum(Stimulus):
-    """``I(t) = sum_i I_i(t)``; breakpoints are the union of the parts' breakpoints.
-
-    The result is memoised on the identity of the parts' outputs: while every part returns
-    its cached tensor (constant pieces), the sum is not recomputed.
-    """
-
-    def __init__(self, *parts: Stimulus, conditions: Mapping[str, Seq] | None = None):
-        if len(parts) < 2:
-            raise ConfigurationError("Sum needs at least two stimuli")
-        for p in parts:
-            if not isinstance(p, Stimulus):
-                raise ConfigurationError(f"Sum parts must be Stimulus objects, got {type(p).__name__}")
-        self.parts = tuple(parts)
-        self.breakpoints = tuple(sorted({b for p in parts for b in p.breakpoints}))
-        self.conditions = merge_conditions([p.conditions for p in parts] + [conditions or {}])
-        self._last_ids: tuple | None = None
-        self._last: StimulusValue | None = None
-        self._keep: list = []
-
-    def __call__(self, t: float) -> StimulusValue:
-        values = [p(t) for p in self.parts]
-        ids = tuple(id(v) for v in values)
-        if ids == self._last_ids:
-            return self._last
-        first = values[0]
-        if isinstance(first, Mapping):
-            if any(not isinstance(v, Mapping) for v in values):
-                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
-                                         "part the same input= (or none)")
-            out: dict[str, Tensor] = {}
-            for v in values:
-                for k, x in v.items():
-                    out[k] = x if k not in out else out[k] + x
-            result: StimulusValue = out
-        else:
-            if any(isinstance(v, Mapping) for v in values):
-                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
-                                         "part the same input= (or none)")
-            result = values[0]
-            for v in values[1:]:
-                result = result + v
-        self._last_ids, self._last = ids, result
-        # keep the parts' outputs alive so that their ids cannot be reused by new tensors
-        self._keep = values
-        return result
-
-    def to(self, device=None, dtype=None) -> "Sum":
-        return Sum(*(p.to(device, dtype) for p in self.parts), conditions=self.conditions)
-
-    def __repr__(self) -> str:
-        return "Sum(" + ", ".join(repr(p) for p in self.parts) + ")"
 
 
 class Sequence(Stimulus):

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
-from dynode.stimuli.base import Stimulus, StimulusValue
+from dynode.stimulus import Stimulus, StimulusValue
 from dynode.stimuli.compose import resolve_background
 
 __all__ = ["NOISE_KINDS", "noise_field", "signal_power", "add_noise", "snr_of", "DynamicNoise"]

@@ -22,7 +22,7 @@ from torch import nn
 
 import dynode as dn
 from dynode.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, ConfigurationError
-from dynode.stimuli.base import Stimulus
+from dynode.stimulus import Stimulus
 
 REPO = Path(__file__).resolve().parents[1]
 

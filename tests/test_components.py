@@ -476,7 +476,7 @@ def test_summary_and_stability_report_show_the_loops_as_what_they_are():
         "V1": "area", "V1_inh": "inhibitory", "V1_norm": "normalization", "V1_adapt": "adaptation"}
     # nonnegative weights scaled by fan-in: the inhibitory self loop has rho ~ gain 0.5, not ~sqrt(fan_in)
     assert 0.2 < rows["IT_inh"].spectral_radius <= 0.55
-    text = net.summary(file=io.StringIO())
+    text = dn.models.summary(net, file=io.StringIO())
     assert "loops:\n  V1 <- V1_adapt (subtractive adaptation, tau 120 ms" in text
     assert "  IT <- IT_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)" in text
 

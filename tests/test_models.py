@@ -13,7 +13,7 @@ from torch import nn
 import dynode as dn
 from dynode.models import (Adapter, Classifier, Readout, Retina, adapter, prepare_for_speed, recurrence,
                            spectral_radius, stability_report, zoo)
-from dynode.models.activations import get_activation
+from dynode.activations import get_activation
 
 
 # -- adapters --------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_stability_report_and_summary():
     assert rows["A"].params == 3 and rows["B"].params == 3 * 2  # the 1x1 projection
     assert dict((s, d) for s, d, _ in rows["A"].incoming) == {"x": 0.0, "A": 4.0}
     buf = io.StringIO()
-    text = net.summary(dt=1.0, file=buf)
+    text = dn.models.summary(net, dt=1.0, file=buf)
     assert buf.getvalue().strip() == text.strip()
     for needle in ("A ", "(3, 4, 4)", "0.9", "A @ 4", "B ", "0.1", "readout", "total parameters: 24"):
         assert needle in text, needle

@@ -36,7 +36,7 @@ def test_skip_adapter_resizes_then_projects_with_bias_equal_to_project_then_resi
 
 def test_readout_classifies_every_step():
     net = dyrcnn_published(num_classes=7, steps=4)
-    sol = dn.integrate(net, torch.rand(2, 3, 32, 32), t_end=net.protocol["t_end"], dt=net.protocol["dt"])
+    sol = dn.integrate(net, torch.rand(2, 3, 32, 32), t_end=net.protocol.t_end, dt=net.protocol.dt)
     assert net.decode(sol).shape == (5, 2, 7)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dynode as dn
-from dynode.stimuli.base import Stimulus
+from dynode.stimulus import Stimulus
 
 
 def small_net(seed: int = 0, channels: int = 3, side: int = 4, units: int = 5) -> dn.Network:

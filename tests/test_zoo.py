@@ -99,7 +99,7 @@ def test_cornet_rt_matches_plain_unrolled(times):
     img = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = plain(img)
-        sol = dn.integrate(net, img, t_end=net.protocol["t_end"], dt=net.protocol["dt"], solver="euler")
+        sol = dn.integrate(net, img, t_end=net.protocol.t_end, dt=net.protocol.dt, solver="euler")
         ours = net.decode(sol)
         via_classifier = Classifier(net)(img)
     assert ours.shape == (2, 7)
@@ -132,7 +132,7 @@ def test_cornet_rt_shapes_and_parameters():
         n += ci * co * k * k + co + 2 * co + co * co * 9 + 2 * co
     n += 512 * 1000 + 1000
     assert sum(p.numel() for p in net.parameters()) == n
-    assert net.protocol["dt"] == net.populations["V1"].tau
+    assert net.protocol.dt == net.populations["V1"].tau
 
 
 @pytest.mark.parametrize("build", [
@@ -164,7 +164,7 @@ def test_dyrcnn_shapes_skips_and_feedback():
     x = torch.randn(3, 36, 16, 16)
     assert labels["V1 -> V4"].op(x).shape == (3, 121, 4, 4)
     assert labels["IT -> V2"].op(torch.randn(3, 256, 2, 2)).shape == (3, 64, 8, 8)
-    assert net.protocol == {"dt": 2.0, "t_end": 40.0, "solver": "euler", "steps": 20}
+    assert net.protocol == dn.RunProtocol(dt=2.0, t_end=40.0, solver="euler", steps=20)
 
 
 def test_dyrcnn_rejects_unknown_depth_and_type():
@@ -182,16 +182,16 @@ def test_dyrcnn_rejects_unknown_depth_and_type():
 def _run(net, solver, shape, batch=1):
     x = torch.rand(batch, *shape)
     proto = net.protocol
-    sol_solver = proto["solver"] if solver == "euler" else solver
+    sol_solver = proto.solver if solver == "euler" else solver
     stim = x
-    if "stimulus_onset" in proto:
-        stim = dn.stimuli.Pulse(proto["stimulus_onset"], proto["stimulus_duration"], x)
+    if proto.stimulus_onset is not None:
+        stim = dn.stimuli.Pulse(proto.stimulus_onset, proto.stimulus_duration, x)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", dn.StabilityWarning)
-        sol = dn.integrate(net, stim, t_end=proto["t_end"], dt=proto["dt"], solver=sol_solver,
-                           save_at=None if net.readout.at != "last" else (proto["t_end"],))
+        sol = dn.integrate(net, stim, t_end=proto.t_end, dt=proto.dt, solver=sol_solver,
+                           save_at=None if net.readout.at != "last" else (proto.t_end,))
         logits = net.decode(sol)
-    assert sol.stats.steps == proto["steps"]
+    assert sol.stats.steps == proto.steps
     assert torch.isfinite(logits).all()
     return logits
 
@@ -223,8 +223,8 @@ def test_cordsnet_structure_and_protocol():
     assert set(a5.incoming) == {"A4", "A5", "A3"}  # below, itself, two below
     assert a5.bias.shape == (256, 8, 8)  # per-position bias
     p = net.protocol
-    assert p["dt"] / net.populations["A1"].tau == pytest.approx(0.2)
-    assert (p["stimulus_onset"], p["stimulus_duration"], p["t_end"]) == (200.0, 200.0, 600.0)
+    assert p.dt / net.populations["A1"].tau == pytest.approx(0.2)
+    assert (p.stimulus_onset, p.stimulus_duration, p.t_end) == (200.0, 200.0, 600.0)
 
 
 def test_alexnet_like_one_step_is_a_feedforward_pass():

@@ -10,7 +10,7 @@ A pipeline is declared when the network is built, as an ordered list::
 * the first stage may be a :class:`Combine` (a module mapping ``{source: op_output}`` to one
   tensor) or ``"sum"``; without one, the sum is used;
 * the later stages are modules (normalisation, activation, pooling, convolutions, ...),
-  activation names (resolved once by :func:`~dynode.models.activations.get_activation`) or
+  activation names (resolved once by :func:`~dynode.activations.get_activation`) or
   callables; they are applied in the given order.
 
 So ``u = combine({op_c(r_src(c))}) + bias`` and ``Phi = stage_n o ... o stage_1``. Everything
@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
-from dynode.models.activations import get_activation
+from dynode.activations import get_activation
 
-__all__ = ["Combine", "Sum", "build_pipeline"]
+__all__ = ["Combine", "SumCombine", "build_pipeline"]
 
 
 class Combine(nn.Module):
@@ -45,7 +45,7 @@ class Combine(nn.Module):
         return False
 
 
-class Sum(Combine):
+class SumCombine(Combine):
     """``u = sum_c op_c(r_src(c))`` (the default combine)."""
 
     def sums(self, source: str) -> bool:
@@ -72,7 +72,7 @@ def build_pipeline(stages: Sequence, what: str) -> tuple[nn.Module | None, nn.Mo
     combine: nn.Module | None = None
     if stages and (isinstance(stages[0], Combine) or stages[0] == "sum"):
         first = stages.pop(0)
-        combine = None if first == "sum" or type(first) is Sum else first
+        combine = None if first == "sum" or type(first) is SumCombine else first
     post = []
     for i, stage in enumerate(stages):
         if isinstance(stage, Combine) or stage == "sum":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from collections.abc import Sequence as Seq
 from typing import Union
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError
 
-__all__ = ["Stimulus", "Constant", "Pulse", "as_stimulus", "StimulusValue"]
+__all__ = ["Stimulus", "Constant", "Pulse", "Sum", "as_stimulus", "merge_conditions", "StimulusValue"]
 
 StimulusValue = Union[Tensor, dict[str, Tensor]]
 
@@ -72,8 +73,6 @@ class Stimulus:
         """``a + b``: the stimuli summed (:class:`dynode.stimuli.Sum`)."""
         if not isinstance(other, Stimulus):
             return NotImplemented
-        from dynode.stimuli.compose import Sum
-
         return Sum(self, other)
 
 
@@ -157,3 +156,74 @@ def as_stimulus(stimulus) -> Stimulus | None:
             "declares its breakpoints (an empty tuple if it is smooth)")
     raise ConfigurationError(f"stimulus must be a dynode.stimuli.Stimulus, a tensor or a dict of "
                              f"tensors, got {type(stimulus).__name__}")
+
+
+def merge_conditions(parts: Seq[Mapping[str, Seq]], batch: int | None = None) -> dict[str, list]:
+    """Merge per-sample condition labels; a key given twice must carry the same labels."""
+    out: dict[str, list] = {}
+    for cond in parts:
+        for k, v in cond.items():
+            v = list(v)
+            if k in out and out[k] != v:
+                raise ConfigurationError(f"condition {k!r} is given twice with different labels")
+            out[k] = v
+    if batch is not None:
+        bad = {k: len(v) for k, v in out.items() if len(v) != batch}
+        if bad:
+            raise ConfigurationError(f"condition labels must have one entry per sample (batch "
+                                     f"{batch}); lengths: {bad}")
+    return out
+
+
+class Sum(Stimulus):
+    """``I(t) = sum_i I_i(t)``; breakpoints are the union of the parts' breakpoints.
+
+    The result is memoised on the identity of the parts' outputs: while every part returns
+    its cached tensor (constant pieces), the sum is not recomputed.
+    """
+
+    def __init__(self, *parts: Stimulus, conditions: Mapping[str, Seq] | None = None):
+        if len(parts) < 2:
+            raise ConfigurationError("Sum needs at least two stimuli")
+        for p in parts:
+            if not isinstance(p, Stimulus):
+                raise ConfigurationError(f"Sum parts must be Stimulus objects, got {type(p).__name__}")
+        self.parts = tuple(parts)
+        self.breakpoints = tuple(sorted({b for p in parts for b in p.breakpoints}))
+        self.conditions = merge_conditions([p.conditions for p in parts] + [conditions or {}])
+        self._last_ids: tuple | None = None
+        self._last: StimulusValue | None = None
+        self._keep: list = []
+
+    def __call__(self, t: float) -> StimulusValue:
+        values = [p(t) for p in self.parts]
+        ids = tuple(id(v) for v in values)
+        if ids == self._last_ids:
+            return self._last
+        first = values[0]
+        if isinstance(first, Mapping):
+            if any(not isinstance(v, Mapping) for v in values):
+                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
+                                         "part the same input= (or none)")
+            out: dict[str, Tensor] = {}
+            for v in values:
+                for k, x in v.items():
+                    out[k] = x if k not in out else out[k] + x
+            result: StimulusValue = out
+        else:
+            if any(isinstance(v, Mapping) for v in values):
+                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
+                                         "part the same input= (or none)")
+            result = values[0]
+            for v in values[1:]:
+                result = result + v
+        self._last_ids, self._last = ids, result
+        # keep the parts' outputs alive so that their ids cannot be reused by new tensors
+        self._keep = values
+        return result
+
+    def to(self, device=None, dtype=None) -> "Sum":
+        return Sum(*(p.to(device, dtype) for p in self.parts), conditions=self.conditions)
+
+    def __repr__(self) -> str:
+        return "Sum(" + ", ".join(repr(p) for p in self.parts) + ")"
