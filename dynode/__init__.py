@@ -30,7 +30,7 @@ from dynode.archive import open_archive
 from dynode import archive  # noqa: E402  (selection helpers, export)
 from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figures)
 
-__version__ = "0.1.0"
+from dynode.version import __version__
 
 __all__ = [
     "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "integrate", "Solution",

@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dynode import __version__
+    from dynode.version import __version__
 
     ap = _Parser(prog="dynode", description="Continuous-time recurrent networks of the visual system: "
                  "train, simulate, record and analyse.")
@@ -42,15 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="tiny settings (a smoke test in seconds)")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; quick 1)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--overwrite", action="store_true", help="replace archives from an earlier demo")
-    for name, text in (("train", "train the configured model on the configured data"),
-                       ("simulate", "simulate the model under the configured stimulus into an archive"),
-                       ("experiment", "run the Groen 2022 experiments into archives and analyse them"),
-                       ("convergence", "the dt/tau study: errors of cheap steps vs a tight reference")):
+    d.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier demo in --out (training starts over)")
+    d.add_argument("--resume", action="store_true",
+                   help="continue an earlier demo's training in --out, then rerun the experiments")
+    for name, text, outputs in (
+            ("train", "train the configured model on the configured data", "OUT/last.pt, OUT/train.jsonl"),
+            ("simulate", "simulate the model under the configured stimulus into an archive",
+             "OUT/simulation.zarr"),
+            ("experiment", "run the Groen 2022 experiments into archives and analyse them",
+             "the archives in OUT/experiments"),
+            ("convergence", "the dt/tau study: errors of cheap steps vs a tight reference",
+             "OUT/convergence.nc, OUT/convergence.png")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML run configuration")
         p.add_argument("--out", default=None, help="output folder (default: the config's output)")
-        p.add_argument("--overwrite", action="store_true", help="replace existing archives")
+        p.add_argument("--overwrite", action="store_true", help=f"replace existing outputs ({outputs})")
+        if name == "train":
+            p.add_argument("--resume", action="store_true", help="continue the training saved in OUT/last.pt")
     m = sub.add_parser("compare", help="train several model variants (recurrence types, with and without "
                        "normalization), run the Groen 2022 experiments on each, one table and one figure")
     m.add_argument("config", nargs="?", default=None,
@@ -61,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quick", action="store_true", help="without CONFIG: the demo's tiny settings (a smoke test)")
     m.add_argument("--variants", default=None,
                    help="comma-separated labels to run out of the configured or default variants")
-    m.add_argument("--overwrite", action="store_true", help="retrain variants trained by an earlier run")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier comparison in --out (every variant retrains)")
+    m.add_argument("--resume", action="store_true",
+                   help="continue an earlier comparison in --out: finish each variant's training, rerun "
+                   "its experiments")
     i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
     i.add_argument("archive")
     a = sub.add_parser("analyze", help="analyse archives: Groen 2022 metrics, flags and figures where the "
@@ -107,9 +120,23 @@ def main(argv=None) -> int:
 
 # -- commands ------------------------------------------------------------------------------
 def _out(args, cfg) -> Path:
-    out = Path(args.out if getattr(args, "out", None) else cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    """The output folder (not created here: a command creates it only once its inputs are valid)."""
+    return Path(args.out if getattr(args, "out", None) else cfg.output)
+
+
+def _refuse_existing(command: str, paths, *, resume: bool = False) -> None:
+    """One meaning of ``--overwrite`` for every command: existing outputs are replaced only with
+    it (``--resume``, where offered, continues them instead); checked before any work."""
+    found = [str(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
+    if found:
+        how = "--overwrite to replace" + (" or --resume to continue" if resume else "")
+        raise _UsageError(f"dynode {command}: error: {', '.join(found)} already exist{'s' if len(found) == 1 else ''}; "
+                          f"pass {how} {'it' if len(found) == 1 else 'them'}, or choose another --out")
+
+
+def _overwrite_and_resume(command: str, args) -> None:
+    if getattr(args, "resume", False) and args.overwrite:
+        raise _UsageError(f"dynode {command}: error: --overwrite starts over and --resume continues; give one")
 
 
 def _model_and_data(cfg):
@@ -125,11 +152,17 @@ def cmd_train(args) -> int:
     from dynode.config import load_config
     from dynode.train import Trainer
 
+    _overwrite_and_resume("train", args)
     cfg = load_config(args.config)
     out = _out(args, cfg)
+    if args.resume and not (out / "last.pt").is_file():
+        raise _UsageError(f"dynode train: error: --resume: no {out / 'last.pt'} to continue; leave --resume out "
+                          "to start a new training")
+    if not args.resume and not args.overwrite:
+        _refuse_existing("train", [out / "last.pt"], resume=True)
     net, train, test = _model_and_data(cfg)
     trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out)
-    if (out / "last.pt").exists() and not args.overwrite:
+    if args.resume:
         trainer.resume(out / "last.pt")
         print(f"resuming from {out / 'last.pt'} at epoch {trainer.epoch}")
     result = trainer.fit(train, test)
@@ -141,16 +174,21 @@ def cmd_train(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    import dynode as dn
+    from dynode.simulate import simulate
     from dynode.config import load_config
 
     cfg = load_config(args.config)
     out = _out(args, cfg)
+    if not args.overwrite:
+        _refuse_existing("simulate", [out / "simulation.zarr"])
+    if cfg.t_end is None and cfg.stimulus.kind != "groen2022":
+        raise _UsageError("dynode simulate: error: t_end: give the simulated time in ms (top-level t_end in the "
+                          "config); only a groen2022 stimulus brings its own")
     net, _, test = _model_and_data(cfg)
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     dt = cfg.dt or net.protocol.dt
-    t_end = cfg.t_end or getattr(stim, "t_end", None) or net.protocol.t_end
-    res = dn.simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
+    t_end = cfg.t_end or stim.t_end
+    res = simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
                       store=out / "simulation.zarr", overwrite=args.overwrite)
     print(f"wrote {res.path} ({res.status}; {res.stats.steps} steps, {res.stats.nfe} evaluations)")
     return 0
@@ -162,8 +200,10 @@ def cmd_experiment(args) -> int:
 
     cfg = load_config(args.config)
     out = _out(args, cfg)
-    net, _, test = _model_and_data(cfg)
     ex = cfg.experiment
+    if not args.overwrite:
+        _refuse_existing("experiment", [out / "experiments" / f"groen2022-{k}.zarr" for k in ex.protocols])
+    net, _, test = _model_and_data(cfg)
     paths = groen2022_experiments(net, first_images(test, ex.n_images), out / "experiments", dt=ex.dt,
                                   solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
                                   overwrite=args.overwrite, background=ex.background, onset=ex.onset,
@@ -175,11 +215,13 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_convergence(args) -> int:
-    import dynode as dn
+    from dynode.convergence import convergence, plot_convergence
     from dynode.config import load_config
 
     cfg = load_config(args.config)
     out = _out(args, cfg)
+    if not args.overwrite:
+        _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"])
     net, _, test = _model_and_data(cfg)
     conv = cfg.convergence
     if conv.population is not None and conv.population not in net.populations:
@@ -189,11 +231,12 @@ def cmd_convergence(args) -> int:
     import torch
 
     with torch.no_grad():
-        ds = dn.convergence(net, stim, t_end=conv.t_end, dts=conv.dts, solvers=conv.build_solvers(),
+        ds = convergence(net, stim, t_end=conv.t_end, dts=conv.dts, solvers=conv.build_solvers(),
                             reference=conv.reference.build(), tolerance=conv.tolerance)
+    out.mkdir(parents=True, exist_ok=True)
     ds.to_netcdf(out / "convergence.nc")
     png = out / "convergence.png"
-    dn.plot_convergence(ds, png, population=conv.population)
+    plot_convergence(ds, png, population=conv.population)
     print(ds)
     if "answer" in ds.attrs:
         print(ds.attrs["answer"])
@@ -202,13 +245,13 @@ def cmd_convergence(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    import dynode as dn
+    from dynode.archive import open_archive
     from dynode.archive import archive_config, populations
 
     path = Path(args.archive)
     if not path.exists():
         raise FileNotFoundError(f"no archive at {path}")
-    tree = dn.open_archive(path)
+    tree = open_archive(path)
     attrs = tree.attrs
     print(f"{path}: status {attrs.get('status')}, run {attrs.get('run_id')}, created {attrs.get('created')}")
     print(f"dynode {attrs.get('dynode_version', '?')}, solver {attrs.get('solver')}, dt {attrs.get('dt')} ms")
@@ -306,15 +349,22 @@ def cmd_compare(args) -> int:
         if unknown:
             raise _UsageError(f"dynode compare: error: unknown variants {unknown}; known: {list(variants)}")
         variants = {v: variants[v] for v in wanted}
-    res = run_comparison(cfg, out, variants, overwrite=args.overwrite)
+    _overwrite_and_resume("compare", args)
+    if not (args.overwrite or args.resume):
+        _refuse_existing("compare", [out / label / "train" / "last.pt" for label in variants], resume=True)
+    res = run_comparison(cfg, out, variants, overwrite=args.overwrite, resume=args.resume)
     print(f"compared {len(res['results'])} variants in {res['seconds']:.0f} s")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from dynode.demo import run_demo
+    from dynode.demo import demo_outputs, run_demo
 
-    run_demo(Path(args.out), quick=args.quick, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite)
+    _overwrite_and_resume("demo", args)
+    if not (args.overwrite or args.resume):
+        _refuse_existing("demo", demo_outputs(args.out), resume=True)
+    run_demo(Path(args.out), quick=args.quick, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite,
+             resume=args.resume)
     return 0
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dynode.errors import ConfigurationError
+from dynode.demo import run_workflow
 
 __all__ = ["COMPARED_RECURRENCE", "default_variants", "run_comparison", "comparison_rows",
            "format_comparison", "plot_comparison"]
@@ -52,12 +53,13 @@ def _variant_config(base, label: str, overrides: Mapping):
 
 
 def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, overwrite: bool = False,
-                   log=print) -> dict:
+                   resume: bool = False, log=print) -> dict:
     """Run :func:`~dynode.demo.run_workflow` for each of ``variants`` (``{label: model option
     overrides}``; default :func:`default_variants`) on the base config ``base`` into
-    ``out/<label>``, then write the table and the figure. Returns ``{"results": {label:
+    ``out/<label>``, then write the table and the figure. A variant trained by an earlier run is
+    continued with ``resume`` (a finished one is not retrained), started over with
+    ``overwrite``, and refused otherwise, before anything trains. Returns ``{"results": {label:
     workflow result}, "table": path, "figure": path, "seconds": s}``."""
-    from dynode.demo import run_workflow
 
     variants = dict(variants) if variants is not None else default_variants(
         normalization=base.model.options.get("normalization"))
@@ -73,13 +75,19 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
         except ConfigurationError as exc:
             raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
     out = Path(out)
+    found = [str(out / label / "train" / "last.pt") for label in configs
+             if (out / label / "train" / "last.pt").exists()]
+    if found and not (overwrite or resume):
+        raise ConfigurationError(f"{', '.join(found)} from an earlier comparison exist; pass resume=True to "
+                                 "continue or overwrite=True to start over, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = {}
     for i, (label, cfg) in enumerate(configs.items()):
         log(f"\n[{i + 1}/{len(configs)}] {label}")
         try:
-            results[label] = run_workflow(cfg, out / label, overwrite=overwrite, log=lambda m: log("  " + m),
+            results[label] = run_workflow(cfg, out / label, overwrite=overwrite, resume=resume,
+                                          log=lambda m: log("  " + m),
                                           figures=False)
         except ConfigurationError as exc:
             raise ConfigurationError(f"compare variant {label!r}: {exc}") from None

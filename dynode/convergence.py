@@ -34,6 +34,10 @@ import xarray as xr
 
 from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError
 from dynode.history import compatible_dts, delay_steps
+from dynode.integrate import integrate
+from dynode.solvers import Dopri5
+from dynode.solvers import get_solver
+from dynode.solvers.fixed import FixedStepSolver
 
 __all__ = ["convergence", "plot_convergence", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
@@ -47,15 +51,12 @@ def _label(solver) -> str:
 
 
 def _default_reference():
-    from dynode.solvers import Dopri5
 
     return Dopri5(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
 
 
 def _fixed_solvers(solvers) -> list[tuple[str, object]]:
     """``[(label, solver object)]``; only fixed-step solvers (the study varies their dt)."""
-    from dynode.solvers import get_solver
-    from dynode.solvers.fixed import FixedStepSolver
 
     items = list(solvers.items()) if isinstance(solvers, Mapping) else [(None, s) for s in solvers]
     if not items:
@@ -126,7 +127,6 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
     and, with a tolerance, ``largest_dt``, ``largest_dt_over_tau`` (``solver, population``)
     and ``largest_dt_all`` (``solver``); coordinates ``dt``, ``dt_over_tau``, ``tau``.
     """
-    from dynode.integrate import integrate
 
     dts = sorted((float(d) for d in dts), reverse=True)
     if not dts or any(not (d > 0 and math.isfinite(d)) for d in dts):

@@ -22,6 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+from dynode.errors import ConfigurationError
+from dynode import analysis
+from dynode.analysis import format_summary
+from dynode.config import first_images
+from dynode.config import run_config
+from dynode.experiments import groen2022_experiments, recovery_after_offset
+from dynode.train import Trainer
 
 __all__ = ["run_demo", "run_workflow", "demo_config", "DEMO_MODEL"]
 
@@ -41,7 +48,6 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
     """The demo as a :class:`~dynode.config.RunConfig` (``quick``: the same pipeline in seconds;
     ``small``: half the channels and training images, three epochs and two test images, the
     default of ``dynode compare``, which trains eight such models)."""
-    from dynode.config import run_config
 
     model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"],
                  steps=5 if quick else DEMO_MODEL["steps"])
@@ -64,18 +70,21 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
     })
 
 
-def run_workflow(cfg, out, *, overwrite: bool = False, log=print, figures: bool = True) -> dict:
-    """Train ``cfg.model`` on ``cfg.data`` (resuming from ``out/train/last.pt`` unless
-    ``overwrite``), run the Groen 2022 experiments of ``cfg.experiment`` into
+def run_workflow(cfg, out, *, overwrite: bool = False, resume: bool = False, log=print,
+                 figures: bool = True) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` (an earlier training in ``out/train/last.pt`` is
+    continued with ``resume``, started over with ``overwrite``, and refused otherwise), run the Groen 2022 experiments of ``cfg.experiment`` into
     ``out/experiments`` and analyse them. Returns accuracy, timings, paths, the analysis
     summary (:meth:`dynode.analysis.Analysis.summary`) and the :class:`~dynode.analysis.Analysis`
     itself (key ``analysis``)."""
-    from dynode import analysis
-    from dynode.config import first_images
-    from dynode.experiments import groen2022_experiments, recovery_after_offset
-    from dynode.train import Trainer
 
     out = Path(out)
+    if overwrite and resume:
+        raise ConfigurationError("overwrite=True starts over and resume=True continues; give one")
+    last = out / "train" / "last.pt"
+    if last.exists() and not (overwrite or resume):
+        raise ConfigurationError(f"{str(last)!r} holds an earlier training; pass resume=True to continue it "
+                                 "or overwrite=True to start over, or choose another output folder")
     t_start = time.perf_counter()
     torch.manual_seed(cfg.training.seed)  # before building: same config, same initial weights
     train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
@@ -87,9 +96,9 @@ def run_workflow(cfg, out, *, overwrite: bool = False, log=print, figures: bool 
 
     tcfg = cfg.training
     trainer = Trainer(net, tcfg, log=out / "train" / "train.jsonl", checkpoint_dir=out / "train")
-    if (out / "train" / "last.pt").exists() and not overwrite:
-        trainer.resume(out / "train" / "last.pt")
-        log(f"resuming training from {out / 'train' / 'last.pt'} (epoch {trainer.epoch})")
+    if last.exists() and resume:
+        trainer.resume(last)
+        log(f"resuming training from {last} (epoch {trainer.epoch})")
     for _ in range(trainer.epoch, tcfg.epochs):
         trainer.config = tcfg.model_copy(update={"epochs": trainer.epoch + 1})
         trainer.fit(train, test)
@@ -125,19 +134,30 @@ def run_workflow(cfg, out, *, overwrite: bool = False, log=print, figures: bool 
             "network": net}
 
 
+def demo_outputs(out) -> list[Path]:
+    """What a demo writes into ``out`` that a new demo would replace."""
+    out = Path(out)
+    return [out / "train" / "last.pt", out / "experiments", out / "figures", out / "summary.json"]
+
+
 def run_demo(out: Path, *, quick: bool = False, epochs: int | None = None, seed: int = 0,
-             overwrite: bool = False, log=print) -> dict:
-    """Run the demo into ``out``; returns a dict with the accuracy, timings and the summary."""
-    from dynode.analysis import format_summary
+             overwrite: bool = False, resume: bool = False, log=print) -> dict:
+    """Run the demo into ``out``; returns a dict with the accuracy, timings and the summary.
+    An earlier demo's outputs in ``out`` are replaced with ``overwrite``, its training
+    continued with ``resume``; otherwise they are refused before anything runs."""
 
     cfg = demo_config(quick, epochs, seed)
     out = Path(out)
+    found = [str(p) for p in demo_outputs(out) if p.exists()]
+    if found and not (overwrite or resume):
+        raise ConfigurationError(f"{', '.join(found)} from an earlier demo exist; pass overwrite=True to "
+                                 "replace them or resume=True to continue, or choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     log(f"dynode demo: the generated task, dyrcnn with divisive normalization, trained for "
         f"{cfg.training.epochs} epoch(s); then the Groen et al. (2022) experiments at dt "
         f"{cfg.experiment.dt:g} ms")
-    result = run_workflow(cfg, out, overwrite=overwrite, log=log)
+    result = run_workflow(cfg, out, overwrite=overwrite, resume=resume, log=log)
     log("\nGroen et al. (2022) in silico, per area:")
     log(format_summary(result["summary"]))
     log(f"\nfigures: {', '.join(result['figures'].values())}")

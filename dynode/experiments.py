@@ -21,6 +21,11 @@ from torch import Tensor
 from dynode.errors import BaselineDriftWarning, ConfigurationError
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
+from dynode.integrate import integrate
+from dynode.network import Network
+from dynode.stimuli import Constant
+from dynode.stimuli import groen2022
+from dynode.stimuli import present
 
 __all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
 
@@ -65,8 +70,6 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
 
     ``background``: a stimulus value (tensor or ``{input: tensor}``, batch first) held constant.
     """
-    from dynode.integrate import integrate
-    from dynode.stimuli import Constant
 
     for name, v in (("window", window), ("max_time", max_time)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -143,8 +146,6 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     ``record`` defaults to the population mean; unless it names populations, a
     :class:`~dynode.Network`'s areas are recorded (``net.areas()``: not the normalization pools,
     adaptation or inhibitory populations that components add)."""
-    from dynode.network import Network
-    from dynode.stimuli import groen2022
 
     record = record if record is not None else Record(reduce="mean")
     if record.populations is None and isinstance(network, Network):
@@ -181,9 +182,6 @@ def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler",
     (``m_0`` the rest level before the onset), ``final`` ``max |m - m_0|`` over the last ``tail``
     ms, and ``final_to_peak`` their ratio (``nan`` when there is no response).
     """
-    from dynode.integrate import integrate
-    from dynode.network import Network
-    from dynode.stimuli import present
 
     if not onset + duration + tail <= t_end:
         raise ConfigurationError(f"recovery_after_offset: t_end={t_end} ms leaves no {tail} ms after the "

@@ -38,6 +38,9 @@ from dynode.record import PopulationPlan, Record
 from dynode.solvers import get_solver
 from dynode.solvers.fixed import FixedStepSolver
 from dynode.stimulus import as_stimulus
+from dynode.archive import open_archive
+from dynode.network import Network
+from dynode.version import __version__
 
 __all__ = ["simulate", "SimulationResult"]
 
@@ -66,7 +69,6 @@ class SimulationResult:
     @property
     def tree(self) -> xr.DataTree:
         if self._tree is None:
-            from dynode.archive import open_archive
 
             self._tree = open_archive(self.path)
         return self._tree
@@ -109,7 +111,6 @@ def _jsonable(x):
 
 def model_config(field) -> dict:
     """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
-    from dynode.network import Network
 
     if isinstance(field, Network):
         pops = []
@@ -142,9 +143,7 @@ def solver_config(solver) -> dict:
 def _versions() -> dict:
     import zarr
 
-    import dynode
-
-    return {"dynode_version": dynode.__version__, "torch_version": torch.__version__,
+    return {"dynode_version": __version__, "torch_version": torch.__version__,
             "python_version": platform.python_version(), "numpy_version": np.__version__,
             "xarray_version": xr.__version__, "zarr_version": zarr.__version__}
 

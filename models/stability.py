@@ -30,15 +30,16 @@ from dataclasses import dataclass
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
+from dynode.adapters import Adapter, Resize
+from dynode.models.ei import SignedConv
+from dynode.models.normalization import Divide, Pool, modulators
+from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
 
 __all__ = ["spectral_radius", "PopulationReport", "stability_report", "summary", "describe_loops"]
 
 
 def is_affine(op: nn.Module) -> bool:
     """Whether ``op`` is known to be affine (then ``J v = op(v) - op(0)`` exactly)."""
-    from dynode.adapters import Adapter, Resize
-    from dynode.models.ei import SignedConv
-    from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
 
     if isinstance(op, (nn.Conv2d, nn.Linear, nn.Identity, nn.AvgPool2d, SelfRecurrence,
                        LocalRecurrence, Resize, SignedConv)):
@@ -115,8 +116,6 @@ class PopulationReport:
 def describe_loops(net, name: str) -> tuple[str, ...]:
     """The normalization, adaptation and inhibitory loops acting on population ``name``, e.g.
     ``"V1 <- V1_norm (divisive, tau 30 ms, delay 4 ms, pool channel, sigma 1)"``."""
-    from dynode.models.ei import SignedConv
-    from dynode.models.normalization import Divide, Pool, modulators
 
     pops = net.populations
     out = []

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError
+from dynode.stimuli.datasets import InMemoryLoader
 
 __all__ = ["grating", "gabor", "checkerboard", "pink_noise", "generated_task", "ImageTask",
            "TASK_CLASSES", "DEFAULT_CLASSES"]
@@ -162,7 +163,6 @@ class ImageTask:
                augment: bool = False, normalize: bool = True, seed: int = 0, device=None,
                drop_last: bool = False):
         """Batches on ``device`` by tensor indexing (:class:`~dynode.stimuli.datasets.InMemoryLoader`)."""
-        from dynode.stimuli.datasets import InMemoryLoader
 
         x, y = self._split(split)
         return InMemoryLoader(x, y, batch_size=batch_size,

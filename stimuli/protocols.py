@@ -39,6 +39,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError
 from dynode.stimuli import envelopes as E
 from dynode.stimuli.compose import Modulated, as_float_images
+from dynode.stimuli.generated import grating
 
 __all__ = ["Protocol", "present", "contrast_series", "duration_series", "interval_series", "groen2022",
            "GROEN2022", "default_images"]
@@ -80,7 +81,6 @@ class Protocol(Modulated):
 
 def default_images(size: int = 32, channels: int = 3) -> Tensor:
     """One full-contrast vertical grating (4 cycles per image, mean 0.5): ``(1, C, size, size)``."""
-    from dynode.stimuli.generated import grating
 
     return grating(size, orientation=0.0, frequency=4.0, contrast=1.0, channels=channels)
 

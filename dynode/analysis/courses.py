@@ -22,6 +22,9 @@ import numpy as np
 import xarray as xr
 
 from dynode.errors import ConfigurationError
+from dynode.archive import open_archive
+from dynode.archive import population_time_course
+from dynode.archive import populations as recorded
 
 __all__ = ["as_tree", "conditions", "time_courses", "all_time_courses", "subtract_baseline",
            "align_to_onset"]
@@ -36,7 +39,6 @@ def as_tree(source) -> xr.DataTree:
     if hasattr(source, "tree") and isinstance(source.tree, xr.DataTree):
         return source.tree
     if isinstance(source, (str, Path)):
-        from dynode.archive import open_archive
 
         return open_archive(source)
     raise ConfigurationError(f"expected an archive (xarray.DataTree, dynode.SimulationResult or a path "
@@ -120,7 +122,6 @@ def time_courses(source, population: str, by: str | Sequence[str] | None = None,
     baseline : ``(start, stop)`` ms (after alignment): subtract each course's mean there.
     statistic : ``"mean"`` over units (default) or ``"std"``.
     """
-    from dynode.archive import population_time_course
 
     tree = as_tree(source)
     course = population_time_course(tree, population, statistic=statistic)
@@ -148,7 +149,6 @@ def all_time_courses(source, by: str | Sequence[str] | None = None, *, populatio
                      align: bool | None = None, baseline: tuple[float, float] | None = None,
                      statistic: str = "mean") -> xr.Dataset:
     """:func:`time_courses` of several populations (default every recorded one) as a Dataset."""
-    from dynode.archive import populations as recorded
 
     tree = as_tree(source)
     names = recorded(tree) if populations is None else list(populations)

@@ -33,6 +33,7 @@ from dynode.analysis import metrics as M
 from dynode.analysis.courses import align_to_onset, all_time_courses, as_tree, conditions
 from dynode.analysis.dn import DNFit, fit_dn, pulse_envelope
 from dynode.errors import AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError
+from dynode.analysis import figures as F
 
 __all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL",
            "NEEDS"]
@@ -194,7 +195,6 @@ class Analysis:
 
     def figures(self, outdir) -> dict[str, Path]:
         """Write every figure the results allow into ``outdir``; ``{name: path}``."""
-        from dynode.analysis import figures as F
 
         outdir = Path(outdir)
         paths = {}
