@@ -13,6 +13,7 @@ from dynode.errors import (
     ShapeError,
     SolverError,
     StabilityWarning,
+    AccuracyWarning,
 )
 from dynode.field import VectorField
 from dynode.history import History
@@ -29,6 +30,9 @@ from dynode.simulate import SimulationResult, simulate
 from dynode.archive import open_archive
 from dynode import archive  # noqa: E402  (selection helpers, export)
 from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figures)
+from dynode import spec  # noqa: E402  (networks as data: specs, load_model)
+from dynode.spec import load_model
+from dynode import errors, experiments, train  # noqa: E402  (workflow modules the README uses)
 
 from dynode.version import __version__
 
@@ -36,7 +40,7 @@ __all__ = [
     "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
     "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
-    "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis",
+    "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis", "spec", "load_model",
     "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
-    "SolverError", "StabilityWarning", "__version__",
+    "SolverError", "StabilityWarning", "AccuracyWarning", "errors", "experiments", "train", "__version__",
 ]

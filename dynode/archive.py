@@ -68,7 +68,7 @@ __all__ = [
     "ZarrArchiveWriter", "MemoryArchiveWriter", "open_archive", "archive_config", "repair_archive",
     "verify_archive", "VerifyReport", "Damage", "LeaseState", "lease_state", "HEARTBEAT_S",
     "LEASE_TIMEOUT_S",
-    "select_conditions", "time_window", "population_time_course", "time_courses", "to_brainscore",
+    "select_conditions", "time_window", "population_time_course", "population_time_courses", "to_brainscore",
 ]
 
 ARCHIVE_FORMAT = 1  # root attribute ``dynode_archive``: version of this layout
@@ -893,7 +893,7 @@ def population_time_course(tree: xr.DataTree, population: str, *, statistic: str
     return out
 
 
-def time_courses(tree: xr.DataTree, names: Sequence[str] | None = None, *,
+def population_time_courses(tree: xr.DataTree, names: Sequence[str] | None = None, *,
                  statistic: str = "mean") -> xr.Dataset:
     """:func:`population_time_course` of several populations (default all) as one Dataset."""
     names = populations(tree) if names is None else list(names)

@@ -186,7 +186,6 @@ def solver_config(data: Any) -> Any:
 # ============================================================================================
 # Run configuration: one model per concern, composed into RunConfig (YAML in, objects out).
 # ============================================================================================
-ZOO = ("dyrcnn", "cornet_rt", "cordsnet", "alexnet_like")
 
 
 class ModelConfig(_Frozen):
@@ -495,9 +494,21 @@ def run_config(data: Any) -> RunConfig:
 
 
 def run_config_schema() -> dict:
-    """The JSON schema of :class:`RunConfig` (what ``dynode config schema`` prints)."""
+    """The JSON schema of :class:`RunConfig` (what ``dynode config schema`` prints): strict JSON,
+    so an infinite default (``dt_max``: no cap) is written as the string ``"inf"``, which the
+    config accepts as well."""
     _rebuild()
-    return RunConfig.model_json_schema()
+
+    def strict(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return "inf" if x > 0 else "-inf" if x < 0 else "nan"
+        if isinstance(x, dict):
+            return {k: strict(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [strict(v) for v in x]
+        return x
+
+    return strict(RunConfig.model_json_schema())
 
 
 def describe_validation_error(err) -> str:

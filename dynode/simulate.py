@@ -109,6 +109,17 @@ def _jsonable(x):
     return repr(x)
 
 
+def _spec_entries(net) -> dict:
+    """The network as a rebuildable spec (:mod:`dynode.spec`; ``spec_error`` says why there is
+    none) and the fingerprint of its weights, so ``dn.load_model(archive, weights=...)`` can
+    rebuild the recorded model and check that the weights are the ones it ran with."""
+    from dynode.spec import spec_record, weights_fingerprint
+
+    rec = spec_record(net)
+    return {"spec": json.loads(rec["spec"]) if rec["spec"] else None, "spec_error": rec["spec_error"],
+            "weights_sha256": weights_fingerprint(net)}
+
+
 def model_config(field) -> dict:
     """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
 
@@ -124,7 +135,8 @@ def model_config(field) -> dict:
         return {"type": type(field).__qualname__,
                 "inputs": {k: list(v) for k, v in field.input_shapes().items()},
                 "populations": pops, "connections": conns,
-                "parameters": sum(p.numel() for p in field.parameters())}
+                "parameters": sum(p.numel() for p in field.parameters()),
+                **_spec_entries(field)}
     return {"type": type(field).__qualname__, "repr": repr(field),
             "inputs": list(field.input_names()),
             "time_constants": _jsonable(field.time_constants()),
@@ -132,7 +144,7 @@ def model_config(field) -> dict:
             "parameters": sum(p.numel() for p in field.parameters())}
 
 
-def solver_config(solver) -> dict:
+def describe_solver(solver) -> dict:
     options = ({f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver)}
                if dataclasses.is_dataclass(solver) else {})
     return {"name": getattr(solver, "name", type(solver).__name__.lower()),
@@ -201,7 +213,7 @@ class _Streamer:
         if self._i == self.chunk_steps:
             self._hand_off()
         if self.progress is not None:
-            self.progress.update(1)
+            self.progress.advance(t)
 
     def _start(self, state: dict[str, Tensor]) -> None:
         outs = [p.transform(state[p.name]) for p in self.plans]
@@ -352,14 +364,38 @@ def _layout(plans, shapes, batch, conditions, input_names, stimulus_dtype, attrs
                   stimulus_dtype=np.dtype(str(stimulus_dtype).removeprefix("torch.")), attrs=attrs)
 
 
-def _progress_bar(progress, total: int):
+class _Progress:
+    """A tqdm bar over the solver's work: steps for a fixed-step run (``(t - t0) / dt``, counted
+    from the recorded times, so recording every k-th step still counts every step), simulated
+    ms for an adaptive one; tqdm shows the rate and the time left."""
+
+    def __init__(self, t0: float, t_end: float, dt: float | None):
+        from tqdm.auto import tqdm
+
+        self.t0, self.dt = t0, dt
+        if dt is not None:
+            self.bar = tqdm(total=round((t_end - t0) / dt), unit="step", desc="dynode.simulate", leave=False)
+        else:
+            self.bar = tqdm(total=t_end - t0, unit="ms", desc="dynode.simulate (simulated time)", leave=False,
+                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} ms [{elapsed}<{remaining}, {rate_fmt}]")
+        self.done = 0.0
+
+    def advance(self, t: float) -> None:
+        now = round((t - self.t0) / self.dt) if self.dt is not None else t - self.t0
+        if now > self.done:
+            self.bar.update(now - self.done)
+            self.done = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(progress, t0: float, t_end: float, dt: float | None, on_grid: bool):
     if progress is None:
         progress = sys.stderr is not None and sys.stderr.isatty()
     if not progress:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", desc="dynode.simulate", leave=False)
+    return _Progress(float(t0), float(t_end), float(dt) if on_grid and dt else None)
 
 
 def _failure(exc: BaseException) -> str:
@@ -388,7 +424,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         a file, a link, a foreign folder or zarr store, and an archive that a live run is
         writing are refused even then. The store's folder is checked to be writable before
         the first step.
-    progress : a tqdm bar; default only when stderr is a terminal.
+    progress : a tqdm bar over the solver steps (simulated ms for adaptive solvers), with rate and
+        time left; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
 
@@ -423,7 +460,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     conditions = condition_coords(getattr(stim, "conditions", None) or {}, problem.batch_size)
     input_names = tuple(problem.inputs(problem.t0)) if stim is not None else ()
     run_id = uuid.uuid4().hex
-    config = {"model": model_config(field), "solver": solver_config(solver_obj),
+    config = {"model": model_config(field), "solver": describe_solver(solver_obj),
               "dt": None if dt is None else float(dt), "t0": float(t0), "t_end": float(t_end),
               "batch_size": problem.batch_size, "max_abs": max_abs, "check_every": check_every,
               "record": {"populations": [p.name for p in plans], "every": record.every,
@@ -453,7 +490,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         return ZarrArchiveWriter(path, layout, times, chunk_steps=k, compression=compression,
                                  overwrite=overwrite)
 
-    bar = _progress_bar(progress, len(times))
+    bar = _progress_bar(progress, t0, t_end, dt, on_grid)
     hold = isinstance(solver_obj, FixedStepSolver) or bool(getattr(solver_obj, "fresh_states", False))
     streamer = _Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
                          hold=hold)

@@ -163,11 +163,6 @@ class Envelope:
         j = np.searchsorted(self._knots, t, side="right")
         return self._offset[j] + self._slope[j] * t[..., None]
 
-    def left_limit(self, t: float) -> np.ndarray:
-        """``lim_{s -> t-} e(s)`` (float64, per sample)."""
-        j = int(np.searchsorted(self._knots, t, side="left"))
-        return self._offset[j] + self._slope[j] * t
-
     def to(self, device=None, dtype=None) -> "Envelope":
         return Envelope(self._knots, self._offset, self._slope,
                         dtype=dtype if dtype is not None else self.dtype,

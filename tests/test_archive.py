@@ -181,7 +181,7 @@ def test_population_time_course_is_the_unit_mean(archive):
     std = dn.archive.population_time_course(tree, "V1", statistic="std")
     np.testing.assert_allclose(std.values, sol.states["V1"].double().std(dim=(2, 3, 4), correction=0).numpy(),
                                rtol=1e-5, atol=1e-9)
-    both = dn.archive.time_courses(tree)
+    both = dn.archive.population_time_courses(tree)
     assert set(both.data_vars) == {"V1", "IT"}
     assert list(both["contrast"].values) == [0.25, 1.0, 0.5, 0.125]
     # the stimulus is on during [10, 60) ms: V1 responds after onset
