@@ -1,5 +1,5 @@
 """The ``dynode`` command line: ``demo``, ``compare``, ``train``, ``simulate``, ``experiment``,
-``convergence``, ``inspect``, ``analyze`` and ``config``.
+``convergence``, ``inspect``, ``analyze``, ``config`` and ``sweep``.
 
 Every command that takes a CONFIG reads one YAML file (:class:`dynode.config.RunConfig`,
 one section per concern; ``dynode config schema`` prints the JSON schema). A bad config or
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="dynode-demo", help="output folder (default: dynode-demo)")
     d.add_argument("--quick", action="store_true", help="tiny settings (a smoke test in seconds)")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; quick 1)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the data and the weights (default: 0)")
     d.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier demo in --out (training starts over)")
     d.add_argument("--resume", action="store_true",
@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("schema", help="print the JSON schema of the run configuration")
     chk = csub.add_parser("check", help="validate a YAML run configuration")
     chk.add_argument("file")
+    w = sub.add_parser("sweep", help="run a grid of configs (one run folder per point) through Snakemake, "
+                       "locally or on a cluster; collect a summary table and figure")
+    w.add_argument("sweep", help="YAML sweep file: base (a run config), grid or points (dotted-key overrides), steps")
+    w.add_argument("--cores", type=int, default=1, help="local cores for Snakemake (default 1)")
+    w.add_argument("--dry-run", action="store_true", help="show what Snakemake would run")
+    w.add_argument("--collect", action="store_true", help="only collect the summary of the points done so far")
+    w.add_argument("snakemake_args", nargs=argparse.REMAINDER,
+                   help="after --: Snakemake's own options, e.g. -- --executor slurm --jobs 50")
     return ap
 
 
@@ -111,11 +119,18 @@ def main(argv=None) -> int:
         return 2
     except (DynodeError, FileNotFoundError, FileExistsError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"dynode {args.command}: error: {msg}", file=sys.stderr)
+        print(f"dynode {args.command}: error: {_cli_wording(msg)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dynode {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _cli_wording(msg: str) -> str:
+    """A library message in the command line's words: its keyword arguments are flags here."""
+    for api, flag in (("overwrite=True", "--overwrite"), ("resume=True", "--resume")):
+        msg = msg.replace(api, flag)
+    return msg
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -168,7 +183,7 @@ def cmd_train(args) -> int:
     result = trainer.fit(train, test)
     (out / "config.json").write_text(cfg.model_dump_json(indent=2))
     final = result.final
-    print(f"trained {cfg.model.name} for {final.get('epoch')} epochs: train acc {final.get('train_acc', 0):.3f}, "
+    print(f"trained {cfg.model.label} for {final.get('epoch')} epochs: train acc {final.get('train_acc', 0):.3f}, "
           f"test acc {final.get('val_acc', 0):.3f}; weights in {out / 'last.pt'}")
     return 0
 
@@ -186,7 +201,7 @@ def cmd_simulate(args) -> int:
                           "config); only a groen2022 stimulus brings its own")
     net, _, test = _model_and_data(cfg)
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
-    dt = cfg.dt or net.protocol.dt
+    dt = cfg.dt or getattr(getattr(net, "protocol", None), "dt", None)  # a custom field may have no protocol
     t_end = cfg.t_end or stim.t_end
     res = simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
                       store=out / "simulation.zarr", overwrite=args.overwrite)
@@ -224,9 +239,10 @@ def cmd_convergence(args) -> int:
         _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"])
     net, _, test = _model_and_data(cfg)
     conv = cfg.convergence
-    if conv.population is not None and conv.population not in net.populations:
+    names = list(net.init_state(1))  # the populations of a Network or of any custom field
+    if conv.population is not None and conv.population not in names:
         raise _UsageError(f"dynode convergence: error: convergence.population: no population "
-                          f"{conv.population!r} in the model; it has {list(net.populations)}")
+                          f"{conv.population!r} in the model; it has {names}")
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     import torch
 
@@ -269,7 +285,7 @@ def cmd_inspect(args) -> int:
         print(f"  condition {c}: {shown}{' ...' if len(vals) > 8 else ''}")
     config = archive_config(tree)
     if config:
-        print("config: " + json.dumps(config)[:400])
+        print("config:\n" + json.dumps(config, indent=2))
     return 0
 
 
@@ -317,7 +333,7 @@ def cmd_config(args) -> int:
     from dynode.config import load_config, run_config_schema
 
     if args.action == "schema":
-        print(json.dumps(run_config_schema(), indent=2))
+        print(json.dumps(run_config_schema(), indent=2, allow_nan=False))
         return 0
     if args.action == "check":
         cfg = load_config(args.file)
@@ -368,8 +384,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from dynode.sweep import run_sweep
+
+    extra = list(args.snakemake_args or [])
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    if args.cores < 1:
+        raise _UsageError("dynode sweep: error: --cores must be >= 1")
+    res = run_sweep(args.sweep, cores=args.cores, snakemake_args=extra, dry_run=args.dry_run,
+                    collect_only=args.collect)
+    if args.dry_run:
+        return res["returncode"]
+    done = len(res["points"]) - len(res["failed"])
+    print(f"sweep: {done}/{len(res['points'])} points done; summary {res['csv']}, {res['dataset']}, "
+          f"{res['figure']}")
+    return 0 if not res["failed"] else 1
+
+
 COMMANDS = {"demo": cmd_demo, "compare": cmd_compare, "train": cmd_train, "simulate": cmd_simulate, "experiment": cmd_experiment,
-            "convergence": cmd_convergence, "inspect": cmd_inspect, "analyze": cmd_analyze, "config": cmd_config}
+            "convergence": cmd_convergence, "inspect": cmd_inspect, "analyze": cmd_analyze, "config": cmd_config,
+            "sweep": cmd_sweep}
 
 
 if __name__ == "__main__":

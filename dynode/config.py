@@ -189,33 +189,92 @@ def solver_config(data: Any) -> Any:
 
 
 class ModelConfig(_Frozen):
-    """A zoo model: ``name`` and the keyword options of its builder (see ``dynode.models``).
+    """The model, given one of three ways:
 
-    ``input_shape`` and ``num_classes`` default to the data's. ``weights``: a checkpoint
-    (from ``dynode train``) to load.
+    * ``name``: a zoo model (``dyrcnn``, ``cornet_rt``, ``cordsnet``, ``alexnet_like``) and the
+      keyword ``options`` of its builder (see ``dynode.models``);
+    * ``spec``: a model spec file (YAML/JSON, see :mod:`dynode.spec`) holding the whole network;
+    * ``factory``: the import path ``"package.module:function"`` of a function returning a
+      :class:`dynode.Network` or any :class:`dynode.VectorField`, called with ``options``
+      (the module is imported from ``PYTHONPATH`` or the current folder).
+
+    ``input_shape`` and ``num_classes`` default to the data's (for builders that take them).
+    ``weights``: a checkpoint (from ``dynode train``) or state_dict file to load.
     """
 
     name: Literal["dyrcnn", "cornet_rt", "cordsnet", "alexnet_like"] = "dyrcnn"
+    spec: str | None = None
+    factory: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("name", "spec", "factory") if k in self.model_fields_set
+                 and getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of model.name (zoo), model.spec (a spec file) or model.factory "
+                             f"(an import path), not {given}")
+        if self.spec is not None and self.options:
+            raise ValueError("model.options apply to a zoo name or a factory; a spec file holds the whole model")
+        if self.factory is not None and self.factory.count(":") != 1:
+            raise ValueError(f"model.factory {self.factory!r}: write it as 'package.module:function'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the model is, for messages: the zoo name, the spec file or the factory."""
+        return self.spec or self.factory or self.name
+
+    def builder(self):
+        """The zoo builder or the imported factory (``None`` for a spec file)."""
+        if self.spec is not None:
+            return None
+        if self.factory is not None:
+            from dynode.spec import import_object
+
+            fn = import_object(self.factory, "model.factory")
+            if not callable(fn):
+                raise ConfigurationError(f"model.factory {self.factory!r} is not callable")
+            return fn
+        from dynode import models
+
+        return getattr(models, self.name)
 
     def build(self, *, input_shape=None, num_classes=None):
         import inspect
 
-        from dynode import models
+        from dynode.field import VectorField
 
-        builder = getattr(models, self.name)
-        params = inspect.signature(builder).parameters
-        unknown = [k for k in self.options if k not in params]
-        if unknown:
-            raise ConfigurationError(f"model.options: {self.name}() takes no option(s) {unknown}; "
-                                     f"it takes {[p for p in params]}")
-        opts = dict(self.options)
-        if input_shape is not None and "input_shape" in params:
-            opts.setdefault("input_shape", tuple(input_shape))
-        if num_classes is not None and "num_classes" in params:
-            opts.setdefault("num_classes", int(num_classes))
-        net = builder(**opts)
+        builder = self.builder()
+        if builder is None:
+            from dynode.spec import build_network, load_spec
+
+            net = build_network(load_spec(self.spec))
+            shapes = net.input_shapes()
+            if input_shape is not None and len(shapes) == 1 and tuple(next(iter(shapes.values()))) != tuple(input_shape):
+                raise ConfigurationError(f"model.spec {self.spec}: the model takes inputs of shape "
+                                         f"{tuple(next(iter(shapes.values())))} but the data has {tuple(input_shape)}")
+            ro = net.readout
+            if num_classes is not None and ro is not None and getattr(ro, "num_classes", num_classes) != num_classes:
+                raise ConfigurationError(f"model.spec {self.spec}: the readout has {ro.num_classes} classes but "
+                                         f"the data has {num_classes}")
+        else:
+            params = inspect.signature(builder).parameters
+            open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+            unknown = [k for k in self.options if k not in params]
+            if unknown and not open_kw:
+                raise ConfigurationError(f"model.options: {self.label}() takes no option(s) {unknown}; "
+                                         f"it takes {[p for p in params]}")
+            opts = dict(self.options)
+            if input_shape is not None and "input_shape" in params:
+                opts.setdefault("input_shape", tuple(input_shape))
+            if num_classes is not None and "num_classes" in params:
+                opts.setdefault("num_classes", int(num_classes))
+            net = builder(**opts)
+            if not isinstance(net, VectorField):
+                raise ConfigurationError(f"model.factory {self.label} returned {type(net).__name__}; it must "
+                                         "return a dynode.Network or another dynode.VectorField")
         if self.weights:
             from dynode.train import load_checkpoint
 

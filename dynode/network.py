@@ -200,6 +200,19 @@ class Network(VectorField):
             raise ConfigurationError(f"network.protocol must be a dynode.RunProtocol, got {type(value).__name__}")
         self.__dict__["_protocol"] = value
 
+    def __getstate__(self) -> dict:
+        # torch.memory_format objects pickle only under protocol >= 4 (they reduce to the dotted
+        # name "torch.contiguous_format"); torch.save uses protocol 2 ("cannot pickle 'module'
+        # object"), so pickle its name. To store a model as data, use dynode.spec instead.
+        state = dict(self.__dict__)
+        state["memory_format"] = str(self.memory_format).removeprefix("torch.")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state["memory_format"] = getattr(torch, state["memory_format"])
+        super().__setstate__(state)
+
     # -- building --------------------------------------------------------------------
     def _check_new_name(self, name: str) -> None:
         if not isinstance(name, str) or not name.isidentifier():

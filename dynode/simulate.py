@@ -31,12 +31,11 @@ from torch import Tensor
 
 from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrArchiveWriter,
                             condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS,
-                            HEARTBEAT_S, LEASE_ATTR)
+                            HEARTBEAT_S, LEASE_ATTR, RATE_UNITS)
 from dynode.errors import ArchiveError, ConfigurationError, DynodeError
 from dynode.problem import make_problem
 from dynode.record import PopulationPlan, Record
-from dynode.solvers import get_solver
-from dynode.solvers.fixed import FixedStepSolver
+from dynode.solver import Solver, get_solver
 from dynode.stimulus import as_stimulus
 from dynode.archive import open_archive
 from dynode.network import Network
@@ -144,12 +143,12 @@ def model_config(field) -> dict:
             "parameters": sum(p.numel() for p in field.parameters())}
 
 
-def describe_solver(solver) -> dict:
+def describe_solver(solver: Solver) -> dict:
     options = ({f.name: _jsonable(getattr(solver, f.name)) for f in dataclasses.fields(solver)}
                if dataclasses.is_dataclass(solver) else {})
-    return {"name": getattr(solver, "name", type(solver).__name__.lower()),
+    return {"name": solver.name,
             "class": f"{type(solver).__module__}.{type(solver).__qualname__}", "options": options,
-            "adaptive": bool(getattr(solver, "adaptive", False))}
+            "adaptive": bool(solver.adaptive)}
 
 
 def _versions() -> dict:
@@ -352,7 +351,7 @@ def _layout(plans, shapes, batch, conditions, input_names, stimulus_dtype, attrs
             coords = {d: np.arange(n) for d, n in zip(dims, shape)}
         red = plan.describe()["reduce"]
         what = "firing rate" if red is None else f"{red} of the firing rate over units"
-        rate_attrs = {"units": "1", "long_name": f"{what} of population {plan.name}"}
+        rate_attrs = {"units": RATE_UNITS, "long_name": f"{what} of population {plan.name}"}
         if red is not None:
             rate_attrs["reduction"] = red
         sel = plan.describe()["select"]
@@ -449,7 +448,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                                  f"{exc}") from None
     path = None if store is None else prepare_path(store, overwrite)
     solver_obj = get_solver(solver)
-    on_grid = isinstance(solver_obj, FixedStepSolver) or getattr(solver_obj, "adaptive", None) is False
+    on_grid = solver_obj.grid
     times = record.times(float(t0), float(t_end), None if dt is None else float(dt), on_grid)
     stim = as_stimulus(stimulus)
     problem = make_problem(field, stim, t0=t0, t_end=t_end, save_at=times,
@@ -491,7 +490,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                                  overwrite=overwrite)
 
     bar = _progress_bar(progress, t0, t_end, dt, on_grid)
-    hold = isinstance(solver_obj, FixedStepSolver) or bool(getattr(solver_obj, "fresh_states", False))
+    hold = solver_obj.fresh_states
     streamer = _Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
                          hold=hold)
     try:

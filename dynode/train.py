@@ -82,6 +82,7 @@ from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
 from dynode.models.stability import spectral_radius
 from dynode.network import Network, RunProtocol
+from dynode.spec import spec_record
 from dynode.stimulus import Pulse
 
 __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint"]
@@ -200,6 +201,8 @@ class Trainer:
 
     ``log``: a JSON-lines file (one row per epoch, rewritten from the run's history when
     training starts or resumes); ``checkpoint_dir``: ``last.pt`` written after every epoch.
+    ``progress``: a bar over the batches (default: when stderr is a terminal) and one line per
+    epoch on stderr (also off a terminal); ``False`` silences both.
     """
 
     def __init__(self, network: nn.Module, config: TrainingConfig, *, log: str | Path | None = None,
@@ -233,6 +236,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)
         self.network = network.to(self.device)
+        self._spec = spec_record(network)  # the model as data, for checkpoints (dn.load_model)
         self.readout = readout
         self._plan_losses()
         runner: nn.Module = _Runner(self.network)
@@ -264,6 +268,9 @@ class Trainer:
         self.log_path = Path(log) if log is not None else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.progress = sys.stderr.isatty() if progress is None else progress
+        # off a terminal (a log file, a batch job) no bar is drawn, but each epoch still gets a
+        # plain line on stderr; progress=False silences both
+        self.epoch_lines = progress is not False
 
     # -- set-up helpers ------------------------------------------------------------------
     def _amp_dtype(self, amp: str):
@@ -542,9 +549,10 @@ class Trainer:
                         fh.write(json.dumps(row) + "\n")
                 if self.checkpoint_dir is not None:
                     self.save(self.checkpoint_dir / "last.pt")
-                if self.progress:
-                    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                          file=sys.stderr)
+                if self.epoch_lines:
+                    print(f"epoch {self.epoch}/{cfg.epochs}: " + " ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
+                        file=sys.stderr, flush=True)
         return self.result
 
     def _write_log(self) -> None:
@@ -599,6 +607,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": json.dumps(self.result.history),
             "config": self.config.model_dump_json(),
+            **self._spec,  # "spec" (JSON, see dynode.spec) and "spec_error" (why there is none)
             "rng": torch.get_rng_state(),
         }
         tmp = path.with_suffix(path.suffix + ".tmp")

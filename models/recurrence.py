@@ -166,6 +166,14 @@ def recurrence(type: str, channels: int, kernel_size: int = 3, **options) -> nn.
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigurationError(f"recurrence {type!r}: unknown options {unknown}; allowed: {sorted(allowed)}")
+    op = _build(type, channels, kernel_size, options)
+    # how it was made, for model specs (dynode.spec): the init gain is not readable from the weights
+    op.dynode_spec = {"kind": "recurrence", "type": type, "channels": channels, "kernel_size": kernel_size,
+                      **options}
+    return op
+
+
+def _build(type: str, channels: int, kernel_size: int, options: dict) -> nn.Module:
     gain = float(options.get("gain", 0.1))
     bias = bool(options.get("bias", False))
     c, k = channels, kernel_size
