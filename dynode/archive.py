@@ -74,6 +74,18 @@ __all__ = [
 ARCHIVE_FORMAT = 1  # root attribute ``dynode_archive``: version of this layout
 TIME_ATTRS = {"units": "ms", "long_name": "time", "standard_name": "time"}
 SAMPLE_ATTRS = {"units": "1", "long_name": "sample index in the batch"}
+RATE_UNITS = "a.u."
+"""Units of a rate (model rates are dimensionless; "a.u." reads well on a plot axis)."""
+CONDITION_ATTRS = {
+    "contrast": {"units": "1", "long_name": "stimulus contrast (fraction of full contrast)"},
+    "duration": {"units": "ms", "long_name": "stimulus duration"},
+    "isi": {"units": "ms", "long_name": "inter-stimulus interval"},
+    "onset": {"units": "ms", "long_name": "stimulus onset"},
+    "n_pulses": {"units": "1", "long_name": "number of stimulus pulses"},
+    "image": {"units": "1", "long_name": "image index"},
+}
+"""CF attributes of the stimulus conditions dynode's protocols label (any other condition gets
+a ``long_name`` only: its units are the stimulus's to say)."""
 RESERVED = frozenset({"time", "sample", "rate", "stimulus", "input", "statistic", "channel", "x",
                       "y", "z", "feature"})
 COMPRESSIONS = ("lz4", "zstd", None)
@@ -146,7 +158,7 @@ def condition_coords(conditions: Mapping[str, Sequence], batch: int) -> dict[str
 def _sample_coords(layout: Layout) -> dict:
     coords = {"sample": ("sample", np.arange(layout.batch, dtype=np.int64), SAMPLE_ATTRS)}
     for name, values in layout.conditions.items():
-        coords[name] = ("sample", values, {"long_name": f"stimulus condition: {name}"})
+        coords[name] = ("sample", values, CONDITION_ATTRS.get(name, {"long_name": f"stimulus condition: {name}"}))
     return coords
 
 
@@ -160,7 +172,7 @@ def block_datasets(layout: Layout, block: Block) -> dict[str, xr.Dataset]:
         root_coords["input"] = ("input", np.array(list(layout.inputs), dtype=object),
                                 {"long_name": "stimulus input"})
         root_vars["stimulus"] = (("time", "sample", "input"), block.stimulus,
-                                 {"units": "1", "long_name": "stimulus input, mean over its units"})
+                                 {"units": RATE_UNITS, "long_name": "stimulus intensity, mean over its units"})
     out = {"/": xr.Dataset(root_vars, coords=root_coords, attrs=layout.attrs)}
     for g in layout.groups:
         coords = dict(base)
@@ -944,24 +956,27 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
     channel, cy, cx = flat.get("channel", zeros), flat.get("y", zeros), flat.get("x", zeros)
     neuroid_id = np.array([f"{population}.{c}.{y}.{x}" for c, y, x in zip(channel, cy, cx)], dtype=object)
     root = tree.to_dataset()
-    pres = {"sample": ("presentation", root["sample"].values),
+    pres = {"sample": ("presentation", root["sample"].values, SAMPLE_ATTRS),
             "stimulus_id": ("presentation", np.array([f"sample{i}" for i in root["sample"].values],
-                                                    dtype=object))}
+                                                    dtype=object), {"long_name": "stimulus identifier"})}
     for name, coord in root.coords.items():
         if coord.dims == ("sample",) and name != "sample":
             vals = coord.values
-            pres[name] = ("presentation", vals.astype(object) if vals.dtype.kind == "T" else vals)
+            pres[name] = ("presentation", vals.astype(object) if vals.dtype.kind == "T" else vals,
+                          dict(coord.attrs))
     assembly = xr.DataArray(
         data, dims=("presentation", "neuroid", "time_bin"),
         coords={**pres,
-                "neuroid_id": ("neuroid", neuroid_id),
-                "layer": ("neuroid", np.array([population] * n_units, dtype=object)),
-                "channel": ("neuroid", channel), "channel_x": ("neuroid", cx),
-                "channel_y": ("neuroid", cy),
-                "time_bin_start": ("time_bin", edges[:-1], {"units": "ms"}),
-                "time_bin_end": ("time_bin", edges[1:], {"units": "ms"})},
+                "neuroid_id": ("neuroid", neuroid_id, {"long_name": "unit identifier: population.channel.y.x"}),
+                "layer": ("neuroid", np.array([population] * n_units, dtype=object),
+                          {"long_name": "population (model area)"}),
+                "channel": ("neuroid", channel, {"units": "1", "long_name": "channel index"}),
+                "channel_x": ("neuroid", cx, {"units": "1", "long_name": "x position (column index)"}),
+                "channel_y": ("neuroid", cy, {"units": "1", "long_name": "y position (row index)"}),
+                "time_bin_start": ("time_bin", edges[:-1], {"units": "ms", "long_name": "start of the time bin"}),
+                "time_bin_end": ("time_bin", edges[1:], {"units": "ms", "long_name": "end of the time bin"})},
         name=f"{population}_activations",
-        attrs={"units": rate.attrs.get("units", "1"),
+        attrs={"units": rate.attrs.get("units", RATE_UNITS),
                "long_name": f"mean rate of {population} per time bin",
                "source": "dynode archive", "run_id": tree.attrs.get("run_id", "")})
     if fmt == "netcdf":

@@ -32,22 +32,21 @@ import numpy as np
 import torch
 import xarray as xr
 
+from dynode.archive import RATE_UNITS
 from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError
 from dynode.history import compatible_dts, delay_steps
 from dynode.integrate import integrate
-from dynode.solvers import Dopri5
-from dynode.solvers import get_solver
-from dynode.solvers.fixed import FixedStepSolver
+from dynode.solver import Solver, get_solver
+from dynode.solvers import Dopri5, Euler, FixedStepSolver
 
 __all__ = ["convergence", "plot_convergence", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-8, 1e-10  # the default reference, API and CLI alike
 
 
-def _label(solver) -> str:
-    name = getattr(solver, "name", type(solver).__name__.lower())
-    order = getattr(solver, "order", None)
-    return f"{name} ({order})" if isinstance(order, str) and order != "simultaneous" else name
+def _label(solver: Solver) -> str:
+    sequential = isinstance(solver, Euler) and solver.order != "simultaneous"
+    return f"{solver.name} ({solver.order})" if sequential else solver.name
 
 
 def _default_reference():
@@ -195,12 +194,13 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
                "solvers": "\n".join(f"{lab}: {s!r}" for lab, s in items)},
     )
     meta = {
-        "max_abs_error": ("rate units (as r)", "max over time, batch and units of |r - r_ref|"),
+        "max_abs_error": (RATE_UNITS, "max over time, batch and units of |r - r_ref| (in the rates' units)"),
         "rel_l2_error": ("1", "||r - r_ref||_2 / ||r_ref||_2 over the comparison grid"),
         "observed_order": ("1", "log(e_i / e_i+1) / log(dt_i / dt_i+1) of max_abs_error"),
         "order": ("1", "least-squares slope of log max_abs_error against log dt"),
         "dt": ("ms", "step size"), "tau": ("ms", "time constant (smallest of the population)"),
         "dt_over_tau": ("1", "step size / time constant"),
+        "solver": (None, "solver (label)"), "population": (None, "population"),
     }
     if tolerance is not None:
         largest = np.array([[_largest_within(max_abs_err[i, :, k], dts, tolerance) for k in range(len(pops))]
@@ -214,7 +214,7 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         meta.update(largest_dt=("ms", what), largest_dt_over_tau=("1", what + ", over tau"),
                     largest_dt_all=("ms", what + ", for every population"))
     for name, (units, long_name) in meta.items():
-        ds[name].attrs.update(units=units, long_name=long_name)
+        ds[name].attrs.update(long_name=long_name, **({} if units is None else {"units": units}))
     return ds
 
 

@@ -18,6 +18,7 @@ Everything lands in the output folder: ``train/`` (log, checkpoint), ``experimen
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -95,7 +96,9 @@ def run_workflow(cfg, out, *, overwrite: bool = False, resume: bool = False, log
         f"{n_classes} classes")
 
     tcfg = cfg.training
-    trainer = Trainer(net, tcfg, log=out / "train" / "train.jsonl", checkpoint_dir=out / "train")
+    # off a terminal the workflow's own line per epoch (log) is the only one
+    trainer = Trainer(net, tcfg, log=out / "train" / "train.jsonl", checkpoint_dir=out / "train",
+                      progress=sys.stderr.isatty())
     if last.exists() and resume:
         trainer.resume(last)
         log(f"resuming training from {last} (epoch {trainer.epoch})")

@@ -66,8 +66,10 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,7 +79,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from dynode.errors import ConfigurationError
+from dynode.errors import CheckpointError, ConfigurationError
 from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
 from dynode.models.stability import spectral_radius
@@ -85,7 +87,7 @@ from dynode.network import Network, RunProtocol
 from dynode.spec import spec_record
 from dynode.stimulus import Pulse
 
-__all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint"]
+__all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint", "load_weights"]
 
 _EPS = 1e-9
 
@@ -618,14 +620,35 @@ class Trainer:
     def resume(self, path: str | Path) -> "Trainer":
         """Continue the run saved in ``path`` (same config required)."""
         ckpt = load_checkpoint(path)
-        saved = TrainingConfig.model_validate_json(ckpt["config"])
+        missing = [k for k in ("model", "optimizer", "epoch", "config", "history", "rng") if k not in ckpt]
+        if missing:
+            if _is_state_dict(ckpt):
+                raise CheckpointError(
+                    f"{path} is a plain state_dict (weights only), not a training checkpoint: resuming needs "
+                    "the optimizer, epoch, RNG and config that Trainer.save / dynode train write (last.pt); "
+                    "to start a new run from these weights, load them with dynode.train.load_weights "
+                    "(model.weights in a config)")
+            raise CheckpointError(f"{path} is not a dynode training checkpoint (it lacks {missing}); resume "
+                                  "from the last.pt that dynode train writes")
+        try:
+            saved = TrainingConfig.model_validate_json(ckpt["config"])
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise CheckpointError(f"{path}: the training config stored in it does not read as this "
+                                  f"version's TrainingConfig ({str(exc).splitlines()[0][:160]}); start a new "
+                                  "run, or resume with the dynode version that wrote it") from None
         if saved != self.config:
             diff = {k for k in TrainingConfig.model_fields
                     if getattr(saved, k) != getattr(self.config, k)}
             raise ConfigurationError(f"the checkpoint {path} was made with another config (differs in "
                                      f"{sorted(diff)}); resume with the same config")
-        self.network.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if not _is_state_dict(ckpt["model"]):
+            raise CheckpointError(f"{path}: its 'model' entry is not a state_dict (names -> tensors)")
+        _load_state(self.network, ckpt["model"], path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: its optimizer state does not fit this network's parameters "
+                                  f"({str(exc).splitlines()[0][:160]}); it was saved for another model") from None
         if self.scheduler is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):
@@ -643,11 +666,71 @@ class Trainer:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a dynode checkpoint safely (``weights_only=True``: tensors and plain data only)."""
+    """Load a dynode checkpoint (or a state_dict file) safely: ``weights_only=True`` (tensors
+    and plain data only; nothing in the file is executed). A file that is not a readable torch
+    file of that kind is a :class:`~dynode.errors.CheckpointError` saying what it is."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the file itself "
+                              f"(dynode train writes {path / 'last.pt'})")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain data ({str(exc).splitlines()[0][:120]}); "
+            "dynode loads with weights_only=True and never runs code from a file: give a checkpoint "
+            "written by dynode train / Trainer.save, or torch.save(net.state_dict(), path)") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            zipfile.BadZipFile) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint (truncated, damaged or not written by torch.save: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); give the "
+            "last.pt that dynode train writes, or a state_dict saved with torch.save") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint (a dict with 'model', "
+                              "'optimizer', ...) nor a state_dict")
+    return obj
+
+
+def _is_state_dict(obj) -> bool:
+    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
+    """Load the weights in ``path`` (a training checkpoint's ``model`` or a plain state_dict)
+    into ``network``; weights of another architecture are a :class:`CheckpointError` naming
+    the missing, unexpected and mis-shaped entries."""
+    ckpt = load_checkpoint(path)
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{path} holds neither a training checkpoint (with 'model' weights) nor a "
+                              f"state_dict (names -> tensors); its keys are {sorted(map(str, ckpt))[:8]}")
+    _load_state(network, state, path)
+    return network
+
+
+def _load_state(network: nn.Module, state: dict, path) -> None:
+    """``network.load_state_dict(state)``, with a :class:`CheckpointError` that says how the
+    saved weights differ from the network's when they do not fit."""
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: saved {tuple(state[k].shape)}, network {tuple(own[k].shape)}" for k in own
+              if k in state and isinstance(state[k], Tensor) and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing, e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} not in this network, e.g. {unexpected[0]!r}")
+        if shapes:
+            parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
+        raise CheckpointError(f"the weights in {path} do not fit this network ({'; '.join(parts)}): they were "
+                              "saved from another architecture; build the model with the options it was "
+                              "trained with (the checkpoint's spec: dynode.load_model(path))")
+    network.load_state_dict(state)
 
 
 def _size(data) -> int | None:

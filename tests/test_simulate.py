@@ -93,7 +93,7 @@ def test_root_holds_the_stimulus_time_course_and_condition_labels():
     want = stim.value.reshape(3, -1).mean(dim=1).numpy()
     np.testing.assert_allclose(course[on], np.broadcast_to(want, (on.sum(), 3)), rtol=1e-6)
     assert np.all(course[~on] == 0)
-    assert tree["stimulus"].attrs["units"] == "1"
+    assert tree["stimulus"].attrs["units"] == "a.u."
     assert list(tree["contrast"].values) == [0.25, 0.5, 1.0]
     assert list(tree["A"]["label"].values) == ["low", "mid", "high"]
     assert tree["time"].attrs["units"] == "ms"
@@ -310,9 +310,9 @@ def test_a_solver_that_reuses_its_state_tensors_is_caught():
     """Solvers declaring fresh_states hand over tensors that are kept by reference until
     written; one that overwrites them in place must fail loudly, not store wrong data."""
 
-    class Reusing:
+    class Reusing(dn.solvers.Solver):
         fresh_states = True
-        adaptive = False
+        grid = True
 
         def solve(self, problem, dt, *, observer=None):
             bufs = {k: v.clone() for k, v in problem.y0.items()}
