@@ -11,10 +11,13 @@ solver takes (a typo or an option of another solver is a validation error) and
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from dynode.errors import ConfigurationError
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, model_validator
+from dynode.solver import Solver
+from dynode.solvers import RK4, Bosh3, Dopri5, Euler, Heun, Midpoint, TorchDiffEq, TorchODE, Tsit5
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, create_model,
+                      model_validator)
 
 __all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
            "RK4Config", "Dopri5Config", "Tsit5Config", "Bosh3Config", "TorchDiffEqConfig",
@@ -26,144 +29,47 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-# -- fixed step ------------------------------------------------------------------------------
-class EulerConfig(_Frozen):
-    """Forward Euler; ``order="sequential"`` sweeps a Network's populations within a step."""
+# -- solvers: one config per solver class, generated from its constructor ---------------------
+class _SolverConfig(_Frozen):
+    """A solver's options as data. The solver class is the one place of every option's type,
+    default and rule: a value it refuses is this config's validation error."""
 
-    kind: Literal["euler"] = "euler"
-    order: Literal["simultaneous", "sequential"] = "simultaneous"
-
-    def build(self):
-        from dynode.solvers import Euler
-        return Euler(order=self.order)
-
-
-class MidpointConfig(_Frozen):
-    kind: Literal["midpoint"] = "midpoint"
-
-    def build(self):
-        from dynode.solvers import Midpoint
-        return Midpoint()
-
-
-class HeunConfig(_Frozen):
-    kind: Literal["heun"] = "heun"
-
-    def build(self):
-        from dynode.solvers import Heun
-        return Heun()
-
-
-class RK4Config(_Frozen):
-    kind: Literal["rk4"] = "rk4"
-
-    def build(self):
-        from dynode.solvers import RK4
-        return RK4()
-
-
-# -- dynode's adaptive solvers ---------------------------------------------------------------
-class _AdaptiveConfig(_Frozen):
-    rtol: PositiveFloat = 1e-6
-    atol: PositiveFloat = 1e-8
-    controller: Literal["integral", "pi"] = "integral"
-    dt_min: Annotated[float, Field(ge=0)] = 1e-10
-    # the one float where inf means something: no cap on the step (nan is still refused)
-    dt_max: Annotated[float, Field(gt=0, allow_inf_nan=True)] = math.inf
-    max_steps: PositiveInt = 100_000
-    safety: Annotated[float, Field(gt=0, le=1)] = 0.9
-    factor_min: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    factor_max: Annotated[float, Field(gt=1)] = 10.0
-
-    def _build(self, cls):
-        return cls(**self.model_dump(exclude={"kind"}))
-
-
-class Dopri5Config(_AdaptiveConfig):
-    kind: Literal["dopri5"] = "dopri5"
-
-    def build(self):
-        from dynode.solvers import Dopri5
-        return self._build(Dopri5)
-
-
-class Tsit5Config(_AdaptiveConfig):
-    kind: Literal["tsit5"] = "tsit5"
-
-    def build(self):
-        from dynode.solvers import Tsit5
-        return self._build(Tsit5)
-
-
-class Bosh3Config(_AdaptiveConfig):
-    kind: Literal["bosh3"] = "bosh3"
-
-    def build(self):
-        from dynode.solvers import Bosh3
-        return self._build(Bosh3)
-
-
-# -- backends -------------------------------------------------------------------------------
-class TorchDiffEqConfig(_Frozen):
-    """torchdiffeq: adaptive methods take the step options, fixed-grid ones ``step_size``."""
-
-    kind: Literal["torchdiffeq"] = "torchdiffeq"
-    method: Literal["dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun",
-                    "euler", "midpoint", "heun2", "heun3", "rk4"] = "dopri5"
-    rtol: PositiveFloat = 1e-6
-    atol: PositiveFloat = 1e-8
-    n_dense: Annotated[int, Field(ge=3)] = 16
-    first_step: PositiveFloat | None = None
-    min_step: Annotated[float, Field(ge=0)] | None = None
-    max_step: PositiveFloat | None = None
-    safety: Annotated[float, Field(gt=0, le=1)] | None = None
-    ifactor: Annotated[float, Field(gt=1)] | None = None
-    dfactor: Annotated[float, Field(gt=0, lt=1)] | None = None
-    max_num_steps: PositiveInt | None = None
-    step_size: PositiveFloat | None = None
+    solver: ClassVar[type[Solver]]
 
     @model_validator(mode="after")
-    def _options_fit_method(self):
-        from dynode.solvers.backends import _TDE_FIXED
-
-        adaptive_opts = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor",
-                         "max_num_steps")
-        if self.method in _TDE_FIXED:
-            bad = [k for k in adaptive_opts if getattr(self, k) is not None]
-            if bad:
-                raise ValueError(f"torchdiffeq method {self.method!r} is fixed-step and does not take {bad}")
-            if self.step_size is None:
-                raise ValueError(f"torchdiffeq method {self.method!r} is fixed-step: give step_size")
-        elif self.step_size is not None:
-            raise ValueError(f"torchdiffeq method {self.method!r} is adaptive and does not take step_size")
+    def _solver_accepts(self):
+        self.build()  # raises ConfigurationError (a ValueError): reported by pydantic with the path
         return self
 
-    def build(self):
-        from dynode.solvers import TorchDiffEq
-        opts = {k: v for k, v in self.model_dump(exclude={"kind", "method", "rtol", "atol", "n_dense"}).items()
-                if v is not None}
-        return TorchDiffEq(self.method, self.rtol, self.atol, n_dense=self.n_dense, **opts)
+    def build(self) -> Solver:
+        """The solver object (options left at None are not passed)."""
+        return self.solver(**{k: v for k, v in self.model_dump(exclude={"kind"}).items() if v is not None})
 
 
-class TorchODEConfig(_Frozen):
-    kind: Literal["torchode"] = "torchode"
-    method: Literal["dopri5", "tsit5", "heun"] = "dopri5"
-    rtol: PositiveFloat = 1e-6
-    atol: PositiveFloat = 1e-8
-    controller: Literal["integral", "pid"] = "integral"
-    per_sample: bool = False
-    max_steps: PositiveInt | None = None
-    dt_min: Annotated[float, Field(ge=0)] | None = None
-    dt_max: PositiveFloat | None = None
-    n_dense: Annotated[int, Field(ge=3)] = 16
+def _config(cls: type[Solver]) -> type[_SolverConfig]:
+    """The config of solver class ``cls``: ``kind = cls.name`` and its constructor's options with
+    their types and defaults (an option whose default is None is optional; one whose default
+    is inf, e.g. ``dt_max``, admits inf)."""
+    fields: dict[str, Any] = {"kind": (Literal[cls.name], cls.name)}
+    for name, (typ, default) in cls.options().items():
+        if default is None:
+            typ = Optional[typ]
+        elif isinstance(default, float) and math.isinf(default):
+            typ = Annotated[typ, Field(allow_inf_nan=True)]
+        fields[name] = (typ, default)
+    model = create_model(f"{cls.__name__}Config", __base__=_SolverConfig, __module__=__name__,
+                         __doc__=f"Options of :class:`dynode.solvers.{cls.__name__}` (see its docstring).",
+                         **fields)
+    model.solver = cls
+    return model
 
-    def build(self):
-        from dynode.solvers import TorchODE
-        return TorchODE(**self.model_dump(exclude={"kind"}))
 
+EulerConfig, MidpointConfig, HeunConfig, RK4Config = (_config(c) for c in (Euler, Midpoint, Heun, RK4))
+Dopri5Config, Tsit5Config, Bosh3Config = (_config(c) for c in (Dopri5, Tsit5, Bosh3))
+TorchDiffEqConfig, TorchODEConfig = _config(TorchDiffEq), _config(TorchODE)
 
 SolverConfig = Annotated[
-    Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config, Dopri5Config, Tsit5Config,
+    Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config, Dopri5Config, Tsit5Config,  # type: ignore[valid-type]
           Bosh3Config, TorchDiffEqConfig, TorchODEConfig],
     Field(discriminator="kind"),
 ]
@@ -260,8 +166,11 @@ class ModelConfig(_Frozen):
                 raise ConfigurationError(f"model.spec {self.spec}: the readout has {ro.num_classes} classes but "
                                          f"the data has {num_classes}")
         else:
-            params = inspect.signature(builder).parameters
-            open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+            try:
+                params = inspect.signature(builder).parameters
+            except (TypeError, ValueError):  # a builtin without a signature: pass the options as they are
+                params = {}
+            open_kw = not params or any(p.kind == p.VAR_KEYWORD for p in params.values())
             unknown = [k for k in self.options if k not in params]
             if unknown and not open_kw:
                 raise ConfigurationError(f"model.options: {self.label}() takes no option(s) {unknown}; "
@@ -271,7 +180,10 @@ class ModelConfig(_Frozen):
                 opts.setdefault("input_shape", tuple(input_shape))
             if num_classes is not None and "num_classes" in params:
                 opts.setdefault("num_classes", int(num_classes))
-            net = builder(**opts)
+            try:
+                net = builder(**opts)
+            except TypeError as exc:  # options that do not fit the builder's signature
+                raise ConfigurationError(f"model: {self.label}() with options {sorted(opts)}: {exc}") from None
             if not isinstance(net, VectorField):
                 raise ConfigurationError(f"model.factory {self.label} returned {type(net).__name__}; it must "
                                          "return a dynode.Network or another dynode.VectorField")
