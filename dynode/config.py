@@ -75,7 +75,7 @@ SolverConfig = Annotated[
 ]
 """A solver configuration: one of the ``*Config`` models, chosen by ``kind``."""
 
-_SOLVER_ADAPTER: TypeAdapter = TypeAdapter(SolverConfig)
+_SOLVER_ADAPTER: TypeAdapter = TypeAdapter(SolverConfig, config=ConfigDict(title="SolverConfig"))
 
 
 def solver_config(data: Any) -> Any:

@@ -36,12 +36,9 @@ Example: a Wilson-Cowan excitatory/inhibitory pair with a delayed inhibitory loo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dynode.history import History
+from dynode.history import HistoryReader
 
 __all__ = ["VectorField"]
 
@@ -72,6 +69,6 @@ class VectorField(nn.Module):
         """
         return {}
 
-    def forward(self, t: float, state: dict[str, Tensor], history: "History",
+    def forward(self, t: float, state: dict[str, Tensor], history: HistoryReader,
                 inputs: dict[str, Tensor]) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must implement forward()")

@@ -15,7 +15,7 @@ import torch
 from dynode.errors import ConfigurationError
 from dynode.problem import make_problem
 from dynode.solution import Solution
-from dynode.solvers import get_solver
+from dynode.solver import get_solver
 
 __all__ = ["integrate"]
 
@@ -70,15 +70,15 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense)
     solver = get_solver(solver)
-    _check_memory(problem, dt, getattr(solver, "adaptive", False), memory_limit)
-    if problem.tail is not None and getattr(solver, "adaptive", False):
+    _check_memory(problem, dt, solver.grid, memory_limit)
+    if problem.tail is not None and not solver.continues:
         raise ConfigurationError(f"continuing a solution with its delayed history is implemented for the "
                                  f"fixed-step solvers, not {type(solver).__name__}; pass "
                                  "solution.final_state to restart from the last state instead")
-    if checkpoint and getattr(solver, "adaptive", False):
+    if checkpoint and not solver.continues:
         raise ConfigurationError(f"checkpoint= is implemented for the fixed-step solvers only, not "
                                  f"{type(solver).__name__}; use Euler/Heun/Midpoint/RK4 for checkpointed BPTT")
-    if dense and not getattr(solver, "dense_output", False):
+    if dense and not solver.dense_output:
         raise ConfigurationError(f"dense=True is implemented for dynode's own solvers (Euler, Midpoint, "
                                  f"Heun, RK4, Dopri5, Tsit5, Bosh3), not {type(solver).__name__}; "
                                  "pass the times you need as save_at")
@@ -101,7 +101,7 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _check_memory(problem, dt, adaptive: bool, memory_limit: float | None) -> None:
+def _check_memory(problem, dt, grid: bool, memory_limit: float | None) -> None:
     """Refuse, before the first step, a run whose kept trajectory alone would not fit.
 
     The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
@@ -115,7 +115,7 @@ def _check_memory(problem, dt, adaptive: bool, memory_limit: float | None) -> No
         return
     if problem.save_at is not None:
         n_saves = len(problem.save_at)
-    elif adaptive or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+    elif not grid or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         return  # every accepted step (count unknown before the run), or a dt the solver refuses
     else:
         n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1

@@ -1,4 +1,4 @@
-"""The result of :func:`dynode.integrate`."""
+"""The result of a solve, and the one output path every solver writes it through."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError
 
+from dynode.stats import SolverStats, Status
+
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail
-    from dynode.solvers.stats import SolverStats
+    from dynode.problem import Problem
 
-__all__ = ["Solution", "Saver", "DenseOutput"]
+__all__ = ["Solution", "Output", "DenseOutput"]
 
 _TIME_TOL = 1e-9
 
@@ -90,7 +92,7 @@ class Solution:
 
     ts: Tensor
     states: dict[str, Tensor]
-    stats: "SolverStats"
+    stats: SolverStats
     final_state: dict[str, Tensor]
     tail: "HistoryTail | None" = None
     dense: DenseOutput | None = None
@@ -130,32 +132,73 @@ class Solution:
                 f"states={{{shapes}}}, nfe={self.stats.nfe}, status={self.stats.status.name})")
 
 
-class Saver:
-    """Where a solver puts its saved states: kept for :class:`Solution` or, with an
-    ``observer(t, state)``, handed on at once and not kept (streaming; memory stays flat)."""
+class Output:
+    r"""Where every solver puts its results: saved states, dense output, the :class:`Solution`.
 
-    def __init__(self, observer=None):
-        self.observer = observer
+    ``save_at=None`` saves ``t0`` and the end of every step; otherwise every time ``t_s`` of
+    ``save_at`` once, from the step ``[t, t + h]`` that reaches it (to 1e-9 relative): the
+    step's end state if ``t_s`` is its end, else the step's interpolant
+    ``sum_i w_i(theta) T_i`` at ``theta = (t_s - t) / h``. ``snap``: a save at a step's end
+    is reported at the step's own time (a grid solver's exact ``t0 + n dt``).
+
+    With an ``observer(t, state)`` each saved state is handed on at once and not kept
+    (streaming: memory stays flat, ``Solution.states`` is empty).
+    """
+
+    def __init__(self, problem: "Problem", observer=None, *, snap: bool = False):
+        self.t0, self.names, self.save_at = problem.t0, problem.names, problem.save_at
+        self.observer, self.snap = observer, snap
+        self.dense = DenseOutput(problem.t0, problem.t_end) if problem.dense else None
         self.times: list[float] = []
-        self._kept: list[dict[str, Tensor]] = []
+        self._kept: list[Mapping[str, Tensor]] = []
 
-    def __call__(self, t: float, state: dict[str, Tensor]) -> None:
+    def emit(self, t: float, state: Mapping[str, Tensor]) -> None:
+        """Save ``state`` at time ``t`` (ms)."""
         self.times.append(t)
         if self.observer is not None:
             self.observer(t, state)
         else:
             self._kept.append(state)
 
-    def ts(self) -> Tensor:
-        """The save times (ms), 1-D float64."""
-        import torch
+    def _upto(self, t: float) -> int:
+        """How many save times are ``<= t`` (to 1e-9 relative)."""
+        return bisect.bisect_right(self.save_at, t + _TIME_TOL * max(1.0, abs(t)))
 
-        return torch.tensor(self.times, dtype=torch.float64)
+    def between(self, t: float, t_new: float) -> Sequence[float]:
+        """The save times in ``(t, t_new]`` (none when every step end is saved)."""
+        return () if self.save_at is None else self.save_at[self._upto(t):self._upto(t_new)]
 
-    def states(self, names) -> dict[str, Tensor]:
-        """``{name: (len(ts), batch, *shape)}``; empty when the states were streamed."""
-        import torch
+    def start(self, y0: Mapping[str, Tensor]) -> None:
+        """The saves at ``t0``."""
+        for ts in ((self.t0,) if self.save_at is None else self.save_at[:self._upto(self.t0)]):
+            self.emit(self.t0 if self.snap else ts, y0)
 
-        if self.observer is not None:
-            return {}
-        return {n: torch.stack([st[n] for st in self._kept]) for n in names}
+    def step(self, t: float, t_new: float, y_new: Mapping[str, Tensor],
+             interpolant: Callable[[], tuple[Sequence[Mapping[str, Tensor]], Callable]], put=None) -> None:
+        """The step ``[t, t_new]`` is done: save what falls in it (``put(t, state)``, default
+        :meth:`emit`) and keep its interpolant ``() -> ([T_i], theta -> [w_i])`` for ``dense``."""
+        put = self.emit if put is None else put
+        h, between = t_new - t, None
+        if self.dense is not None:
+            between = interpolant()
+            self.dense.add(t, h, *between)
+        if self.save_at is None:
+            put(t_new, y_new)
+            return
+        end = t_new - _TIME_TOL * max(1.0, abs(t_new))
+        for ts in self.between(t, t_new):
+            if ts >= end:
+                put(t_new if self.snap else ts, y_new)
+            else:
+                between = between or interpolant()
+                put(ts, _weighted(between[0], between[1]((ts - t) / h)))
+
+    def solution(self, final_state: dict[str, Tensor], *, nfe: int, steps: int, accepted: int,
+                 rejected: int, t_final: float, tail: "HistoryTail | None" = None) -> Solution:
+        """The :class:`Solution` of a successful solve."""
+        stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
+                            status=Status.SUCCESS, t_final=t_final)
+        ts = torch.tensor(self.times, dtype=torch.float64)
+        states = {} if self.observer is not None else {
+            n: torch.stack([st[n] for st in self._kept]) for n in self.names}
+        return Solution(ts=ts, states=states, stats=stats, final_state=final_state, tail=tail, dense=self.dense)

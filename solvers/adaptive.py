@@ -47,10 +47,11 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, SolverError
 from dynode.guards import Guard
 from dynode.problem import Problem
-from dynode.solution import DenseOutput, Saver, Solution
+from dynode.solution import Output, Solution
+from dynode.solver import ATOL, RTOL, Solver
 from dynode.solvers.controllers import get_controller, initial_step
-from dynode.solvers.dense import DenseHistory, field_delays, propagate_breakpoints, time_tol
-from dynode.solvers.stats import SolverStats, Status
+from dynode.history import DenseHistory, field_delays, propagate_breakpoints, time_tol
+from dynode.stats import Status
 
 __all__ = ["Tableau", "AdaptiveSolver", "Dopri5", "Tsit5", "Bosh3"]
 
@@ -188,7 +189,7 @@ def _combine(y: list[Tensor], ks: list[list[Tensor]], terms: Sequence[tuple[int,
 
 
 @dataclass(frozen=True)
-class AdaptiveSolver:
+class AdaptiveSolver(Solver):
     """Base of the embedded RK solvers; the loop lives here, the tableau in the subclass.
 
     Parameters
@@ -203,8 +204,8 @@ class AdaptiveSolver:
     ``solve(problem, dt)``: ``dt`` is the first step (ms); ``None`` uses Hairer's heuristic.
     """
 
-    rtol: float = 1e-6
-    atol: float = 1e-8
+    rtol: float = RTOL
+    atol: float = ATOL
     controller: Literal["integral", "pi"] = "integral"
     dt_min: float = 1e-10
     dt_max: float = math.inf
@@ -213,10 +214,9 @@ class AdaptiveSolver:
     factor_min: float = 0.2
     factor_max: float = 10.0
 
-    name: ClassVar[str]
     tableau: ClassVar[Tableau]
     adaptive: ClassVar[bool] = True
-    dense_output: ClassVar[bool] = True  # integrate(..., dense=True) is supported
+    dense_output: ClassVar[bool] = True
     _ctrl: object = dc_field(init=False, repr=False, compare=False)
 
     @property
@@ -239,7 +239,6 @@ class AdaptiveSolver:
                                                          factor_min=self.factor_min,
                                                          factor_max=self.factor_max))
 
-    # ------------------------------------------------------------------------------------
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
         """Integrate ``problem`` adaptively; ``dt`` (ms) is an optional first step.
 
@@ -247,135 +246,117 @@ class AdaptiveSolver:
         ``Solution.states`` is then empty. Raises :class:`dynode.SolverError` when the step
         falls below ``dt_min``, after ``max_steps`` attempts, or on non-finite values.
         """
-        tab = self.tableau
-        field, inputs = problem.field, problem.inputs
-        names = list(problem.names)
-        t0, t_end = problem.t0, problem.t_end
-        delays = field_delays(field)
-        max_delay = max(float(field.max_delay()), max(delays, default=0.0))
-        dt_max = min(self.dt_max, delays[0]) if delays else self.dt_max
-        stops, jumps = propagate_breakpoints(t0, t_end, problem.breakpoints, delays, tab.order + 1)
-        history = DenseHistory(problem.y0, t0=t0, max_delay=max_delay, weights=tab.weights, inputs=inputs)
-        keep = max_delay > 0
-        rtol, atol = self.rtol, self.atol
-        taus = field.time_constants()
-        guard = Guard(problem.max_abs, taus, None)
-        max_abs = math.inf if problem.max_abs is None else float(problem.max_abs)
-        n_pop = len(names)
-        ctrl = self._ctrl.start(tab.error_order)
-        sizes = [problem.y0[n].numel() for n in names]
-        n_total = float(sum(sizes))
-        c, rows_a, e_w = tab.c, tab.a, tab.e
-        s = len(c)
-        nfe = 0
+        return _Run(self, problem, observer).solve(dt)
 
-        def f(t: float, y: list[Tensor]) -> list[Tensor]:
-            nonlocal nfe
-            nfe += 1
-            state = dict(zip(names, y))
-            history.at(t, state)
-            out = field(t, state, history, inputs(t))
-            return [out[n] for n in names]
 
-        # -- saving ------------------------------------------------------------------
-        save_at = problem.save_at
-        saver = Saver(observer)
-        dense = DenseOutput(t0, t_end) if problem.dense else None
+class _Run:
+    """One adaptive solve: its loop state, one :meth:`attempt` and one :meth:`accept` at a time."""
 
-        def emit(t: float, y: list[Tensor]) -> None:
-            saver(t, dict(zip(names, y)))
+    def __init__(self, solver: AdaptiveSolver, problem: Problem, observer):
+        self.solver, self.tab = solver, solver.tableau
+        self.field, self.inputs, self.names = problem.field, problem.inputs, list(problem.names)
+        self.t_end = problem.t_end
+        delays = field_delays(self.field)
+        max_delay = max(float(self.field.max_delay()), max(delays, default=0.0))
+        self.keep = max_delay > 0
+        self.dt_max = min(solver.dt_max, delays[0]) if delays else solver.dt_max
+        self.stops, self.jumps = propagate_breakpoints(problem.t0, problem.t_end, problem.breakpoints,
+                                                       delays, self.tab.order + 1)
+        self.history = DenseHistory(problem.y0, t0=problem.t0, max_delay=max_delay,
+                                    weights=self.tab.weights, inputs=problem.inputs)
+        self.taus = self.field.time_constants()
+        self.guard = Guard(problem.max_abs, self.taus, None)
+        self.max_abs = math.inf if problem.max_abs is None else float(problem.max_abs)
+        self.ctrl = solver._ctrl.start(self.tab.error_order)
+        self.sizes = [problem.y0[n].numel() for n in self.names]
+        self.a_rows = [tuple((j, aij) for j, aij in enumerate(row) if aij) for row in self.tab.a]
+        self.e_terms = tuple((j, ej) for j, ej in enumerate(self.tab.e) if ej)
+        self.out = Output(problem, observer)
+        self.out.start(problem.y0)
+        self.t, self.y = problem.t0, [problem.y0[n] for n in self.names]
+        self.nfe = self.steps = self.accepted = self.rejected = 0
+        self.per_pop: list[float] | None = None
 
-        si = 0
-        y = [problem.y0[n] for n in names]
-        if save_at is None:
-            emit(t0, y)
-        else:
-            while si < len(save_at) and save_at[si] <= t0 + time_tol(t0):
-                emit(save_at[si], y)
-                si += 1
+    def f(self, t: float, y: list[Tensor]) -> list[Tensor]:
+        """``dr/dt`` at ``(t, y)``, per population in ``names`` order."""
+        self.nfe += 1
+        state = dict(zip(self.names, y))
+        self.history.at(t, state)
+        out = self.field(t, state, self.history, self.inputs(t))
+        return [out[n] for n in self.names]
 
-        def fail(status: Status, t: float, h: float, per_pop: list[float] | None) -> SolverError:
-            return _failure(self, status, t, h, per_pop, names, taus, t_end)
+    def fail(self, status: Status, h: float) -> SolverError:
+        return _failure(self.solver, status, self.t, h, self.per_pop, self.names, self.taus, self.t_end)
 
-        # -- first stage and first step --------------------------------------------------
-        k1 = f(t0, y)
-        t = t0
+    def attempt(self, k1: list[Tensor], h: float, t_left: float) -> tuple[list, list, float, list[float]]:
+        """One step of size ``h`` from ``(t, y)``: ``(stages, y_new, err, peaks)``; ``err`` is the
+        scaled RMS error over every element, ``peaks`` the populations' ``max |y_new|``.
+        The last stage (``c = 1``) is evaluated at ``t_left`` (the left limit before a jump)."""
+        t, y, c = self.t, self.y, self.tab.c
+        ks, y_new = [k1], y
+        for i in range(1, len(c)):
+            yi = _combine(y, ks, tuple((j, h * w) for j, w in self.a_rows[i]))
+            ks.append(self.f(t_left if c[i] == 1.0 else t + c[i] * h, yi))
+            y_new = yi
+        with torch.no_grad():  # the error norm: the one host read of the step
+            err = _combine_zero(ks, tuple((j, h * w) for j, w in self.e_terms))
+            ynd = [v.detach() for v in y_new]
+            sc = torch._foreach_maximum(torch._foreach_abs([v.detach() for v in y]), torch._foreach_abs(ynd))
+            torch._foreach_mul_(sc, self.solver.rtol)
+            torch._foreach_add_(sc, self.solver.atol)
+            torch._foreach_div_(err, sc)
+            # per-population error norms and peaks |y_new| (divergence check) in one read
+            read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(ynd, ord=math.inf)]).tolist()
+        n_pop = len(self.names)
+        per_pop, peaks = read[:n_pop], read[n_pop:]
+        err_total = math.sqrt(sum(v * v for v in per_pop) / sum(self.sizes))
+        self.per_pop = [v / math.sqrt(n) for v, n in zip(per_pop, self.sizes)]
+        return ks, y_new, err_total, peaks
+
+    def accept(self, h: float, t_new: float, ks: list, y_new: list[Tensor], peaks: list[float]) -> None:
+        """Take the step ``[t, t_new]``: history, saves and dense output, divergence check."""
+        t, y, names, weights = self.t, self.y, self.names, self.tab.weights
+        if self.keep:
+            self.history.append(t, h, t_new, y, ks, y_new)
+        self.out.step(t, t_new, dict(zip(names, y_new)),
+                      lambda: ([dict(zip(names, v)) for v in (y, *ks)],
+                               lambda th: [1.0, *(h * w for w in weights(th))]))
+        if not all(p <= self.max_abs for p in peaks):
+            self.guard.check(dict(zip(names, y_new)), t, t_new)  # raises DivergenceError
+        self.t, self.y = t_new, y_new
+
+    def first_step(self, k1: list[Tensor], dt) -> float:
+        """``dt`` if given, else Hairer's heuristic (capped at ``dt_max`` and the first stop)."""
         if dt is None:
-            h_want = initial_step(f, t0, y, k1, rtol=rtol, atol=atol, order=tab.order,
-                                  h_max=min(dt_max, 0.5 * (stops[0] - t0)))
-            if not math.isfinite(h_want):
-                raise fail(Status.NON_FINITE, t0, 0.0, None)
+            h = initial_step(self.f, self.t, self.y, k1, rtol=self.solver.rtol, atol=self.solver.atol,
+                             order=self.tab.order, h_max=min(self.dt_max, 0.5 * (self.stops[0] - self.t)))
+            if not math.isfinite(h):
+                raise self.fail(Status.NON_FINITE, 0.0)
         else:
-            h_want = float(dt)
-            if not (h_want > 0 and math.isfinite(h_want)):
+            h = float(dt)
+            if not (h > 0 and math.isfinite(h)):
                 raise ConfigurationError(f"dt (the first step of an adaptive solver) must be > 0 ms, got {dt}")
-        h_want = min(h_want, dt_max)
-        stop_i = 0
-        steps = accepted = rejected = 0
-        per_pop: list[float] | None = None
-        a_rows = [tuple((j, aij) for j, aij in enumerate(row) if aij) for row in rows_a]
-        e_terms = tuple((j, ej) for j, ej in enumerate(e_w) if ej)
-        left = [ci == 1.0 for ci in c]
-        no_grad = torch.no_grad
+        return min(h, self.dt_max)
 
+    def solve(self, dt) -> Solution:
+        """Attempt steps until ``t_end``: a step ends on the next stop if it would pass it; an
+        accepted step grows ``h`` by the controller's factor, a rejected one shrinks it."""
+        solver, stops = self.solver, self.stops
+        k1 = self.f(self.t, self.y)
+        h_want = self.first_step(k1, dt)
+        stop_i = 0
         while True:
-            stop = stops[stop_i]
-            tol = time_tol(stop)
-            h = h_want
-            clipped = t + h >= stop - tol
-            if clipped:
-                h = stop - t
-                t_new = stop
-            else:
-                t_new = t + h
-            jump_end = clipped and jumps[stop_i]
+            t, stop = self.t, stops[stop_i]
+            clipped = t + h_want >= stop - time_tol(stop)
+            h, t_new = (stop - t, stop) if clipped else (h_want, t + h_want)
+            jump_end = clipped and self.jumps[stop_i]
             t_left = max(t_new - 16 * math.ulp(max(abs(t_new), 1.0)), t + 0.5 * h) if jump_end else t_new
-            # -- stages ----------------------------------------------------------------
-            ks = [k1]
-            y_new = y
-            for i in range(1, s):
-                terms = tuple((j, h * w) for j, w in a_rows[i])
-                yi = _combine(y, ks, terms)
-                ti = (t_left if left[i] else t + c[i] * h)
-                ks.append(f(ti, yi))
-                if i == s - 1:
-                    y_new = yi
-            # -- error norm: the one host read of the step -----------------------------
-            with no_grad():
-                err = _combine_zero(ks, tuple((j, h * w) for j, w in e_terms))
-                yd = [v.detach() for v in y]
-                ynd = [v.detach() for v in y_new]
-                abs_new = torch._foreach_abs(ynd)
-                sc = torch._foreach_maximum(torch._foreach_abs(yd), abs_new)
-                torch._foreach_mul_(sc, rtol)
-                torch._foreach_add_(sc, atol)
-                torch._foreach_div_(err, sc)
-                # per-population error norms and peaks |y_new| (divergence check) in one read
-                read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(ynd, ord=math.inf)]).tolist()
-            per_pop, peaks = read[:n_pop], read[n_pop:]
-            total = math.sqrt(sum(v * v for v in per_pop) / n_total)
-            per_pop = [v / math.sqrt(n) for v, n in zip(per_pop, sizes)]
-            steps += 1
-            if total <= 1.0:  # NaN compares False: rejected
-                accepted += 1
-                factor = ctrl.accept(total)
-                if keep:
-                    history.append(t, h, t_new, y, ks, y_new)
-                if dense is not None:
-                    dense.add(t, h, [dict(zip(names, v)) for v in (y, *ks)],
-                              lambda th, h=h: [1.0, *(h * w for w in tab.weights(th))])
-                if save_at is None:
-                    emit(t_new, y_new)
-                else:
-                    tol_new = time_tol(t_new)
-                    while si < len(save_at) and save_at[si] <= t_new + tol_new:
-                        ts_ = save_at[si]
-                        theta = (ts_ - t) / h
-                        emit(ts_, y_new if theta >= 1.0 - 1e-12 else _interp(y, ks, h, tab.weights(theta)))
-                        si += 1
-                if not all(p <= max_abs for p in peaks):
-                    guard.check(dict(zip(names, y_new)), t, t_new)  # raises DivergenceError
-                t, y = t_new, y_new
+            ks, y_new, err, peaks = self.attempt(k1, h, t_left)
+            self.steps += 1
+            if err <= 1.0:  # NaN compares False: rejected
+                self.accepted += 1
+                factor = self.ctrl.accept(err)
+                self.accept(h, t_new, ks, y_new, peaks)
                 if clipped:
                     if stop_i == len(stops) - 1:
                         break
@@ -383,23 +364,19 @@ class AdaptiveSolver:
                     h_want = max(h * factor, h_want) if factor >= 1.0 else h * factor
                 else:
                     h_want = h * factor
-                k1 = f(t, y) if jump_end else ks[-1]
+                k1 = self.f(t_new, y_new) if jump_end else ks[-1]
             else:
-                rejected += 1
-                factor = ctrl.reject(total)
-                h_want = h * factor
-                if not math.isfinite(total) and h_want < self.dt_min:
-                    raise fail(Status.NON_FINITE, t, h, per_pop)
-            h_want = min(h_want, dt_max)
-            if h_want < self.dt_min:
-                raise fail(Status.REACHED_DT_MIN, t, h_want, per_pop)
-            if steps >= self.max_steps:
-                raise fail(Status.REACHED_MAX_STEPS, t, h, per_pop)
-
-        ts, states = saver.ts(), saver.states(names)
-        stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
-                            status=Status.SUCCESS, t_final=t)
-        return Solution(ts=ts, states=states, stats=stats, final_state=dict(zip(names, y)), dense=dense)
+                self.rejected += 1
+                h_want = h * self.ctrl.reject(err)
+                if not math.isfinite(err) and h_want < solver.dt_min:
+                    raise self.fail(Status.NON_FINITE, h)
+            h_want = min(h_want, self.dt_max)
+            if h_want < solver.dt_min:
+                raise self.fail(Status.REACHED_DT_MIN, h_want)
+            if self.steps >= solver.max_steps:
+                raise self.fail(Status.REACHED_MAX_STEPS, h)
+        return self.out.solution(dict(zip(self.names, self.y)), nfe=self.nfe, steps=self.steps,
+                                 accepted=self.accepted, rejected=self.rejected, t_final=self.t)
 
 
 def _failure(solver: "AdaptiveSolver", status: Status, t: float, h: float, per_pop: list[float] | None,
@@ -435,11 +412,6 @@ def _combine_zero(ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) ->
     for j, w in rest:
         torch._foreach_add_(out, [k.detach() for k in ks[j]], alpha=w)
     return out
-
-
-def _interp(y: list[Tensor], ks: list[list[Tensor]], h: float, w: Sequence[float]) -> list[Tensor]:
-    """Dense output ``y_n + h sum_i B_i(theta) k_i`` for every population."""
-    return _combine(y, ks, tuple((i, h * wi) for i, wi in enumerate(w) if wi))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import bisect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -37,9 +38,11 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, SolverError
 from dynode.guards import Guard
 from dynode.problem import Problem
-from dynode.solution import Saver, Solution
-from dynode.solvers.dense import field_delays, propagate_breakpoints, time_tol
-from dynode.solvers.stats import SolverStats, Status
+from dynode.network import Network
+from dynode.solution import Output, Solution
+from dynode.solver import ATOL, RTOL, Solver
+from dynode.history import SegmentHistory, field_delays, propagate_breakpoints, time_tol
+from dynode.stats import Status
 
 __all__ = ["TorchDiffEq", "TorchODE", "segments"]
 
@@ -49,6 +52,8 @@ _TDE_ADAPTIVE_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifacto
                          "max_num_steps")
 _TDE_FIXED_OPTIONS = ("step_size",)
 _TODE_METHODS = ("dopri5", "tsit5", "heun")
+_TDEMethod = Literal[_TDE_ADAPTIVE + _TDE_FIXED]  # type: ignore[valid-type]
+_TODEMethod = Literal[_TODE_METHODS]  # type: ignore[valid-type]
 _BREAKPOINT_LEVELS = 6  # propagate t0 and the stimulus jumps by up to 6 delays
 
 
@@ -102,104 +107,25 @@ class _Flat:
         return flat.reshape(self.batch, -1)[:, o:o + s].reshape(self.batch, *self.shapes[i])
 
 
-def _lagrange4(x: float) -> tuple[float, float, float, float]:
-    """Cubic Lagrange weights on nodes 0, 1, 2, 3 at ``x``."""
-    return (-(x - 1) * (x - 2) * (x - 3) / 6, x * (x - 2) * (x - 3) / 2,
-            -x * (x - 1) * (x - 3) / 2, x * (x - 1) * (x - 2) / 6)
-
-
-class SegmentHistory:
-    """Delayed reads for the backends: solved segments on ``n + 1`` points each, cubic Lagrange."""
-
-    def __init__(self, y0: Mapping[str, Tensor], flat: _Flat, *, t0: float, max_delay: float,
-                 inputs: Callable[[float], Mapping[str, Tensor]]):
-        self._y0 = dict(y0)
-        self._flat = flat
-        self._pops = set(y0)
-        self.t0, self.max_delay = t0, max_delay
-        self._inputs = inputs
-        self._starts: list[float] = []
-        self._segs: list[tuple[float, float, Tensor]] = []  # (a, dt, points (n+1, rows, feat))
-        self._done = t0
-        self._y_done: dict[str, Tensor] = self._y0
-        self.t = t0
-        self._state: Mapping[str, Tensor] = self._y0
-        self._cache: dict = {}
-
-    def at(self, t: float, state: Mapping[str, Tensor]) -> None:
-        self.t, self._state = t, state
-        if self._cache:
-            self._cache.clear()
-
-    def append(self, a: float, b: float, points: Tensor, y_end: dict[str, Tensor]) -> None:
-        n = points.shape[0] - 1
-        self._starts.append(a)
-        self._segs.append((a, (b - a) / n, points))
-        self._done, self._y_done = b, y_end
-        while len(self._segs) > 1 and self._starts[1] < b - self.max_delay - (b - a) - time_tol(b):
-            self._starts.pop(0)
-            self._segs.pop(0)
-
-    def lag(self, name: str, delay: float) -> Tensor:
-        if name not in self._pops:
-            return self._inputs(self.t - delay)[name]
-        if delay == 0:
-            return self._state[name]
-        key = (name, delay)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        tq = self.t - delay
-        if tq <= self.t0 + time_tol(self.t0):
-            out = self._y0[name]
-        elif tq >= self._done - time_tol(self._done):
-            if tq > self._done + time_tol(self._done):
-                raise ConfigurationError(
-                    f"history.lag({name!r}, {delay:g}) reads beyond the solved segments: declare every "
-                    "delay in the field's delays() (or max_delay()) so that segments are short enough")
-            out = self._y_done[name]
-        else:
-            j = bisect.bisect_right(self._starts, tq) - 1
-            if j < 0:
-                raise ConfigurationError(f"history.lag({name!r}, {delay:g}) reads further back than "
-                                         f"max_delay() = {self.max_delay:g} ms")
-            a, dt, pts = self._segs[j]
-            n = pts.shape[0] - 1
-            x = (tq - a) / dt
-            j0 = min(max(int(math.floor(x)) - 1, 0), n - 3)
-            w = _lagrange4(x - j0)
-            col = [self._flat.column(pts[j0 + m], name) for m in range(4)]
-            out = (col[0] * w[0]).add_(col[1], alpha=w[1]).add_(col[2], alpha=w[2]).add_(col[3], alpha=w[3])
-        self._cache[key] = out
-        return out
-
-
-def _grid(a: float, b: float, n_dense: int | None, save_at, si: int
-          ) -> tuple[list[float], list[int], list[int], int]:
-    """Times to request in segment ``[a, b]``: the dense points (delayed fields) and the saves,
-    with the indices of the saves and of the dense points among them."""
+def _grid(a: float, b: float, n_dense: int | None, saves) -> tuple[list[float], list[int]]:
+    """Times to request in segment ``[a, b]`` (its ends, the dense points of a delayed field,
+    the saves; merged to 1e-10 relative) and the indices of the dense points among them."""
     tol = time_tol(b)
     pts = [a + (b - a) * m / n_dense for m in range(1, n_dense)] if n_dense else []
-    saves = []
-    while save_at is not None and si < len(save_at) and save_at[si] <= b + tol:
-        if save_at[si] > a + tol:
-            saves.append(save_at[si])
-        si += 1
-    times = sorted(set([a, b] + pts + saves))
     merged: list[float] = []
-    for x in times:
-        if merged and x - merged[-1] <= tol:
-            continue
-        merged.append(x)
+    for x in sorted({a, b, *pts, *(s for s in saves if s > a + tol)}):
+        if not merged or x - merged[-1] > tol:
+            merged.append(x)
     merged[-1] = b
-    def nearest(x: float) -> int:
-        i = bisect.bisect_left(merged, x)
-        return i if i == 0 or (i < len(merged) and merged[i] - x < x - merged[i - 1]) else i - 1
-    dense = [nearest(x) for x in [a] + pts + [b]] if n_dense else []
-    return merged, [nearest(s) for s in saves], dense, si
+    return merged, [_nearest(merged, x) for x in [a, *pts, b]] if n_dense else []
 
 
-class _Backend:
+def _nearest(times: list[float], x: float) -> int:
+    i = bisect.bisect_left(times, x)
+    return i if i == 0 or (i < len(times) and times[i] - x < x - times[i - 1]) else i - 1
+
+
+class _Backend(Solver):
     """The segment loop shared by both adapters; subclasses solve one segment."""
 
     n_dense: int
@@ -218,46 +144,30 @@ class _Backend:
             raise ConfigurationError(f"{type(self).__name__}(per_sample=True) handles fields without "
                                      "delays only; use per_sample=False for a delayed field")
         flat = _Flat(problem.y0, self.per_row)
-        names = flat.names
         max_delay = max(float(field.max_delay()), max(delays, default=0.0))
-        history = SegmentHistory(problem.y0, flat, t0=problem.t0, max_delay=max_delay, inputs=inputs)
+        history = SegmentHistory(problem.y0, flat.column, t0=problem.t0, max_delay=max_delay, inputs=inputs)
         counts = {"nfe": 0, "steps": 0, "accepted": 0, "rejected": 0}
         first = None if dt is None else float(dt)
-        save_at = problem.save_at
-        emit = Saver(observer)
-
-        si = 0
-        state = dict(problem.y0)
-        if save_at is None:
-            emit(problem.t0, state)
-        else:
-            while si < len(save_at) and save_at[si] <= problem.t0 + time_tol(problem.t0):
-                emit(save_at[si], state)
-                si += 1
-        y = flat.flatten(state)
+        out = Output(problem, observer)
+        out.start(problem.y0)
+        y = flat.flatten(problem.y0)
         guard = Guard(problem.max_abs, field.time_constants(), None)
         tdtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         for a, b, jump in segments(problem):
             b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
             rhs = self._rhs(field, inputs, history, flat, counts, b_left)
-            times, save_idx, dense_idx, si = _grid(a, b, self._points(a, b) if delays else None, save_at, si)
-            t_tensor = torch.tensor(times, dtype=tdtype, device=y.device)
-            ys = self._solve_segment(rhs, y, t_tensor, a, b, counts, first)
-            for i in save_idx:
-                emit(times[i], flat.unflatten(ys[i]))
+            times, dense_idx = _grid(a, b, self._points(a, b) if delays else None, out.between(a, b))
+            ys = self._solve_segment(rhs, y, torch.tensor(times, dtype=tdtype, device=y.device), a, b,
+                                     counts, first)
             y = ys[-1]
             y_end = flat.unflatten(y)
+            out.step(a, b, y_end, lambda: ([flat.unflatten(v) for v in ys],  # the state at each time
+                                           lambda th: [float(i == _nearest(times, a + th * (b - a)))
+                                                       for i in range(len(times))]))
             guard.check(y_end, a, b)  # NaN/inf or |r| > max_abs, as dynode's own solvers
-            if save_at is None:
-                emit(b, y_end)
             if delays:
                 history.append(a, b, ys if len(times) == len(dense_idx) else ys[dense_idx], y_end)
-        t_end = problem.t_end
-        final = flat.unflatten(y)
-        ts, states = emit.ts(), emit.states(names)
-        stats = SolverStats(nfe=counts["nfe"], steps=counts["steps"], accepted=counts["accepted"],
-                            rejected=counts["rejected"], status=Status.SUCCESS, t_final=t_end)
-        return Solution(ts=ts, states=states, stats=stats, final_state=final)
+        return out.solution(flat.unflatten(y), t_final=problem.t_end, **counts)
 
     def _points(self, a: float, b: float) -> int:
         """Intervals per segment on which the history is kept (``n_dense``)."""
@@ -330,7 +240,11 @@ class TorchDiffEq(_Backend):
     options: tuple
     n_dense: int
 
-    def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8, *,
+    name: ClassVar[str] = "torchdiffeq"
+    extra_options: ClassVar[dict[str, type]] = {**dict.fromkeys(_TDE_ADAPTIVE_OPTIONS[:-1], float),
+                                                "max_num_steps": int, "step_size": float}
+
+    def __init__(self, method: _TDEMethod = "dopri5", rtol: float = RTOL, atol: float = ATOL, *,
                  n_dense: int = 16, **options):
         if method not in _TDE_ADAPTIVE + _TDE_FIXED:
             raise ConfigurationError(f"TorchDiffEq: unknown method {method!r}; use one of "
@@ -354,8 +268,12 @@ class TorchDiffEq(_Backend):
         object.__setattr__(self, "n_dense", n_dense)
 
     @property
-    def adaptive(self) -> bool:
+    def adaptive(self) -> bool:  # type: ignore[override]
         return self.method in _TDE_ADAPTIVE
+
+    @property
+    def grid(self) -> bool:  # type: ignore[override]
+        return not self.adaptive
 
     def _points(self, a: float, b: float) -> int:
         """A fixed-grid method keeps the history on its own steps when at least 3 fit the
@@ -436,8 +354,12 @@ class TorchODE(_Backend):
     dt_max: float | None
     n_dense: int
 
-    def __init__(self, method: str = "dopri5", rtol: float = 1e-6, atol: float = 1e-8, *,
-                 controller: str = "integral", per_sample: bool = False, max_steps: int | None = None,
+    name: ClassVar[str] = "torchode"
+    adaptive: ClassVar[bool] = True
+
+    def __init__(self, method: _TODEMethod = "dopri5", rtol: float = RTOL, atol: float = ATOL, *,
+                 controller: Literal["integral", "pid"] = "integral", per_sample: bool = False,
+                 max_steps: int | None = None,
                  dt_min: float | None = None, dt_max: float | None = None, n_dense: int = 16):
         if method not in _TODE_METHODS:
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
@@ -460,14 +382,8 @@ class TorchODE(_Backend):
     def per_row(self) -> bool:  # type: ignore[override]
         return self.per_sample
 
-    @property
-    def adaptive(self) -> bool:
-        return True
-
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
         if self.per_sample:
-            from dynode.network import Network
-
             if not isinstance(problem.field, Network):
                 raise ConfigurationError(
                     "TorchODE(per_sample=True) needs a dynode.Network: the samples are at different "

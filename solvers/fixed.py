@@ -42,10 +42,10 @@ from torch import Tensor
 from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
 from dynode.network import Network
-from dynode.history import History, HistoryTail, _hermite, compatible_dts, delay_steps
+from dynode.history import History, HistoryTail, compatible_dts, delay_steps, hermite
 from dynode.problem import Problem
-from dynode.solution import DenseOutput, Saver, Solution, _weighted
-from dynode.solvers.stats import SolverStats, Status
+from dynode.solution import Output, Solution
+from dynode.solver import Solver
 
 __all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
 
@@ -61,17 +61,18 @@ def _grid_steps(t0: float, t_end: float, dt: float) -> int:
     return n
 
 
-class FixedStepSolver:
+class FixedStepSolver(Solver):
     """Base of the fixed-step methods: the tableau is a class attribute, the loop is here."""
 
-    name: ClassVar[str]
     c: ClassVar[tuple[float, ...]]
     a: ClassVar[tuple[tuple[float, ...], ...]]
     b: ClassVar[tuple[float, ...]]
     convergence_order: ClassVar[int]
     stability_limit: ClassVar[float]  # largest stable dt/tau on the negative real axis
-    adaptive: ClassVar[bool] = False
-    dense_output: ClassVar[bool] = True  # integrate(..., dense=True) is supported
+    grid: ClassVar[bool] = True
+    fresh_states: ClassVar[bool] = True
+    dense_output: ClassVar[bool] = True
+    continues: ClassVar[bool] = True
 
     @property
     def stages(self) -> int:
@@ -122,53 +123,31 @@ class FixedStepSolver:
         if problem.dense and problem.checkpoint:
             raise ConfigurationError("dense=True keeps every step's interpolant, checkpoint= recomputes "
                                      "the steps during backward: use one or the other")
-        # save[k]: the grid point t0 + k dt is saved; inner[n]: saved times inside step n
-        inner: dict[int, list[float]] = {}
-        if problem.save_at is None:
-            save = [True] * (n_steps + 1)
-        else:
-            save = [False] * (n_steps + 1)
-            for ts in problem.save_at:
-                k = delay_steps(ts - t0, dt)
-                if k is not None:
-                    save[k] = True
-                else:
-                    n = min(max(int(math.floor((ts - t0) / dt)), 0), n_steps - 1)
-                    inner.setdefault(n, []).append(ts)
         max_delay = float(field.max_delay())
         jumps = self._jump_steps(problem, dt, n_steps, max_delay)
         history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
                           derivatives=self.needs_derivatives, inputs=problem.inputs, tail=problem.tail)
         guard = Guard(problem.max_abs, field.time_constants(), dt)
         step = self._stepper(problem, dt, history, store=max_delay > 0, jumps=jumps)
-        last = getattr(step, "last", None)  # (k_1, k_s) of the latest step, for the interpolant
-        dense = DenseOutput(t0, problem.t_end) if problem.dense else None
-
+        last = step.last if self.convergence_order > 1 else None  # (k_1, k_s), for the interpolant
+        out = Output(problem, observer, snap=True)
         y = problem.y0
-        emit = Saver(observer)
-        if save[0]:
-            emit(t0, y)
+        out.start(y)
 
-        def run(a: int, b: int, y: dict[str, Tensor], snapshot=None, emit_now=None):
-            """Steps a..b-1 from state y; returns the state at b and the states to save
-            (``emit_now``: hand each saved state on at once, so that a streaming observer
-            holds no segment in memory and an error loses no computed state)."""
+        def run(a: int, b: int, y: dict[str, Tensor], snapshot=None, put=None):
+            """Steps a..b-1 from state y; returns the state at b and the saves that ``put``
+            (default: collect them; a streaming ``put`` holds no segment in memory and an
+            error loses no computed state) did not take."""
             if snapshot is not None:
                 history.restore(snapshot)
-            out = []
-            put = emit_now if emit_now is not None else (lambda t, state: out.append((t, state)))
+            kept: list = []
+            put = put or (lambda t, state: kept.append((t, state)))
             for n in range(a, b):
                 y_new = step(n, t0 + n * dt, y)
-                if dense is not None or n in inner:
-                    terms, weights = self._interpolant(dt, y, y_new, last)
-                    for ts in inner.get(n, ()):
-                        put(ts, _weighted(terms, weights((ts - t0 - n * dt) / dt)))
-                    if dense is not None:
-                        dense.add(t0 + n * dt, dt, terms, weights)
+                out.step(t0 + n * dt, t0 + (n + 1) * dt, y_new,
+                         lambda: self._interpolant(dt, y, y_new, last), put)
                 y = y_new
-                if save[n + 1]:
-                    put(t0 + (n + 1) * dt, y)
-            return y, out
+            return y, kept
 
         seg = self._segment_length(problem.checkpoint, n_steps)
         if seg is None:  # check the activity every check_every steps
@@ -178,23 +157,19 @@ class FixedStepSolver:
         for a in range(0, n_steps, seg):
             b = min(a + seg, n_steps)
             if wrap is None:
-                y, out = run(a, b, y, emit_now=emit)
+                y, kept = run(a, b, y, put=out.emit)
             else:
-                y, out = wrap(run, a, b, y, history.snapshot(a if max_delay > 0 else None), use_reentrant=False)
-            for t_save, state in out:
-                emit(t_save, state)
+                y, kept = wrap(run, a, b, y, history.snapshot(a if max_delay > 0 else None), use_reentrant=False)
+            for t_save, state in kept:
+                out.emit(t_save, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
-        ts, states = emit.ts(), emit.states(problem.names)
-        nfe = n_steps * self._evals_per_step()
-        stats = SolverStats(nfe=nfe, steps=n_steps, accepted=n_steps, rejected=0,
-                            status=Status.SUCCESS, t_final=problem.t_end)
-        tail = None
         if max_delay > 0:
             history.store(n_steps, y)  # the final state completes the past of a continuation
             tail = history.tail(n_steps)
         else:
             tail = HistoryTail(dt, ({k: v for k, v in y.items()},), None, dict(y))
-        return Solution(ts=ts, states=states, stats=stats, final_state=y, tail=tail, dense=dense)
+        return out.solution(y, nfe=n_steps * self._evals_per_step(), steps=n_steps, accepted=n_steps,
+                            rejected=0, t_final=problem.t_end, tail=tail)
 
     def _jump_steps(self, problem: Problem, dt: float, n_steps: int, max_delay: float) -> frozenset[int]:
         """Grid steps ``m`` (``1 <= m <= n_steps``) where the field may jump: ``b + d`` for every
@@ -236,7 +211,7 @@ class FixedStepSolver:
         k1, ks = last
         if self.c[-1] != 1.0:
             return (y0, y1, k1), lambda th: (1.0 - th * th, th * th, h * th * (1.0 - th))
-        return (y0, y1, k1, ks), lambda th: _hermite(th, h)
+        return (y0, y1, k1, ks), lambda th: hermite(th, h)
 
     def _evals_per_step(self) -> int:
         return self.stages

@@ -89,7 +89,7 @@ def test_divergence_is_recorded_and_bad_delays_raise_before_running(f64):
     assert np.isinf(unstable["max_abs_error"].values).all() and "euler" in unstable.attrs["failures"]
 
 
-class _Exploding:
+class _Exploding(dn.solvers.Solver):
     """A 'solver' that fails the test if the study runs anything."""
 
     adaptive = True

@@ -267,7 +267,7 @@ def test_recorded_values_match_integrate(channels, side, units, every_steps, red
 
 
 def test_adaptive_like_solvers_need_every():
-    class AnyTime:
+    class AnyTime(dn.solvers.Solver):
         """A stand-in for an adaptive solver: no grid, serves any save time."""
 
         adaptive = True

@@ -19,22 +19,14 @@ method) so that the solver ends steps exactly there.
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from dynode.errors import DelayError
-from dynode.history import lag_input
+from dynode.history.base import Piecewise, time_tol
 
-__all__ = ["DenseHistory", "field_delays", "propagate_breakpoints", "time_tol"]
-
-
-def time_tol(t: float) -> float:
-    """Tolerance for comparing times in ms (relative 1e-10, at least 1e-10 ms)."""
-    return 1e-10 * max(1.0, abs(t))
+__all__ = ["DenseHistory", "field_delays", "propagate_breakpoints"]
 
 
 def field_delays(field) -> tuple[float, ...]:
@@ -98,112 +90,38 @@ def propagate_breakpoints(t0: float, t_end: float, stimulus_breakpoints: Sequenc
 
 
 class _Step:
-    __slots__ = ("t", "h", "end", "y", "ks", "y_end")
+    __slots__ = ("t", "h", "y", "ks", "y_end")
 
-    def __init__(self, t: float, h: float, end: float, y: list[Tensor], ks: list[list[Tensor]],
-                 y_end: list[Tensor]):
-        self.t, self.h, self.end, self.y, self.ks, self.y_end = t, h, end, y, ks, y_end
+    def __init__(self, t: float, h: float, y: list[Tensor], ks: list[list[Tensor]], y_end: list[Tensor]):
+        self.t, self.h, self.y, self.ks, self.y_end = t, h, y, ks, y_end
 
 
-class DenseHistory:
-    """Accepted steps and their interpolant; read with ``lag(name, delay)`` like :class:`dynode.History`.
+class DenseHistory(Piecewise):
+    """Accepted steps and their interpolant, for dynode's adaptive solvers.
 
-    Parameters
-    ----------
-    initial_state : the state at ``t0``, also the constant history before ``t0``.
-    t0 : start time (ms).
-    max_delay : the longest delay read (ms); older steps are dropped.
-    weights : ``theta -> (B_1(theta), ..., B_s(theta))``, the method's dense-output weights.
-    inputs : ``t -> {input_name: tensor}`` for inputs read with a delay.
+    ``weights``: ``theta -> (B_1(theta), ..., B_s(theta))``, the method's dense-output
+    weights; the other parameters are :class:`~dynode.history.base.Piecewise`'s.
     """
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, max_delay: float,
                  weights: Callable[[float], Sequence[float]],
                  inputs: Callable[[float], Mapping[str, Tensor]] | None = None):
-        self.t0 = float(t0)
-        self.max_delay = float(max_delay)
-        self._names = list(initial_state)
-        self._index = {n: i for i, n in enumerate(self._names)}
-        self._y0 = dict(initial_state)
+        super().__init__(initial_state, t0=t0, max_delay=max_delay, inputs=inputs)
+        self._index = {n: i for i, n in enumerate(initial_state)}
         self._weights = weights
-        self._inputs = inputs
-        self._starts: list[float] = []
-        self._steps: list[_Step] = []
-        self._lo = 0
-        self._t_done = self.t0
-        self._y_done: list[Tensor] = [self._y0[n] for n in self._names]
-        self._cache: dict[tuple[str, float], Tensor] = {}
-        self.t = self.t0
-        self._state: Mapping[str, Tensor] = self._y0
-
-    # -- written by the solver -------------------------------------------------------
-    def at(self, t: float, state: Mapping[str, Tensor]) -> None:
-        """Set the stage being evaluated: time ``t`` (ms) and its state."""
-        self.t, self._state = t, state
-        if self._cache:
-            self._cache.clear()
 
     def append(self, t: float, h: float, end: float, y: list[Tensor], ks: list[list[Tensor]],
                y_end: list[Tensor]) -> None:
         """Record an accepted step ``[t, end]`` (``h = end - t``) with its stages ``ks[i][pop]``."""
-        self._starts.append(t)
-        self._steps.append(_Step(t, h, end, y, ks, y_end))
-        self._t_done, self._y_done = end, y_end
-        horizon = end - self.max_delay - time_tol(end) - h
-        steps, lo = self._steps, self._lo
-        while lo < len(steps) - 1 and steps[lo].end < horizon:
-            steps[lo] = None  # type: ignore[call-overload]  (drop the tensors now)
-            lo += 1
-        if lo > 512:
-            del self._steps[:lo], self._starts[:lo]
-            lo = 0
-        self._lo = lo
+        self._push(t, end, _Step(t, h, y, ks, y_end), dict(zip(self._index, y_end)))
 
-    # -- read by vector fields -------------------------------------------------------
-    def lag(self, name: str, delay: float) -> Tensor:
-        """The population (or input) ``name`` at time ``t - delay`` (ms)."""
-        i = self._index.get(name)
-        if i is None:
-            return self._lag_input(name, delay)
-        if delay == 0:
-            return self._state[name]
-        key = (name, delay)
-        hit = self._cache.get(key)
-        if hit is not None:
-            return hit
-        out = self.value(i, self.t - delay, name, delay)
-        self._cache[key] = out
-        return out
-
-    def value(self, i: int, tq: float, name: str, delay: float) -> Tensor:
-        if tq <= self.t0 + time_tol(self.t0):
-            return self._y0[name]
-        done = self._t_done
-        tol = time_tol(done)
-        if tq >= done - tol:
-            if tq > done + tol:
-                raise DelayError(
-                    f"history.lag({name!r}, {delay:g}) at t = {self.t:g} ms reads t - delay = {tq:g} ms, "
-                    f"beyond the solution accepted so far ({done:g} ms): the delay is shorter than "
-                    "the step. Declare every delay in the field's delays() (or max_delay() if it "
-                    "is the only one) so that the solver caps its steps at the smallest delay")
-            return self._y_done[i]
-        j = bisect.bisect_right(self._starts, tq, self._lo) - 1
-        if j < self._lo:
-            raise DelayError(
-                f"history.lag({name!r}, {delay:g}) at t = {self.t:g} ms reads further back than the "
-                f"field's max_delay() = {self.max_delay:g} ms; make max_delay() return at least {delay:g}")
-        s = self._steps[j]
+    def _read(self, s: _Step, tq: float, name: str) -> Tensor:
+        i = self._index[name]
         theta = (tq - s.t) / s.h
         if theta >= 1.0:
             return s.y_end[i]
-        w = self._weights(theta)
         out = None
-        for wi, k in zip(w, s.ks):
+        for wi, k in zip(self._weights(theta), s.ks):
             if wi:
                 out = torch.add(s.y[i], k[i], alpha=s.h * wi) if out is None else out.add_(k[i], alpha=s.h * wi)
         return s.y[i] if out is None else out
-
-    def _lag_input(self, name: str, delay: float) -> Tensor:
-        return lag_input(self._inputs, self.t - delay, name, self._names)
-

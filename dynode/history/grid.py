@@ -1,4 +1,4 @@
-r"""Past states for delayed reads on a fixed time grid.
+r"""The history of the fixed-step solvers: past states on the grid, read by integer index.
 
 Fixed-step solvers advance on the grid ``t_n = t0 + n * dt``. Every population's state
 ``r_n`` (and, for solvers with off-grid stages, its derivative ``f_n = dr/dt(t_n)``) is kept
@@ -43,8 +43,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
+from dynode.history.base import check_delay, lag_input
 
-__all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts"]
+__all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
 
 _REL_TOL = 1e-9
 
@@ -77,22 +78,8 @@ def compatible_dts(delays, limit: int = 6) -> list[float]:
     return out
 
 
-def lag_input(inputs: Callable[[float], Mapping[str, Tensor]] | None, t: float, name: str,
-              populations) -> Tensor:
-    """Input ``name`` evaluated at time ``t`` (a delayed read of a stimulus input), or a
-    ``KeyError`` naming the populations and inputs there are."""
-    if inputs is None:
-        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                       f"populations: {sorted(populations)}")
-    values = inputs(t)
-    try:
-        return values[name]
-    except KeyError:
-        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                       f"populations: {sorted(populations)}, inputs: {sorted(values)}") from None
-
-
-def _hermite(theta: float, dt: float) -> tuple[float, float, float, float]:
+def hermite(theta: float, dt: float) -> tuple[float, float, float, float]:
+    """Cubic Hermite weights of ``(r_j, r_{j+1}, f_j, f_{j+1})`` at ``theta`` (see the module)."""
     t2, t3 = theta * theta, theta * theta * theta
     return (2 * t3 - 3 * t2 + 1, -2 * t3 + 3 * t2, dt * (t3 - 2 * t2 + theta), dt * (t3 - t2))
 
@@ -252,7 +239,7 @@ class History:
         """The population (or input) ``name`` at time ``t - delay`` (ms)."""
         ring = self._y.get(name)
         if ring is None:
-            return self._lag_input(name, delay)
+            return lag_input(self._inputs, self.t - delay, name, self._y)
         k = self._steps.get(delay)
         if k is None:
             k = self._resolve(name, delay)
@@ -272,7 +259,7 @@ class History:
             return hit
         w = self._weights.get(c)
         if w is None:
-            w = self._weights[c] = _hermite(c, self.dt)
+            w = self._weights[c] = hermite(c, self.dt)
         fr = self._f[name]
         a, b = j % self.size, (j + 1) % self.size
         left = self._left.get(j + 1) if self._left else None
@@ -281,21 +268,13 @@ class History:
         self._cache[key] = out
         return out
 
-    def _lag_input(self, name: str, delay: float) -> Tensor:
-        return lag_input(self._inputs, self.t - delay, name, self._y)
-
     def _resolve(self, name: str, delay: float) -> int:
-        if not (delay >= 0 and math.isfinite(delay)):
-            raise DelayError(f"history.lag({name!r}, {delay}): delays must be finite and >= 0 ms")
+        check_delay(name, delay, self.max_delay)
         k = delay_steps(delay, self.dt)
         if k is None:
             dts = ", ".join(f"{d:g}" for d in compatible_dts([delay]))
             raise DelayError(
                 f"the delay {delay:g} ms read from {name!r} is not an integer multiple of "
                 f"dt = {self.dt:g} ms; use a dt that divides it (e.g. {dts} ms) or an adaptive solver")
-        if delay > self.max_delay * (1 + _REL_TOL):
-            raise DelayError(
-                f"history.lag({name!r}, {delay:g}): the delay exceeds the field's max_delay() = "
-                f"{self.max_delay:g} ms; make max_delay() return at least {delay:g}")
         self._steps[delay] = k
         return k

@@ -1,0 +1,149 @@
+r"""The history protocol and what its implementations share.
+
+A vector field reads its delayed past with ``history.lag(name, delay)``: population (or
+input) ``name`` at ``t - delay``, ``t`` being the time of the stage being evaluated. For
+``t - delay <= t0`` the value is the initial state (constant history); an input is the
+stimulus evaluated at ``t - delay``.
+
+:class:`Piecewise` is the past of a solver that advances in pieces ``[a, b]`` of any length
+(the method of steps): each piece brings its own interpolant, and every read resolves in one
+place to the initial state, the newest solved state, or a piece -- or to the one error for a
+read past the solved range or older than the declared ``max_delay``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from dynode.errors import DelayError
+
+__all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input", "time_tol"]
+
+Inputs = Callable[[float], Mapping[str, Tensor]]
+
+
+class HistoryReader(Protocol):
+    """What a vector field may read: ``lag``, and the stage time ``t`` and start ``t0`` (ms)."""
+
+    t0: float
+    t: float
+
+    def lag(self, name: str, delay: float) -> Tensor:
+        """Population (or input) ``name`` at ``t - delay`` (ms)."""
+
+
+def time_tol(t: float) -> float:
+    """Tolerance for comparing times in ms (relative 1e-10, at least 1e-10 ms)."""
+    return 1e-10 * max(1.0, abs(t))
+
+
+def check_delay(name: str, delay: float, max_delay: float) -> None:
+    """A :class:`DelayError` unless ``0 <= delay <= max_delay`` (to 1e-9 relative)."""
+    if not (delay >= 0 and math.isfinite(delay)):
+        raise DelayError(f"history.lag({name!r}, {delay}): delays must be finite and >= 0 ms")
+    if delay > max_delay * (1 + 1e-9):
+        raise DelayError(f"history.lag({name!r}, {delay:g}): the delay exceeds the field's max_delay() = "
+                         f"{max_delay:g} ms; make max_delay() return at least {delay:g}")
+
+
+def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor:
+    """Input ``name`` evaluated at time ``t`` (a delayed read of a stimulus input), or a
+    ``KeyError`` naming the populations and inputs there are."""
+    if inputs is None:
+        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                       f"populations: {sorted(populations)}")
+    values = inputs(t)
+    try:
+        return values[name]
+    except KeyError:
+        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                       f"populations: {sorted(populations)}, inputs: {sorted(values)}") from None
+
+
+class Piecewise:
+    """The solved past as contiguous pieces; subclasses say how to read inside one.
+
+    Parameters
+    ----------
+    initial_state : the state at ``t0``, also the constant history before ``t0``.
+    t0 : start time (ms).
+    max_delay : the longest delay read (ms); older pieces are dropped.
+    inputs : ``t -> {input_name: tensor}`` for inputs read with a delay.
+    """
+
+    def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, max_delay: float,
+                 inputs: Inputs | None = None):
+        self.t0, self.max_delay = float(t0), float(max_delay)
+        self._y0 = dict(initial_state)
+        self._inputs = inputs
+        self._starts: list[float] = []
+        self._pieces: list[Any] = []
+        self._lo = 0  # pieces before _lo are dropped
+        self._done, self._y_done = self.t0, self._y0  # the newest solved time and its state
+        self._checked: set[float] = set()
+        self._cache: dict[tuple[str, float], Tensor] = {}
+        self.t = self.t0
+        self._state: Mapping[str, Tensor] = self._y0
+
+    # -- written by the solver -------------------------------------------------------
+    def at(self, t: float, state: Mapping[str, Tensor]) -> None:
+        """Set the stage being evaluated: time ``t`` (ms) and its state."""
+        self.t, self._state = t, state
+        if self._cache:
+            self._cache.clear()
+
+    def _push(self, a: float, b: float, piece: Any, y_end: Mapping[str, Tensor]) -> None:
+        """Record the solved piece ``[a, b]`` and drop pieces older than ``max_delay``."""
+        self._starts.append(a)
+        self._pieces.append(piece)
+        self._done, self._y_done = b, y_end
+        horizon = b - self.max_delay - time_tol(b) - (b - a)
+        starts, pieces, lo = self._starts, self._pieces, self._lo
+        while lo < len(pieces) - 1 and starts[lo + 1] < horizon:
+            pieces[lo] = None  # drop the tensors now
+            lo += 1
+        if lo > 512:
+            del pieces[:lo], starts[:lo]
+            lo = 0
+        self._lo = lo
+
+    def _read(self, piece: Any, t: float, name: str) -> Tensor:
+        """Population ``name`` at time ``t`` inside ``piece``."""
+        raise NotImplementedError
+
+    # -- read by vector fields -------------------------------------------------------
+    def lag(self, name: str, delay: float) -> Tensor:
+        """The population (or input) ``name`` at time ``t - delay`` (ms)."""
+        if name not in self._y0:
+            return lag_input(self._inputs, self.t - delay, name, self._y0)
+        if delay == 0:
+            return self._state[name]
+        key = (name, delay)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if delay not in self._checked:
+            check_delay(name, delay, self.max_delay)
+            self._checked.add(delay)
+        tq = self.t - delay
+        done = self._done
+        if tq <= self.t0 + time_tol(self.t0):
+            out = self._y0[name]
+        elif tq >= done - time_tol(done):
+            if tq > done + time_tol(done):
+                raise DelayError(
+                    f"history.lag({name!r}, {delay:g}) at t = {self.t:g} ms reads t - delay = {tq:g} ms, "
+                    f"beyond the solution accepted so far ({done:g} ms): the delay is shorter than "
+                    "the step. Declare every delay in the field's delays() (or max_delay() if it "
+                    "is the only one) so that the solver caps its steps at the smallest delay")
+            out = self._y_done[name]
+        else:
+            j = bisect.bisect_right(self._starts, tq, self._lo) - 1
+            out = self._read(self._pieces[max(j, self._lo)], tq, name)
+        self._cache[key] = out
+        return out
