@@ -20,6 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from dynode.analysis.style import hierarchy_order, pyplot, style
 from dynode.errors import ConfigurationError
 from dynode.demo import run_workflow
 
@@ -171,14 +172,20 @@ def format_comparison(rows: Sequence[Mapping]) -> str:
 
 def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
     """One figure: a row per variant, a column per area with the baseline-corrected responses
-    to the six stimulus durations, and a last column with ISI recovery per area."""
+    to the six stimulus durations, and a last column with ISI recovery per area (areas in the
+    network's order, in the style of :mod:`dynode.analysis.style`)."""
+    with style():
+        return _plot_comparison(results, path)
+
+
+def _plot_comparison(results: Mapping[str, Mapping], path) -> Path:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = list(results)
-    areas = list(next(iter(results.values()))["summary"])
+    first = next(iter(results.values()))
+    durations = first["analysis"].courses.get("duration")
+    areas = hierarchy_order(first["summary"], list(durations.data_vars) if durations is not None else None)
     n_rows, n_cols = len(labels), len(areas) + 1
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 1.9 * n_rows + 0.6), squeeze=False,
                              sharex="col", constrained_layout=True)
@@ -201,13 +208,12 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
             ax.axhline(0.0, color="0.7", lw=0.5)
             ax.set_xlim(-100, 1000)
             if i == 0:
-                ax.set_title(area, fontsize=10)
+                ax.set_title(area)
             if j == 0:
                 acc = results[label]["accuracy"]
-                ax.set_ylabel(f"{label}\n(acc {acc:.2f})\nresponse / peak", fontsize=9)
+                ax.set_ylabel(f"{label}\n(acc {acc:.2f})\nrate / peak rate")
             if i == n_rows - 1:
-                ax.set_xlabel("time from onset (ms)", fontsize=9)
-            ax.tick_params(labelsize=8)
+                ax.set_xlabel("time from onset (ms)")
         ax = axes[i, -1]
         rec = res.recovery
         if rec is not None:
@@ -222,19 +228,17 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
             ax.set_ylim(low, 1.05)  # one scale for every model: a flat line reads as flat
             ax.axhline(1.0, color="0.7", lw=0.5, ls="--")
         if i == 0:
-            ax.set_title("ISI recovery", fontsize=10)
-            ax.legend(fontsize=7, frameon=False)
+            ax.set_title("ISI recovery")
+            ax.legend(title="area")
+        ax.set_ylabel("recovery (1 = full)")
         if i == n_rows - 1:
-            ax.set_xlabel("ISI (ms)", fontsize=9)
-        ax.tick_params(labelsize=8)
+            ax.set_xlabel("inter-stimulus interval (ms)")
     handles, names = axes[0, 0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, names, title="duration", fontsize=7, title_fontsize=8, loc="outside right upper",
-                   frameon=False)
-    fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area",
-                 fontsize=11)
+        fig.legend(handles, names, title="duration", loc="outside right upper")
+    fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)
     plt.close(fig)
     return path

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from dynode.analysis.style import label, style
 from dynode.archive import RATE_UNITS
 from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError
 from dynode.history import compatible_dts, delay_steps
@@ -240,10 +241,6 @@ def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error"
     a horizontal line there and a dotted mark at each solver's largest ``dt`` within it.
     Writes a PNG to ``path`` if given; returns the matplotlib ``Figure``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
     if metric not in ("max_abs_error", "rel_l2_error"):
         raise ConfigurationError(f"metric must be 'max_abs_error' or 'rel_l2_error', got {metric!r}")
     pops = [str(p) for p in ds["population"].values]
@@ -255,6 +252,15 @@ def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error"
         tolerance = ds.attrs.get("tolerance")
     if tolerance is not None and metric != "max_abs_error":
         raise ConfigurationError("the tolerance is on max_abs_error; plot metric='max_abs_error' with it")
+    with style():
+        return _plot_convergence(ds, pops, path, metric, tolerance, slopes)
+
+
+def _plot_convergence(ds, pops, path, metric, tolerance, slopes):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     ncol = min(len(pops), 3)
     nrow = math.ceil(len(pops) / ncol)
     fig = Figure(figsize=(4.6 * ncol, 4.0 * nrow))
@@ -262,7 +268,8 @@ def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error"
     dts = ds["dt"].values
     colors = [f"C{i}" for i in range(len(ds["solver"]))]
     tick = FuncFormatter(lambda v, _: f"{v:.3g}")
-    ylabel = ("max |r - r_ref| (rate units)" if metric == "max_abs_error" else "relative L2 error")
+    ylabel = (label("max |r - r_ref|", ds[metric].attrs.get("units", RATE_UNITS)) if metric == "max_abs_error"
+              else "relative L2 error")
     for n, p in enumerate(pops):
         ax = fig.add_subplot(nrow, ncol, n + 1)
         tau = float(ds["tau"].sel(population=p))
@@ -279,7 +286,7 @@ def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error"
             m = (j + len(x) - 1) // 2 if len(x) > 1 else 0
             for q in orders:
                 ax.loglog(x, e[j] * (x / x[j]) ** q, "--", color=color, lw=0.7, alpha=0.6)
-                ax.annotate(f"slope {q}", (x[m], e[j] * (x[m] / x[j]) ** q), fontsize=7, color=color,
+                ax.annotate(f"slope {q}", (x[m], e[j] * (x[m] / x[j]) ** q), color=color,
                             ha="left", va="top", xytext=(4, -2), textcoords="offset points")
             if "largest_dt" in ds and tolerance is not None:
                 best = float(ds["largest_dt"].sel(solver=s, population=p))
@@ -292,15 +299,15 @@ def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error"
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("dt / tau")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"population {p!r} (tau = {tau:g} ms)", fontsize=10)
+        ax.set_title(f"population {p!r} (tau = {tau:g} ms)")
         top = ax.secondary_xaxis("top", functions=(lambda v, tau=tau: v * tau, lambda v, tau=tau: v / tau))
         top.set_xticks(dts)
         top.xaxis.set_major_formatter(tick)
         top.xaxis.set_minor_formatter(NullFormatter())
         top.set_xlabel("dt (ms)")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend()
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, format="png", dpi=100)
+        fig.savefig(path, format="png")
     return fig

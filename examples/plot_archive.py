@@ -1,5 +1,6 @@
 """Load an archive written by ``dynode simulate`` / ``dynode experiment`` / ``dynode demo`` and
-plot population time courses per condition, with plain xarray (dynode is not needed to read).
+plot population time courses per condition: read with plain xarray (no dynode needed), drawn in
+dynode's figure style (dynode.analysis.style), populations in the network's order.
 
     python examples/plot_archive.py dynode-demo/experiments/groen2022-duration.zarr [--out plot.png]
 """
@@ -9,6 +10,23 @@ from __future__ import annotations
 import argparse
 
 import xarray as xr
+
+
+def population_course(rate: xr.DataArray) -> tuple[xr.DataArray, str]:
+    """The ``(time, sample)`` course of a population and what it is, for every ``Record.reduce``
+    (the ``reduction`` attribute): unit-level rates are averaged over units, ``"mean"`` and
+    ``"std"`` are already reduced, and ``"mean_std"`` holds both along ``statistic``, of which the
+    mean is plotted (never an average of the mean and the standard deviation)."""
+    reduction = rate.attrs.get("reduction")
+    if reduction == "mean_std" or "statistic" in rate.dims:
+        return rate.sel(statistic="mean"), "mean firing rate over units"
+    if reduction == "std":
+        return rate, "std of the firing rate over units"
+    units = [d for d in rate.dims if d not in ("time", "sample")]
+    course = rate.mean(units) if units else rate
+    if reduction not in (None, "mean"):  # a callable's output (``reduction`` names it)
+        return course, f"{reduction} of the firing rate" + (", mean over its outputs" if units else "")
+    return course, "mean firing rate over units"
 
 
 def main(argv=None) -> str:
@@ -26,18 +44,23 @@ def main(argv=None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(tree.children)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        rate = tree[name]["rate"]
-        course = rate.mean([d for d in rate.dims if d not in ("time", "sample")])
-        groups = course.groupby(tree.ds[by]) if by else [("all", course)]
-        for value, group in groups:
-            ax.plot(group["time"], group.mean("sample"), label=f"{by}={value:g}" if by else value)
-        ax.set(title=name, xlabel=f"time ({rate['time'].attrs.get('units', 'ms')})")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    from dynode.analysis.style import hierarchy_order, label, style
+
+    # the network's order (V1, V2, V4, IT), which the archive records; zarr lists groups alphabetically
+    names = hierarchy_order([g for g in tree.children if "rate" in tree[g].data_vars], tree.attrs.get("populations"))
+    with style():
+        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False, layout="constrained")
+        for ax, name in zip(axes[0], names):
+            rate = tree[name]["rate"]
+            course, what = population_course(rate)
+            groups = course.groupby(tree.ds[by]) if by else [("all", course)]
+            for value, group in groups:
+                ax.plot(group["time"], group.mean("sample"), label=f"{value:g}" if by else value)
+            ax.set(title=name, xlabel=label("time", rate["time"].attrs.get("units", "ms")),
+                   ylabel=label(what, rate.attrs.get("units")))
+        if by:
+            axes[0][-1].legend(title=by, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        fig.savefig(args.out)
     print(f"wrote {args.out}")
     return args.out
 

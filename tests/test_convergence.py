@@ -153,7 +153,7 @@ def test_plot_names_populations_and_draws_the_tolerance(labelled, tmp_path):
     ax = axes[0]
     assert ax.get_xlabel() == "dt / tau" and ax.get_xscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.8", "0.4", "0.2", "0.1"]
-    assert "rate units" in ax.get_ylabel()
+    assert ax.get_ylabel() == "max |r - r_ref| (a.u.)"
     assert any(line.get_label() == "tolerance 0.001" and set(line.get_ydata()) == {1e-3} for line in ax.lines)
     assert any(getattr(c, "get_xlabel", lambda: "")() == "dt (ms)" for c in ax.child_axes)
     one = dn.plot_convergence(labelled, population="B")

@@ -55,6 +55,51 @@ def test_plot_archive_example_reads_with_plain_xarray(tmp_path):
     assert pathlib.Path(out).stat().st_size > 5000
 
 
+@pytest.mark.parametrize("reduce", [None, "mean", "std", "mean_std"])
+def test_plot_archive_plots_the_right_statistic_for_every_reduce(tmp_path, reduce):
+    """The plotted line is the population mean (the std for reduce="std"), in the network's
+    order (V1 before V2, not alphabetical), with a labelled y axis in the archive's units."""
+    import numpy as np
+    import torch
+    import xarray as xr
+
+    import dynode as dn
+
+    net = dn.Network()
+    net.add_input("x", shape=(4,))
+    net.add_population("V2", shape=(4,), tau=5.0)  # declared first: V2 is the lower area here
+    net.add_population("V1", shape=(4,), tau=5.0)
+    net.connect("x", "V2", torch.nn.Linear(4, 4))
+    net.connect("V2", "V1", torch.nn.Linear(4, 4))
+    dn.simulate(net, dn.stimuli.Constant({"x": torch.rand(2, 4) + 1.0}), t_end=20.0, dt=1.0,
+                record=dn.Record(reduce=reduce), store=tmp_path / "a.zarr")
+    mod = load("plot_archive")
+    tree = xr.open_datatree(tmp_path / "a.zarr", engine="zarr")
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        captured["fig"] = fig
+        return savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        mod.main([str(tmp_path / "a.zarr"), "--out", str(tmp_path / "p.png")])
+    finally:
+        plt.Figure.savefig = savefig
+    axes = captured["fig"].axes
+    assert [ax.get_title() for ax in axes] == ["V2", "V1"]
+    for ax, name in zip(axes, ["V2", "V1"]):
+        assert ax.get_ylabel().endswith("(a.u.)") and ("std" in ax.get_ylabel()) == (reduce == "std")
+        y = ax.lines[0].get_ydata()
+        rate = tree[name]["rate"]
+        want = (rate.sel(statistic="mean") if reduce == "mean_std" else
+                rate if reduce in ("mean", "std") else rate.mean("channel")).mean("sample").values
+        np.testing.assert_allclose(y, want, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["train_generated", "cifar100_dyrcnn", "experiment_groen", "convergence",
                                   "compare_cifar100"])
 def test_example_configs_validate(name):

@@ -1,7 +1,8 @@
 """Figures of the analysis (matplotlib, Agg backend, PNG): one function per figure, each
 taking analysis results (xarray data, one variable per population) and an output path and
 returning that path. One panel per population, in the order of the data's variables (the
-archive's population order: the hierarchy); time in ms, responses in the archive's units."""
+archive's population order: the hierarchy); time in ms, responses in the archive's units.
+Sizes, label wording and population order come from :mod:`dynode.analysis.style`."""
 
 from __future__ import annotations
 
@@ -11,18 +12,14 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from dynode.analysis.style import label, pyplot, style
 from dynode.errors import ConfigurationError
 
 __all__ = ["plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response"]
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # never opens a window; a backend set by the user stays
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _variables(data) -> dict[str, xr.DataArray]:
@@ -45,20 +42,22 @@ def _png(path) -> Path:
 
 
 def _panels(n: int, plt, width: float = 3.6, height: float = 3.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="tight")
+    with style():
+        fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
     return fig, axes[0]
 
 
-def _units(da: xr.DataArray) -> str:
-    """The response's units for an axis label (the archive's ``units`` attribute)."""
-    u = str(da.attrs.get("units", "1"))
-    return "" if u in ("", "1") else f" ({u})"
+def _units(da: xr.DataArray) -> str | None:
+    """The response's units (the archive's ``units`` attribute; rates are ``a.u.``)."""
+    u = str(da.attrs.get("units", "a.u."))
+    return "a.u." if u in ("", "1") else u
 
 
 def _save(fig, plt, path: Path, title: str | None) -> Path:
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    with style():
+        if title:
+            fig.suptitle(title)
+        fig.savefig(path)
     plt.close(fig)
     return path
 
@@ -71,6 +70,12 @@ def plot_time_courses(courses, path, *, dim: str | None = None, title: str | Non
     path = _png(path)
     pops = _variables(courses)
     fig, axes = _panels(len(pops), plt)
+    with style():
+        _draw_time_courses(plt, axes, pops, dim)
+    return _save(fig, plt, path, title)
+
+
+def _draw_time_courses(plt, axes, pops, dim):
     for ax, (name, da) in zip(axes, pops.items()):
         others = [d for d in da.dims if d != "time"]
         d = dim or (others[0] if len(others) == 1 else None)
@@ -91,15 +96,13 @@ def plot_time_courses(courses, path, *, dim: str | None = None, title: str | Non
             for v, col in zip(values, colors):
                 ax.plot(t, da2.sel({d: v}).values, color=col, lw=1.2, label=f"{v:g}{unit}")
         ax.set_title(name)
-        ax.set_xlabel(f"{da['time'].attrs.get('long_name', 'time')} (ms)")
-        ax.set_ylabel(f"population response{_units(da)}")
+        ax.set_xlabel(label(da["time"].attrs.get("long_name", "time"), "ms"))
+        ax.set_ylabel(label("mean firing rate", _units(da)))
         ax.axhline(0, color="0.8", lw=0.5)
         ax.axvline(0, color="0.8", lw=0.5, ls=":")
     handles, labels = axes[-1].get_legend_handles_labels()
     if handles:
-        axes[-1].legend(handles, labels, title=dim or None, fontsize=8, title_fontsize=8, frameon=False,
-                        loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, plt, path, title)
+        axes[-1].legend(handles, labels, title=dim or None, loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
 
 def plot_summation(summed, path, *, dim: str = "duration", title: str | None = None) -> Path:
@@ -109,6 +112,12 @@ def plot_summation(summed, path, *, dim: str = "duration", title: str | None = N
     path = _png(path)
     pops = _variables(summed)
     fig, axes = _panels(len(pops), plt)
+    with style():
+        _draw_summation(axes, pops, dim)
+    return _save(fig, plt, path, title)
+
+
+def _draw_summation(axes, pops, dim):
     for ax, (name, da) in zip(axes, pops.items()):
         T = np.asarray(da[dim].values, dtype=np.float64)
         R = np.asarray(da.values, dtype=np.float64)
@@ -116,12 +125,12 @@ def plot_summation(summed, path, *, dim: str = "duration", title: str | None = N
         ax.plot(T, R[np.argmin(T)] * T / T.min(), "--", color="0.5", label="linear prediction")
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(T, [f"{x:g}" for x in T], fontsize=7)
+        ax.set_xticks(T, [f"{x:g}" for x in T])
+        ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(name)
-        ax.set_xlabel(f"{dim} (ms)")
-        ax.set_ylabel(f"summed response{_units(da) or ' (ms)'}")
-        ax.legend(fontsize=7, frameon=False)
-    return _save(fig, plt, path, title)
+        ax.set_xlabel(label(dim, "ms"))
+        ax.set_ylabel(label("summed response", _units(da)))
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
 
 def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None) -> Path:
@@ -130,17 +139,23 @@ def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None)
     path = _png(path)
     pops = _variables(recovery)
     fig, axes = _panels(len(pops), plt)
+    with style():
+        _draw_recovery(axes, pops, dim)
+    return _save(fig, plt, path, title)
+
+
+def _draw_recovery(axes, pops, dim):
     for ax, (name, da) in zip(axes, pops.items()):
         isi = np.asarray(da[dim].values, dtype=np.float64)
         ax.plot(isi, da.values, "o-", color="C1")
         ax.axhline(1.0, color="0.6", ls="--", lw=1)
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(isi, [f"{x:g}" for x in isi], fontsize=7)
+        ax.set_xticks(isi, [f"{x:g}" for x in isi])
+        ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(name)
-        ax.set_xlabel("inter-stimulus interval (ms)")
+        ax.set_xlabel(label("inter-stimulus interval", "ms"))
         ax.set_ylabel("recovery (1 = full)")
-    return _save(fig, plt, path, title)
 
 
 def plot_contrast_response(responses, path, *, fits: Mapping | None = None, c50: Mapping | None = None,
@@ -152,7 +167,13 @@ def plot_contrast_response(responses, path, *, fits: Mapping | None = None, c50:
     plt = _pyplot()
     path = _png(path)
     pops = _variables(responses)
-    fig, axes = _panels(len(pops), plt)
+    fig, axes = _panels(len(pops), plt, height=3.8)
+    with style():
+        _draw_contrast(axes, pops, fits, c50, dim)
+    return _save(fig, plt, path, title)
+
+
+def _draw_contrast(axes, pops, fits, c50, dim):
     for ax, (name, da) in zip(axes, pops.items()):
         c = np.asarray(da[dim].values, dtype=np.float64)
         ax.plot(c, da.values, "o", color="C2", label="model")
@@ -166,9 +187,9 @@ def plot_contrast_response(responses, path, *, fits: Mapping | None = None, c50:
             ax.axvline(g, color="0.4", ls=":", lw=1, label=f"c50 (half peak) {g:.3g}")
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(c[c > 0], [f"{x:g}" for x in c[c > 0]], fontsize=6)
+        ax.set_xticks(c[c > 0], [f"{x:g}" for x in c[c > 0]])
+        ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(name)
-        ax.set_xlabel("contrast")
-        ax.set_ylabel(f"peak response{_units(da)}")
-        ax.legend(fontsize=6, frameon=False)
-    return _save(fig, plt, path, title)
+        ax.set_xlabel(label("contrast", "fraction of full contrast"))
+        ax.set_ylabel(label("peak firing rate", _units(da)))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: the curve stays visible
