@@ -209,7 +209,7 @@ def write_points(points: list[dict], out: Path, steps: list[str]) -> None:
 
 def _snakefile(points: list[dict], out: Path, cwd: Path) -> str:
     cmd = (f"cd {shlex.quote(str(cwd))} && {shlex.quote(sys.executable)} -m dynode.sweep point "
-           f"{shlex.quote(str(out.resolve()))}/points/{{wildcards.p}} > {{log}} 2>&1")
+           f"{shlex.quote(str(out.resolve()))}/points/{{wildcards.p}} > {shlex.quote(str(out.resolve()))}/{{log}} 2>&1")
     cmd = cmd.replace("{", "{{").replace("}", "}}").replace("{{wildcards.p}}", "{wildcards.p}") \
         .replace("{{log}}", "{log}")
     ids = [p["id"] for p in points]
