@@ -49,6 +49,12 @@ DRIFT_TOL = 0.01
 """A baseline that changes by more than this fraction of the peak over the baseline window
 (least-squares slope times the window length) is flagged as drifting."""
 
+PLAUSIBLE = {"summation_ratio": (0.0, 1.5), "isi_recovery": (0.0, 1.5)}
+"""Ranges outside which a ratio is flagged as implausible rather than reported: a summation
+ratio R(2T) / 2R(T) below 0 needs a response below baseline, above 1.5 a strongly supra-additive
+response; an ISI recovery below 0 or far above 1 means the second pulse's response is not a
+recovered copy of the first (a near-silent single pulse, or a response that builds up)."""
+
 
 def experiment_kind(source) -> str:
     """Which Groen experiment an archive holds, from its conditions: two pulses ->
@@ -362,9 +368,14 @@ def _durations(res: Analysis, dur: xr.Dataset, start: float, stop: float) -> Non
             r = M.summation_ratios(dur[p], start=start, stop=stop)
         R = res.summed["duration"][p]
         for T, v in zip(r["duration"].values, r.values):
+            lo, hi = PLAUSIBLE["summation_ratio"]
             if not (R.sel(duration=T) > 0):
                 res.flag(p, f"summation_ratio[{T:g}]", f"no response above baseline to the {T:g} ms pulse "
                          "(summed response <= 0): the ratio is not a summation ratio")
+            elif not (lo < v <= hi):
+                res.flag(p, f"summation_ratio[{T:g}]", f"implausible summation ratio {v:.3g} for {T:g} ms (outside "
+                         f"({lo:g}, {hi:g}]): the response to the doubled pulse is "
+                         f"{'below baseline' if v <= lo else 'far above twice the single one'}")
         ratios[p] = r
         res.windows[p] = float(M.summation_window(dur[p]))
         if not math.isfinite(res.windows[p]):
@@ -390,6 +401,12 @@ def _recovery(res: Analysis, trees, courses, window: float) -> None:
             if w < window - 1e-9:
                 res.flag(p, f"isi_recovery[{isi:g}]", f"the second {window:g} ms window is cut to {w:g} ms by the "
                          "end of the epoch (Groen's convention), so the recovery is underestimated")
+        lo, hi = PLAUSIBLE["isi_recovery"]
+        for isi, v in zip(r["isi"].values, r.values):
+            if np.isfinite(v) and not (lo <= v <= hi):
+                res.flag(p, f"isi_recovery[{isi:g}]", f"implausible recovery {v:.3g} at ISI {isi:g} ms (outside "
+                         f"[{lo:g}, {hi:g}]): the second pulse's response is not a recovered copy of the first "
+                         "(a single pulse that barely responds, or a response that builds up or goes below baseline)")
         out[p] = r
     res.recovery = xr.Dataset(out)
 
