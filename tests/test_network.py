@@ -121,3 +121,15 @@ def test_trainer_and_classifier_read_the_protocol_stimulus_window():
     assert (trainer.onset, trainer.duration) == (p.stimulus_onset, p.stimulus_duration)
     mine = dn.train.Trainer(net, dn.train.TrainingConfig(epochs=1, stimulus_onset=0.0))
     assert (mine.onset, mine.duration) == (0.0, None)  # the config's choice wins
+
+
+def test_the_architecture_doc_shows_the_euler_step_as_it_is():
+    from pathlib import Path
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "ARCHITECTURE.md").read_text()
+    excerpt = re.search(r"```python\n(def step\(n: int.*?)```", doc, re.S).group(1)
+    source = (root / "solvers" / "fixed.py").read_text()
+    indented = "\n".join(("        " + line) if line else "" for line in excerpt.splitlines())
+    assert indented in source
