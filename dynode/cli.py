@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
         print(f"dynode {args.command}: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
-    except (DynodeError, FileNotFoundError, FileExistsError) as exc:
+    except (DynodeError, OSError) as exc:  # OSError: a path that is missing, taken, a folder, read-only
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"dynode {args.command}: error: {_cli_wording(msg)}", file=sys.stderr)
         return 2
@@ -329,6 +329,28 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def _check_runnable(cfg) -> None:
+    """Build once what the run commands build (the data, the seeded model with its weights, every
+    solver and record, the convergence population), so that ``config check`` catches what they
+    would: a typo in model.options, a weights file that is missing or does not fit, a data root
+    that is not there, a record selection the model does not have."""
+    from dynode.errors import DynodeError
+
+    net, _, _ = _model_and_data(cfg)
+    for solver in (cfg.solver, cfg.experiment.solver, cfg.convergence.reference):
+        solver.build()
+    cfg.convergence.build_solvers()
+    shapes = {name: tuple(v.shape[1:]) for name, v in net.init_state(1).items()}
+    for section, record in (("record", cfg.record), ("experiment.record", cfg.experiment.record)):
+        try:
+            record.build().plan(shapes)
+        except DynodeError as exc:
+            raise _UsageError(f"dynode config: error: {section}: {str(exc).splitlines()[0]}") from None
+    if cfg.convergence.population is not None and cfg.convergence.population not in shapes:
+        raise _UsageError(f"dynode config: error: convergence.population: no population "
+                          f"{cfg.convergence.population!r} in the model; it has {list(shapes)}")
+
+
 def cmd_config(args) -> int:
     from dynode.config import load_config, run_config_schema
 
@@ -337,6 +359,7 @@ def cmd_config(args) -> int:
         return 0
     if args.action == "check":
         cfg = load_config(args.file)
+        _check_runnable(cfg)
         print(f"{args.file}: valid ({', '.join(f'{k}' for k in cfg.model_fields_set) or 'all defaults'})")
         return 0
     raise _UsageError("dynode config: error: give an action: schema or check FILE")

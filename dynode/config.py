@@ -188,10 +188,9 @@ class ModelConfig(_Frozen):
                 raise ConfigurationError(f"model.factory {self.label} returned {type(net).__name__}; it must "
                                          "return a dynode.Network or another dynode.VectorField")
         if self.weights:
-            from dynode.train import load_checkpoint
+            from dynode.train import load_weights
 
-            state = load_checkpoint(self.weights)
-            net.load_state_dict(state["model"] if "model" in state else state)
+            load_weights(net, self.weights)  # a checkpoint or state_dict that fits, else CheckpointError
         return net
 
 
@@ -437,6 +436,20 @@ def _unique_key_loader():
 _UniqueKeyLoader = _unique_key_loader()
 
 
+_MAX_DEPTH = 64  # far more than any config; deeper data would only exhaust the validators' recursion
+
+
+def _depth(data, limit: int = _MAX_DEPTH + 1) -> int:
+    """Nesting depth of lists and dicts (iterative; stops counting past ``limit``)."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        item, d = stack.pop()
+        deepest = max(deepest, d)
+        if d <= limit and isinstance(item, (dict, list)):
+            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def load_config(path) -> RunConfig:
     """Read a YAML file into a :class:`RunConfig` (``yaml.safe_load``; every key checked)."""
     from pathlib import Path
@@ -444,14 +457,29 @@ def load_config(path) -> RunConfig:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
+    raw = p.read_bytes()
     try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigurationError(f"{p}: not UTF-8 text (byte {exc.start}, line {line}); save the config as "
+                                 "UTF-8 YAML") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigurationError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigurationError(f"{p}: nested too deeply to read (thousands of levels); a run config has "
+                                 "a few levels of sections") from None
+    if _depth(data) > _MAX_DEPTH:
+        raise ConfigurationError(f"{p}: nested more than {_MAX_DEPTH} levels deep; a run config has a few "
+                                 "levels of sections")
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -17,7 +17,8 @@ reports per population and solver
 with coordinates ``dt`` (ms), ``dt_over_tau`` (per population) and ``tau`` (ms); every
 variable carries ``units`` and ``long_name``. Solvers are labelled by name, or by the keys of
 a mapping (``{"simultaneous": Euler(), "sequential": Euler(order="sequential")}``). A solve
-that diverges records ``inf`` (the reason in ``attrs["failures"]``); a ``dt`` that cannot
+that diverges records ``inf``, flags ``failed`` (per solver and ``dt``) and warns
+(:class:`~dynode.errors.StabilityWarning`, the reasons also in ``attrs["failures"]``); a ``dt`` that cannot
 represent a delay is an error before anything runs. :func:`plot_convergence` draws one panel
 per population: error against ``dt / tau`` (and ``dt`` in ms on the top axis), the
 tolerance and the largest ``dt`` within it.
@@ -26,6 +27,7 @@ tolerance and the largest ``dt`` within it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,7 +36,7 @@ import xarray as xr
 
 from dynode.analysis.style import label, style
 from dynode.archive import RATE_UNITS
-from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError
+from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError, StabilityWarning
 from dynode.history import compatible_dts, delay_steps
 from dynode.integrate import integrate
 from dynode.solver import Solver, get_solver
@@ -157,6 +159,7 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
     max_abs_err = np.full(shape, np.nan)
     rel_l2 = np.full(shape, np.nan)
     failures: list[str] = []
+    failed = np.zeros(shape[:2], dtype=bool)
     for i, (label, solver) in enumerate(items):
         for j, dt in enumerate(dts):
             try:
@@ -164,7 +167,8 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
                     sol = integrate(field, stimulus, solver=solver, dt=dt, **kw)
             except (DivergenceError, SolverError) as exc:
                 max_abs_err[i, j, :] = rel_l2[i, j, :] = np.inf
-                failures.append(f"{label} dt={dt:g}: {exc}")
+                failed[i, j] = True
+                failures.append(f"{label} dt={dt:g}: {str(exc).splitlines()[0]}")
                 continue
             for k, p in enumerate(pops):
                 diff = sol.states[p].double() - ref_np[p]
@@ -187,7 +191,8 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         {"max_abs_error": (("solver", "dt", "population"), max_abs_err),
          "rel_l2_error": (("solver", "dt", "population"), rel_l2),
          "observed_order": (("solver", "dt", "population"), observed),
-         "order": (("solver", "population"), order)},
+         "order": (("solver", "population"), order),
+         "failed": (("solver", "dt"), failed)},
         coords={"solver": labels, "dt": np.asarray(dts), "population": pops, "tau": ("population", tau),
                 "dt_over_tau": (("dt", "population"), np.asarray(dts)[:, None] / tau[None, :])},
         attrs={"reference": repr(reference), "t0": t0, "t_end": t_end, "grid_ms": grid,
@@ -199,10 +204,14 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
         "rel_l2_error": ("1", "||r - r_ref||_2 / ||r_ref||_2 over the comparison grid"),
         "observed_order": ("1", "log(e_i / e_i+1) / log(dt_i / dt_i+1) of max_abs_error"),
         "order": ("1", "least-squares slope of log max_abs_error against log dt"),
+        "failed": (None, "the solve diverged or failed (errors recorded as inf; reasons in attrs['failures'])"),
         "dt": ("ms", "step size"), "tau": ("ms", "time constant (smallest of the population)"),
         "dt_over_tau": ("1", "step size / time constant"),
         "solver": (None, "solver (label)"), "population": (None, "population"),
     }
+    if failures:  # loud: an inf row is a result only together with its reason
+        warnings.warn(f"convergence: {len(failures)} of {failed.size} solves failed and are recorded as inf "
+                      f"(ds['failed']): " + "; ".join(failures), StabilityWarning, stacklevel=2)
     if tolerance is not None:
         largest = np.array([[_largest_within(max_abs_err[i, :, k], dts, tolerance) for k in range(len(pops))]
                             for i in range(len(items))]).reshape(len(items), len(pops))

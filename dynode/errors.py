@@ -17,6 +17,7 @@ __all__ = [
     "ArchiveError",
     "ArchiveLockedError",
     "ArchiveCorruptError",
+    "CheckpointError",
     "AccuracyWarning",
     "BaselineDriftWarning",
 ]
@@ -106,6 +107,13 @@ class UndefinedMetricWarning(AnalysisWarning):
     """A metric that is not defined for this response (a peak time on a plateau, a c50 below
     the lowest tested contrast, ...): the analysis returns NaN (``None`` in a summary) and
     says why, instead of a number."""
+
+
+class CheckpointError(ConfigurationError):
+    """A file given as a checkpoint or as weights that is not one this run can use: not a torch
+    file, truncated, holding objects other than tensors and plain data (refused, never
+    unpickled), a plain state_dict where a training checkpoint is needed, or weights of
+    another architecture."""
 
 
 class ArchiveError(DynodeError):

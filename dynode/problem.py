@@ -52,14 +52,78 @@ def _no_inputs(t: float) -> dict[str, Tensor]:
 
 
 def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the run: the field's parameters' (they must agree and
+    hold values), else the initial state's, else the CPU and torch's default dtype."""
+    kinds: dict[tuple[torch.device, torch.dtype], str] = {}
+    for name, t in field.named_parameters():
+        if t.device.type == "meta":
+            raise ConfigurationError(
+                f"parameter {name!r} is on the meta device (a placeholder without values); create the "
+                "model on a real device, or call .to_empty(device='cpu') and load its weights first")
+        if t.is_floating_point():
+            kinds.setdefault((t.device, t.dtype), name)
+    for name, t in field.named_buffers():
+        if t.device.type == "meta":
+            raise ConfigurationError(f"buffer {name!r} is on the meta device (a placeholder without "
+                                     "values); create the model on a real device")
+    if len(kinds) > 1:
+        found = "; ".join(f"{name!r} is {str(dt).replace('torch.', '')} on {dev}"
+                          for (dev, dt), name in kinds.items())
+        raise ConfigurationError(f"the field's parameters do not share one dtype and device ({found}); "
+                                 "convert the whole model once, e.g. net.to(torch.float32) or net.to('cuda')")
+    if kinds:
+        return next(iter(kinds))
     if initial_state:
         v = next(iter(initial_state.values()))
         if isinstance(v, Tensor):
-            return v.device, v.dtype
-    for t in list(field.parameters()) + list(field.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
+            if v.device.type == "meta":
+                raise ConfigurationError("initial_state is on the meta device (no values); give real tensors")
+            return v.device, v.dtype if v.is_floating_point() else torch.get_default_dtype()
     return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mapping[str, Tensor],
+                  device: torch.device, dtype: torch.dtype) -> None:
+    """Before the first step: every input the stimulus gives at ``times`` (t0 and its first
+    breakpoints) has the run's dtype and device, and the inputs, the initial state and the
+    field's parameters are finite. One host read for all the finiteness checks."""
+    what: list[str] = []
+    flags: list[Tensor] = []
+    for t in times:
+        for name, v in inputs(t).items():
+            if not isinstance(v, Tensor):
+                raise ConfigurationError(f"stimulus input {name!r} at t = {t:g} ms is a {type(v).__name__}, "
+                                         "not a tensor")
+            if v.device.type == "meta":
+                raise ConfigurationError(f"stimulus input {name!r} is on the meta device (no values); "
+                                         "give it real tensors")
+            if v.dtype != dtype or v.device != device:
+                raise ConfigurationError(
+                    f"stimulus input {name!r} at t = {t:g} ms is {str(v.dtype).replace('torch.', '')} on "
+                    f"{v.device}, but the model runs in {str(dtype).replace('torch.', '')} on {device}; give "
+                    f"the stimulus floating tensors (e.g. images.to({dtype}))"
+                    " or convert the model (net.to(...))")
+            what.append(f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
+                        "images or stimulus values (e.g. torch.nan_to_num) before the run")
+            flags.append(torch.isfinite(v.detach()).all())
+    for name, v in y0.items():
+        what.append(f"initial_state[{name!r}] has NaN or inf values; give finite rates")
+        flags.append(torch.isfinite(v.detach()).all())
+    for name, p in field.named_parameters():
+        if p.is_floating_point():
+            what.append(f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
+                        "diverged training step); load other weights or re-initialise the model")
+            flags.append(torch.isfinite(p.detach()).all().to(device))
+    if not flags:
+        return
+    with torch.no_grad():
+        ok = torch.stack([f.to(device) for f in flags]).tolist()
+    for good, message in zip(ok, what):
+        if not good:
+            raise ConfigurationError(message)
+
+
+_CHECKED_BREAKPOINTS = 64  # stimulus values checked at t0 and at up to this many breakpoints
 
 
 def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, batch_size: int | None,
@@ -71,7 +135,13 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
             raise ConfigurationError(f"the field reads the inputs {list(names)} but no stimulus was "
                                      "given; pass stimulus=... (a Stimulus, a tensor or a dict)")
         return _no_inputs, batch_size
-    stimulus = stimulus.to(device=device, dtype=dtype)
+    try:
+        stimulus = stimulus.to(device=device, dtype=dtype)
+    except (NotImplementedError, RuntimeError, TypeError) as exc:  # meta tensors, an absent device, no to()
+        raise ConfigurationError(f"the stimulus cannot be moved to the model's device and dtype ({device}, "
+                                 f"{str(dtype).replace('torch.', '')}): {str(exc).splitlines()[0]}; give "
+                                 "it tensors with values (not on the meta device), or implement "
+                                 f"{type(stimulus).__name__}.to(device, dtype)") from None
     first = stimulus(t0)
     if isinstance(first, Tensor):
         if len(names) != 1:
@@ -139,11 +209,13 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
         raise ConfigurationError(f"t0 and t_end must be finite (ms), got t0={t0}, t_end={t_end}")
     if not t_end > t0:
         raise ConfigurationError(f"t_end ({t_end} ms) must be greater than t0 ({t0} ms)")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
         raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
-    if max_abs is not None and not max_abs > 0:
+    if max_abs is not None and (isinstance(max_abs, bool) or not isinstance(max_abs, (int, float))
+                                or not max_abs > 0):
         raise ConfigurationError(f"max_abs must be > 0 (or None to disable the blow-up check), got {max_abs}")
-    if not (isinstance(check_every, int) and check_every >= 1):
+    if isinstance(check_every, bool) or not (isinstance(check_every, int) and check_every >= 1):
         raise ConfigurationError(f"check_every must be a positive int (steps), got {check_every!r}")
     if checkpoint is not None and not isinstance(checkpoint, bool) and not (
             isinstance(checkpoint, int) and checkpoint >= 1):
@@ -199,7 +271,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     if save_at is not None:
         if isinstance(save_at, (int, float)):
             every = float(save_at)
-            if not every > 0:
+            if not (every > 0 and math.isfinite(every)):
                 raise ConfigurationError(f"save_at as a number is the saving interval in ms and must "
                                          f"be > 0, got {every}")
             n = int(math.floor((t_end - t0) / every + 1e-9))
@@ -208,11 +280,17 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             save_at = tuple(float(s) for s in (save_at.tolist() if isinstance(save_at, Tensor) else save_at))
             if not save_at:
                 raise ConfigurationError("save_at is empty; give at least one time in ms")
+            bad = [x for x in save_at if not math.isfinite(x)]
+            if bad:
+                raise ConfigurationError(f"save_at holds {bad[0]} among its times; every save time must be a "
+                                         "finite time in ms within [t0, t_end]")
             if any(b <= a for a, b in zip(save_at, save_at[1:])):
                 raise ConfigurationError("save_at must be strictly increasing (ms)")
             if save_at[0] < t0 - 1e-9 or save_at[-1] > t_end + 1e-9:
                 raise ConfigurationError(f"save_at must lie within [t0, t_end] = [{t0}, {t_end}] ms, got "
                                          f"[{save_at[0]}, {save_at[-1]}]")
+    checked = (t0,) + tuple(x for x in bps if t0 < x < t_end)[:_CHECKED_BREAKPOINTS]
+    _check_values(field, inputs, checked, y0, device, dtype)
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
                    save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
                    checkpoint=checkpoint, tail=tail, dense=dense)

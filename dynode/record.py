@@ -227,6 +227,10 @@ class Record:
         ``on_grid``: the solver steps on ``t0 + n dt`` (fixed step), so every time must be a
         grid point; the times are then computed as ``t0 + n * dt``, exactly the solver's.
         """
+        if not (math.isfinite(t0) and math.isfinite(t_end)):
+            raise ConfigurationError(f"t0 and t_end must be finite (ms), got t0={t0}, t_end={t_end}")
+        if dt is not None and not (math.isfinite(dt) and dt > 0):  # before the grid blames start or every
+            raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
         start = t0 if self.start is None else self.start
         stop = t_end if self.stop is None else self.stop
         if start < t0 - 1e-9 or stop > t_end + 1e-9:

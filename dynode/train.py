@@ -68,6 +68,7 @@ import math
 import os
 import pickle
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -79,7 +80,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from dynode.errors import CheckpointError, ConfigurationError
+from dynode.errors import CheckpointError, ConfigurationError, DivergenceError
 from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
 from dynode.models.stability import spectral_radius
@@ -133,6 +134,10 @@ class TrainingConfig(BaseModel):
         if self.stability_weight > 0 and (self.stimulus_duration is None or self.stimulus_onset <= 0):
             raise ValueError("stability_weight > 0 needs a pre-stimulus baseline (stimulus_onset > 0) "
                              "and an offset (stimulus_duration) to measure the return to baseline")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device {self.device!r} is not a torch device; use 'cpu', 'cuda' or 'cuda:N'") from None
         if self.tbptt is not None and self.checkpoint:
             raise ValueError("choose tbptt or checkpoint, not both")
         if self.tbptt is not None and self.stability_weight > 0:
@@ -191,6 +196,49 @@ class _Runner(nn.Module):
                          save_at=save_at, initial_state=initial_state, checkpoint=checkpoint)
 
 
+def _resolve_device(name: str) -> torch.device:
+    """``name`` as a torch device this machine has (``"cuda"``: the current CUDA device)."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigurationError(f"device {name!r} is not a torch device; use 'cpu', 'cuda' or "
+                                 "'cuda:N'") from None
+    if dev.type == "meta":
+        raise ConfigurationError("device 'meta' holds no values and cannot train; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError(f"device {name!r}: this machine has no usable CUDA device "
+                                     "(torch.cuda.is_available() is False); use device 'cpu'")
+        index = torch.cuda.current_device() if dev.index is None else dev.index
+        if index >= torch.cuda.device_count():
+            raise ConfigurationError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                     f"device(s), numbered from 0")
+        return torch.device("cuda", index)
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigurationError(f"device {name!r} is not available here ({str(exc).splitlines()[0]}); "
+                                 "use 'cpu' or 'cuda'") from None
+    return dev
+
+
+def _check_folder(folder: Path, what: str) -> None:
+    """``folder`` is (or can be created as) a folder in which files can be written."""
+    anc = folder
+    while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ConfigurationError(f"{what} {str(folder)!r}: {str(anc)!r} is a file, not a folder; choose "
+                                 "another folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=anc)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigurationError(f"{what} {str(folder)!r}: cannot create files in {str(anc)!r} "
+                                 f"({exc.strerror}); choose a writable folder") from None
+
+
 def _steps(length: float, dt: float, what: str) -> int:
     n = round(length / dt)
     if abs(n * dt - length) > 1e-6 * max(dt, 1.0):
@@ -227,13 +275,14 @@ class Trainer:
                                      "or use a zoo model (network.protocol)")
         self.n_steps = _steps(self.t_end, self.dt, "t_end")
         self.n_idle = _steps(config.idle, self.dt, "idle")
+        _resolve_device(config.device)  # a device this machine has, before any process group
         self.dist, self._owns_group = _init_distributed(config.device)
         self.rank = self.dist.get_rank() if self.dist else 0
         self.world = self.dist.get_world_size() if self.dist else 1
         device = config.device
         if self.dist and device == "cuda":
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', self.rank % max(torch.cuda.device_count(), 1)))}"
-        self.device = torch.device(device)
+        self.device = _resolve_device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         torch.manual_seed(config.seed)
@@ -266,9 +315,18 @@ class Trainer:
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.amp_dtype == torch.float16 else None)
         self.epoch = 0
+        self._optimizer_steps = 0
         self.result = TrainResult()
         self.log_path = Path(log) if log is not None else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if self.rank == 0:  # before the first epoch: an epoch's work must not be lost at its end
+            if self.checkpoint_dir is not None:
+                _check_folder(self.checkpoint_dir, "checkpoint_dir")
+            if self.log_path is not None:
+                if self.log_path.is_dir():
+                    raise ConfigurationError(f"log {str(self.log_path)!r} is a folder; give a file path "
+                                             "(e.g. train.jsonl inside it)")
+                _check_folder(self.log_path.parent, "the log's folder")
         self.progress = sys.stderr.isatty() if progress is None else progress
         # off a terminal (a log file, a batch job) no bar is drawn, but each epoch still gets a
         # plain line on stderr; progress=False silences both
@@ -450,9 +508,19 @@ class Trainer:
             raise ConfigurationError(f"a batch of {n_global} samples cannot be split over {self.world} "
                                      "processes; choose batch_size (and data size) so every batch has "
                                      "at least one sample per process")
+        self._check_data(images, labels, f"the batch of epoch {self.epoch + 1}")
         x, y = self._local(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, correct = self.backward(x, y, scale=self.world * len(y) / n_global)
+        try:
+            loss, correct = self.backward(x, y, scale=self.world * len(y) / n_global)
+        except DivergenceError as exc:
+            if self._optimizer_steps == 0:
+                raise
+            raise DivergenceError(  # finite data: the weights the optimizer made are a suspect too
+                f"{str(exc).splitlines()[0]} (training: after {self._optimizer_steps} optimizer steps with "
+                f"{cfg.optimizer} lr={cfg.lr:g}; if the first batches ran, the updates may have pushed the "
+                "weights there: lower training.lr, or set training.grad_clip / max_spectral_radius)",
+                population=exc.population, t_range=exc.t_range, dt_over_tau=exc.dt_over_tau) from exc
         if cfg.grad_clip is not None:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
@@ -462,10 +530,58 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        self._optimizer_steps += 1
+        self._check_weights()
         if cfg.max_spectral_radius is not None:
             self.constrain_recurrence(cfg.max_spectral_radius)
         loss_sum, correct = self._reduce(loss.double() * len(y), correct.double())
         return loss_sum / n_global, correct / n_global
+
+    @torch.no_grad()
+    def _check_data(self, images, labels, where: str) -> None:
+        """Before a batch runs: images are finite tensors, labels are integer class indices of
+        the readout (``0 <= y < num_classes``), one per image. One host read."""
+        if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
+            raise ConfigurationError(f"{where}: the data must give (images, labels) tensors, got "
+                                     f"({type(images).__name__}, {type(labels).__name__})")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ConfigurationError(f"{where}: labels are {str(labels.dtype).replace('torch.', '')}; they must "
+                                     "be integer class indices (labels.long())")
+        if labels.dim() != 1 or len(labels) != len(images):
+            raise ConfigurationError(f"{where}: {len(images)} images but labels of shape {tuple(labels.shape)}; "
+                                     "give one class index per image")
+        if not images.is_floating_point():
+            raise ConfigurationError(f"{where}: images are {str(images.dtype).replace('torch.', '')}; give "
+                                     "floating images (e.g. images.float() / 255, then normalised)")
+        if labels.numel() == 0:
+            return
+        finite, lo, hi = torch.stack([torch.isfinite(images).all().double(), labels.min().double().to(images.device),
+                                      labels.max().double().to(images.device)]).tolist()
+        if not finite:
+            raise ConfigurationError(f"{where}: NaN or inf pixels in the images; clean the images "
+                                     "(e.g. drop those samples or torch.nan_to_num) before training")
+        n_classes = getattr(self.readout, "num_classes", None)
+        if lo < 0 or (isinstance(n_classes, int) and hi >= n_classes):
+            raise ConfigurationError(f"{where}: labels range over {int(lo)}..{int(hi)}, but the readout has "
+                                     f"{n_classes} classes (0..{n_classes - 1 if isinstance(n_classes, int) else '?'}); "
+                                     "fix the labels or build the model with num_classes to match")
+
+    @torch.no_grad()
+    def _check_weights(self) -> None:
+        """After an optimizer step: the weights are finite (one host read), else the optimizer
+        diverged on finite data, and the checkpoint on disk is kept as it was."""
+        named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+        if not named:
+            return
+        ok = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        bad = [n for (n, _), good in zip(named, ok) if not good]
+        if bad:
+            cfg = self.config
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise ConfigurationError(
+                f"optimizer step {self._optimizer_steps} (epoch {self.epoch + 1}) made the weights NaN/inf "
+                f"({bad[0]!r}{more}) from finite data: the optimizer diverged; lower training.lr (now "
+                f"{cfg.lr:g} with {cfg.optimizer}) or set training.grad_clip")
 
     @torch.no_grad()
     def constrain_recurrence(self, rho_max: float) -> dict[str, float]:
@@ -518,6 +634,8 @@ class Trainer:
             raise ConfigurationError(f"{n_data} samples in batches of {cfg.batch_size} leave a last batch of "
                                      f"{n_data % cfg.batch_size}, fewer than the {self.world} processes; "
                                      "change batch_size")
+        if isinstance(train_data, tuple) and len(train_data) == 2:  # all of it, before the first epoch
+            self._check_data(*train_data, "training data")
         self._write_log()
         while self.epoch < stop:
             epoch = self.epoch
@@ -678,8 +796,11 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "unsupported" in ln.lower() or "Unpickler error" in ln),
+                   lines[0] if lines else "")
         raise CheckpointError(
-            f"{path} holds objects other than tensors and plain data ({str(exc).splitlines()[0][:120]}); "
+            f"{path} holds objects other than tensors and plain data ({why[:160]}); "
             "dynode loads with weights_only=True and never runs code from a file: give a checkpoint "
             "written by dynode train / Trainer.save, or torch.save(net.state_dict(), path)") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,

@@ -53,6 +53,19 @@ def _conv_out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+def _image_shape(input_shape) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of one image, each a positive int."""
+    try:
+        shape = tuple(input_shape)
+        ok = len(shape) == 3 and all(float(x) == int(x) and int(x) >= 1 for x in shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigurationError(f"input_shape must be (channels, height, width) of one image, e.g. (3, 32, 32), "
+                                 f"got {input_shape!r}")
+    return tuple(int(x) for x in shape)
+
+
 def _network() -> Network:
     return Network()
 
@@ -112,7 +125,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
     areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
-    c_in, h, w = (int(s) for s in input_shape)
+    c_in, h, w = _image_shape(input_shape)
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
     if phi in ("supralinear", "rectified_power"):
@@ -220,7 +233,7 @@ def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[
                    "where pool populations with their own tau have no meaning; use dyrcnn or cordsnet")
     if times < 1:
         raise ConfigurationError(f"cornet_rt times must be >= 1, got {times}")
-    c_in, h, w = (int(s) for s in input_shape)
+    c_in, h, w = _image_shape(input_shape)
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
     spec = (("V1", 64, 7, 4), ("V2", 128, 3, 2), ("V4", 256, 3, 2), ("IT", 512, 3, 2))
@@ -266,7 +279,7 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
     if ei_opts is not None and "dale_recurrence" in ei_opts:
         raise ConfigurationError("cordsnet: ei has no dale_recurrence option (CordsNet's recurrence is "
                                  "unconstrained); use dyrcnn(ei={'dale_recurrence': True}) for that")
-    c_in, h, w = (int(s) for s in input_shape)
+    c_in, h, w = _image_shape(input_shape)
     chans = [_scaled(c, width) for c in channels]
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
@@ -308,7 +321,7 @@ def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 
     """
     _no_components("alexnet_like", components, "it is a feed-forward baseline (one pass, no "
                    "dynamics); use dyrcnn or cordsnet")
-    c_in, h, w = (int(s) for s in input_shape)
+    c_in, h, w = _image_shape(input_shape)
     net = _network()
     net.add_input("image", shape=(c_in, h, w))
     spec = (("conv1", 64, 5, True), ("conv2", 192, 5, True), ("conv3", 384, 3, False),

@@ -117,11 +117,24 @@ def test_divergence_error_names_population_time_and_dt_over_tau():
     assert err.t_range[1] - err.t_range[0] == 25.0
 
 
+class _NanAfterStart(dn.stimuli.Stimulus):
+    """Finite at t0 (where the input is checked), NaN in one unit afterwards."""
+
+    breakpoints = ()
+
+    def __call__(self, t):
+        return torch.tensor([1.0, float("nan") if t > 0 else 0.0, 0.0])
+
+    def to(self, device=None, dtype=None):
+        return self
+
+
 def test_divergence_catches_nan_at_the_end():
     net = leaky(tau=5.0)
-    x = torch.tensor([1.0, float("nan"), 0.0])
     with pytest.raises(dn.DivergenceError, match=r"'r' became non-finite between t = 0 ms and t = 10 ms"):
-        dn.integrate(net, x, t_end=10.0, dt=1.0)
+        dn.integrate(net, _NanAfterStart(), t_end=10.0, dt=1.0)
+    with pytest.raises(dn.ConfigurationError, match=r"stimulus input 'x' has NaN or inf values at t = 0 ms"):
+        dn.integrate(net, torch.tensor([1.0, float("nan"), 0.0]), t_end=10.0, dt=1.0)  # checked first
 
 
 def test_stimulus_callable_must_declare_breakpoints():
