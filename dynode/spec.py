@@ -637,7 +637,7 @@ def weights_fingerprint(net: nn.Module) -> str:
     for k, v in sorted(net.state_dict().items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -198,7 +198,8 @@ def test_checkpoint_reloads_with_load_model_in_a_fresh_process(tmp_path):
 
 def test_archive_stores_spec_and_weights_fingerprint(tmp_path):
     torch.manual_seed(0)
-    net = dn.models.dyrcnn(depth=2, width=0.125, input_shape=(1, 8, 8), num_classes=3, steps=3)
+    net = dn.models.dyrcnn(depth=2, width=0.125, input_shape=(1, 8, 8), num_classes=3, steps=3,
+                           normalization=True)  # its sigma is a 0-d parameter
     ckpt = tmp_path / "w.pt"
     torch.save({"model": net.state_dict()}, ckpt)
     res = dn.simulate(net, {"image": torch.rand(2, 1, 8, 8)}, t_end=6.0, dt=2.0, store=tmp_path / "a.zarr")
