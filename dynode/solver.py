@@ -19,17 +19,45 @@ from __future__ import annotations
 
 import abc
 import inspect
-from typing import TYPE_CHECKING, Any, ClassVar
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from dynode.errors import ConfigurationError
+from dynode.problem import Problem
+from dynode.solution import Solution
 
-if TYPE_CHECKING:  # pragma: no cover
-    from dynode.problem import Problem
-    from dynode.solution import Solution
-
-__all__ = ["Solver", "SOLVERS", "register", "get_solver", "RTOL", "ATOL"]
+__all__ = ["Solver", "SOLVERS", "register", "get_solver", "check_options", "RTOL", "ATOL"]
 
 RTOL, ATOL = 1e-6, 1e-8  # the default tolerances of every adaptive solver and backend
+
+_FINITE_STEP = (lambda v: 0 < v < math.inf, "a finite step > 0 ms")
+_MIN_STEP = (lambda v: 0 <= v < math.inf, "a finite step >= 0 ms")
+_MAX_STEP = (lambda v: 0 < v, "a step > 0 ms (inf for no cap)")
+_COUNT = (lambda v: isinstance(v, int) and v >= 1, "a positive int")
+# option -> (test, what it must be): every solver's options are checked here, at construction
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "rtol": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "atol": (lambda v: 0 < v < math.inf, "a finite number > 0 (a small absolute floor such as 1e-9)"),
+    "step_size": _FINITE_STEP, "first_step": _FINITE_STEP, "min_step": _MIN_STEP, "dt_min": _MIN_STEP,
+    "max_step": _MAX_STEP, "dt_max": _MAX_STEP, "max_steps": _COUNT, "max_num_steps": _COUNT,
+    "n_dense": (lambda v: isinstance(v, int) and v >= 3, "an int >= 3"),
+    "safety": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
+    "factor_min": (lambda v: 0 < v < 1, "a shrink factor in (0, 1)"),
+    "dfactor": (lambda v: 0 < v < 1, "a shrink factor in (0, 1)"),
+    "factor_max": (lambda v: 1 < v, "a growth factor > 1"),
+    "ifactor": (lambda v: 1 < v < math.inf, "a finite growth factor > 1"),
+}
+
+
+def check_options(who: str, **values: Any) -> None:
+    """A :class:`ConfigurationError` naming ``who`` and the option for the first value (not
+    None) that breaks its rule in :data:`RULES` (a bool is never a number)."""
+    for key, value in values.items():
+        test, what = RULES[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not test(value)):
+            raise ConfigurationError(f"{who}: {key} must be {what}, got {value!r}")
 
 
 class Solver(abc.ABC):
@@ -49,7 +77,7 @@ class Solver(abc.ABC):
             cls.name = cls.__name__.lower()
 
     @abc.abstractmethod
-    def solve(self, problem: "Problem", dt: float | None = None, *, observer=None) -> "Solution":
+    def solve(self, problem: Problem, dt: float | None = None, *, observer=None) -> Solution:
         """Integrate ``problem``; ``observer(t, state)``, if given, receives every saved state
         as it is produced and the returned ``Solution.states`` is then empty."""
 

@@ -48,7 +48,7 @@ from dynode.errors import ConfigurationError, SolverError
 from dynode.guards import Guard
 from dynode.problem import Problem
 from dynode.solution import Output, Solution
-from dynode.solver import ATOL, RTOL, Solver
+from dynode.solver import ATOL, RTOL, Solver, check_options
 from dynode.solvers.controllers import get_controller, initial_step
 from dynode.history import DenseHistory, field_delays, propagate_breakpoints, time_tol
 from dynode.stats import Status
@@ -224,17 +224,11 @@ class AdaptiveSolver(Solver):
         return self.tableau.order
 
     def __post_init__(self):
-        if not (self.rtol > 0 and math.isfinite(self.rtol)):
-            raise ConfigurationError(f"{type(self).__name__}: rtol must be > 0, got {self.rtol}")
-        if not (self.atol > 0 and math.isfinite(self.atol)):
-            raise ConfigurationError(f"{type(self).__name__}: atol must be > 0 (a small absolute "
-                                     f"floor such as 1e-9), got {self.atol}")
-        if not (self.dt_min >= 0 and self.dt_max > self.dt_min):
-            raise ConfigurationError(f"{type(self).__name__}: need 0 <= dt_min < dt_max, got "
+        check_options(type(self).__name__, rtol=self.rtol, atol=self.atol, dt_min=self.dt_min,
+                      dt_max=self.dt_max, max_steps=self.max_steps)
+        if not self.dt_max > self.dt_min:
+            raise ConfigurationError(f"{type(self).__name__}: need dt_min < dt_max, got "
                                      f"dt_min={self.dt_min}, dt_max={self.dt_max}")
-        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ConfigurationError(f"{type(self).__name__}: max_steps must be a positive int, "
-                                     f"got {self.max_steps!r}")
         object.__setattr__(self, "_ctrl", get_controller(self.controller, safety=self.safety,
                                                          factor_min=self.factor_min,
                                                          factor_max=self.factor_max))

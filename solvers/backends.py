@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -40,7 +40,7 @@ from dynode.guards import Guard
 from dynode.problem import Problem
 from dynode.network import Network
 from dynode.solution import Output, Solution
-from dynode.solver import ATOL, RTOL, Solver
+from dynode.solver import ATOL, RTOL, Solver, check_options
 from dynode.history import SegmentHistory, field_delays, propagate_breakpoints, time_tol
 from dynode.stats import Status
 
@@ -183,36 +183,6 @@ class _Backend(Solver):
         return rhs
 
 
-# option -> (test, what it must be); checked at construction, not mid-run
-_OPTION_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "step_size": (lambda v: 0 < v < math.inf, "a finite step > 0 ms"),
-    "first_step": (lambda v: 0 < v < math.inf, "a finite step > 0 ms"),
-    "min_step": (lambda v: 0 <= v < math.inf, "a finite step >= 0 ms"),
-    "dt_min": (lambda v: 0 <= v < math.inf, "a finite step >= 0 ms"),
-    "max_step": (lambda v: 0 < v, "a step > 0 ms (inf for no cap)"),
-    "dt_max": (lambda v: 0 < v, "a step > 0 ms (inf for no cap)"),
-    "safety": (lambda v: 0 < v <= 1, "a factor in (0, 1]"),
-    "ifactor": (lambda v: 1 < v < math.inf, "a finite growth factor > 1"),
-    "dfactor": (lambda v: 0 < v < 1, "a shrink factor in (0, 1)"),
-}
-
-
-def _check_tolerances(solver: str, rtol, atol) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
-            raise ConfigurationError(f"{solver}: {name} must be a finite number > 0, got {v!r}")
-
-
-def _check_option(solver: str, key: str, value) -> None:
-    if key in ("max_num_steps", "max_steps"):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigurationError(f"{solver}: {key} must be a positive int, got {value!r}")
-        return
-    test, what = _OPTION_RULES[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(float(value)):
-        raise ConfigurationError(f"{solver}: {key} must be {what}, got {value!r}")
-
-
 def _fail(solver: str, status: Status, t: float, detail: str) -> SolverError:
     advice = {Status.REACHED_MAX_STEPS: "raise the step limit, loosen rtol/atol or check tau",
               Status.REACHED_DT_MIN: "loosen rtol/atol, lower the minimal step, or check tau and the "
@@ -256,11 +226,7 @@ class TorchDiffEq(_Backend):
                                      f"{list(allowed)} (breakpoints become segment ends, not jump_t)")
         if method in _TDE_FIXED and "step_size" not in options:
             raise ConfigurationError(f"TorchDiffEq({method!r}) is fixed-step: give step_size=... (ms)")
-        _check_tolerances("TorchDiffEq", rtol, atol)
-        for key, value in options.items():
-            _check_option(f"TorchDiffEq({method!r})", key, value)
-        if not (isinstance(n_dense, int) and n_dense >= 3):
-            raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
+        check_options(f"TorchDiffEq({method!r})", rtol=rtol, atol=atol, n_dense=n_dense, **options)
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "rtol", float(rtol))
         object.__setattr__(self, "atol", float(atol))
@@ -365,14 +331,10 @@ class TorchODE(_Backend):
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
         if controller not in ("integral", "pid"):
             raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
-        _check_tolerances("TorchODE", rtol, atol)
-        for key, value in dict(max_steps=max_steps, dt_min=dt_min, dt_max=dt_max).items():
-            if value is not None:
-                _check_option("TorchODE", key, value)
+        check_options("TorchODE", rtol=rtol, atol=atol, max_steps=max_steps, dt_min=dt_min, dt_max=dt_max,
+                      n_dense=n_dense)
         if dt_min is not None and dt_max is not None and not dt_max > dt_min:
             raise ConfigurationError(f"TorchODE: need dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if not (isinstance(n_dense, int) and n_dense >= 3):
-            raise ConfigurationError(f"n_dense must be an int >= 3, got {n_dense!r}")
         for k, v in dict(method=method, rtol=float(rtol), atol=float(atol), controller=controller,
                          per_sample=bool(per_sample), max_steps=max_steps, dt_min=dt_min,
                          dt_max=dt_max, n_dense=n_dense).items():

@@ -27,17 +27,9 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError
+from dynode.solver import check_options
 
 __all__ = ["IntegralController", "PIController", "get_controller", "initial_step", "scaled_rms"]
-
-
-def _check_factors(safety: float, factor_min: float, factor_max: float) -> None:
-    if not 0 < safety <= 1:
-        raise ConfigurationError(f"safety must be in (0, 1], got {safety}")
-    if not 0 < factor_min < 1:
-        raise ConfigurationError(f"factor_min must be in (0, 1), got {factor_min}")
-    if not factor_max > 1:
-        raise ConfigurationError(f"factor_max must be > 1, got {factor_max}")
 
 
 class _State:
@@ -87,7 +79,8 @@ class IntegralController:
     factor_max: float = 10.0
 
     def __post_init__(self):
-        _check_factors(self.safety, self.factor_min, self.factor_max)
+        check_options(type(self).__name__, safety=self.safety, factor_min=self.factor_min,
+                      factor_max=self.factor_max)
 
     def start(self, error_order: int) -> _State:
         return _IState(self, error_order + 1)
@@ -104,7 +97,8 @@ class PIController:
     beta: float = 0.4
 
     def __post_init__(self):
-        _check_factors(self.safety, self.factor_min, self.factor_max)
+        check_options(type(self).__name__, safety=self.safety, factor_min=self.factor_min,
+                      factor_max=self.factor_max)
         if not (self.alpha > 0 and self.beta >= 0):
             raise ConfigurationError(f"PI gains must be alpha > 0, beta >= 0, got {self.alpha}, {self.beta}")
 

@@ -76,33 +76,6 @@ def test_rk4_matches_exponential_for_any_tau(tau, amp):
         torch.set_default_dtype(torch.float32)
 
 
-def test_history_hermite_is_exact_for_cubics(f64):
-    """Hermite interpolation reproduces a cubic from values and slopes at the grid points."""
-    p = lambda t: 0.3 * t**3 - t**2 + 2 * t - 1  # noqa: E731
-    dp = lambda t: 0.9 * t**2 - 2 * t + 2  # noqa: E731
-    dt = 0.5
-    h = dn.History({"r": torch.tensor([p(0.0)])}, t0=0.0, dt=dt, max_delay=1.0, derivatives=True)
-    for n in range(4):
-        h.store(n, {"r": torch.tensor([p(n * dt)])}, {"r": torch.tensor([dp(n * dt)])})
-    for c in (0.25, 0.5, 0.8):
-        h.at(3, c, (3 + c) * dt, {"r": torch.tensor([0.0])})
-        for delay in (0.5, 1.0):
-            assert h.lag("r", delay).item() == pytest.approx(p((3 + c) * dt - delay), abs=1e-12)
-    h.at(3, 0.0, 3 * dt, {})
-    assert h.lag("r", 1.0).item() == pytest.approx(p(0.5))
-
-
-def test_constant_history_before_t0(f64):
-    """Before t0 the history is the initial state: r' = -r(t-1)/tau gives r = 1 - t on [0, 1]."""
-
-    class Lagged(ScalarDDE):
-        def forward(self, t, state, history, inputs):
-            return {"r": -history.lag("r", self.delay) / self.tau}
-
-    sol = dn.integrate(Lagged(), t_end=1.0, dt=0.125, solver="rk4", t0=0.0)
-    torch.testing.assert_close(sol.states["r"][:, 0, 0], 1 - sol.ts, atol=1e-12, rtol=0)
-
-
 def test_gradients_match_finite_differences(f64):
     """integrate is differentiable end to end (BPTT through delays and RK4 stages)."""
     torch.manual_seed(0)

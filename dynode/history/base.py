@@ -1,14 +1,9 @@
 r"""The history protocol and what its implementations share.
 
-A vector field reads its delayed past with ``history.lag(name, delay)``: population (or
-input) ``name`` at ``t - delay``, ``t`` being the time of the stage being evaluated. For
-``t - delay <= t0`` the value is the initial state (constant history); an input is the
-stimulus evaluated at ``t - delay``.
-
 :class:`Piecewise` is the past of a solver that advances in pieces ``[a, b]`` of any length
-(the method of steps): each piece brings its own interpolant, and every read resolves in one
-place to the initial state, the newest solved state, or a piece -- or to the one error for a
-read past the solved range or older than the declared ``max_delay``.
+(method of steps): every read resolves in one place to the initial state (``t - d <= t0``),
+the newest solved state, a piece's interpolant, or the one error for a read past the solved
+range or older than ``max_delay``.
 """
 
 from __future__ import annotations
@@ -66,14 +61,10 @@ def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor
 
 
 class Piecewise:
-    """The solved past as contiguous pieces; subclasses say how to read inside one.
+    """The solved past as contiguous pieces (subclasses read inside one, :meth:`_read`).
 
-    Parameters
-    ----------
-    initial_state : the state at ``t0``, also the constant history before ``t0``.
-    t0 : start time (ms).
-    max_delay : the longest delay read (ms); older pieces are dropped.
-    inputs : ``t -> {input_name: tensor}`` for inputs read with a delay.
+    ``initial_state``: the state at ``t0`` and the constant history before it; ``max_delay``:
+    the longest delay read (ms), older pieces are dropped; ``inputs``: ``t -> {input: tensor}``.
     """
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, max_delay: float,

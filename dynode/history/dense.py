@@ -89,13 +89,6 @@ def propagate_breakpoints(t0: float, t_end: float, stimulus_breakpoints: Sequenc
     return stops, is_jump
 
 
-class _Step:
-    __slots__ = ("t", "h", "y", "ks", "y_end")
-
-    def __init__(self, t: float, h: float, y: list[Tensor], ks: list[list[Tensor]], y_end: list[Tensor]):
-        self.t, self.h, self.y, self.ks, self.y_end = t, h, y, ks, y_end
-
-
 class DenseHistory(Piecewise):
     """Accepted steps and their interpolant, for dynode's adaptive solvers.
 
@@ -113,15 +106,16 @@ class DenseHistory(Piecewise):
     def append(self, t: float, h: float, end: float, y: list[Tensor], ks: list[list[Tensor]],
                y_end: list[Tensor]) -> None:
         """Record an accepted step ``[t, end]`` (``h = end - t``) with its stages ``ks[i][pop]``."""
-        self._push(t, end, _Step(t, h, y, ks, y_end), dict(zip(self._index, y_end)))
+        self._push(t, end, (t, h, y, ks, y_end), dict(zip(self._index, y_end)))
 
-    def _read(self, s: _Step, tq: float, name: str) -> Tensor:
+    def _read(self, step: tuple, tq: float, name: str) -> Tensor:
+        t, h, y, ks, y_end = step
         i = self._index[name]
-        theta = (tq - s.t) / s.h
+        theta = (tq - t) / h
         if theta >= 1.0:
-            return s.y_end[i]
+            return y_end[i]
         out = None
-        for wi, k in zip(self._weights(theta), s.ks):
+        for wi, k in zip(self._weights(theta), ks):
             if wi:
-                out = torch.add(s.y[i], k[i], alpha=s.h * wi) if out is None else out.add_(k[i], alpha=s.h * wi)
-        return s.y[i] if out is None else out
+                out = torch.add(y[i], k[i], alpha=h * wi) if out is None else out.add_(k[i], alpha=h * wi)
+        return y[i] if out is None else out
