@@ -113,3 +113,22 @@ def test_example_configs_validate(name):
         for label, overrides in cfg.compare.variants.items():
             net = _variant_config(cfg, label, overrides).model.build(input_shape=(3, 32, 32), num_classes=100)
             assert ("V1_norm" in net.populations) == label.endswith("+norm")
+
+
+RUN_AS_SCRIPTS = ("custom_field",)
+"""Examples without a main(argv) of their own: run as ``python examples/<name>.py``."""
+
+
+@pytest.mark.parametrize("name", RUN_AS_SCRIPTS)
+def test_example_runs_as_a_script(name, capsys):
+    import runpy
+
+    runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
+    assert capsys.readouterr().out.strip()
+
+
+def test_every_example_script_runs_in_this_file():
+    import re
+
+    tested = set(re.findall(r'load\("(\w+)"\)', pathlib.Path(__file__).read_text())) | set(RUN_AS_SCRIPTS)
+    assert {p.stem for p in EXAMPLES.glob("*.py")} - tested == set()
