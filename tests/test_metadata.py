@@ -1,5 +1,5 @@
 """Every variable and coordinate of every file dynode writes carries CF-style metadata: a
-``long_name``, and ``units`` on every numeric one; rates read well on a plot axis ("a.u.",
+``long_name``, and ``units`` on every numeric (non-boolean) one; rates read well on a plot axis ("a.u.",
 never "1")."""
 
 import numpy as np
@@ -34,7 +34,7 @@ def check_cf(obj, where: str) -> int:
         n += 1
         if not v.attrs.get("long_name"):
             missing.append(f"{path}: long_name")
-        if v.dtype.kind in "biufc" and not v.attrs.get("units"):
+        if v.dtype.kind in "iufc" and not v.attrs.get("units"):  # a boolean flag has no units
             missing.append(f"{path}: units")
         name = path.rsplit(":", 1)[1]
         if name in ("rate", "stimulus") or name.endswith("_activations"):
