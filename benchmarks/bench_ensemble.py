@@ -5,9 +5,10 @@ delayed E<->I loop of 2 ms), each ``tau dr/dt = -r + relu(W_in x + W r(t - d))``
 ``dt = 1`` ms, 200 ms, batch 8.
 
 * ``loop``: ``M`` calls of ``dn.integrate``, one network each (the baseline);
-* ``population dim``: one ``dn.integrate`` of one network whose populations carry the
-  ensemble as a leading dimension (shape ``(M, 64)``) and whose operators are batched matrix
-  products (``EnsembleLinear``: weights ``(M, out, in)``, ``einsum``). Same numbers (checked).
+* ``population dim``: one ``dn.integrate`` of ``dn.models.ensemble.stack(members)``, whose
+  populations carry the ensemble as a leading dimension (shape ``(M, 64)``) and whose
+  operators are batched matrix products (``EnsembleLinear``: weights ``(M, out, in)``,
+  ``einsum``). Same numbers (checked).
 
 ``torch.func.vmap`` over ``functional_call`` of ``dn.integrate`` does not run (the solver's
 history buffers are written in place and read through data pointers: "Cannot access data
@@ -23,21 +24,6 @@ import dynode as dn
 from harness import Benchmark
 
 T_END, DT, BATCH, N, N_IN = 200.0, 1.0, 8, 64, 16
-
-
-class EnsembleLinear(nn.Module):
-    """``y[b, m] = W[m] x[b, m] (+ bias[m])`` for ``M`` members: ``(B, M, in) -> (B, M, out)``
-    (a ``(B, in)`` input is shared by every member)."""
-
-    def __init__(self, weights: torch.Tensor, bias: torch.Tensor | None = None):
-        super().__init__()
-        self.weight = nn.Parameter(weights.clone())
-        self.bias = None if bias is None else nn.Parameter(bias.clone())
-
-    def forward(self, x):
-        y = (torch.einsum("moi,bi->bmo", self.weight, x) if x.dim() == 2
-             else torch.einsum("moi,bmi->bmo", self.weight, x))
-        return y if self.bias is None else y + self.bias
 
 
 def member(seed: int) -> dn.Network:
@@ -56,27 +42,10 @@ def member(seed: int) -> dn.Network:
     return net
 
 
-def stacked(members: list[dn.Network]) -> dn.Network:
-    """One network with an ensemble dimension holding every member's weights."""
-    m = len(members)
-    ops = {(c.src, c.dst): [mb.populations[c.dst].incoming[c.src] for mb in members]
-           for c in members[0].connections}
-    net = dn.Network()
-    net.add_input("x", (N_IN,))
-    net.add_population("E", (m, N), tau=10.0, phi="relu")
-    net.add_population("I", (m, N), tau=5.0, phi="relu")
-    for c in members[0].connections:
-        lins = ops[(c.src, c.dst)]
-        bias = torch.stack([lin.bias.detach() for lin in lins]) if lins[0].bias is not None else None
-        net.connect(c.src, c.dst, EnsembleLinear(torch.stack([lin.weight.detach() for lin in lins]), bias),
-                    delay=c.delay)
-    return net
-
-
 def setup(m: int):
     def make(quick: bool):
         members = [member(i) for i in range(m)]
-        big = stacked(members)
+        big = dn.models.ensemble.stack(members)
         x = torch.rand(BATCH, N_IN, generator=torch.Generator().manual_seed(0))
         t_end = 50.0 if quick else T_END
 

@@ -10,7 +10,7 @@ from dynode.models.recurrence import RECURRENCE_TYPES, LocalRecurrence, SelfRecu
 from dynode.models.retina import Retina
 from dynode.models.readout import Classifier, Readout
 from dynode.models.stability import spectral_radius, stability_report, summary
-from dynode.models import losses  # noqa: E402
+from dynode.models import ensemble, losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
 from dynode.models.normalization import POOLS, Divide, Pool, Subtract, add_normalization
 from dynode.models.adaptation import ADAPTATION_KINDS, add_adaptation
@@ -23,7 +23,7 @@ __all__ = [
     "Adapter", "Resize", "adapter", "Combine", "SumCombine", "build_pipeline",
     "RECURRENCE_TYPES", "LocalRecurrence", "SelfRecurrence", "recurrence",
     "Retina",
-    "Classifier", "Readout", "spectral_radius", "stability_report", "summary", "losses",
+    "Classifier", "Readout", "spectral_radius", "stability_report", "summary", "ensemble", "losses",
     "SpeedOptions", "prepare_for_speed", "alexnet_like", "cordsnet", "cornet_rt", "dyrcnn",
     "dyrcnn_published",
 ]
