@@ -31,7 +31,7 @@ from dynode.archive import open_archive
 from dynode import archive  # noqa: E402  (selection helpers, export)
 from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figures)
 from dynode import spec  # noqa: E402  (networks as data: specs, load_model)
-from dynode.spec import load_model
+from dynode.checkpoint import load_model
 from dynode import errors, experiments, train  # noqa: E402  (workflow modules the README uses)
 
 from dynode.version import __version__

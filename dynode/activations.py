@@ -91,11 +91,11 @@ def get_activation(phi: str | tuple | nn.Module | Callable[[Tensor], Tensor], **
     if callable(phi):
         if params:
             raise ConfigurationError("activation parameters given with a callable")
-        return _Lambda(phi)
+        return Lambda(phi)
     raise ConfigurationError(f"phi must be a name, an nn.Module or a callable, got {type(phi).__name__}")
 
 
-class _Lambda(nn.Module):
+class Lambda(nn.Module):
     def __init__(self, fn: Callable[[Tensor], Tensor]):
         super().__init__()
         self.fn = fn

@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     except pydantic.ValidationError as exc:
-        from dynode.config import describe_validation_error
+        from dynode.errors import describe_validation_error
 
         print(f"dynode {args.command}: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
@@ -155,12 +155,9 @@ def _overwrite_and_resume(command: str, args) -> None:
 
 
 def _model_and_data(cfg):
-    import torch
+    from dynode.config import model_and_data
 
-    train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
-    torch.manual_seed(cfg.training.seed)  # before building: same config, same initial weights
-    net = cfg.model.build(input_shape=shape, num_classes=n_classes)
-    return net, train, test
+    return model_and_data(cfg)
 
 
 def cmd_train(args) -> int:

@@ -1,8 +1,8 @@
-"""Configuration as pydantic v2 models: frozen, ``extra="forbid"``, loaded from YAML/dicts.
+"""Run configuration as pydantic v2 models: frozen, ``extra="forbid"``, loaded from YAML/dicts.
 
-Solvers are a discriminated union on ``kind``; each config takes exactly the options its
-solver takes (a typo or an option of another solver is a validation error) and
-``build()`` returns the solver object::
+One model per concern (model, data, stimulus, record, training, convergence, ...), composed
+into :class:`RunConfig`. The solver configs are generated from the solver classes in
+:mod:`dynode.solver_config` (re-exported here)::
 
     cfg = dn.config.solver_config({"kind": "dopri5", "rtol": 1e-6})
     solver = cfg.build()                      # dn.solvers.Dopri5(rtol=1e-6)
@@ -10,83 +10,35 @@ solver takes (a typo or an option of another solver is a validation error) and
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
+
+import torch
+import yaml
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
-from dynode.errors import ConfigurationError
-from dynode.solver import Solver
-from dynode.solvers import RK4, Bosh3, Dopri5, Euler, Heun, Midpoint, TorchDiffEq, TorchODE, Tsit5
+from dynode.checkpoint import load_weights
+from dynode.errors import ConfigurationError, describe_validation_error
+from dynode.solver_config import (SolverConfig, FrozenConfig, solver_config, EulerConfig, MidpointConfig, HeunConfig,
+                                  RK4Config, Dopri5Config, Tsit5Config, Bosh3Config, TorchDiffEqConfig,
+                                  TorchODEConfig)
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, create_model,
                       model_validator)
+from dynode import models
+from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
+from dynode.field import VectorField
+from dynode.record import Record
+from dynode.spec import build_network, load_spec
+from dynode.spec import import_object
+from dynode.stimuli import Constant, Pulse, groen2022
+from dynode.stimuli.datasets import dataset, in_memory
+from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
+from dynode.train import TrainingConfig
 
 __all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
            "RK4Config", "Dopri5Config", "Tsit5Config", "Bosh3Config", "TorchDiffEqConfig",
            "TorchODEConfig"]
-
-
-class _Frozen(BaseModel):
-    # inf and nan are no number of ms, tolerance or rate: float fields refuse them (dt_max: inf = no cap)
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-# -- solvers: one config per solver class, generated from its constructor ---------------------
-class _SolverConfig(_Frozen):
-    """A solver's options as data. The solver class is the one place of every option's type,
-    default and rule: a value it refuses is this config's validation error."""
-
-    solver: ClassVar[type[Solver]]
-
-    @model_validator(mode="after")
-    def _solver_accepts(self):
-        self.build()  # raises ConfigurationError (a ValueError): reported by pydantic with the path
-        return self
-
-    def build(self) -> Solver:
-        """The solver object (options left at None are not passed)."""
-        return self.solver(**{k: v for k, v in self.model_dump(exclude={"kind"}).items() if v is not None})
-
-
-def _config(cls: type[Solver]) -> type[_SolverConfig]:
-    """The config of solver class ``cls``: ``kind = cls.name`` and its constructor's options with
-    their types and defaults (an option whose default is None is optional; one whose default
-    is inf, e.g. ``dt_max``, admits inf)."""
-    fields: dict[str, Any] = {"kind": (Literal[cls.name], cls.name)}
-    for name, (typ, default) in cls.options().items():
-        if default is None:
-            typ = Optional[typ]
-        elif isinstance(default, float) and math.isinf(default):
-            typ = Annotated[typ, Field(allow_inf_nan=True)]
-        fields[name] = (typ, default)
-    model = create_model(f"{cls.__name__}Config", __base__=_SolverConfig, __module__=__name__,
-                         __doc__=f"Options of :class:`dynode.solvers.{cls.__name__}` (see its docstring).",
-                         **fields)
-    model.solver = cls
-    return model
-
-
-EulerConfig, MidpointConfig, HeunConfig, RK4Config = (_config(c) for c in (Euler, Midpoint, Heun, RK4))
-Dopri5Config, Tsit5Config, Bosh3Config = (_config(c) for c in (Dopri5, Tsit5, Bosh3))
-TorchDiffEqConfig, TorchODEConfig = _config(TorchDiffEq), _config(TorchODE)
-
-SolverConfig = Annotated[
-    Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config, Dopri5Config, Tsit5Config,  # type: ignore[valid-type]
-          Bosh3Config, TorchDiffEqConfig, TorchODEConfig],
-    Field(discriminator="kind"),
-]
-"""A solver configuration: one of the ``*Config`` models, chosen by ``kind``."""
-
-_SOLVER_ADAPTER: TypeAdapter = TypeAdapter(SolverConfig, config=ConfigDict(title="SolverConfig"))
-
-
-def solver_config(data: Any) -> Any:
-    """Validate a dict (e.g. from ``yaml.safe_load``) or a name into a solver config.
-
-    A bare string is shorthand for ``{"kind": name}``. Raises ``pydantic.ValidationError``
-    for an unknown ``kind``, a misspelt or foreign option, or a value out of range.
-    """
-    if isinstance(data, str):
-        data = {"kind": data}
-    return _SOLVER_ADAPTER.validate_python(data)
 
 
 # ============================================================================================
@@ -94,7 +46,7 @@ def solver_config(data: Any) -> Any:
 # ============================================================================================
 
 
-class ModelConfig(_Frozen):
+class ModelConfig(FrozenConfig):
     """The model, given one of three ways:
 
     * ``name``: a zoo model (``dyrcnn``, ``cornet_rt``, ``cordsnet``, ``alexnet_like``) and the
@@ -137,24 +89,17 @@ class ModelConfig(_Frozen):
         if self.spec is not None:
             return None
         if self.factory is not None:
-            from dynode.spec import import_object
 
             fn = import_object(self.factory, "model.factory")
             if not callable(fn):
                 raise ConfigurationError(f"model.factory {self.factory!r} is not callable")
             return fn
-        from dynode import models
 
         return getattr(models, self.name)
 
     def build(self, *, input_shape=None, num_classes=None):
-        import inspect
-
-        from dynode.field import VectorField
-
         builder = self.builder()
         if builder is None:
-            from dynode.spec import build_network, load_spec
 
             net = build_network(load_spec(self.spec))
             shapes = net.input_shapes()
@@ -188,13 +133,11 @@ class ModelConfig(_Frozen):
                 raise ConfigurationError(f"model.factory {self.label} returned {type(net).__name__}; it must "
                                          "return a dynode.Network or another dynode.VectorField")
         if self.weights:
-            from dynode.train import load_weights
-
             load_weights(net, self.weights)  # a checkpoint or state_dict that fits, else CheckpointError
         return net
 
 
-class DataConfig(_Frozen):
+class DataConfig(FrozenConfig):
     """Image data: the generated task (no files, the default) or a torchvision data set in ``root``."""
 
     name: Literal["generated", "cifar10", "cifar100", "mnist", "imagenette", "imagefolder"] = "generated"
@@ -226,7 +169,6 @@ class DataConfig(_Frozen):
         MNIST, a torchvision ``DataLoader`` for image folders), training split shuffled and
         augmented unless ``augment`` says otherwise."""
         if self.name == "generated":
-            from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
 
             if self.augment:
                 raise ConfigurationError("data.augment: the generated task has its nuisance variation "
@@ -237,7 +179,6 @@ class DataConfig(_Frozen):
             train = (task.normalize(task.x_train), task.y_train)
             test = (task.normalize(task.x_test), task.y_test)
             return train, test, task.image_shape, task.num_classes
-        from dynode.stimuli.datasets import dataset, in_memory
 
         name = self.name
         if name in ("cifar10", "cifar100", "mnist"):
@@ -252,6 +193,16 @@ class DataConfig(_Frozen):
         train = torch.utils.data.DataLoader(tr, batch_size=batch_size, shuffle=True, generator=g, num_workers=2)
         test = torch.utils.data.DataLoader(te, batch_size=batch_size, shuffle=False, num_workers=2)
         return train, test, tuple(tr[0][0].shape), len(tr.classes)
+
+
+def model_and_data(cfg: "RunConfig"):
+    """``(model, train data, test data)`` of a run config: the data first (it fixes the input
+    shape and the classes), then the model, built right after seeding with
+    ``training.seed`` (same config, same initial weights)."""
+    train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
+    torch.manual_seed(cfg.training.seed)
+    net = cfg.model.build(input_shape=shape, num_classes=n_classes)
+    return net, train, test
 
 
 def first_images(data, n: int):
@@ -269,7 +220,7 @@ def first_images(data, n: int):
     return torch.cat(got)[:n]
 
 
-class RecordConfig(_Frozen):
+class RecordConfig(FrozenConfig):
     """What to record (see :class:`dynode.Record`); the default is the population time course."""
 
     populations: list[str] | None = None
@@ -280,12 +231,11 @@ class RecordConfig(_Frozen):
     dtype: Literal["float16", "float32", "float64"] = "float32"
 
     def build(self):
-        from dynode.record import Record
 
         return Record(**self.model_dump())
 
 
-class StimulusConfig(_Frozen):
+class StimulusConfig(FrozenConfig):
     """A stimulus for ``dynode simulate``: test images of the data shown as a pulse (or constantly),
     or one of the Groen 2022 protocols."""
 
@@ -307,7 +257,6 @@ class StimulusConfig(_Frozen):
         return self
 
     def build(self, images, input_name: str):
-        from dynode.stimuli import Constant, Pulse, groen2022
 
         images = images[: self.n_images] * self.contrast
         if self.kind == "groen2022":
@@ -318,7 +267,7 @@ class StimulusConfig(_Frozen):
         return Pulse(self.onset, duration, {input_name: images})
 
 
-class ExperimentConfig(_Frozen):
+class ExperimentConfig(FrozenConfig):
     """The in-silico experiments (Groen et al. 2022) run on a (trained) model."""
 
     protocols: list[Literal["contrast", "duration", "repetition"]] = Field(
@@ -343,12 +292,11 @@ FixedSolverConfig = Annotated[Union[EulerConfig, MidpointConfig, HeunConfig, RK4
 
 
 def _reference_config():
-    from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
 
     return Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
 
 
-class ConvergenceConfig(_Frozen):
+class ConvergenceConfig(FrozenConfig):
     """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference.
 
     ``solvers``: names, or ``{label: solver config}`` to compare variants (e.g.
@@ -374,7 +322,7 @@ class ConvergenceConfig(_Frozen):
         return list(self.solvers)
 
 
-class CompareConfig(_Frozen):
+class CompareConfig(FrozenConfig):
     """``dynode compare``: model variants side by side (see :mod:`dynode.compare`)."""
 
     variants: dict[str, dict[str, Any]] | None = Field(
@@ -382,13 +330,13 @@ class CompareConfig(_Frozen):
         "depthpointwise and pointdepthwise, each with and without normalization")
 
 
-class RunConfig(_Frozen):
+class RunConfig(FrozenConfig):
     """Everything one ``dynode`` command needs, one section per concern."""
 
     output: str = "dynode-out"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    training: "TrainingConfig" = Field(default_factory=lambda: _training_config())
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     solver: SolverConfig = Field(default_factory=EulerConfig)
     dt: PositiveFloat | None = None
     t_end: PositiveFloat | None = None
@@ -399,21 +347,7 @@ class RunConfig(_Frozen):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
-def _training_config():
-    from dynode.train import TrainingConfig
-
-    return TrainingConfig()
-
-
-def _rebuild():
-    from dynode.train import TrainingConfig
-
-    RunConfig.model_rebuild(_types_namespace={"TrainingConfig": TrainingConfig})
-
-
 def _unique_key_loader():
-    import yaml
-
     class Loader(yaml.SafeLoader):
         """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
         silently, so a duplicated section would drop the first without a word)."""
@@ -433,7 +367,7 @@ def _unique_key_loader():
     return Loader
 
 
-_UniqueKeyLoader = _unique_key_loader()
+UniqueKeyLoader = _unique_key_loader()
 
 
 _MAX_DEPTH = 64  # far more than any config; deeper data would only exhaust the validators' recursion
@@ -452,10 +386,6 @@ def _depth(data, limit: int = _MAX_DEPTH + 1) -> int:
 
 def load_config(path) -> RunConfig:
     """Read a YAML file into a :class:`RunConfig` (``yaml.safe_load``; every key checked)."""
-    from pathlib import Path
-
-    import yaml
-
     p = Path(path)
     if p.is_dir():
         raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
@@ -469,7 +399,7 @@ def load_config(path) -> RunConfig:
         raise ConfigurationError(f"{p}: not UTF-8 text (byte {exc.start}, line {line}); save the config as "
                                  "UTF-8 YAML") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -488,7 +418,6 @@ def load_config(path) -> RunConfig:
 
 
 def run_config(data: Any) -> RunConfig:
-    _rebuild()
     return RunConfig.model_validate(data)
 
 
@@ -496,7 +425,6 @@ def run_config_schema() -> dict:
     """The JSON schema of :class:`RunConfig` (what ``dynode config schema`` prints): strict JSON,
     so an infinite default (``dt_max``: no cap) is written as the string ``"inf"``, which the
     config accepts as well."""
-    _rebuild()
 
     def strict(x):
         if isinstance(x, float) and not math.isfinite(x):
@@ -510,13 +438,3 @@ def run_config_schema() -> dict:
     return strict(RunConfig.model_json_schema())
 
 
-def describe_validation_error(err) -> str:
-    """One line per problem: ``section.field: reason`` (pydantic's messages, with paths)."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x.endswith("Config")))
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (not an option here; check the spelling)"
-        lines.append(f"{loc or '<top>'}: {msg}")
-    return "; ".join(lines)

@@ -147,3 +147,15 @@ class ArchiveCorruptError(ArchiveError):
     def __init__(self, message: str, *, report):
         super().__init__(message)
         self.report = report
+
+
+def describe_validation_error(err) -> str:
+    """One line per problem: ``section.field: reason`` (pydantic's messages, with paths)."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if not (isinstance(x, str) and x.endswith("Config")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not an option here; check the spelling)"
+        lines.append(f"{loc or '<top>'}: {msg}")
+    return "; ".join(lines)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from dynode.errors import ConfigurationError
-from dynode.problem import make_problem
+from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution
 from dynode.solver import get_solver
 
@@ -66,6 +66,9 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     :class:`dynode.Solution` with ``ts`` (ms), ``states`` (``(len(ts), batch, *shape)``),
     ``stats`` and ``final_state``.
     """
+    dt = None if dt is None else as_ms(dt, "dt")
+    if dt is not None and not (math.isfinite(dt) and dt > 0):  # before an adaptive solver evaluates
+        raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense)

@@ -28,6 +28,7 @@ makes a decoder part of the model; :func:`dynode.models.summary` prints the stab
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -121,6 +122,9 @@ class Population(nn.Module):
                                  f"broadcast to the population shape {shape}") from None
             self.register_buffer("tau", tau)
         else:
+            if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+                raise ConfigurationError(f"population {name!r}: tau must be a number of ms (or a tensor of "
+                                         f"them), got {tau!r}")
             tau = float(tau)
             if not (tau > 0 and math.isfinite(tau)):
                 raise ConfigurationError(f"population {name!r}: tau must be finite and > 0 ms, got {tau}")
@@ -293,6 +297,9 @@ class Network(VectorField):
         if src not in self.populations and src not in self._inputs:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): {src!r} is neither a population nor "
                                      f"an input (populations: {list(self.populations)}, inputs: {list(self._inputs)})")
+        if isinstance(delay, bool) or not (isinstance(delay, numbers.Real)
+                                           or (isinstance(delay, torch.Tensor) and delay.numel() == 1)):
+            raise ConfigurationError(f"connect({src!r}, {dst!r}): delay must be a number of ms, got {delay!r}")
         delay = float(delay)
         if not (delay >= 0 and math.isfinite(delay)):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): delay must be finite and >= 0 ms, got {delay}")

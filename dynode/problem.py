@@ -9,6 +9,7 @@ the breakpoints, the initial state on the right device and dtype, and the save t
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ from dynode.stimulus import Stimulus, as_stimulus
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail
 
-__all__ = ["Problem", "make_problem"]
+__all__ = ["Problem", "make_problem", "as_ms"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,16 @@ class Problem:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(self.y0)
+
+
+def as_ms(value, name: str) -> float:
+    """``value`` as a time in ms: a real number (a Python or numpy number, or a 0-dim tensor),
+    not a bool or a string. Finiteness and range are the caller's to check."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"{name} must be a number of ms, got {value!r}")
+    return float(value)
 
 
 def _no_inputs(t: float) -> dict[str, Tensor]:
@@ -204,7 +215,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
-    t0, t_end = float(t0), float(t_end)
+    t0, t_end = as_ms(t0, "t0"), as_ms(t_end, "t_end")
     if not (math.isfinite(t0) and math.isfinite(t_end)):
         raise ConfigurationError(f"t0 and t_end must be finite (ms), got t0={t0}, t_end={t_end}")
     if not t_end > t0:
@@ -237,6 +248,9 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                      f"t0={t_last:g}), or pass solution.final_state to restart from its "
                                      "last state with constant history")
         initial_state = initial_state.final_state
+    if initial_state is not None and not isinstance(initial_state, Mapping):
+        raise ConfigurationError(f"initial_state must be None, a dict {{population: tensor}} or a Solution to "
+                                 f"continue, got {type(initial_state).__name__}")
     device, dtype = _infer_device_dtype(field, initial_state)
     stim = as_stimulus(stimulus)
     inputs, batch = _bind_stimulus(stim, field, t0, batch_size, device, dtype)
@@ -258,7 +272,11 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             raise ConfigurationError(f"initial_state has unknown populations {unknown}; "
                                      f"the field's populations are {list(y0)}")
         for name, v in initial_state.items():
-            v = torch.as_tensor(v, device=device, dtype=dtype)
+            try:
+                v = torch.as_tensor(v, device=device, dtype=dtype)
+            except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+                raise ConfigurationError(f"initial_state[{name!r}] is not a tensor of rates ({type(v).__name__}: "
+                                         f"{str(exc).splitlines()[0]}); give a tensor or a number") from None
             target = y0[name].shape
             if tuple(v.shape) == tuple(target):
                 y0[name] = v
@@ -277,7 +295,10 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             n = int(math.floor((t_end - t0) / every + 1e-9))
             save_at = tuple(t0 + i * every for i in range(n + 1))
         else:
-            save_at = tuple(float(s) for s in (save_at.tolist() if isinstance(save_at, Tensor) else save_at))
+            if isinstance(save_at, (str, bytes)) or not isinstance(save_at, (Sequence, Tensor)):
+                raise ConfigurationError(f"save_at must be None, an interval in ms or a sequence of times in "
+                                         f"ms, got {type(save_at).__name__}")
+            save_at = tuple(as_ms(s, "save_at") for s in (save_at.tolist() if isinstance(save_at, Tensor) else save_at))
             if not save_at:
                 raise ConfigurationError("save_at is empty; give at least one time in ms")
             bad = [x for x in save_at if not math.isfinite(x)]

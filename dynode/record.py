@@ -22,7 +22,7 @@ Unit dimensions are named by the population's number of per-sample dimensions: 1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,7 +188,7 @@ class Record:
         if isinstance(pops, str):
             pops = (pops,)
         if pops is not None:
-            pops = tuple(pops)
+            pops = tuple(pops) if isinstance(pops, Iterable) else ()
             if not pops or not all(isinstance(p, str) for p in pops):
                 raise ConfigurationError(f"Record(populations={self.populations!r}): give population "
                                          "names (or None for all)")

@@ -33,13 +33,14 @@ from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrA
                             condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS,
                             HEARTBEAT_S, LEASE_ATTR, RATE_UNITS)
 from dynode.errors import ArchiveError, ConfigurationError, DynodeError
-from dynode.problem import make_problem
+from dynode.problem import as_ms, make_problem
 from dynode.record import PopulationPlan, Record
 from dynode.solver import Solver, get_solver
 from dynode.stimulus import as_stimulus
 from dynode.archive import open_archive
 from dynode.network import Network
 from dynode.version import __version__
+from dynode.spec import spec_record, weights_fingerprint
 
 __all__ = ["simulate", "SimulationResult"]
 
@@ -112,7 +113,6 @@ def _spec_entries(net) -> dict:
     """The network as a rebuildable spec (:mod:`dynode.spec`; ``spec_error`` says why there is
     none) and the fingerprint of its weights, so ``dn.load_model(archive, weights=...)`` can
     rebuild the recorded model and check that the weights are the ones it ran with."""
-    from dynode.spec import spec_record, weights_fingerprint
 
     rec = spec_record(net)
     return {"spec": json.loads(rec["spec"]) if rec["spec"] else None, "spec_error": rec["spec_error"],
@@ -440,6 +440,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         raise ConfigurationError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
     if compression not in COMPRESSIONS:
         raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
+    if attrs is not None and not isinstance(attrs, Mapping):
+        raise ConfigurationError(f"attrs must be a dict of extra root attributes, got {type(attrs).__name__}")
     extra = dict(attrs or {})
     try:
         json.dumps(extra)
@@ -449,7 +451,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     path = None if store is None else prepare_path(store, overwrite)
     solver_obj = get_solver(solver)
     on_grid = solver_obj.grid
-    times = record.times(float(t0), float(t_end), None if dt is None else float(dt), on_grid)
+    t0, t_end = as_ms(t0, "t0"), as_ms(t_end, "t_end")
+    dt = None if dt is None else as_ms(dt, "dt")
+    times = record.times(t0, t_end, dt, on_grid)
     stim = as_stimulus(stimulus)
     problem = make_problem(field, stim, t0=t0, t_end=t_end, save_at=times,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,

@@ -42,19 +42,32 @@ import json
 import math
 import os
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from dynode.errors import ConfigurationError
+from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
+from dynode.solver_config import solver_config
+from dynode import pipeline
+from dynode.activations import Lambda, RectifiedPower, Supralinear
+from dynode.adapters import Adapter, Resize, adapter
+from dynode.models.ei import SignedConv, signed_recurrence
+from dynode.models.normalization import Divide, Pool, Subtract
+from dynode.models.readout import Readout
+from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf, recurrence
+from dynode.models.retina import Retina
+from dynode.network import Network
+from dynode.pipeline import Combine
 
 __all__ = ["SPEC_VERSION", "ModelSpec", "PopulationSpec", "ConnectionSpec", "OPERATOR_KINDS",
            "network_spec", "build_network", "op_spec", "build_op", "load_spec", "save_spec",
-           "load_model", "import_object", "weights_fingerprint"]
+           "import_object", "weights_fingerprint"]
 
 SPEC_VERSION = 1
 """The version this dynode writes; a spec of a higher version is refused (written by a newer dynode)."""
@@ -62,11 +75,11 @@ SPEC_VERSION = 1
 OpDict = dict[str, Any]
 
 
-class _Frozen(BaseModel):
+class FrozenConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class PopulationSpec(_Frozen):
+class PopulationSpec(FrozenConfig):
     """``add_population(name, shape, tau, phi, bias, combine)``; ``pipeline``: ``phi`` changes
     the shape (e.g. pools), so it is declared as ``pipeline=[combine, phi]``; ``role``: ``area``
     or the auxiliary role a component gave it. ``tau``: ms, a number or a nested list (per unit)."""
@@ -81,7 +94,7 @@ class PopulationSpec(_Frozen):
     role: str = "area"
 
 
-class ConnectionSpec(_Frozen):
+class ConnectionSpec(FrozenConfig):
     """``connect(src, dst, op, delay, skip_initial=...)``; ``op: null``: identity or the automatic adapter."""
 
     src: str
@@ -91,7 +104,7 @@ class ConnectionSpec(_Frozen):
     skip_initial: bool = False
 
 
-class ProtocolSpec(_Frozen):
+class ProtocolSpec(FrozenConfig):
     """``net.protocol``: how the model is meant to be run (ms)."""
 
     dt: float | None = None
@@ -102,7 +115,7 @@ class ProtocolSpec(_Frozen):
     stimulus_duration: float | None = None
 
 
-class ModelSpec(_Frozen):
+class ModelSpec(FrozenConfig):
     """A whole network as data (see the module doc)."""
 
     spec_version: int = SPEC_VERSION
@@ -130,8 +143,6 @@ class ModelSpec(_Frozen):
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            from dynode.config import describe_validation_error
-
             raise ConfigurationError(f"{where}: {describe_validation_error(exc)}") from None
 
 
@@ -220,14 +231,6 @@ def _torch_kwargs(kind: str, module: nn.Module) -> OpDict:
 
 
 def _dynode_classes() -> dict[str, type]:
-    from dynode.activations import RectifiedPower, Supralinear
-    from dynode.adapters import Adapter, Resize
-    from dynode.models.ei import SignedConv
-    from dynode.models.normalization import Divide, Pool, Subtract
-    from dynode.models.readout import Readout
-    from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf
-    from dynode.models.retina import Retina
-    from dynode import pipeline
 
     Sum = getattr(pipeline, "SumCombine", None) or getattr(pipeline, "Sum")
 
@@ -291,7 +294,6 @@ def op_spec(module: nn.Module) -> OpDict:
     ``spec_kwargs()`` method (stored as its import path), ``nn.Sequential`` of those. Anything
     else is a :class:`~dynode.errors.ConfigurationError` saying how to describe it.
     """
-    from dynode.activations import _Lambda
 
     tag = module.__dict__.get("dynode_spec")
     if isinstance(tag, Mapping) and "kind" in tag:
@@ -307,7 +309,7 @@ def op_spec(module: nn.Module) -> OpDict:
         if names != [str(i) for i in range(len(names))]:
             out["names"] = names
         return out
-    if cls is _Lambda:
+    if cls is Lambda:
         fn = module.fn
         path = f"{getattr(fn, '__module__', None)}:{getattr(fn, '__qualname__', '')}"
         if "<" in path or path.startswith("None:"):
@@ -328,20 +330,17 @@ def op_spec(module: nn.Module) -> OpDict:
 
 # -- building ---------------------------------------------------------------------------------
 def _build_recurrence(type: str, channels: int, kernel_size: int = 3, **options):
-    from dynode.models.recurrence import recurrence
 
     return recurrence(type, channels, kernel_size, **options)
 
 
 def _build_signed_recurrence(type: str, channels: int, kernel_size: int = 3, *, sign: int = 1,
                              gain: float = 0.1, flat: bool = False):
-    from dynode.models.ei import signed_recurrence
 
     return signed_recurrence(type, channels, kernel_size, sign=sign, gain=gain, flat=flat)
 
 
 def _build_adapter(src_shape: list, dst_shape: list, project: bool | None = None, bias: bool = False):
-    from dynode.adapters import adapter
 
     return adapter(src_shape, dst_shape, project=project, bias=bias)
 
@@ -350,20 +349,17 @@ def _build_sequential(modules: list, names: list | None = None):
     mods = [build_op(m, f"sequential[{i}]") for i, m in enumerate(modules)]
     if names is None:
         return nn.Sequential(*mods)
-    from collections import OrderedDict
-
     if len(names) != len(mods):
         raise ConfigurationError(f"sequential: {len(names)} names for {len(mods)} modules")
     return nn.Sequential(OrderedDict(zip(names, mods)))
 
 
 def _build_function(path: str):
-    from dynode.activations import _Lambda
 
     fn = import_object(path, "function")
     if not callable(fn):
         raise ConfigurationError(f"function {path!r} is not callable")
-    return _Lambda(fn)
+    return Lambda(fn)
 
 
 def _nested(kind: str, builder: Callable, keys: tuple[str, ...]):
@@ -401,7 +397,6 @@ def _builders() -> dict[str, Callable]:
             b[kind] = subtract
         elif kind == "sum_of":
             def sum_of(modules: list):
-                from dynode.models.recurrence import SumOf
 
                 return SumOf(*(build_op(m, f"sum_of[{i}]") for i, m in enumerate(modules)))
             b[kind] = sum_of
@@ -496,7 +491,6 @@ def network_spec(net, *, check: bool = True) -> ModelSpec:
     """The :class:`ModelSpec` of ``net`` (a :class:`dynode.Network`), read through its public
     attributes. ``check``: rebuild the spec on the meta device and compare the parameter and
     buffer layout (names, shapes, parameter or buffer) with ``net``'s."""
-    from dynode.network import Network
 
     if type(net) is not Network:
         raise ConfigurationError(f"network_spec describes a dynode.Network, got {type(net).__name__}; "
@@ -555,7 +549,6 @@ def _check_layout(net, spec: ModelSpec) -> None:
 def build_network(spec: ModelSpec | Mapping):
     """The :class:`dynode.Network` a spec describes (fresh initial weights; load a
     ``state_dict`` for trained ones, or use :func:`load_model`)."""
-    from dynode.network import Network
 
     spec = ModelSpec.from_data(spec)
     net = Network()
@@ -568,7 +561,6 @@ def build_network(spec: ModelSpec | Mapping):
         combine = None if p.combine is None else build_op(p.combine, f"{what} combine")
         bias = "unit" if p.bias == "unit" else p.bias == "channel"
         if p.pipeline:
-            from dynode.pipeline import Combine
 
             if combine is not None and not isinstance(combine, Combine):
                 raise ConfigurationError(f"{what}: a pipeline population's combine must be a "
@@ -586,13 +578,9 @@ def build_network(spec: ModelSpec | Mapping):
     if spec.protocol is not None:
         proto = spec.protocol.model_dump(exclude_none=True)
         if isinstance(proto.get("solver"), dict):
-            from dynode.config import solver_config
-
             try:
                 proto["solver"] = solver_config(proto["solver"]).build()
             except ValidationError as exc:
-                from dynode.config import describe_validation_error
-
                 raise ConfigurationError(f"protocol.solver: {describe_validation_error(exc)}") from None
         net.protocol = proto
     if spec.memory_format == "channels_last":
@@ -608,8 +596,6 @@ def save_spec(spec: ModelSpec, path) -> Path:
     path = Path(path)
     data = spec.model_dump(mode="json")
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
         path.write_text(yaml.safe_dump(data, sort_keys=False))
     else:
         path.write_text(json.dumps(data, indent=1))
@@ -618,8 +604,6 @@ def save_spec(spec: ModelSpec, path) -> Path:
 
 def load_spec(path) -> ModelSpec:
     """Read a spec file (YAML or JSON, ``yaml.safe_load``)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model spec at {path}")
@@ -644,70 +628,8 @@ def weights_fingerprint(net: nn.Module) -> str:
 def spec_record(net) -> dict:
     """What a checkpoint or an archive stores about the model: ``{"spec": JSON or "",
     "spec_error": why not}``."""
-    from dynode.errors import DynodeError
 
     try:
         return {"spec": network_spec(net).model_dump_json(), "spec_error": ""}
     except DynodeError as exc:
         return {"spec": "", "spec_error": str(exc)}
-
-
-def load_model(path, *, weights=None, eval: bool = True):
-    """Rebuild the network saved in ``path`` -- a checkpoint of :mod:`dynode.train` (``.pt``)
-    or an archive written by :func:`dynode.simulate` -- from its stored spec, with its weights.
-
-    A checkpoint holds both. An archive holds the spec and the fingerprint of the weights the
-    run used: pass ``weights=`` (a checkpoint or ``state_dict`` file) to load them (checked
-    against the fingerprint), or ``weights=False`` for the architecture with fresh weights.
-    The caller's random state is left untouched. ``eval``: put the network in eval mode.
-    """
-    from dynode.train import load_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint or archive at {path}")
-    if path.is_dir():
-        spec_json, error, fingerprint = _archive_spec(path)
-        state = None
-    else:
-        ckpt = load_checkpoint(path)
-        spec_json, error = ckpt.get("spec", ""), ckpt.get("spec_error", "")
-        state, fingerprint = ckpt.get("model"), None
-        if not spec_json and not error:
-            error = "it was written by a dynode without model specs"
-    if not spec_json:
-        raise ConfigurationError(f"{path} holds no model spec ({error or 'unknown reason'}); rebuild the "
-                                 "network with the code that made it and load_state_dict()")
-    spec = ModelSpec.from_data(json.loads(spec_json), f"{path}: spec")
-    if weights is not None and weights is not False:
-        w = load_checkpoint(weights)
-        state = w.get("model", w)
-    with torch.random.fork_rng(devices=[]):
-        net = build_network(spec)
-    if state is None and weights is not False:
-        raise ConfigurationError(f"the archive {path} stores the model's spec but not its weights "
-                                 f"(fingerprint {fingerprint[:12] if fingerprint else '?'}...); pass "
-                                 "weights='<checkpoint>.pt', or weights=False for fresh weights")
-    if state is not None:
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ConfigurationError(f"the weights do not fit the spec in {path}: {str(exc).splitlines()[0]}") from None
-        if fingerprint and weights is not None and weights_fingerprint(net) != fingerprint:
-            raise ConfigurationError(f"{weights} are not the weights the archive {path} was recorded with "
-                                     "(their fingerprints differ)")
-    return net.eval() if eval else net
-
-
-def _archive_spec(path: Path) -> tuple[str, str, str | None]:
-    from dynode.archive import open_archive
-
-    tree = open_archive(path)
-    try:
-        config = json.loads(tree.attrs["config"])
-    except (KeyError, TypeError, ValueError):
-        raise ConfigurationError(f"{path} is not a dynode archive with a config") from None
-    model = config.get("model", {}) or {}
-    spec = model.get("spec") or ""
-    return (json.dumps(spec) if isinstance(spec, Mapping) else spec), model.get("spec_error", ""), \
-        model.get("weights_sha256")

@@ -23,6 +23,7 @@ others (``--keep-going``). The summary collects every point: ``sweep_summary.csv
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import math
@@ -33,9 +34,16 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dynode.errors import ConfigurationError
+from dynode import analysis
+from dynode.config import (RunConfig, UniqueKeyLoader, first_images, load_config, model_and_data,
+                           run_config)
+from dynode.errors import describe_validation_error
+from dynode.train import Trainer
+from dynode.experiments import groen2022_experiments
 
 __all__ = ["SweepConfig", "load_sweep", "expand", "check_key", "write_points", "run_sweep", "collect",
            "run_point"]
@@ -81,14 +89,10 @@ class SweepConfig(BaseModel):
 def load_sweep(path) -> tuple[SweepConfig, dict, Path]:
     """``(sweep, base config dict, output folder)`` from a sweep file; every key and every
     point's config is checked (:func:`expand`) before anything runs."""
-    import yaml
-
-    from dynode.config import _UniqueKeyLoader, describe_validation_error
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep file {path} does not exist")
-    data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     try:
         sweep = SweepConfig.model_validate(data)
     except ValidationError as exc:
@@ -97,7 +101,7 @@ def load_sweep(path) -> tuple[SweepConfig, dict, Path]:
         base_path = (path.parent / sweep.base)
         if not base_path.is_file():
             raise FileNotFoundError(f"{path}: base config {base_path} does not exist")
-        base = yaml.load(base_path.read_text(), Loader=_UniqueKeyLoader) or {}
+        base = yaml.load(base_path.read_text(), Loader=UniqueKeyLoader) or {}
     else:
         base = dict(sweep.base)
     out = Path(sweep.output) if sweep.output else path.parent / f"{path.stem}-out"
@@ -109,9 +113,6 @@ def load_sweep(path) -> tuple[SweepConfig, dict, Path]:
 def check_key(key: str, base: dict | None = None) -> None:
     """A dotted key must name a run-config field (``training.seed``), or an option of the
     model's builder (``model.options.recurrence_type``)."""
-    from dynode.config import RunConfig, _rebuild, run_config
-
-    _rebuild()
     parts = key.split(".")
     model: Any = RunConfig
     for i, part in enumerate(parts):
@@ -124,8 +125,6 @@ def check_key(key: str, base: dict | None = None) -> None:
         if ".".join(parts[:i + 1]) == "model.options":
             if i + 1 != len(parts) - 1:
                 raise ConfigurationError(f"sweep key {key!r}: model.options takes one option name (model.options.NAME)")
-            import inspect
-
             cfg = run_config({"model": (base or {}).get("model", {})}).model
             builder = cfg.builder()
             if builder is None:
@@ -164,7 +163,6 @@ def _set(d: dict, key: str, value) -> None:
 
 def expand(sweep: SweepConfig, base: dict) -> list[dict]:
     """The points: ``[{"id", "overrides", "config"}]``, each config validated."""
-    from dynode.config import describe_validation_error, run_config
 
     for key in sweep.keys:
         check_key(key, base)
@@ -195,8 +193,6 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def write_points(points: list[dict], out: Path, steps: list[str]) -> None:
-    import yaml
-
     for p in points:
         d = out / "points" / p["id"]
         d.mkdir(parents=True, exist_ok=True)
@@ -271,30 +267,24 @@ def _flat(prefix: str, x, into: dict) -> None:
 def run_point(point_dir) -> dict:
     """Run one point (``python -m dynode.sweep point DIR``): train (resuming a killed run),
     then the experiments and their analysis if asked; writes ``result.json`` last."""
-    from dynode.cli import main
-
     d = Path(point_dir)
     meta = json.loads((d / "point.json").read_text())
     cfg_path = d / "config.yaml"
-    args = ["train", str(cfg_path), "--out", str(d)]
-    if (d / "last.pt").is_file():
-        args.append("--resume")
-    rc = main(args)
-    if rc != 0:
-        raise SystemExit(rc)
+    cfg = load_config(cfg_path)
+    net, train_data, test = model_and_data(cfg)
+    trainer = Trainer(net, cfg.training, log=d / "train.jsonl", checkpoint_dir=d)
+    if (d / "last.pt").is_file():  # a killed point continues where it stopped
+        trainer.resume(d / "last.pt")
+    trainer.fit(train_data, test)
+    (d / "config.json").write_text(cfg.model_dump_json(indent=2))
     rows = [json.loads(line) for line in (d / "train.jsonl").read_text().splitlines() if line.strip()]
     metrics: dict[str, float] = {}
     _flat("", rows[-1] if rows else {}, metrics)
     if "experiment" in meta["steps"]:
-        import yaml
-
         cfg = yaml.safe_load(cfg_path.read_text())
         cfg.setdefault("model", {})["weights"] = str((d / "last.pt").resolve())
         exp_cfg = d / "experiment.yaml"
         exp_cfg.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        from dynode import analysis
-        from dynode.config import load_config, first_images
-        from dynode.experiments import groen2022_experiments
 
         c = load_config(exp_cfg)
         _, test, shape, n_classes = c.data.load(c.training.batch_size)

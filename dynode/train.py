@@ -80,6 +80,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from dynode.checkpoint import is_state_dict, load_checkpoint, load_state, load_weights
 from dynode.errors import CheckpointError, ConfigurationError, DivergenceError
 from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
@@ -740,7 +741,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "epoch", "config", "history", "rng") if k not in ckpt]
         if missing:
-            if _is_state_dict(ckpt):
+            if is_state_dict(ckpt):
                 raise CheckpointError(
                     f"{path} is a plain state_dict (weights only), not a training checkpoint: resuming needs "
                     "the optimizer, epoch, RNG and config that Trainer.save / dynode train write (last.pt); "
@@ -759,9 +760,9 @@ class Trainer:
                     if getattr(saved, k) != getattr(self.config, k)}
             raise ConfigurationError(f"the checkpoint {path} was made with another config (differs in "
                                      f"{sorted(diff)}); resume with the same config")
-        if not _is_state_dict(ckpt["model"]):
+        if not is_state_dict(ckpt["model"]):
             raise CheckpointError(f"{path}: its 'model' entry is not a state_dict (names -> tensors)")
-        _load_state(self.network, ckpt["model"], path)
+        load_state(self.network, ckpt["model"], path)
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -781,77 +782,6 @@ class Trainer:
         if self._owns_group and self.dist is not None and self.dist.is_initialized():
             self.dist.destroy_process_group()
         self._owns_group = False
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a dynode checkpoint (or a state_dict file) safely: ``weights_only=True`` (tensors
-    and plain data only; nothing in the file is executed). A file that is not a readable torch
-    file of that kind is a :class:`~dynode.errors.CheckpointError` saying what it is."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give the file itself "
-                              f"(dynode train writes {path / 'last.pt'})")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "unsupported" in ln.lower() or "Unpickler error" in ln),
-                   lines[0] if lines else "")
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain data ({why[:160]}); "
-            "dynode loads with weights_only=True and never runs code from a file: give a checkpoint "
-            "written by dynode train / Trainer.save, or torch.save(net.state_dict(), path)") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
-            zipfile.BadZipFile) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (truncated, damaged or not written by torch.save: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); give the "
-            "last.pt that dynode train writes, or a state_dict saved with torch.save") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint (a dict with 'model', "
-                              "'optimizer', ...) nor a state_dict")
-    return obj
-
-
-def _is_state_dict(obj) -> bool:
-    return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
-
-
-def load_weights(network: nn.Module, path: str | Path) -> nn.Module:
-    """Load the weights in ``path`` (a training checkpoint's ``model`` or a plain state_dict)
-    into ``network``; weights of another architecture are a :class:`CheckpointError` naming
-    the missing, unexpected and mis-shaped entries."""
-    ckpt = load_checkpoint(path)
-    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    if not _is_state_dict(state):
-        raise CheckpointError(f"{path} holds neither a training checkpoint (with 'model' weights) nor a "
-                              f"state_dict (names -> tensors); its keys are {sorted(map(str, ckpt))[:8]}")
-    _load_state(network, state, path)
-    return network
-
-
-def _load_state(network: nn.Module, state: dict, path) -> None:
-    """``network.load_state_dict(state)``, with a :class:`CheckpointError` that says how the
-    saved weights differ from the network's when they do not fit."""
-    own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: saved {tuple(state[k].shape)}, network {tuple(own[k].shape)}" for k in own
-              if k in state and isinstance(state[k], Tensor) and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing, e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} not in this network, e.g. {unexpected[0]!r}")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
-        raise CheckpointError(f"the weights in {path} do not fit this network ({'; '.join(parts)}): they were "
-                              "saved from another architecture; build the model with the options it was "
-                              "trained with (the checkpoint's spec: dynode.load_model(path))")
-    network.load_state_dict(state)
 
 
 def _size(data) -> int | None:
