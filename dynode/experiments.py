@@ -26,6 +26,7 @@ from dynode.network import Network
 from dynode.stimuli import Constant
 from dynode.stimuli import groen2022
 from dynode.stimuli import present
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
 
@@ -76,7 +77,7 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
             raise ConfigurationError(f"settle: {name} must be a positive number of ms, got {v!r}")
     stim = Constant(background)
     n_steps = round(window / dt)
-    if abs(n_steps * dt - window) > 1e-9 * window:
+    if abs(n_steps * dt - window) > TIME_RTOL * window:
         raise ConfigurationError(f"settle: window={window} ms is not a whole number of steps of dt={dt} ms")
     saves = [i * dt for i in range(n_steps + 1)]
     previous, t, steady = None, 0.0, False

@@ -41,6 +41,7 @@ from dynode.field import VectorField
 from dynode.activations import get_activation
 from dynode.adapters import adapter as _adapter
 from dynode.pipeline import build_pipeline
+from dynode.tolerances import time_tol
 
 __all__ = ["Network", "Population", "Connection", "RunProtocol", "PopulationPlan", "Term", "Read"]
 
@@ -603,7 +604,7 @@ def _reads_initial(history, delay: float) -> bool:
     except AttributeError:
         raise ConfigurationError("connections with skip_initial=True need a fixed-step solver "
                                  "(a dynode.History on the grid)") from None
-    return pos <= delay + 1e-9 * max(1.0, delay)
+    return pos <= delay + time_tol(delay)
 
 
 def _shape(shape, what: str) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.stimulus import Stimulus, as_stimulus
+from dynode.tolerances import TIME_RTOL, time_tol
 
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail
@@ -242,7 +243,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                      "delayed history); pass solution.final_state to restart from "
                                      "its last state with constant history")
         t_last = float(initial_state.ts[-1]) if len(initial_state.ts) else None
-        if t_last is not None and abs(t_last - t0) > 1e-9 * max(1.0, abs(t0)):
+        if t_last is not None and abs(t_last - t0) > time_tol(t0):
             raise ConfigurationError(f"initial_state is a solution that ends at t = {t_last:g} ms, but "
                                      f"t0 = {t0:g} ms: a continuation starts where the run ended (pass "
                                      f"t0={t_last:g}), or pass solution.final_state to restart from its "
@@ -292,7 +293,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             if not (every > 0 and math.isfinite(every)):
                 raise ConfigurationError(f"save_at as a number is the saving interval in ms and must "
                                          f"be > 0, got {every}")
-            n = int(math.floor((t_end - t0) / every + 1e-9))
+            n = int(math.floor((t_end - t0) / every + TIME_RTOL))
             save_at = tuple(t0 + i * every for i in range(n + 1))
         else:
             if isinstance(save_at, (str, bytes)) or not isinstance(save_at, (Sequence, Tensor)):
@@ -307,7 +308,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                          "finite time in ms within [t0, t_end]")
             if any(b <= a for a, b in zip(save_at, save_at[1:])):
                 raise ConfigurationError("save_at must be strictly increasing (ms)")
-            if save_at[0] < t0 - 1e-9 or save_at[-1] > t_end + 1e-9:
+            if save_at[0] < t0 - TIME_RTOL or save_at[-1] > t_end + TIME_RTOL:
                 raise ConfigurationError(f"save_at must lie within [t0, t_end] = [{t0}, {t_end}] ms, got "
                                          f"[{save_at[0]}, {save_at[-1]}]")
     checked = (t0,) + tuple(x for x in bps if t0 < x < t_end)[:_CHECKED_BREAKPOINTS]

@@ -31,12 +31,12 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.history import delay_steps
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["Record", "PopulationPlan", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
 
 REDUCTIONS = ("mean", "std", "mean_std")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
-_GRID_TOL = 1e-9  # relative tolerance when checking that a time lies on the dt grid
 
 
 def unit_dims(ndim: int) -> tuple[str, ...]:
@@ -233,7 +233,7 @@ class Record:
             raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
         start = t0 if self.start is None else self.start
         stop = t_end if self.stop is None else self.stop
-        if start < t0 - 1e-9 or stop > t_end + 1e-9:
+        if start < t0 - TIME_RTOL or stop > t_end + TIME_RTOL:
             raise ConfigurationError(f"Record window [start, stop] = [{start:g}, {stop:g}] ms must lie "
                                      f"within the run [t0, t_end] = [{t0:g}, {t_end:g}] ms")
         if on_grid:
@@ -254,12 +254,12 @@ class Record:
                         f"Record(every={self.every:g}) is not a multiple of dt = {dt:g} ms; a "
                         f"fixed-step solver only has states on its grid: use every = {lo * dt:g} or "
                         f"{(lo + 1) * dt:g} ms, or an adaptive solver")
-            k_stop = math.floor((stop - t0) / dt * (1 + _GRID_TOL) + _GRID_TOL)
+            k_stop = math.floor((stop - t0) / dt * (1 + TIME_RTOL) + TIME_RTOL)
             return tuple(t0 + k * dt for k in range(k0, k_stop + 1, m))
         if self.every is None:
             raise ConfigurationError("this solver has no fixed step grid: give Record(every=...) "
                                      "(the recording interval in ms)")
-        n = math.floor((stop - start) / self.every * (1 + _GRID_TOL) + _GRID_TOL)
+        n = math.floor((stop - start) / self.every * (1 + TIME_RTOL) + TIME_RTOL)
         return tuple(min(start + k * self.every, t_end) for k in range(n + 1))
 
     # -- populations ---------------------------------------------------------------------

@@ -88,10 +88,10 @@ from dynode.models.stability import spectral_radius
 from dynode.network import Network, RunProtocol
 from dynode.spec import spec_record
 from dynode.stimulus import Pulse
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint", "load_weights"]
 
-_EPS = 1e-9
 
 
 class TrainingConfig(BaseModel):
@@ -352,7 +352,7 @@ class Trainer:
         window = getattr(ro, "window", None)
 
         def in_window(k: int) -> bool:
-            return window is None or window[0] - _EPS <= k * dt <= window[1] + _EPS
+            return window is None or window[0] - TIME_RTOL <= k * dt <= window[1] + TIME_RTOL
 
         self._read_steps = [k for k in range(n + 1) if in_window(k)]  # the times a decoder returns
         self._read_set = frozenset(self._read_steps)
@@ -374,7 +374,7 @@ class Trainer:
         self._energy_of = {a: 1.0 for a in areas} if areas else 1.0
         if cfg.stability_weight > 0:
             off = self.onset + self.duration
-            if off >= self.t_end - _EPS:
+            if off >= self.t_end - TIME_RTOL:
                 raise ConfigurationError(f"stability_weight: the stimulus ends at {off:g} ms, not before "
                                          f"t_end = {self.t_end:g} ms; nothing to measure after the offset")
         if self.onset >= self.t_end:

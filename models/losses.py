@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["time_weights", "classification_loss", "energy_loss", "stability_loss"]
 
@@ -37,9 +38,9 @@ def time_weights(ts, *, onset: float = 0.0, reaction_time: float = 0.0, until: f
     ``onset + reaction_time`` and after ``until``; uniform or a linear ramp ``1, 2, ..., m``."""
     t = torch.as_tensor(ts, dtype=torch.float64).flatten()
     start = float(onset) + float(reaction_time)
-    mask = t >= start - 1e-9
+    mask = t >= start - TIME_RTOL
     if until is not None:
-        mask &= t <= float(until) + 1e-9
+        mask &= t <= float(until) + TIME_RTOL
     m = int(mask.sum())
     if m == 0:
         raise ConfigurationError(f"no time point lies in the loss window [{start:g}, "
@@ -109,8 +110,8 @@ def stability_loss(states: Mapping[str, Tensor], ts, *, baseline: tuple[float, f
     names = list(states) if populations is None else list(populations)
     first = states[names[0]]
     t = _times(ts, first.shape[0])
-    b = [i for i, x in enumerate(t) if baseline[0] - 1e-9 <= x <= baseline[1] + 1e-9]
-    a = [i for i, x in enumerate(t) if x >= after - 1e-9]
+    b = [i for i, x in enumerate(t) if baseline[0] - TIME_RTOL <= x <= baseline[1] + TIME_RTOL]
+    a = [i for i, x in enumerate(t) if x >= after - TIME_RTOL]
     if not b or not a:
         raise ConfigurationError(f"stability_loss: the baseline window {baseline} ms or the time "
                                  f"after {after:g} ms holds no saved time ({t[0]:g} .. {t[-1]:g} ms)")

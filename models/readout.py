@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.integrate import integrate
 from dynode.stimulus import Pulse
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["Readout", "Classifier"]
 
@@ -73,7 +74,7 @@ class Readout(nn.Module):
 
     def _window_index(self, ts: Tensor) -> list[int]:
         t0, t1 = self.window
-        idx = [i for i, t in enumerate(ts.tolist()) if t0 - 1e-9 <= t <= t1 + 1e-9]
+        idx = [i for i, t in enumerate(ts.tolist()) if t0 - TIME_RTOL <= t <= t1 + TIME_RTOL]
         if not idx:
             raise ConfigurationError(f"readout window [{t0:g}, {t1:g}] ms holds no saved time "
                                      f"(saved: {ts[0].item():g} .. {ts[-1].item():g} ms)")

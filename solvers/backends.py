@@ -41,8 +41,9 @@ from dynode.problem import Problem
 from dynode.network import Network
 from dynode.solution import Output, Solution
 from dynode.solver import ATOL, RTOL, Solver, check_options
-from dynode.history import SegmentHistory, field_delays, propagate_breakpoints, time_tol
+from dynode.history import SegmentHistory, field_delays, propagate_breakpoints
 from dynode.stats import Status
+from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["TorchDiffEq", "TorchODE", "segments"]
 
@@ -67,7 +68,7 @@ def segments(problem: Problem) -> list[tuple[float, float, bool]]:
     a = problem.t0
     d_min = delays[0] if delays else math.inf
     for b, jump in zip(stops, jumps):
-        n = max(1, math.ceil((b - a) / d_min - 1e-9)) if delays else 1
+        n = max(1, math.ceil((b - a) / d_min - TIME_RTOL)) if delays else 1
         for m in range(n):
             lo = a + (b - a) * m / n
             hi = b if m == n - 1 else a + (b - a) * (m + 1) / n
@@ -109,7 +110,7 @@ class _Flat:
 
 def _grid(a: float, b: float, n_dense: int | None, saves) -> tuple[list[float], list[int]]:
     """Times to request in segment ``[a, b]`` (its ends, the dense points of a delayed field,
-    the saves; merged to 1e-10 relative) and the indices of the dense points among them."""
+    the saves; merged to time_tol) and the indices of the dense points among them."""
     tol = time_tol(b)
     pts = [a + (b - a) * m / n_dense for m in range(1, n_dense)] if n_dense else []
     merged: list[float] = []
@@ -179,17 +180,44 @@ class _Backend(Solver):
             tf = min(float(t.detach().reshape(-1)[0]), b_left)
             state = flat.unflatten(yflat)
             history.at(tf, state)
-            return flat.flatten(field(tf, state, history, inputs(tf))).reshape(yflat.shape)
+            deriv = field(tf, state, history, inputs(tf))
+            rhs.last = (tf, state, deriv)  # references only: read by _where if the backend fails
+            return flat.flatten(deriv).reshape(yflat.shape)
+        rhs.last = None
         return rhs
 
 
-def _fail(solver: str, status: Status, t: float, detail: str) -> SolverError:
+def _where(last) -> tuple[str | None, float | None, str]:
+    """Where a failed backend solve went wrong, from its last evaluation ``(t, state, dr/dt)``:
+    the first population whose rate or derivative is non-finite, else the largest rate."""
+    if last is None:
+        return None, None, ""
+    t, state, deriv = last
+    with torch.no_grad():  # one read, only once the solve has failed
+        names = list(state)
+        peaks = torch.stack([state[n].detach().abs().amax() for n in names]
+                            + [deriv[n].detach().abs().amax() for n in names]).tolist()
+    rates, slopes = dict(zip(names, peaks[:len(names)])), dict(zip(names, peaks[len(names):]))
+    for name in names:
+        if not math.isfinite(rates[name]):
+            return name, t, f"population {name!r} became non-finite at t = {t:g} ms"
+    for name in names:
+        if not math.isfinite(slopes[name]):
+            return name, t, (f"the field's dr/dt of population {name!r} is non-finite at t = {t:g} ms "
+                             "(rates finite: the activation or an operator produced NaN/inf)")
+    name = max(names, key=rates.get)
+    return name, t, f"largest rate: population {name!r}, |r| = {rates[name]:.3g} at t = {t:g} ms"
+
+
+def _fail(solver: str, status: Status, t: float, detail: str, last=None) -> SolverError:
     advice = {Status.REACHED_MAX_STEPS: "raise the step limit, loosen rtol/atol or check tau",
               Status.REACHED_DT_MIN: "loosen rtol/atol, lower the minimal step, or check tau and the "
                                      "stimulus breakpoints",
               Status.NON_FINITE: "check weights, activation and tau for overflow"}[status]
-    return SolverError(f"{solver}: {detail} in the segment starting at t = {t:g} ms; {advice}",
-                       status=int(status), t=t, population=None)
+    population, t_last, where = _where(last)
+    where = f" ({where})" if where else ""
+    return SolverError(f"{solver}: {detail} in the segment starting at t = {t:g} ms{where}; {advice}",
+                       status=int(status), t=t if t_last is None else t_last, population=population)
 
 
 @dataclass(frozen=True, init=False)
@@ -247,7 +275,7 @@ class TorchDiffEq(_Backend):
         so off-step history points would cap RK4 at order 2."""
         if not self.adaptive:
             n = (b - a) / dict(self.options)["step_size"]
-            if round(n) >= 3 and abs(n - round(n)) < 1e-9 * max(1.0, n):
+            if round(n) >= 3 and abs(n - round(n)) < time_tol(n):
                 return int(round(n))
         return self.n_dense
 
@@ -280,7 +308,7 @@ class TorchDiffEq(_Backend):
             status = (Status.REACHED_MAX_STEPS if "max_num_steps" in msg else
                       Status.NON_FINITE if "nan" in msg.lower() or "inf" in msg.lower() else
                       Status.REACHED_DT_MIN)
-            raise _fail("TorchDiffEq", status, a, f"torchdiffeq stopped ({msg})") from exc
+            raise _fail("TorchDiffEq", status, a, f"torchdiffeq stopped ({msg})", rhs.last) from exc
         if fixed:
             counts["accepted"] = counts["steps"]
         return ys  # non-finite values: the divergence guard names the population
@@ -367,7 +395,10 @@ class TorchODE(_Backend):
                 names = by_t[tl[0]].keys()
                 x_in = {k: torch.stack([by_t[x][k][i] for i, x in enumerate(tl)]) for k in names}
             history.at(tl[0], state)
-            return flat.flatten(field(tl[0], state, history, x_in))
+            deriv = field(tl[0], state, history, x_in)
+            rhs.last = (tl[0], state, deriv)  # references only: read by _where if the backend fails
+            return flat.flatten(deriv)
+        rhs.last = None
         return rhs
 
     def _solve_segment(self, rhs, y, times, a, b, counts, first):
@@ -392,7 +423,7 @@ class TorchODE(_Backend):
         if bad:
             code = max(bad)
             st = {2: Status.REACHED_DT_MIN, 3: Status.REACHED_MAX_STEPS}.get(code, Status.NON_FINITE)
-            raise _fail("TorchODE", st, a, f"torchode status {to.status_codes.Status(code).name}")
+            raise _fail("TorchODE", st, a, f"torchode status {to.status_codes.Status(code).name}", rhs.last)
         n_steps = int(sol.stats["n_steps"].max())
         n_acc = int(sol.stats["n_accepted"].max())
         counts["steps"] += n_steps

@@ -46,6 +46,7 @@ from dynode.history import History, HistoryTail, compatible_dts, delay_steps, he
 from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import Solver
+from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
 
@@ -182,7 +183,7 @@ class FixedStepSolver(Solver):
         for b in problem.breakpoints:
             k = delay_steps(b - t0, dt)
             for d in lags:
-                if not (t0 < b + d < t_end + 1e-9 * max(1.0, abs(t_end))):
+                if not (t0 < b + d < t_end + time_tol(t_end)):
                     continue
                 kd = delay_steps(d, dt)
                 if k is None:
@@ -252,7 +253,7 @@ class FixedStepSolver(Solver):
         # A stage at the end of the step (c = 1) sees the stimulus' left limit there: the step
         # lies before a jump at its end (a pulse starting at t_{n+1} acts from step n+1 on).
         # The left limit is taken 1e-9 dt before the grid point.
-        left = 1.0 - 1e-9
+        left = 1.0 - TIME_RTOL
         c_eval = tuple(left if ci == 1.0 else ci for ci in c)
         ends = c[-1] == 1.0
         jumps = jumps if (store and derivs) else frozenset()

@@ -41,6 +41,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.stimulus import Stimulus, StimulusValue
 from dynode.stimuli.compose import resolve_background
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["NOISE_KINDS", "noise_field", "signal_power", "add_noise", "snr_of", "DynamicNoise"]
 
@@ -208,7 +209,7 @@ class DynamicNoise(Stimulus):
             if t_end is None or not float(t_end) > t_start:
                 raise ConfigurationError("dynamic noise (frame_ms given) needs t_end > t_start (ms) to "
                                          "list its frame boundaries as breakpoints")
-            n_frames = math.ceil((float(t_end) - t_start) / frame_ms - 1e-9)
+            n_frames = math.ceil((float(t_end) - t_start) / frame_ms - TIME_RTOL)
             self._bounds = [t_start + k * frame_ms for k in range(1, n_frames)]
         else:
             self._bounds = []

@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 
 from dynode.errors import AnalysisWarning, ConfigurationError, UndefinedMetricWarning
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["summed_response", "summation_ratios", "summation_ratio", "isi_recovery", "time_to_peak",
            "half_rise_latency", "peak_response", "asymptote_to_peak", "smooth", "fwhm", "summation_window",
@@ -68,9 +69,9 @@ def _window(course: xr.DataArray, start: float | None, stop: float | None) -> xr
     t = course["time"].values
     mask = np.ones(len(t), dtype=bool)
     if start is not None:
-        mask &= t >= start - 1e-9
+        mask &= t >= start - TIME_RTOL
     if stop is not None:
-        mask &= t < stop - 1e-9
+        mask &= t < stop - TIME_RTOL
     if not mask.any():
         raise ConfigurationError(f"the window [{start}, {stop}) ms holds no time point; the course spans "
                                  f"[{t.min():g}, {t.max():g}] ms")
@@ -210,7 +211,7 @@ def isi_recovery(two_pulse: xr.DataArray, single: xr.DataArray, *, duration: flo
                                  "(same dt and epoch); run both experiments with the same dt and t_end")
     single = single.sel(time=t, method="nearest").assign_coords(time=t)
     t_end = float(t[-1]) + dt
-    if onset + window > t_end + 1e-9:
+    if onset + window > t_end + TIME_RTOL:
         raise ConfigurationError(f"the first recovery window [{onset:g}, {onset + window:g}) ms runs past the "
                                  f"end of the course ({t_end:g} ms); record a longer epoch or pass a shorter "
                                  "window")
@@ -222,7 +223,7 @@ def isi_recovery(two_pulse: xr.DataArray, single: xr.DataArray, *, duration: flo
         if w < dt:
             raise ConfigurationError(f"the second pulse at {dim}={isi:g} ms starts at {t2:g} ms, at or after "
                                      f"the end of the course ({t_end:g} ms); record a longer epoch")
-        if w < window - 1e-9:
+        if w < window - TIME_RTOL:
             warnings.warn(f"{dim}={isi:g} ms: the second recovery window is cut to {w:g} of {window:g} ms by "
                           f"the end of the epoch ({t_end:g} ms), so the recovery is underestimated (Groen's "
                           f"convention); record an epoch to at least {t2 + window:g} ms after the onset",
@@ -362,7 +363,7 @@ def asymptote_to_peak(course: xr.DataArray, at: float = 500.0, *, width: float =
     0."""
     dt = time_step(course)
     t = course["time"].values
-    part = course.isel(time=np.flatnonzero((t > start + 1e-9) & (t < stop - 1e-9)))
+    part = course.isel(time=np.flatnonzero((t > start + TIME_RTOL) & (t < stop - TIME_RTOL)))
     tp = part["time"].values
     if not len(tp) or not tp[0] <= at <= tp[-1]:
         raise ConfigurationError(f"the asymptote time {at:g} ms is not inside the window ({start:g}, {stop:g}) "

@@ -34,6 +34,7 @@ from dynode.analysis.courses import align_to_onset, all_time_courses, as_tree, c
 from dynode.analysis.dn import DNFit, fit_dn, pulse_envelope
 from dynode.errors import AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError
 from dynode.analysis import figures as F
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL",
            "NEEDS"]
@@ -257,8 +258,8 @@ def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, dr
     for pop in raw.data_vars:
         da = raw[pop]
         t = da["time"].values
-        mask = (t >= lo - 1e-9) & (t < hi - 1e-9)
-        if t[0] > lo + 1e-9 or mask.sum() < 2:
+        mask = (t >= lo - TIME_RTOL) & (t < hi - TIME_RTOL)
+        if t[0] > lo + TIME_RTOL or mask.sum() < 2:
             raise ConfigurationError(f"the baseline window [{lo:g}, {hi:g}) ms is not inside the {kind} archive's "
                                      f"epoch ({t[0]:g} to {t[-1]:g} ms from onset); pass a baseline= window inside "
                                      "it or record a longer pre-stimulus period (a later onset)")
@@ -335,7 +336,7 @@ def analyze(*archives, contrast=None, duration=None, repetition=None, population
     for k, ds in raw.items():
         res.courses[k] = _baseline(res, k, ds, baseline, stop, drift_tol)
         end = float(ds["time"].values[-1]) + M.time_step(ds[pops[0]])
-        if end < stop - 1e-9:
+        if end < stop - TIME_RTOL:
             for p in pops:
                 res.flag(p, f"summed_response[{k}]", f"the {k} epoch ends {end:g} ms after onset, before the end "
                          f"of the {start:g}-{stop:g} ms summation window: sums are cut short")
@@ -398,7 +399,7 @@ def _recovery(res: Analysis, trees, courses, window: float) -> None:
             warnings.simplefilter("ignore", AnalysisWarning)  # re-flagged per population below
             r = M.isi_recovery(courses["repetition"][p], single[p], duration=d_pulse, window=window)
         for isi, w in r.attrs["second_window_ms"].items():
-            if w < window - 1e-9:
+            if w < window - TIME_RTOL:
                 res.flag(p, f"isi_recovery[{isi:g}]", f"the second {window:g} ms window is cut to {w:g} ms by the "
                          "end of the epoch (Groen's convention), so the recovery is underestimated")
         lo, hi = PLAUSIBLE["isi_recovery"]

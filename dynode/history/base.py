@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from torch import Tensor
 
 from dynode.errors import DelayError
+from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input", "time_tol"]
 
@@ -32,16 +33,11 @@ class HistoryReader(Protocol):
         """Population (or input) ``name`` at ``t - delay`` (ms)."""
 
 
-def time_tol(t: float) -> float:
-    """Tolerance for comparing times in ms (relative 1e-10, at least 1e-10 ms)."""
-    return 1e-10 * max(1.0, abs(t))
-
-
 def check_delay(name: str, delay: float, max_delay: float) -> None:
     """A :class:`DelayError` unless ``0 <= delay <= max_delay`` (to 1e-9 relative)."""
     if not (delay >= 0 and math.isfinite(delay)):
         raise DelayError(f"history.lag({name!r}, {delay}): delays must be finite and >= 0 ms")
-    if delay > max_delay * (1 + 1e-9):
+    if delay > max_delay * (1 + TIME_RTOL):
         raise DelayError(f"history.lag({name!r}, {delay:g}): the delay exceeds the field's max_delay() = "
                          f"{max_delay:g} ms; make max_delay() return at least {delay:g}")
 

@@ -44,16 +44,16 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
 from dynode.history.base import check_delay, lag_input
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
 
-_REL_TOL = 1e-9
 
 
 def delay_steps(delay: float, dt: float) -> int | None:
     """``k`` with ``delay == k * dt`` (to 1e-9 relative), or ``None`` if there is none."""
     k = round(delay / dt)
-    if abs(k * dt - delay) <= _REL_TOL * max(1.0, abs(delay)):
+    if abs(k * dt - delay) <= TIME_RTOL * max(1.0, abs(delay)):
         return int(k)
     return None
 
@@ -131,7 +131,7 @@ class History:
         if max_delay > 0:
             k_max = delay_steps(max_delay, dt)
             if k_max is None:
-                k_max = math.ceil(max_delay / dt - _REL_TOL)
+                k_max = math.ceil(max_delay / dt - TIME_RTOL)
         self.size = k_max + 1
         self.max_delay = float(max_delay)
         self._derivatives = derivatives
@@ -153,7 +153,7 @@ class History:
             self._load_tail(tail)
 
     def _load_tail(self, tail: HistoryTail) -> None:
-        if abs(tail.dt - self.dt) > _REL_TOL * self.dt:
+        if abs(tail.dt - self.dt) > TIME_RTOL * self.dt:
             raise DelayError(f"cannot continue a run made with dt = {tail.dt:g} ms at dt = {self.dt:g} ms: "
                              "the delayed history lives on the old grid; use the same dt")
         m = min(len(tail.states), self.size)
