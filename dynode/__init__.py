@@ -15,29 +15,29 @@ from dynode.errors import (
     StabilityWarning,
     AccuracyWarning,
 )
+# layer 1, the core
 from dynode.field import VectorField
-from dynode.history import History
+from dynode.history import History, HistoryReader
 from dynode.network import Connection, Network, Population, RunProtocol
+from dynode.solver import Solver
+from dynode.stats import SolverStats, Status
 from dynode.solution import Solution
-from dynode import models, solvers, stimuli  # noqa: E402  (subpackages)
 from dynode.integrate import integrate
-from dynode.solvers import SolverStats, Status
-from dynode.convergence import convergence, plot_convergence
-from dynode import config  # noqa: E402  (pydantic configs)
+# layer 2, the building blocks
+from dynode import models, solvers, stimuli  # noqa: E402
+# layer 3, the workflow
+from dynode import analysis, archive, config, errors, experiments, spec, train  # noqa: E402
+from dynode.archive import open_archive
+from dynode.checkpoint import load_model
 from dynode.config import SolverConfig, solver_config
+from dynode.convergence import convergence, plot_convergence
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
-from dynode.archive import open_archive
-from dynode import archive  # noqa: E402  (selection helpers, export)
-from dynode import analysis  # noqa: E402  (time courses, metrics, DN fit, figures)
-from dynode import spec  # noqa: E402  (networks as data: specs, load_model)
-from dynode.checkpoint import load_model
-from dynode import errors, experiments, train  # noqa: E402  (workflow modules the README uses)
-
 from dynode.version import __version__
 
 __all__ = [
-    "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "integrate", "Solution",
+    "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "HistoryReader", "Solver",
+    "integrate", "Solution",
     "SolverStats", "Status", "models", "solvers", "stimuli",
     "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
     "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis", "spec", "load_model",
