@@ -181,10 +181,16 @@ class _Backend(Solver):
             state = flat.unflatten(yflat)
             history.at(tf, state)
             deriv = field(tf, state, history, inputs(tf))
-            rhs.last = (tf, state, deriv)  # references only: read by _where if the backend fails
+            rhs.last = (_seen(tf, rhs.last), state, deriv)  # references only: read by _where on failure
             return flat.flatten(deriv).reshape(yflat.shape)
         rhs.last = None
         return rhs
+
+
+def _seen(t: float, last) -> float | None:
+    """The time of an evaluation, or of the last one with a finite time (a failing torchode
+    step evaluates at t = nan)."""
+    return t if math.isfinite(t) else (None if last is None else last[0])
 
 
 def _where(last) -> tuple[str | None, float | None, str]:
@@ -193,6 +199,7 @@ def _where(last) -> tuple[str | None, float | None, str]:
     if last is None:
         return None, None, ""
     t, state, deriv = last
+    at = "in this segment" if t is None else f"at t = {t:g} ms"
     with torch.no_grad():  # one read, only once the solve has failed
         names = list(state)
         peaks = torch.stack([state[n].detach().abs().amax() for n in names]
@@ -200,13 +207,13 @@ def _where(last) -> tuple[str | None, float | None, str]:
     rates, slopes = dict(zip(names, peaks[:len(names)])), dict(zip(names, peaks[len(names):]))
     for name in names:
         if not math.isfinite(rates[name]):
-            return name, t, f"population {name!r} became non-finite at t = {t:g} ms"
+            return name, t, f"population {name!r} became non-finite {at}"
     for name in names:
         if not math.isfinite(slopes[name]):
-            return name, t, (f"the field's dr/dt of population {name!r} is non-finite at t = {t:g} ms "
+            return name, t, (f"the field's dr/dt of population {name!r} is non-finite {at} "
                              "(rates finite: the activation or an operator produced NaN/inf)")
     name = max(names, key=rates.get)
-    return name, t, f"largest rate: population {name!r}, |r| = {rates[name]:.3g} at t = {t:g} ms"
+    return name, t, f"largest rate: population {name!r}, |r| = {rates[name]:.3g} {at}"
 
 
 def _fail(solver: str, status: Status, t: float, detail: str, last=None) -> SolverError:
@@ -396,7 +403,7 @@ class TorchODE(_Backend):
                 x_in = {k: torch.stack([by_t[x][k][i] for i, x in enumerate(tl)]) for k in names}
             history.at(tl[0], state)
             deriv = field(tl[0], state, history, x_in)
-            rhs.last = (tl[0], state, deriv)  # references only: read by _where if the backend fails
+            rhs.last = (_seen(tl[0], rhs.last), state, deriv)  # references only: read by _where on failure
             return flat.flatten(deriv)
         rhs.last = None
         return rhs

@@ -290,6 +290,23 @@ def test_a_nan_input_or_weight_is_named_before_any_solver_runs(solver):
     assert op.calls == 0
 
 
+class _Log(nn.Module):
+    def forward(self, u):
+        return torch.log(u)  # NaN once u < 0: finite inputs and weights, a field that fails mid-run
+
+
+@pytest.mark.parametrize("solver", [dn.solvers.TorchDiffEq("dopri5"), dn.solvers.TorchODE("tsit5")])
+def test_a_backend_failure_names_the_population_and_time(solver):
+    """Not only 'underflow in dt' or a torchode status: the population and the time, as Dopri5."""
+    net = dn.Network()
+    net.add_input("x", shape=(2,))
+    net.add_population("V1", shape=(2,), tau=5.0, phi=_Log())
+    net.connect("x", "V1")
+    with pytest.raises(dn.SolverError, match=r"\(population 'V1' became non-finite at t = [\d.e+-]+ ms\)") as info:
+        dn.integrate(net, -torch.ones(2), t_end=10.0, solver=solver)
+    assert info.value.population == "V1"
+
+
 def test_an_infinite_dt_is_not_blamed_on_record_start():
     net, op = counted_net()
     with pytest.raises(ConfigurationError, match=r"^dt must be a finite number > 0 ms, got inf"):
