@@ -261,6 +261,9 @@ class TorchDiffEq(_Backend):
                                      f"{list(allowed)} (breakpoints become segment ends, not jump_t)")
         if method in _TDE_FIXED and "step_size" not in options:
             raise ConfigurationError(f"TorchDiffEq({method!r}) is fixed-step: give step_size=... (ms)")
+        if rtol is None or atol is None:  # check_options skips None (an option not given)
+            raise ConfigurationError(f"TorchDiffEq({method!r}): rtol and atol are required numbers, got "
+                                     f"rtol={rtol!r}, atol={atol!r}")
         check_options(f"TorchDiffEq({method!r})", rtol=rtol, atol=atol, n_dense=n_dense, **options)
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "rtol", float(rtol))
@@ -366,6 +369,9 @@ class TorchODE(_Backend):
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
         if controller not in ("integral", "pid"):
             raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
+        if rtol is None or atol is None:  # check_options skips None (an option not given)
+            raise ConfigurationError(f"TorchODE: rtol and atol are required numbers, got rtol={rtol!r}, "
+                                     f"atol={atol!r}")
         check_options("TorchODE", rtol=rtol, atol=atol, max_steps=max_steps, dt_min=dt_min, dt_max=dt_max,
                       n_dense=n_dense)
         if dt_min is not None and dt_max is not None and not dt_max > dt_min:

@@ -150,7 +150,7 @@ def test_network_building_runs_or_refuses(in_name, in_shape, name, shape, tau, p
 
 
 # -- solver constructors ------------------------------------------------------------------------
-TOLS = st.sampled_from([1e-6, 1e-6, 0.0, -1.0, NAN, INF, "1e-6", True])
+TOLS = st.sampled_from([1e-6, 1e-6, 0.0, -1.0, NAN, INF, "1e-6", True, None])
 
 
 @SWEEP
