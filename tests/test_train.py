@@ -113,7 +113,7 @@ def test_resume_with_a_loader_reseeded_per_epoch(task, tmp_path):
 def test_progress_prints_one_line_per_epoch(task, capsys):
     Trainer(_net(task), TrainingConfig(epochs=1, batch_size=48), progress=True).fit(task)
     err = capsys.readouterr().err
-    assert "epoch=1 train_loss=" in err and "train_acc=" in err
+    assert "epoch 1/1: train_loss=" in err and "train_acc=" in err
 
 
 def test_world_size_without_a_rendezvous_is_a_clear_error(task, monkeypatch):
