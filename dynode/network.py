@@ -621,41 +621,31 @@ def _shape(shape, what: str) -> tuple[int, ...]:
 
 def _combine_shape(combine: nn.Module, shapes: Mapping[str, tuple[int, ...]], what: str
                    ) -> tuple[int, ...]:
-    """Per-sample shape of ``combine({src: batch of shape})``, on the meta device when the
-    module allows it, else on one zero sample."""
-    try:
-        with torch.no_grad():
-            out = combine({s: torch.empty((1, *sh), device="meta") for s, sh in shapes.items()})
-    except (NotImplementedError, RuntimeError, TypeError) as meta_error:
-        try:
-            p = next(combine.parameters(), None)
-            kw = dict(device=p.device, dtype=p.dtype) if p is not None and p.is_floating_point() else {}
-            with torch.no_grad():
-                out = combine({s: torch.zeros((1, *sh), **kw) for s, sh in shapes.items()})
-        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
-            raise ShapeError(f"{what}: the combine cannot take inputs of shapes {dict(shapes)}: "
-                             f"{exc}") from meta_error
-    if not isinstance(out, Tensor):
-        raise ShapeError(f"{what}: the combine must return a tensor, got {type(out).__name__}")
-    return tuple(out.shape[1:])
+    """Per-sample shape of ``combine({src: batch of shape})`` (see :func:`_trial_shape`)."""
+    return _trial_shape(combine, lambda new: {s: new((1, *sh)) for s, sh in shapes.items()},
+                        f"{what}: the combine", f"inputs of shapes {dict(shapes)}")
 
 
 def _output_shape(op: nn.Module, in_shape: tuple[int, ...], what: str) -> tuple[int, ...]:
-    """Per-sample output shape of ``op`` on ``in_shape``, computed on the meta device (no FLOPs);
-    falls back to one zero sample if the module cannot run on meta tensors."""
+    """Per-sample output shape of ``op`` on ``in_shape`` (see :func:`_trial_shape`)."""
+    return _trial_shape(op, lambda new: new((1, *in_shape)), f"{what}: the operator",
+                        f"an input of shape (batch, *{in_shape})")
+
+
+def _trial_shape(module: nn.Module, inputs, what: str, given: str) -> tuple[int, ...]:
+    """Per-sample shape of ``module(inputs(new))`` for one sample: on the meta device (no FLOPs)
+    when the module allows it, else on zeros of its parameters' device and dtype."""
     try:
         with torch.no_grad():
-            out = op(torch.empty((1, *in_shape), device="meta"))
+            out = module(inputs(lambda shape: torch.empty(shape, device="meta")))
     except (NotImplementedError, RuntimeError, TypeError) as meta_error:
+        p = next(module.parameters(), None)
+        kw = dict(device=p.device, dtype=p.dtype) if p is not None and p.is_floating_point() else {}
         try:
-            p = next(op.parameters(), None)
-            x = torch.zeros((1, *in_shape), device=p.device if p is not None else None,
-                            dtype=p.dtype if p is not None and p.is_floating_point() else None)
             with torch.no_grad():
-                out = op(x)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise ShapeError(f"{what}: the operator cannot take an input of shape (batch, *{in_shape}): "
-                             f"{exc}") from meta_error
+                out = module(inputs(lambda shape: torch.zeros(shape, **kw)))
+        except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+            raise ShapeError(f"{what} cannot take {given}: {exc}") from meta_error
     if not isinstance(out, Tensor):
-        raise ShapeError(f"{what}: the operator must return a tensor, got {type(out).__name__}")
+        raise ShapeError(f"{what} must return a tensor, got {type(out).__name__}")
     return tuple(out.shape[1:])
