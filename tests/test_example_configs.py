@@ -4,7 +4,8 @@ analysis) without diverging, and ``dynode convergence`` where the config has tha
 
 Quick overrides only (the same model, solver and stability settings): one epoch on a few
 images (a written stand-in for CIFAR-100 where the config names it), one test image for the
-experiments with a shorter settling period, the CPU. Sweep specs (``grid:``) are run by
+experiments with a shorter settling period, the CPU, and CIFAR models at a quarter of their
+channels. Sweep specs (``grid:``) are run by
 ``dynode sweep`` and are not run configs; a model given by a factory without a readout is not
 trained (simulate and convergence only).
 """
@@ -19,8 +20,17 @@ from dynode.cli import main
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
 
 
+def _is_sweep(cfg: dict) -> bool:
+    return "grid" in cfg or "points" in cfg
+
+
+SWEEP_BASES = {(p.parent / c["base"]).resolve() for p in CONFIGS
+               for c in [yaml.safe_load(p.read_text()) or {}] if _is_sweep(c) and "base" in c}
+
+
 def _is_run_config(path: Path) -> bool:
-    return "grid" not in (yaml.safe_load(path.read_text()) or {})
+    """A config of a whole run: not a sweep spec, nor the base config a sweep spec names."""
+    return not _is_sweep(yaml.safe_load(path.read_text()) or {}) and path.resolve() not in SWEEP_BASES
 
 
 def quick(cfg: dict, tmp: Path) -> dict:
@@ -35,6 +45,9 @@ def quick(cfg: dict, tmp: Path) -> dict:
 
         write_cifar100(tmp / "data", n=16)
         data["root"] = str(tmp / "data")
+        # a quarter of the channels: the same architecture, dynamics and stability settings at
+        # 1/16 of the convolutions' cost (the full width takes minutes per config here)
+        cfg["model"] = dict(cfg["model"], options=dict(cfg["model"].get("options", {}), width=0.25))
     cfg["data"] = data
     training = dict(cfg.get("training", {}))
     training.update(epochs=1, device="cpu", batch_size=min(training.get("batch_size", 16), 16))
