@@ -68,7 +68,8 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     """
     dt = None if dt is None else as_ms(dt, "dt")
     if dt is not None and not (math.isfinite(dt) and dt > 0):  # before an adaptive solver evaluates
-        raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
+        raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
+                                 f"first step of an adaptive one), got {dt}")
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense)

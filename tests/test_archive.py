@@ -92,7 +92,7 @@ def test_plain_xarray_reads_time_units_and_conditions_without_dynode(archive):
     assert got["time"] == sol.ts.tolist() and got["units"] == "ms"
     assert got["contrast"] == [0.25, 1.0, 0.5, 0.125]
     assert got["shape"] == ["disk", "grating", "noise", "blank"]
-    assert got["dims"] == ["time", "sample", "channel", "y", "x"] and got["rate_units"] == "1"
+    assert got["dims"] == ["time", "sample", "channel", "y", "x"] and got["rate_units"] == "a.u."
     assert got["status"] == "complete"
     assert got["v1_sum"] == pytest.approx(float(sol.states["V1"].double().sum()), rel=1e-6)
 
