@@ -494,7 +494,7 @@ class Network(VectorField):
     def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor],
               names: Sequence[str] | None = None) -> dict[str, Tensor]:
         """``Phi_p(u_p(t))`` for every population (or the given ``names``)."""
-        plan = self.plan()
+        plan = self._plan if self._plan is not None else self.plan()
         if names is not None:
             plan = [self._plan_by_name[n] for n in names]
         return {p.name: p.drive(state, history, inputs) for p in plan}
@@ -515,7 +515,7 @@ class Read(Enum):
     LAG = "r_src(t - d)"        # a population or input read with delay d from the history
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Term:
     """One incoming connection as evaluated: ``op(source read as `read`)``.
 
@@ -530,7 +530,7 @@ class Term:
 
     def __call__(self, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]) -> Tensor:
         read = self.read
-        x = (state[self.src] if read is Read.STATE else inputs[self.src] if read is Read.INPUT
+        x = (state[self.src] if read is _STATE else inputs[self.src] if read is _INPUT
              else history.lag(self.src, self.delay))
         return self.op(x)
 
@@ -538,7 +538,10 @@ class Term:
         return self.skip_initial and _reads_initial(history, self.delay)
 
 
-@dataclass(frozen=True, eq=False)
+_STATE, _INPUT = Read.STATE, Read.INPUT
+
+
+@dataclass(frozen=True, eq=False, slots=True)
 class PopulationPlan:
     """A population as evaluated: ``Phi(combine({c: op_c(...)}) + bias)`` (sum by default)."""
 
@@ -552,10 +555,13 @@ class PopulationPlan:
         """``Phi(u)`` with ``u = combine(terms) + bias``."""
         if self.combine is None:
             u = None
-            for term in self.terms:
+            for term in self.terms:  # the sum, each term read in place (this is the hot loop)
                 if term.skip_initial and term.absent(history):
                     continue
-                y = term(state, history, inputs)
+                read = term.read
+                x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
+                     else history.lag(term.src, term.delay))
+                y = term.op(x)
                 u = y if u is None else u + y
             if u is None:
                 u = torch.zeros_like(state[self.name])
