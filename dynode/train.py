@@ -532,11 +532,20 @@ class Trainer:
         else:
             self.optimizer.step()
         self._optimizer_steps += 1
-        self._check_weights()
+        nonfinite = self._nonfinite_weights()  # read with the loss below: no extra host read
         if cfg.max_spectral_radius is not None:
+            self._check_weights()  # before the projection reads them
             self.constrain_recurrence(cfg.max_spectral_radius)
-        loss_sum, correct = self._reduce(loss.double() * len(y), correct.double())
+        loss_sum, correct, bad = self._reduce(loss.double() * len(y), correct.double(), nonfinite)
+        if bad:
+            self._check_weights()  # names the parameters and says what to change
         return loss_sum / n_global, correct / n_global
+
+    @torch.no_grad()
+    def _nonfinite_weights(self) -> Tensor:
+        """How many trainable parameters hold a NaN/inf, as a tensor on the device (no read)."""
+        flags = [~torch.isfinite(p).all() for p in self.network.parameters() if p.requires_grad]
+        return torch.stack(flags).sum() if flags else torch.zeros((), device=self.device)
 
     @torch.no_grad()
     def _check_data(self, images, labels, where: str) -> None:
