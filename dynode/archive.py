@@ -325,24 +325,23 @@ def _check_lease(path: Path, attrs: Mapping, *, doing: str, force: bool = False)
 
 
 # -- writers --------------------------------------------------------------------------------
-def _check_writable(path: Path) -> None:
-    """Before any work: the nearest existing folder above ``path`` must be a folder in which
-    files can be created (the store is built next to ``path`` and renamed into place)."""
-    anc = path.parent
+def check_writable(folder: Path, what: str, *, also: tuple[Path, ...] = ()) -> None:
+    """Before any work: the nearest existing folder at or above ``folder`` (and each of ``also``)
+    is a folder in which files can be created; else a :class:`ConfigurationError` naming
+    ``what`` (e.g. ``"store '/runs/a.zarr'"``)."""
+    anc = folder
     while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
         anc = anc.parent
     if not anc.is_dir():
-        raise ConfigurationError(f"store {str(path)!r}: {str(anc)!r} is a file, not a folder; choose "
-                                 "a store path inside a folder")
-    # the folder it is built in; and an archive to replace must be deletable
-    for folder in [anc] + ([path] if path.is_dir() and not path.is_symlink() else []):
+        raise ConfigurationError(f"{what}: {str(anc)!r} is a file, not a folder; choose another folder")
+    for f in (anc, *also):
         try:
-            fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=folder)
+            fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=f)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise ConfigurationError(f"store {str(path)!r}: cannot create files in the folder "
-                                     f"{str(folder)!r} ({exc.strerror}); choose a writable folder") from None
+            raise ConfigurationError(f"{what}: cannot create files in the folder {str(f)!r} "
+                                     f"({exc.strerror}); choose a writable folder") from None
 
 
 def prepare_path(path, overwrite: bool) -> Path:
@@ -373,7 +372,8 @@ def prepare_path(path, overwrite: bool) -> Path:
                                          "(no 'dynode_archive' attribute); refusing to delete it even "
                                          "with overwrite=True")
             _check_lease(path, attrs, doing="overwrite")
-    _check_writable(path)
+    check_writable(path.parent, f"store {str(path)!r}",  # built next to it, then renamed
+                   also=(path,) if path.is_dir() and not path.is_symlink() else ())
     return path
 
 

@@ -68,7 +68,6 @@ import math
 import os
 import pickle
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterable
@@ -80,8 +79,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from dynode.archive import check_writable
 from dynode.checkpoint import is_state_dict, load_checkpoint, load_state, load_weights
 from dynode.errors import CheckpointError, ConfigurationError, DivergenceError
+from dynode.history import delay_steps
 from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
 from dynode.models.stability import spectral_radius
@@ -223,26 +224,9 @@ def _resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _check_folder(folder: Path, what: str) -> None:
-    """``folder`` is (or can be created as) a folder in which files can be written."""
-    anc = folder
-    while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise ConfigurationError(f"{what} {str(folder)!r}: {str(anc)!r} is a file, not a folder; choose "
-                                 "another folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".dynode-probe-", dir=anc)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigurationError(f"{what} {str(folder)!r}: cannot create files in {str(anc)!r} "
-                                 f"({exc.strerror}); choose a writable folder") from None
-
-
 def _steps(length: float, dt: float, what: str) -> int:
-    n = round(length / dt)
-    if abs(n * dt - length) > 1e-6 * max(dt, 1.0):
+    n = delay_steps(length, dt)  # length == n dt, to the time tolerance
+    if n is None:
         raise ConfigurationError(f"{what} = {length:g} ms is not a whole number of steps dt = {dt:g} ms")
     return n
 
@@ -322,12 +306,12 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         if self.rank == 0:  # before the first epoch: an epoch's work must not be lost at its end
             if self.checkpoint_dir is not None:
-                _check_folder(self.checkpoint_dir, "checkpoint_dir")
+                check_writable(self.checkpoint_dir, f"checkpoint_dir {str(self.checkpoint_dir)!r}")
             if self.log_path is not None:
                 if self.log_path.is_dir():
                     raise ConfigurationError(f"log {str(self.log_path)!r} is a folder; give a file path "
                                              "(e.g. train.jsonl inside it)")
-                _check_folder(self.log_path.parent, "the log's folder")
+                check_writable(self.log_path.parent, f"the log's folder {str(self.log_path.parent)!r}")
         self.progress = sys.stderr.isatty() if progress is None else progress
         # off a terminal (a log file, a batch job) no bar is drawn, but each epoch still gets a
         # plain line on stderr; progress=False silences both
