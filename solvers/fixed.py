@@ -309,7 +309,7 @@ class Euler(FixedStepSolver):
             raise ConfigurationError(f"Euler order must be 'simultaneous' or 'sequential', got {self.order!r}")
 
     def _warn(self, name: str, tau: float, dt: float) -> None:
-        if dt > tau * (1 + 1e-12):
+        if dt > tau * (1 + TIME_RTOL):
             warnings.warn(f"Euler: dt = {dt:g} ms > tau = {tau:g} ms for population {name!r} "
                           f"(dt/tau = {dt / tau:.3g}); the update overshoots (unstable beyond 2). "
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
