@@ -716,6 +716,7 @@ class Trainer:
         state = {
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "param_names": self._param_names(),  # the optimizer state's order, by name
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": self.epoch,
@@ -757,7 +758,7 @@ class Trainer:
             raise CheckpointError(f"{path}: its 'model' entry is not a state_dict (names -> tensors)")
         load_state(self.network, ckpt["model"], path)
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(self._by_name(ckpt["optimizer"], ckpt.get("param_names"), path))
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{path}: its optimizer state does not fit this network's parameters "
                                   f"({str(exc).splitlines()[0][:160]}); it was saved for another model") from None
@@ -769,6 +770,28 @@ class Trainer:
         self.result = TrainResult(json.loads(ckpt["history"]))
         torch.set_rng_state(ckpt["rng"])
         return self
+
+    def _param_names(self) -> list[str]:
+        return [n for n, p in self.network.named_parameters() if p.requires_grad]
+
+    def _by_name(self, opt_state: dict, saved_names, path) -> dict:
+        """The saved optimizer state re-indexed to this network's parameter order. The state is
+        kept by position; a network rebuilt from a spec (or by another dynode version) may
+        register the same parameters in another order, and momentum would then be applied to
+        the wrong tensors. Checkpoints without names are taken as they are."""
+        names = self._param_names()
+        if saved_names is None or list(saved_names) == names:
+            return opt_state
+        if sorted(saved_names) != sorted(names):
+            raise CheckpointError(f"{path}: its optimizer state is for the parameters {len(saved_names)} "
+                                  f"named in it, not this network's {len(names)}; it was saved for another model")
+        new_index = {n: i for i, n in enumerate(names)}
+        old_to_new = {i: new_index[n] for i, n in enumerate(saved_names)}
+        groups = opt_state["param_groups"]
+        if len(groups) != 1:  # dynode's trainer uses one group
+            raise CheckpointError(f"{path}: an optimizer state with {len(groups)} parameter groups")
+        return {"state": {old_to_new[i]: v for i, v in opt_state["state"].items()},
+                "param_groups": [dict(groups[0], params=list(range(len(names))))]}
 
     def close(self) -> None:
         """Destroy the process group if this trainer created it (under torchrun)."""

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+
+import dynode as dn
 from pydantic import ValidationError
 from torch.nn import functional as F
 
@@ -332,3 +334,22 @@ def test_max_spectral_radius_projects_every_recurrence():
     tr.step(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
     for name, pop in net.populations.items():
         assert spectral_radius(pop.incoming[name], pop.shape) <= 0.7 * 1.01
+
+
+def test_resume_on_a_network_with_another_parameter_order_matches_the_straight_run(task, tmp_path):
+    """The optimizer state is saved by position; a network rebuilt from its spec registers the
+    normalization's parameters in another order. Resuming re-indexes the state by name, so
+    momentum goes to the same tensors as in the uninterrupted run."""
+    norm = {"tau": 100.0, "delay": 4.0, "pool": "channel", "weight": 30.0}
+    cfg = TrainingConfig(epochs=2, batch_size=32, lr=3e-3, optimizer="sgd", momentum=0.9, seed=5)
+    straight = Trainer(_net(task, normalization=norm), cfg, progress=False)
+    straight.fit(task)
+    first = Trainer(_net(task, normalization=norm), cfg, checkpoint_dir=tmp_path, progress=False)
+    first.fit(task, until=1)
+    rebuilt = dn.spec.build_network(dn.spec.network_spec(first.network))
+    assert [n for n, _ in rebuilt.named_parameters()] != [n for n, _ in first.network.named_parameters()]
+    second = Trainer(rebuilt, cfg, progress=False).resume(tmp_path / "last.pt")
+    second.fit(task)
+    assert _metrics(second.result.history) == _metrics(straight.result.history)
+    for name, p in straight.network.named_parameters():
+        assert torch.equal(dict(second.network.named_parameters())[name], p), name
