@@ -359,7 +359,8 @@ class Euler(FixedStepSolver):
                               "declaration order) changes the result; give a connection of the cycle "
                               "a delay of at least dt, or use order='simultaneous'",
                               StabilityWarning, stacklevel=3)
-            sweep = [(update(name), (name,)) for name in field.update_order()]
+            plans = {p.name: p for p in field.plan()}
+            sweep = [(update(name), plans[name]) for name in field.update_order()]
 
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
@@ -369,8 +370,8 @@ class Euler(FixedStepSolver):
                 history.at(n, 1.0, t, y)
                 x = inputs(t)
                 r = dict(y)
-                for (name, w, lerp), just in sweep:
-                    r[name] = lerp(y[name], drive(t, r, history, x, just)[name], w)
+                for (name, w, lerp), plan in sweep:
+                    r[name] = lerp(y[name], plan.drive(r, history, x), w)  # Phi(u) from the swept r
                 return r
             return step
 
