@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from dynode.config import first_images
+from dynode.config import first_images, model_and_data
 
 __all__ = ["main", "build_parser"]
 
@@ -154,12 +154,6 @@ def _overwrite_and_resume(command: str, args) -> None:
         raise _UsageError(f"dynode {command}: error: --overwrite starts over and --resume continues; give one")
 
 
-def _model_and_data(cfg):
-    from dynode.config import model_and_data
-
-    return model_and_data(cfg)
-
-
 def cmd_train(args) -> int:
     from dynode.config import load_config
     from dynode.train import Trainer
@@ -172,7 +166,7 @@ def cmd_train(args) -> int:
                           "to start a new training")
     if not args.resume and not args.overwrite:
         _refuse_existing("train", [out / "last.pt"], resume=True)
-    net, train, test = _model_and_data(cfg)
+    net, train, test = model_and_data(cfg)
     trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out)
     if args.resume:
         trainer.resume(out / "last.pt")
@@ -196,7 +190,7 @@ def cmd_simulate(args) -> int:
     if cfg.t_end is None and cfg.stimulus.kind != "groen2022":
         raise _UsageError("dynode simulate: error: t_end: give the simulated time in ms (top-level t_end in the "
                           "config); only a groen2022 stimulus brings its own")
-    net, _, test = _model_and_data(cfg)
+    net, _, test = model_and_data(cfg)
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     dt = cfg.dt or getattr(getattr(net, "protocol", None), "dt", None)  # a custom field may have no protocol
     t_end = cfg.t_end or stim.t_end
@@ -215,7 +209,7 @@ def cmd_experiment(args) -> int:
     ex = cfg.experiment
     if not args.overwrite:
         _refuse_existing("experiment", [out / "experiments" / f"groen2022-{k}.zarr" for k in ex.protocols])
-    net, _, test = _model_and_data(cfg)
+    net, _, test = model_and_data(cfg)
     paths = groen2022_experiments(net, first_images(test, ex.n_images), out / "experiments", dt=ex.dt,
                                   solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
                                   overwrite=args.overwrite, background=ex.background, onset=ex.onset,
@@ -234,7 +228,7 @@ def cmd_convergence(args) -> int:
     out = _out(args, cfg)
     if not args.overwrite:
         _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"])
-    net, _, test = _model_and_data(cfg)
+    net, _, test = model_and_data(cfg)
     conv = cfg.convergence
     names = list(net.init_state(1))  # the populations of a Network or of any custom field
     if conv.population is not None and conv.population not in names:
@@ -333,7 +327,7 @@ def _check_runnable(cfg) -> None:
     that is not there, a record selection the model does not have."""
     from dynode.errors import DynodeError
 
-    net, _, _ = _model_and_data(cfg)
+    net, _, _ = model_and_data(cfg)
     for solver in (cfg.solver, cfg.experiment.solver, cfg.convergence.reference):
         solver.build()
     cfg.convergence.build_solvers()

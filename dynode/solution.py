@@ -14,7 +14,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError
 
 from dynode.stats import SolverStats, Status
-from dynode.tolerances import TIME_RTOL
+from dynode.tolerances import time_tol
 
 if TYPE_CHECKING:  # pragma: no cover
     from dynode.history import HistoryTail
@@ -66,7 +66,7 @@ class DenseOutput:
     def __call__(self, t: float) -> dict[str, Tensor]:
         """The state at time ``t`` (ms), ``{population: (batch, *shape)}``."""
         t = float(t)
-        tol = TIME_RTOL * max(1.0, abs(self.t_end))
+        tol = time_tol(self.t_end)
         if not (self.t0 - tol <= t <= self.t_end + tol):
             raise ConfigurationError(f"evaluate(t = {t:g} ms): outside the run [{self.t0:g}, "
                                      f"{self.t_end:g}] ms; the dense output covers only that interval")
@@ -162,7 +162,7 @@ class Output:
 
     def _upto(self, t: float) -> int:
         """How many save times are ``<= t`` (to 1e-9 relative)."""
-        return bisect.bisect_right(self.save_at, t + TIME_RTOL * max(1.0, abs(t)))
+        return bisect.bisect_right(self.save_at, t + time_tol(t))
 
     def between(self, t: float, t_new: float) -> Sequence[float]:
         """The save times in ``(t, t_new]`` (none when every step end is saved)."""
@@ -185,7 +185,7 @@ class Output:
         if self.save_at is None:
             put(t_new, y_new)
             return
-        end = t_new - TIME_RTOL * max(1.0, abs(t_new))
+        end = t_new - time_tol(t_new)
         for ts in self.between(t, t_new):
             if ts >= end:
                 put(t_new if self.snap else ts, y_new)

@@ -50,7 +50,8 @@ from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import ATOL, RTOL, Solver, check_options
 from dynode.solvers.controllers import get_controller, initial_step
-from dynode.history import DenseHistory, field_delays, propagate_breakpoints, time_tol
+from dynode.history import DenseHistory, field_delays, propagate_breakpoints
+from dynode.tolerances import time_tol
 from dynode.stats import Status
 
 __all__ = ["Tableau", "AdaptiveSolver", "Dopri5", "Tsit5", "Bosh3"]

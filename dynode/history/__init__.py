@@ -14,11 +14,11 @@ Every fault of a read (a delay < 0 or beyond ``max_delay()``, a read past the so
 is a :class:`dynode.DelayError`.
 """
 
-from dynode.history.base import HistoryReader, Piecewise, check_delay, lag_input, time_tol
+from dynode.history.base import HistoryReader, Piecewise, check_delay, lag_input
 from dynode.history.dense import DenseHistory, field_delays, propagate_breakpoints
 from dynode.history.grid import History, HistoryTail, compatible_dts, delay_steps, hermite
 from dynode.history.segment import SegmentHistory
 
 __all__ = ["HistoryReader", "History", "HistoryTail", "DenseHistory", "SegmentHistory", "Piecewise",
            "delay_steps", "compatible_dts", "hermite", "field_delays", "propagate_breakpoints",
-           "check_delay", "lag_input", "time_tol"]
+           "check_delay", "lag_input"]

@@ -18,7 +18,7 @@ from torch import Tensor
 from dynode.errors import DelayError
 from dynode.tolerances import TIME_RTOL, time_tol
 
-__all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input", "time_tol"]
+__all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input"]
 
 Inputs = Callable[[float], Mapping[str, Tensor]]
 

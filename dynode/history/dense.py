@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from dynode.history.base import Piecewise, time_tol
+from dynode.history.base import Piecewise
+from dynode.tolerances import time_tol
 
 __all__ = ["DenseHistory", "field_delays", "propagate_breakpoints"]
 

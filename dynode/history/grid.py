@@ -44,7 +44,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
 from dynode.history.base import check_delay, lag_input
-from dynode.tolerances import TIME_RTOL
+from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
 
@@ -53,7 +53,7 @@ __all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
 def delay_steps(delay: float, dt: float) -> int | None:
     """``k`` with ``delay == k * dt`` (to 1e-9 relative), or ``None`` if there is none."""
     k = round(delay / dt)
-    if abs(k * dt - delay) <= TIME_RTOL * max(1.0, abs(delay)):
+    if abs(k * dt - delay) <= time_tol(delay):
         return int(k)
     return None
 
