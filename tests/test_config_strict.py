@@ -45,14 +45,14 @@ def test_a_continuation_starts_where_the_solution_ended():
 
 
 def test_the_cli_builds_the_model_after_seeding(tmp_path):
-    from dynode.cli import _model_and_data
+    from dynode.cli import model_and_data  # what every run command builds with (dynode.config)
 
     cfg = run_config({"model": {"name": "dyrcnn", "options": {"depth": 2, "width": 0.25, "steps": 2,
                                                                "phi": "relu"}},
                       "data": {"n_train": 8, "n_test": 8}, "training": {"seed": 3}})
-    a, _, _ = _model_and_data(cfg)
+    a, _, _ = model_and_data(cfg)
     torch.rand(5)  # whatever ran before
-    b, _, _ = _model_and_data(cfg)
+    b, _, _ = model_and_data(cfg)
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
 
