@@ -115,3 +115,13 @@ def test_no_import_cycle():
         if state.get(m) is None and dfs(m, [m]):
             break
     assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_subpackage_is_installed():
+    """A wheel (``pip install .``, not ``-e``) holds only the packages pyproject lists: a new
+    subpackage left out of that list imports in the checkout and is missing once installed."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, f in MODULES.items() if f.name == "__init__.py"}
+    assert packages - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
+    assert listed - packages == set(), "pyproject.toml lists packages that do not exist"
