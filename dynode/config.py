@@ -16,15 +16,14 @@ from pathlib import Path
 
 import torch
 import yaml
-from typing import Annotated, Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Union
 
 from dynode.checkpoint import load_weights
-from dynode.errors import ConfigurationError, describe_validation_error
+from dynode.errors import ConfigurationError
 from dynode.solver_config import (SolverConfig, FrozenConfig, solver_config, EulerConfig, MidpointConfig, HeunConfig,
                                   RK4Config, Dopri5Config, Tsit5Config, Bosh3Config, TorchDiffEqConfig,
                                   TorchODEConfig)
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, create_model,
-                      model_validator)
+from pydantic import (Field, PositiveFloat, PositiveInt, model_validator)
 from dynode import models
 from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
 from dynode.field import VectorField
@@ -89,18 +88,15 @@ class ModelConfig(FrozenConfig):
         if self.spec is not None:
             return None
         if self.factory is not None:
-
             fn = import_object(self.factory, "model.factory")
             if not callable(fn):
                 raise ConfigurationError(f"model.factory {self.factory!r} is not callable")
             return fn
-
         return getattr(models, self.name)
 
     def build(self, *, input_shape=None, num_classes=None):
         builder = self.builder()
         if builder is None:
-
             net = build_network(load_spec(self.spec))
             shapes = net.input_shapes()
             if input_shape is not None and len(shapes) == 1 and tuple(next(iter(shapes.values()))) != tuple(input_shape):
@@ -169,7 +165,6 @@ class DataConfig(FrozenConfig):
         MNIST, a torchvision ``DataLoader`` for image folders), training split shuffled and
         augmented unless ``augment`` says otherwise."""
         if self.name == "generated":
-
             if self.augment:
                 raise ConfigurationError("data.augment: the generated task has its nuisance variation "
                                          "built in; augmentation applies to the image data sets")
@@ -185,8 +180,6 @@ class DataConfig(FrozenConfig):
             train = in_memory(name, self.root, "train", batch_size=batch_size, augment=self.augment, seed=self.seed)
             test = in_memory(name, self.root, "test", batch_size=batch_size, shuffle=False, augment=False)
             return train, test, tuple(train.images.shape[1:]), int(train.labels.max()) + 1
-        import torch
-
         tr = dataset(name, self.root, "train", augment=self.augment)
         te = dataset(name, self.root, "val", augment=False)  # image folders: train/ and val/
         g = torch.Generator().manual_seed(self.seed)
@@ -209,8 +202,6 @@ def first_images(data, n: int):
     """The first ``n`` images of a split returned by :meth:`DataConfig.load`."""
     if isinstance(data, tuple):
         return data[0][:n]
-    import torch
-
     got, total = [], 0
     for x, _ in data:
         got.append(x)
@@ -231,7 +222,6 @@ class RecordConfig(FrozenConfig):
     dtype: Literal["float16", "float32", "float64"] = "float32"
 
     def build(self):
-
         return Record(**self.model_dump())
 
 
@@ -257,7 +247,6 @@ class StimulusConfig(FrozenConfig):
         return self
 
     def build(self, images, input_name: str):
-
         images = images[: self.n_images] * self.contrast
         if self.kind == "groen2022":
             return groen2022(self.protocol, images)
@@ -291,11 +280,6 @@ FixedSolverConfig = Annotated[Union[EulerConfig, MidpointConfig, HeunConfig, RK4
 """A fixed-step solver configuration (the solvers a dt study compares)."""
 
 
-def _reference_config():
-
-    return Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL)
-
-
 class ConvergenceConfig(FrozenConfig):
     """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference.
 
@@ -311,7 +295,7 @@ class ConvergenceConfig(FrozenConfig):
     solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] | dict[str, FixedSolverConfig] = Field(
         default_factory=lambda: ["euler", "rk4"])
     t_end: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 40.0
-    reference: SolverConfig = Field(default_factory=_reference_config)
+    reference: SolverConfig = Field(default_factory=lambda: Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL))
     tolerance: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     population: str | None = None
 
@@ -347,27 +331,20 @@ class RunConfig(FrozenConfig):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
-def _unique_key_loader():
-    class Loader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
-        silently, so a duplicated section would drop the first without a word)."""
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
+    silently, so a duplicated section would drop the first without a word)."""
 
-    def construct_mapping(loader, node, deep=False):
+    def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
+            key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
                     f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
             seen[key] = key_node.start_mark.line
-        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return Loader
-
-
-UniqueKeyLoader = _unique_key_loader()
+        return super().construct_mapping(node, deep=deep)
 
 
 _MAX_DEPTH = 64  # far more than any config; deeper data would only exhaust the validators' recursion

@@ -182,7 +182,6 @@ class Network(VectorField):
         self._inputs: dict[str, tuple[int, ...]] = {}
         self._connections: list[Connection] = []
         self._plan: tuple[PopulationPlan, ...] | None = None
-        self._plan_by_name: dict[str, PopulationPlan] = {}
         self._order: tuple[str, ...] | None = None
         self.readout: nn.Module | None = None
         self.protocol = RunProtocol()  # how the model is meant to be run (the zoo sets it)
@@ -487,16 +486,13 @@ class Network(VectorField):
                 PopulationPlan(name, tuple(_term(self, pop, src, op) for src, op in pop.incoming.items()),
                                pop.combine, pop.bias, pop.phi)
                 for name, pop in self.populations.items())
-            self._plan_by_name = {p.name: p for p in self._plan}
             self._order = None
         return self._plan
 
-    def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor],
-              names: Sequence[str] | None = None) -> dict[str, Tensor]:
-        """``Phi_p(u_p(t))`` for every population (or the given ``names``)."""
+    def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]
+              ) -> dict[str, Tensor]:
+        """``Phi_p(u_p(t))`` for every population."""
         plan = self._plan if self._plan is not None else self.plan()
-        if names is not None:
-            plan = [self._plan_by_name[n] for n in names]
         return {p.name: p.drive(state, history, inputs) for p in plan}
 
     def forward(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]

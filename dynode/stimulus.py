@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from collections.abc import Sequence as Seq
 from typing import Union
 
 import torch
@@ -158,7 +157,7 @@ def as_stimulus(stimulus) -> Stimulus | None:
                              f"tensors, got {type(stimulus).__name__}")
 
 
-def merge_conditions(parts: Seq[Mapping[str, Seq]], batch: int | None = None) -> dict[str, list]:
+def merge_conditions(parts: Sequence[Mapping[str, Sequence]], batch: int | None = None) -> dict[str, list]:
     """Merge per-sample condition labels; a key given twice must carry the same labels."""
     out: dict[str, list] = {}
     for cond in parts:
@@ -182,7 +181,7 @@ class Sum(Stimulus):
     its cached tensor (constant pieces), the sum is not recomputed.
     """
 
-    def __init__(self, *parts: Stimulus, conditions: Mapping[str, Seq] | None = None):
+    def __init__(self, *parts: Stimulus, conditions: Mapping[str, Sequence] | None = None):
         if len(parts) < 2:
             raise ConfigurationError("Sum needs at least two stimuli")
         for p in parts:
@@ -200,20 +199,16 @@ class Sum(Stimulus):
         ids = tuple(id(v) for v in values)
         if ids == self._last_ids:
             return self._last
-        first = values[0]
-        if isinstance(first, Mapping):
-            if any(not isinstance(v, Mapping) for v in values):
-                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
-                                         "part the same input= (or none)")
+        if len({isinstance(v, Mapping) for v in values}) > 1:
+            raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
+                                     "part the same input= (or none)")
+        if isinstance(values[0], Mapping):
             out: dict[str, Tensor] = {}
             for v in values:
                 for k, x in v.items():
                     out[k] = x if k not in out else out[k] + x
             result: StimulusValue = out
         else:
-            if any(isinstance(v, Mapping) for v in values):
-                raise ConfigurationError("Sum: parts return a mix of tensors and dicts; give every "
-                                         "part the same input= (or none)")
             result = values[0]
             for v in values[1:]:
                 result = result + v

@@ -26,7 +26,6 @@ import copy
 import inspect
 import itertools
 import json
-import math
 import os
 import shlex
 import subprocess

@@ -66,10 +66,8 @@ import contextlib
 import json
 import math
 import os
-import pickle
 import sys
 import time
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -390,7 +388,6 @@ class Trainer:
         return [k * self.dt for k in ks]
 
     def _stimulus(self, images: Tensor):
-        cfg = self.config
         name = self.network.input_names()[0]
         if self.onset == 0 and self.duration is None:
             return {name: images}

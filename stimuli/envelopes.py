@@ -239,7 +239,6 @@ def _from_segments(per_sample: list[list[tuple[float, float, float]]], before: n
     """
     knots = np.unique(np.array([x for segs in per_sample for s in segs for x in s[:2]
                                 if math.isfinite(x)], dtype=np.float64))
-    batch = len(per_sample)
     off = np.repeat(before[None, :], len(knots) + 1, axis=0).copy()
     starts = np.concatenate([[-np.inf], knots])
     for b, segs in enumerate(per_sample):
