@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -35,17 +36,14 @@ __all__ = ["IntegralController", "PIController", "get_controller", "initial_step
 class _State:
     """Per-solve controller state: call :meth:`accept` or :meth:`reject` after each step."""
 
-    def __init__(self, ctrl, k: int):
+    def __init__(self, ctrl: _Controller, k: int):
         self.ctrl, self.k = ctrl, float(k)
         self.prev = 1.0
         self.after_reject = False
 
-    def _raw(self, err: float) -> float:
-        raise NotImplementedError
-
     def accept(self, err: float) -> float:
-        c = self.ctrl
-        fac = c.factor_max if err == 0.0 else self._raw(err)
+        c, k = self.ctrl, self.k
+        fac = c.factor_max if err == 0.0 else c.safety * err ** (-c.alpha / k) * self.prev ** (c.beta / k)
         hi = 1.0 if self.after_reject else c.factor_max
         self.after_reject = False
         self.prev = max(err, 1e-4)
@@ -59,42 +57,16 @@ class _State:
         return min(1.0, max(c.factor_min, c.safety * err ** (-1.0 / self.k)))
 
 
-class _IState(_State):
-    def _raw(self, err: float) -> float:
-        return self.ctrl.safety * err ** (-1.0 / self.k)
-
-
-class _PIState(_State):
-    def _raw(self, err: float) -> float:
-        c = self.ctrl
-        return c.safety * err ** (-c.alpha / self.k) * self.prev ** (c.beta / self.k)
-
-
 @dataclass(frozen=True)
-class IntegralController:
-    """``h <- h * clip(safety * err^(-1/(q+1)), factor_min, factor_max)``."""
+class _Controller:
+    """What both controllers share: the safety factor, the step-ratio limits, the PI gains
+    ``alpha``, ``beta`` (the integral controller is the PI law with ``alpha = 1, beta = 0``)."""
 
     safety: float = 0.9
     factor_min: float = 0.2
     factor_max: float = 10.0
-
-    def __post_init__(self):
-        check_options(type(self).__name__, safety=self.safety, factor_min=self.factor_min,
-                      factor_max=self.factor_max)
-
-    def start(self, error_order: int) -> _State:
-        return _IState(self, error_order + 1)
-
-
-@dataclass(frozen=True)
-class PIController:
-    """``h <- h * clip(safety * err_n^(-alpha/(q+1)) * err_{n-1}^(beta/(q+1)), ...)``."""
-
-    safety: float = 0.9
-    factor_min: float = 0.2
-    factor_max: float = 10.0
-    alpha: float = 0.7
-    beta: float = 0.4
+    alpha: ClassVar[float] = 1.0
+    beta: ClassVar[float] = 0.0
 
     def __post_init__(self):
         check_options(type(self).__name__, safety=self.safety, factor_min=self.factor_min,
@@ -103,7 +75,20 @@ class PIController:
             raise ConfigurationError(f"PI gains must be alpha > 0, beta >= 0, got {self.alpha}, {self.beta}")
 
     def start(self, error_order: int) -> _State:
-        return _PIState(self, error_order + 1)
+        return _State(self, error_order + 1)
+
+
+@dataclass(frozen=True)
+class IntegralController(_Controller):
+    """``h <- h * clip(safety * err^(-1/(q+1)), factor_min, factor_max)``."""
+
+
+@dataclass(frozen=True)
+class PIController(_Controller):
+    """``h <- h * clip(safety * err_n^(-alpha/(q+1)) * err_{n-1}^(beta/(q+1)), ...)``."""
+
+    alpha: float = 0.7
+    beta: float = 0.4
 
 
 def get_controller(kind: str, *, safety: float, factor_min: float, factor_max: float):
@@ -128,20 +113,17 @@ def initial_step(f: Callable[[float, list[Tensor]], list[Tensor]], t0: float, y0
     gives ``d2 = ||f(t0+h0, y1) - f0|| / h0``; ``h1 = (0.01 / max(d1, d2))^{1/(p+1)}``;
     the result is ``min(100 h0, h1, h_max)``.
     """
-    with torch.no_grad():
-        y0d = [y.detach() for y in y0]
-        f0d = [k.detach() for k in f0]
-        sc = torch._foreach_add(torch._foreach_mul(torch._foreach_abs(y0d), rtol), atol)
-        n = sum(y.numel() for y in y0d)
-        d0s, d1s = torch.stack([scaled_rms(y0d, sc), scaled_rms(f0d, sc)]).square().sum(1).tolist()
+    with torch.no_grad():  # no graph: y0, f0 and the extra evaluation stay out of autograd
+        sc = torch._foreach_add(torch._foreach_mul(torch._foreach_abs(y0), rtol), atol)
+        n = sum(y.numel() for y in y0)
+        d0s, d1s = torch.stack([scaled_rms(y0, sc), scaled_rms(f0, sc)]).square().sum(1).tolist()
         d0, d1 = math.sqrt(d0s / n), math.sqrt(d1s / n)
         if not (math.isfinite(d0) and math.isfinite(d1)):
             return math.nan
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         h0 = min(h0, h_max)
-        y1 = torch._foreach_add(y0d, f0d, alpha=h0)
-        f1 = f(t0 + h0, y1)
-        diff = torch._foreach_sub([k.detach() for k in f1], f0d)
+        f1 = f(t0 + h0, torch._foreach_add(y0, f0, alpha=h0))
+        diff = torch._foreach_sub(f1, f0)
         d2 = math.sqrt(float(scaled_rms(diff, sc).square().sum()) / n) / h0
         if not math.isfinite(d2):
             return h0
