@@ -24,7 +24,6 @@ class Guard:
         self.max_abs = math.inf if max_abs is None else float(max_abs)
         self.taus = dict(taus)
         self.dt = dt
-        self.t_ok = None
 
     def check(self, state: Mapping[str, Tensor], t_prev: float, t: float) -> None:
         """Raise :class:`DivergenceError` if any population is non-finite or exceeds max_abs."""

@@ -105,8 +105,9 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def _check_memory(problem, dt, grid: bool, memory_limit: float | None) -> None:
-    """Refuse, before the first step, a run whose kept trajectory alone would not fit.
+def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | None) -> None:
+    """Refuse, before the first step, a run whose kept trajectory alone would not fit
+    (``dt``: None or the finite step > 0 that :func:`integrate` has checked).
 
     The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
     saves every step keeps ``(t_end - t0) / dt + 1`` of them. Autograd keeps more when gradients
@@ -119,8 +120,8 @@ def _check_memory(problem, dt, grid: bool, memory_limit: float | None) -> None:
         return
     if problem.save_at is not None:
         n_saves = len(problem.save_at)
-    elif not grid or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-        return  # every accepted step (count unknown before the run), or a dt the solver refuses
+    elif not grid or dt is None:
+        return  # every accepted step (count unknown before the run), or no dt (the solver refuses it)
     else:
         n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1
     per_save = sum(y.numel() * y.element_size() for y in problem.y0.values())
