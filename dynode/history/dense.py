@@ -57,18 +57,17 @@ def propagate_breakpoints(t0: float, t_end: float, stimulus_breakpoints: Sequenc
     key = lambda x: round(x / tol)  # noqa: E731
     smooth: dict[int, float] = {}
     jump: dict[int, float] = {}
-    max_total = (t_end - t0) + tol
     for base, target in (([t0], smooth), (list(stimulus_breakpoints), jump)):
         frontier = {key(b): b for b in base}
         for b in base:
             if t0 + tol < b < t_end - tol:
                 target[key(b)] = b
-        for _ in range(levels if delays else 0):
+        for _ in range(levels):
             nxt: dict[int, float] = {}
             for b in frontier.values():
                 for d in delays:
                     x = b + d
-                    if x < t_end - tol and x - t0 <= max_total:
+                    if x < t_end - tol:
                         nxt.setdefault(key(x), x)
             for k, x in nxt.items():
                 if x > t0 + tol:
