@@ -141,9 +141,14 @@ class _Backend(Solver):
         """Integrate ``problem`` segment by segment; ``dt``, if given, is the first step (ms)."""
         field, inputs = problem.field, problem.inputs
         delays = field_delays(field)
-        if delays and self.per_row:
-            raise ConfigurationError(f"{type(self).__name__}(per_sample=True) handles fields without "
-                                     "delays only; use per_sample=False for a delayed field")
+        if self.per_row:
+            if not isinstance(field, Network):
+                raise ConfigurationError(
+                    f"{type(self).__name__}(per_sample=True) needs a dynode.Network: the samples are at "
+                    "different times, and a custom VectorField's forward takes one float t")
+            if delays:
+                raise ConfigurationError(f"{type(self).__name__}(per_sample=True) handles fields without "
+                                         "delays only; use per_sample=False for a delayed field")
         flat = _Flat(problem.y0, self.per_row)
         max_delay = max(float(field.max_delay()), max(delays, default=0.0))
         history = SegmentHistory(problem.y0, flat.column, t0=problem.t0, max_delay=max_delay, inputs=inputs)
@@ -156,7 +161,7 @@ class _Backend(Solver):
         tdtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         for a, b, jump in segments(problem):
             b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
-            rhs = self._rhs(field, inputs, history, flat, counts, b_left)
+            rhs = _rhs(field, inputs, history, flat, counts, b_left)
             times, dense_idx = _grid(a, b, self._points(a, b) if delays else None, out.between(a, b))
             ys = self._solve_segment(rhs, y, torch.tensor(times, dtype=tdtype, device=y.device), a, b,
                                      counts, first)
@@ -174,17 +179,29 @@ class _Backend(Solver):
         """Intervals per segment on which the history is kept (``n_dense``)."""
         return self.n_dense
 
-    def _rhs(self, field, inputs, history, flat: _Flat, counts: dict, b_left: float):
-        def rhs(t: Tensor, yflat: Tensor) -> Tensor:
-            counts["nfe"] += 1
-            tf = min(float(t.detach().reshape(-1)[0]), b_left)
-            state = flat.unflatten(yflat)
-            history.at(tf, state)
-            deriv = field(tf, state, history, inputs(tf))
-            rhs.last = (_seen(tf, rhs.last), state, deriv)  # references only: read by _where on failure
-            return flat.flatten(deriv).reshape(yflat.shape)
-        rhs.last = None
-        return rhs
+
+def _rhs(field, inputs, history, flat: _Flat, counts: dict, b_left: float):
+    """``g(t, y)`` for the libraries. ``t`` is one time, or one per row (``per_sample``): the
+    field runs at the first row's time and every sample reads the inputs at its own time;
+    no time is later than ``b_left`` (the left limit at a segment that ends on a jump)."""
+    def rhs(t: Tensor, yflat: Tensor) -> Tensor:
+        counts["nfe"] += 1
+        ts = [min(x, b_left) for x in t.detach().reshape(-1).tolist()]
+        tf = ts[0]
+        state = flat.unflatten(yflat)
+        history.at(tf, state)
+        x_in = inputs(tf) if len(ts) == 1 or all(x == tf for x in ts) else _per_sample_inputs(inputs, ts)
+        deriv = field(tf, state, history, x_in)
+        rhs.last = (_seen(tf, rhs.last), state, deriv)  # references only: read by _where on failure
+        return flat.flatten(deriv).reshape(yflat.shape)
+    rhs.last = None
+    return rhs
+
+
+def _per_sample_inputs(inputs, ts: list[float]) -> dict[str, Tensor]:
+    """Sample ``i``'s inputs at its own time ``ts[i]`` (one call per distinct time)."""
+    by_t = {x: inputs(x) for x in set(ts)}
+    return {k: torch.stack([by_t[x][k][i] for i, x in enumerate(ts)]) for k in by_t[ts[0]]}
 
 
 def _seen(t: float, last) -> float | None:
@@ -384,35 +401,6 @@ class TorchODE(_Backend):
     @property
     def per_row(self) -> bool:  # type: ignore[override]
         return self.per_sample
-
-    def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
-        if self.per_sample:
-            if not isinstance(problem.field, Network):
-                raise ConfigurationError(
-                    "TorchODE(per_sample=True) needs a dynode.Network: the samples are at different "
-                    "times, and a custom VectorField's forward takes one float t")
-        return super().solve(problem, dt, observer=observer)
-
-    def _rhs(self, field, inputs, history, flat, counts, b_left):
-        if not self.per_sample:
-            return super()._rhs(field, inputs, history, flat, counts, b_left)
-
-        def rhs(t: Tensor, yflat: Tensor) -> Tensor:
-            counts["nfe"] += 1
-            tl = [min(x, b_left) for x in t.detach().tolist()]
-            state = flat.unflatten(yflat)
-            if all(x == tl[0] for x in tl):
-                x_in = inputs(tl[0])
-            else:
-                by_t = {x: inputs(x) for x in set(tl)}
-                names = by_t[tl[0]].keys()
-                x_in = {k: torch.stack([by_t[x][k][i] for i, x in enumerate(tl)]) for k in names}
-            history.at(tl[0], state)
-            deriv = field(tl[0], state, history, x_in)
-            rhs.last = (_seen(tl[0], rhs.last), state, deriv)  # references only: read by _where on failure
-            return flat.flatten(deriv)
-        rhs.last = None
-        return rhs
 
     def _solve_segment(self, rhs, y, times, a, b, counts, first):
         import torchode as to
