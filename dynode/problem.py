@@ -99,8 +99,7 @@ def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mappin
     """Before the first step: every input the stimulus gives at ``times`` (t0 and its first
     breakpoints) has the run's dtype and device, and the inputs, the initial state and the
     field's parameters are finite. One host read for all the finiteness checks."""
-    what: list[str] = []
-    flags: list[Tensor] = []
+    finite: list[tuple[str, Tensor]] = []  # (the error if not all finite, the values)
     for t in times:
         for name, v in inputs(t).items():
             if not isinstance(v, Tensor):
@@ -115,22 +114,16 @@ def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mappin
                     f"{v.device}, but the model runs in {str(dtype).replace('torch.', '')} on {device}; give "
                     f"the stimulus floating tensors (e.g. images.to({dtype}))"
                     " or convert the model (net.to(...))")
-            what.append(f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
-                        "images or stimulus values (e.g. torch.nan_to_num) before the run")
-            flags.append(torch.isfinite(v.detach()).all())
-    for name, v in y0.items():
-        what.append(f"initial_state[{name!r}] has NaN or inf values; give finite rates")
-        flags.append(torch.isfinite(v.detach()).all())
-    for name, p in field.named_parameters():
-        if p.is_floating_point():
-            what.append(f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
-                        "diverged training step); load other weights or re-initialise the model")
-            flags.append(torch.isfinite(p.detach()).all().to(device))
-    if not flags:
-        return
-    with torch.no_grad():
-        ok = torch.stack([f.to(device) for f in flags]).tolist()
-    for good, message in zip(ok, what):
+            finite.append((f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
+                           "images or stimulus values (e.g. torch.nan_to_num) before the run", v))
+    finite += [(f"initial_state[{name!r}] has NaN or inf values; give finite rates", v)
+               for name, v in y0.items()]
+    finite += [(f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
+                "diverged training step); load other weights or re-initialise the model", p)
+               for name, p in field.named_parameters() if p.is_floating_point()]
+    with torch.no_grad():  # y0 is never empty (make_problem refuses an empty init_state)
+        ok = torch.stack([torch.isfinite(v.detach()).all().to(device) for _, v in finite]).tolist()
+    for good, (message, _) in zip(ok, finite):
         if not good:
             raise ConfigurationError(message)
 
