@@ -316,11 +316,7 @@ class Network(VectorField):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
         out = _output_shape(op, src_shape, f"connection {src} -> {dst}")
         if pop.combine is None and pop.u_shape is None:  # first input of a pipeline population
-            after = _output_shape(pop.phi, out, f"population {dst!r} pipeline")
-            if after != pop.shape:
-                raise ShapeError(f"connection {src} -> {dst}: the operator gives {out}, which "
-                                 f"{dst!r}'s pipeline maps to {after}, not to its shape {pop.shape}")
-            pop.u_shape = target = out
+            target = _learn_u_shape(pop, out, f"connection {src} -> {dst}: the operator")
         if _summed(pop, src) and out != target:
             raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
                              f"{dst!r} has shape {target}; fix the operator (channels, stride, "
@@ -378,11 +374,7 @@ class Network(VectorField):
         pop = self.populations[name]
         out = _combine_shape(combine, shapes, what)
         if pop.u_shape is None:
-            after = _output_shape(pop.phi, out, f"population {name!r} pipeline")
-            if after != pop.shape:
-                raise ShapeError(f"{what}: the combine gives {out}, which {name!r}'s pipeline maps to "
-                                 f"{after}, not to its shape {pop.shape}")
-            pop.u_shape = out
+            _learn_u_shape(pop, out, f"{what}: the combine")
         elif out != pop.u_shape:
             raise ShapeError(f"{what}: the combine of {name!r} maps its inputs "
                              f"{dict(shapes)} to {out}, but u must have shape {pop.u_shape}; fix "
@@ -573,6 +565,17 @@ def _term(net: Network, pop: Population, src: str, op: nn.Module) -> Term:
     delay = pop.delays[src]
     read = Read.LAG if delay > 0 else Read.INPUT if src in net.input_shapes() else Read.STATE
     return Term(src, op, read, delay, src in pop.skip_initial)
+
+
+def _learn_u_shape(pop: Population, u_shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    """Set the shape of ``u`` of a pipeline population from its first input, once the
+    pipeline is seen to map it to the population's shape."""
+    after = _output_shape(pop.phi, u_shape, f"population {pop.name!r} pipeline")
+    if after != pop.shape:
+        raise ShapeError(f"{what} gives {u_shape}, which {pop.name!r}'s pipeline maps to {after}, "
+                         f"not to its shape {pop.shape}")
+    pop.u_shape = u_shape
+    return u_shape
 
 
 def _summed(pop: Population, src: str) -> bool:
