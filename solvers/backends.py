@@ -49,9 +49,10 @@ __all__ = ["TorchDiffEq", "TorchODE", "segments"]
 
 _TDE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 _TDE_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4")
-_TDE_ADAPTIVE_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor",
-                         "max_num_steps")
-_TDE_FIXED_OPTIONS = ("step_size",)
+_TDE_ADAPTIVE_OPTIONS: dict[str, type] = {**dict.fromkeys(("first_step", "min_step", "max_step", "safety",
+                                                             "ifactor", "dfactor"), float),
+                                          "max_num_steps": int}
+_TDE_FIXED_OPTIONS: dict[str, type] = {"step_size": float}
 _TODE_METHODS = ("dopri5", "tsit5", "heun")
 _TDEMethod = Literal[_TDE_ADAPTIVE + _TDE_FIXED]  # type: ignore[valid-type]
 _TODEMethod = Literal[_TODE_METHODS]  # type: ignore[valid-type]
@@ -233,6 +234,15 @@ def _where(last) -> tuple[str | None, float | None, str]:
     return name, t, f"largest rate: population {name!r}, |r| = {rates[name]:.3g} {at}"
 
 
+def _check_options(who: str, rtol, atol, **options) -> None:
+    """:func:`~dynode.solver.check_options`, and rtol/atol are required (it skips None, an
+    option not given)."""
+    if rtol is None or atol is None:
+        raise ConfigurationError(f"{who}: rtol and atol are required numbers, got rtol={rtol!r}, "
+                                 f"atol={atol!r}")
+    check_options(who, rtol=rtol, atol=atol, **options)
+
+
 def _fail(solver: str, status: Status, t: float, detail: str, last=None) -> SolverError:
     advice = {Status.REACHED_MAX_STEPS: "raise the step limit, loosen rtol/atol or check tau",
               Status.REACHED_DT_MIN: "loosen rtol/atol, lower the minimal step, or check tau and the "
@@ -263,8 +273,7 @@ class TorchDiffEq(_Backend):
     n_dense: int
 
     name: ClassVar[str] = "torchdiffeq"
-    extra_options: ClassVar[dict[str, type]] = {**dict.fromkeys(_TDE_ADAPTIVE_OPTIONS[:-1], float),
-                                                "max_num_steps": int, "step_size": float}
+    extra_options: ClassVar[dict[str, type]] = {**_TDE_ADAPTIVE_OPTIONS, **_TDE_FIXED_OPTIONS}
 
     def __init__(self, method: _TDEMethod = "dopri5", rtol: float = RTOL, atol: float = ATOL, *,
                  n_dense: int = 16, **options):
@@ -278,10 +287,7 @@ class TorchDiffEq(_Backend):
                                      f"{list(allowed)} (breakpoints become segment ends, not jump_t)")
         if method in _TDE_FIXED and "step_size" not in options:
             raise ConfigurationError(f"TorchDiffEq({method!r}) is fixed-step: give step_size=... (ms)")
-        if rtol is None or atol is None:  # check_options skips None (an option not given)
-            raise ConfigurationError(f"TorchDiffEq({method!r}): rtol and atol are required numbers, got "
-                                     f"rtol={rtol!r}, atol={atol!r}")
-        check_options(f"TorchDiffEq({method!r})", rtol=rtol, atol=atol, n_dense=n_dense, **options)
+        _check_options(f"TorchDiffEq({method!r})", rtol, atol, n_dense=n_dense, **options)
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "rtol", float(rtol))
         object.__setattr__(self, "atol", float(atol))
@@ -386,11 +392,8 @@ class TorchODE(_Backend):
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
         if controller not in ("integral", "pid"):
             raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
-        if rtol is None or atol is None:  # check_options skips None (an option not given)
-            raise ConfigurationError(f"TorchODE: rtol and atol are required numbers, got rtol={rtol!r}, "
-                                     f"atol={atol!r}")
-        check_options("TorchODE", rtol=rtol, atol=atol, max_steps=max_steps, dt_min=dt_min, dt_max=dt_max,
-                      n_dense=n_dense)
+        _check_options("TorchODE", rtol, atol, max_steps=max_steps, dt_min=dt_min, dt_max=dt_max,
+                       n_dense=n_dense)
         if dt_min is not None and dt_max is not None and not dt_max > dt_min:
             raise ConfigurationError(f"TorchODE: need dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         for k, v in dict(method=method, rtol=float(rtol), atol=float(atol), controller=controller,
