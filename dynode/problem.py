@@ -148,6 +148,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
                                  "it tensors with values (not on the meta device), or implement "
                                  f"{type(stimulus).__name__}.to(device, dtype)") from None
     first = stimulus(t0)
+    only = None  # the input's name when the stimulus gives one unnamed tensor
     if isinstance(first, Tensor):
         if len(names) != 1:
             raise ConfigurationError(
@@ -157,9 +158,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
                 "(a custom VectorField declares them with input_names())")
         only = names[0]
         first = {only: first}
-        wrap = lambda v, only=only: {only: v}  # noqa: E731
     elif isinstance(first, Mapping):
-        wrap = None
         if names:
             missing = [n for n in names if n not in first]
             extra = [n for n in first if n not in names]
@@ -190,14 +189,14 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
             batch = vb
     b = batch if batch is not None else 1
 
-    if wrap is None and not expand:
+    if only is None and not expand:
         return stimulus, batch
     if not expand:
-        return (lambda t: wrap(stimulus(t))), batch
+        return (lambda t: {only: stimulus(t)}), batch
 
     def bound(t: float) -> dict[str, Tensor]:
         v = stimulus(t)
-        v = wrap(v) if wrap is not None else dict(v)
+        v = {only: v} if only is not None else dict(v)
         for name, shape in expand.items():
             v[name] = v[name].expand(b, *shape)
         return v
