@@ -178,12 +178,13 @@ def _bosh3() -> Tableau:
 DOPRI5, TSIT5, BOSH3 = _dopri5(), _tsit5(), _bosh3()
 
 
-def _combine(y: list[Tensor], ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) -> list[Tensor]:
-    """``y + sum_j w_j k_j`` for every population (fresh tensors; ``y`` and ``ks`` untouched)."""
+def _combine(y: list[Tensor] | None, ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) -> list[Tensor]:
+    """``y + sum_j w_j k_j`` for every population, ``sum_j w_j k_j`` if ``y`` is None (fresh
+    tensors; ``y`` and ``ks`` untouched)."""
     if not terms:
         return list(y)
     (j0, w0), *rest = terms
-    out = torch._foreach_add(y, ks[j0], alpha=w0)
+    out = torch._foreach_mul(ks[j0], w0) if y is None else torch._foreach_add(y, ks[j0], alpha=w0)
     for j, w in rest:
         torch._foreach_add_(out, ks[j], alpha=w)
     return out
@@ -293,15 +294,14 @@ class _Run:
             yi = _combine(y, ks, tuple((j, h * w) for j, w in self.a_rows[i]))
             ks.append(self.f(t_left if c[i] == 1.0 else t + c[i] * h, yi))
             y_new = yi
-        with torch.no_grad():  # the error norm: the one host read of the step
-            err = _combine_zero(ks, tuple((j, h * w) for j, w in self.e_terms))
-            ynd = [v.detach() for v in y_new]
-            sc = torch._foreach_maximum(torch._foreach_abs([v.detach() for v in y]), torch._foreach_abs(ynd))
+        with torch.no_grad():  # the error norm (no graph): the one host read of the step
+            err = _combine(None, ks, tuple((j, h * w) for j, w in self.e_terms))
+            sc = torch._foreach_maximum(torch._foreach_abs(y), torch._foreach_abs(y_new))
             torch._foreach_mul_(sc, self.solver.rtol)
             torch._foreach_add_(sc, self.solver.atol)
             torch._foreach_div_(err, sc)
             # per-population error norms and peaks |y_new| (divergence check) in one read
-            read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(ynd, ord=math.inf)]).tolist()
+            read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(y_new, ord=math.inf)]).tolist()
         n_pop = len(self.names)
         per_pop, peaks = read[:n_pop], read[n_pop:]
         err_total = math.sqrt(sum(v * v for v in per_pop) / sum(self.sizes))
@@ -398,15 +398,6 @@ def _failure(solver: "AdaptiveSolver", status: Status, t: float, h: float, per_p
                f"{h:.3g} ms. Check the activation, weights and inputs for overflow, and tau (too small "
                "a tau makes the field explode)")
     return SolverError(msg, status=int(status), t=t, population=worst)
-
-
-def _combine_zero(ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) -> list[Tensor]:
-    """``sum_j w_j k_j`` per population (detached, fresh tensors)."""
-    (j0, w0), *rest = terms
-    out = torch._foreach_mul([k.detach() for k in ks[j0]], w0)
-    for j, w in rest:
-        torch._foreach_add_(out, [k.detach() for k in ks[j]], alpha=w)
-    return out
 
 
 @dataclass(frozen=True)
