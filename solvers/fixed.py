@@ -168,8 +168,8 @@ class FixedStepSolver(Solver):
             history.store(n_steps, y)  # the final state completes the past of a continuation
             tail = history.tail(n_steps)
         else:
-            tail = HistoryTail(dt, ({k: v for k, v in y.items()},), None, dict(y))
-        return out.solution(y, nfe=n_steps * self._evals_per_step(), steps=n_steps, accepted=n_steps,
+            tail = HistoryTail(dt, (dict(y),), None, dict(y))
+        return out.solution(y, nfe=n_steps * self.stages, steps=n_steps, accepted=n_steps,
                             rejected=0, t_final=problem.t_end, tail=tail)
 
     def _jump_steps(self, problem: Problem, dt: float, n_steps: int, max_delay: float) -> frozenset[int]:
@@ -207,15 +207,12 @@ class FixedStepSolver(Solver):
         Linear for first-order methods; the quadratic through ``r_n, k_1, r_{n+1}`` when the
         method has no stage at the step's end (Midpoint); else cubic Hermite on ``r_n, k_1,
         r_{n+1}`` and the last stage ``k_s`` (at ``t_{n+1}^-``)."""
-        if self.convergence_order == 1 or not last:
+        if last is None:  # a first-order method
             return (y0, y1), lambda th: (1.0 - th, th)
         k1, ks = last
         if self.c[-1] != 1.0:
             return (y0, y1, k1), lambda th: (1.0 - th * th, th * th, h * th * (1.0 - th))
         return (y0, y1, k1, ks), lambda th: hermite(th, h)
-
-    def _evals_per_step(self) -> int:
-        return self.stages
 
     @staticmethod
     def _segment_length(checkpoint, n_steps: int) -> int | None:
@@ -227,8 +224,7 @@ class FixedStepSolver(Solver):
             return max(1, round(math.sqrt(n_steps)))
         return int(checkpoint)
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool,
-                 jumps: frozenset[int] = frozenset()):
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int]):
         """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method.
 
         ``step.last`` holds ``(k_1, k_s)`` of the latest step (for the dense output).
@@ -241,9 +237,9 @@ class FixedStepSolver(Solver):
         derivs = self.needs_derivatives
 
         def combine(y: dict[str, Tensor], ks: list, terms) -> dict[str, Tensor]:
+            (j0, w0), *rest = terms
             out = {}
             for name, yv in y.items():
-                (j0, w0), *rest = terms
                 acc = torch.add(yv, ks[j0][name], alpha=w0)
                 for j, w in rest:
                     acc = acc.add_(ks[j][name], alpha=w)
@@ -315,8 +311,7 @@ class Euler(FixedStepSolver):
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
                           StabilityWarning, stacklevel=4)
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool,
-                 jumps: frozenset[int] = frozenset()):
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int]):
         field, inputs = problem.field, problem.inputs
         if not isinstance(field, Network):
             if self.order == "sequential":
@@ -326,29 +321,25 @@ class Euler(FixedStepSolver):
             return super()._stepper(problem, h, history, store, jumps)
         pops = field.populations
 
-        def weight(name: str):  # dt / tau, a tensor for per-unit taus
-            tau = pops[name].tau
-            if isinstance(tau, Tensor):
-                y0 = problem.y0[name]
-                return (h / tau).to(device=y0.device, dtype=y0.dtype)
-            return h / tau
-
-        def lerp(r: Tensor, target: Tensor, w) -> Tensor:  # r + w (target - r)
-            return torch.lerp(r, target, w)
-
         if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):  # drive in bf16/fp16, state fp32
             def lerp(r: Tensor, target: Tensor, w) -> Tensor:
                 return torch.lerp(r, target.to(r.dtype), w)
+        else:
+            lerp = torch.lerp  # r + w (target - r)
 
         def take(r: Tensor, target: Tensor, w) -> Tensor:  # lerp(r, target, 1) == target exactly
             return target if target.dtype == r.dtype else target.to(r.dtype)
 
         def update(name: str):
+            """``(name, dt / tau, lerp or take)``; ``dt / tau`` is a tensor for per-unit taus."""
+            tau = pops[name].tau
+            if isinstance(tau, Tensor):
+                y0 = problem.y0[name]
+                return name, (h / tau).to(device=y0.device, dtype=y0.dtype), lerp
             # dt == tau (the discrete-time RNN case, r_{n+1} = Phi(u_n)): no lerp and no zero
             # gradient into r_n. Identity Phi may return an input tensor itself, so it keeps lerp.
-            w = weight(name)
-            exact = not isinstance(w, Tensor) and w == 1.0 and not isinstance(pops[name].phi, torch.nn.Identity)
-            return name, w, take if exact else lerp
+            exact = h / tau == 1.0 and not isinstance(pops[name].phi, torch.nn.Identity)
+            return name, h / tau, take if exact else lerp
 
         drive = field.drive
         if self.order == "sequential":

@@ -45,15 +45,12 @@ def check_delay(name: str, delay: float, max_delay: float) -> None:
 def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor:
     """Input ``name`` evaluated at time ``t`` (a delayed read of a stimulus input), or a
     ``KeyError`` naming the populations and inputs there are."""
-    if inputs is None:
-        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                       f"populations: {sorted(populations)}")
-    values = inputs(t)
-    try:
+    values = None if inputs is None else inputs(t)
+    if values is not None and name in values:
         return values[name]
-    except KeyError:
-        raise KeyError(f"history.lag({name!r}): no population or input of that name; "
-                       f"populations: {sorted(populations)}, inputs: {sorted(values)}") from None
+    known = "" if values is None else f", inputs: {sorted(values)}"
+    raise KeyError(f"history.lag({name!r}): no population or input of that name; "
+                   f"populations: {sorted(populations)}{known}")
 
 
 class Piecewise:

@@ -37,17 +37,17 @@ populations) read with a delay are evaluated at ``t - d`` directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
-from dynode.history.base import check_delay, lag_input
+from dynode.history.base import Inputs, check_delay, lag_input
 from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
-
 
 
 def delay_steps(delay: float, dt: float) -> int | None:
@@ -60,14 +60,11 @@ def delay_steps(delay: float, dt: float) -> int | None:
 
 def compatible_dts(delays, limit: int = 6) -> list[float]:
     """The largest step sizes (ms) of which every delay in ``delays`` is an integer multiple."""
-    from fractions import Fraction
-
     pos = [Fraction(d).limit_denominator(10_000) for d in delays if d > 0]
     if not pos:
         return []
-    num = math.gcd(*[p.numerator * (math.lcm(*[q.denominator for q in pos]) // p.denominator)
-                     for p in pos])
-    g = Fraction(num, math.lcm(*[q.denominator for q in pos]))
+    den = math.lcm(*[p.denominator for p in pos])
+    g = Fraction(math.gcd(*[int(p * den) for p in pos]), den)  # the gcd of the delays
     out = []
     for m in range(1, 1000):
         cand = g / m
@@ -123,8 +120,7 @@ class History:
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, dt: float,
                  max_delay: float, derivatives: bool,
-                 inputs: Callable[[float], Mapping[str, Tensor]] | None = None,
-                 tail: HistoryTail | None = None):
+                 inputs: Inputs | None = None, tail: HistoryTail | None = None):
         self.t0, self.dt = float(t0), float(dt)
         self._y0 = dict(initial_state)
         k_max = 0
