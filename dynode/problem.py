@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
+from dynode.solution import Solution
 from dynode.stimulus import Stimulus, as_stimulus
 from dynode.tolerances import TIME_RTOL, time_tol
 
@@ -57,6 +58,11 @@ def as_ms(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigurationError(f"{name} must be a number of ms, got {value!r}")
     return float(value)
+
+
+def _is_count(value) -> bool:
+    """A positive int (a bool is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _no_inputs(t: float) -> dict[str, Tensor]:
@@ -213,22 +219,20 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
         raise ConfigurationError(f"t0 and t_end must be finite (ms), got t0={t0}, t_end={t_end}")
     if not t_end > t0:
         raise ConfigurationError(f"t_end ({t_end} ms) must be greater than t0 ({t0} ms)")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
+    if batch_size is not None and not _is_count(batch_size):
         raise ConfigurationError(f"batch_size must be a positive int, got {batch_size!r}")
     if max_abs is not None and (isinstance(max_abs, bool) or not isinstance(max_abs, (int, float))
                                 or not max_abs > 0):
         raise ConfigurationError(f"max_abs must be > 0 (or None to disable the blow-up check), got {max_abs}")
-    if isinstance(check_every, bool) or not (isinstance(check_every, int) and check_every >= 1):
+    if not _is_count(check_every):
         raise ConfigurationError(f"check_every must be a positive int (steps), got {check_every!r}")
-    if checkpoint is not None and not isinstance(checkpoint, bool) and not (
-            isinstance(checkpoint, int) and checkpoint >= 1):
+    if checkpoint is not None and not isinstance(checkpoint, bool) and not _is_count(checkpoint):
         raise ConfigurationError(f"checkpoint must be None, True (segments of sqrt(steps)) or a "
                                  f"positive number of steps per segment, got {checkpoint!r}")
     if not isinstance(dense, bool):
         raise ConfigurationError(f"dense must be True or False, got {dense!r}")
     tail = None
-    if hasattr(initial_state, "final_state") and hasattr(initial_state, "tail"):  # a Solution
+    if isinstance(initial_state, Solution):
         tail = initial_state.tail
         if tail is None:
             raise ConfigurationError("this solution cannot be continued exactly (its solver keeps no "
