@@ -262,7 +262,6 @@ class _Run:
                                     weights=self.tab.weights, inputs=problem.inputs)
         self.taus = self.field.time_constants()
         self.guard = Guard(problem.max_abs, self.taus, None)
-        self.max_abs = math.inf if problem.max_abs is None else float(problem.max_abs)
         self.ctrl = solver._ctrl.start(self.tab.error_order)
         self.sizes = [problem.y0[n].numel() for n in self.names]
         self.a_rows = [tuple((j, aij) for j, aij in enumerate(row) if aij) for row in self.tab.a]
@@ -282,7 +281,29 @@ class _Run:
         return [out[n] for n in self.names]
 
     def fail(self, status: Status, h: float) -> SolverError:
-        return _failure(self.solver, status, self.t, h, self.per_pop, self.names, self.taus, self.t_end)
+        """The :class:`SolverError` of a failed solve: status, time, worst population, advice."""
+        solver, t, per_pop = self.solver, self.t, self.per_pop
+        worst = None
+        if per_pop:  # NaN counts as the largest error
+            worst = max(zip(per_pop, self.names), key=lambda en: math.inf if math.isnan(en[0]) else en[0])[1]
+        tau = self.taus.get(worst)
+        who = f"; population {worst!r} has the largest error estimate" if worst else ""
+        who += f" (tau = {tau:g} ms)" if tau else ""
+        name = type(solver).__name__
+        if status == Status.REACHED_DT_MIN:
+            msg = (f"{name}: the step size fell below dt_min = {solver.dt_min:g} ms at t = {t:g} ms "
+                   f"(h = {h:.3g} ms){who}. The solution is probably stiff, discontinuous or blowing up "
+                   "there: check tau and the weights, declare input jumps in the stimulus' breakpoints, "
+                   "loosen rtol/atol or lower dt_min")
+        elif status == Status.REACHED_MAX_STEPS:
+            msg = (f"{name}: max_steps = {solver.max_steps} steps reached at t = {t:g} ms (of t_end = "
+                   f"{self.t_end:g} ms, last h = {h:.3g} ms){who}. Raise max_steps, loosen rtol/atol, or "
+                   "check tau (a small tau forces small steps: consider a fixed-step solver with dt < tau)")
+        else:
+            msg = (f"{name}: non-finite values (NaN/inf) at t = {t:g} ms{who}, even with steps down to "
+                   f"{h:.3g} ms. Check the activation, weights and inputs for overflow, and tau (too small "
+                   "a tau makes the field explode)")
+        return SolverError(msg, status=int(status), t=t, population=worst)
 
     def attempt(self, k1: list[Tensor], h: float, t_left: float) -> tuple[list, list, float, list[float]]:
         """One step of size ``h`` from ``(t, y)``: ``(stages, y_new, err, peaks)``; ``err`` is the
@@ -316,7 +337,7 @@ class _Run:
         self.out.step(t, t_new, dict(zip(names, y_new)),
                       lambda: ([dict(zip(names, v)) for v in (y, *ks)],
                                lambda th: [1.0, *(h * w for w in weights(th))]))
-        if not all(p <= self.max_abs for p in peaks):
+        if not all(p <= self.guard.max_abs for p in peaks):
             self.guard.check(dict(zip(names, y_new)), t, t_new)  # raises DivergenceError
         self.t, self.y = t_new, y_new
 
@@ -372,32 +393,6 @@ class _Run:
                 raise self.fail(Status.REACHED_MAX_STEPS, h)
         return self.out.solution(dict(zip(self.names, self.y)), nfe=self.nfe, steps=self.steps,
                                  accepted=self.accepted, rejected=self.rejected, t_final=self.t)
-
-
-def _failure(solver: "AdaptiveSolver", status: Status, t: float, h: float, per_pop: list[float] | None,
-             names: list[str], taus: dict[str, float], t_end: float) -> SolverError:
-    """The :class:`SolverError` of a failed solve: status, time, worst population, advice."""
-    worst = None
-    if per_pop:
-        worst = names[max(range(len(names)), key=lambda i: math.inf if math.isnan(per_pop[i]) else per_pop[i])]
-    tau = taus.get(worst) if worst is not None else None
-    who = f"; population {worst!r} has the largest error estimate" if worst else ""
-    who += f" (tau = {tau:g} ms)" if tau else ""
-    name = type(solver).__name__
-    if status == Status.REACHED_DT_MIN:
-        msg = (f"{name}: the step size fell below dt_min = {solver.dt_min:g} ms at t = {t:g} ms "
-               f"(h = {h:.3g} ms){who}. The solution is probably stiff, discontinuous or blowing up "
-               "there: check tau and the weights, declare input jumps in the stimulus' breakpoints, "
-               "loosen rtol/atol or lower dt_min")
-    elif status == Status.REACHED_MAX_STEPS:
-        msg = (f"{name}: max_steps = {solver.max_steps} steps reached at t = {t:g} ms (of t_end = "
-               f"{t_end:g} ms, last h = {h:.3g} ms){who}. Raise max_steps, loosen rtol/atol, or check "
-               "tau (a small tau forces small steps: consider a fixed-step solver with dt < tau)")
-    else:
-        msg = (f"{name}: non-finite values (NaN/inf) at t = {t:g} ms{who}, even with steps down to "
-               f"{h:.3g} ms. Check the activation, weights and inputs for overflow, and tau (too small "
-               "a tau makes the field explode)")
-    return SolverError(msg, status=int(status), t=t, population=worst)
 
 
 @dataclass(frozen=True)
