@@ -251,12 +251,11 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     device, dtype = _infer_device_dtype(field, initial_state)
     stim = as_stimulus(stimulus)
     inputs, batch = _bind_stimulus(stim, field, t0, batch_size, device, dtype)
-    if initial_state:
-        for name, v in initial_state.items():
-            if isinstance(v, Tensor) and v.dim() > 0 and batch is None:
-                default = field.init_state(1, device="meta")
-                if name in default and tuple(v.shape) != tuple(default[name].shape[1:]):
-                    batch = v.shape[0]
+    batched = {n: v for n, v in (initial_state or {}).items() if isinstance(v, Tensor) and v.dim() > 0}
+    if batched and batch is None:  # the first entry that is not one sample's shape sets the batch
+        default = field.init_state(1, device="meta")
+        batch = next((v.shape[0] for n, v in batched.items()
+                      if n in default and tuple(v.shape) != tuple(default[n].shape[1:])), None)
     b = batch if batch is not None else 1
     y0 = field.init_state(b, device=device, dtype=dtype)
     if not isinstance(y0, Mapping) or not y0:
