@@ -160,7 +160,7 @@ class FixedStepSolver(Solver):
             if wrap is None:
                 y, kept = run(a, b, y, put=out.emit)
             else:
-                y, kept = wrap(run, a, b, y, history.snapshot(a if max_delay > 0 else None), use_reentrant=False)
+                y, kept = wrap(run, a, b, y, history.snapshot(a), use_reentrant=False)
             for t_save, state in kept:
                 out.emit(t_save, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
@@ -216,10 +216,8 @@ class FixedStepSolver(Solver):
 
     @staticmethod
     def _segment_length(checkpoint, n_steps: int) -> int | None:
-        if checkpoint is None or checkpoint is False:
-            return None
-        if not torch.is_grad_enabled():
-            return None  # nothing to save memory on
+        if not checkpoint or not torch.is_grad_enabled():
+            return None  # no checkpointing asked, or no graph to save memory on
         if checkpoint is True:
             return max(1, round(math.sqrt(n_steps)))
         return int(checkpoint)

@@ -210,13 +210,13 @@ class History:
             self._cache.clear()
         self.n, self.c, self.t, self._state = n, c, t, state
 
-    def snapshot(self, next_step: int | None = None) -> tuple[dict[str, list], dict[str, list], dict]:
+    def snapshot(self, next_step: int) -> tuple[dict[str, list], dict[str, list], dict]:
         """The ring contents (references), to restore when a segment is recomputed.
 
         ``next_step``: the step the segment starts with; its slot is stored before it is read,
         so the stale state there is left out (a checkpoint boundary then keeps
         ``max_delay / dt`` past states per population, not one more)."""
-        drop = None if next_step is None else next_step % self.size
+        drop = next_step % self.size
 
         def keep(ring: list) -> list:
             return [None if i == drop else v for i, v in enumerate(ring)]
