@@ -51,13 +51,11 @@ class DenseOutput:
 
     def __init__(self, t0: float, t_end: float):
         self.t0, self.t_end = float(t0), float(t_end)
-        self._starts: list[float] = []
         self._pieces: list[tuple[float, float, tuple, Callable[[float], Sequence[float]]]] = []
 
     def add(self, t: float, h: float, terms: Sequence[Mapping[str, Tensor]],
             weights: Callable[[float], Sequence[float]]) -> None:
         """Append the step ``[t, t + h]`` (steps are added in time order)."""
-        self._starts.append(float(t))
         self._pieces.append((float(t), float(h), tuple(terms), weights))
 
     def __len__(self) -> int:
@@ -70,7 +68,7 @@ class DenseOutput:
         if not (self.t0 - tol <= t <= self.t_end + tol):
             raise ConfigurationError(f"evaluate(t = {t:g} ms): outside the run [{self.t0:g}, "
                                      f"{self.t_end:g}] ms; the dense output covers only that interval")
-        j = max(bisect.bisect_right(self._starts, t) - 1, 0)
+        j = max(bisect.bisect_right(self._pieces, t, key=lambda piece: piece[0]) - 1, 0)
         ta, h, terms, weights = self._pieces[j]
         theta = min(max((t - ta) / h, 0.0), 1.0)
         return _weighted(terms, weights(theta))
@@ -178,10 +176,10 @@ class Output:
         """The step ``[t, t_new]`` is done: save what falls in it (``put(t, state)``, default
         :meth:`emit`) and keep its interpolant ``() -> ([T_i], theta -> [w_i])`` for ``dense``."""
         put = self.emit if put is None else put
-        h, between = t_new - t, None
+        h, piece = t_new - t, None
         if self.dense is not None:
-            between = interpolant()
-            self.dense.add(t, h, *between)
+            piece = interpolant()
+            self.dense.add(t, h, *piece)
         if self.save_at is None:
             put(t_new, y_new)
             return
@@ -190,8 +188,8 @@ class Output:
             if ts >= end:
                 put(t_new if self.snap else ts, y_new)
             else:
-                between = between or interpolant()
-                put(ts, _weighted(between[0], between[1]((ts - t) / h)))
+                piece = piece or interpolant()
+                put(ts, _weighted(piece[0], piece[1]((ts - t) / h)))
 
     def solution(self, final_state: dict[str, Tensor], *, nfe: int, steps: int, accepted: int,
                  rejected: int, t_final: float, tail: "HistoryTail | None" = None) -> Solution:
