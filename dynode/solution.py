@@ -105,8 +105,8 @@ class Solution:
         ``{population: (len(t), batch, *shape)}``. Needs ``integrate(..., dense=True)``; a time
         outside ``[t0, t_end]`` is an error.
         """
-        span = f"[{float(self.ts[0]):g}, {float(self.ts[-1]):g}] ms" if len(self.ts) else "the run"
         if self.dense is None:
+            span = f"[{float(self.ts[0]):g}, {float(self.ts[-1]):g}] ms" if len(self.ts) else "the run"
             raise ConfigurationError(
                 f"this Solution (saved on {span}) kept no dense output: integrate with dense=True to "
                 "evaluate it at any time, or pass the times as save_at")
