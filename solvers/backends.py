@@ -69,7 +69,7 @@ def segments(problem: Problem) -> list[tuple[float, float, bool]]:
     a = problem.t0
     d_min = delays[0] if delays else math.inf
     for b, jump in zip(stops, jumps):
-        n = max(1, math.ceil((b - a) / d_min - TIME_RTOL)) if delays else 1
+        n = max(1, math.ceil((b - a) / d_min - TIME_RTOL))
         for m in range(n):
             lo = a + (b - a) * m / n
             hi = b if m == n - 1 else a + (b - a) * (m + 1) / n
@@ -82,31 +82,26 @@ class _Flat:
     """State dict <-> ``(rows, features)``; ``rows`` is the batch or 1 (whole batch in a row)."""
 
     def __init__(self, y0: Mapping[str, Tensor], per_row: bool):
-        self.names = list(y0)
-        first = y0[self.names[0]]
-        self.batch = first.shape[0]
-        self.shapes = [tuple(y0[n].shape[1:]) for n in self.names]
-        self.sizes = [math.prod(s) for s in self.shapes]
+        self.batch = next(iter(y0.values())).shape[0]
         self.rows = self.batch if per_row else 1
-        self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+        self.slots: dict[str, tuple[slice, tuple[int, ...]]] = {}  # population -> its columns, its shape
+        start = 0
+        for name, value in y0.items():
+            shape = tuple(value.shape[1:])
+            self.slots[name] = (slice(start, start + math.prod(shape)), shape)
+            start += math.prod(shape)
 
     def flatten(self, state: Mapping[str, Tensor]) -> Tensor:
-        B, r = self.batch, self.rows
-        if r == 1:
-            if len(self.names) == 1:
-                return state[self.names[0]].reshape(1, -1)
-            return torch.cat([state[n].reshape(B, -1) for n in self.names], 1).reshape(1, -1)
-        return torch.cat([state[n].reshape(B, -1) for n in self.names], 1)
+        parts = [state[n].reshape(self.batch, -1) for n in self.slots]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).reshape(self.rows, -1)
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         rows = flat.reshape(self.batch, -1)
-        return {n: rows[:, o:o + s].reshape(self.batch, *sh)
-                for n, o, s, sh in zip(self.names, self.offsets, self.sizes, self.shapes)}
+        return {n: rows[:, cols].reshape(self.batch, *shape) for n, (cols, shape) in self.slots.items()}
 
     def column(self, flat: Tensor, name: str) -> Tensor:
-        i = self.names.index(name)
-        o, s = self.offsets[i], self.sizes[i]
-        return flat.reshape(self.batch, -1)[:, o:o + s].reshape(self.batch, *self.shapes[i])
+        cols, shape = self.slots[name]
+        return flat.reshape(self.batch, -1)[:, cols].reshape(self.batch, *shape)
 
 
 def _grid(a: float, b: float, n_dense: int | None, saves) -> tuple[list[float], list[int]]:
@@ -115,7 +110,7 @@ def _grid(a: float, b: float, n_dense: int | None, saves) -> tuple[list[float], 
     tol = time_tol(b)
     pts = [a + (b - a) * m / n_dense for m in range(1, n_dense)] if n_dense else []
     merged: list[float] = []
-    for x in sorted({a, b, *pts, *(s for s in saves if s > a + tol)}):
+    for x in sorted({a, b, *pts, *saves}):  # a save within tol of a or b merges with it
         if not merged or x - merged[-1] > tol:
             merged.append(x)
     merged[-1] = b
@@ -133,9 +128,10 @@ class _Backend(Solver):
     n_dense: int
     per_row: bool = False
 
-    def _solve_segment(self, rhs, y: Tensor, times: Tensor, a: float, b: float, counts: dict,
-                       first: float | None) -> Tensor:
-        """Solve one segment; return the states at ``times``, shape ``(len(times), rows, feat)``."""
+    def _solve_segment(self, rhs, y: Tensor, times: Tensor, a: float, counts: dict,
+                       first_step: float | None) -> Tensor:
+        """Solve the segment starting at ``a``; return the states at ``times``, shape
+        ``(len(times), rows, feat)``."""
         raise NotImplementedError
 
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
@@ -164,8 +160,8 @@ class _Backend(Solver):
             b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
             rhs = _rhs(field, inputs, history, flat, counts, b_left)
             times, dense_idx = _grid(a, b, self._points(a, b) if delays else None, out.between(a, b))
-            ys = self._solve_segment(rhs, y, torch.tensor(times, dtype=tdtype, device=y.device), a, b,
-                                     counts, first)
+            ys = self._solve_segment(rhs, y, torch.tensor(times, dtype=tdtype, device=y.device), a, counts,
+                                     None if first is None else min(first, b - a))
             y = ys[-1]
             y_end = flat.unflatten(y)
             out.step(a, b, y_end, lambda: ([flat.unflatten(v) for v in ys],  # the state at each time
@@ -312,7 +308,7 @@ class TorchDiffEq(_Backend):
                 return int(round(n))
         return self.n_dense
 
-    def _solve_segment(self, rhs, y, times, a, b, counts, first):
+    def _solve_segment(self, rhs, y, times, a, counts, first_step):
         from torchdiffeq import odeint
 
         class Func:
@@ -330,19 +326,18 @@ class TorchDiffEq(_Backend):
                 counts["rejected"] += 1
 
         opts = dict(self.options)
-        if first is not None and self.adaptive and "first_step" not in opts:
-            opts["first_step"] = min(first, b - a)
-        fixed = not self.adaptive
+        if first_step is not None and self.adaptive and "first_step" not in opts:
+            opts["first_step"] = first_step
+        func = AdaptiveFunc() if self.adaptive else Func()  # a fixed-grid method warns of accept/reject
         try:
-            ys = odeint(Func() if fixed else AdaptiveFunc(), y, times, rtol=self.rtol, atol=self.atol, method=self.method,
-                        options=opts)
+            ys = odeint(func, y, times, rtol=self.rtol, atol=self.atol, method=self.method, options=opts)
         except AssertionError as exc:
             msg = str(exc)
             status = (Status.REACHED_MAX_STEPS if "max_num_steps" in msg else
                       Status.NON_FINITE if "nan" in msg.lower() or "inf" in msg.lower() else
                       Status.REACHED_DT_MIN)
             raise _fail("TorchDiffEq", status, a, f"torchdiffeq stopped ({msg})", rhs.last) from exc
-        if fixed:
+        if not self.adaptive:
             counts["accepted"] = counts["steps"]
         return ys  # non-finite values: the divergence guard names the population
 
@@ -405,7 +400,7 @@ class TorchODE(_Backend):
     def per_row(self) -> bool:  # type: ignore[override]
         return self.per_sample
 
-    def _solve_segment(self, rhs, y, times, a, b, counts, first):
+    def _solve_segment(self, rhs, y, times, a, counts, first_step):
         import torchode as to
 
         term = to.ODETerm(rhs, with_stats=False)
@@ -418,14 +413,11 @@ class TorchODE(_Backend):
         solver = to.AutoDiffAdjoint(method, ctrl, max_steps=self.max_steps)
         rows = y.shape[0]
         t_eval = times.expand(rows, -1)
-        dt0 = None
-        if first is not None:
-            dt0 = torch.full((rows,), min(first, b - a), dtype=times.dtype, device=times.device)
+        dt0 = None if first_step is None else torch.full((rows,), first_step, dtype=times.dtype,
+                                                         device=times.device)
         sol = solver.solve(to.InitialValueProblem(y, t_eval[:, 0], t_eval[:, -1], t_eval), dt0=dt0)
-        status = sol.status.tolist()
-        bad = [s for s in status if s != 0]
-        if bad:
-            code = max(bad)
+        code = max(sol.status.tolist())  # 0: success, the other codes are positive
+        if code:
             st = {2: Status.REACHED_DT_MIN, 3: Status.REACHED_MAX_STEPS}.get(code, Status.NON_FINITE)
             raise _fail("TorchODE", st, a, f"torchode status {to.status_codes.Status(code).name}", rhs.last)
         n_steps = int(sol.stats["n_steps"].max())
