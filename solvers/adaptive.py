@@ -100,6 +100,14 @@ def _dense_rows(B: list) -> tuple[tuple[float, ...], ...]:
     return tuple(rows)
 
 
+def _polymul(*ps) -> np.ndarray:
+    """The product of numpy polynomials (low -> high)."""
+    out = np.array([1.0])
+    for p in ps:
+        out = npoly.polymul(out, p)
+    return out
+
+
 def _dopri5() -> Tableau:
     c = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
     a = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
@@ -116,9 +124,9 @@ def _dopri5() -> Tableau:
     # y(theta) - y0 = theta b + theta(1-theta)(e1 - b) + theta^2(1-theta)(2b - e1 - e7)
     #                 + theta^2 (1-theta)^2 d       (Hairer's continuous extension, order 4)
     th, one_m = np.array([0.0, 1.0]), np.array([1.0, -1.0])
-    p1, p2 = th, npoly.polymul(th, one_m)
-    p3 = npoly.polymul(npoly.polymul(th, th), one_m)
-    p4 = npoly.polymul(p3, one_m)
+    p1, p2 = th, _polymul(th, one_m)
+    p3 = _polymul(th, th, one_m)
+    p4 = _polymul(p3, one_m)
     B = []
     for i in range(7):
         e1, e7 = float(i == 0), float(i == 6)
@@ -142,25 +150,16 @@ def _tsit5() -> Tableau:
     e = (0.001780011052226, 0.000816434459657, -0.007880878010262, 0.144711007173263,
          -0.582357165452555, 0.458082105929187, -1 / 66)
     P = lambda *cs: np.array(cs, dtype=float)  # noqa: E731  (low -> high)
-    mul = lambda *ps: _reduce_mul(ps)  # noqa: E731
-    th, th2 = P(0, 1), P(0, 0, 1)
-    B = [mul(P(0, -1.0530884977290216), P(-1.3299890189751412, 1),
-             P(0.7139816917074209, -1.4364028541716351, 1)),
-         mul(0.1017 * th2, P(1.2949852507374631, -2.1966568338249754, 1)),
-         mul(2.490627285651252793 * th2, P(1.57803468208092486, -2.38535645472061657, 1)),
-         mul(-16.54810288924490272 * th2, P(-1.21712927295533244, 1), P(-0.61620406037800089, 1)),
-         mul(47.37952196281928122 * th2, P(-1.203071208372362603, 1), P(-0.658047292653547382, 1)),
-         mul(-34.87065786149660974 * th2, P(-1.2, 1), P(-0.666666666666666667, 1)),
-         mul(2.5 * th2, P(-1, 1), P(-0.6, 1))]
-    del th
+    th2 = P(0, 0, 1)
+    B = [_polymul(P(0, -1.0530884977290216), P(-1.3299890189751412, 1),
+                  P(0.7139816917074209, -1.4364028541716351, 1)),
+         _polymul(0.1017 * th2, P(1.2949852507374631, -2.1966568338249754, 1)),
+         _polymul(2.490627285651252793 * th2, P(1.57803468208092486, -2.38535645472061657, 1)),
+         _polymul(-16.54810288924490272 * th2, P(-1.21712927295533244, 1), P(-0.61620406037800089, 1)),
+         _polymul(47.37952196281928122 * th2, P(-1.203071208372362603, 1), P(-0.658047292653547382, 1)),
+         _polymul(-34.87065786149660974 * th2, P(-1.2, 1), P(-0.666666666666666667, 1)),
+         _polymul(2.5 * th2, P(-1, 1), P(-0.6, 1))]
     return Tableau(c, a, b, e, _dense_rows(B), order=5, error_order=4)
-
-
-def _reduce_mul(ps) -> np.ndarray:
-    out = np.array([1.0])
-    for p in ps:
-        out = npoly.polymul(out, p)
-    return out
 
 
 def _bosh3() -> Tableau:
@@ -178,7 +177,8 @@ def _bosh3() -> Tableau:
 DOPRI5, TSIT5, BOSH3 = _dopri5(), _tsit5(), _bosh3()
 
 
-def _combine(y: list[Tensor] | None, ks: list[list[Tensor]], terms: Sequence[tuple[int, float]]) -> list[Tensor]:
+def _combine(y: list[Tensor] | None, ks: list[list[Tensor]],
+             terms: Sequence[tuple[int, float]]) -> list[Tensor]:
     """``y + sum_j w_j k_j`` for every population, ``sum_j w_j k_j`` if ``y`` is None (fresh
     tensors; ``y`` and ``ks`` untouched)."""
     if not terms:
