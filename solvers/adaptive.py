@@ -15,12 +15,11 @@ step). The step is accepted when the scaled RMS of ``e`` is ``<= 1`` (see
 * Tsit5 (Tsitouras 5(4), 2011): the paper's 4th-order interpolant;
 * Bosh3 (Bogacki-Shampine 3(2)): cubic Hermite on ``(y_n, k_1, y_{n+1}, k_4)`` (order 3).
 
-Delays (method of steps, :mod:`dynode.solvers.dense`): the step is capped at the smallest
-positive delay, so every ``r(t - d)`` lies in an accepted step (dense output) or before
-``t0`` (the initial state). Steps end exactly on ``t0``, the stimulus breakpoints and their
-propagations ``t_b + d_1 + ... + d_j`` (``j <= order + 1``). A step that ends on a stimulus
-jump evaluates its last stages with the input's left limit and the next step recomputes
-its first stage (FSAL is not reused across a jump).
+Delays (method of steps, :mod:`dynode.history.dense`): the step is capped at the smallest
+positive delay and ends exactly on the propagated breakpoints ``t_b + d_1 + ... + d_j``
+(``j <= order + 1``). A step that ends on a stimulus jump evaluates its last stages with
+the input's left limit and the next step recomputes its first stage (FSAL is not reused
+across a jump).
 
 Cost: time bookkeeping is host-side; the only device-to-host read per step is the error
 norm (one tensor of per-population norms, which also carries each population's peak
@@ -270,7 +269,7 @@ class _Run:
         self.out.start(problem.y0)
         self.t, self.y = problem.t0, [problem.y0[n] for n in self.names]
         self.nfe = self.steps = self.accepted = self.rejected = 0
-        self.per_pop: list[float] | None = None
+        self.norms: list[float] = []  # the last attempt's per-population ||e / scale||_2
 
     def f(self, t: float, y: list[Tensor]) -> list[Tensor]:
         """``dr/dt`` at ``(t, y)``, per population in ``names`` order."""
@@ -282,10 +281,11 @@ class _Run:
 
     def fail(self, status: Status, h: float) -> SolverError:
         """The :class:`SolverError` of a failed solve: status, time, worst population, advice."""
-        solver, t, per_pop = self.solver, self.t, self.per_pop
+        solver, t = self.solver, self.t
+        rms = [v / math.sqrt(n) for v, n in zip(self.norms, self.sizes)]
         worst = None
-        if per_pop:  # NaN counts as the largest error
-            worst = max(zip(per_pop, self.names), key=lambda en: math.inf if math.isnan(en[0]) else en[0])[1]
+        if rms:  # NaN counts as the largest error
+            worst = max(zip(rms, self.names), key=lambda en: math.inf if math.isnan(en[0]) else en[0])[1]
         tau = self.taus.get(worst)
         who = f"; population {worst!r} has the largest error estimate" if worst else ""
         who += f" (tau = {tau:g} ms)" if tau else ""
@@ -324,9 +324,8 @@ class _Run:
             # per-population error norms and peaks |y_new| (divergence check) in one read
             read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(y_new, ord=math.inf)]).tolist()
         n_pop = len(self.names)
-        per_pop, peaks = read[:n_pop], read[n_pop:]
-        err_total = math.sqrt(sum(v * v for v in per_pop) / sum(self.sizes))
-        self.per_pop = [v / math.sqrt(n) for v, n in zip(per_pop, self.sizes)]
+        self.norms, peaks = read[:n_pop], read[n_pop:]
+        err_total = math.sqrt(sum(v * v for v in self.norms) / sum(self.sizes))
         return ks, y_new, err_total, peaks
 
     def accept(self, h: float, t_new: float, ks: list, y_new: list[Tensor], peaks: list[float]) -> None:
