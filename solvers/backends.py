@@ -10,10 +10,10 @@ Both libraries integrate ``dy/dt = g(t, y)`` for one flat tensor ``y``. The adap
   propagated by the delays, and -- for delayed fields -- are never longer than the smallest
   positive delay (method of steps). A segment that ends on a stimulus jump sees the input's
   left limit at its end, and the next segment starts its stages afresh;
-* answer delayed reads from the segments already solved: each is saved on ``n_dense + 1``
-  equally spaced points and read by piecewise-cubic Lagrange interpolation (4 points inside
-  one segment, error ``O((segment / n_dense)^4)``). dynode's own solvers use the method's
-  dense output instead, which is exact to the step's order at no extra cost;
+* answer delayed reads from the segments already solved, each kept on ``n_dense + 1``
+  points (:class:`~dynode.history.SegmentHistory`: cubic Lagrange, error
+  ``O((segment / n_dense)^4)``; dynode's own solvers use the method's dense output instead,
+  exact to the step's order at no extra cost);
 * return the same :class:`~dynode.solvers.SolverStats` (``nfe`` counted by the adapter,
   steps from the library).
 

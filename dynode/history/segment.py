@@ -48,7 +48,7 @@ class SegmentHistory(Piecewise):
     def _read(self, piece: tuple[float, float, Tensor], tq: float, name: str) -> Tensor:
         a, dt, pts = piece
         x = (tq - a) / dt
-        j0 = min(max(int(math.floor(x)) - 1, 0), pts.shape[0] - 4)
+        j0 = min(max(math.floor(x) - 1, 0), pts.shape[0] - 4)
         w = _lagrange4(x - j0)
         col = [self._column(pts[j0 + m], name) for m in range(4)]
         return (col[0] * w[0]).add_(col[1], alpha=w[1]).add_(col[2], alpha=w[2]).add_(col[3], alpha=w[3])
