@@ -333,11 +333,11 @@ class _Run:
         t, y, names, weights = self.t, self.y, self.names, self.tab.weights
         if self.keep:
             self.history.append(t, h, t_new, y, ks, y_new)
-        self.out.step(t, t_new, dict(zip(names, y_new)),
-                      lambda: ([dict(zip(names, v)) for v in (y, *ks)],
-                               lambda th: [1.0, *(h * w for w in weights(th))]))
+        state = dict(zip(names, y_new))
+        self.out.step(t, t_new, state, lambda: ([dict(zip(names, v)) for v in (y, *ks)],
+                                                lambda th: [1.0, *(h * w for w in weights(th))]))
         if not all(p <= self.guard.max_abs for p in peaks):
-            self.guard.check(dict(zip(names, y_new)), t, t_new)  # raises DivergenceError
+            self.guard.check(state, t, t_new)  # raises DivergenceError
         self.t, self.y = t_new, y_new
 
     def first_step(self, k1: list[Tensor], dt) -> float:
