@@ -42,7 +42,7 @@ class Problem:
     max_abs: float | None
     check_every: int
     checkpoint: int | bool | None = None  # gradient checkpointing segment (steps); fixed-step only
-    tail: "HistoryTail | None" = None  # the delayed past of a continued run (fixed-step only)
+    tail: HistoryTail | None = None  # the delayed past of a continued run (fixed-step only)
     dense: bool = False  # keep the solver's interpolant on every step (Solution.evaluate)
 
     @property
@@ -120,12 +120,12 @@ def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mappin
                     f"{v.device}, but the model runs in {str(dtype).replace('torch.', '')} on {device}; give "
                     f"the stimulus floating tensors (e.g. images.to({dtype}))"
                     " or convert the model (net.to(...))")
-            finite.append((f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
-                           "images or stimulus values (e.g. torch.nan_to_num) before the run", v))
+            finite.append(((f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
+                            "images or stimulus values (e.g. torch.nan_to_num) before the run"), v))
     finite += [(f"initial_state[{name!r}] has NaN or inf values; give finite rates", v)
                for name, v in y0.items()]
-    finite += [(f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
-                "diverged training step); load other weights or re-initialise the model", p)
+    finite += [((f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
+                 "diverged training step); load other weights or re-initialise the model"), p)
                for name, p in field.named_parameters() if p.is_floating_point()]
     with torch.no_grad():  # y0 is never empty (make_problem refuses an empty init_state)
         ok = torch.stack([torch.isfinite(v.detach()).all().to(device) for _, v in finite]).tolist()
@@ -288,7 +288,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
             if not (every > 0 and math.isfinite(every)):
                 raise ConfigurationError(f"save_at as a number is the saving interval in ms and must "
                                          f"be > 0, got {every}")
-            n = int(math.floor((t_end - t0) / every + TIME_RTOL))
+            n = math.floor((t_end - t0) / every + TIME_RTOL)
             save_at = tuple(t0 + i * every for i in range(n + 1))
         else:
             if isinstance(save_at, (str, bytes)) or not isinstance(save_at, (Sequence, Tensor)):

@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError
-
 from dynode.stats import SolverStats, Status
 from dynode.tolerances import time_tol
 
@@ -21,7 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from dynode.problem import Problem
 
 __all__ = ["Solution", "Output", "DenseOutput"]
-
 
 
 def _weighted(terms: Sequence[Mapping[str, Tensor]], w: Sequence[float]) -> dict[str, Tensor]:
@@ -92,7 +90,7 @@ class Solution:
     states: dict[str, Tensor]
     stats: SolverStats
     final_state: dict[str, Tensor]
-    tail: "HistoryTail | None" = None
+    tail: HistoryTail | None = None
     dense: DenseOutput | None = None
 
     def __getitem__(self, name: str) -> Tensor:
@@ -143,7 +141,7 @@ class Output:
     (streaming: memory stays flat, ``Solution.states`` is empty).
     """
 
-    def __init__(self, problem: "Problem", observer=None, *, snap: bool = False):
+    def __init__(self, problem: Problem, observer=None, *, snap: bool = False):
         self.t0, self.names, self.save_at = problem.t0, problem.names, problem.save_at
         self.observer, self.snap = observer, snap
         self.dense = DenseOutput(problem.t0, problem.t_end) if problem.dense else None
@@ -192,7 +190,7 @@ class Output:
                 put(ts, _weighted(piece[0], piece[1]((ts - t) / h)))
 
     def solution(self, final_state: dict[str, Tensor], *, nfe: int, steps: int, accepted: int,
-                 rejected: int, t_final: float, tail: "HistoryTail | None" = None) -> Solution:
+                 rejected: int, t_final: float, tail: HistoryTail | None = None) -> Solution:
         """The :class:`Solution` of a successful solve."""
         stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
                             status=Status.SUCCESS, t_final=t_final)
