@@ -176,16 +176,16 @@ def _bosh3() -> Tableau:
 DOPRI5, TSIT5, BOSH3 = _dopri5(), _tsit5(), _bosh3()
 
 
-def _combine(y: list[Tensor] | None, ks: list[list[Tensor]],
-             terms: Sequence[tuple[int, float]]) -> list[Tensor]:
-    """``y + sum_j w_j k_j`` for every population, ``sum_j w_j k_j`` if ``y`` is None (fresh
-    tensors; ``y`` and ``ks`` untouched)."""
+def _combine(y: list[Tensor] | None, ks: list[list[Tensor]], terms: Sequence[tuple[int, float]],
+             h: float) -> list[Tensor]:
+    """``y + h sum_j w_j k_j`` for every population, ``h sum_j w_j k_j`` if ``y`` is None
+    (fresh tensors; ``y`` and ``ks`` untouched)."""
     if not terms:
         return list(y)
     (j0, w0), *rest = terms
-    out = torch._foreach_mul(ks[j0], w0) if y is None else torch._foreach_add(y, ks[j0], alpha=w0)
+    out = torch._foreach_mul(ks[j0], h * w0) if y is None else torch._foreach_add(y, ks[j0], alpha=h * w0)
     for j, w in rest:
-        torch._foreach_add_(out, ks[j], alpha=w)
+        torch._foreach_add_(out, ks[j], alpha=h * w)
     return out
 
 
@@ -312,11 +312,11 @@ class _Run:
         t, y, c = self.t, self.y, self.tab.c
         ks, y_new = [k1], y
         for i in range(1, len(c)):
-            yi = _combine(y, ks, tuple((j, h * w) for j, w in self.a_rows[i]))
+            yi = _combine(y, ks, self.a_rows[i], h)
             ks.append(self.f(t_left if c[i] == 1.0 else t + c[i] * h, yi))
             y_new = yi
         with torch.no_grad():  # the error norm (no graph): the one host read of the step
-            err = _combine(None, ks, tuple((j, h * w) for j, w in self.e_terms))
+            err = _combine(None, ks, self.e_terms, h)
             sc = torch._foreach_maximum(torch._foreach_abs(y), torch._foreach_abs(y_new))
             torch._foreach_mul_(sc, self.solver.rtol)
             torch._foreach_add_(sc, self.solver.atol)
