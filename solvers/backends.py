@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -342,7 +342,7 @@ class TorchDiffEq(_Backend):
         return ys  # non-finite values: the divergence guard names the population
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class TorchODE(_Backend):
     """``torchode`` on a dynode field.
 
@@ -366,35 +366,33 @@ class TorchODE(_Backend):
     delays.
     """
 
-    method: str
-    rtol: float
-    atol: float
-    controller: str
-    per_sample: bool
-    max_steps: int | None
-    dt_min: float | None
-    dt_max: float | None
-    n_dense: int
+    method: _TODEMethod = "dopri5"
+    rtol: float = RTOL
+    atol: float = ATOL
+    _: KW_ONLY
+    controller: Literal["integral", "pid"] = "integral"
+    per_sample: bool = False
+    max_steps: int | None = None
+    dt_min: float | None = None
+    dt_max: float | None = None
+    n_dense: int = 16
 
     name: ClassVar[str] = "torchode"
     adaptive: ClassVar[bool] = True
 
-    def __init__(self, method: _TODEMethod = "dopri5", rtol: float = RTOL, atol: float = ATOL, *,
-                 controller: Literal["integral", "pid"] = "integral", per_sample: bool = False,
-                 max_steps: int | None = None,
-                 dt_min: float | None = None, dt_max: float | None = None, n_dense: int = 16):
+    def __post_init__(self):
+        method, controller, dt_min, dt_max = self.method, self.controller, self.dt_min, self.dt_max
         if method not in _TODE_METHODS:
             raise ConfigurationError(f"TorchODE: unknown method {method!r}; use one of {_TODE_METHODS}")
         if controller not in ("integral", "pid"):
             raise ConfigurationError(f"TorchODE: controller must be 'integral' or 'pid', got {controller!r}")
-        _check_options("TorchODE", rtol, atol, max_steps=max_steps, dt_min=dt_min, dt_max=dt_max,
-                       n_dense=n_dense)
+        _check_options("TorchODE", self.rtol, self.atol, max_steps=self.max_steps, dt_min=dt_min,
+                       dt_max=dt_max, n_dense=self.n_dense)
         if dt_min is not None and dt_max is not None and not dt_max > dt_min:
             raise ConfigurationError(f"TorchODE: need dt_min < dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        for k, v in dict(method=method, rtol=float(rtol), atol=float(atol), controller=controller,
-                         per_sample=bool(per_sample), max_steps=max_steps, dt_min=dt_min,
-                         dt_max=dt_max, n_dense=n_dense).items():
-            object.__setattr__(self, k, v)
+        object.__setattr__(self, "rtol", float(self.rtol))
+        object.__setattr__(self, "atol", float(self.atol))
+        object.__setattr__(self, "per_sample", bool(self.per_sample))
 
     @property
     def per_row(self) -> bool:  # type: ignore[override]
