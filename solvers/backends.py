@@ -239,7 +239,9 @@ def _check_options(who: str, rtol, atol, **options) -> None:
     check_options(who, rtol=rtol, atol=atol, **options)
 
 
-def _fail(solver: str, status: Status, t: float, detail: str, last=None) -> SolverError:
+def _fail(solver: str, status: Status, t: float, detail: str, last) -> SolverError:
+    """The :class:`SolverError` of the segment starting at ``t``: the library's ``detail``,
+    where it went wrong (:func:`_where` on the last evaluation ``last``) and advice."""
     advice = {Status.REACHED_MAX_STEPS: "raise the step limit, loosen rtol/atol or check tau",
               Status.REACHED_DT_MIN: "loosen rtol/atol, lower the minimal step, or check tau and the "
                                      "stimulus breakpoints",
