@@ -49,8 +49,8 @@ from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import ATOL, RTOL, Solver, check_options
 from dynode.solvers.controllers import get_controller, initial_step
-from dynode.history import DenseHistory, field_delays, propagate_breakpoints
-from dynode.tolerances import time_tol
+from dynode.history import DenseHistory, field_delays, history_span, propagate_breakpoints
+from dynode.tolerances import left_limit, time_tol
 from dynode.stats import Status
 
 __all__ = ["Tableau", "AdaptiveSolver", "Dopri5", "Tsit5", "Bosh3"]
@@ -252,7 +252,7 @@ class _Run:
         self.field, self.inputs, self.names = problem.field, problem.inputs, list(problem.names)
         self.t_end = problem.t_end
         delays = field_delays(self.field)
-        max_delay = max(float(self.field.max_delay()), max(delays, default=0.0))
+        max_delay = history_span(self.field, delays)
         self.keep = max_delay > 0
         self.dt_max = min(solver.dt_max, delays[0]) if delays else solver.dt_max
         self.stops, self.jumps = propagate_breakpoints(problem.t0, problem.t_end, problem.breakpoints,
@@ -365,7 +365,7 @@ class _Run:
             clipped = t + h_want >= stop - time_tol(stop)
             h, t_new = (stop - t, stop) if clipped else (h_want, t + h_want)
             jump_end = clipped and self.jumps[stop_i]
-            t_left = max(t_new - 16 * math.ulp(max(abs(t_new), 1.0)), t + 0.5 * h) if jump_end else t_new
+            t_left = left_limit(t, t_new) if jump_end else t_new
             ks, y_new, err, peaks = self.attempt(k1, h, t_left)
             self.steps += 1
             if err <= 1.0:  # NaN compares False: rejected

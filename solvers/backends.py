@@ -41,9 +41,9 @@ from dynode.problem import Problem
 from dynode.network import Network
 from dynode.solution import Output, Solution
 from dynode.solver import ATOL, RTOL, Solver, check_options
-from dynode.history import SegmentHistory, field_delays, propagate_breakpoints
+from dynode.history import SegmentHistory, field_delays, history_span, propagate_breakpoints
 from dynode.stats import Status
-from dynode.tolerances import TIME_RTOL, time_tol
+from dynode.tolerances import TIME_RTOL, left_limit, time_tol
 
 __all__ = ["TorchDiffEq", "TorchODE", "segments"]
 
@@ -147,8 +147,8 @@ class _Backend(Solver):
                 raise ConfigurationError(f"{type(self).__name__}(per_sample=True) handles fields without "
                                          "delays only; use per_sample=False for a delayed field")
         flat = _Flat(problem.y0, self.per_row)
-        max_delay = max(float(field.max_delay()), max(delays, default=0.0))
-        history = SegmentHistory(problem.y0, flat.column, t0=problem.t0, max_delay=max_delay, inputs=inputs)
+        history = SegmentHistory(problem.y0, flat.column, t0=problem.t0, max_delay=history_span(field, delays),
+                                 inputs=inputs)
         counts = {"nfe": 0, "steps": 0, "accepted": 0, "rejected": 0}
         first = None if dt is None else float(dt)
         out = Output(problem, observer)
@@ -157,7 +157,7 @@ class _Backend(Solver):
         guard = Guard(problem.max_abs, field.time_constants(), None)
         tdtype = torch.float64 if y.dtype == torch.float64 else torch.float32
         for a, b, jump in segments(problem):
-            b_left = max(b - 16 * math.ulp(max(abs(b), 1.0)), 0.5 * (a + b)) if jump else b
+            b_left = left_limit(a, b) if jump else b
             rhs = _rhs(field, inputs, history, flat, counts, b_left)
             times, dense_idx = _grid(a, b, self._points(a, b) if delays else None, out.between(a, b))
             ys = self._solve_segment(rhs, y, torch.tensor(times, dtype=tdtype, device=y.device), a, counts,

@@ -15,10 +15,10 @@ is a :class:`dynode.DelayError`.
 """
 
 from dynode.history.base import HistoryReader, Piecewise, check_delay, lag_input
-from dynode.history.dense import DenseHistory, field_delays, propagate_breakpoints
+from dynode.history.dense import DenseHistory, field_delays, history_span, propagate_breakpoints
 from dynode.history.grid import History, HistoryTail, compatible_dts, delay_steps, hermite
 from dynode.history.segment import SegmentHistory
 
 __all__ = ["HistoryReader", "History", "HistoryTail", "DenseHistory", "SegmentHistory", "Piecewise",
-           "delay_steps", "compatible_dts", "hermite", "field_delays", "propagate_breakpoints",
+           "delay_steps", "compatible_dts", "hermite", "field_delays", "history_span", "propagate_breakpoints",
            "check_delay", "lag_input"]

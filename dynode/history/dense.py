@@ -27,7 +27,7 @@ from torch import Tensor
 from dynode.history.base import Piecewise
 from dynode.tolerances import time_tol
 
-__all__ = ["DenseHistory", "field_delays", "propagate_breakpoints"]
+__all__ = ["DenseHistory", "field_delays", "history_span", "propagate_breakpoints"]
 
 
 def field_delays(field) -> tuple[float, ...]:
@@ -41,6 +41,12 @@ def field_delays(field) -> tuple[float, ...]:
         if not out or d - out[-1] > time_tol(d):
             out.append(d)
     return tuple(out)
+
+
+def history_span(field, delays: Sequence[float]) -> float:
+    """How far back (ms) the history must reach: the field's ``max_delay()``, or the longest of
+    ``delays`` (from :func:`field_delays`) if that is longer."""
+    return max(float(field.max_delay()), max(delays, default=0.0))
 
 
 def propagate_breakpoints(t0: float, t_end: float, stimulus_breakpoints: Sequence[float],
