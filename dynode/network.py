@@ -516,12 +516,6 @@ class Term:
     delay: float
     skip_initial: bool
 
-    def __call__(self, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]) -> Tensor:
-        read = self.read
-        x = (state[self.src] if read is _STATE else inputs[self.src] if read is _INPUT
-             else history.lag(self.src, self.delay))
-        return self.op(x)
-
     def absent(self, history) -> bool:
         return self.skip_initial and _reads_initial(history, self.delay)
 
@@ -541,21 +535,22 @@ class PopulationPlan:
 
     def drive(self, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]) -> Tensor:
         """``Phi(u)`` with ``u = combine(terms) + bias``."""
-        if self.combine is None:
-            u = None
-            for term in self.terms:  # the sum, each term read in place (this is the hot loop)
-                if term.skip_initial and term.absent(history):
-                    continue
-                read = term.read
-                x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
-                     else history.lag(term.src, term.delay))
-                y = term.op(x)
+        combine, u, parts = self.combine, None, {}
+        for term in self.terms:  # each term read in place (this is the hot loop)
+            if term.skip_initial and term.absent(history):
+                continue
+            read = term.read
+            x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
+                 else history.lag(term.src, term.delay))
+            y = term.op(x)
+            if combine is None:
                 u = y if u is None else u + y
-            if u is None:
-                u = torch.zeros_like(state[self.name])
-        else:
-            u = self.combine({term.src: term(state, history, inputs) for term in self.terms
-                              if not (term.skip_initial and term.absent(history))})
+            else:
+                parts[term.src] = y
+        if combine is not None:
+            u = combine(parts)
+        elif u is None:
+            u = torch.zeros_like(state[self.name])
         if self.bias is not None:
             u = u + self.bias
         return self.phi(u)
