@@ -14,15 +14,8 @@ A :class:`Network` is a :class:`~dynode.VectorField`. It also exposes :meth:`dri
 
 Everything is resolved when the network is built: each population holds a ready list of its
 incoming connections (operator module, source, delay), so the step loop does no lookups by
-string beyond reading its state dict.
-
-Building blocks of the core: ``connect(src, dst)`` without an operator between
-populations of different shapes inserts the skip/feedback adapter (:mod:`dynode.adapters`) (resize, then a 1x1
-projection); ``add_population(..., pipeline=[...])`` declares the ordered operations from
-the combined input to ``Phi(u)``; ``skip_initial=True`` marks a connection that is absent
-while its source is still at its initial state (CORnet-RT's first step); ``set_readout``
-makes a decoder part of the model; :func:`dynode.models.summary` prints the stability report.
-``net.protocol`` (:class:`RunProtocol`) holds how the model is meant to be run.
+string beyond reading its state dict. ``net.protocol`` (:class:`RunProtocol`) holds how the
+model is meant to be run.
 """
 
 from __future__ import annotations
