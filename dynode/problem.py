@@ -60,6 +60,11 @@ def as_ms(value, name: str) -> float:
     return float(value)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` as ``'float32'``, for messages."""
+    return str(dtype).replace("torch.", "")
+
+
 def _is_count(value) -> bool:
     """A positive int (a bool is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -85,7 +90,7 @@ def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device
             raise ConfigurationError(f"buffer {name!r} is on the meta device (a placeholder without "
                                      "values); create the model on a real device")
     if len(kinds) > 1:
-        found = "; ".join(f"{name!r} is {str(dt).replace('torch.', '')} on {dev}"
+        found = "; ".join(f"{name!r} is {dtype_name(dt)} on {dev}"
                           for (dev, dt), name in kinds.items())
         raise ConfigurationError(f"the field's parameters do not share one dtype and device ({found}); "
                                  "convert the whole model once, e.g. net.to(torch.float32) or net.to('cuda')")
@@ -116,8 +121,8 @@ def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mappin
                                          "give it real tensors")
             if v.dtype != dtype or v.device != device:
                 raise ConfigurationError(
-                    f"stimulus input {name!r} at t = {t:g} ms is {str(v.dtype).replace('torch.', '')} on "
-                    f"{v.device}, but the model runs in {str(dtype).replace('torch.', '')} on {device}; give "
+                    f"stimulus input {name!r} at t = {t:g} ms is {dtype_name(v.dtype)} on "
+                    f"{v.device}, but the model runs in {dtype_name(dtype)} on {device}; give "
                     f"the stimulus floating tensors (e.g. images.to({dtype}))"
                     " or convert the model (net.to(...))")
             finite.append(((f"stimulus input {name!r} has NaN or inf values at t = {t:g} ms; clean the "
@@ -150,7 +155,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
         stimulus = stimulus.to(device=device, dtype=dtype)
     except (NotImplementedError, RuntimeError, TypeError) as exc:  # meta tensors, an absent device, no to()
         raise ConfigurationError(f"the stimulus cannot be moved to the model's device and dtype ({device}, "
-                                 f"{str(dtype).replace('torch.', '')}): {str(exc).splitlines()[0]}; give "
+                                 f"{dtype_name(dtype)}): {str(exc).splitlines()[0]}; give "
                                  "it tensors with values (not on the meta device), or implement "
                                  f"{type(stimulus).__name__}.to(device, dtype)") from None
     first = stimulus(t0)
