@@ -1,8 +1,8 @@
 """``integrate``: the differentiable solve.
 
-``integrate(field, stimulus, t_end=..., dt=..., solver=...)`` validates everything once
-(times, delays against ``dt``, shapes of stimulus and initial state), then hands the
-:class:`~dynode.problem.Problem` to the solver. Gradients flow through the whole trajectory
+``integrate(field, stimulus, t_end=..., dt=..., solver=...)`` validates the run once
+(:func:`~dynode.problem.make_problem`: times, shapes of stimulus and initial state; the solver
+checks the delays against ``dt``), then hands the :class:`~dynode.problem.Problem` to the solver. Gradients flow through the whole trajectory
 (back-propagation through time), so the same call trains a network.
 """
 
@@ -34,8 +34,9 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         input), or None for a field without inputs.
     t_end, t0 : time interval in ms. For fixed-step solvers ``t_end - t0`` must be a whole
         number of steps.
-    dt : step size in ms (required by fixed-step solvers).
-    solver : a name (``"euler"``, ``"midpoint"``, ``"heun"``, ``"rk4"``) or a solver object.
+    dt : step size in ms (required by fixed-step solvers; an adaptive solver's first step).
+    solver : a name from ``dn.solvers.SOLVERS`` (``"euler"``, ``"rk4"``, ``"dopri5"``, ...) or a
+        solver object.
     save_at : None (every step), a number (every that many ms) or a sequence of times (ms).
         Times between a fixed-step solver's grid points come from the step's interpolant
         (see ``dense``), computed as the step is taken.
@@ -111,8 +112,7 @@ def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | N
 
     The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
     saves every step keeps ``(t_end - t0) / dt + 1`` of them. Autograd keeps more when gradients
-    are on, so this is a lower bound. ``memory_limit`` (bytes): the budget (default: the memory
-    available on the states' device); ``math.inf`` turns the check off."""
+    are on, so this is a lower bound. ``memory_limit``: as in :func:`integrate`."""
     if memory_limit is not None and not (isinstance(memory_limit, (int, float)) and memory_limit > 0):
         raise ConfigurationError(f"memory_limit must be a positive number of bytes (math.inf: no check), "
                                  f"got {memory_limit!r}")

@@ -43,8 +43,8 @@ class DenseOutput:
     .. math:: r(t_a + \theta h) = \textstyle\sum_i w_i(\theta)\, T_i, \qquad 0 \le \theta \le 1 .
 
     Each step uses only its own data (its stages see the stimulus' one-sided values), so the
-    interpolant is one-sided at stimulus jumps. Memory: every step's tensors are kept (about
-    2-8 states per step), which is why solvers keep it only when asked (``dense=True``).
+    interpolant is one-sided at stimulus jumps. Kept only when asked: see ``dense`` in
+    :func:`dynode.integrate` for its memory.
     """
 
     def __init__(self, t0: float, t_end: float):
@@ -133,9 +133,9 @@ class Output:
 
     ``save_at=None`` saves ``t0`` and the end of every step; otherwise every time ``t_s`` of
     ``save_at`` once, from the step ``[t, t + h]`` that reaches it (to 1e-9 relative): the
-    step's end state if ``t_s`` is its end, else the step's interpolant
-    ``sum_i w_i(theta) T_i`` at ``theta = (t_s - t) / h``. ``snap``: a save at a step's end
-    is reported at the step's own time (a grid solver's exact ``t0 + n dt``).
+    step's end state if ``t_s`` is its end, else the step's interpolant (:class:`DenseOutput`)
+    at ``theta = (t_s - t) / h``. ``snap``: a save at a step's end is reported at the step's
+    own time (a grid solver's exact ``t0 + n dt``).
 
     With an ``observer(t, state)`` each saved state is handed on at once and not kept
     (streaming: memory stays flat, ``Solution.states`` is empty).
