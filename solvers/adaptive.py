@@ -8,24 +8,22 @@ One step of size ``h`` from ``(t_n, y_n)`` with tableau ``(c, A, b, \hat b)``:
 
 All three methods are FSAL (the last stage is ``f(t_{n+1}, y_{n+1})`` and starts the next
 step). The step is accepted when the scaled RMS of ``e`` is ``<= 1`` (see
-:mod:`dynode.solvers.controllers`); each method's continuous extension
-``y(t_n + theta h) = y_n + h sum_i B_i(theta) k_i`` serves ``save_at`` and delayed reads:
+:mod:`dynode.solvers.controllers`); each method's continuous extension (weights
+``B_i(theta)``, :mod:`dynode.history.dense`) serves ``save_at`` and delayed reads:
 
 * Dopri5 (Dormand-Prince 5(4)): Hairer's 4th-order dense output (uses ``k_7``);
 * Tsit5 (Tsitouras 5(4), 2011): the paper's 4th-order interpolant;
 * Bosh3 (Bogacki-Shampine 3(2)): cubic Hermite on ``(y_n, k_1, y_{n+1}, k_4)`` (order 3).
 
 Delays (method of steps, :mod:`dynode.history.dense`): the step is capped at the smallest
-positive delay and ends exactly on the propagated breakpoints ``t_b + d_1 + ... + d_j``
-(``j <= order + 1``). A step that ends on a stimulus jump evaluates its last stages with
-the input's left limit and the next step recomputes its first stage (FSAL is not reused
-across a jump).
+positive delay and ends exactly on the propagated breakpoints
+(:func:`~dynode.history.propagate_breakpoints`, ``order + 1`` levels); after a step that ends on a stimulus jump the next step recomputes
+its first stage (FSAL is not reused across a jump).
 
 Cost: time bookkeeping is host-side; the only device-to-host read per step is the error
 norm (one tensor of per-population norms, which also carries each population's peak
 ``|r|`` for the divergence check ``max_abs``: no extra synchronisation). Stage combinations
-use ``torch._foreach_*`` over the populations: in place under ``no_grad``, and with one node
-per term when gradients are recorded.
+are in-place ``torch._foreach_*`` ops over the populations (one autograd node per term).
 
 ``save_at=None`` saves ``t0`` and the end of every accepted step; otherwise the dense output
 gives the state at each requested time.
@@ -235,12 +233,9 @@ class AdaptiveSolver(Solver):
                                                          factor_max=self.factor_max))
 
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
-        """Integrate ``problem`` adaptively; ``dt`` (ms) is an optional first step.
-
-        ``observer(t, state)``, if given, receives every saved state as it is produced and
-        ``Solution.states`` is then empty. Raises :class:`dynode.SolverError` when the step
-        falls below ``dt_min``, after ``max_steps`` attempts, or on non-finite values.
-        """
+        """Integrate ``problem`` adaptively; ``dt`` (ms) is an optional first step, ``observer``
+        as in :meth:`Solver.solve`. Raises :class:`dynode.SolverError` when the step falls below
+        ``dt_min``, after ``max_steps`` attempts, or on non-finite values."""
         return _Run(self, problem, observer).solve(dt)
 
 

@@ -2,18 +2,15 @@ r"""torchdiffeq and torchode behind dynode's solver interface.
 
 Both libraries integrate ``dy/dt = g(t, y)`` for one flat tensor ``y``. The adapters
 
-* flatten the state dict to ``(batch, features)`` (torchdiffeq, and torchode with
-  ``per_sample=True``) or to one row ``(1, batch * features)`` (torchode's default, so the
-  whole batch shares one step size as in dynode's own solvers), and restore the dict (views,
-  no copy) before every call of the vector field;
-* integrate **segment by segment**: the segments end on the stimulus breakpoints, on ``t0``
-  propagated by the delays, and -- for delayed fields -- are never longer than the smallest
-  positive delay (method of steps). A segment that ends on a stimulus jump sees the input's
-  left limit at its end, and the next segment starts its stages afresh;
+* flatten the state dict to one row ``(1, batch * features)`` (the whole batch shares one
+  step size, as in dynode's own solvers) or, for torchode with ``per_sample=True``, to
+  ``(batch, features)``, and restore the dict (views, no copy) before every call of the
+  vector field;
+* integrate **segment by segment** (:func:`segments`, method of steps). A segment that ends
+  on a stimulus jump sees the input's left limit at its end, and the next segment starts its
+  stages afresh;
 * answer delayed reads from the segments already solved, each kept on ``n_dense + 1``
-  points (:class:`~dynode.history.SegmentHistory`: cubic Lagrange, error
-  ``O((segment / n_dense)^4)``; dynode's own solvers use the method's dense output instead,
-  exact to the step's order at no extra cost);
+  points (:class:`~dynode.history.SegmentHistory`);
 * return the same :class:`~dynode.solvers.SolverStats` (``nfe`` counted by the adapter,
   steps from the library).
 
@@ -60,8 +57,9 @@ _BREAKPOINT_LEVELS = 6  # propagate t0 and the stimulus jumps by up to 6 delays
 
 
 def segments(problem: Problem) -> list[tuple[float, float, bool]]:
-    """``[(a, b, b_is_jump)]`` covering ``[t0, t_end]``: breakpoints are segment ends, and for
-    a delayed field no segment is longer than the smallest positive delay."""
+    """``[(a, b, b_is_jump)]`` covering ``[t0, t_end]``: the propagated breakpoints
+    (:func:`~dynode.history.propagate_breakpoints`) are segment ends, and for a delayed field
+    no segment is longer than the smallest positive delay."""
     delays = field_delays(problem.field)
     stops, jumps = propagate_breakpoints(problem.t0, problem.t_end, problem.breakpoints, delays,
                                          _BREAKPOINT_LEVELS)
@@ -260,8 +258,8 @@ class TorchDiffEq(_Backend):
     ``fehlberg2``, ``adaptive_heun``) or a fixed-grid one (``euler``, ``midpoint``, ``heun2``,
     ``heun3``, ``rk4``, which need ``step_size``). ``options``: torchdiffeq's own options
     (adaptive: first_step, min_step, max_step, safety, ifactor, dfactor, max_num_steps; fixed:
-    step_size); anything else is rejected. ``jump_t`` / ``step_t`` are set from the
-    breakpoints by the adapter (as segment ends). ``n_dense``: history points per segment.
+    step_size); anything else is rejected, ``jump_t`` / ``step_t`` too: the breakpoints become
+    segment ends instead. ``n_dense``: history intervals per segment.
     """
 
     method: str

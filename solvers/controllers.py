@@ -1,20 +1,15 @@
 r"""Step-size control for the embedded Runge-Kutta solvers (host-side floats only).
 
 After a step of size ``h`` the solver measures the scaled error (RMS over every element)
+of its error estimate ``e`` (:mod:`dynode.solvers.adaptive`)
 
 .. math:: \mathrm{err} = \sqrt{\tfrac{1}{N}\textstyle\sum_m \big(e_m / (\mathrm{atol} +
-          \mathrm{rtol}\max(|y_{n,m}|, |y_{n+1,m}|))\big)^2}, \qquad
-          e = h \textstyle\sum_i (b_i - \hat b_i) k_i ,
+          \mathrm{rtol}\max(|y_{n,m}|, |y_{n+1,m}|))\big)^2},
 
 accepts the step when ``err <= 1`` and rescales ``h`` by a factor clipped to
-``[factor_min, factor_max]`` (``<= 1`` right after a rejection). With ``k = q + 1`` and ``q``
-the order of the embedded error estimate:
-
-* integral (I) controller: ``factor = safety * err^(-1/k)``;
-* PI controller (Gustafsson): ``factor = safety * err_n^(-0.7/k) * err_{n-1}^(0.4/k)``,
-  which damps the step-size oscillation of the I controller on mildly stiff problems.
-
-:func:`initial_step` is the first-step heuristic of Hairer, Norsett & Wanner (II.4).
+``[factor_min, factor_max]`` (``<= 1`` right after a rejection): :class:`IntegralController`
+or :class:`PIController`. :func:`initial_step` is the first-step heuristic of Hairer,
+Norsett & Wanner (II.4).
 """
 
 from __future__ import annotations
@@ -60,7 +55,8 @@ class _State:
 @dataclass(frozen=True)
 class _Controller:
     """What both controllers share: the safety factor, the step-ratio limits, the PI gains
-    ``alpha``, ``beta`` (the integral controller is the PI law with ``alpha = 1, beta = 0``)."""
+    ``alpha``, ``beta`` (the integral controller is the PI law with ``alpha = 1, beta = 0``).
+    ``q`` below is the order of the embedded error estimate."""
 
     safety: float = 0.9
     factor_min: float = 0.2
@@ -85,7 +81,8 @@ class IntegralController(_Controller):
 
 @dataclass(frozen=True)
 class PIController(_Controller):
-    """``h <- h * clip(safety * err_n^(-alpha/(q+1)) * err_{n-1}^(beta/(q+1)), ...)``."""
+    """``h <- h * clip(safety * err_n^(-alpha/(q+1)) * err_{n-1}^(beta/(q+1)), ...)`` (Gustafsson),
+    which damps the step-size oscillation of the integral controller on mildly stiff problems."""
 
     alpha: float = 0.7
     beta: float = 0.4

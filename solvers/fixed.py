@@ -12,20 +12,15 @@ every connection before the first step.
 Jumps. Where the field jumps on the grid (a stimulus breakpoint ``b``, or ``b + d`` for an
 input read with delay ``d``), the step ending there evaluates its ``c = 1`` stage with the
 input's left limit, and the history's interval ending there gets the left-limit slope (see
-:mod:`dynode.history`), so every method keeps its order (measured in
+:mod:`dynode.history.grid`), so every method keeps its order (measured in
 ``tests/test_order_jumps.py``). A breakpoint *between* grid points is inside a step: that
 step integrates a discontinuous field and is first-order accurate whatever the method; the
 solver warns (:class:`dynode.errors.AccuracyWarning`) with the ``dt`` values that fit.
 
-Dense output. Each step's own interpolant: linear (Euler), the quadratic through
-``r_n, f_n, r_{n+1}`` (Midpoint), cubic Hermite on ``r_n, k_1, r_{n+1}, k_s`` with the last
-stage ``k_s`` at ``t_{n+1}^-`` (Heun: order 3, RK4: order 4). It serves ``save_at`` times
-between grid points (computed as the step is taken, nothing kept) and, with
-``integrate(..., dense=True)``, :meth:`dynode.Solution.evaluate` at any time.
-
-:class:`Euler` is special-cased for a :class:`dynode.Network`: it computes exactly
-``r <- lerp(r, Phi(u), dt / tau)`` = ``r + dt/tau * (-r + Phi(u))``, and it can sweep the
-populations in topological order within a step (``order="sequential"``).
+Dense output: each step's own interpolant (:meth:`FixedStepSolver._interpolant`) serves
+``save_at`` times between grid points (computed as the step is taken, nothing kept) and,
+with ``integrate(..., dense=True)``, :meth:`dynode.Solution.evaluate` at any time.
+:class:`Euler` has its own step for a :class:`dynode.Network`.
 """
 
 from __future__ import annotations
@@ -112,12 +107,8 @@ class FixedStepSolver(Solver):
 
     # -- the loop --------------------------------------------------------------------------
     def solve(self, problem: Problem, dt, *, observer=None) -> Solution:
-        """Integrate ``problem`` with step ``dt`` (ms).
-
-        ``observer(t, state)``, if given, receives every saved state as it is produced
-        (for streaming to disk) and the states are then not kept: ``Solution.states`` is
-        empty and memory does not grow with the number of steps.
-        """
+        """Integrate ``problem`` with step ``dt`` (ms); ``observer``: see :meth:`Solver.solve`
+        (with one, memory does not grow with the number of steps)."""
         dt = self._check(problem, dt)
         t0, field = problem.t0, problem.field
         n_steps = _grid_steps(t0, problem.t_end, dt)
@@ -204,9 +195,10 @@ class FixedStepSolver(Solver):
     def _interpolant(self, h: float, y0: dict[str, Tensor], y1: dict[str, Tensor], last):
         """The step's dense output ``r(t_n + theta h) = sum_i w_i(theta) T_i``: ``([T_i], w)``.
 
-        Linear for first-order methods; the quadratic through ``r_n, k_1, r_{n+1}`` when the
-        method has no stage at the step's end (Midpoint); else cubic Hermite on ``r_n, k_1,
-        r_{n+1}`` and the last stage ``k_s`` (at ``t_{n+1}^-``)."""
+        Linear for first-order methods (Euler); the quadratic through ``r_n, k_1, r_{n+1}``
+        when the method has no stage at the step's end (Midpoint); else cubic Hermite on
+        ``r_n, k_1, r_{n+1}`` and the last stage ``k_s`` (at ``t_{n+1}^-``; Heun: order 3,
+        RK4: order 4)."""
         if last is None:  # a first-order method
             return (y0, y1), lambda th: (1.0 - th, th)
         k1, ks = last
@@ -280,7 +272,8 @@ class FixedStepSolver(Solver):
 class Euler(FixedStepSolver):
     """Forward Euler, ``r_{n+1} = r_n + dt * f(t_n, r_n)`` (order 1).
 
-    For a :class:`dynode.Network` this is ``r <- lerp(r, Phi(u), dt/tau)``. With
+    For a :class:`dynode.Network` this is exactly ``r <- lerp(r, Phi(u), dt/tau)`` =
+    ``r + dt/tau * (-r + Phi(u))``. With
     ``order="sequential"`` the populations are updated one after the other in topological
     order of their zero-delay connections, each seeing the already-updated upstream state,
     so a zero-delay feed-forward chain is crossed within one step ("engineering time").
