@@ -1,9 +1,11 @@
 """Divergence checks that do not synchronise with the device every step.
 
-Every ``check_every`` steps (and at the end) the solver calls :meth:`Guard.check`, which
-reduces each population to its largest magnitude on the device and reads all of them in one
-transfer. NaN propagates through the reduction, so one read catches both NaN/inf and
-blow-up (``|r| > max_abs``).
+:meth:`Guard.check` reduces each population to its largest magnitude on the device and reads
+all of them in one transfer. NaN propagates through the reduction, so one read catches both
+NaN/inf and blow-up (``|r| > max_abs``). The fixed-step solvers call it every ``check_every``
+steps and at the end, the torchdiffeq/torchode adapters after every segment; the adaptive
+solvers read the peaks with their error norms every step and call it only when one is not
+``<= max_abs``.
 """
 
 from __future__ import annotations

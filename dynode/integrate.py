@@ -47,7 +47,8 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         ``solution.tail.detach()`` via ``dataclasses.replace``).
     batch_size : batch size when neither the stimulus nor the initial state sets it (default 1).
     max_abs : blow-up threshold for the divergence check (None: only NaN/inf).
-    check_every : steps between divergence checks (each costs one device sync).
+    check_every : steps between a fixed-step solver's divergence checks (each costs one device
+        sync; see :mod:`dynode.guards` for the other solvers).
     checkpoint : gradient checkpointing for long BPTT (fixed-step solvers): the run is cut
         into segments of this many steps (``True``: about sqrt(steps)); only segment
         boundaries and saved states are kept, the inside is recomputed during backward.
