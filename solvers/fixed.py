@@ -347,8 +347,7 @@ class Euler(FixedStepSolver):
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
                     history.store(n, y)
-                # zero-delay reads see the swept value at t_{n+1}; a delayed population read
-                # sees t_{n+1} - d (stage fraction 1), so a delay d arrives exactly d later
+                # stage fraction 1: a delayed read sees t_{n+1} - d (see the class docstring)
                 history.at(n, 1.0, t, y)
                 x = inputs(t)
                 r = dict(y)

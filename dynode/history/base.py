@@ -1,10 +1,4 @@
-r"""The history protocol and what its implementations share.
-
-:class:`Piecewise` is the past of a solver that advances in pieces ``[a, b]`` of any length
-(method of steps): every read resolves in one place to the initial state (``t - d <= t0``),
-the newest solved state, a piece's interpolant, or the one error for a read past the solved
-range or older than ``max_delay``.
-"""
+r"""The history protocol (:class:`HistoryReader`) and what its implementations share."""
 
 from __future__ import annotations
 
@@ -54,7 +48,11 @@ def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor
 
 
 class Piecewise:
-    """The solved past as contiguous pieces (subclasses read inside one, :meth:`_read`).
+    """The past of a solver that advances in contiguous pieces ``[a, b]`` of any length
+    (method of steps); subclasses read inside one piece (:meth:`_read`). :meth:`lag` resolves
+    every read in one place: to the initial state (``t - d <= t0``), the newest solved state,
+    a piece's interpolant, or the one error for a read past the solved range or older than
+    ``max_delay``.
 
     ``initial_state``: the state at ``t0`` and the constant history before it; ``max_delay``:
     the longest delay read (ms), older pieces are dropped; ``inputs``: ``t -> {input: tensor}``.

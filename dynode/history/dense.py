@@ -9,12 +9,7 @@ step produced: no copy, no ``torch.cat``), so that the method's continuous exten
 answers delayed reads ``r(t - d)`` anywhere in the past. Because every step is at most the
 smallest positive delay long, ``t - d`` always lies in an accepted step (or before ``t0``,
 where the history is the constant initial state): no extrapolation is ever needed.
-
-Breakpoints. A delay equation is not smooth at ``t0`` (the constant history meets the
-solution) nor where the stimulus jumps; each non-smoothness reappears ``d`` later, one
-derivative smoother, for every delay ``d``. :func:`propagate_breakpoints` lists ``t_b + sum
-of up to L delays`` (``L = order + 1``, after which the solution is smooth enough for the
-method) so that the solver ends steps exactly there.
+:func:`propagate_breakpoints` gives the times where the steps must end.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from dynode.history.base import Piecewise
+from dynode.history.base import Inputs, Piecewise
 from dynode.tolerances import time_tol
 
 __all__ = ["DenseHistory", "field_delays", "history_span", "propagate_breakpoints"]
@@ -52,6 +47,11 @@ def history_span(field, delays: Sequence[float]) -> float:
 def propagate_breakpoints(t0: float, t_end: float, stimulus_breakpoints: Sequence[float],
                           delays: Sequence[float], levels: int) -> tuple[list[float], list[bool]]:
     """Forced step ends in ``(t0, t_end]`` and whether the vector field may jump there.
+
+    A delay equation is not smooth at ``t0`` (the constant history meets the solution) nor
+    where the stimulus jumps; each non-smoothness reappears ``d`` later, one derivative
+    smoother, for every delay ``d``. ``levels``: how many delays to add (the adaptive
+    solvers: ``order + 1``, after which the solution is smooth enough for the method).
 
     ``t0`` propagates as ``t0 + d_1 + ... + d_j`` (``j <= levels``): the solution is only
     less smooth there, the field is continuous. A stimulus breakpoint ``b`` and its images
@@ -103,8 +103,7 @@ class DenseHistory(Piecewise):
     """
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, max_delay: float,
-                 weights: Callable[[float], Sequence[float]],
-                 inputs: Callable[[float], Mapping[str, Tensor]] | None = None):
+                 weights: Callable[[float], Sequence[float]], inputs: Inputs | None = None):
         super().__init__(initial_state, t0=t0, max_delay=max_delay, inputs=inputs)
         self._index = {n: i for i, n in enumerate(initial_state)}
         self._weights = weights
