@@ -1,16 +1,8 @@
-r"""Skip and feedback adapters between populations of different shapes.
+"""Skip and feedback adapters between populations of different shapes.
 
-``adapter(src_shape, dst_shape)`` builds, from the declared shapes alone (no dummy forward),
-
-.. math:: A(r) = P\,\mathrm{resize}(r)
-
-first **resize** the source to the target's spatial size (area averaging when shrinking,
-bilinear interpolation when growing), **then project** the channels with a ``1 x 1``
-convolution ``P`` (only when the channel counts differ, or when ``project=True``).
-Resizing first makes the projection run at the smaller of the two resolutions for
-feed-forward skips (1/16 of the cost for a 4x downsampling).
-
-Flat populations ``(F,)`` are adapted by a linear map.
+:func:`adapter` builds one from the declared shapes alone (no dummy forward): resize first,
+then project the channels, so that the projection runs at the smaller of the two resolutions
+for feed-forward skips (1/16 of the cost for a 4x downsampling).
 """
 
 from __future__ import annotations
@@ -75,10 +67,13 @@ class Adapter(nn.Module):
 
 def adapter(src_shape: Sequence[int], dst_shape: Sequence[int], *, project: bool | None = None,
             bias: bool = False) -> Adapter:
-    """The adapter from ``src_shape`` to ``dst_shape`` (per-sample shapes, batch excluded).
+    r"""The adapter from ``src_shape`` to ``dst_shape`` (per-sample shapes, batch excluded),
 
-    ``(C, H, W) -> (C', H', W')``: resize (if ``(H, W) != (H', W')``) then a ``1 x 1`` conv
-    ``C -> C'`` (if ``C != C'`` or ``project=True``). ``(F,) -> (F',)``: a linear map.
+    .. math:: A(r) = P\,\mathrm{resize}(r)
+
+    ``(C, H, W) -> (C', H', W')``: :class:`Resize` (if ``(H, W) != (H', W')``), then ``P`` a
+    ``1 x 1`` conv ``C -> C'`` (if ``C != C'`` or ``project=True``). ``(F,) -> (F',)``: ``P`` a
+    linear map (if ``F != F'`` or ``project=True``).
     """
     src, dst = tuple(int(s) for s in src_shape), tuple(int(s) for s in dst_shape)
     if len(src) == 3 and len(dst) == 3:

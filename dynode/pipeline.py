@@ -13,8 +13,8 @@ A pipeline is declared when the network is built, as an ordered list::
   activation names (resolved once by :func:`~dynode.activations.get_activation`) or
   callables; they are applied in the given order.
 
-So ``u = combine({op_c(r_src(c))}) + bias`` and ``Phi = stage_n o ... o stage_1``. Everything
-is resolved to modules at build time; the step loop calls them without any lookup.
+So ``u = combine({op_c(r_src(c))}) + bias`` and ``Phi = stage_n o ... o stage_1``, every stage
+a module from the network's construction on (see :mod:`dynode.activations`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A solver is a :class:`Solver` whose ``solve(problem, dt, *, observer=None)`` ret
 :class:`dynode.Solution`. What it offers is declared on the class (never probed):
 
 * ``adaptive``: it chooses its steps by error control; ``dt`` is an optional first step;
-* ``grid``: its states lie on ``t0 + n dt`` (it needs ``dt``; saved times are grid points);
+* ``grid``: its steps end on ``t0 + n dt`` (it needs ``dt``; a save there gets the grid time);
 * ``fresh_states``: the states it hands to an observer are new tensors that it never
   modifies afterwards (a recorder may keep them by reference instead of copying);
 * ``dense_output``: it keeps its interpolant for ``integrate(..., dense=True)``;
