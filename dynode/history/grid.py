@@ -2,7 +2,7 @@ r"""The history of the fixed-step solvers: past states on the grid, read by inte
 
 Fixed-step solvers advance on the grid ``t_n = t0 + n * dt``. Every population's state
 ``r_n`` (and, for solvers with off-grid stages, its derivative ``f_n = dr/dt(t_n)``) is kept
-in a preallocated ring of ``K + 1`` slots, ``K = round(max_delay / dt)``. A slot holds a
+in a preallocated ring of ``K + 1`` slots, ``K = ceil(max_delay / dt)``. A slot holds a
 *reference* to the step's tensor, so recording costs no copy and autograd sees the same
 graph as a hand-written loop.
 
@@ -10,8 +10,8 @@ A delay ``d = k * dt`` (``k`` an integer, checked) read at the stage time
 ``t_n + c * dt`` (``0 <= c <= 1``) is the point ``theta = c`` of the grid interval
 ``[t_{n-k}, t_{n-k+1}]``:
 
-* ``c == 0``: the grid value ``r_{n-k}``, read by integer index;
-* ``0 < c <= 1``: cubic Hermite interpolation of ``(r, f)`` at both ends,
+* ``c == 0`` or ``c == 1``: the grid value ``r_{n-k}`` or ``r_{n-k+1}``, read by integer index;
+* ``0 < c < 1``: cubic Hermite interpolation of ``(r, f)`` at both ends,
 
   .. math:: r(\theta) = h_{00} r_{j} + h_{01} r_{j+1} + \Delta t\,(h_{10} f_{j} + h_{11} f_{j+1}),
 

@@ -8,7 +8,7 @@ the cubic Lagrange polynomial through the four points around it,
           x = (t - a) n / (b - a) - j_0,
 
 (error ``O(((b - a) / n)^4)``). dynode's own adaptive solvers use the method's continuous
-extension instead (:mod:`dynode.history.dense`).
+extension instead, exact to the step's order at no extra cost (:mod:`dynode.history.dense`).
 """
 
 from __future__ import annotations
