@@ -36,7 +36,9 @@ class ShapeError(ConfigurationError):
 
 
 class DelayError(ConfigurationError):
-    """A transmission delay that the chosen time grid cannot represent exactly."""
+    """A delay that the run cannot read as declared: not a multiple of a fixed-step ``dt`` (or of
+    the ``dt`` of the run being continued), negative, beyond ``max_delay()``, or shorter than an
+    adaptive step."""
 
 
 class DivergenceError(DynodeError, RuntimeError):
