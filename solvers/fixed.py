@@ -37,7 +37,7 @@ from torch import Tensor
 from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning
 from dynode.guards import Guard
 from dynode.network import Network
-from dynode.history import History, HistoryTail, compatible_dts, delay_steps, hermite
+from dynode.history import History, HistoryTail, compatible_dts, delay_steps, field_delays, hermite
 from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import Solver
@@ -116,7 +116,7 @@ class FixedStepSolver(Solver):
             raise ConfigurationError("dense=True keeps every step's interpolant, checkpoint= recomputes "
                                      "the steps during backward: use one or the other")
         max_delay = float(field.max_delay())
-        jumps = self._jump_steps(problem, dt, n_steps, max_delay)
+        jumps = self._jump_steps(problem, dt, n_steps)
         history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
                           derivatives=self.needs_derivatives, inputs=problem.inputs, tail=problem.tail)
         guard = Guard(problem.max_abs, field.time_constants(), dt)
@@ -163,12 +163,12 @@ class FixedStepSolver(Solver):
         return out.solution(y, nfe=n_steps * self.stages, steps=n_steps, accepted=n_steps,
                             rejected=0, t_final=problem.t_end, tail=tail)
 
-    def _jump_steps(self, problem: Problem, dt: float, n_steps: int, max_delay: float) -> frozenset[int]:
+    def _jump_steps(self, problem: Problem, dt: float, n_steps: int) -> frozenset[int]:
         """Grid steps ``m`` (``1 <= m <= n_steps``) where the field may jump: ``b + d`` for every
         stimulus breakpoint ``b`` and ``d`` = 0 or a delay. Warns about breakpoints between grid
         points (the step across them is first-order accurate)."""
         t0, t_end = problem.t0, problem.t_end
-        lags = {0.0, max_delay} | {float(d) for _, d in problem.field.delays().values() if d > 0}
+        lags = {0.0, *field_delays(problem.field)}
         out: set[int] = set()
         off: list[float] = []
         for b in problem.breakpoints:
