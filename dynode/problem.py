@@ -37,7 +37,7 @@ class Problem:
     y0: dict[str, Tensor]
     t0: float
     t_end: float
-    save_at: tuple[float, ...] | None  # None: every step of a fixed-step solver
+    save_at: tuple[float, ...] | None  # None: t0 and the end of every step (see Output)
     batch_size: int
     max_abs: float | None
     check_every: int

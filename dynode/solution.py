@@ -78,7 +78,7 @@ class Solution:
 
     ts : save times in ms, 1-D float64.
     states : ``{population: tensor of shape (len(ts), batch, *shape)}``.
-    stats : :class:`dynode.solvers.SolverStats` (nfe, steps, accepted, rejected, status).
+    stats : :class:`dynode.SolverStats`, the solve's counts, status and the time reached.
     final_state : the state at ``t_end`` (``{population: (batch, *shape)}``).
     tail : the delayed past at ``t_end`` (fixed-step solvers): pass the solution itself as
         ``initial_state`` to continue the run exactly, delays included.
