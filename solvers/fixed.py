@@ -273,10 +273,10 @@ class Euler(FixedStepSolver):
     """Forward Euler, ``r_{n+1} = r_n + dt * f(t_n, r_n)`` (order 1).
 
     For a :class:`dynode.Network` this is exactly ``r <- lerp(r, Phi(u), dt/tau)`` =
-    ``r + dt/tau * (-r + Phi(u))``. With
-    ``order="sequential"`` the populations are updated one after the other in topological
-    order of their zero-delay connections, each seeing the already-updated upstream state,
-    so a zero-delay feed-forward chain is crossed within one step ("engineering time").
+    ``r + dt/tau * (-r + Phi(u))``. With ``order="sequential"`` the populations are updated
+    one after the other in topological order of their zero-delay connections, each seeing
+    the already-updated upstream state, so a zero-delay feed-forward chain is crossed within
+    one step ("engineering time").
     A connection with delay ``d`` then reads its source at ``t_{n+1} - d``, exactly ``d``
     after what a zero-delay connection reads (inputs are read at ``t_n - d``).
     ``dt == tau`` gives the discrete-time RNN ``r_{n+1} = Phi(u_n)``.
