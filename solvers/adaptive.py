@@ -199,8 +199,6 @@ class AdaptiveSolver(Solver):
     dt_max : the largest step (ms); also capped at the smallest positive delay.
     max_steps : attempted steps before giving up with ``REACHED_MAX_STEPS``.
     safety, factor_min, factor_max : controller safety factor and step-ratio limits.
-
-    ``solve(problem, dt)``: ``dt`` is the first step (ms); ``None`` uses Hairer's heuristic.
     """
 
     rtol: float = RTOL
@@ -233,9 +231,10 @@ class AdaptiveSolver(Solver):
                                                          factor_max=self.factor_max))
 
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
-        """Integrate ``problem`` adaptively; ``dt`` (ms) is an optional first step, ``observer``
-        as in :meth:`Solver.solve`. Raises :class:`dynode.SolverError` when the step falls below
-        ``dt_min``, after ``max_steps`` attempts, or on non-finite values."""
+        """Integrate ``problem`` adaptively; ``dt``: the first step (ms; ``None``: Hairer's
+        heuristic), ``observer`` as in :meth:`Solver.solve`. Raises :class:`dynode.SolverError`
+        when the step falls below ``dt_min``, after ``max_steps`` attempts, or on non-finite
+        values."""
         return _Run(self, problem, observer).solve(dt)
 
 
