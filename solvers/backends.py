@@ -304,8 +304,9 @@ class TorchDiffEq(_Backend):
         so off-step history points would cap RK4 at order 2."""
         if not self.adaptive:
             n = (b - a) / dict(self.options)["step_size"]
-            if round(n) >= 3 and abs(n - round(n)) < time_tol(n):
-                return int(round(n))
+            k = round(n)
+            if k >= 3 and abs(n - k) < time_tol(n):
+                return k
         return self.n_dense
 
     def _solve_segment(self, rhs, y, times, a, counts, first_step):
