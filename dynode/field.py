@@ -11,27 +11,9 @@ A vector field is any ``nn.Module`` that gives ``dr/dt`` for every population::
   (constant history).
 * ``max_delay`` (ms) sizes the history buffers.
 
-Example: a Wilson-Cowan excitatory/inhibitory pair with a delayed inhibitory loop::
-
-    class WilsonCowan(dn.VectorField):
-        def __init__(self, tau_e=10.0, tau_i=5.0, delay=4.0):
-            super().__init__()
-            self.tau_e, self.tau_i, self.delay = tau_e, tau_i, delay
-
-        def init_state(self, batch_size, *, device=None, dtype=None):
-            z = torch.zeros(batch_size, 1, device=device, dtype=dtype)
-            return {"E": z, "I": z.clone()}
-
-        def max_delay(self):
-            return self.delay
-
-        def forward(self, t, state, history, inputs):
-            E, I = state["E"], state["I"]
-            I_late = history.lag("I", self.delay)
-            E_late = history.lag("E", self.delay)
-            dE = (-E + torch.sigmoid(12 * E - 10 * I_late + inputs["drive"] - 2)) / self.tau_e
-            dI = (-I + torch.sigmoid(10 * E_late - 2 * I - 3.5)) / self.tau_i
-            return {"E": dE, "I": dI}
+The other methods of :class:`VectorField` have defaults. A complete field (a Wilson-Cowan
+E/I pair with a delayed loop) is ``examples/wilson_cowan.py``; one that configs and the CLI
+can build is ``examples/custom_field.py``.
 """
 
 from __future__ import annotations
