@@ -20,6 +20,9 @@ __all__ = [
     "CheckpointError",
     "AccuracyWarning",
     "BaselineDriftWarning",
+    "MissingConditionsError",
+    "AnalysisWarning",
+    "UndefinedMetricWarning",
 ]
 
 

@@ -85,6 +85,7 @@ from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
 from dynode.models.stability import spectral_radius
 from dynode.network import Network, RunProtocol
+from dynode.problem import dtype_name
 from dynode.spec import spec_record
 from dynode.stimulus import Pulse
 from dynode.tolerances import TIME_RTOL
@@ -536,13 +537,13 @@ class Trainer:
             raise ConfigurationError(f"{where}: the data must give (images, labels) tensors, got "
                                      f"({type(images).__name__}, {type(labels).__name__})")
         if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise ConfigurationError(f"{where}: labels are {str(labels.dtype).replace('torch.', '')}; they must "
+            raise ConfigurationError(f"{where}: labels are {dtype_name(labels.dtype)}; they must "
                                      "be integer class indices (labels.long())")
         if labels.dim() != 1 or len(labels) != len(images):
             raise ConfigurationError(f"{where}: {len(images)} images but labels of shape {tuple(labels.shape)}; "
                                      "give one class index per image")
         if not images.is_floating_point():
-            raise ConfigurationError(f"{where}: images are {str(images.dtype).replace('torch.', '')}; give "
+            raise ConfigurationError(f"{where}: images are {dtype_name(images.dtype)}; give "
                                      "floating images (e.g. images.float() / 255, then normalised)")
         if labels.numel() == 0:
             return
