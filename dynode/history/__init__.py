@@ -11,14 +11,14 @@ implementation per kind of solver, side by side:
   segments on equally spaced points, cubic Lagrange.
 
 Every fault of a read (a delay < 0 or beyond ``max_delay()``, a read past the solved range)
-is a :class:`dynode.DelayError`.
+is a :class:`dynode.DelayError`. ``base`` holds what the three share (``Piecewise``,
+``check_delay``, ``lag_input``); it is internal to this package.
 """
 
-from dynode.history.base import HistoryReader, Piecewise, check_delay, lag_input
+from dynode.history.base import HistoryReader
 from dynode.history.dense import DenseHistory, field_delays, history_span, propagate_breakpoints
 from dynode.history.grid import History, HistoryTail, compatible_dts, delay_steps, hermite
 from dynode.history.segment import SegmentHistory
 
-__all__ = ["HistoryReader", "History", "HistoryTail", "DenseHistory", "SegmentHistory", "Piecewise",
-           "delay_steps", "compatible_dts", "hermite", "field_delays", "history_span", "propagate_breakpoints",
-           "check_delay", "lag_input"]
+__all__ = ["HistoryReader", "History", "HistoryTail", "DenseHistory", "SegmentHistory", "delay_steps",
+           "compatible_dts", "hermite", "field_delays", "history_span", "propagate_breakpoints"]
