@@ -11,14 +11,25 @@ solvers read the peaks with their error norms every step and call it only when o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from dynode.errors import DivergenceError
 
-__all__ = ["Guard"]
+__all__ = ["Guard", "magnitudes"]
+
+
+def magnitudes(tensors: Iterable[Tensor]) -> Tensor:
+    """``max |x|`` of each tensor, stacked into one 1-D tensor on the device (no host read).
+
+    NaN propagates through the max and ``|-inf| = inf``, so ``isfinite`` of the result says
+    which tensors hold only finite values -- at a fraction of the cost of
+    ``isfinite(x).all()``, which builds a boolean tensor the size of ``x`` (about 5x on the
+    CPU for a conv network's weights). An empty tensor counts as 0."""
+    with torch.no_grad():
+        return torch.stack([x.detach().abs().amax() if x.numel() else x.new_zeros(()) for x in tensors])
 
 
 class Guard:
@@ -29,10 +40,7 @@ class Guard:
 
     def check(self, state: Mapping[str, Tensor], t_prev: float, t: float) -> None:
         """Raise :class:`DivergenceError` if any population is non-finite or exceeds max_abs."""
-        names = list(state)
-        with torch.no_grad():
-            peaks = torch.stack([state[n].detach().abs().amax() for n in names]).tolist()
-        for name, peak in zip(names, peaks):
+        for name, peak in zip(state, magnitudes(state.values()).tolist()):
             if not peak <= self.max_abs:  # also true for NaN
                 tau = self.taus.get(name)
                 ratio = self.dt / tau if (tau and self.dt) else None

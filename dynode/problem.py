@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
+from dynode.guards import magnitudes
 from dynode.solution import Solution
 from dynode.stimulus import Stimulus, as_stimulus
 from dynode.tolerances import TIME_RTOL, time_tol
@@ -132,8 +133,8 @@ def _check_values(field: VectorField, inputs, times: Sequence[float], y0: Mappin
     finite += [((f"parameter {name!r} of the field has NaN or inf values (damaged weights, e.g. from a "
                  "diverged training step); load other weights or re-initialise the model"), p)
                for name, p in field.named_parameters() if p.is_floating_point()]
-    with torch.no_grad():  # y0 is never empty (make_problem refuses an empty init_state)
-        ok = torch.stack([torch.isfinite(v.detach()).all().to(device) for _, v in finite]).tolist()
+    # y0 is never empty (make_problem refuses an empty init_state); all on the run's device
+    ok = torch.isfinite(magnitudes(v for _, v in finite)).tolist()
     for good, (message, _) in zip(ok, finite):
         if not good:
             raise ConfigurationError(message)

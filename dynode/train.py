@@ -80,6 +80,7 @@ from torch import Tensor, nn
 from dynode.archive import check_writable
 from dynode.checkpoint import is_state_dict, load_checkpoint, load_state, load_weights
 from dynode.errors import CheckpointError, ConfigurationError, DivergenceError
+from dynode.guards import magnitudes
 from dynode.history import delay_steps
 from dynode.integrate import integrate
 from dynode.models.losses import classification_loss, energy_loss, stability_loss, time_weights
@@ -526,8 +527,8 @@ class Trainer:
     @torch.no_grad()
     def _nonfinite_weights(self) -> Tensor:
         """How many trainable parameters hold a NaN/inf, as a tensor on the device (no read)."""
-        flags = [~torch.isfinite(p).all() for p in self.network.parameters() if p.requires_grad]
-        return torch.stack(flags).sum() if flags else torch.zeros((), device=self.device)
+        params = [p for p in self.network.parameters() if p.requires_grad]
+        return (~torch.isfinite(magnitudes(params))).sum() if params else torch.zeros((), device=self.device)
 
     @torch.no_grad()
     def _check_data(self, images, labels, where: str) -> None:
@@ -547,9 +548,9 @@ class Trainer:
                                      "floating images (e.g. images.float() / 255, then normalised)")
         if labels.numel() == 0:
             return
-        finite, lo, hi = torch.stack([torch.isfinite(images).all().double(), labels.min().double().to(images.device),
-                                      labels.max().double().to(images.device)]).tolist()
-        if not finite:
+        peak, lo, hi = torch.stack([magnitudes([images])[0].double(), labels.min().double().to(images.device),
+                                    labels.max().double().to(images.device)]).tolist()
+        if not math.isfinite(peak):
             raise ConfigurationError(f"{where}: NaN or inf pixels in the images; clean the images "
                                      "(e.g. drop those samples or torch.nan_to_num) before training")
         n_classes = getattr(self.readout, "num_classes", None)
@@ -565,7 +566,7 @@ class Trainer:
         named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
         if not named:
             return
-        ok = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        ok = torch.isfinite(magnitudes(p for _, p in named)).tolist()
         bad = [n for (n, _), good in zip(named, ok) if not good]
         if bad:
             cfg = self.config

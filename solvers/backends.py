@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, SolverError
-from dynode.guards import Guard
+from dynode.guards import Guard, magnitudes
 from dynode.problem import Problem
 from dynode.network import Network
 from dynode.solution import Output, Solution
@@ -212,10 +212,8 @@ def _where(last) -> tuple[str | None, float | None, str]:
         return None, None, ""
     t, state, deriv = last
     at = "in this segment" if t is None else f"at t = {t:g} ms"
-    with torch.no_grad():  # one read, only once the solve has failed
-        names = list(state)
-        peaks = torch.stack([state[n].detach().abs().amax() for n in names]
-                            + [deriv[n].detach().abs().amax() for n in names]).tolist()
+    names = list(state)
+    peaks = magnitudes([*state.values(), *(deriv[n] for n in names)]).tolist()  # one read, on failure only
     rates, slopes = dict(zip(names, peaks[:len(names)])), dict(zip(names, peaks[len(names):]))
     for name in names:
         if not math.isfinite(rates[name]):

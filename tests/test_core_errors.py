@@ -147,3 +147,22 @@ def test_sequential_order_needs_a_network():
         dn.integrate(ScalarDDE(), t_end=2.0, dt=0.5, solver=dn.solvers.Euler(order="sequential"))
     with pytest.raises(dn.ConfigurationError, match=r"'simultaneous' or 'sequential'"):
         dn.solvers.Euler(order="parallel")
+
+
+def test_magnitudes_flag_exactly_the_tensors_with_nan_or_inf():
+    """The finiteness checks (weights, stimulus, initial state, divergence guard) read
+    ``isfinite(max |x|)``: NaN must propagate through the max, -inf count as inf, an empty
+    tensor count as finite, and tensors of different dtypes stack."""
+    from dynode.guards import magnitudes
+
+    def with_value(v, dtype=torch.float32):
+        x = torch.linspace(-3.0, 2.0, 1000, dtype=dtype)
+        x[517] = v
+        return x
+
+    tensors = [with_value(1.0), with_value(float("nan")), with_value(float("inf")),
+               with_value(-float("inf")), torch.empty(0), with_value(float("nan"), torch.float16),
+               with_value(-7.0, torch.float64), with_value(float("nan"), torch.bfloat16).reshape(10, 100)]
+    m = magnitudes(tensors)
+    assert torch.isfinite(m).tolist() == [True, False, False, False, True, False, True, False]
+    assert m[0].item() == 3.0 and m[6].item() == 7.0 and m[4].item() == 0.0
