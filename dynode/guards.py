@@ -24,12 +24,17 @@ __all__ = ["Guard", "magnitudes"]
 def magnitudes(tensors: Iterable[Tensor]) -> Tensor:
     """``max |x|`` of each tensor, stacked into one 1-D tensor on the device (no host read).
 
-    NaN propagates through the max and ``|-inf| = inf``, so ``isfinite`` of the result says
-    which tensors hold only finite values -- at a fraction of the cost of
-    ``isfinite(x).all()``, which builds a boolean tensor the size of ``x`` (about 5x on the
+    Computed as ``max(max x, -min x)`` from one ``aminmax`` pass, which allocates nothing the
+    size of ``x``. NaN propagates through both and ``-(-inf) = inf``, so ``isfinite`` of the
+    result says which tensors hold only finite values -- at a fraction of the cost of
+    ``isfinite(x).all()``, which builds a boolean tensor the size of ``x`` (about 8x on the
     CPU for a conv network's weights). An empty tensor counts as 0."""
+    def peak(x: Tensor) -> Tensor:
+        lo, hi = torch.aminmax(x.detach())
+        return torch.maximum(hi, -lo)
+
     with torch.no_grad():
-        return torch.stack([x.detach().abs().amax() if x.numel() else x.new_zeros(()) for x in tensors])
+        return torch.stack([peak(x) if x.numel() else x.new_zeros(()) for x in tensors])
 
 
 class Guard:
