@@ -17,8 +17,9 @@ step). The step is accepted when the scaled RMS of ``e`` is ``<= 1`` (see
 
 Delays (method of steps, :mod:`dynode.history.dense`): the step is capped at the smallest
 positive delay and ends exactly on the propagated breakpoints
-(:func:`~dynode.history.propagate_breakpoints`, ``order + 1`` levels); after a step that ends on a stimulus jump the next step recomputes
-its first stage (FSAL is not reused across a jump).
+(:func:`~dynode.history.propagate_breakpoints`, ``order + 1`` levels); after a step that
+ends on a stimulus jump the next step recomputes its first stage (FSAL is not reused across
+a jump).
 
 Cost: time bookkeeping is host-side; the only device-to-host read per step is the error
 norm (one tensor of per-population norms, which also carries each population's peak
