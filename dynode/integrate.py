@@ -2,8 +2,9 @@
 
 ``integrate(field, stimulus, t_end=..., dt=..., solver=...)`` validates the run once
 (:func:`~dynode.problem.make_problem`: times, shapes of stimulus and initial state; the solver
-checks the delays against ``dt``), then hands the :class:`~dynode.problem.Problem` to the solver. Gradients flow through the whole trajectory
-(back-propagation through time), so the same call trains a network.
+checks the delays against ``dt``), then hands the :class:`~dynode.problem.Problem` to the
+solver. Gradients flow through the whole trajectory (back-propagation through time), so the
+same call trains a network.
 """
 
 from __future__ import annotations
