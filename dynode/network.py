@@ -103,7 +103,6 @@ class Population(nn.Module):
         self._combine_locked = True  # from now on only Network.set_combine replaces it
         self.incoming = nn.ModuleDict()
         self.delays: dict[str, float] = {}
-        self.skip_initial: set[str] = set()
         self.u_shape: tuple[int, ...] | None = shape  # shape of u; None: learnt from the first input
         if isinstance(tau, Tensor):
             tau = tau.detach().clone().float()
@@ -262,7 +261,7 @@ class Network(VectorField):
         # its u shape is learnt from the first connection and checked through the pipeline
         if pipeline is not None:
             pop.u_shape = None
-        self._plan = None
+        self._plan = self._order = None
         return self
 
     def connect(self, src: str, dst: str, op: nn.Module | None = None, delay: float = 0.0, *,
@@ -320,10 +319,8 @@ class Network(VectorField):
                                 f"connection {src} -> {dst}")
         pop.incoming[src] = op
         pop.delays[src] = delay
-        if skip_initial:
-            pop.skip_initial.add(src)
         self._connections.append(Connection(src, dst, delay, op, bool(skip_initial)))
-        self._plan = None
+        self._plan = self._order = None
         return self
 
     def set_combine(self, name: str, combine: nn.Module | None) -> "Network":
@@ -468,10 +465,10 @@ class Network(VectorField):
         declaration order (built once, rebuilt after any change to the network)."""
         if self._plan is None:
             self._plan = tuple(
-                PopulationPlan(name, tuple(_term(self, pop, src, op) for src, op in pop.incoming.items()),
+                PopulationPlan(name, tuple(_term(c, c.src in self._inputs) for c in self._connections
+                                           if c.dst == name),
                                pop.combine, pop.bias, pop.phi)
                 for name, pop in self.populations.items())
-            self._order = None
         return self._plan
 
     def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]
@@ -509,9 +506,6 @@ class Term:
     delay: float
     skip_initial: bool
 
-    def absent(self, history) -> bool:
-        return self.skip_initial and _reads_initial(history, self.delay)
-
 
 _STATE, _INPUT = Read.STATE, Read.INPUT
 
@@ -530,7 +524,7 @@ class PopulationPlan:
         """``Phi(u)`` with ``u = combine(terms) + bias``."""
         combine, u, parts = self.combine, None, {}
         for term in self.terms:  # each term read in place (this is the hot loop)
-            if term.skip_initial and term.absent(history):
+            if term.skip_initial and _reads_initial(history, term.delay):
                 continue
             read = term.read
             x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
@@ -549,10 +543,9 @@ class PopulationPlan:
         return self.phi(u)
 
 
-def _term(net: Network, pop: Population, src: str, op: nn.Module) -> Term:
-    delay = pop.delays[src]
-    read = Read.LAG if delay > 0 else Read.INPUT if src in net.input_shapes() else Read.STATE
-    return Term(src, op, read, delay, src in pop.skip_initial)
+def _term(c: Connection, from_input: bool) -> Term:
+    read = Read.LAG if c.delay > 0 else Read.INPUT if from_input else Read.STATE
+    return Term(c.src, c.op, read, c.delay, c.skip_initial)
 
 
 def _learn_u_shape(pop: Population, u_shape: tuple[int, ...], what: str) -> tuple[int, ...]:

@@ -35,6 +35,16 @@ def test_plan_is_typed_and_names_where_each_term_reads():
     assert [p.name for p in net.plan()] == ["A", "B", "C"]  # rebuilt after a change
 
 
+def test_update_order_and_cycles_follow_a_later_connection():
+    net = _net()
+    assert net.update_order() == ("A", "B") and net.zero_delay_cycles() == ()
+    net.add_population("C", shape=(3,), tau=1.0)
+    net.connect("C", "A")  # A now waits for C
+    assert net.update_order() == ("C", "A", "B") and net.zero_delay_cycles() == ()
+    net.connect("B", "C")  # C -> A -> B -> C without delay (declaration order breaks the cycle)
+    assert net.zero_delay_cycles() == ("A", "B", "C")
+
+
 class _Lags:
     """A history that returns a fixed tensor per (source, delay) and sits past t0."""
 
