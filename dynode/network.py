@@ -9,12 +9,11 @@ with ``combine`` the sum unless the population supplies its own module. Inputs a
 populations whose value is the stimulus ``I(t)``.
 
 A :class:`Network` is a :class:`~dynode.VectorField`. It also exposes :meth:`drive`
-(``Phi(u)`` per population), which the Euler solver uses to update exactly
-``r <- lerp(r, Phi(u), dt / tau)``, i.e. ``r + dt/tau * (-r + Phi(u))``.
+(``Phi(u)`` per population), from which :class:`dynode.solvers.Euler` updates ``r`` exactly.
 
-Everything is resolved when the network is built: each population holds a ready list of its
-incoming connections (operator module, source, delay), so the step loop does no lookups by
-string beyond reading its state dict. ``net.protocol`` (:class:`RunProtocol`) holds how the
+Its evaluation plan (:meth:`Network.plan`, rebuilt after any change) resolves each connection's
+operator, delay and where it reads (:class:`Read`), so the step loop does no lookups by string
+beyond reading its state and input dicts. ``net.protocol`` (:class:`RunProtocol`) holds how the
 model is meant to be run.
 """
 
@@ -401,11 +400,9 @@ class Network(VectorField):
         return max((c.delay for c in self._connections), default=0.0)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> dict[str, Tensor]:
-        fmt = self.memory_format
-        return {name: (torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype)
-                       if fmt is torch.contiguous_format or len(pop.shape) != 3 else
-                       torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype
-                                   ).contiguous(memory_format=fmt))
+        # memory_format (e.g. channels_last) applies to the (batch, C, H, W) states only
+        return {name: torch.zeros((batch_size, *pop.shape), device=device, dtype=dtype).contiguous(
+                    memory_format=self.memory_format if len(pop.shape) == 3 else torch.contiguous_format)
                 for name, pop in self.populations.items()}
 
     # -- readout and summary ---------------------------------------------------------------
@@ -495,10 +492,8 @@ class Read(Enum):
 
 @dataclass(frozen=True, eq=False, slots=True)
 class Term:
-    """One incoming connection as evaluated: ``op(source read as `read`)``.
-
-    ``skip_initial``: the term is absent while the value it reads is the source's initial state.
-    """
+    """One incoming connection as evaluated: ``op(source read as `read`)`` (``skip_initial``:
+    see :meth:`Network.connect`)."""
 
     src: str
     op: nn.Module
