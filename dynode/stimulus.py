@@ -12,6 +12,7 @@ exactly ``input_shape`` is shared by every sample of the batch.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Union
@@ -86,7 +87,6 @@ class Constant(Stimulus):
 
     def __init__(self, value, *, conditions: Mapping[str, Sequence] | None = None):
         self.value = _as_value(value, "Constant value")
-        self.breakpoints = ()
         self.conditions = dict(conditions or {})
 
     def __call__(self, t: float) -> StimulusValue:
@@ -127,8 +127,7 @@ class Pulse(Stimulus):
         return self.value if self.onset <= t < self.offset else self.baseline
 
     def to(self, device=None, dtype=None) -> "Pulse":
-        new = object.__new__(Pulse)
-        new.__dict__.update(self.__dict__)
+        new = copy.copy(self)
         new.value = _move(self.value, device, dtype)
         new.baseline = _move(self.baseline, device, dtype)
         return new

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence as Seq
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -168,10 +169,7 @@ class Sequence(Stimulus):
         if any(not d > 0 for d in durations):
             raise ConfigurationError(f"Sequence durations must be > 0 ms, got {durations}")
         self.stimuli, self.durations, self.start = stimuli, durations, float(start)
-        lows = [self.start]
-        for d in durations:
-            lows.append(lows[-1] + d)
-        self._lows = lows
+        self._lows = lows = list(accumulate(durations, initial=self.start))  # start + D_i
         self._interior = lows[1:-1]
         bps = set(self._interior)
         n = len(stimuli)
