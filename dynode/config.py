@@ -2,10 +2,7 @@
 
 One model per concern (model, data, stimulus, record, training, convergence, ...), composed
 into :class:`RunConfig`. The solver configs are generated from the solver classes in
-:mod:`dynode.solver_config` (re-exported here)::
-
-    cfg = dn.config.solver_config({"kind": "dopri5", "rtol": 1e-6})
-    solver = cfg.build()                      # dn.solvers.Dopri5(rtol=1e-6)
+:mod:`dynode.solver_config` (re-exported here; an example there).
 """
 
 from __future__ import annotations
@@ -28,8 +25,7 @@ from dynode import models
 from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
 from dynode.field import VectorField
 from dynode.record import Record
-from dynode.spec import build_network, load_spec
-from dynode.spec import import_object
+from dynode.spec import build_network, import_object, load_spec
 from dynode.stimuli import Constant, Pulse, groen2022
 from dynode.stimuli.datasets import dataset, in_memory
 from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
@@ -38,11 +34,6 @@ from dynode.train import TrainingConfig
 __all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
            "RK4Config", "Dopri5Config", "Tsit5Config", "Bosh3Config", "TorchDiffEqConfig",
            "TorchODEConfig"]
-
-
-# ============================================================================================
-# Run configuration: one model per concern, composed into RunConfig (YAML in, objects out).
-# ============================================================================================
 
 
 class ModelConfig(FrozenConfig):
@@ -98,10 +89,10 @@ class ModelConfig(FrozenConfig):
         builder = self.builder()
         if builder is None:
             net = build_network(load_spec(self.spec))
-            shapes = net.input_shapes()
-            if input_shape is not None and len(shapes) == 1 and tuple(next(iter(shapes.values()))) != tuple(input_shape):
+            shapes = list(net.input_shapes().values())
+            if input_shape is not None and len(shapes) == 1 and shapes[0] != tuple(input_shape):
                 raise ConfigurationError(f"model.spec {self.spec}: the model takes inputs of shape "
-                                         f"{tuple(next(iter(shapes.values())))} but the data has {tuple(input_shape)}")
+                                         f"{shapes[0]} but the data has {tuple(input_shape)}")
             ro = net.readout
             if num_classes is not None and ro is not None and getattr(ro, "num_classes", num_classes) != num_classes:
                 raise ConfigurationError(f"model.spec {self.spec}: the readout has {ro.num_classes} classes but "
@@ -115,7 +106,7 @@ class ModelConfig(FrozenConfig):
             unknown = [k for k in self.options if k not in params]
             if unknown and not open_kw:
                 raise ConfigurationError(f"model.options: {self.label}() takes no option(s) {unknown}; "
-                                         f"it takes {[p for p in params]}")
+                                         f"it takes {list(params)}")
             opts = dict(self.options)
             if input_shape is not None and "input_shape" in params:
                 opts.setdefault("input_shape", tuple(input_shape))
