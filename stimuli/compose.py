@@ -139,7 +139,7 @@ class Modulated(Stimulus):
         return value
 
     def to(self, device=None, dtype=None) -> "Modulated":
-        images = self.images.to(device=device, dtype=dtype if dtype is not None else self.images.dtype)
+        images = self.images.to(device=device, dtype=dtype)  # dtype None: keep the images' dtype
         bg = self.background_spec
         if isinstance(bg, Tensor):
             bg = bg.to(device=images.device, dtype=images.dtype)
