@@ -555,9 +555,8 @@ def _learn_u_shape(pop: Population, u_shape: tuple[int, ...], what: str) -> tupl
 
 
 def _summed(pop: Population, src: str) -> bool:
-    """Whether ``src``'s term enters ``u`` as a summand, so it must have u's shape (and
-    ``op=None`` means the automatic adapter): always for the plain sum; for a custom combine
-    when it says so (``combine.sums(src)``, e.g. the drive of a normalization combine)."""
+    """Whether ``src``'s term enters ``u`` as a summand: always for the plain sum, else as
+    ``combine.sums(src)`` says (see :meth:`dynode.pipeline.Combine.sums`)."""
     comb = pop.combine
     if comb is None:
         return True
