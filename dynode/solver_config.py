@@ -30,7 +30,6 @@ class FrozenConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-# -- solvers: one config per solver class, generated from its constructor ---------------------
 class _SolverConfig(FrozenConfig):
     """A solver's options as data. The solver class is the one place of every option's type,
     default and rule: a value it refuses is this config's validation error."""
