@@ -281,13 +281,12 @@ class ConvergenceConfig(FrozenConfig):
     solver the largest dt within it. ``population``: plot only this population.
     """
 
-    dts: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
-        default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
+    dts: list[PositiveFloat] = Field(default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
     solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] | dict[str, FixedSolverConfig] = Field(
         default_factory=lambda: ["euler", "rk4"])
-    t_end: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 40.0
+    t_end: PositiveFloat = 40.0
     reference: SolverConfig = Field(default_factory=lambda: Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL))
-    tolerance: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    tolerance: PositiveFloat | None = None
     population: str | None = None
 
     def build_solvers(self):
