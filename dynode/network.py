@@ -141,11 +141,7 @@ class Population(nn.Module):
         super().__setattr__(name, value)
 
     def _replace_combine(self, combine: nn.Module | None) -> None:
-        self.__dict__["_combine_locked"] = False
-        try:
-            self.combine = combine
-        finally:
-            self.__dict__["_combine_locked"] = True
+        super().__setattr__("combine", combine)  # for Network.set_combine: past the guard above
 
     def tau_min(self) -> float:
         return float(self.tau.min()) if isinstance(self.tau, Tensor) else self.tau
