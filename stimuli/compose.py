@@ -57,7 +57,7 @@ def resolve_background(background, images: Tensor) -> Tensor:
     if background in ("grey", "gray"):
         return torch.tensor(0.5, device=images.device, dtype=images.dtype)
     if background == "mean":
-        dims = tuple(range(2, images.dim())) if images.dim() >= 3 else tuple(range(1, images.dim()))
+        dims = tuple(range(2 if images.dim() >= 3 else 1, images.dim()))  # (N, C, ...) or (N, F)
         return images.mean(dim=dims, keepdim=True) if dims else images
     raise ConfigurationError(f"background must be 'blank', 'grey', 'mean', a number or a tensor, "
                              f"got {background!r}")
