@@ -252,9 +252,7 @@ class Network(VectorField):
                                  "unit and must keep the population's shape (to pool or reshape, give "
                                  "pipeline=[..., the module] and the population's new shape)")
         self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
-        # shape of u (what the summed inputs must have): a pipeline may reshape (e.g. pool), so
-        # its u shape is learnt from the first connection and checked through the pipeline
-        if pipeline is not None:
+        if pipeline is not None:  # it may reshape (e.g. pool): u's shape is learnt from the first input
             pop.u_shape = None
         self._plan = self._order = None
         return self
