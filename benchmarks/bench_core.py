@@ -34,7 +34,7 @@ def hand_loop(net: dn.Network, x: torch.Tensor, steps: int, dt: float):
     delays by list index, every state kept."""
     layers = _ops(net)
     b = x.shape[0]
-    rs = [torch.zeros(b, *net.populations[n].shape) for n, *_ in layers]
+    rs = [x.new_zeros(b, *net.populations[n].shape) for n, *_ in layers]  # on x's device
     k = [round(d / dt) for *_, d, _ in layers]
     past = [[r] for r in rs]  # every state, for delayed reads
     saved = [list(rs)]

@@ -51,7 +51,7 @@ class PlainDyRCNN:
 
     def __call__(self, img):
         b = img.shape[0]
-        r = [torch.zeros(b, *s) for s in self.shapes]
+        r = [img.new_zeros(b, *s) for s in self.shapes]  # on the images' device
         past = [r] * self.k  # past[-k] is r(t - k dt)
         for _ in range(self.steps):
             old = past[-self.k]

@@ -24,13 +24,18 @@ class Benchmark:
     target: dict[str, float] = field(default_factory=dict)
     note: str = ""
     metric: str = "time"  # "time" or "value" (the callable returns the number to compare)
+    sync: Callable[[], None] | None = None  # e.g. torch.cuda.synchronize: time the device's work
 
 
-def _measure(fn, metric: str) -> float:
+def _measure(fn, metric: str, sync=None) -> float:
     if metric == "value":
         return float(fn())
+    if sync is not None:
+        sync()
     t = time.perf_counter()
     fn()
+    if sync is not None:
+        sync()
     return time.perf_counter() - t
 
 
@@ -39,11 +44,11 @@ def run_benchmark(bench: Benchmark, repeats: int = 5, quick: bool = False) -> li
     names = list(contenders)
     samples: dict[str, list[float]] = {n: [] for n in names}
     for n in names:  # warm-up
-        _measure(contenders[n], bench.metric)
+        _measure(contenders[n], bench.metric, bench.sync)
     for _ in range(repeats):
         for n in names:
             gc.collect()
-            samples[n].append(_measure(contenders[n], bench.metric))
+            samples[n].append(_measure(contenders[n], bench.metric, bench.sync))
     base = statistics.median(samples[names[0]])
     rows = []
     for n in names:
