@@ -32,7 +32,7 @@ from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.activations import get_activation
 from dynode.adapters import adapter as _adapter
-from dynode.pipeline import build_pipeline
+from dynode.pipeline import build_pipeline, sums_term
 from dynode.tolerances import time_tol
 
 __all__ = ["Network", "Population", "Connection", "RunProtocol", "PopulationPlan", "Term", "Read"]
@@ -295,14 +295,14 @@ class Network(VectorField):
         src_shape = self.shape_of(src)
         target = pop.u_shape if pop.u_shape is not None else pop.shape
         if op is None:
-            op = (_adapter(src_shape, target) if src_shape != target and _summed(pop, src)
+            op = (_adapter(src_shape, target) if src_shape != target and sums_term(pop.combine, src)
                   else nn.Identity())
         if not isinstance(op, nn.Module):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): op must be an nn.Module, got {type(op).__name__}")
         out = _output_shape(op, src_shape, f"connection {src} -> {dst}")
         if pop.combine is None and pop.u_shape is None:  # first input of a pipeline population
             target = _learn_u_shape(pop, out, f"connection {src} -> {dst}: the operator")
-        if _summed(pop, src) and out != target:
+        if sums_term(pop.combine, src) and out != target:
             raise ShapeError(f"connection {src} -> {dst}: the operator maps {src_shape} to {out}, but "
                              f"{dst!r} has shape {target}; fix the operator (channels, stride, "
                              "padding) or the population shape, or pass op=None for the automatic "
@@ -546,16 +546,6 @@ def _learn_u_shape(pop: Population, u_shape: tuple[int, ...], what: str) -> tupl
                          f"not to its shape {pop.shape}")
     pop.u_shape = u_shape
     return u_shape
-
-
-def _summed(pop: Population, src: str) -> bool:
-    """Whether ``src``'s term enters ``u`` as a summand: always for the plain sum, else as
-    ``combine.sums(src)`` says (see :meth:`dynode.pipeline.Combine.sums`)."""
-    comb = pop.combine
-    if comb is None:
-        return True
-    sums = getattr(comb, "sums", None)
-    return bool(sums(src)) if callable(sums) else False
 
 
 def _upstream(name: str, deps: dict[str, set[str]]) -> set[str]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from dynode.errors import ConfigurationError
 from dynode.activations import get_activation
 
-__all__ = ["Combine", "SumCombine", "build_pipeline"]
+__all__ = ["Combine", "SumCombine", "build_pipeline", "sums_term"]
 
 
 class Combine(nn.Module):
@@ -43,6 +43,15 @@ class Combine(nn.Module):
         """Whether ``source``'s term is added to ``u`` as is (then it must have u's shape, and
         ``connect(..., op=None)`` inserts the automatic adapter). Default: no (free form)."""
         return False
+
+
+def sums_term(combine: nn.Module | None, source: str) -> bool:
+    """Whether ``combine`` adds ``source``'s term to ``u`` as is: always for ``None`` (the
+    sum), else as its :meth:`Combine.sums` says (a module without one: no)."""
+    if combine is None:
+        return True
+    says = getattr(combine, "sums", None)
+    return bool(says(source)) if callable(says) else False
 
 
 class SumCombine(Combine):

@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
-from dynode.pipeline import Combine
+from dynode.pipeline import Combine, sums_term
 
 __all__ = ["POOLS", "Pool", "Divide", "Subtract", "pool_shape", "add_normalization", "modulators"]
 
@@ -163,13 +163,9 @@ class _Modulated(Combine):
         return d, m
 
     def sums(self, source: str) -> bool:
-        """The drive's terms (all but ``source``) are summed when ``inner`` is the sum."""
-        if source == self.source:
-            return False
-        if self.inner is None:
-            return True
-        inner_sums = getattr(self.inner, "sums", None)
-        return bool(inner_sums(source)) if callable(inner_sums) else False
+        """A drive term (any but ``source``) is added as is when ``inner`` adds it (``None``:
+        the sum)."""
+        return source != self.source and sums_term(self.inner, source)
 
     def modulators(self) -> list[tuple[str, str]]:
         """``(source, kind)`` of this combine and of the combines inside it, outermost first."""
