@@ -16,7 +16,8 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "device_ch
 
 @pytest.mark.slow
 def test_device_check_runs_on_the_cpu_and_writes_its_table(tmp_path):
-    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--repeats", "1",
+                           "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "device_check.json").read_text())
