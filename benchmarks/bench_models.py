@@ -31,6 +31,21 @@ def _sgd(params):
     return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
 
 
+def train_step(fn, params, x, y, prep=lambda v: v, autocast: torch.dtype | None = None):
+    """One training step as a zero-argument callable: ``fn(prep(x))`` (under autocast on
+    ``x``'s device when ``autocast`` is a dtype), cross-entropy with ``y``, backward, SGD."""
+    opt = _sgd(params)
+
+    def run():
+        with torch.autocast(x.device.type, dtype=autocast, enabled=autocast is not None):
+            logits = fn(prep(x))
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return run
+
+
 # -- dyrcnn(depth=4) ---------------------------------------------------------------------
 class PlainDyRCNN:
     """The dyrcnn(4) network as a hand-written loop over the same modules:
@@ -180,24 +195,12 @@ def _cornet_setup(quick: bool):
         plain_cl = plain_cl.to(memory_format=torch.channels_last)
         plain_cl.memory_format = torch.channels_last
 
-    def step(fn, params, prep=lambda v: v, autocast=None):
-        opt = _sgd(params)
-
-        def run():
-            with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
-                logits = fn(prep(x))
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return run
-
     cl = (lambda v: v.contiguous(memory_format=torch.channels_last)) if chl else (lambda v: v)  # noqa: E731
     return {
-        "plain unrolled": step(plain, plain.parameters()),
-        "dynode": step(model, model.parameters()),
-        "dynode + speed options": step(fast, fast.parameters()),
-        "plain + same options": step(plain_cl, plain_cl.parameters(), cl, bf16),
+        "plain unrolled": train_step(plain, plain.parameters(), x, y),
+        "dynode": train_step(model, model.parameters(), x, y),
+        "dynode + speed options": train_step(fast, fast.parameters(), x, y),
+        "plain + same options": train_step(plain_cl, plain_cl.parameters(), x, y, cl, bf16),
     }
 
 

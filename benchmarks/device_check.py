@@ -40,11 +40,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import dynode as dn  # noqa: E402
 from bench_core import hand_loop  # noqa: E402
-from bench_models import PlainCORnetRT, PlainDyRCNN, _sgd  # noqa: E402
+from bench_models import PlainCORnetRT, PlainDyRCNN, train_step  # noqa: E402
 from dynode.models import Classifier, prepare_for_speed, zoo  # noqa: E402
 from harness import Benchmark, format_table, run_benchmark  # noqa: E402
 from nets import conv4_network  # noqa: E402
@@ -123,19 +122,6 @@ def correctness(device: torch.device, quick: bool) -> list[dict]:
 
 
 # -- timings -------------------------------------------------------------------------------------
-def _train_step(fn, params, x, y, prep=lambda v: v, autocast: torch.dtype | None = None):
-    opt = _sgd(params)
-
-    def run():
-        with torch.autocast(x.device.type, dtype=autocast or AMP, enabled=autocast is not None):
-            logits = fn(prep(x))
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return run
-
-
 def benchmarks(device: torch.device, quick: bool, compile_ops: bool, errors: list[str]) -> list[Benchmark]:
     size = _sizes(device, quick)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
@@ -146,8 +132,8 @@ def benchmarks(device: torch.device, quick: bool, compile_ops: bool, errors: lis
         x = torch.rand(size["dyrcnn"], 3, 32, 32, device=device)
         y = torch.randint(0, 100, (size["dyrcnn"],), device=device)
         model = Classifier(net)
-        return {"plain loop": _train_step(PlainDyRCNN(net), net.parameters(), x, y),
-                "dynode": _train_step(model, model.parameters(), x, y)}
+        return {"plain loop": train_step(PlainDyRCNN(net), net.parameters(), x, y),
+                "dynode": train_step(model, model.parameters(), x, y)}
 
     hw, b = size["cornet_hw"], size["cornet"]
 
@@ -158,8 +144,8 @@ def benchmarks(device: torch.device, quick: bool, compile_ops: bool, errors: lis
     def cornet(q):
         x, y = cornet_data()
         model, plain = Classifier(_cornet(device, hw)), PlainCORnetRT(_cornet(device, hw), 5).to(device)
-        return {"plain unrolled": _train_step(plain, plain.parameters(), x, y),
-                "dynode": _train_step(model, model.parameters(), x, y)}
+        return {"plain unrolled": train_step(plain, plain.parameters(), x, y),
+                "dynode": train_step(model, model.parameters(), x, y)}
 
     def cornet_fast(q):
         x, y = cornet_data()
@@ -168,8 +154,8 @@ def benchmarks(device: torch.device, quick: bool, compile_ops: bool, errors: lis
         fast = prepare_for_speed(Classifier(_cornet(device, hw)), channels_last=True, autocast=AMP,
                                  low_precision_states=True)  # dt == tau: r = Phi(u), exact in bf16
         cl = lambda v: v.contiguous(memory_format=torch.channels_last)  # noqa: E731
-        return {"plain, bf16 autocast + channels-last": _train_step(plain, plain.parameters(), x, y, cl, AMP),
-                "dynode, prepare_for_speed (same options)": _train_step(fast, fast.parameters(), x, y)}
+        return {"plain, bf16 autocast + channels-last": train_step(plain, plain.parameters(), x, y, cl, AMP),
+                "dynode, prepare_for_speed (same options)": train_step(fast, fast.parameters(), x, y)}
 
     def conv4(q):
         torch.manual_seed(0)
