@@ -515,20 +515,23 @@ class Trainer:
         else:
             self.optimizer.step()
         self._optimizer_steps += 1
-        nonfinite = self._nonfinite_weights()  # read with the loss below: no extra host read
+        finite = self._finite_weights()  # read with the loss below: no extra host read
         if cfg.max_spectral_radius is not None:
-            self._check_weights()  # before the projection reads them
+            self._check_weights(finite)  # before the projection reads them
             self.constrain_recurrence(cfg.max_spectral_radius)
-        loss_sum, correct, bad = self._reduce(loss.double() * len(y), correct.double(), nonfinite)
+        loss_sum, correct, bad = self._reduce(loss.double() * len(y), correct.double(), (~finite).sum())
         if bad:
-            self._check_weights()  # names the parameters and says what to change
+            self._check_weights(finite)  # names the parameters and says what to change
         return loss_sum / n_global, correct / n_global
 
-    @torch.no_grad()
-    def _nonfinite_weights(self) -> Tensor:
-        """How many trainable parameters hold a NaN/inf, as a tensor on the device (no read)."""
-        params = [p for p in self.network.parameters() if p.requires_grad]
-        return (~torch.isfinite(magnitudes(params))).sum() if params else torch.zeros((), device=self.device)
+    def _trainable(self) -> list[tuple[str, Tensor]]:
+        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+
+    def _finite_weights(self) -> Tensor:
+        """Whether each trainable parameter (:meth:`_trainable` order) holds only finite
+        values, as a boolean tensor on the device (no read)."""
+        params = [p for _, p in self._trainable()]
+        return torch.isfinite(magnitudes(params)) if params else torch.ones(0, dtype=torch.bool, device=self.device)
 
     @torch.no_grad()
     def _check_data(self, images, labels, where: str) -> None:
@@ -559,15 +562,11 @@ class Trainer:
                                      f"{n_classes} classes (0..{n_classes - 1 if isinstance(n_classes, int) else '?'}); "
                                      "fix the labels or build the model with num_classes to match")
 
-    @torch.no_grad()
-    def _check_weights(self) -> None:
-        """After an optimizer step: the weights are finite (one host read), else the optimizer
-        diverged on finite data, and the checkpoint on disk is kept as it was."""
-        named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
-        if not named:
-            return
-        ok = torch.isfinite(magnitudes(p for _, p in named)).tolist()
-        bad = [n for (n, _), good in zip(named, ok) if not good]
+    def _check_weights(self, finite: Tensor) -> None:
+        """After an optimizer step: the weights are finite (``finite`` from
+        :meth:`_finite_weights`, one host read), else the optimizer diverged on finite data, and
+        the checkpoint on disk is kept as it was."""
+        bad = [n for (n, _), good in zip(self._trainable(), finite.tolist()) if not good]
         if bad:
             cfg = self.config
             more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
