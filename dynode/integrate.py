@@ -18,7 +18,7 @@ from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution
 from dynode.solver import get_solver
 
-__all__ = ["integrate"]
+__all__ = ["integrate", "available_memory", "require_memory"]
 
 
 def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0: float = 0.0,
@@ -70,6 +70,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     ``stats`` and ``final_state``.
     """
     dt = None if dt is None else as_ms(dt, "dt")
+    _check_limit(memory_limit)
     if dt is not None and not (math.isfinite(dt) and dt > 0):  # before an adaptive solver evaluates
         raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
                                  f"first step of an adaptive one), got {dt}")
@@ -108,6 +109,37 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
+_GIB = 1024 ** 3
+
+
+def _check_limit(memory_limit) -> None:
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float))
+                                     or not memory_limit > 0):
+        raise ConfigurationError(f"memory_limit must be a positive number of bytes (math.inf: no check), "
+                                 f"got {memory_limit!r}")
+
+
+def require_memory(nbytes: int, device, what: str, remedy: str, memory_limit: float | None = None) -> None:
+    """Refuse, before anything is allocated, work that needs ``nbytes`` bytes on ``device``.
+
+    Raises :class:`ConfigurationError` ``"<what> needs X GiB but Y GiB are available on
+    <device>; <remedy>"`` when ``nbytes`` exceeds the budget: ``memory_limit`` bytes if given
+    (``math.inf`` disables the check), else :func:`available_memory` of ``device`` (no check
+    where that cannot be read). ``what`` names what needs the memory (and how it was counted),
+    ``remedy`` what to change. One read of the free memory, no allocation: call it once per
+    run, never per step."""
+    _check_limit(memory_limit)
+    if memory_limit == math.inf:
+        return
+    device = torch.device(device)
+    budget = memory_limit if memory_limit is not None else available_memory(device)
+    if budget is None or nbytes <= budget:
+        return
+    source = " (the memory_limit given)" if memory_limit is not None else ""
+    raise ConfigurationError(f"{what} needs {nbytes / _GIB:.3g} GiB but {budget / _GIB:.3g} GiB are available "
+                             f"on {device}{source}; {remedy}")
+
+
 def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | None) -> None:
     """Refuse, before the first step, a run whose kept trajectory alone would not fit
     (``dt``: None or the finite step > 0 that :func:`integrate` has checked).
@@ -115,11 +147,6 @@ def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | N
     The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
     saves every step keeps ``(t_end - t0) / dt + 1`` of them. Autograd keeps more when gradients
     are on, so this is a lower bound. ``memory_limit``: as in :func:`integrate`."""
-    if memory_limit is not None and not (isinstance(memory_limit, (int, float)) and memory_limit > 0):
-        raise ConfigurationError(f"memory_limit must be a positive number of bytes (math.inf: no check), "
-                                 f"got {memory_limit!r}")
-    if memory_limit == math.inf:
-        return
     if problem.save_at is not None:
         n_saves = len(problem.save_at)
     elif not grid or dt is None:
@@ -127,15 +154,10 @@ def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | N
     else:
         n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1
     per_save = sum(y.numel() * y.element_size() for y in problem.y0.values())
-    need = n_saves * per_save
     first = next(iter(problem.y0.values()))
-    budget = memory_limit if memory_limit is not None else available_memory(first.device)
-    if budget is None or need <= budget:
-        return
-    gb = 1024 ** 3
-    raise ConfigurationError(
-        f"keeping {n_saves} saved states of {per_save / 1024 ** 2:.3g} MiB each (batch {problem.batch_size}) "
-        f"needs at least {need / gb:.3g} GiB, more than the {budget / gb:.3g} GiB "
-        f"{'given as memory_limit' if memory_limit is not None else 'available on ' + str(first.device)}; "
-        "save fewer times (save_at=<ms between saves> or a list of times), stream the run to disk "
-        "(dn.simulate(..., store='run.zarr')), use a smaller batch, or pass memory_limit=math.inf to run anyway")
+    require_memory(n_saves * per_save, first.device,
+                   f"keeping {n_saves} saved states of {per_save / 1024 ** 2:.3g} MiB each (batch "
+                   f"{problem.batch_size})",
+                   "save fewer times (save_at=<ms between saves> or a list of times), stream the run to disk "
+                   "(dn.simulate(..., store='run.zarr')), use a smaller batch, or pass memory_limit=math.inf "
+                   "to run anyway", memory_limit)

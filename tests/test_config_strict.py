@@ -70,13 +70,13 @@ def test_a_trajectory_that_cannot_fit_is_refused_before_the_first_step():
     net = conv_area()
     x = torch.zeros(4000, 16, 16, 16)
     with pytest.raises(ConfigurationError, match=r"keeping 501 saved states of 62.5 MiB each \(batch 4000\) "
-                                                  r"needs at least 30.6 GiB.*save_at=.*dn.simulate.*memory_limit=math.inf"):
+                                                  r"needs 30.6 GiB but 24 GiB are available on cpu \(the memory_limit given\).*save_at=.*dn.simulate.*memory_limit=math.inf"):
         dn.integrate(net, x, t_end=500.0, dt=1.0, memory_limit=24 * 1024 ** 3)
     # the default budget is the memory available now: this machine has far less than 31 GiB free
     from dynode.integrate import available_memory
 
     if available_memory(torch.device("cpu")) < 30 * 1024 ** 3:
-        with pytest.raises(ConfigurationError, match="than the .* GiB available on cpu"):
+        with pytest.raises(ConfigurationError, match="GiB are available on cpu; "):
             dn.integrate(net, x, t_end=500.0, dt=1.0)
 
 
