@@ -94,7 +94,7 @@ def load_state(network: nn.Module, state: dict, path) -> None:
     network.load_state_dict(state)
 
 
-def load_model(path, *, weights=None, eval: bool = True):
+def load_model(path, *, weights=None, eval: bool = True, trust_code: bool = False):
     """Rebuild the network saved in ``path`` -- a checkpoint of :mod:`dynode.train` (``.pt``)
     or an archive written by :func:`dynode.simulate` -- from its stored spec, with its weights.
 
@@ -102,6 +102,10 @@ def load_model(path, *, weights=None, eval: bool = True):
     run used: pass ``weights=`` (a checkpoint or ``state_dict`` file) to load them (checked
     against the fingerprint), or ``weights=False`` for the architecture with fresh weights.
     The caller's random state is left untouched. ``eval``: put the network in eval mode.
+
+    The stored spec is data: operators that name code outside dynode's vocabulary and the
+    ``nn.Module`` classes of ``torch.nn``/dynode are refused before anything is imported or
+    built, unless ``trust_code=True`` (you trust whoever wrote the file).
     """
     path = Path(path)
     if not path.exists():
@@ -118,12 +122,21 @@ def load_model(path, *, weights=None, eval: bool = True):
     if not spec_json:
         raise ConfigurationError(f"{path} holds no model spec ({error or 'unknown reason'}); rebuild the "
                                  "network with the code that made it and load_state_dict()")
-    spec = ModelSpec.from_data(json.loads(spec_json), f"{path}: spec")
+    try:
+        data = json.loads(spec_json) if isinstance(spec_json, str) else spec_json
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"the model spec stored in {path} is not valid JSON (truncated or edited: "
+                              f"{str(exc)[:100]}); rebuild the network with the code that made it and "
+                              "load_state_dict(), or ask for an intact file") from None
+    spec = ModelSpec.from_data(data, f"{path}: spec")
     if weights is not None and weights is not False:
         w = load_checkpoint(weights)
         state = w.get("model", w)
     with torch.random.fork_rng(devices=[]):
-        net = build_network(spec)
+        try:
+            net = build_network(spec, trust_code=trust_code)
+        except ConfigurationError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
     if state is None and weights is not False:
         raise ConfigurationError(f"the archive {path} stores the model's spec but not its weights "
                                  f"(fingerprint {fingerprint[:12] if fingerprint else '?'}...); pass "
@@ -143,9 +156,12 @@ def _archive_spec(path: Path) -> tuple[str, str, str | None]:
     tree = open_archive(path)
     try:
         config = json.loads(tree.attrs["config"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise ConfigurationError(f"{path} is not a dynode archive with a config") from None
-    model = config.get("model", {}) or {}
+    model = config.get("model", {}) if isinstance(config, Mapping) else None
+    if not isinstance(model, Mapping):
+        raise ConfigurationError(f"{path}: the archive's config has no 'model' section (not written by "
+                                 "dynode.simulate, or edited)")
     spec = model.get("spec") or ""
     return (json.dumps(spec) if isinstance(spec, Mapping) else spec), model.get("spec_error", ""), \
         model.get("weights_sha256")

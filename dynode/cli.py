@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true", help=f"replace existing outputs ({outputs})")
         if name == "train":
             p.add_argument("--resume", action="store_true", help="continue the training saved in OUT/last.pt")
+        _allow_imports(p)
     m = sub.add_parser("compare", help="train several model variants (recurrence types, with and without "
                        "normalization), run the Groen 2022 experiments on each, one table and one figure")
     m.add_argument("config", nargs="?", default=None,
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true",
                    help="continue an earlier comparison in --out: finish each variant's training, rerun "
                    "its experiments")
+    _allow_imports(m)
     i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
     i.add_argument("archive")
     a = sub.add_parser("analyze", help="analyse archives: Groen 2022 metrics, flags and figures where the "
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub.add_parser("schema", help="print the JSON schema of the run configuration")
     chk = csub.add_parser("check", help="validate a YAML run configuration")
     chk.add_argument("file")
+    _allow_imports(chk)
     w = sub.add_parser("sweep", help="run a grid of configs (one run folder per point) through Snakemake, "
                        "locally or on a cluster; collect a summary table and figure")
     w.add_argument("sweep", help="YAML sweep file: base (a run config), grid or points (dotted-key overrides), steps")
@@ -94,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                    help="after --: Snakemake's own options, e.g. -- --executor slurm --jobs 50")
     return ap
+
+
+def _allow_imports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-imports", action="store_true",
+                   help="let the config's model import the code it names (model.factory, import paths in "
+                   "model.spec); without it a config or spec is data and names no code to run")
 
 
 def main(argv=None) -> int:
@@ -158,7 +167,7 @@ def cmd_train(args) -> int:
     from dynode.train import Trainer
 
     _overwrite_and_resume("train", args)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
     if args.resume and not (out / "last.pt").is_file():
         raise _UsageError(f"dynode train: error: --resume: no {out / 'last.pt'} to continue; leave --resume out "
@@ -182,7 +191,7 @@ def cmd_simulate(args) -> int:
     from dynode.simulate import simulate
     from dynode.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
     if not args.overwrite:
         _refuse_existing("simulate", [out / "simulation.zarr"])
@@ -203,7 +212,7 @@ def cmd_experiment(args) -> int:
     from dynode.config import load_config
     from dynode.experiments import groen2022_experiments
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
     ex = cfg.experiment
     if not args.overwrite:
@@ -223,7 +232,7 @@ def cmd_convergence(args) -> int:
     from dynode.convergence import convergence, plot_convergence
     from dynode.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
     if not args.overwrite:
         _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"])
@@ -348,7 +357,7 @@ def cmd_config(args) -> int:
         print(json.dumps(run_config_schema(), indent=2, allow_nan=False))
         return 0
     if args.action == "check":
-        cfg = load_config(args.file)
+        cfg = load_config(args.file, allow_imports=args.allow_imports)
         _check_runnable(cfg)
         print(f"{args.file}: valid ({', '.join(f'{k}' for k in cfg.model_fields_set) or 'all defaults'})")
         return 0
@@ -364,7 +373,7 @@ def cmd_compare(args) -> int:
         if args.quick:
             raise _UsageError("dynode compare: error: --quick applies without CONFIG only (the demo's "
                               "settings); put small settings in the config instead")
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, allow_imports=args.allow_imports)
         out = Path(args.out or cfg.output)
     else:
         cfg = demo_config(quick=args.quick, small=not args.quick)

@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 
 import torch
-import yaml
 from typing import Annotated, Any, Literal, Union
 
 from dynode.checkpoint import load_weights
+from dynode.datafile import UniqueKeyLoader, load_yaml, read_text  # noqa: F401 (UniqueKeyLoader: sweep)
 from dynode.errors import ConfigurationError
 from dynode.solver_config import (SolverConfig, FrozenConfig, solver_config, EulerConfig, MidpointConfig, HeunConfig,
                                   RK4Config, Dopri5Config, Tsit5Config, Bosh3Config, TorchDiffEqConfig,
@@ -43,8 +43,14 @@ class ModelConfig(FrozenConfig):
       keyword ``options`` of its builder (see ``dynode.models``);
     * ``spec``: a model spec file (YAML/JSON, see :mod:`dynode.spec`) holding the whole network;
     * ``factory``: the import path ``"package.module:function"`` of a function returning a
-      :class:`dynode.Network` or any :class:`dynode.VectorField`, called with ``options``
-      (the module is imported from ``PYTHONPATH`` or the current folder).
+      :class:`dynode.Network` or any :class:`dynode.VectorField`, called with ``options``.
+
+    ``allow_imports``: a config is data, so nothing it names is imported unless it says so.
+    ``factory``, and a ``spec`` whose operators are import paths outside ``torch.nn`` and
+    dynode, need ``allow_imports: true`` here (or ``--allow-imports`` on the command line):
+    the line is that code runs only where the config's author or the user who runs it chose
+    it. The module comes from the installed packages or ``PYTHONPATH``; the current folder is
+    not searched (``PYTHONPATH=. dynode ...`` for a module next to the config).
 
     ``input_shape`` and ``num_classes`` default to the data's (for builders that take them).
     ``weights``: a checkpoint (from ``dynode train``) or state_dict file to load.
@@ -55,6 +61,7 @@ class ModelConfig(FrozenConfig):
     factory: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = None
+    allow_imports: bool = False
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -79,6 +86,11 @@ class ModelConfig(FrozenConfig):
         if self.spec is not None:
             return None
         if self.factory is not None:
+            if not self.allow_imports:
+                raise ConfigurationError(
+                    f"model.factory {self.factory!r} is code to import and run, and a config is data: nothing "
+                    "it names is imported unless it opts in; if you trust this config, add "
+                    "'allow_imports: true' to its model section, or pass --allow-imports")
             fn = import_object(self.factory, "model.factory")
             if not callable(fn):
                 raise ConfigurationError(f"model.factory {self.factory!r} is not callable")
@@ -88,7 +100,7 @@ class ModelConfig(FrozenConfig):
     def build(self, *, input_shape=None, num_classes=None):
         builder = self.builder()
         if builder is None:
-            net = build_network(load_spec(self.spec))
+            net = build_network(load_spec(self.spec, trust_code=self.allow_imports))
             shapes = list(net.input_shapes().values())
             if input_shape is not None and len(shapes) == 1 and shapes[0] != tuple(input_shape):
                 raise ConfigurationError(f"model.spec {self.spec}: the model takes inputs of shape "
@@ -321,67 +333,22 @@ class RunConfig(FrozenConfig):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML keeps the last
-    silently, so a duplicated section would drop the first without a word)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-_MAX_DEPTH = 64  # far more than any config; deeper data would only exhaust the validators' recursion
-
-
-def _depth(data, limit: int = _MAX_DEPTH + 1) -> int:
-    """Nesting depth of lists and dicts (iterative; stops counting past ``limit``)."""
-    deepest, stack = 0, [(data, 0)]
-    while stack:
-        item, d = stack.pop()
-        deepest = max(deepest, d)
-        if d <= limit and isinstance(item, (dict, list)):
-            stack.extend((v, d + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
-def load_config(path) -> RunConfig:
-    """Read a YAML file into a :class:`RunConfig` (``yaml.safe_load``; every key checked)."""
+def load_config(path, *, allow_imports: bool = False) -> RunConfig:
+    """Read a YAML file into a :class:`RunConfig` (safe YAML, bounded, every key checked; see
+    :mod:`dynode.datafile`). ``allow_imports``: as the CLI's ``--allow-imports``, set
+    ``model.allow_imports`` (the model may import the code its factory or spec names)."""
     p = Path(path)
     if p.is_dir():
         raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigurationError(f"{p}: not UTF-8 text (byte {exc.start}, line {line}); save the config as "
-                                 "UTF-8 YAML") from None
-    try:
-        data = yaml.load(text, Loader=UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigurationError(f"{p}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    except RecursionError:
-        raise ConfigurationError(f"{p}: nested too deeply to read (thousands of levels); a run config has "
-                                 "a few levels of sections") from None
-    if _depth(data) > _MAX_DEPTH:
-        raise ConfigurationError(f"{p}: nested more than {_MAX_DEPTH} levels deep; a run config has a few "
-                                 "levels of sections")
+    data = load_yaml(read_text(p, "config"), str(p))
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
-    return run_config(data)
+    cfg = run_config(data)
+    if allow_imports and not cfg.model.allow_imports:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"allow_imports": True})})
+    return cfg
 
 
 def run_config(data: Any) -> RunConfig:

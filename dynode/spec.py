@@ -31,6 +31,15 @@ archives store the spec, and :func:`load_model` rebuilds the trained network fro
 checkpoint alone. Bad input (an unknown kind, an import path that does not import, a spec
 written by a newer dynode, a typo in a key) is a :class:`~dynode.errors.ConfigurationError`
 before anything is built.
+
+A spec is data, whoever wrote it: building one imports and calls only the vocabulary, the
+``nn.Module`` classes of ``torch.nn`` and dynode (checked to be such classes before they are
+called) and, for ``{"kind": "function"}``, the tensor functions of ``torch``,
+``torch.nn.functional``, ``torch.special`` and :mod:`dynode.activations`. Any other import
+path is refused before its module is imported, unless the user trusts the file:
+``build_network(spec, trust_code=True)``, ``load_spec(path, trust_code=True)``,
+:func:`dynode.load_model` ``(..., trust_code=True)``. The current folder is never added to the
+import path.
 """
 
 from __future__ import annotations
@@ -40,18 +49,20 @@ import importlib
 import inspect
 import json
 import math
-import os
-import sys
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from torch import nn
 
+from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
 from dynode.solver_config import solver_config
 from dynode import pipeline
@@ -67,7 +78,7 @@ from dynode.pipeline import Combine
 
 __all__ = ["SPEC_VERSION", "ModelSpec", "PopulationSpec", "ConnectionSpec", "OPERATOR_KINDS",
            "network_spec", "build_network", "op_spec", "build_op", "load_spec", "save_spec",
-           "import_object", "weights_fingerprint"]
+           "import_object", "weights_fingerprint", "trusting", "check_imports"]
 
 SPEC_VERSION = 1
 """The version this dynode writes; a spec of a higher version is refused (written by a newer dynode)."""
@@ -125,6 +136,13 @@ class ModelSpec(FrozenConfig):
     readout: OpDict | None = None
     protocol: ProtocolSpec | None = None
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"
+    _trusted: bool = PrivateAttr(default=False)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the user opted in to the import paths of this spec (``load_spec(path,
+        trust_code=True)``); not part of the data, never written."""
+        return self._trusted
 
     @classmethod
     def from_data(cls, data: Any, where: str = "model spec") -> "ModelSpec":
@@ -150,28 +168,99 @@ class ModelSpec(FrozenConfig):
 # Operators: module <-> {"kind": ..., **kwargs}
 # ============================================================================================
 def import_object(path: str, what: str = "import path") -> Any:
-    """The object at ``"pkg.mod:Name"`` (``Name`` may be dotted: ``"pkg.mod:Outer.Inner"``)."""
+    """The object at ``"pkg.mod:Name"`` (``Name`` may be dotted: ``"pkg.mod:Outer.Inner"``).
+
+    This imports ``pkg.mod``, i.e. runs its code: call it only for a path the user chose (see
+    :func:`trusting`). The module comes from the installed packages or ``sys.path``; the
+    current folder is not added."""
     if not isinstance(path, str) or path.count(":") != 1:
         raise ConfigurationError(f"{what} {path!r}: write it as 'package.module:Name'")
     mod_name, _, attr = path.partition(":")
     try:
-        try:
-            obj = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:  # a module of the user's project, run from its folder
-            cwd = os.getcwd()
-            if exc.name != mod_name.split(".")[0] or cwd in sys.path or "" in sys.path:
-                raise
-            sys.path.append(cwd)
-            obj = importlib.import_module(mod_name)
+        obj = importlib.import_module(mod_name)
     except ImportError as exc:
-        raise ConfigurationError(f"{what} {path!r}: cannot import module {mod_name!r} ({exc}); is the "
-                                 "package installed or on PYTHONPATH?") from None
+        raise ConfigurationError(f"{what} {path!r}: cannot import module {mod_name!r} ({exc}); is the package "
+                                 "installed or on PYTHONPATH? (the current folder is not searched: "
+                                 "PYTHONPATH=. dynode ... for a module next to your config)") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigurationError(f"{what} {path!r}: module {mod_name!r} has no {attr!r}") from None
     return obj
+
+
+# -- what a spec may import ------------------------------------------------------------------
+# A spec, a checkpoint or an archive is data: building the network it describes runs dynode's
+# vocabulary and the constructors of torch.nn / dynode module classes only. Any other import
+# path is code named by the file, honoured only under trusting(True).
+_TRUST: ContextVar[bool] = ContextVar("dynode_trust_code", default=False)
+_SAFE_ROOTS = ("torch.nn", "dynode")  # packages whose nn.Module classes a spec names without trust
+_SAFE_FUNCTIONS = ("torch", "torch.nn.functional", "torch.special", "dynode.activations")  # kind: function
+
+
+@contextmanager
+def trusting(trust_code: bool = True):
+    """Within the block, specs may import and call any import path they name (the user
+    trusts the file's source): ``build_network(..., trust_code=True)`` uses it."""
+    token = _TRUST.set(bool(trust_code))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def _under(mod_name: str, roots) -> bool:
+    return any(mod_name == r or mod_name.startswith(r + ".") for r in roots)
+
+
+def _refuse_untrusted(path: str, what: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"{what}: {path!r} {why}; a spec is data, so building it imports and calls only dynode's operator "
+        f"kinds and torch.nn/dynode module classes. If you trust where the spec comes from, opt in: "
+        "build_network(spec, trust_code=True), load_spec(path, trust_code=True) or load_model(path, "
+        "trust_code=True); on the command line --allow-imports (in a run config: model.allow_imports: true)")
+
+
+def _spec_class(path: str, what: str) -> Callable:
+    """The class or factory an operator ``kind`` names by import path, checked *before* anything
+    is called: without trust, an ``nn.Module`` subclass defined in ``torch.nn`` or dynode."""
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ConfigurationError(f"{what}: kind {path!r}: write an import path as 'package.module:Name'")
+    if _TRUST.get():
+        obj = import_object(path, f"{what}: kind")
+        if isinstance(obj, type) and not issubclass(obj, nn.Module):
+            raise ConfigurationError(f"{what}: {path!r} is the class {obj.__qualname__}, not an nn.Module")
+        if not callable(obj):
+            raise ConfigurationError(f"{what}: {path!r} is not a class or function")
+        return obj
+    mod_name, _, attr = path.partition(":")
+    if not _under(mod_name, _SAFE_ROOTS) or any(part.startswith("_") for part in attr.split(".")):
+        raise _refuse_untrusted(path, what, f"names a module outside torch.nn and dynode ({mod_name!r})")
+    obj = import_object(path, f"{what}: kind")
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module) and _under(obj.__module__, ("torch", "dynode"))):
+        raise _refuse_untrusted(path, what, "is not an nn.Module class of torch or dynode")
+    return obj
+
+
+def _spec_function(path: str) -> Callable:
+    """The function ``{"kind": "function", "path": ...}`` names: without trust, an operator of
+    torch (a builtin), ``torch.nn.functional``, ``torch.special`` or dynode's activations."""
+    what = "function"
+    if not isinstance(path, str) or path.count(":") != 1:
+        raise ConfigurationError(f"{what} {path!r}: write it as 'package.module:name'")
+    mod_name, _, attr = path.partition(":")
+    if not _TRUST.get():
+        if mod_name not in _SAFE_FUNCTIONS or "." in attr:
+            raise _refuse_untrusted(path, what, f"is not a tensor function of {', '.join(_SAFE_FUNCTIONS)}")
+    fn = import_object(path, what)
+    plain = isinstance(fn, types.BuiltinFunctionType) or (
+        mod_name != "torch" and isinstance(fn, types.FunctionType))  # torch's own Python functions: load, save, ...
+    if not _TRUST.get() and not plain:
+        raise _refuse_untrusted(path, what, f"is not a tensor function of {', '.join(_SAFE_FUNCTIONS)}")
+    if not callable(fn) or isinstance(fn, type):
+        raise ConfigurationError(f"function {path!r} is not a function")
+    return fn
 
 
 def _import_path_of(obj) -> str:
@@ -355,11 +444,7 @@ def _build_sequential(modules: list, names: list | None = None):
 
 
 def _build_function(path: str):
-
-    fn = import_object(path, "function")
-    if not callable(fn):
-        raise ConfigurationError(f"function {path!r} is not callable")
-    return Lambda(fn)
+    return Lambda(_spec_function(path))
 
 
 def _nested(kind: str, builder: Callable, keys: tuple[str, ...]):
@@ -447,9 +532,7 @@ def build_op(data: Mapping, what: str = "operator") -> nn.Module:
         elif kind in ("resize", "readout"):
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     elif ":" in kind:
-        fn = import_object(kind, f"{what}: kind")
-        if not callable(fn):
-            raise ConfigurationError(f"{what}: {kind!r} is not a class or function")
+        fn = _spec_class(kind, what)
     else:
         raise ConfigurationError(f"{what}: unknown operator kind {kind!r}; known: {', '.join(OPERATOR_KINDS)}, "
                                  "or an import path 'package.module:Name'")
@@ -532,12 +615,12 @@ def _layout(module: nn.Module) -> dict[str, tuple]:
 def _check_layout(net, spec: ModelSpec) -> None:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
-            rebuilt = build_network(spec)
+            rebuilt = build_network(spec, trust_code=True)  # the classes of a live network, not a file's
         except (NotImplementedError, RuntimeError):  # a module that cannot be built on meta
             rebuilt = None
     if rebuilt is None:
         with torch.random.fork_rng(devices=[]):
-            rebuilt = build_network(spec)
+            rebuilt = build_network(spec, trust_code=True)
     want, got = _layout(net), _layout(rebuilt)
     if want != got:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:5]
@@ -546,11 +629,60 @@ def _check_layout(net, spec: ModelSpec) -> None:
                                  "class a spec_kwargs() method returning all its constructor arguments")
 
 
-def build_network(spec: ModelSpec | Mapping):
+def build_network(spec: ModelSpec | Mapping, *, trust_code: bool = False):
     """The :class:`dynode.Network` a spec describes (fresh initial weights; load a
-    ``state_dict`` for trained ones, or use :func:`load_model`)."""
+    ``state_dict`` for trained ones, or use :func:`load_model`).
+
+    Nothing outside dynode's vocabulary and the ``nn.Module`` classes of ``torch.nn`` and
+    dynode is imported or called unless ``trust_code=True`` (or the spec came from
+    ``load_spec(path, trust_code=True)``): an operator named by another import path is a
+    :class:`~dynode.errors.ConfigurationError` before anything is built."""
 
     spec = ModelSpec.from_data(spec)
+    with trusting(trust_code or spec.trusted):
+        check_imports(spec)
+        return _build(spec)
+
+
+def check_imports(spec: ModelSpec) -> None:
+    """Refuse, before anything is built, a spec whose operators name code outside the
+    vocabulary (unless within :func:`trusting`): a module outside ``torch.nn`` and dynode is
+    not even imported. The message names the first such path and counts the others."""
+    if _TRUST.get():
+        return
+    found: list[tuple[str, str, bool]] = []  # (where, import path, a function?)
+
+    def walk(x, where: str):
+        if isinstance(x, Mapping):
+            kind = x.get("kind")
+            if isinstance(kind, str) and ":" in kind:
+                found.append((where, kind, False))
+            if kind == "function":
+                found.append((where, x.get("path"), True))
+            for k, v in x.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, f"{where}[{i}]")
+
+    for p in spec.populations:
+        walk(p.phi, f"population {p.name!r} phi")
+        walk(p.combine, f"population {p.name!r} combine")
+    for c in spec.connections:
+        walk(c.op, f"connection {c.src} -> {c.dst}")
+    walk(spec.readout, "readout")
+    errors = []
+    for where, path, function in found:
+        try:
+            _spec_function(path) if function else _spec_class(path, where)
+        except ConfigurationError as exc:
+            errors.append(f"{where}: {exc}" if function else str(exc))
+    if errors:
+        more = f" [{len(errors) - 1} more import path(s) refused]" if len(errors) > 1 else ""
+        raise ConfigurationError(errors[0] + more)
+
+
+def _build(spec: ModelSpec):
     net = Network()
     for name, shape in spec.inputs.items():
         net.add_input(name, shape)
@@ -602,16 +734,24 @@ def save_spec(spec: ModelSpec, path) -> Path:
     return path
 
 
-def load_spec(path) -> ModelSpec:
-    """Read a spec file (YAML or JSON, ``yaml.safe_load``)."""
+def load_spec(path, *, trust_code: bool = False) -> ModelSpec:
+    """Read a spec file (YAML or JSON, safe and bounded: :func:`dynode.datafile.load_yaml`).
+
+    A spec whose operators name code outside dynode's vocabulary and ``torch.nn`` is refused
+    here, before anything is imported, unless ``trust_code=True``: then the returned spec is
+    marked trusted and :func:`build_network` honours its import paths."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no model spec at {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{path}: not valid YAML/JSON: {exc}") from None
-    return ModelSpec.from_data(data, str(path))
+    spec = ModelSpec.from_data(load_yaml(read_text(path, "model spec"), str(path)), str(path))
+    if trust_code:
+        spec._trusted = True
+    else:
+        try:
+            check_imports(spec)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{path}: {exc}") from None
+    return spec
 
 
 def weights_fingerprint(net: nn.Module) -> str:

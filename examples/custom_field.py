@@ -17,9 +17,10 @@ by import path, from the repository root::
     model:
       factory: examples.custom_field:build
       options: {delay: 4.0}
+      allow_imports: true      # a config is data: it says that it imports code
 
-then ``dynode simulate CONFIG`` and ``dynode convergence CONFIG`` run it
-(``examples/configs/custom_field.yaml``).
+then ``PYTHONPATH=. dynode simulate CONFIG`` and ``PYTHONPATH=. dynode convergence CONFIG``
+run it (``examples/configs/custom_field.yaml``).
 """
 
 from __future__ import annotations

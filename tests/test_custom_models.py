@@ -18,6 +18,8 @@ DATA = {"name": "generated", "n_train": 8, "n_test": 4, "size": 8}
 
 
 def _config(tmp_path, model: dict, **extra) -> Path:
+    if "factory" in model:  # a factory is code: the config opts in (tests/test_safe_by_default.py: without)
+        model = {**model, "allow_imports": True}
     cfg = {"output": str(tmp_path / "out"), "model": model, "data": DATA,
            "stimulus": {"kind": "pulse", "n_images": 2, "onset": 0.0, "duration": 10.0},
            "record": {"reduce": "mean"}, "dt": 1.0, "t_end": 20.0,
@@ -37,7 +39,7 @@ def _check_outputs(out: Path, populations):
 
 
 def test_import_path_factory_runs_simulate_and_convergence(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # the example module is imported from the current folder
+    monkeypatch.syspath_prepend(str(REPO))  # PYTHONPATH=. from the repository root, as the README says
     cfg = _config(tmp_path, {"factory": "examples.custom_field:build", "options": {"delay": 2.0}})
     assert main(["simulate", str(cfg)]) == 0
     assert main(["convergence", str(cfg)]) == 0
@@ -68,7 +70,7 @@ def test_spec_file_runs_simulate_and_convergence(tmp_path):
     ({"factory": "examples.custom_field:WilsonCowanSheet", "options": {"sise": 4}}, "takes no option"),
 ])
 def test_bad_model_sources_fail_before_running(tmp_path, monkeypatch, capsys, model, match):
-    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
     cfg = _config(tmp_path, model)
     assert main(["simulate", str(cfg)]) == 2
     assert match in capsys.readouterr().err

@@ -72,7 +72,8 @@ def run(capsys, *argv):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in CONFIGS if _is_run_config(p)], ids=lambda p: p.stem)
 def test_example_config_end_to_end(path, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # import paths such as examples.custom_field
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # PYTHONPATH=.: examples.custom_field
     cfg = quick(yaml.safe_load(path.read_text()), tmp_path)
     out = Path(cfg["output"])
     trainable = "factory" not in cfg["model"]

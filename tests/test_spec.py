@@ -106,7 +106,10 @@ def test_custom_operator_by_import_path():
     net = _custom_net(Scale(2, 0.25))
     spec = network_spec(net)
     assert spec.connections[0].op == {"kind": f"{__name__}:Scale", "channels": 2, "init": 0.25}
-    rebuilt = build_network(json.loads(spec.model_dump_json()))
+    data = json.loads(spec.model_dump_json())
+    with pytest.raises(ConfigurationError, match=f"'{__name__}:Scale' names a module outside .*trust_code=True"):
+        build_network(data)  # a spec is data: the import path is honoured on the opt-in only
+    rebuilt = build_network(data, trust_code=True)
     assert isinstance(rebuilt.populations["A"].incoming["image"], Scale)
     assert torch.equal(rebuilt.populations["A"].incoming["image"].a, net.populations["A"].incoming["image"].a)
 
@@ -133,7 +136,7 @@ def test_hand_written_vocabulary_ops_build():
 
 @pytest.mark.parametrize("edit, match", [
     (lambda d: d["connections"][0]["op"].update(kind="conv9d"), "unknown operator kind 'conv9d'"),
-    (lambda d: d["connections"][0]["op"].update(kind="no_such_pkg.layers:Op"), "cannot import module 'no_such_pkg.layers'"),
+    (lambda d: d["connections"][0]["op"].update(kind="no_such_pkg.layers:Op"), "'no_such_pkg.layers:Op' names a module outside torch.nn"),
     (lambda d: d["connections"][0]["op"].update(kind="torch.nn:NoSuchLayer"), "has no 'NoSuchLayer'"),
     (lambda d: d["connections"][0]["op"].update(kernel=3), r"unknown arguments \['kernel'\]"),
     (lambda d: d.update(spec_version=99), "spec_version 99 was written by a newer dynode"),
