@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
@@ -32,6 +33,7 @@ from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.activations import get_activation
 from dynode.adapters import adapter as _adapter
+from dynode.integrate import require_memory
 from dynode.pipeline import build_pipeline, sums_term
 from dynode.tolerances import time_tol
 
@@ -103,34 +105,24 @@ class Population(nn.Module):
         self.incoming = nn.ModuleDict()
         self.delays: dict[str, float] = {}
         self.u_shape: tuple[int, ...] | None = shape  # shape of u; None: learnt from the first input
+        what = f"population {name!r}"
+        if isinstance(tau, Tensor):  # a float32 copy (and the checks' temporaries) where tau lives
+            require_memory(tau.numel() * (_FLOAT_BYTES + 1), tau.device, f"{what}: its tau of shape "
+                           f"{tuple(tau.shape)}", "give tau as a number, or per channel (C, 1, 1)")
+        _check_tau(tau, shape, what)
+        _check_bias(bias, what)
         if isinstance(tau, Tensor):
-            tau = tau.detach().clone().float()
-            if not bool(torch.all(tau > 0)) or not bool(torch.all(torch.isfinite(tau))):
-                raise ConfigurationError(f"population {name!r}: tau must be finite and > 0 ms")
-            try:
-                torch.broadcast_shapes(tau.shape, shape)
-            except RuntimeError:
-                raise ShapeError(f"population {name!r}: tau of shape {tuple(tau.shape)} does not "
-                                 f"broadcast to the population shape {shape}") from None
-            self.register_buffer("tau", tau)
+            self.register_buffer("tau", tau.detach().to(dtype=torch.float32, copy=True))
         else:
-            if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
-                raise ConfigurationError(f"population {name!r}: tau must be a number of ms (or a tensor of "
-                                         f"them), got {tau!r}")
-            tau = float(tau)
-            if not (tau > 0 and math.isfinite(tau)):
-                raise ConfigurationError(f"population {name!r}: tau must be finite and > 0 ms, got {tau}")
-            self.tau = tau
+            self.tau = float(tau)
         if bias is True or bias == "channel":
-            bshape = (shape[0],) + (1,) * (len(shape) - 1)
-            self.bias = nn.Parameter(torch.zeros(bshape))
+            self.bias = nn.Parameter(torch.zeros((shape[0],) + (1,) * (len(shape) - 1)))
         elif bias == "unit":
+            require_memory(math.prod(shape) * torch.get_default_dtype().itemsize, "cpu", f"{what}: its per-unit bias "
+                           f"(shape {shape})", "make the population smaller, or use bias='channel' or False")
             self.bias = nn.Parameter(torch.zeros(shape))
-        elif bias is False or bias is None:
-            self.bias = None
         else:
-            raise ConfigurationError(f"population {name!r}: bias must be False, True/'channel' or "
-                                     f"'unit', got {bias!r}")
+            self.bias = None
 
     def __setattr__(self, name: str, value) -> None:
         if name == "combine" and self.__dict__.get("_combine_locked", False):
@@ -211,6 +203,46 @@ class Network(VectorField):
         if name in self._inputs or name in self.populations:
             raise ConfigurationError(f"{name!r} is already declared in this network")
 
+    @contextmanager
+    def atomic(self) -> Iterator["Network"]:
+        """A group of building calls that all take effect, or none: when one raises, the network
+        is put back as it was (its populations, inputs, connections, combines, readout and
+        evaluation plan; the same module objects) and the error propagates. The components of
+        :mod:`dynode.models` (normalization, adaptation, E-I) build inside one::
+
+            with net.atomic():
+                net.add_population("V1_inh", shape=(8, 16, 16), tau=5.0)
+                net.connect("V1", "V1_inh", op)      # a failure here also removes V1_inh
+
+        It restores the building state only: parameter values changed inside are not undone."""
+        pops = self.populations._modules
+        saved_pops = dict(pops)
+        saved = {n: (dict(p.incoming._modules), dict(p.delays), p.combine, p.u_shape, p.role)
+                 for n, p in pops.items()}
+        inputs, connections, readout = dict(self._inputs), list(self._connections), self.readout
+        cached = {k: self.__dict__[k] for k in ("_plan", "_order", "_cyclic") if k in self.__dict__}
+        try:
+            yield self
+        except BaseException:
+            pops.clear()
+            pops.update(saved_pops)
+            for n, (incoming, delays, combine, u_shape, role) in saved.items():
+                p = pops[n]
+                p.incoming._modules.clear()
+                p.incoming._modules.update(incoming)
+                p.delays.clear()
+                p.delays.update(delays)
+                p._replace_combine(combine)
+                p.u_shape, p.role = u_shape, role
+            self._inputs.clear()
+            self._inputs.update(inputs)
+            self._connections[:] = connections
+            self.readout = readout
+            for k in ("_plan", "_order", "_cyclic"):
+                self.__dict__.pop(k, None)
+            self.__dict__.update(cached)
+            raise
+
     def add_input(self, name: str, shape: Sequence[int]) -> "Network":
         """Declare a stimulus input of per-sample ``shape`` (batch excluded)."""
         self._check_new_name(name)
@@ -236,21 +268,33 @@ class Network(VectorField):
         The stages after the combine are ``Phi`` (``populations[name].phi``).
         """
         self._check_new_name(name)
-        shape = _shape(shape, f"population {name!r}")
-        if combine is not None and not callable(combine):
-            raise ConfigurationError(f"population {name!r}: combine must be an nn.Module")
+        what = f"population {name!r}"
+        shape = _shape(shape, what)
+        if combine is not None and not isinstance(combine, nn.Module):
+            raise ConfigurationError(f"{what}: combine must be an nn.Module (a dynode.pipeline.Combine), "
+                                     f"got {type(combine).__name__}")
         if pipeline is not None:
             if phi is not None or combine is not None or phi_params:
-                raise ConfigurationError(f"population {name!r}: give either pipeline=[...] or "
-                                         "phi/combine, not both (put the activation in the pipeline)")
-            combine, phi_module = build_pipeline(pipeline, f"population {name!r}")
+                given = [k for k, v in (("phi", phi), ("combine", combine)) if v is not None] + sorted(phi_params)
+                raise ConfigurationError(f"{what}: give either pipeline=[...] or phi/combine/activation "
+                                         f"parameters, not both (got {given} with the pipeline; put the "
+                                         "activation and its parameters in the pipeline)")
+            combine, phi_module = build_pipeline(pipeline, what)
         else:
-            phi_module = get_activation("relu" if phi is None else phi, **phi_params)
-            out = _output_shape(phi_module, shape, f"population {name!r}: phi")
+            try:
+                phi_module = get_activation("relu" if phi is None else phi, **phi_params)
+            except ConfigurationError as exc:
+                raise type(exc)(f"{what}: {exc}") from None
+            out = _output_shape(phi_module, shape, f"{what}: phi")
             if out != shape:  # r = Phi(u) must keep the population's shape (it would be broadcast)
-                raise ShapeError(f"population {name!r}: phi maps shape {shape} to {out}; Phi acts per "
+                raise ShapeError(f"{what}: phi maps shape {shape} to {out}; Phi acts per "
                                  "unit and must keep the population's shape (to pool or reshape, give "
                                  "pipeline=[..., the module] and the population's new shape)")
+        first = phi_module[0] if isinstance(phi_module, nn.Sequential) and len(phi_module) else phi_module
+        if getattr(first, "inplace", False) is True:
+            raise ConfigurationError(f"{what}: Phi's first stage {first} works in place: it would overwrite "
+                                     "u, which may be another population's state or a stimulus; build it "
+                                     "with inplace=False")
         self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
         if pipeline is not None:  # it may reshape (e.g. pool): u's shape is learnt from the first input
             pop.u_shape = None
@@ -282,12 +326,7 @@ class Network(VectorField):
         if src not in self.populations and src not in self._inputs:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): {src!r} is neither a population nor "
                                      f"an input (populations: {list(self.populations)}, inputs: {list(self._inputs)})")
-        if isinstance(delay, bool) or not (isinstance(delay, numbers.Real)
-                                           or (isinstance(delay, torch.Tensor) and delay.numel() == 1)):
-            raise ConfigurationError(f"connect({src!r}, {dst!r}): delay must be a number of ms, got {delay!r}")
-        delay = float(delay)
-        if not (delay >= 0 and math.isfinite(delay)):
-            raise ConfigurationError(f"connect({src!r}, {dst!r}): delay must be finite and >= 0 ms, got {delay}")
+        delay = _check_delay(delay, f"connect({src!r}, {dst!r})")
         pop = self.populations[dst]
         if src in pop.incoming:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "
@@ -571,6 +610,58 @@ def _reads_initial(history, delay: float) -> bool:
     return pos <= delay + time_tol(delay)
 
 
+_FLOAT_BYTES = 4  # a population's tau and bias are float32 when built
+
+
+def _check_tau(tau, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a ``tau`` that a population of ``shape`` cannot have: a number (not a bool) or a real
+    tensor, finite and > 0 ms, broadcasting to ``shape``, not requiring a gradient (tau is a fixed
+    buffer: it is not learnt). ``what`` names the population in the message."""
+    if isinstance(tau, Tensor):
+        if tau.is_meta or tau.dtype == torch.bool or tau.is_complex():
+            raise ConfigurationError(f"{what}: tau must be a real tensor of ms with values, got "
+                                     f"{tau.dtype} on {tau.device}")
+        if tau.requires_grad:
+            raise ConfigurationError(f"{what}: tau requires a gradient, but a population's tau is a fixed "
+                                     "buffer (it is not learnt); pass tau.detach()")
+        try:
+            torch.broadcast_shapes(tau.shape, shape)
+        except RuntimeError:
+            raise ShapeError(f"{what}: tau of shape {tuple(tau.shape)} does not broadcast to the "
+                             f"population shape {shape}") from None
+        if tau.numel() == 0 or not bool(torch.all(tau > 0)) or not bool(torch.all(torch.isfinite(tau))):
+            raise ConfigurationError(f"{what}: tau must be finite and > 0 ms (every entry)")
+        return
+    if isinstance(tau, bool) or not isinstance(tau, numbers.Real):
+        raise ConfigurationError(f"{what}: tau must be a number of ms (or a tensor of them), got {tau!r}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ConfigurationError(f"{what}: tau must be finite and > 0 ms, got {tau}")
+
+
+def _check_bias(bias, what: str) -> None:
+    if not (bias is None or isinstance(bias, bool) or (isinstance(bias, str) and bias in ("channel", "unit"))):
+        raise ConfigurationError(f"{what}: bias must be False, True/'channel' or 'unit', got {bias!r}")
+
+
+def _check_delay(delay, what: str) -> float:
+    """``delay`` as a float of ms: a number (or one-element tensor), finite and >= 0."""
+    if isinstance(delay, bool) or not (isinstance(delay, numbers.Real)
+                                       or (isinstance(delay, Tensor) and delay.numel() == 1
+                                           and not delay.is_meta)):
+        raise ConfigurationError(f"{what}: delay must be a number of ms, got {delay!r}")
+    delay = float(delay)
+    if not (delay >= 0 and math.isfinite(delay)):
+        raise ConfigurationError(f"{what}: delay must be finite and >= 0 ms, got {delay}")
+    return delay
+
+
+def _check_flag(value, what: str) -> bool:
+    """A bool option (a string such as ``"False"`` would be true): refused unless a bool."""
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{what} must be True or False, got {value!r}")
+    return value
+
+
 def _shape(shape, what: str) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
@@ -597,14 +688,26 @@ def _output_shape(op: nn.Module, in_shape: tuple[int, ...], what: str) -> tuple[
 
 
 def _trial_shape(module: nn.Module, inputs, what: str, given: str) -> tuple[int, ...]:
-    """Per-sample shape of ``module(inputs(new))`` for one sample: on the meta device (no FLOPs)
-    when the module allows it, else on zeros of its parameters' device and dtype."""
+    """Per-sample shape of ``module(inputs(new))`` for one sample: on the meta device (no FLOPs, no
+    memory) when the module allows it, else on zeros of its parameters' device and dtype, once
+    :func:`~dynode.integrate.require_memory` has seen that those zeros (and as much again for the
+    output) fit."""
+    numel = []
+
+    def meta(shape):
+        numel.append(math.prod(shape))
+        return torch.empty(shape, device="meta")
+
     try:
         with torch.no_grad():
-            out = module(inputs(lambda shape: torch.empty(shape, device="meta")))
+            out = module(inputs(meta))
     except (NotImplementedError, RuntimeError, TypeError) as meta_error:
         p = next(module.parameters(), None)
         kw = dict(device=p.device, dtype=p.dtype) if p is not None and p.is_floating_point() else {}
+        itemsize = kw.get("dtype", torch.get_default_dtype()).itemsize
+        require_memory(2 * sum(numel) * itemsize, kw.get("device", "cpu"),
+                       f"{what}: trying it on zeros of {given} (it does not run on the meta device)",
+                       "make the population smaller, or make the module run on meta tensors")
         try:
             with torch.no_grad():
                 out = module(inputs(lambda shape: torch.zeros(shape, **kw)))

@@ -27,7 +27,7 @@ from __future__ import annotations
 from torch import nn
 
 from dynode.errors import ConfigurationError
-from dynode.models.normalization import Divide, Subtract, _check_area, add_pool_population
+from dynode.models.normalization import Divide, Subtract, _check_area, _component_name, add_pool_population
 
 __all__ = ["ADAPTATION_KINDS", "add_adaptation"]
 
@@ -40,18 +40,24 @@ def add_adaptation(net, area: str, *, kind: str = "subtractive", tau: float = 15
     """Add slow adaptation of ``kind`` (``"subtractive"`` or ``"divisive"``, see the module doc)
     to population ``area`` of ``net``: a population ``name`` (default ``f"{area}_adapt"``) with
     time constant ``tau`` ms driven by ``w r_area(t - delay)`` (pooled by ``pool``), and the
-    area's combine wrapped so that ``u = D - a`` or ``u = D / (1 + a)``. Returns ``name``."""
+    area's combine wrapped so that ``u = D - a`` or ``u = D / (1 + a)``. Returns ``name``.
+    Every argument is checked before the network changes, and a failure after that leaves it
+    as it was (:meth:`Network.atomic`)."""
     pop = _check_area(net, area, "add_adaptation", "adaptation of the rates cannot act on u")
+    what = f"add_adaptation({area!r})"
     if kind not in ADAPTATION_KINDS:
-        raise ConfigurationError(f"add_adaptation({area!r}): unknown kind {kind!r}; known: "
-                                 f"{', '.join(ADAPTATION_KINDS)}")
-    name = name or f"{area}_adapt"
-    add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight, magnitude=kind == "divisive", role="adaptation")
+        raise ConfigurationError(f"{what}: unknown kind {kind!r}; known: {', '.join(ADAPTATION_KINDS)}")
+    name = _component_name(net, area, name, "adapt", what)
     if kind == "subtractive":
         combine = Subtract(name, inner=pop.combine, kind="subtractive adaptation")
     else:
         combine = Divide(name, 1.0, learn_sigma=False, inner=pop.combine, kind="divisive adaptation")
-    net.set_combine(area, combine)
-    net.connect(name, area, nn.Identity())
+    with net.atomic():  # add_pool_population checks its arguments before it adds anything
+        try:
+            add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
+                                learn_weight=learn_weight, magnitude=kind == "divisive", role="adaptation")
+        except ConfigurationError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
+        net.set_combine(area, combine)
+        net.connect(name, area, nn.Identity())
     return name

@@ -33,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynode.activations import get_activation
 from dynode.errors import ConfigurationError
-from dynode.models.normalization import _check_area
+from dynode.integrate import require_memory
+from dynode.models.normalization import _check_area, _component_name
+from dynode.network import _check_delay, _check_flag, _check_tau
 
 __all__ = ["SignedConv", "add_inhibition", "signed_recurrence", "dale_signs"]
 
@@ -49,16 +52,26 @@ class SignedConv(nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel_size: int | None = 3, *, sign: int = 1,
                  groups: int = 1, gain: float = 0.5):
         super().__init__()
-        if sign not in (1, -1):
+        if isinstance(sign, bool) or sign not in (1, -1):
             raise ConfigurationError(f"SignedConv sign must be +1 or -1, got {sign!r}")
-        if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
-            raise ConfigurationError(f"SignedConv kernel_size must be odd and >= 1, got {kernel_size}")
+        for key, v in (("c_in", c_in), ("c_out", c_out), ("groups", groups)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigurationError(f"SignedConv {key} must be an int >= 1, got {v!r}")
+        if kernel_size is not None and (isinstance(kernel_size, bool) or not isinstance(kernel_size, int)
+                                        or kernel_size < 1 or kernel_size % 2 == 0):
+            raise ConfigurationError(f"SignedConv kernel_size must be an odd int >= 1 (or None: linear), "
+                                     f"got {kernel_size!r}")
         if c_in % groups or c_out % groups:
             raise ConfigurationError(f"SignedConv: groups={groups} must divide {c_in} and {c_out}")
+        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (gain > 0 and math.isfinite(gain)):
+            raise ConfigurationError(f"SignedConv gain must be finite and > 0 (|V| at 0 gets no gradient), "
+                                     f"got {gain!r}")
         self.c_in, self.c_out, self.kernel_size, self.sign, self.groups = c_in, c_out, kernel_size, sign, groups
         k = kernel_size or 1
         shape = (c_out, c_in // groups, k, k) if kernel_size is not None else (c_out, c_in)
         fan_in = (c_in // groups) * k * k
+        require_memory(math.prod(shape) * torch.get_default_dtype().itemsize, "cpu",
+                       f"SignedConv {c_in} -> {c_out} (weight {shape})", "use fewer channels")
         w = torch.empty(shape)
         with torch.no_grad():  # |N(0, 1)| scaled to mean gain / fan_in: every row sums to ~gain
             w.normal_().abs_().mul_(float(gain) / (fan_in * math.sqrt(2 / math.pi)))
@@ -80,12 +93,17 @@ class SignedConv(nn.Module):
         return f"{self.c_in} -> {self.c_out}, {k}, groups={self.groups}, {kind}"
 
 
-def _kernel(shape: tuple[int, ...], kernel_size: int, what: str) -> int | None:
+def _kernel(shape: tuple[int, ...], kernel_size: int | None, what: str) -> int | None:
+    """The operators' kernel: ``kernel_size`` (default 3) for ``(C, H, W)`` populations, ``None``
+    (a linear map) for flat ones, which take no kernel_size."""
     if len(shape) == 1:
+        if kernel_size is not None:
+            raise ConfigurationError(f"{what}: a flat population {shape} is joined by linear maps; "
+                                     f"kernel_size={kernel_size!r} does not apply (leave it out)")
         return None
     if len(shape) != 3:
         raise ConfigurationError(f"{what}: E/I operators join (C, H, W) or flat (F,) populations, got {shape}")
-    return kernel_size
+    return 3 if kernel_size is None else kernel_size
 
 
 def signed_recurrence(type: str, channels: int, kernel_size: int = 3, *, sign: int = 1,
@@ -106,34 +124,51 @@ def signed_recurrence(type: str, channels: int, kernel_size: int = 3, *, sign: i
 
 
 def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float = 0.25,
-                   tau: float | None = None, kernel_size: int = 3, delay_ei: float = 0.0,
+                   tau: float | None = None, kernel_size: int | None = None, delay_ei: float = 0.0,
                    delay_ie: float = 0.0, inhibitory_recurrence: bool = True, delay_ii: float = 0.0,
                    gain: float = 0.5, phi: str | nn.Module = "relu", name: str | None = None) -> str:
     """Add an inhibitory population ``name`` (default ``f"{area}_inh"``) to ``area`` (see the
     module doc): ``channels`` (default ``ratio`` times the area's, at least 1) at the area's
     resolution, time constant ``tau`` (default the area's), ``E -> I`` (delay ``delay_ei``),
     ``I -> E`` (``delay_ie``) and, with ``inhibitory_recurrence``, ``I -> I`` (``delay_ii``),
-    all through :class:`SignedConv` of ``kernel_size`` with Dale's signs. Returns ``name``."""
+    all through :class:`SignedConv` of ``kernel_size`` (default 3; flat populations: linear
+    maps, no kernel_size) with Dale's signs. Returns ``name``.
+
+    Every argument is checked (and every operator built) before the network changes, and a
+    failure after that leaves it as it was (:meth:`Network.atomic`)."""
     pop = _check_area(net, area, "add_inhibition", "inhibition from the rates cannot enter u")
     what = f"add_inhibition({area!r})"
     shape = pop.shape
     k = _kernel(shape, kernel_size, what)
     if channels is None:
-        if not (0 < ratio and math.isfinite(ratio)):
-            raise ConfigurationError(f"{what}: ratio (inhibitory / excitatory channels) must be > 0, got {ratio}")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio and math.isfinite(ratio)):
+            raise ConfigurationError(f"{what}: ratio (inhibitory / excitatory channels) must be finite and > 0, "
+                                     f"got {ratio!r}")
         channels = max(1, int(round(shape[0] * ratio)))
-    channels = int(channels)
-    if channels < 1:
-        raise ConfigurationError(f"{what}: channels must be >= 1, got {channels}")
+    elif isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ConfigurationError(f"{what}: channels must be an int >= 1, got {channels!r}")
     tau = pop.tau_min() if tau is None else tau
-    name = name or f"{area}_inh"
-    net.add_population(name, shape=(channels, *shape[1:]), tau=tau, phi=phi)
-    net.populations[name].role = "inhibitory"
-    c = shape[0]
-    net.connect(area, name, SignedConv(c, channels, k, sign=1, gain=gain), delay=delay_ei)
-    net.connect(name, area, SignedConv(channels, c, k, sign=-1, gain=gain), delay=delay_ie)
-    if inhibitory_recurrence:
-        net.connect(name, name, SignedConv(channels, channels, k, sign=-1, gain=gain), delay=delay_ii)
+    name = _component_name(net, area, name, "inh", what)
+    i_shape = (channels, *shape[1:])
+    try:
+        _check_tau(tau, i_shape, f"the inhibitory population {name!r}")
+        delays = {key: _check_delay(d, key) for key, d in
+                  (("delay_ei", delay_ei), ("delay_ie", delay_ie), ("delay_ii", delay_ii))}
+        _check_flag(inhibitory_recurrence, "inhibitory_recurrence")
+        phi = get_activation(phi)
+        c = shape[0]
+        ei = SignedConv(c, channels, k, sign=1, gain=gain)
+        ie = SignedConv(channels, c, k, sign=-1, gain=gain)
+        ii = SignedConv(channels, channels, k, sign=-1, gain=gain) if inhibitory_recurrence else None
+    except ConfigurationError as exc:
+        raise type(exc)(f"{what}: {exc}") from None
+    with net.atomic():
+        net.add_population(name, shape=i_shape, tau=tau, phi=phi)
+        net.populations[name].role = "inhibitory"
+        net.connect(area, name, ei, delay=delays["delay_ei"])
+        net.connect(name, area, ie, delay=delays["delay_ie"])
+        if ii is not None:
+            net.connect(name, name, ii, delay=delays["delay_ii"])
     return name
 
 

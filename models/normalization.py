@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
+from dynode.network import _check_delay, _check_flag, _check_tau
 from dynode.pipeline import Combine, sums_term
 
 __all__ = ["POOLS", "Pool", "Divide", "Subtract", "pool_shape", "add_normalization", "modulators"]
@@ -249,17 +250,37 @@ def _check_area(net, area: str, what: str, acts_on_u: str):
     return pop
 
 
+def _component_name(net, area: str, name: str | None, suffix: str, what: str) -> str:
+    """The new population's name (default ``f"{area}_{suffix}"``), refused before anything is
+    added when it is not an identifier or already declared."""
+    name = f"{area}_{suffix}" if name is None else name
+    try:
+        net._check_new_name(name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{what}: {exc}; pass name= another name") from None
+    return name
+
+
 def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, pool: str,
                         weight: float, learn_weight: bool, magnitude: bool = True,
                         role: str = "normalization", neighborhood: int | None = None) -> None:
     """Add the population ``tau_g dg/dt = -g + P |r_area(t - delay)|`` (``magnitude=False``:
     ``P r_area``) of shape :func:`pool_shape` and its connection from ``area``; its ``role``
-    marks it as auxiliary (``net.areas()`` leaves it out)."""
-    pop = net.populations[area]
-    net.add_population(name, shape=pool_shape(pop.shape, pool), tau=tau, phi="identity")
-    net.populations[name].role = role
-    net.connect(area, name, Pool(pop.shape, pool, weight, learn_weight, magnitude, neighborhood),
-                delay=delay)
+    marks it as auxiliary (``net.areas()`` leaves it out). Every argument is checked before the
+    network changes, and a failure after that leaves it as it was (:meth:`Network.atomic`)."""
+    what = f"pool population {name!r} of {area!r}"
+    if area not in net.populations:
+        raise ConfigurationError(f"{what}: no such population {area!r} (populations: {list(net.populations)})")
+    net._check_new_name(name)
+    shape = net.populations[area].shape
+    op = Pool(shape, pool, weight, _check_flag(learn_weight, f"{what}: learn_weight"),
+              _check_flag(magnitude, f"{what}: magnitude"), neighborhood)
+    _check_tau(tau, op.out_shape, what)
+    delay = _check_delay(delay, what)
+    with net.atomic():
+        net.add_population(name, shape=op.out_shape, tau=tau, phi="identity")
+        net.populations[name].role = role
+        net.connect(area, name, op, delay=delay)
 
 
 def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, pool: str = "channel",
@@ -275,12 +296,25 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
     replaced by ``u = D / (sigma + g)`` (wrapping the area's own combine, if any, as ``D``).
     Returns the pool population's name. Call it after the area's other connections or before;
     connections added later join ``D``.
+
+    Every argument is checked before the network changes (a :class:`ConfigurationError` naming
+    it), and a failure after that leaves the network as it was (:meth:`Network.atomic`), so
+    the corrected call then succeeds.
     """
+    what = f"add_normalization({area!r})"
     pop = _check_area(net, area, "add_normalization", "the pool of the rates cannot divide u -- "
                       "normalise inside the pipeline instead")
-    name = name or f"{area}_norm"
-    add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
-                        learn_weight=learn_weight, neighborhood=neighborhood)
-    net.set_combine(area, Divide(name, sigma, learn_sigma=learn_sigma, inner=pop.combine))
-    net.connect(name, area, nn.Identity())
+    name = _component_name(net, area, name, "norm", what)
+    try:
+        divide = Divide(name, sigma, learn_sigma=_check_flag(learn_sigma, "learn_sigma"), inner=pop.combine)
+        Pool(pop.shape, pool, weight, _check_flag(learn_weight, "learn_weight"), True, neighborhood)
+        _check_tau(tau, pool_shape(pop.shape, pool), "the pool population")
+        _check_delay(delay, "the pool's input")
+    except ConfigurationError as exc:
+        raise type(exc)(f"{what}: {exc}") from None
+    with net.atomic():
+        add_pool_population(net, area, name, tau=tau, delay=delay, pool=pool, weight=weight,
+                            learn_weight=learn_weight, neighborhood=neighborhood)
+        net.set_combine(area, divide)
+        net.connect(name, area, nn.Identity())
     return name
