@@ -73,6 +73,7 @@ from dynode.models.normalization import Divide, Pool, Subtract
 from dynode.models.readout import Readout
 from dynode.models.recurrence import LocalRecurrence, SelfRecurrence, SumOf, recurrence
 from dynode.models.retina import Retina
+from dynode.integrate import require_memory
 from dynode.network import Network
 from dynode.pipeline import Combine
 
@@ -641,7 +642,25 @@ def build_network(spec: ModelSpec | Mapping, *, trust_code: bool = False):
     spec = ModelSpec.from_data(spec)
     with trusting(trust_code or spec.trusted):
         check_imports(spec)
+        _check_memory(spec)
         return _build(spec)
+
+
+def _check_memory(spec: ModelSpec) -> None:
+    """Refuse a spec whose parameters and buffers do not fit in the memory available on the
+    default device, counted on a build on the meta device (no allocation) before the real one."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        try:
+            sized = _build(spec)
+        except (NotImplementedError, RuntimeError):  # a module that cannot be built on meta: no estimate
+            return
+    tensors = [*sized.parameters(), *sized.buffers()]
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    require_memory(nbytes, torch.get_default_device(),
+                   f"the network of this spec ({sum(t.numel() for t in tensors):,} weights, biases, time "
+                   "constants and buffers)",
+                   "check the population shapes and operator sizes in the spec (a per-unit bias or tau and "
+                   "a dense linear layer grow with the number of units)")
 
 
 def check_imports(spec: ModelSpec) -> None:

@@ -323,3 +323,17 @@ def test_no_import_path_outside_the_vocabulary_is_called_without_trust(module, a
         build_network(d)
     outside = {m for m in set(sys.modules) - before if not m.startswith(("torch", "dynode"))}
     assert not outside, f"building imported {outside}"
+
+
+def test_a_spec_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    d = {"inputs": {"x": [4]}, "populations": [{"name": "A", "shape": [200000], "tau": 5.0, "phi": {"kind": "relu"}}],
+         "connections": [{"src": "A", "dst": "A", "delay": 1.0,
+                          "op": {"kind": "linear", "in_features": 200000, "out_features": 200000}}]}
+    start = time.perf_counter()
+    with pytest.raises(ConfigurationError, match=r"the network of this spec \(40,000,200,000 weights.* needs 149 GiB "
+                                                 r"but .* GiB are available on cpu; check the population shapes"):
+        build_network(d)
+    assert time.perf_counter() - start < 5.0  # counted on the meta device, nothing allocated
+    monkeypatch.setattr(sys.modules["dynode.integrate"], "available_memory", lambda device: 1000)  # a small machine
+    with pytest.raises(ConfigurationError, match=r"needs \S+ GiB but \S+ GiB are available on cpu"):
+        build_network(spec_dict())
