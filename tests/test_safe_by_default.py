@@ -334,6 +334,6 @@ def test_a_spec_too_large_for_memory_is_refused_before_allocating(monkeypatch):
                                                  r"but .* GiB are available on cpu; check the population shapes"):
         build_network(d)
     assert time.perf_counter() - start < 5.0  # counted on the meta device, nothing allocated
-    monkeypatch.setattr(sys.modules["dynode.integrate"], "available_memory", lambda device: 1000)  # a small machine
+    monkeypatch.setattr(sys.modules["dynode.integrate"], "available_memory", lambda device: 100)  # a machine with 100 bytes free (the conv has 152)
     with pytest.raises(ConfigurationError, match=r"needs \S+ GiB but \S+ GiB are available on cpu"):
         build_network(spec_dict())
