@@ -28,17 +28,36 @@ it computed, cuts the arrays to it and sets ``status = "failed: <reason>"``. Met
 consolidated once, when the run ends.
 
 Lease: while it writes, the run holds the root attribute ``writer = {pid, host, boot_id,
-pid_start, started, heartbeat}`` (``heartbeat``: Unix time in s), refreshed with every
-commit and at least every :data:`HEARTBEAT_S` seconds, and removed when the run ends
-(complete, failed or interrupted). :func:`repair_archive` and ``simulate(overwrite=True)``
-refuse an archive whose writer is live (:class:`~dynode.errors.ArchiveLockedError`). A lease
-is broken automatically when its writer is provably gone (same host and boot, no such
-process, or the pid now belongs to another process), and by ``repair_archive(path,
-force=True)`` when its heartbeat is older than :data:`LEASE_TIMEOUT_S`.
+pid_start, token, started, heartbeat}`` (``heartbeat``: Unix time in s, by the writer's
+clock), refreshed with every commit and at least every :data:`HEARTBEAT_S` seconds, and
+removed when the run ends (complete, failed or interrupted). :func:`repair_archive` and
+``simulate(overwrite=True)`` refuse an archive whose lease may be live
+(:class:`~dynode.errors.ArchiveLockedError`, saying why); :func:`open_archive` reads it and
+says in its warning who writes it. A lease is
 
-Integrity: every array carries a crc32c checksum codec (a corrupted chunk raises on read);
-:func:`open_archive` checks that every chunk of the committed steps exists, and
-:func:`verify_archive` also reads and checksums them all.
+* **dead** when its writer is provably gone: same host and a reboot since, no such process,
+  a zombie, the pid now belongs to a process started later, or it is this process and none
+  of its writers holds it. It is broken automatically, whatever its heartbeat says;
+* **stale** when its heartbeat is older than :data:`LEASE_TIMEOUT_S` (a writer killed on
+  another host, or suspended);
+* **untrustworthy** when it is malformed (not an object with an int ``pid``, a host name
+  and a ``heartbeat``; optional fields of the wrong type) or its heartbeat is not a finite,
+  non-negative number or lies more than :data:`CLOCK_SKEW_S` in the future (the writer's
+  clock disagrees with this one, so the lease's age cannot be measured). Such a lease never
+  ages into staleness, so it counts as stale at once;
+* live otherwise: refused, even with ``force=True``.
+
+To clear a lease (after making sure no run writes the archive):
+``dynode.archive.repair_archive(path, force=True)`` breaks a stale or untrustworthy lease,
+and cuts the arrays to the committed steps; nothing else in the store changes.
+
+Integrity: every array carries a crc32c checksum codec (a corrupted chunk raises on read).
+:func:`open_archive` checks the store against what its root attributes declare (a group
+for every population in ``populations`` with the arrays it must hold, no undeclared group,
+the stimulus and condition arrays of the ``config``) and that every chunk of the committed
+steps exists; :func:`verify_archive` also reads and checksums them all. A lazy read of a
+tree from :func:`open_archive` that hits a damaged chunk raises
+:class:`~dynode.errors.ArchiveCorruptError` naming the population, variable and steps.
 """
 
 from __future__ import annotations
@@ -46,6 +65,7 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import math
 import os
 import shutil
 import socket
@@ -59,6 +79,7 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from xarray.backends.common import BackendArray
 
 from dynode.errors import (ArchiveCorruptError, ArchiveError, ArchiveLockedError,
                            ConfigurationError, DynodeError)
@@ -67,7 +88,7 @@ __all__ = [
     "ARCHIVE_FORMAT", "IncompleteArchiveWarning", "Layout", "GroupSpec", "Block",
     "ZarrArchiveWriter", "MemoryArchiveWriter", "open_archive", "archive_config", "repair_archive",
     "verify_archive", "VerifyReport", "Damage", "LeaseState", "lease_state", "HEARTBEAT_S",
-    "LEASE_TIMEOUT_S",
+    "LEASE_TIMEOUT_S", "CLOCK_SKEW_S",
     "select_conditions", "time_window", "population_time_course", "population_time_courses", "to_brainscore",
 ]
 
@@ -92,6 +113,7 @@ COMPRESSIONS = ("lz4", "zstd", None)
 LEASE_ATTR = "writer"  # root attribute holding the live writer's lease
 HEARTBEAT_S = 30.0  # a live writer refreshes its lease at least this often (s)
 LEASE_TIMEOUT_S = 300.0  # a lease whose heartbeat is older is stale: force=True may break it
+CLOCK_SKEW_S = 60.0  # a heartbeat further in the future than this is not trusted (clock skew)
 
 
 class IncompleteArchiveWarning(UserWarning):
@@ -257,40 +279,75 @@ def new_lease() -> dict:
 
 @dataclass(frozen=True)
 class LeaseState:
-    """A writer's lease as seen now: ``age`` (s since its heartbeat) and ``dead`` (the writer
-    is provably gone: same host, and a reboot since, no such process, a zombie, the pid now
-    belongs to a process started later, or it is this process and none of its writers holds
-    the lease any more)."""
+    """A writer's lease as seen now (the rules are in the module docstring).
 
-    pid: int
-    host: str
-    age: float
+    ``pid`` / ``host``: the writer, None where the lease does not say (malformed); ``age``: s
+    since its heartbeat, None when the heartbeat cannot be trusted; ``dead``: the writer is
+    provably gone (same host, and a reboot since, no such process, a zombie, the pid now
+    belongs to a process started later, or it is this process and none of its writers holds
+    the lease any more); ``problem``: why the lease cannot be trusted (malformed, or a
+    heartbeat that is not a time or lies in the future), None for a sound lease.
+    """
+
+    pid: int | None
+    host: str | None
+    age: float | None
     dead: bool
+    problem: str | None = None
 
     @property
     def stale(self) -> bool:
-        return self.age > LEASE_TIMEOUT_S
+        """Old (no heartbeat for :data:`LEASE_TIMEOUT_S`) or untrustworthy: ``force=True``
+        breaks it."""
+        return self.problem is not None or self.age > LEASE_TIMEOUT_S
 
     def describe(self) -> str:
-        return f"pid {self.pid} on host {self.host!r} (heartbeat {self.age:.0f} s ago)"
+        who = f"pid {self.pid} on host {self.host!r}" if self.pid is not None else "an unknown writer"
+        if self.problem is not None:
+            return f"{who} (its lease cannot be trusted: {self.problem})"
+        return f"{who} (heartbeat {self.age:.0f} s ago)"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def lease_state(attrs: Mapping) -> LeaseState | None:
-    """The lease in an archive's root ``attrs``, or None when no writer holds it."""
+    """The lease in an archive's root ``attrs``, or None when no writer holds it. Never
+    raises: a malformed lease comes back ``stale``, with its ``problem`` said."""
     lease = attrs.get(LEASE_ATTR)
     if lease is None:
         return None
-    try:
-        pid, host, beat = int(lease["pid"]), str(lease["host"]), float(lease["heartbeat"])
-    except (TypeError, KeyError, ValueError):
-        raise ArchiveError(f"the archive's {LEASE_ATTR!r} attribute is malformed ({lease!r}); it "
-                           "should hold pid, host and heartbeat") from None
+    if not isinstance(lease, Mapping):
+        return LeaseState(None, None, None, False, f"it is {_short(lease)}, not an object with pid, "
+                                                   "host and heartbeat")
+    missing = [k for k in ("pid", "host", "heartbeat") if k not in lease]
+    pid, host, beat = lease.get("pid"), lease.get("host"), lease.get("heartbeat")
+    if missing:
+        return LeaseState(None, None, None, False, f"it lacks {', '.join(map(repr, missing))}")
+    if not (_is_int(pid) and 0 < pid < 2 ** 31):
+        return LeaseState(None, None, None, False, f"its pid {_short(pid)} is not a process id")
+    if not (isinstance(host, str) and host):
+        return LeaseState(None, None, None, False, f"its host {_short(host)} is not a host name")
+    problem = None
+    if not (isinstance(beat, (int, float)) and not isinstance(beat, bool)):
+        problem = f"heartbeat {_short(beat)} is not a Unix time"
+    elif not (math.isfinite(beat := _as_float(beat)) and beat >= 0):
+        problem = f"heartbeat {beat!r} is not a Unix time"
+    elif beat > time.time() + CLOCK_SKEW_S:
+        problem = (f"heartbeat {beat - time.time():.0f} s in the future: the writer's clock and "
+                   "this one disagree")
+    for key, kinds in (("boot_id", str), ("pid_start", int), ("token", str)):
+        value = lease.get(key)
+        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            problem = problem or f"{key} {_short(value)} is not a {kinds.__name__}"
     dead = False
     if host == socket.gethostname() and pid == os.getpid():
-        dead = lease.get("token") not in _HELD
+        token = lease.get("token")
+        dead = not isinstance(token, str) or token not in _HELD
     elif host == socket.gethostname():
         boot = lease.get("boot_id")
-        if boot is not None and _boot_id() is not None and boot != _boot_id():
+        if isinstance(boot, str) and _boot_id() is not None and boot != _boot_id():
             dead = True  # the machine rebooted since
         else:
             try:
@@ -302,16 +359,38 @@ def lease_state(attrs: Mapping) -> LeaseState | None:
             stat = None if dead else _proc_stat(pid)
             if stat is not None:
                 start = lease.get("pid_start")
-                dead = stat[0] == "Z" or (start is not None and stat[1] != int(start))
-    return LeaseState(pid, host, max(0.0, time.time() - beat), dead)
+                dead = stat[0] == "Z" or (_is_int(start) and stat[1] != start)
+    age = None if problem is not None else max(0.0, time.time() - beat)
+    return LeaseState(pid, host, age, dead, problem)
+
+
+def _as_float(x: int | float) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond any float
+        return math.inf
+
+
+def _short(value) -> str:
+    """``repr(value)`` cut to 60 characters, and its type."""
+    text = repr(value)
+    return f"{text[:57] + '...' if len(text) > 60 else text} ({type(value).__name__})"
 
 
 def _check_lease(path: Path, attrs: Mapping, *, doing: str, force: bool = False) -> None:
-    """Raise :class:`ArchiveLockedError` if a live writer holds the archive. A provably dead
-    writer's lease is ignored; ``force`` also ignores a stale one."""
+    """Raise :class:`ArchiveLockedError` if a writer may hold the archive. A provably dead
+    writer's lease is ignored; ``force`` also ignores a stale or untrustworthy one."""
     st = lease_state(attrs)
     if st is None or st.dead or (force and st.stale):
         return
+    if st.problem is not None:
+        what = (f"its {LEASE_ATTR!r} attribute is malformed" if st.pid is None else
+                f"the lease of pid {st.pid} on host {st.host!r} cannot be trusted")
+        raise ArchiveLockedError(f"archive {str(path)!r}: {what} ({st.problem}); refusing to {doing} "
+                                 "it: dynode cannot tell whether a run still writes it: make sure none "
+                                 "does, then break the lease with "
+                                 "dynode.archive.repair_archive(path, force=True)",
+                                 pid=st.pid, host=st.host, heartbeat_age=st.age)
     if st.stale:
         hint = (f"its heartbeat is older than {LEASE_TIMEOUT_S:g} s, so that run may be gone "
                 "(killed on another host, or suspended): if so, break the lease with "
@@ -459,7 +538,8 @@ class ZarrArchiveWriter:
                                                      dtype=g.dtype) for g in lay.groups},
                       np.zeros((0, lay.batch, len(lay.inputs)), dtype=lay.stimulus_dtype))
         self._lease = new_lease()
-        attrs = dict(lay.attrs, status="incomplete", steps_written=0, **{LEASE_ATTR: self._lease})
+        attrs = {"populations": [g.name for g in lay.groups], **lay.attrs, "status": "incomplete",
+                 "steps_written": 0, LEASE_ATTR: self._lease}  # verify_archive checks the groups
         dsets = block_datasets(Layout(**{**lay.__dict__, "attrs": attrs}), empty)
         k, n = self.chunk_steps, len(self.times)
         with _zarr_config():
@@ -601,7 +681,7 @@ def _root_meta(path: Path) -> dict:
             if not (tmp / "zarr.json").is_file():
                 continue
             st = lease_state(_root_meta(tmp).get("attributes", {}))
-            if st is not None and not st.dead:
+            if st is not None and not st.dead and st.problem is None:
                 raise ArchiveLockedError(f"archive {str(path)!r} is being created by {st.describe()}; "
                                          "open it again once the run has written its first block",
                                          pid=st.pid, host=st.host, heartbeat_age=st.age)
@@ -635,7 +715,8 @@ def _archive_attrs(path: Path) -> dict:
 class Damage:
     """Damaged data: ``group`` (``"/"`` or a population), ``variable``, the time indices
     ``steps = (first, last)`` and times ``times = (first, last)`` in ms (both ends included;
-    None for an array without a time axis), and ``reason``."""
+    None for an array without a time axis), and ``reason``. ``variable`` is ``""`` when the
+    damage is a whole group (missing, or not declared) or, in ``"/"``, a root attribute."""
 
     group: str
     variable: str
@@ -644,7 +725,10 @@ class Damage:
     reason: str
 
     def __str__(self) -> str:
-        where = self.variable if self.group == "/" else f"{self.group}/{self.variable}"
+        if not self.variable:  # the group itself, or (for "/") the root attributes
+            where = "root attributes" if self.group == "/" else f"group {self.group!r}"
+        else:
+            where = self.variable if self.group == "/" else f"{self.group}/{self.variable}"
         if self.steps is None:
             return f"{where}: {self.reason}"
         span = "" if self.times is None else f", t = {self.times[0]:g}..{self.times[1]:g} ms"
@@ -678,42 +762,29 @@ class VerifyReport:
         return "\n  ".join([head + f"; {len(self.damaged)} damaged:"] + [str(d) for d in self.damaged])
 
 
-def _scan(path: Path, steps_written: int, *, read: bool) -> VerifyReport:
-    """Check every chunk of the committed steps (and every chunk of the other arrays)."""
-    import zarr
+def _chunk_faults(arr, folder: Path, grid, *, read: bool) -> list[tuple[tuple[int, ...], str]]:
+    """The chunks of the zarr array ``arr`` (stored under ``folder``) among ``grid`` (chunk
+    coordinates) whose file is missing or, when ``read``, that do not decode or fail their
+    checksum; with the reason."""
+    faults = []
+    for coords in grid:
+        if not (folder / arr.metadata.encode_chunk_key(coords)).is_file():
+            faults.append((coords, "chunk file missing"))
+            continue
+        if read:
+            try:
+                arr.get_block_selection(coords)
+            except Exception as exc:  # reported as damage, with its cause
+                faults.append((coords, "checksum mismatch" if "checksum" in str(exc).lower()
+                               else f"does not decode ({type(exc).__name__}: {exc})"[:200]))
+    return faults
 
-    root = zarr.open_group(path, mode="r", use_consolidated=False)
-    try:
-        times = np.asarray(root["time"][:], dtype=np.float64)
-    except Exception:  # the time axis itself is damaged: it is reported below, without times
-        times = None
-    found: list[tuple[str, str, int | None, str]] = []  # (group, variable, chunk index, reason)
-    steps_of: dict[tuple[str, str], int] = {}
-    chunks, checksummed = 0, True
-    for gname, node in [("/", root)] + sorted(root.groups(), key=lambda kv: kv[0]):
-        folder = path if gname == "/" else path / gname
-        for vname, arr in sorted(node.arrays(), key=lambda kv: kv[0]):
-            checksummed &= any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs)
-            dims = arr.metadata.dimension_names or ()
-            timed = bool(dims) and dims[0] == "time" and vname != "time"
-            shape = list(arr.shape)
-            if timed:
-                shape[0] = min(shape[0], steps_written)
-                steps_of[gname, vname] = arr.chunks[0]
-            grid = [range(-(-s // c)) for s, c in zip(shape, arr.chunks)]
-            for coords in itertools.product(*grid):
-                chunks += 1
-                index = coords[0] if timed else None
-                if not (folder / vname / arr.metadata.encode_chunk_key(coords)).is_file():
-                    found.append((gname, vname, index, "chunk file missing"))
-                    continue
-                if read:
-                    try:
-                        arr.get_block_selection(coords)
-                    except Exception as exc:  # reported as damage, with its cause
-                        why = ("checksum mismatch" if "checksum" in str(exc).lower()
-                               else f"does not decode ({type(exc).__name__})")
-                        found.append((gname, vname, index, why))
+
+def _damages(found, steps_of: Mapping[tuple[str, str], int], steps: int,
+             times: np.ndarray | None) -> list[Damage]:
+    """``found``: (group, variable, time-chunk index or None, reason), sorted by group and
+    variable; consecutive time chunks with one reason become one :class:`Damage` (the steps
+    they hold below ``steps``)."""
     damaged = []
     for (gname, vname, reason), items in itertools.groupby(found, key=lambda f: (f[0], f[1], f[3])):
         idx = [i for _, _, i, _ in items]
@@ -723,10 +794,94 @@ def _scan(path: Path, steps_written: int, *, read: bool) -> VerifyReport:
         k = steps_of[gname, vname]
         runs = [list(g) for _, g in itertools.groupby(idx, key=lambda i, c=itertools.count(): i - next(c))]
         for run in runs:
-            first, last = run[0] * k, min((run[-1] + 1) * k, steps_written) - 1
-            span = None if times is None or last >= len(times) else (float(times[first]),
-                                                                      float(times[last]))
-            damaged.append(Damage(gname, vname, (first, last), span, reason))
+            first, last = run[0] * k, min((run[-1] + 1) * k, steps) - 1
+            damaged.append(Damage(gname, vname, (first, last), _span(times, first, last), reason))
+    return damaged
+
+
+def _span(times: np.ndarray | None, first: int, last: int) -> tuple[float, float] | None:
+    return None if times is None or last >= len(times) else (float(times[first]), float(times[last]))
+
+
+def _declared(attrs: Mapping) -> tuple[list[str] | None, list[str], bool, list[Damage]]:
+    """What the root attributes declare: the populations (None when not said), the stimulus
+    conditions, whether there are stimulus inputs; and the attributes that are malformed."""
+    bad = []
+    pops = attrs.get("populations")
+    if isinstance(pops, str):
+        try:
+            pops = json.loads(pops)
+        except json.JSONDecodeError:
+            pass  # reported below
+    if pops is not None and not (isinstance(pops, list) and all(isinstance(p, str) for p in pops)):
+        bad.append(Damage("/", "", None, None, f"the root attribute 'populations' is {_short(pops)}, "
+                                               "not a list of population names"))
+        pops = None
+    conditions, inputs = [], False
+    if "config" in attrs:
+        try:
+            stim = json.loads(attrs["config"]).get("stimulus") or {}
+            conditions, inputs = [str(c) for c in stim.get("conditions", [])], bool(stim.get("inputs"))
+        except (TypeError, AttributeError, json.JSONDecodeError) as exc:
+            bad.append(Damage("/", "", None, None, "the root attribute 'config' is not the run's "
+                                                   f"configuration as JSON ({type(exc).__name__})"))
+    return pops, conditions, inputs, bad
+
+
+def _scan(path: Path, attrs: Mapping, *, read: bool) -> VerifyReport:
+    """Check the store against what the root ``attrs`` declare (every population's group and
+    the arrays it must hold, and no other group), and every chunk of the committed steps (and
+    of the arrays without a time axis)."""
+    import zarr
+
+    steps_written = int(attrs.get("steps_written", 0))
+    root = zarr.open_group(path, mode="r", use_consolidated=False)
+    try:
+        times = np.asarray(root["time"][:], dtype=np.float64)
+    except Exception:  # the time axis itself is damaged: it is reported below, without times
+        times = None
+    pops, conditions, inputs, damaged = _declared(attrs)
+    groups = dict(sorted(root.groups(), key=lambda kv: kv[0]))
+    if pops is not None:
+        for name in pops:
+            if name not in groups:
+                damaged.append(Damage(name, "", None, None, "population group missing from the store "
+                                      "(the root attribute 'populations' lists it)"))
+        for name in groups:
+            if name not in pops:
+                damaged.append(Damage(name, "", None, None, "group not declared: the root attribute "
+                                      f"'populations' lists only {pops}"))
+    found: list[tuple[str, str, int | None, str]] = []  # (group, variable, chunk index, reason)
+    steps_of: dict[tuple[str, str], int] = {}
+    chunks, checksummed = 0, True
+    for gname, node in [("/", root)] + list(groups.items()):
+        folder = path if gname == "/" else path / gname
+        arrays = dict(sorted(node.arrays(), key=lambda kv: kv[0]))
+        want = {"time", "sample", *conditions}
+        if gname == "/":
+            want |= {"input", "stimulus"} if inputs else set()
+        elif pops is None or gname in pops:
+            want |= {"rate", *(d for d in (arrays["rate"].metadata.dimension_names or ())
+                                if d is not None)} if "rate" in arrays else {"rate"}
+        damaged += [Damage(gname, v, None, None, "array missing from the store (the archive's "
+                           "attributes declare it)") for v in sorted(want - set(arrays))]
+        for vname, arr in arrays.items():
+            checksummed &= any(type(c).__name__ == "Crc32cCodec" for c in arr.metadata.codecs)
+            dims = arr.metadata.dimension_names or ()
+            timed = bool(dims) and dims[0] == "time" and vname != "time"
+            shape = list(arr.shape)
+            if timed:
+                if shape[0] < steps_written:
+                    damaged.append(Damage(gname, vname, (shape[0], steps_written - 1),
+                                          _span(times, shape[0], steps_written - 1),
+                                          f"the array ends after {shape[0]} steps"))
+                shape[0] = min(shape[0], steps_written)
+                steps_of[gname, vname] = arr.chunks[0]
+            grid = list(itertools.product(*[range(-(-s // c)) for s, c in zip(shape, arr.chunks)]))
+            chunks += len(grid)
+            found += [(gname, vname, coords[0] if timed else None, why)
+                      for coords, why in _chunk_faults(arr, folder / vname, grid, read=read)]
+    damaged += _damages(found, steps_of, steps_written, times)
     return VerifyReport(str(path), steps_written, chunks, read, checksummed, tuple(damaged))
 
 
@@ -739,10 +894,97 @@ def verify_archive(path) -> VerifyReport:
     decode or fails its checksum). Only committed steps (``steps_written``) are checked.
     """
     path = Path(path)
-    report = _scan(path, int(_archive_attrs(path).get("steps_written", 0)), read=True)
+    report = _scan(path, _archive_attrs(path), read=True)
     if not report.ok:
         raise ArchiveCorruptError(str(report), report=report)
     return report
+
+
+class _CheckedArray(BackendArray):
+    """A lazily read array of an archive (xarray's zarr wrapper inside). A read that fails on
+    a damaged chunk raises :class:`~dynode.errors.ArchiveCorruptError` naming the group,
+    variable and steps (found by checking the chunks that the read touched); every other
+    error passes unchanged. A read that succeeds costs one extra call."""
+
+    __slots__ = ("_inner", "_path", "_group", "_name", "shape", "dtype")
+
+    def __init__(self, inner, path: Path, group: str, name: str):
+        self._inner, self._path, self._group, self._name = inner, path, group, name
+        self.shape, self.dtype = inner.shape, inner.dtype
+
+    def get_array(self):
+        return self._inner.get_array()
+
+    def __getitem__(self, key):
+        try:
+            return self._inner[key]
+        except Exception as exc:
+            err = self._corruption(key)
+            if err is None:
+                raise
+            raise err from exc
+
+    async def async_getitem(self, key):
+        try:
+            return await self._inner.async_getitem(key)
+        except Exception as exc:
+            err = self._corruption(key)
+            if err is None:
+                raise
+            raise err from exc
+
+    def _corruption(self, key) -> ArchiveCorruptError | None:
+        """The error to raise when a chunk that ``key`` touches is damaged, else None."""
+        arr = self._inner.get_array()
+        parts = tuple(getattr(key, "tuple", ()))
+        parts += (slice(None),) * (len(arr.shape) - len(parts))
+        touched = []
+        for part, size, chunk in zip(parts, arr.shape, arr.chunks):
+            idx = np.arange(size)[part] if isinstance(part, slice) else np.asarray(part).ravel() % size
+            touched.append(sorted(set((idx // chunk).tolist())))
+        folder = self._path / ("" if self._group == "/" else self._group) / self._name
+        grid = list(itertools.product(*touched))
+        # a missing chunk reads as the fill value without an error: only what failed is named
+        faults = [f for f in _chunk_faults(arr, folder, grid, read=True) if f[1] != "chunk file missing"]
+        if not faults:
+            return None
+        dims = arr.metadata.dimension_names or ()
+        timed = bool(dims) and dims[0] == "time"
+        try:
+            import zarr
+
+            times = np.asarray(zarr.open_array(self._path / "time", mode="r")[:], dtype=np.float64)
+        except Exception:  # the time axis is damaged too: the steps are named without times
+            times = None
+        found = [(self._group, self._name, coords[0] if timed else None, why) for coords, why in faults]
+        report = VerifyReport(str(self._path), arr.shape[0] if timed else 0, len(grid), True, True,
+                              tuple(_damages(found, {(self._group, self._name): arr.chunks[0]},
+                                             arr.shape[0] if timed else 0, times)))
+        return ArchiveCorruptError(
+            f"archive {str(self._path)!r}: reading "
+            f"{self._name if self._group == '/' else f'{self._name} of population {self._group!r}'} "
+            "hit damaged data on disk:\n  " + "\n  ".join(map(str, report.damaged)) + "\nThose steps cannot be "
+            "repaired in place: re-run the simulation (dynode.archive.archive_config(tree) is its "
+            "configuration) or read around them (tree.isel(time=...)); "
+            "dynode.archive.verify_archive(path) lists every damaged chunk of the archive, and "
+            "open_archive(path, verify=True) checks them all before use", report=report)
+
+
+def _check_reads(tree: xr.DataTree, path: Path) -> None:
+    """Put a :class:`_CheckedArray` under every lazily read variable of ``tree`` (xarray's
+    lazy arrays hold the backend array in ``.array``; views made later share it)."""
+    from xarray.backends.zarr import ZarrArrayWrapper
+    from xarray.core.indexing import ExplicitlyIndexed
+
+    for node in tree.subtree:
+        group = node.path.strip("/") or "/"
+        for name, var in node.to_dataset(inherit=False).variables.items():
+            holder = var._data
+            while isinstance(holder, ExplicitlyIndexed) and hasattr(holder, "array"):
+                if isinstance(holder.array, ZarrArrayWrapper):
+                    holder.array = _CheckedArray(holder.array, path, group, str(name))
+                    break
+                holder = holder.array
 
 
 def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTree:
@@ -760,8 +1002,13 @@ def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTre
     meta = _root_meta(path)
     attrs = _archive_attrs(path)
     lease = lease_state(attrs)
-    live = lease is not None and not lease.dead
+    live = lease is not None and not lease.dead and lease.problem is None
+    untrusted = lease is not None and not lease.dead and lease.problem is not None
     consolidated = bool(meta.get("consolidated_metadata"))
+    report = _scan(path, attrs, read=verify)  # before xarray reads the (consolidated) metadata
+    if not report.ok:
+        raise ArchiveCorruptError(str(report) + "\n(plain xarray.open_datatree(path, engine='zarr') "
+                                  "may open it anyway: missing chunks read as NaN)", report=report)
     try:
         tree = xr.open_datatree(path, engine="zarr", consolidated=consolidated)
     except ValueError as exc:
@@ -772,19 +1019,22 @@ def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTre
                                      pid=lease.pid, host=lease.host, heartbeat_age=lease.age) from exc
         if attrs.get("status") == "complete":
             raise
+        how = ("dynode.archive.repair_archive(path, force=True) (its 'writer' lease cannot be "
+               f"trusted: {lease.problem})" if untrusted else "dynode.archive.repair_archive(path)")
         raise ArchiveError(f"the incomplete archive {str(path)!r} does not open ({exc}); the run was "
-                           "killed while cutting its arrays after a failure: "
-                           "dynode.archive.repair_archive(path) cuts every array back to the last "
-                           "committed block") from exc
+                           f"killed while cutting its arrays after a failure: {how} cuts every "
+                           "array back to the last committed block") from exc
+    _check_reads(tree, path)
     status = tree.attrs.get("status", "unknown")
-    n = int(tree.attrs.get("steps_written", tree.sizes.get("time", 0)))
-    report = _scan(path, min(n, int(attrs.get("steps_written", 0))), read=verify)
-    if not report.ok:
-        raise ArchiveCorruptError(str(report) + "\n(plain xarray.open_datatree(path, engine='zarr') "
-                                  "opens it anyway: missing chunks read as NaN)", report=report)
+    n = int(attrs.get("steps_written", tree.sizes.get("time", 0)))
     if status != "complete":
         if live:
             who = f"being written by {lease.describe()}; it holds {n} committed time steps so far"
+        elif untrusted:
+            who = (f"its {LEASE_ATTR!r} lease cannot be trusted ({lease.problem}), so whether a run "
+                   f"still writes it is unknown; it holds {n} committed time steps (if no run "
+                   "does, dynode.archive.repair_archive(path, force=True) breaks the lease and "
+                   "cuts the arrays on disk to them)")
         elif lease is not None:
             who = (f"its writer, {lease.describe()}, is gone; it holds {n} committed time steps "
                    "(dynode.archive.repair_archive(path) cuts the arrays on disk to them)")
@@ -805,7 +1055,9 @@ def repair_archive(path, *, force: bool = False) -> int:
     Refuses a store that dynode did not write, and an archive that a live run is writing
     (:class:`~dynode.errors.ArchiveLockedError`). The lease of a writer that is provably gone
     (same host, process ended) is broken automatically; ``force=True`` also breaks a stale
-    one (heartbeat older than :data:`LEASE_TIMEOUT_S` s: a writer killed on another host).
+    one (heartbeat older than :data:`LEASE_TIMEOUT_S` s: a writer killed on another host) and
+    an untrustworthy one (malformed, or a heartbeat that is not a time or lies in the future:
+    see the module docstring). This is the way to clear a ``writer`` lease.
     """
     import zarr
 
