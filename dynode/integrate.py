@@ -17,6 +17,7 @@ from dynode.errors import ConfigurationError
 from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution
 from dynode.solver import get_solver
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["integrate", "available_memory", "require_memory"]
 
@@ -60,9 +61,11 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         stage derivatives (2-8 states per step), so it is off by default; for known times
         ``save_at`` costs nothing extra. Not with ``checkpoint`` nor the torchdiffeq/torchode
         adapters.
-    memory_limit : bytes the kept trajectory may take (default: the memory available on the
-        states' device). A run whose saved states alone need more is refused before the first
-        step, with the remedies; ``math.inf`` runs anyway.
+    memory_limit : bytes the run may take (default: the memory available on the states'
+        device). Two lower bounds are checked against it, each with its remedies: the working
+        state (the batch's state, the solver's stage buffers and a fixed-step delay history),
+        before ``init_state`` allocates it; and the kept trajectory (the saved states), before
+        the first step. ``math.inf`` runs anyway.
 
     Returns
     -------
@@ -74,10 +77,15 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     if dt is not None and not (math.isfinite(dt) and dt > 0):  # before an adaptive solver evaluates
         raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
                                  f"first step of an adaptive one), got {dt}")
+    solver = get_solver(solver)
+
+    def check_state(batch: int, device: torch.device, dtype: torch.dtype) -> None:
+        _check_state(field, solver, dt, batch, device, dtype, memory_limit)
+
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
-                           check_every=check_every, checkpoint=checkpoint, dense=dense)
-    solver = get_solver(solver)
+                           check_every=check_every, checkpoint=checkpoint, dense=dense,
+                           check_state=check_state)
     _check_memory(problem, dt, solver.grid, memory_limit)
     if problem.tail is not None and not solver.continues:
         raise ConfigurationError(f"continuing a solution with its delayed history is implemented for the "
@@ -136,8 +144,52 @@ def require_memory(nbytes: int, device, what: str, remedy: str, memory_limit: fl
     if budget is None or nbytes <= budget:
         return
     source = " (the memory_limit given)" if memory_limit is not None else ""
-    raise ConfigurationError(f"{what} needs {nbytes / _GIB:.3g} GiB but {budget / _GIB:.3g} GiB are available "
+    raise ConfigurationError(f"{what} needs {_gib(nbytes)} GiB but {_gib(budget)} GiB are available "
                              f"on {device}{source}; {remedy}")
+
+
+def _gib(nbytes: float) -> str:
+    """Bytes as GiB for a message: 3 significant digits, whole GiB from 100 on (no exponent)."""
+    x = nbytes / _GIB
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def _stage_count(solver) -> int:
+    """The stage derivatives a Runge-Kutta step holds at once (a fixed-step solver's ``c``, an
+    adaptive one's ``tableau.c``; 1 for a solver that declares neither)."""
+    return len(getattr(getattr(solver, "tableau", solver), "c", (0.0,)))
+
+
+def _check_state(field, solver, dt: float | None, batch: int, device: torch.device, dtype: torch.dtype,
+                 memory_limit: float | None) -> None:
+    """Refuse, before ``init_state`` allocates it, a batch whose working state would not fit.
+
+    Counted (a lower bound): the state, one state per solver stage, and for a
+    fixed-step solver on a delayed field the ring of ``K = ceil(max_delay / dt)`` past states
+    (and ``K + 1`` derivatives where its stages read between grid points). The per-sample size
+    comes from ``init_state(1)`` on the meta device: no memory is allocated."""
+    if memory_limit == math.inf:
+        return
+    sample = field.init_state(1, device="meta", dtype=dtype)
+    if not isinstance(sample, dict):
+        return  # make_problem refuses it with its own message
+    per_sample = sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
+    stages = _stage_count(solver)
+    copies, history, remedy = 1 + stages, "", ""
+    max_delay = float(field.max_delay())
+    if solver.grid and dt is not None and max_delay > 0:
+        k = math.ceil(max_delay / dt - TIME_RTOL)
+        derivatives = bool(getattr(solver, "needs_derivatives", False))
+        copies += k + (k + 1 if derivatives else 0)
+        history = (f", {k} past states{' and their derivatives' if derivatives else ''} of the delay "
+                   f"history (max_delay {max_delay:g} ms / dt {dt:g} ms)")
+        remedy = "a larger dt (the history keeps max_delay / dt past states), "
+    require_memory(batch * per_sample * copies, device,
+                   f"the working state of batch {batch} ({per_sample / 1024 ** 2:.3g} MiB per sample, "
+                   f"{copies} copies: the state, {stages} stage(s) of "
+                   f"{type(solver).__name__}{history}; a lower bound)",
+                   f"use a smaller batch (fewer samples in the stimulus, or batch_size=), {remedy}"
+                   "a device with more memory, or pass memory_limit=math.inf to try anyway", memory_limit)
 
 
 def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | None) -> None:

@@ -216,7 +216,11 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
 
 
 def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
-                 max_abs, check_every, checkpoint: int | bool | None = None, dense: bool = False) -> Problem:
+                 max_abs, check_every, checkpoint: int | bool | None = None, dense: bool = False,
+                 check_state: Callable[[int, torch.device, torch.dtype], None] | None = None) -> Problem:
+    """The validated :class:`Problem`. ``check_state(batch, device, dtype)``, if given, runs once
+    the batch, device and dtype are known and before ``field.init_state`` allocates the state
+    (e.g. :func:`dynode.integrate`'s memory check)."""
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
@@ -263,6 +267,8 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
         batch = next((v.shape[0] for n, v in batched.items()
                       if n in default and tuple(v.shape) != tuple(default[n].shape[1:])), None)
     b = batch if batch is not None else 1
+    if check_state is not None:
+        check_state(b, device, dtype)
     y0 = field.init_state(b, device=device, dtype=dtype)
     if not isinstance(y0, Mapping) or not y0:
         raise ConfigurationError(f"{type(field).__name__}.init_state must return a non-empty dict "
