@@ -10,19 +10,24 @@ carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image`
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dynode.errors import BaselineDriftWarning, ConfigurationError
+from dynode.archive import prepare_path
+from dynode.errors import BaselineDriftWarning, ConfigurationError, ShapeError
+from dynode.field import VectorField
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 from dynode.integrate import integrate
 from dynode.network import Network
+from dynode.solver import Solver, get_solver
 from dynode.stimuli import Constant
 from dynode.stimuli import groen2022
 from dynode.stimuli import present
@@ -31,6 +36,120 @@ from dynode.tolerances import TIME_RTOL
 __all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
 
 GROEN_KINDS = ("contrast", "duration", "repetition")
+BACKGROUNDS = ("mean", "blank", "grey", "gray")  # the named screens of dynode.stimuli.resolve_background
+_SETTLE_WINDOW = 100.0  # ms: settle's default window, as groen2022_experiments uses it
+_MAX_STEPS = 10 ** 7  # steps in a settling window or an epoch (dt = 1e-5 ms for 100 ms: a mistake)
+
+
+# -- argument checks: every public function refuses bad arguments before the first evaluation --------
+def _number(who: str, name: str, value, *, zero: bool = False, unit: str = " of ms") -> float:
+    """``value`` as a float: a real number (not a bool), finite and > 0 (>= 0 with ``zero``);
+    else a :class:`ConfigurationError` naming ``who``'s argument and the accepted range."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype.is_floating_point:
+        value = value.item()
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not (value >= 0 if zero else value > 0)):
+        rule = f"a finite number >= 0{unit}" if zero else f"a positive number{unit} (finite, > 0)"
+        raise ConfigurationError(f"{who}: {name} must be {rule}, got {value!r}")
+    return float(value)
+
+
+def _whole_steps(who: str, name: str, span: float, dt: float) -> None:
+    """``span`` (ms) is a whole number of steps of ``dt``, at most :data:`_MAX_STEPS` of them
+    (their save times are listed before the run)."""
+    n = round(span / dt)
+    if n < 1 or abs(n * dt - span) > TIME_RTOL * span:
+        raise ConfigurationError(f"{who}: {name}={span:g} ms is not a whole number of steps of dt={dt:g} ms; "
+                                 "choose a dt that divides it")
+    if n > _MAX_STEPS:
+        raise ConfigurationError(f"{who}: {name}={span:g} ms is {n:.3g} steps of dt={dt:g} ms, more than "
+                                 f"{_MAX_STEPS:.0e}; choose dt >= {span / _MAX_STEPS:g} ms")
+
+
+def _check_field(who: str, network) -> None:
+    if not isinstance(network, VectorField):
+        raise ConfigurationError(f"{who}: network must be a dynode.VectorField (e.g. a dn.Network), got "
+                                 f"{type(network).__name__}")
+
+
+def _check_stimulus_value(who: str, network, background) -> None:
+    """``background`` held constant by :func:`settle`: a tensor (one input) or ``{input: tensor}``
+    whose shapes fit a :class:`Network`'s inputs (``(batch, *shape)`` or ``shape``)."""
+    if not isinstance(background, (Tensor, Mapping)):
+        raise ConfigurationError(f"{who}: background must be a tensor (batch, *input_shape) or a dict "
+                                 f"{{input: tensor}}, got {type(background).__name__}")
+    if not isinstance(network, Network):
+        return  # a custom field declares no input shapes: integrate checks what it can
+    shapes = network.input_shapes()
+    values = dict(background) if isinstance(background, Mapping) else (
+        {next(iter(shapes)): background} if len(shapes) == 1 else {})
+    for name, v in values.items():
+        shape = shapes.get(name)
+        if shape is not None and isinstance(v, Tensor) and tuple(shape) not in (tuple(v.shape), tuple(v.shape[1:])):
+            raise ShapeError(f"{who}: background has shape {tuple(v.shape)} for the input {name!r}; expected "
+                             f"(batch, *{tuple(shape)}) or {tuple(shape)}")
+
+
+def _check_images(who: str, network, images) -> None:
+    """``images`` ``(N, *shape)``, N >= 1, real-valued, fitting a :class:`Network`'s one input."""
+    if not isinstance(images, Tensor) or images.dim() < 2 or images.shape[0] < 1 or images.dtype.is_complex \
+            or images.dtype == torch.bool:
+        got = f"shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise ConfigurationError(f"{who}: images must be a real tensor (N, *shape) with N >= 1, e.g. (N, C, H, W), "
+                                 f"got {got}")
+    if isinstance(network, Network):
+        shapes = network.input_shapes()
+        if len(shapes) != 1:
+            raise ConfigurationError(f"{who}: the images feed the network's one input, but it has the inputs "
+                                     f"{list(shapes)}")
+        (name, shape), = shapes.items()
+        if tuple(images.shape[1:]) != tuple(shape):
+            raise ShapeError(f"{who}: images have shape {tuple(images.shape)}; the network's input {name!r} "
+                             f"takes (N, *{tuple(shape)})")
+
+
+def _check_image_background(who: str, images: Tensor, background) -> None:
+    """The screen around ``images``: one of :data:`BACKGROUNDS`, a finite number, or a finite
+    tensor that broadcasts to one image's shape."""
+    sample = (1, *images.shape[1:])
+    accepted = (f"one of {list(BACKGROUNDS)}, a finite number, or a tensor that broadcasts to one image "
+                f"{tuple(images.shape[1:])} (e.g. (), ({images.shape[1]}, 1, 1) or {tuple(images.shape[1:])})")
+    if isinstance(background, str):
+        if background not in BACKGROUNDS:
+            raise ConfigurationError(f"{who}: background must be {accepted}, got {background!r}")
+    elif isinstance(background, Tensor):
+        try:
+            fits = tuple(torch.broadcast_shapes(background.shape, sample)) == sample
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ShapeError(f"{who}: background has shape {tuple(background.shape)}, expected {accepted}")
+        if background.dtype.is_complex or not bool(torch.isfinite(background).all()):
+            raise ConfigurationError(f"{who}: background has NaN, inf or complex values; give {accepted}")
+    elif isinstance(background, bool) or not isinstance(background, numbers.Real) or not math.isfinite(background):
+        raise ConfigurationError(f"{who}: background must be {accepted}, got {background!r}")
+
+
+def _check_flag(who: str, name: str, value, *, none: bool = False) -> None:
+    if not (isinstance(value, bool) or (none and value is None)):
+        raise ConfigurationError(f"{who}: {name} must be True or False{' or None' if none else ''}, got {value!r}")
+
+
+def _check_settle(who: str, network, background, *, dt, solver, window, max_time, rtol, atol
+                  ) -> tuple[float, Solver, float, float, float, float]:
+    """:func:`settle`'s arguments, checked before anything runs: ``(dt, solver, window,
+    max_time, rtol, atol)`` as used."""
+    _check_field(who, network)
+    dt = _number(who, "dt", dt)
+    window, max_time = _number(who, "window", window), _number(who, "max_time", max_time)
+    if window > max_time:
+        raise ConfigurationError(f"{who}: max_time={max_time:g} ms is shorter than one window of {window:g} ms; "
+                                 "raise max_time or shorten the window")
+    rtol = _number(who, "rtol", rtol, zero=True, unit=" (relative drift per window)")
+    atol = _number(who, "atol", atol, unit=" (the absolute drift floor, e.g. 1e-6)")
+    _whole_steps(who, "window", window, dt)  # the drift is read on the grid i * dt
+    _check_stimulus_value(who, network, background)
+    return dt, get_solver(solver), window, max_time, rtol, atol
 
 
 @dataclass(frozen=True)
@@ -70,15 +189,19 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
     baseline recorded from it is flat, whatever the network's slow loops.
 
     ``background``: a stimulus value (tensor or ``{input: tensor}``, batch first) held constant.
+
+    Every argument is checked before the first evaluation (a :class:`ConfigurationError`, or a
+    :class:`~dynode.errors.ShapeError` for a background that does not fit the network's input,
+    naming the argument and what it accepts): ``dt``, ``window`` and ``max_time`` finite > 0 ms
+    with ``window`` a whole number of steps and ``window <= max_time``; ``rtol`` finite >= 0;
+    ``atol`` finite > 0; a known solver.
     """
 
-    for name, v in (("window", window), ("max_time", max_time)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ConfigurationError(f"settle: {name} must be a positive number of ms, got {v!r}")
+    dt, solver, window, max_time, rtol, atol = _check_settle(
+        "settle", network, background, dt=dt, solver=solver, window=window, max_time=max_time, rtol=rtol,
+        atol=atol)
     stim = Constant(background)
     n_steps = round(window / dt)
-    if abs(n_steps * dt - window) > TIME_RTOL * window:
-        raise ConfigurationError(f"settle: window={window} ms is not a whole number of steps of dt={dt} ms")
     saves = [i * dt for i in range(n_steps + 1)]
     previous, t, steady = None, 0.0, False
     drift, level = {}, {}
@@ -146,28 +269,61 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
 
     ``record`` defaults to the population mean; unless it names populations, a
     :class:`~dynode.Network`'s areas are recorded (``net.areas()``: not the normalization pools,
-    adaptation or inhibitory populations that components add)."""
+    adaptation or inhibitory populations that components add).
 
+    Every argument is checked before anything runs or is written (``out_dir`` is created with
+    the first archive): the images against the network's input, the ``background`` (one of
+    :data:`BACKGROUNDS`, a number, or a tensor that broadcasts to one image; else a
+    :class:`~dynode.errors.ShapeError` / :class:`ConfigurationError` with the shape given and
+    the shapes accepted), ``kinds``, ``dt`` (finite > 0; a fixed-step solver's dt divides the
+    epoch and the settling window), ``onset`` and ``settle_max`` (finite > 0 ms), the record
+    against the network, and every archive path (an existing one needs ``overwrite=True``)."""
+
+    who = "groen2022_experiments"
+    _check_field(who, network)
+    if record is not None and not isinstance(record, Record):
+        raise ConfigurationError(f"{who}: record must be a dynode.Record or None, got {type(record).__name__}")
     record = record if record is not None else Record(reduce="mean")
     if record.populations is None and isinstance(network, Network):
         record = replace(record, populations=list(network.areas()))
-
+    if isinstance(kinds, (str, bytes)) or not isinstance(kinds, Sequence) or not kinds:
+        raise ConfigurationError(f"{who}: kinds must be a non-empty list of experiments from {list(GROEN_KINDS)}, "
+                                 f"e.g. kinds=['contrast'], got {kinds!r}")
     unknown = [k for k in kinds if k not in GROEN_KINDS]
     if unknown:
         raise ConfigurationError(f"unknown Groen 2022 experiments {unknown}; choose from {list(GROEN_KINDS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for kind in kinds:
-        protocol = groen2022(kind, images, background=background, onset=onset)
-        path = out_dir / f"groen2022-{kind}.zarr"
+    if len(set(kinds)) != len(kinds):
+        raise ConfigurationError(f"{who}: kinds {list(kinds)} names an experiment twice (each writes one archive)")
+    dt, solver = _number(who, "dt", dt), get_solver(solver)
+    onset = _number(who, "onset", onset, unit=" of ms (the baseline before the stimulus)")
+    if settle_max is not None:
+        settle_max = _number(who, "settle_max", settle_max, unit=" of ms (or None: no settling)")
+    _check_flag(who, "overwrite", overwrite)
+    _check_flag(who, "progress", progress, none=True)
+    _check_images(who, network, images)
+    _check_image_background(who, images, background)
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise ConfigurationError(f"{who}: out_dir must be a folder path (str or pathlib.Path), got "
+                                 f"{type(out_dir).__name__}")
+    paths = {kind: prepare_path(Path(out_dir) / f"groen2022-{kind}.zarr", overwrite) for kind in kinds}
+    protocols = {kind: groen2022(kind, images, background=background, onset=onset) for kind in kinds}
+    t_end = next(iter(protocols.values())).t_end  # the same epoch for every kind
+    if solver.grid:
+        _whole_steps(who, "the epoch (onset + 1200 ms)", t_end, dt)
+    record.times(0.0, t_end, dt, solver.grid)
+    record.plan({n: tuple(v.shape[1:]) for n, v in network.init_state(1, device="meta").items()})
+    if settle_max is not None:  # settle checks the rest before its first step; these are named here
+        if settle_max < _SETTLE_WINDOW:
+            raise ConfigurationError(f"{who}: settle_max={settle_max:g} ms is shorter than one settling window "
+                                     f"({_SETTLE_WINDOW:g} ms); give settle_max >= {_SETTLE_WINDOW:g} or None")
+        _whole_steps(who, "the settling window", _SETTLE_WINDOW, dt)
+    for kind, protocol in protocols.items():
         state, extra = None, {}
         if settle_max is not None:
             settled = settle(network, protocol(0.0), dt=dt, solver=solver, max_time=settle_max)
             state, extra = settled.state, settled.attrs()
-        run_protocol(network, protocol, dt=dt, solver=solver, record=record, store=path,
+        run_protocol(network, protocol, dt=dt, solver=solver, record=record, store=paths[kind],
                      overwrite=overwrite, progress=progress, initial_state=state, attrs=extra)
-        paths[kind] = path
     return paths
 
 
@@ -184,16 +340,28 @@ def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler",
     ms, and ``final_to_peak`` their ratio (``nan`` when there is no response).
     """
 
+    who = "recovery_after_offset"
+    _check_field(who, network)
+    dt, solver = _number(who, "dt", dt), get_solver(solver)
+    onset = _number(who, "onset", onset, unit=" of ms (the rest level is read before it)")
+    duration, tail = _number(who, "duration", duration), _number(who, "tail", tail)
+    t_end = _number(who, "t_end", t_end)
     if not onset + duration + tail <= t_end:
-        raise ConfigurationError(f"recovery_after_offset: t_end={t_end} ms leaves no {tail} ms after the "
+        raise ConfigurationError(f"{who}: t_end={t_end} ms leaves no {tail} ms after the "
                                  f"offset at {onset + duration} ms")
+    if solver.grid:
+        _whole_steps(who, "t_end", t_end, dt)
+    _check_images(who, network, images)
+    _check_image_background(who, images, background)
     protocol = present(images, onset=onset, duration=duration, background=background, t_end=t_end)
-    settled = settle(network, protocol(0.0), dt=dt, solver=solver)
+    settled = settle(network, protocol(0.0), dt=dt, solver=solver)  # checks its arguments first
     every = max(1, round(10.0 / dt)) * dt
-    n = int(round(t_end / every))
+    saves = [i * every for i in range(math.floor(t_end / every + TIME_RTOL) + 1)]
+    if saves[-1] < t_end - TIME_RTOL * t_end:
+        saves.append(t_end)  # the tail always holds a save
     with torch.no_grad():
         sol = integrate(network, protocol, t_end=t_end, dt=dt, solver=solver, initial_state=settled.state,
-                        save_at=[i * every for i in range(n + 1)])
+                        save_at=saves)
     names = network.areas() if isinstance(network, Network) else tuple(sol.states)
     t = sol.ts.numpy()
     out = {}
