@@ -57,21 +57,25 @@ Everything that makes a run is in :class:`TrainingConfig`; checkpoints hold the 
 optimizer, scheduler and gradient-scaler state, the epoch, the metrics, the RNG state and
 the config, and load with ``torch.load(..., weights_only=True)``. Resuming continues the same
 run: the data order and the random streams are seeded per epoch, so 2 epochs straight and
-1 epoch + checkpoint + resume + 1 epoch give the same weights and metrics.
+1 epoch + checkpoint + resume + 1 epoch give the same weights and metrics. A trainer given the
+whole resolved config of its run (``run_config=``, as ``dynode sweep`` does for each point)
+stores it in its checkpoints, and resuming refuses a checkpoint made for any other run config
+(naming the keys that differ), not just for another training config.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -91,7 +95,8 @@ from dynode.spec import spec_record
 from dynode.stimulus import Pulse
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint", "load_weights"]
+__all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "load_checkpoint", "load_weights",
+           "canonical_json", "run_fingerprint", "config_diff"]
 
 
 
@@ -150,6 +155,31 @@ class TrainingConfig(BaseModel):
             raise ValueError(f"checkpoint must be None, True/False or a segment length >= 1 (steps), "
                              f"got {self.checkpoint}")
         return self
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    """One text per content: sorted keys, no spaces (what :func:`run_fingerprint` hashes)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def run_fingerprint(data: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of a run's resolved config (JSON data)."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``"dotted.key: old -> new"`` for every value that differs between two configs given as
+    JSON data (a key one of them lacks reads ``<unset>``)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old or k not in new:
+                out.append(f"{key}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}")
+            else:
+                out += config_diff(old[k], new[k], key)
+        return out
+    return [] if old == new else [f"{prefix or '<top>'}: {old!r} -> {new!r}"]
 
 
 @dataclass
@@ -237,16 +267,21 @@ class Trainer:
     ``log``: a JSON-lines file (one row per epoch, rewritten from the run's history when
     training starts or resumes); ``checkpoint_dir``: ``last.pt`` written after every epoch.
     ``progress``: a bar over the batches (default: when stderr is a terminal) and one line per
-    epoch on stderr (also off a terminal); ``False`` silences both.
+    epoch on stderr (also off a terminal); ``False`` silences both. ``run_config``: the whole
+    resolved config of the run this training is part of, as JSON data (``dynode sweep`` gives
+    each point's ``RunConfig`` without its ``output``); it is saved in the checkpoints, and
+    :meth:`resume` then takes only a checkpoint saved with the same one.
     """
 
     def __init__(self, network: nn.Module, config: TrainingConfig, *, log: str | Path | None = None,
-                 checkpoint_dir: str | Path | None = None, progress: bool | None = None):
+                 checkpoint_dir: str | Path | None = None, progress: bool | None = None,
+                 run_config: Mapping[str, Any] | None = None):
         readout = getattr(network, "readout", None)
         if readout is None:
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...) "
                                      "(the zoo's models have one)")
         self.config = config
+        self._run_json = None if run_config is None else canonical_json(run_config)
         proto = network.protocol if isinstance(network, Network) else RunProtocol()
         self.dt = float(config.dt if config.dt is not None else proto.dt or 0)
         self.t_end = float(config.t_end if config.t_end is not None else proto.t_end or 0)
@@ -720,6 +755,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": json.dumps(self.result.history),
             "config": self.config.model_dump_json(),
+            **({} if self._run_json is None else {"run_config": self._run_json}),
             **self._spec,  # "spec" (JSON, see dynode.spec) and "spec_error" (why there is none)
             "rng": torch.get_rng_state(),
         }
@@ -729,7 +765,10 @@ class Trainer:
         return path
 
     def resume(self, path: str | Path) -> "Trainer":
-        """Continue the run saved in ``path`` (same config required)."""
+        """Continue the run saved in ``path`` (same config required). A trainer made with
+        ``run_config`` requires the checkpoint to hold the same run config: one made for another
+        (or that records none) is a :class:`CheckpointError` naming the keys that differ, and
+        nothing is loaded."""
         ckpt = load_checkpoint(path)
         missing = [k for k in ("model", "optimizer", "epoch", "config", "history", "rng") if k not in ckpt]
         if missing:
@@ -741,6 +780,8 @@ class Trainer:
                     "(model.weights in a config)")
             raise CheckpointError(f"{path} is not a dynode training checkpoint (it lacks {missing}); resume "
                                   "from the last.pt that dynode train writes")
+        if self._run_json is not None:
+            self._check_run_config(ckpt.get("run_config"), path)
         try:
             saved = TrainingConfig.model_validate_json(ckpt["config"])
         except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
@@ -768,6 +809,27 @@ class Trainer:
         self.result = TrainResult(json.loads(ckpt["history"]))
         torch.set_rng_state(ckpt["rng"])
         return self
+
+    def _check_run_config(self, saved: Any, path) -> None:
+        """The checkpoint's run config (canonical JSON) must be this trainer's."""
+        if saved == self._run_json:
+            return
+        if saved is None:
+            raise CheckpointError(f"{path} does not record the run config it was made with (plain training or "
+                                  "an older dynode wrote it), so it cannot be shown to belong to this run; move "
+                                  "it aside to start this run afresh")
+        try:
+            old = json.loads(saved)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: its 'run_config' entry is not JSON text; move it aside to start this "
+                                  "run afresh") from None
+        diff = config_diff(old, json.loads(self._run_json))
+        if not diff:  # the same values written otherwise (1 and 1.0)
+            return
+        raise CheckpointError(f"the checkpoint {path} was made for another run config (it differs in "
+                              f"{len(diff)} value(s): {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); "
+                              "resume with the config it was made with, or move it aside to start this run "
+                              "afresh")
 
     def _param_names(self) -> list[str]:
         return [n for n, p in self.network.named_parameters() if p.requires_grad]
