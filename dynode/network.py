@@ -327,6 +327,7 @@ class Network(VectorField):
             raise ConfigurationError(f"connect({src!r}, {dst!r}): {src!r} is neither a population nor "
                                      f"an input (populations: {list(self.populations)}, inputs: {list(self._inputs)})")
         delay = _check_delay(delay, f"connect({src!r}, {dst!r})")
+        _check_flag(skip_initial, f"connect({src!r}, {dst!r}): skip_initial")
         pop = self.populations[dst]
         if src in pop.incoming:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "

@@ -68,6 +68,11 @@ class SumCombine(Combine):
         return u
 
 
+def _is_sum(stage) -> bool:
+    """Whether ``stage`` is the name ``"sum"`` (``==`` on a tensor stage would compare elements)."""
+    return isinstance(stage, str) and stage == "sum"
+
+
 def build_pipeline(stages: Sequence, what: str) -> tuple[nn.Module | None, nn.Module]:
     """Resolve a pipeline list to ``(combine, phi)``.
 
@@ -79,12 +84,12 @@ def build_pipeline(stages: Sequence, what: str) -> tuple[nn.Module | None, nn.Mo
                                  f"names), got {type(stages).__name__}")
     stages = list(stages)
     combine: nn.Module | None = None
-    if stages and (isinstance(stages[0], Combine) or stages[0] == "sum"):
+    if stages and (isinstance(stages[0], Combine) or _is_sum(stages[0])):
         first = stages.pop(0)
-        combine = None if first == "sum" or type(first) is SumCombine else first
+        combine = None if _is_sum(first) or type(first) is SumCombine else first
     post = []
     for i, stage in enumerate(stages):
-        if isinstance(stage, Combine) or stage == "sum":
+        if isinstance(stage, Combine) or _is_sum(stage):
             raise ConfigurationError(f"{what}: the combine stage {stage!r} must come first in the "
                                      "pipeline (it turns the inputs into one tensor)")
         try:

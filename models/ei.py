@@ -123,14 +123,15 @@ def signed_recurrence(type: str, channels: int, kernel_size: int = 3, *, sign: i
     return SignedConv(channels, channels, k, sign=sign, groups=groups, gain=gain)
 
 
-def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float = 0.25,
+def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float | None = None,
                    tau: float | None = None, kernel_size: int | None = None, delay_ei: float = 0.0,
-                   delay_ie: float = 0.0, inhibitory_recurrence: bool = True, delay_ii: float = 0.0,
+                   delay_ie: float = 0.0, inhibitory_recurrence: bool = True, delay_ii: float | None = None,
                    gain: float = 0.5, phi: str | nn.Module = "relu", name: str | None = None) -> str:
     """Add an inhibitory population ``name`` (default ``f"{area}_inh"``) to ``area`` (see the
-    module doc): ``channels`` (default ``ratio`` times the area's, at least 1) at the area's
-    resolution, time constant ``tau`` (default the area's), ``E -> I`` (delay ``delay_ei``),
-    ``I -> E`` (``delay_ie``) and, with ``inhibitory_recurrence``, ``I -> I`` (``delay_ii``),
+    module doc): ``channels`` (or ``ratio`` times the area's, at least 1; default ratio 0.25)
+    at the area's resolution, time constant ``tau`` (default the area's), ``E -> I`` (delay
+    ``delay_ei``), ``I -> E`` (``delay_ie``) and, with ``inhibitory_recurrence``, ``I -> I``
+    (``delay_ii``, default 0; refused without the recurrence, which would not read it),
     all through :class:`SignedConv` of ``kernel_size`` (default 3; flat populations: linear
     maps, no kernel_size) with Dale's signs. Returns ``name``.
 
@@ -140,7 +141,14 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     what = f"add_inhibition({area!r})"
     shape = pop.shape
     k = _kernel(shape, kernel_size, what)
+    if channels is not None and ratio is not None:
+        raise ConfigurationError(f"{what}: give channels or ratio, not both (channels={channels!r} would "
+                                 f"leave ratio={ratio!r} unread)")
+    if not _check_flag(inhibitory_recurrence, f"{what}: inhibitory_recurrence") and delay_ii is not None:
+        raise ConfigurationError(f"{what}: delay_ii={delay_ii!r} is the delay of the I -> I recurrence, which "
+                                 "inhibitory_recurrence=False leaves out; drop one of them")
     if channels is None:
+        ratio = 0.25 if ratio is None else ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio and math.isfinite(ratio)):
             raise ConfigurationError(f"{what}: ratio (inhibitory / excitatory channels) must be finite and > 0, "
                                      f"got {ratio!r}")
@@ -153,8 +161,8 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     try:
         _check_tau(tau, i_shape, f"the inhibitory population {name!r}")
         delays = {key: _check_delay(d, key) for key, d in
-                  (("delay_ei", delay_ei), ("delay_ie", delay_ie), ("delay_ii", delay_ii))}
-        _check_flag(inhibitory_recurrence, "inhibitory_recurrence")
+                  (("delay_ei", delay_ei), ("delay_ie", delay_ie),
+                   ("delay_ii", 0.0 if delay_ii is None else delay_ii))}
         phi = get_activation(phi)
         c = shape[0]
         ei = SignedConv(c, channels, k, sign=1, gain=gain)
