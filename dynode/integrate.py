@@ -102,10 +102,12 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors on ``device`` (CUDA: ``mem_get_info``; CPU: ``MemAvailable``
-    of /proc/meminfo), or ``None`` where it cannot be read."""
+    """Bytes free for new tensors on ``device`` (CUDA: the driver's free memory from
+    ``mem_get_info`` plus what torch's caching allocator has reserved but not allocated, which it
+    reuses; CPU: ``MemAvailable`` of /proc/meminfo), or ``None`` where it cannot be read."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as fh:

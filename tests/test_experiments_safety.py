@@ -247,3 +247,17 @@ def test_groen_runs_or_refuses_before_the_first_evaluation_and_writes_only_its_a
         assert all(k == "out" or k.startswith("out/") for k in changed), changed
         assert res["contrast"].exists()
     assert (root / "notes.txt").read_text() == "keep me"
+
+
+def test_the_free_memory_of_a_gpu_counts_what_the_caching_allocator_holds_for_reuse(monkeypatch):
+    # torch keeps freed blocks reserved; mem_get_info does not count them, the next run reuses them
+    from dynode.integrate import available_memory
+
+    gib = 1024 ** 3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 10 * gib)
+    assert available_memory(torch.device("cuda", 0)) == 21 * gib
+    require_memory(20 * gib, torch.device("cuda", 0), "a run", "do less")
+    with pytest.raises(ConfigurationError, match=r"a run needs 22 GiB but 21 GiB are available on cuda:0; do less"):
+        require_memory(22 * gib, torch.device("cuda", 0), "a run", "do less")
