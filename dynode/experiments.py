@@ -239,6 +239,9 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
     t_end = t_end if t_end is not None else getattr(protocol, "t_end", None)
     if t_end is None:
         raise ConfigurationError("the protocol has no t_end; pass t_end= (ms)")
+    if attrs is not None and not isinstance(attrs, Mapping):
+        raise ConfigurationError(f"run_protocol: attrs must be a dict of extra archive attributes or None, got "
+                                 f"{type(attrs).__name__}")
     record = record if record is not None else Record(reduce="mean")
     meta = {"experiment": getattr(protocol, "name", type(protocol).__name__),
             "onset_ms": getattr(protocol, "onset", None)}

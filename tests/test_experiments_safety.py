@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from torch import nn
 
 import dynode as dn
@@ -46,8 +46,8 @@ def test_groen_background_of_the_wrong_shape_is_refused_before_anything_runs_or_
         groen2022_experiments(net, IMAGES, tmp_path / "out", dt=5.0, kinds=["contrast"],
                               background=torch.zeros(5))
     assert op.calls == 0 and snapshot(tmp_path) == before and not (tmp_path / "out").exists()
-    # the accepted shapes run: one value, one per channel, one image
-    for i, bg in enumerate((torch.tensor(0.2), torch.full((2, 1, 1), 0.2), torch.full((1, 2, 2, 2), 0.2))):
+    # the accepted shapes run: one value per channel, one image
+    for i, bg in enumerate((torch.full((2, 1, 1), 0.2), torch.full((1, 2, 2, 2), 0.2))):
         out = tmp_path / f"ok{i}"
         paths = groen2022_experiments(net, IMAGES, out, dt=10.0, kinds=["contrast"], background=bg,
                                       settle_max=None, progress=False)
@@ -229,7 +229,7 @@ GROEN = {
 }
 
 
-@SWEEP
+@settings(SWEEP, max_examples=25)  # a good call writes an archive (~0.5 s)
 @given(one_bad(GROEN))
 def test_groen_runs_or_refuses_before_the_first_evaluation_and_writes_only_its_archives(tmp_path_factory, kwargs):
     root = tmp_path_factory.mktemp("groen")
@@ -261,3 +261,34 @@ def test_the_free_memory_of_a_gpu_counts_what_the_caching_allocator_holds_for_re
     require_memory(20 * gib, torch.device("cuda", 0), "a run", "do less")
     with pytest.raises(ConfigurationError, match=r"a run needs 22 GiB but 21 GiB are available on cuda:0; do less"):
         require_memory(22 * gib, torch.device("cuda", 0), "a run", "do less")
+
+
+def test_run_protocol_refuses_attrs_that_are_not_a_dict_before_the_first_evaluation(tmp_path):
+    net, op = tiny_net()
+    protocol = dn.stimuli.groen2022("contrast", IMAGES, background="mean")
+    with pytest.raises(ConfigurationError, match="run_protocol: attrs must be a dict"):
+        dn.experiments.run_protocol(net, protocol, dt=10.0, attrs=3, store=tmp_path / "run.zarr")
+    assert op.calls == 0 and not (tmp_path / "run.zarr").exists()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(tail=-1.0), r"recovery_after_offset: tail must be a positive number of ms"),
+    (dict(onset=NAN), r"recovery_after_offset: onset must be a positive number of ms \(the rest level"),
+    (dict(dt=0.0), r"recovery_after_offset: dt must be a positive number"),
+    (dict(t_end=612.0), r"t_end=612 ms is not a whole number of steps of dt=5 ms"),
+    (dict(background=torch.zeros(5)), r"background has shape \(5,\), expected"),
+    (dict(images=torch.rand(1, 2, 3, 3)), r"images have shape \(1, 2, 3, 3\)"),
+])
+def test_recovery_after_offset_checks_its_arguments_before_the_first_evaluation(bad, match):
+    net, op = tiny_net()
+    kwargs = dict(images=IMAGES, dt=5.0, onset=100.0, duration=100.0, t_end=615.0, tail=5.0) | bad
+    with pytest.raises(DynodeError, match=match):
+        dn.experiments.recovery_after_offset(net, **kwargs)
+    assert op.calls == 0
+
+
+def test_recovery_after_offset_reads_its_tail_when_t_end_is_between_two_saves():
+    net, _ = tiny_net()  # saves every 10 ms; t_end = 615 ms: the last 5 ms hold only t_end
+    out = dn.experiments.recovery_after_offset(net, IMAGES, dt=5.0, onset=100.0, duration=100.0, t_end=615.0,
+                                               tail=5.0)
+    assert math.isfinite(out["V1"]["final"]) and out["V1"]["peak"] > 0
