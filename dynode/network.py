@@ -118,8 +118,9 @@ class Population(nn.Module):
         if bias is True or bias == "channel":
             self.bias = nn.Parameter(torch.zeros((shape[0],) + (1,) * (len(shape) - 1)))
         elif bias == "unit":
-            require_memory(math.prod(shape) * torch.get_default_dtype().itemsize, "cpu", f"{what}: its per-unit bias "
-                           f"(shape {shape})", "make the population smaller, or use bias='channel' or False")
+            require_memory(math.prod(shape) * torch.get_default_dtype().itemsize, "cpu",
+                           f"{what}: its per-unit bias (shape {shape})",
+                           "make the population smaller, or use bias='channel' or False")
             self.bias = nn.Parameter(torch.zeros(shape))
         else:
             self.bias = None
@@ -656,6 +657,16 @@ def _check_delay(delay, what: str) -> float:
     return delay
 
 
+def _check_number(value, what: str, *, positive: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool or a string), finite and >= 0 (``positive``:
+    > 0); else a ConfigurationError ``"<what> must be ..."``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value < 0 or (positive and value == 0)):
+        raise ConfigurationError(f"{what} must be finite and {'> 0' if positive else '>= 0'} (a number), "
+                                 f"got {value!r}")
+    return float(value)
+
+
 def _check_flag(value, what: str) -> bool:
     """A bool option (a string such as ``"False"`` would be true): refused unless a bool."""
     if not isinstance(value, bool):
@@ -693,7 +704,7 @@ def _trial_shape(module: nn.Module, inputs, what: str, given: str) -> tuple[int,
     memory) when the module allows it, else on zeros of its parameters' device and dtype, once
     :func:`~dynode.integrate.require_memory` has seen that those zeros (and as much again for the
     output) fit."""
-    numel = []
+    numel: list[int] = []  # of each sample input, for the memory check of the fallback
 
     def meta(shape):
         numel.append(math.prod(shape))

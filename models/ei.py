@@ -37,7 +37,7 @@ from dynode.activations import get_activation
 from dynode.errors import ConfigurationError
 from dynode.integrate import require_memory
 from dynode.models.normalization import _check_area, _component_name
-from dynode.network import _check_delay, _check_flag, _check_tau
+from dynode.network import _check_delay, _check_flag, _check_number, _check_tau
 
 __all__ = ["SignedConv", "add_inhibition", "signed_recurrence", "dale_signs"]
 
@@ -63,9 +63,7 @@ class SignedConv(nn.Module):
                                      f"got {kernel_size!r}")
         if c_in % groups or c_out % groups:
             raise ConfigurationError(f"SignedConv: groups={groups} must divide {c_in} and {c_out}")
-        if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not (gain > 0 and math.isfinite(gain)):
-            raise ConfigurationError(f"SignedConv gain must be finite and > 0 (|V| at 0 gets no gradient), "
-                                     f"got {gain!r}")
+        gain = _check_number(gain, "SignedConv gain")
         self.c_in, self.c_out, self.kernel_size, self.sign, self.groups = c_in, c_out, kernel_size, sign, groups
         k = kernel_size or 1
         shape = (c_out, c_in // groups, k, k) if kernel_size is not None else (c_out, c_in)
@@ -149,9 +147,7 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
                                  "inhibitory_recurrence=False leaves out; drop one of them")
     if channels is None:
         ratio = 0.25 if ratio is None else ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio and math.isfinite(ratio)):
-            raise ConfigurationError(f"{what}: ratio (inhibitory / excitatory channels) must be finite and > 0, "
-                                     f"got {ratio!r}")
+        ratio = _check_number(ratio, f"{what}: ratio (inhibitory / excitatory channels)", positive=True)
         channels = max(1, int(round(shape[0] * ratio)))
     elif isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigurationError(f"{what}: channels must be an int >= 1, got {channels!r}")

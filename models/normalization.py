@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.errors import ConfigurationError
-from dynode.network import _check_delay, _check_flag, _check_tau
+from dynode.network import _check_delay, _check_flag, _check_number, _check_tau
 from dynode.pipeline import Combine, sums_term
 
 __all__ = ["POOLS", "Pool", "Divide", "Subtract", "pool_shape", "add_normalization", "modulators"]
@@ -101,9 +101,7 @@ class Pool(nn.Module):
             if not (isinstance(neighborhood, int) and neighborhood >= 1 and neighborhood % 2 == 1):
                 raise ConfigurationError(f"neighborhood must be an odd int >= 1 (pixels), got {neighborhood!r}")
         self.neighborhood = neighborhood
-        weight = float(weight)
-        if not (weight >= 0 and math.isfinite(weight)):
-            raise ConfigurationError(f"pool weight must be finite and >= 0, got {weight}")
+        weight = _check_number(weight, "pool weight")
         c = self.shape[0]
         init = weight / c if pool in ("channel", "both") else weight
         w = torch.full((c,) + (1,) * (len(self.shape) - 1), init)
@@ -186,9 +184,7 @@ class Divide(_Modulated):
     def __init__(self, source: str, sigma: float = 1.0, *, learn_sigma: bool = True,
                  inner: nn.Module | None = None, kind: str = "divisive"):
         super().__init__(source, inner)
-        sigma = float(sigma)
-        if not (sigma > 0 and math.isfinite(sigma)):
-            raise ConfigurationError(f"sigma (the semi-saturation) must be finite and > 0, got {sigma}")
+        sigma = _check_number(sigma, "sigma (the semi-saturation)", positive=True)
         s = torch.tensor(_softplus_inverse(sigma))
         if learn_sigma:
             self.s = nn.Parameter(s)
