@@ -163,7 +163,7 @@ def _overwrite_and_resume(command: str, args) -> None:
 
 
 def cmd_train(args) -> int:
-    from dynode.config import load_config
+    from dynode.config import load_config, run_record
     from dynode.train import Trainer
 
     _overwrite_and_resume("train", args)
@@ -175,7 +175,7 @@ def cmd_train(args) -> int:
     if not args.resume and not args.overwrite:
         _refuse_existing("train", [out / "last.pt"], resume=True)
     net, train, test = model_and_data(cfg)
-    trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out)
+    trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out, run_config=run_record(cfg))
     if args.resume:
         trainer.resume(out / "last.pt")
         print(f"resuming from {out / 'last.pt'} at epoch {trainer.epoch}")

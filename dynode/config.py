@@ -146,7 +146,7 @@ class DataConfig(FrozenConfig):
     size: PositiveInt = 16
     channels: Literal[1, 3] = 1
     classes: list[str] | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1)
     augment: bool | None = None
 
     @model_validator(mode="after")
@@ -349,6 +349,13 @@ def load_config(path, *, allow_imports: bool = False) -> RunConfig:
     if allow_imports and not cfg.model.allow_imports:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"allow_imports": True})})
     return cfg
+
+
+def run_record(cfg: RunConfig) -> dict:
+    """A run's whole resolved config as JSON data, less what does not change its results (where
+    its outputs go, and whether imports were allowed by the file or by --allow-imports): what
+    its checkpoints record, so that a resume under another config is refused."""
+    return cfg.model_dump(mode="json", exclude={"output": True, "model": {"allow_imports"}})
 
 
 def run_config(data: Any) -> RunConfig:

@@ -64,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dynode import analysis
 from dynode.archive import LEASE_ATTR, _boot_id, _proc_stat, lease_state
-from dynode.config import RunConfig, first_images, load_config, model_and_data, run_config
+from dynode.config import RunConfig, first_images, load_config, model_and_data, run_config, run_record
 from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
 from dynode.experiments import groen2022_experiments
@@ -229,9 +229,10 @@ def expand(sweep: SweepConfig, base: dict) -> list[dict]:
 
 
 def point_record(cfg: RunConfig) -> dict:
-    """A point's whole resolved config as JSON data, without ``output`` (where the point's
-    folder lies does not change its results): what its checkpoints record."""
-    return cfg.model_dump(mode="json", exclude={"output"})
+    """A point's whole resolved config as JSON data (:func:`dynode.config.run_record`: without
+    ``output``, where the point's folder lies does not change its results): what its
+    checkpoints record."""
+    return run_record(cfg)
 
 
 def point_fingerprint(cfg: RunConfig) -> str:

@@ -132,7 +132,7 @@ class TrainingConfig(BaseModel):
     tbptt: int | None = Field(None, ge=1, description="truncated BPTT segment length (steps)")
     checkpoint: bool | int | None = Field(None, description="gradient checkpointing segment (steps) or True")
     amp: Literal["off", "bf16", "fp16", "auto"] = "off"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**63 - 1 - 10**6, description="torch.manual_seed (epoch e uses seed + 1000 (e + 1))")
     device: str = "cpu"
     log_every: int = Field(10, ge=1, description="batches between progress-bar updates")
 

@@ -339,3 +339,22 @@ def test_a_spec_too_large_for_memory_is_refused_before_allocating(monkeypatch):
                         lambda device: 100 if device.type == "cpu" else None)
     with pytest.raises(ConfigurationError, match=r"needs \S+ GiB but \S+ GiB are available on cpu"):
         build_network(d)
+
+
+def test_dynode_train_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
+    """`dynode train --resume` compares the whole resolved config (it compared the training
+    settings only, so a changed model or data config resumed the old weights)."""
+    cfg = {"output": str(tmp_path / "out"), "model": {"name": "dyrcnn", "options": {"depth": 2, "width": 0.125,
+                                                                                   "steps": 2}},
+           "data": {"name": "generated", "n_train": 8, "n_test": 4, "size": 8},
+           "training": {"epochs": 1, "batch_size": 4}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path), "--resume", "--allow-imports"]) == 0  # same config: resumes (the flag is not part of it)
+    cfg["data"]["seed"] = 1
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["train", str(path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "was made for another run config" in err and "data.seed" in err
