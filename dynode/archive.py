@@ -49,7 +49,7 @@ says in its warning who writes it. A lease is
 
 To clear a lease (after making sure no run writes the archive):
 ``dynode.archive.repair_archive(path, force=True)`` breaks a stale or untrustworthy lease,
-and cuts the arrays to the committed steps; nothing else in the store changes.
+cuts the arrays to the committed steps and consolidates the metadata; nothing else changes.
 
 Integrity: every array carries a crc32c checksum codec (a corrupted chunk raises on read).
 :func:`open_archive` checks the store against what its root attributes declare (a group
@@ -886,12 +886,17 @@ def _scan(path: Path, attrs: Mapping, *, read: bool) -> VerifyReport:
 
 
 def verify_archive(path) -> VerifyReport:
-    """Read every chunk of an archive's committed steps and check its crc32c checksum.
+    """Check the store against what the archive declares, and read every chunk of its
+    committed steps with its crc32c checksum.
 
     Returns the :class:`VerifyReport` when the archive is intact; raises
     :class:`~dynode.errors.ArchiveCorruptError` (carrying the report) naming each damaged
-    population, variable and step range (a chunk file that is missing, or that does not
-    decode or fails its checksum). Only committed steps (``steps_written``) are checked.
+    population, variable and step range: a group of a population that the root attribute
+    ``populations`` lists, or an array the archive declares (a population's ``rate`` and
+    coordinates, the stimulus and condition arrays of its ``config``), that is missing; a
+    group that it does not declare; a malformed ``populations`` or ``config`` attribute; an
+    array shorter than the committed steps; a chunk file that is missing, or that does not
+    decode or fails its checksum. Only committed steps (``steps_written``) are checked.
     """
     path = Path(path)
     report = _scan(path, _archive_attrs(path), read=True)
@@ -935,6 +940,8 @@ class _CheckedArray(BackendArray):
 
     def _corruption(self, key) -> ArchiveCorruptError | None:
         """The error to raise when a chunk that ``key`` touches is damaged, else None."""
+        import zarr
+
         arr = self._inner.get_array()
         parts = tuple(getattr(key, "tuple", ()))
         parts += (slice(None),) * (len(arr.shape) - len(parts))
@@ -944,30 +951,27 @@ class _CheckedArray(BackendArray):
             touched.append(sorted(set((idx // chunk).tolist())))
         folder = self._path / ("" if self._group == "/" else self._group) / self._name
         grid = list(itertools.product(*touched))
-        # a missing chunk reads as the fill value without an error: only what failed is named
+        # a missing chunk reads as the fill value, without an error: only what failed is named
         faults = [f for f in _chunk_faults(arr, folder, grid, read=True) if f[1] != "chunk file missing"]
         if not faults:
             return None
         dims = arr.metadata.dimension_names or ()
-        timed = bool(dims) and dims[0] == "time"
+        steps = arr.shape[0] if dims and dims[0] == "time" else 0
         try:
-            import zarr
-
             times = np.asarray(zarr.open_array(self._path / "time", mode="r")[:], dtype=np.float64)
         except Exception:  # the time axis is damaged too: the steps are named without times
             times = None
-        found = [(self._group, self._name, coords[0] if timed else None, why) for coords, why in faults]
-        report = VerifyReport(str(self._path), arr.shape[0] if timed else 0, len(grid), True, True,
-                              tuple(_damages(found, {(self._group, self._name): arr.chunks[0]},
-                                             arr.shape[0] if timed else 0, times)))
+        found = [(self._group, self._name, coords[0] if steps else None, why) for coords, why in faults]
+        damaged = _damages(found, {(self._group, self._name): arr.chunks[0]}, steps, times)
+        report = VerifyReport(str(self._path), steps, len(grid), True, True, tuple(damaged))
+        what = self._name if self._group == "/" else f"{self._name} of population {self._group!r}"
         return ArchiveCorruptError(
-            f"archive {str(self._path)!r}: reading "
-            f"{self._name if self._group == '/' else f'{self._name} of population {self._group!r}'} "
-            "hit damaged data on disk:\n  " + "\n  ".join(map(str, report.damaged)) + "\nThose steps cannot be "
-            "repaired in place: re-run the simulation (dynode.archive.archive_config(tree) is its "
-            "configuration) or read around them (tree.isel(time=...)); "
-            "dynode.archive.verify_archive(path) lists every damaged chunk of the archive, and "
-            "open_archive(path, verify=True) checks them all before use", report=report)
+            f"archive {str(self._path)!r}: reading {what} hit damaged data on disk:\n  "
+            + "\n  ".join(map(str, damaged)) + "\nThat data cannot be repaired in place: re-run the "
+            "simulation (dynode.archive.archive_config(tree) is its configuration) or read around "
+            "it (tree.isel(time=...)); dynode.archive.verify_archive(path) lists every damaged chunk "
+            "of the archive, and open_archive(path, verify=True) checks them all before use",
+            report=report)
 
 
 def _check_reads(tree: xr.DataTree, path: Path) -> None:
@@ -990,9 +994,11 @@ def _check_reads(tree: xr.DataTree, path: Path) -> None:
 def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTree:
     """Open an archive lazily as an ``xarray.DataTree`` (nothing is read until used).
 
-    Every chunk of the committed steps must exist (a cheap check of the files); with
-    ``verify`` every chunk is also read and checksummed (:func:`verify_archive`). Damage
-    raises :class:`~dynode.errors.ArchiveCorruptError`; plain
+    The store must hold what the archive declares and every chunk of the committed steps
+    must exist (a cheap check of the files); with ``verify`` every chunk is also read and
+    checksummed (:func:`verify_archive`). Damage raises
+    :class:`~dynode.errors.ArchiveCorruptError`, and so does a later lazy read that hits a
+    chunk failing its checksum (naming the population, variable and steps); plain
     ``xarray.open_datatree(path, engine="zarr")`` still opens a damaged store (missing chunks
     read as NaN). An archive whose run did not complete gives an
     :class:`IncompleteArchiveWarning` that says whether a live run is still writing it; with

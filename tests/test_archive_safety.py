@@ -100,7 +100,8 @@ def test_a_deleted_population_group_is_damage_named(archive):
     assert root_attrs(archive)["populations"] == ["V1", "IT"]
     shutil.rmtree(archive / "IT")
     with pytest.raises(ArchiveCorruptError, match=r"group 'IT': population group missing from the "
-                                                  r"store \(the root attribute 'populations' lists it\)") as err:
+                                                  r"store \(the root attribute 'populations' lists "
+                                                  r"it\)") as err:
         verify_archive(archive)
     assert [(d.group, d.variable) for d in err.value.report.damaged] == [("IT", "")]
     with pytest.raises(ArchiveCorruptError, match="group 'IT'"):  # the cheap check sees it too
@@ -145,7 +146,7 @@ def test_a_malformed_populations_attribute_and_a_shortened_array_are_damage(arch
     ({"pid": 7, "host": ["h"], "heartbeat": 1.0}, r"its host \['h'\] \(list\) is not a host name"),
     ({"pid": 7, "host": "elsewhere", "heartbeat": time.time(), "token": ["t"]},
      r"pid 7 on host 'elsewhere' cannot be trusted \(token \['t'\] \(list\) is not a str\)"),
-])
+], ids=["str", "list", "lacks-keys", "float-pid", "negative-pid", "list-host", "list-token"])
 def test_a_malformed_lease_is_reported_and_force_clears_it(archive, lease, says):
     set_writer(archive, lease)
     outside = snapshot(archive.parent, skip=archive)
@@ -222,7 +223,8 @@ def test_a_flipped_byte_read_lazily_names_population_and_steps(archive):
                                                       r"10\.\.19 ms: checksum mismatch\n.*"
                                                       r"verify_archive\(path\)") as err:
             read()
-        assert [(d.group, d.variable, d.steps) for d in err.value.report.damaged] == [("V1", "rate", (10, 19))]
+        damaged = [(d.group, d.variable, d.steps) for d in err.value.report.damaged]
+        assert damaged == [("V1", "rate", (10, 19))]
         assert "checksum" in str(err.value.__cause__)  # zarr's own error is kept as the cause
     assert float(tree["IT"]["rate"].sum()) != 0  # the other population reads as before
     with pytest.raises(ArchiveCorruptError, match=r"V1/rate: steps 10\.\.19"):
