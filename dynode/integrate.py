@@ -19,7 +19,7 @@ from dynode.solution import Solution
 from dynode.solver import get_solver
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["integrate", "available_memory", "require_memory"]
+__all__ = ["integrate", "available_memory", "require_memory", "check_state_memory"]
 
 
 def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0: float = 0.0,
@@ -80,7 +80,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     solver = get_solver(solver)
 
     def check_state(batch: int, device: torch.device, dtype: torch.dtype) -> None:
-        _check_state(field, solver, dt, batch, device, dtype, memory_limit)
+        check_state_memory(field, solver, dt, batch, device, dtype, memory_limit)
 
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
@@ -162,7 +162,7 @@ def _stage_count(solver) -> int:
     return len(getattr(getattr(solver, "tableau", solver), "c", (0.0,)))
 
 
-def _check_state(field, solver, dt: float | None, batch: int, device: torch.device, dtype: torch.dtype,
+def check_state_memory(field, solver, dt: float | None, batch: int, device: torch.device, dtype: torch.dtype,
                  memory_limit: float | None) -> None:
     """Refuse, before ``init_state`` allocates it, a batch whose working state would not fit.
 

@@ -33,6 +33,7 @@ from dynode.archive import (Block, GroupSpec, Layout, MemoryArchiveWriter, ZarrA
                             condition_coords, prepare_path, ARCHIVE_FORMAT, COMPRESSIONS,
                             HEARTBEAT_S, LEASE_ATTR, RATE_UNITS)
 from dynode.errors import ArchiveError, ConfigurationError, DynodeError
+from dynode.integrate import check_state_memory
 from dynode.problem import as_ms, make_problem
 from dynode.record import PopulationPlan, Record
 from dynode.solver import Solver, get_solver
@@ -408,8 +409,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
              record: Record | None = None, store=None, chunk_steps: int | None = None,
              overwrite: bool = False, progress: bool | None = None, t0: float = 0.0,
              initial_state=None, batch_size: int | None = None, max_abs: float | None = 1e6,
-             check_every: int = 50, compression: str | None = "lz4", attrs: Mapping | None = None
-             ) -> SimulationResult:
+             check_every: int = 50, compression: str | None = "lz4", attrs: Mapping | None = None,
+             memory_limit: float | None = None) -> SimulationResult:
     """Run ``field`` under ``stimulus`` without gradients and record it (see :class:`Record`).
 
     Parameters (as :func:`dynode.integrate`, plus)
@@ -427,6 +428,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         time left; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
+    memory_limit : bytes the working state (state, solver stages, delay ring) may take, checked
+        before it is allocated (default: the free memory of the device; ``math.inf``: no check).
 
     Returns a :class:`SimulationResult`. On an exception or Ctrl-C the steps computed so far
     are written, the archive's ``status`` becomes ``"failed: <reason>"`` and the exception
@@ -457,7 +460,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     stim = as_stimulus(stimulus)
     problem = make_problem(field, stim, t0=t0, t_end=t_end, save_at=times,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
-                           check_every=check_every)
+                           check_every=check_every,
+                           check_state=lambda batch, device, dtype: check_state_memory(
+                               field, solver_obj, dt, batch, device, dtype, memory_limit))
     shapes = {name: tuple(v.shape[1:]) for name, v in problem.y0.items()}
     plans = record.plan(shapes)
     conditions = condition_coords(getattr(stim, "conditions", None) or {}, problem.batch_size)

@@ -9,6 +9,7 @@ appear, the refusal names the import path and the opt-in, and the opt-in works.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -358,3 +359,20 @@ def test_dynode_train_resume_refuses_a_checkpoint_of_another_config(tmp_path, ca
     assert main(["train", str(path), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "was made for another run config" in err and "data.seed" in err
+
+
+def test_simulate_refuses_a_working_state_that_cannot_fit_before_anything_runs_or_is_written(tmp_path, monkeypatch):
+    net = small_net()
+    calls = []
+    net.populations["A"].phi.register_forward_hook(lambda *a: calls.append(1))
+    store = tmp_path / "run.zarr"
+    with pytest.raises(ConfigurationError, match=r"the working state of batch 3 .* needs \S+ GiB but \S+ GiB are "
+                                                 r"available on cpu \(the memory_limit given\); use a smaller batch"):
+        dn.simulate(net, torch.rand(3, 2, 4, 4), t_end=4.0, dt=1.0, store=store, memory_limit=100, progress=False)
+    assert not calls and not store.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(sys.modules["dynode.integrate"], "available_memory",
+                        lambda device: 100 if device.type == "cpu" else None)  # the default budget: free memory
+    with pytest.raises(ConfigurationError, match="the working state of batch 3"):
+        dn.simulate(net, torch.rand(3, 2, 4, 4), t_end=4.0, dt=1.0, progress=False)
+    res = dn.simulate(net, torch.rand(3, 2, 4, 4), t_end=4.0, dt=1.0, progress=False, memory_limit=math.inf)
+    assert calls and res is not None
