@@ -554,7 +554,7 @@ class PopulationPlan:
         """``Phi(u)`` with ``u = combine(terms) + bias``."""
         combine, u, parts = self.combine, None, {}
         for term in self.terms:  # each term read in place (this is the hot loop)
-            if term.skip_initial and _reads_initial(history, term.delay):
+            if term.skip_initial and history.reads_initial(term.delay):
                 continue
             read = term.read
             x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
@@ -599,17 +599,6 @@ def _upstream(name: str, deps: dict[str, set[str]]) -> set[str]:
             seen.add(n)
             todo.extend(deps[n])
     return seen
-
-
-def _reads_initial(history, delay: float) -> bool:
-    """Whether a read with ``delay`` at the current stage falls on the initial state
-    (``t_stage - delay <= t0``), from the grid position alone (no device sync)."""
-    try:
-        pos = (history.n + history.c) * history.dt
-    except AttributeError:
-        raise ConfigurationError("connections with skip_initial=True need a fixed-step solver "
-                                 "(a dynode.History on the grid)") from None
-    return pos <= delay + time_tol(delay)
 
 
 _FLOAT_BYTES = 4  # a population's tau and bias are float32 when built

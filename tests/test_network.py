@@ -48,13 +48,16 @@ def test_update_order_and_cycles_follow_a_later_connection():
 class _Lags:
     """A history that returns a fixed tensor per (source, delay) and sits past t0."""
 
-    n, c, dt = 100, 0.0, 1.0
-
     def __init__(self, values):
         self.values = values
 
     def lag(self, name, delay):
         return self.values[(name, delay)]
+
+    elapsed = 100.0  # ms since t0: past every delay, no read falls on the initial state
+
+    def reads_initial(self, delay):
+        return self.elapsed <= delay
 
 
 def test_drive_is_phi_of_the_summed_delayed_terms_plus_bias():
@@ -81,9 +84,9 @@ def test_skip_initial_term_is_absent_while_it_reads_the_initial_state():
     x = torch.ones(1, 3)
     zeros = {"A": torch.zeros(1, 3), "B": torch.zeros(1, 3)}
     hist = _Lags({("B", 2.0): torch.zeros(1, 3), ("x", 1.0): 5 * torch.ones(1, 3)})
-    hist.n = 0  # t - 1 ms <= t0: the x -> B term is skipped, not op(x(t - 1))
+    hist.elapsed = 0.0  # t - 1 ms <= t0: the x -> B term is skipped, not op(x(t - 1))
     assert torch.equal(net.drive(0.0, zeros, hist, {"x": x})["B"], torch.zeros(1, 3))
-    hist.n = 2
+    hist.elapsed = 2.0
     assert torch.equal(net.drive(0.0, zeros, hist, {"x": x})["B"], 5 * torch.ones(1, 3))
 
 

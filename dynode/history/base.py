@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from torch import Tensor
 
-from dynode.errors import DelayError
+from dynode.errors import ConfigurationError, DelayError
 from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input"]
@@ -25,6 +25,11 @@ class HistoryReader(Protocol):
 
     def lag(self, name: str, delay: float) -> Tensor:
         """Population (or input) ``name`` at ``t - delay`` (ms)."""
+
+    def reads_initial(self, delay: float) -> bool:
+        """Whether a read with ``delay`` at the current stage falls on the initial state
+        (``t - delay <= t0``), known without a device sync; histories that cannot tell raise
+        :class:`~dynode.errors.ConfigurationError` (connections with ``skip_initial=True``)."""
 
 
 def check_delay(name: str, delay: float, max_delay: float) -> None:
@@ -71,6 +76,12 @@ class Piecewise:
         self._cache: dict[tuple[str, float], Tensor] = {}
         self.t = self.t0
         self._state: Mapping[str, Tensor] = self._y0
+
+    def reads_initial(self, delay: float) -> bool:
+        """Refused: ``skip_initial`` connections are defined on a fixed-step grid (where the
+        skipped read ends exactly at a step)."""
+        raise ConfigurationError("connections with skip_initial=True need a fixed-step solver "
+                                 "(a dynode.History on the grid)")
 
     # -- written by the solver -------------------------------------------------------
     def at(self, t: float, state: Mapping[str, Tensor]) -> None:

@@ -231,6 +231,11 @@ class History:
         self._cache.clear()
 
     # -- read by vector fields -------------------------------------------------------
+    def reads_initial(self, delay: float) -> bool:
+        """Whether a read with ``delay`` at the current stage falls on the initial state
+        (``t - delay <= t0``), from the grid position ``(n + c) dt`` alone (no device sync)."""
+        return (self.n + self.c) * self.dt <= delay + time_tol(delay)
+
     def lag(self, name: str, delay: float) -> Tensor:
         """The population (or input) ``name`` at time ``t - delay`` (ms)."""
         ring = self._y.get(name)
