@@ -48,62 +48,12 @@ from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import ATOL, RTOL, Solver, check_options
 from dynode.solvers.controllers import get_controller, initial_step
+from dynode.solvers.tableau import Tableau, dense_rows, polymul
 from dynode.history import DenseHistory, field_delays, history_span, propagate_breakpoints
 from dynode.tolerances import left_limit, time_tol
 from dynode.stats import Status
 
 __all__ = ["Tableau", "AdaptiveSolver", "Dopri5", "Tsit5", "Bosh3"]
-
-
-@dataclass(frozen=True)
-class Tableau:
-    """An FSAL embedded pair with its dense output.
-
-    ``dense[i]`` holds the coefficients of ``theta^1 .. theta^D`` of ``B_i(theta)``.
-    ``order`` is the order of ``y_{n+1}``; ``error_order`` that of the embedded solution.
-    """
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    e: tuple[float, ...]  # b - b_hat
-    dense: tuple[tuple[float, ...], ...]
-    order: int
-    error_order: int
-
-    def __post_init__(self):
-        s = len(self.c)
-        assert len(self.a) == s and len(self.b) == s and len(self.e) == s and len(self.dense) == s
-        assert tuple(self.a[-1]) == tuple(self.b[:-1]) and self.b[-1] == 0 and self.c[-1] == 1.0, "FSAL"
-
-    def weights(self, theta: float) -> list[float]:
-        """``[B_1(theta), ..., B_s(theta)]`` (Horner, host floats)."""
-        out = []
-        for coeffs in self.dense:
-            acc = 0.0
-            for p in reversed(coeffs):
-                acc = (acc + p) * theta
-            out.append(acc)
-        return out
-
-
-def _dense_rows(B: list) -> tuple[tuple[float, ...], ...]:
-    """Per-stage polynomial (numpy, low->high, zero constant term) -> theta^1.. coefficients."""
-    deg = max(len(p) for p in B) - 1
-    rows = []
-    for p in B:
-        p = np.concatenate([np.asarray(p, dtype=float), np.zeros(deg + 1 - len(p))])
-        assert abs(p[0]) < 1e-14
-        rows.append(tuple(float(x) for x in p[1:]))
-    return tuple(rows)
-
-
-def _polymul(*ps) -> np.ndarray:
-    """The product of numpy polynomials (low -> high)."""
-    out = np.array([1.0])
-    for p in ps:
-        out = npoly.polymul(out, p)
-    return out
 
 
 def _dopri5() -> Tableau:
@@ -122,9 +72,9 @@ def _dopri5() -> Tableau:
     # y(theta) - y0 = theta b + theta(1-theta)(e1 - b) + theta^2(1-theta)(2b - e1 - e7)
     #                 + theta^2 (1-theta)^2 d       (Hairer's continuous extension, order 4)
     th, one_m = np.array([0.0, 1.0]), np.array([1.0, -1.0])
-    p1, p2 = th, _polymul(th, one_m)
-    p3 = _polymul(th, th, one_m)
-    p4 = _polymul(p3, one_m)
+    p1, p2 = th, polymul(th, one_m)
+    p3 = polymul(th, th, one_m)
+    p4 = polymul(p3, one_m)
     B = []
     for i in range(7):
         e1, e7 = float(i == 0), float(i == 6)
@@ -132,7 +82,7 @@ def _dopri5() -> Tableau:
                              npoly.polyadd((2 * b[i] - e1 - e7) * p3, d[i] * p4))
         B.append(term)
     e = tuple(bi - bh for bi, bh in zip(b, b_hat))
-    return Tableau(c, a, b, e, _dense_rows(B), order=5, error_order=4)
+    return Tableau(c, a, b, order=5, b_err=e, error_order=4, dense=dense_rows(B))
 
 
 def _tsit5() -> Tableau:
@@ -149,15 +99,15 @@ def _tsit5() -> Tableau:
          -0.582357165452555, 0.458082105929187, -1 / 66)
     P = lambda *cs: np.array(cs, dtype=float)  # noqa: E731  (low -> high)
     th2 = P(0, 0, 1)
-    B = [_polymul(P(0, -1.0530884977290216), P(-1.3299890189751412, 1),
+    B = [polymul(P(0, -1.0530884977290216), P(-1.3299890189751412, 1),
                   P(0.7139816917074209, -1.4364028541716351, 1)),
-         _polymul(0.1017 * th2, P(1.2949852507374631, -2.1966568338249754, 1)),
-         _polymul(2.490627285651252793 * th2, P(1.57803468208092486, -2.38535645472061657, 1)),
-         _polymul(-16.54810288924490272 * th2, P(-1.21712927295533244, 1), P(-0.61620406037800089, 1)),
-         _polymul(47.37952196281928122 * th2, P(-1.203071208372362603, 1), P(-0.658047292653547382, 1)),
-         _polymul(-34.87065786149660974 * th2, P(-1.2, 1), P(-0.666666666666666667, 1)),
-         _polymul(2.5 * th2, P(-1, 1), P(-0.6, 1))]
-    return Tableau(c, a, b, e, _dense_rows(B), order=5, error_order=4)
+         polymul(0.1017 * th2, P(1.2949852507374631, -2.1966568338249754, 1)),
+         polymul(2.490627285651252793 * th2, P(1.57803468208092486, -2.38535645472061657, 1)),
+         polymul(-16.54810288924490272 * th2, P(-1.21712927295533244, 1), P(-0.61620406037800089, 1)),
+         polymul(47.37952196281928122 * th2, P(-1.203071208372362603, 1), P(-0.658047292653547382, 1)),
+         polymul(-34.87065786149660974 * th2, P(-1.2, 1), P(-0.666666666666666667, 1)),
+         polymul(2.5 * th2, P(-1, 1), P(-0.6, 1))]
+    return Tableau(c, a, b, order=5, b_err=e, error_order=4, dense=dense_rows(B))
 
 
 def _bosh3() -> Tableau:
@@ -169,7 +119,7 @@ def _bosh3() -> Tableau:
     h01, h10, h11 = np.array([0, 0, 3.0, -2.0]), np.array([0, 1.0, -2.0, 1.0]), np.array([0, 0, -1.0, 1.0])
     B = [b[i] * h01 + (h10 if i == 0 else 0) + (h11 if i == 3 else 0) for i in range(4)]
     e = tuple(bi - bh for bi, bh in zip(b, b_hat))
-    return Tableau(c, a, b, e, _dense_rows(B), order=3, error_order=2)
+    return Tableau(c, a, b, order=3, b_err=e, error_order=2, dense=dense_rows(B))
 
 
 DOPRI5, TSIT5, BOSH3 = _dopri5(), _tsit5(), _bosh3()
@@ -190,7 +140,8 @@ def _combine(y: list[Tensor] | None, ks: list[list[Tensor]], terms: Sequence[tup
 
 @dataclass(frozen=True)
 class AdaptiveSolver(Solver):
-    """Base of the embedded RK solvers; the loop lives here, the tableau in the subclass.
+    """Base of the embedded RK solvers; the loop lives here, the :class:`Tableau` (an FSAL pair
+    with dense output) in the subclass.
 
     Parameters
     ----------
@@ -216,6 +167,13 @@ class AdaptiveSolver(Solver):
     adaptive: ClassVar[bool] = True
     dense_output: ClassVar[bool] = True
     _ctrl: object = dc_field(init=False, repr=False, compare=False)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is not None and not (tab.fsal and tab.b_err and tab.dense):
+            raise ConfigurationError(f"{cls.__name__}: the tableau of an adaptive solver is an FSAL pair "
+                                     "with b_err, error_order and dense output")
 
     @property
     def convergence_order(self) -> int:
@@ -259,7 +217,7 @@ class _Run:
         self.ctrl = solver._ctrl.start(self.tab.error_order)
         self.sizes = [problem.y0[n].numel() for n in self.names]
         self.a_rows = [tuple((j, aij) for j, aij in enumerate(row) if aij) for row in self.tab.a]
-        self.e_terms = tuple((j, ej) for j, ej in enumerate(self.tab.e) if ej)
+        self.e_terms = tuple((j, ej) for j, ej in enumerate(self.tab.b_err) if ej)
         self.out = Output(problem, observer)
         self.out.start(problem.y0)
         self.t, self.y = problem.t0, [problem.y0[n] for n in self.names]

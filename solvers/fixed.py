@@ -1,9 +1,6 @@
-r"""Fixed-step explicit Runge-Kutta solvers on the grid ``t_n = t0 + n dt``.
-
-A method with Butcher tableau ``(c, A, b)`` advances the state by
-
-.. math:: k_i = f\big(t_n + c_i \Delta t,\; r_n + \Delta t \textstyle\sum_{j<i} a_{ij} k_j\big),
-          \qquad r_{n+1} = r_n + \Delta t \textstyle\sum_i b_i k_i .
+"""Fixed-step explicit Runge-Kutta solvers on the grid ``t_n = t0 + n dt``: each is its
+:class:`~dynode.solvers.tableau.Tableau` (``c``, ``a``, ``b``, ``order``, ``stability_limit``)
+on :class:`FixedStepSolver`'s loop, which takes steps of ``h = dt``.
 
 Delayed values come from :class:`dynode.History` (grid reads, Hermite interpolation at
 off-grid stages). Every delay must be an integer multiple of ``dt``; this is checked for
@@ -41,7 +38,8 @@ from dynode.history import History, HistoryTail, compatible_dts, delay_steps, fi
 from dynode.problem import Problem
 from dynode.solution import Output, Solution
 from dynode.solver import Solver
-from dynode.tolerances import TIME_RTOL, time_tol
+from dynode.solvers.tableau import Tableau
+from dynode.tolerances import GRID_LEFT, TIME_RTOL, time_tol
 
 __all__ = ["FixedStepSolver", "Euler", "Midpoint", "Heun", "RK4"]
 
@@ -58,26 +56,27 @@ def _grid_steps(t0: float, t_end: float, dt: float) -> int:
 
 
 class FixedStepSolver(Solver):
-    """Base of the fixed-step methods: the tableau is a class attribute, the loop is here."""
+    """Base of the fixed-step methods: the :class:`Tableau` (with its ``stability_limit``) is
+    a class attribute, the loop is here."""
 
-    c: ClassVar[tuple[float, ...]]
-    a: ClassVar[tuple[tuple[float, ...], ...]]
-    b: ClassVar[tuple[float, ...]]
-    convergence_order: ClassVar[int]
-    stability_limit: ClassVar[float]  # largest stable dt/tau on the negative real axis
+    tableau: ClassVar[Tableau]
     grid: ClassVar[bool] = True
     fresh_states: ClassVar[bool] = True
     dense_output: ClassVar[bool] = True
     continues: ClassVar[bool] = True
 
     @property
+    def convergence_order(self) -> int:
+        return self.tableau.order
+
+    @property
     def stages(self) -> int:
-        return len(self.c)
+        return self.tableau.stages
 
     @property
     def needs_derivatives(self) -> bool:
         """Off-grid stages read delayed values by Hermite interpolation, which needs dr/dt."""
-        return any(ci not in (0.0, 1.0) for ci in self.c)
+        return any(ci not in (0.0, 1.0) for ci in self.tableau.c)
 
     # -- checks --------------------------------------------------------------------------
     def _check(self, problem: Problem, dt) -> float:
@@ -100,10 +99,11 @@ class FixedStepSolver(Solver):
         return dt
 
     def _warn(self, name: str, tau: float, dt: float) -> None:
-        if dt / tau > self.stability_limit:
+        limit = self.tableau.stability_limit
+        if dt / tau > limit:
             warnings.warn(f"{type(self).__name__}: dt/tau = {dt / tau:.3g} for population {name!r} "
                           f"(dt = {dt:g} ms, tau = {tau:g} ms) exceeds the method's stability limit "
-                          f"{self.stability_limit:.3g}; reduce dt", StabilityWarning, stacklevel=4)
+                          f"{limit:.3g}; reduce dt", StabilityWarning, stacklevel=4)
 
     # -- the loop --------------------------------------------------------------------------
     def solve(self, problem: Problem, dt, *, observer=None) -> Solution:
@@ -202,7 +202,7 @@ class FixedStepSolver(Solver):
         if last is None:  # a first-order method
             return (y0, y1), lambda th: (1.0 - th, th)
         k1, ks = last
-        if self.c[-1] != 1.0:
+        if self.tableau.c[-1] != 1.0:
             return (y0, y1, k1), lambda th: (1.0 - th * th, th * th, h * th * (1.0 - th))
         return (y0, y1, k1, ks), lambda th: hermite(th, h)
 
@@ -221,9 +221,9 @@ class FixedStepSolver(Solver):
         ``jumps``: grid steps where the field jumps; the step ending there gives the history
         the left-limit slope (the last stage if it sits at ``c = 1``, else the quadratic's)."""
         f, inputs, t0 = problem.field, problem.inputs, problem.t0
-        c = self.c
-        rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.a]
-        final = tuple((j, h * bj) for j, bj in enumerate(self.b) if bj)
+        c = self.tableau.c
+        rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.tableau.a]
+        final = tuple((j, h * bj) for j, bj in enumerate(self.tableau.b) if bj)
         derivs = self.needs_derivatives
 
         def combine(y: dict[str, Tensor], ks: list, terms) -> dict[str, Tensor]:
@@ -238,9 +238,7 @@ class FixedStepSolver(Solver):
 
         # A stage at the end of the step (c = 1) sees the stimulus' left limit there: the step
         # lies before a jump at its end (a pulse starting at t_{n+1} acts from step n+1 on).
-        # The left limit is taken 1e-9 dt before the grid point.
-        left = 1.0 - TIME_RTOL
-        c_eval = tuple(left if ci == 1.0 else ci for ci in c)
+        c_eval = tuple(GRID_LEFT if ci == 1.0 else ci for ci in c)
         ends = c[-1] == 1.0
         jumps = jumps if (store and derivs) else frozenset()
         last: list = []
@@ -285,11 +283,7 @@ class Euler(FixedStepSolver):
     order: Literal["simultaneous", "sequential"] = "simultaneous"
 
     name: ClassVar[str] = "euler"
-    c: ClassVar = (0.0,)
-    a: ClassVar = ((),)
-    b: ClassVar = (1.0,)
-    convergence_order: ClassVar[int] = 1
-    stability_limit: ClassVar[float] = 2.0
+    tableau: ClassVar[Tableau] = Tableau(c=(0.0,), a=((),), b=(1.0,), order=1, stability_limit=2.0)
 
     def __post_init__(self):
         if self.order not in ("simultaneous", "sequential"):
@@ -372,11 +366,8 @@ class Midpoint(FixedStepSolver):
     """Explicit midpoint rule (order 2): ``r_{n+1} = r_n + dt f(t_n + dt/2, r_n + dt/2 f_n)``."""
 
     name: ClassVar[str] = "midpoint"
-    c: ClassVar = (0.0, 0.5)
-    a: ClassVar = ((), (0.5,))
-    b: ClassVar = (0.0, 1.0)
-    convergence_order: ClassVar[int] = 2
-    stability_limit: ClassVar[float] = 2.0
+    tableau: ClassVar[Tableau] = Tableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2,
+                                         stability_limit=2.0)
 
 
 @dataclass(frozen=True)
@@ -384,11 +375,8 @@ class Heun(FixedStepSolver):
     """Heun's method / explicit trapezoid (order 2): Euler predictor, trapezoidal corrector."""
 
     name: ClassVar[str] = "heun"
-    c: ClassVar = (0.0, 1.0)
-    a: ClassVar = ((), (1.0,))
-    b: ClassVar = (0.5, 0.5)
-    convergence_order: ClassVar[int] = 2
-    stability_limit: ClassVar[float] = 2.0
+    tableau: ClassVar[Tableau] = Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2,
+                                         stability_limit=2.0)
 
 
 @dataclass(frozen=True)
@@ -396,8 +384,5 @@ class RK4(FixedStepSolver):
     """The classic fourth-order Runge-Kutta method (order 4, also on delay equations)."""
 
     name: ClassVar[str] = "rk4"
-    c: ClassVar = (0.0, 0.5, 0.5, 1.0)
-    a: ClassVar = ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0))
-    b: ClassVar = (1 / 6, 1 / 3, 1 / 3, 1 / 6)
-    convergence_order: ClassVar[int] = 4
-    stability_limit: ClassVar[float] = 2.785
+    tableau: ClassVar[Tableau] = Tableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+                                         b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), order=4, stability_limit=2.785)
