@@ -3,13 +3,13 @@
 from dynode.stimulus import Constant, Pulse, Stimulus, StimulusValue, as_stimulus
 from dynode.stimuli import envelopes  # noqa: E402
 from dynode.stimuli.envelopes import Envelope
-from dynode.stimuli.compose import Modulated, Sequence, Sum, resolve_background, scale_contrast
+from dynode.stimuli.compose import BACKGROUND, Modulated, Succession, Sum, resolve_background, scale_contrast
 from dynode.stimuli.noise import NOISE_KINDS, DynamicNoise, add_noise, noise_field, signal_power, snr_of
 from dynode.stimuli.generated import (
     ImageTask, checkerboard, gabor, generated_task, grating, pink_noise,
 )
 from dynode.stimuli.protocols import (
-    GROEN2022, Protocol, contrast_series, duration_series, groen2022, interval_series,
+    EXPERIMENTS, GROEN2022, Experiment, Protocol, contrast_series, duration_series, groen2022, interval_series,
 )
 from dynode.stimuli.protocols import present
 from dynode.stimuli import datasets  # noqa: E402
@@ -19,9 +19,9 @@ from dynode.stimuli.datasets import (
 
 __all__ = ["Constant", "Pulse", "Stimulus", "StimulusValue", "as_stimulus"]
 __all__ += [
-    "envelopes", "Envelope", "Modulated", "Sequence", "Sum", "resolve_background", "scale_contrast",
+    "envelopes", "Envelope", "BACKGROUND", "Modulated", "Succession", "Sum", "resolve_background", "scale_contrast",
     "NOISE_KINDS", "DynamicNoise", "add_noise", "noise_field", "signal_power", "snr_of",
     "ImageTask", "checkerboard", "gabor", "generated_task", "grating", "pink_noise",
-    "present", "GROEN2022", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
+    "present", "GROEN2022", "EXPERIMENTS", "Experiment", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
     "datasets", "STATS", "DatasetNotFoundError", "InMemoryLoader", "dataset", "in_memory", "load_tensors",
 ]

@@ -11,13 +11,20 @@ the envelope the value is computed once and cached, so a solver's call ``stim(t)
 one ``bisect`` and a dict lookup (no allocation) while the envelope is piecewise constant.
 
 :class:`Sum` adds stimuli (e.g. an image and dynamic noise; ``a + b`` on stimuli) and
-:class:`Sequence` shows stimuli one after the other (e.g. image, then mask).
+:class:`Succession` shows stimuli one after the other (e.g. image, then mask).
+
+``background`` means one thing wherever it is taken (here, in :mod:`dynode.stimuli.protocols`,
+:mod:`dynode.stimuli.noise` and :mod:`dynode.experiments`): the screen shown around the images,
+in the units the model is fed, resolved against the images by :func:`resolve_background`; the
+default everywhere is :data:`BACKGROUND`, ``"mean"`` (each image's mean luminance: a change of
+contrast keeps the mean, as on Groen et al.'s mean-grey screen, for raw and normalised images
+alike).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence as Seq
+from collections.abc import Mapping, Sequence
 from itertools import accumulate
 
 import torch
@@ -27,8 +34,13 @@ from dynode.errors import ConfigurationError, ShapeError
 from dynode.stimulus import Stimulus, StimulusValue, Sum, merge_conditions
 from dynode.stimuli.envelopes import Envelope
 
-__all__ = ["Modulated", "Sum", "Sequence", "as_float_images", "resolve_background", "scale_contrast",
-           "merge_conditions"]
+__all__ = ["Modulated", "Sum", "Succession", "as_float_images", "resolve_background", "scale_contrast",
+           "merge_conditions", "BACKGROUND", "BACKGROUNDS"]
+
+BACKGROUND = "mean"
+"""The default screen of every function that takes ``background`` (see :func:`resolve_background`)."""
+BACKGROUNDS = ("mean", "blank", "grey", "gray")
+"""The named screens :func:`resolve_background` knows."""
 
 
 def as_float_images(images) -> Tensor:
@@ -43,10 +55,11 @@ def as_float_images(images) -> Tensor:
 
 
 def resolve_background(background, images: Tensor) -> Tensor:
-    """The background level as a tensor broadcastable against ``images`` ``(N, *shape)``.
+    """The screen around ``images`` ``(N, *shape)`` as a tensor that broadcasts against them.
 
-    ``"blank"`` (0), ``"grey"``/``"gray"`` (0.5, mid-grey of images in [0, 1]), ``"mean"``
-    (each image's mean per channel: its mean luminance), a number, or a tensor.
+    ``"mean"`` (:data:`BACKGROUND`: each image's mean per channel, its mean luminance),
+    ``"blank"`` (0: the mean grey of images normalised to their data set's mean),
+    ``"grey"``/``"gray"`` (0.5, mid-grey of raw images in [0, 1]), a number, or a tensor.
     """
     if isinstance(background, Tensor):
         return background.to(device=images.device, dtype=images.dtype)
@@ -63,7 +76,7 @@ def resolve_background(background, images: Tensor) -> Tensor:
                              f"got {background!r}")
 
 
-def scale_contrast(images: Tensor, contrast, background="grey") -> Tensor:
+def scale_contrast(images: Tensor, contrast, background=BACKGROUND) -> Tensor:
     """``g + c (x - g)``: images at contrast ``c`` (a number or one per image) around ``g``."""
     g = resolve_background(background, images)
     c = torch.as_tensor(contrast, dtype=images.dtype, device=images.device)
@@ -81,14 +94,14 @@ class Modulated(Stimulus):
         envelope's batch, or one of them is 1 and is broadcast to the other.
     envelope : :class:`~dynode.stimuli.envelopes.Envelope` (its breakpoints become the
         stimulus's breakpoints: jumps and ramp kinks).
-    background : see :func:`resolve_background` (default ``"blank"``, i.e. 0).
+    background : the screen, see :func:`resolve_background` (default :data:`BACKGROUND`, ``"mean"``).
     input : name of the network input to feed; ``None`` returns a bare tensor (a network
         with exactly one input).
     conditions : per-sample labels (one entry per sample of the resulting batch).
     """
 
-    def __init__(self, images, envelope: Envelope, *, background="blank", input: str | None = None,
-                 conditions: Mapping[str, Seq] | None = None):
+    def __init__(self, images, envelope: Envelope, *, background=BACKGROUND, input: str | None = None,
+                 conditions: Mapping[str, Sequence] | None = None):
         if not isinstance(envelope, Envelope):
             raise ConfigurationError(f"envelope must be a dynode.stimuli.envelopes.Envelope, got "
                                      f"{type(envelope).__name__}")
@@ -151,7 +164,7 @@ class Modulated(Stimulus):
                 f"background={self.background_spec!r})")
 
 
-class Sequence(Stimulus):
+class Succession(Stimulus):
     """Stimuli one after the other, each in its own time.
 
     Stimulus ``i`` is shown on ``[start + D_i, start + D_{i+1})`` with
@@ -161,13 +174,13 @@ class Sequence(Stimulus):
     neighbouring stimuli agree there) and each part's breakpoints inside its window.
     """
 
-    def __init__(self, stimuli: Seq[Stimulus], durations: Seq[float], *, start: float = 0.0,
-                 conditions: Mapping[str, Seq] | None = None):
+    def __init__(self, stimuli: Sequence[Stimulus], durations: Sequence[float], *, start: float = 0.0,
+                 conditions: Mapping[str, Sequence] | None = None):
         stimuli, durations = list(stimuli), [float(d) for d in durations]
         if not stimuli or len(stimuli) != len(durations):
-            raise ConfigurationError("Sequence needs as many durations (ms) as stimuli (at least one)")
+            raise ConfigurationError("Succession needs as many durations (ms) as stimuli (at least one)")
         if any(not d > 0 for d in durations):
-            raise ConfigurationError(f"Sequence durations must be > 0 ms, got {durations}")
+            raise ConfigurationError(f"Succession durations must be > 0 ms, got {durations}")
         self.stimuli, self.durations, self.start = stimuli, durations, float(start)
         self._lows = lows = list(accumulate(durations, initial=self.start))  # start + D_i
         self._interior = lows[1:-1]
@@ -185,10 +198,10 @@ class Sequence(Stimulus):
         i = bisect_right(self._interior, t)
         return self.stimuli[i](t - self._lows[i])
 
-    def to(self, device=None, dtype=None) -> "Sequence":
-        return Sequence([s.to(device, dtype) for s in self.stimuli], self.durations, start=self.start,
+    def to(self, device=None, dtype=None) -> "Succession":
+        return Succession([s.to(device, dtype) for s in self.stimuli], self.durations, start=self.start,
                         conditions=self.conditions)
 
     def __repr__(self) -> str:
-        return f"Sequence({self.stimuli!r}, durations={self.durations}, start={self.start})"
+        return f"Succession({self.stimuli!r}, durations={self.durations}, start={self.start})"
 

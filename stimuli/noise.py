@@ -40,7 +40,7 @@ from torch import Tensor
 
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.stimulus import Stimulus, StimulusValue
-from dynode.stimuli.compose import resolve_background
+from dynode.stimuli.compose import BACKGROUND, resolve_background
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["NOISE_KINDS", "noise_field", "signal_power", "add_noise", "snr_of", "DynamicNoise"]
@@ -132,13 +132,13 @@ def noise_field(kind: str, shape, *, seed=0, frame: int = 0, reference: Tensor |
     return n / rms
 
 
-def signal_power(images: Tensor, background="mean") -> Tensor:
+def signal_power(images: Tensor, background=BACKGROUND) -> Tensor:
     """``P_s`` per image: the mean square of ``images - background`` -> ``(N,)``."""
     diff = images.to(torch.float64) - resolve_background(background, images).to(torch.float64)
     return diff.pow(2).flatten(1).mean(dim=1)
 
 
-def snr_of(images: Tensor, noisy: Tensor, background="mean") -> Tensor:
+def snr_of(images: Tensor, noisy: Tensor, background=BACKGROUND) -> Tensor:
     """Realised SNR per image of ``noisy = images + n`` (power ratio, not dB)."""
     noise = (noisy.to(torch.float64) - images.to(torch.float64)).pow(2).flatten(1).mean(dim=1)
     return signal_power(images, background) / noise
@@ -168,7 +168,7 @@ def _scaled_noise(kind: str, images: Tensor, snr: float, seed, frame: int, backg
 
 
 def add_noise(images: Tensor, kind: str = "gaussian", *, snr=None, snr_db=None, seed=0,
-              background="mean", **params) -> Tensor:
+              background=BACKGROUND, **params) -> Tensor:
     """``images + n`` with ``n`` of ``kind`` scaled to the asked SNR exactly (per image).
 
     Deterministic in ``seed``; ``params`` go to :func:`noise_field` (``density``,
@@ -192,7 +192,7 @@ class DynamicNoise(Stimulus):
 
     def __init__(self, kind: str, shape=None, *, frame_ms: float | None = None, t_end: float | None = None,
                  t_start: float = 0.0, seed=0, scale=None, snr=None, snr_db=None, reference=None,
-                 background="mean", input: str | None = None, cache_frames: int = 4,
+                 background=BACKGROUND, input: str | None = None, cache_frames: int = 4,
                  dtype=None, device=None, **params):
         if kind not in NOISE_KINDS:
             raise ConfigurationError(f"unknown noise kind {kind!r}; choose one of {NOISE_KINDS}")

@@ -1,4 +1,5 @@
-r"""Experimental protocols: labelled batches of conditions with exact timing in ms.
+r"""Experimental protocols: labelled batches of conditions with exact timing in ms, and the
+registry of in-silico experiments (:data:`EXPERIMENTS`).
 
 A protocol is a :class:`Protocol` (a :class:`~dynode.stimuli.compose.Modulated` stimulus)
 whose batch holds every (condition, image) pair, condition-major: sample
@@ -10,14 +11,17 @@ offsets, and ``t_end`` is the end of the epoch, so a run is::
     p = dn.stimuli.groen2022("duration", images=imgs)
     sol = dn.integrate(net, p, t_end=p.t_end, dt=1.0)
 
-Images are shown around the ``background`` (mean grey by default) at the given contrast:
-``I = g + c (x - g)`` while a pulse is on and ``I = g`` otherwise. Images in [0, 1] (``uint8``
-batches are divided by 255) suit ``background="grey"``; for normalised images (a data set's
-mean subtracted) the mean grey is 0: use ``background="blank"``.
+Images are shown around the ``background`` at the given contrast: ``I = g + c (x - g)``
+while a pulse is on and ``I = g`` otherwise. ``background`` is the screen of
+:func:`~dynode.stimuli.compose.resolve_background`, default :data:`~dynode.stimuli.compose.BACKGROUND`
+(``"mean"``: each image's mean luminance, right for raw and normalised images alike);
+``"grey"`` (0.5) is the mid-grey of raw images in [0, 1], ``"blank"`` (0) the mean grey of
+images normalised to their data set's mean.
 
-:func:`present` shows a labelled image batch (e.g. a CIFAR batch) for a while after a blank.
-Generic builders: :func:`contrast_series`, :func:`duration_series`, :func:`interval_series`;
-:func:`groen2022` gives the conditions of Groen et al. (2022, J Neurosci 42(40):7562):
+:func:`present` shows a labelled image batch (e.g. a CIFAR batch) for a while after the
+background. Generic builders: :func:`contrast_series`, :func:`duration_series`,
+:func:`interval_series`; :func:`groen2022` gives the conditions of Groen et al. (2022,
+J Neurosci 42(40):7562), one :class:`Experiment` each in :data:`EXPERIMENTS`:
 
 * ``"contrast"``: 500 ms at contrast 0.0625, 0.125, 0.25, 0.5, 1;
 * ``"duration"``: one full-contrast pulse of 17, 33, 67, 133, 267, 533 ms;
@@ -27,21 +31,27 @@ in epochs from -0.1 s to 1.2 s around the onset, as in Groen's data (stimulus on
 ``onset = 100`` ms by default, epoch ``[0, 1300)`` ms): the 100 ms before the onset are the
 baseline, and the recovery window of the longest ISI (its second pulse starts 666 ms after
 the onset) ends inside the epoch.
+
+Adding an experiment kind is one :class:`Experiment` in :data:`EXPERIMENTS` (its builder,
+conditions, condition dimension and the conditions its analysis reads): the configs, the
+runner (:func:`dynode.experiments.groen2022_experiments`) and the analysis' tables read it
+from there; its metrics go into :mod:`dynode.analysis`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor
 
 from dynode.errors import ConfigurationError
 from dynode.stimuli import envelopes as E
-from dynode.stimuli.compose import Modulated, as_float_images
+from dynode.stimuli.compose import BACKGROUND, Modulated, as_float_images
 from dynode.stimuli.generated import grating
 
 __all__ = ["Protocol", "present", "contrast_series", "duration_series", "interval_series", "groen2022",
-           "GROEN2022", "default_images"]
+           "GROEN2022", "Experiment", "EXPERIMENTS", "default_images"]
 
 GROEN2022 = {
     "contrast": dict(contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), duration=500.0),
@@ -60,7 +70,7 @@ class Protocol(Modulated):
     """
 
     def __init__(self, images, envelope, *, name: str, onset: float, t_end: float, n_images: int,
-                 background="grey", input: str | None = None, conditions=None):
+                 background=BACKGROUND, input: str | None = None, conditions=None):
         super().__init__(images, envelope, background=background, input=input, conditions=conditions)
         self.name, self.onset, self.t_end, self.n_images = name, float(onset), float(t_end), n_images
         if self.breakpoints and self.breakpoints[-1] > self.t_end:
@@ -116,13 +126,14 @@ def _build(name: str, images, env_per_condition: Sequence[E.Envelope], labels: d
 
 
 def present(images, *, onset: float = 0.0, duration: float | None = None, labels=None,
-            contrast: float = 1.0, background="blank", t_end: float | None = None,
+            contrast: float = 1.0, background=BACKGROUND, t_end: float | None = None,
             input: str | None = None) -> Protocol:
     """Show ``images`` (a batch) at ``contrast`` from ``onset`` for ``duration`` ms (``None``:
     until the end), the ``background`` before and after; ``labels`` (one per image, e.g. the
     class labels of a data-set batch) become the ``label`` condition.
 
-    ``present(x, onset=20.0, duration=40.0, labels=y)``: 20 ms blank, the batch for 40 ms.
+    ``present(x, onset=20.0, duration=40.0, labels=y)``: 20 ms of the background, the batch
+    for 40 ms.
     ``t_end`` defaults to the offset (or the onset, for an image that stays on)."""
     imgs = _images(images)
     n = imgs.shape[0]
@@ -139,7 +150,7 @@ def present(images, *, onset: float = 0.0, duration: float | None = None, labels
 
 
 def contrast_series(images=None, contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), *, onset: float = 100.0,
-                    duration: float = 500.0, t_end: float = 1000.0, background="grey",
+                    duration: float = 500.0, t_end: float = 1000.0, background=BACKGROUND,
                     input: str | None = None) -> Protocol:
     """One pulse ``[onset, onset + duration)`` per contrast (values in [0, 1] around ``background``)."""
     cs = _values(contrasts, "contrasts", positive=False)
@@ -154,7 +165,7 @@ def contrast_series(images=None, contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), *, o
 
 
 def duration_series(images=None, durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *,
-                    onset: float = 100.0, contrast: float = 1.0, t_end: float = 1000.0, background="grey",
+                    onset: float = 100.0, contrast: float = 1.0, t_end: float = 1000.0, background=BACKGROUND,
                     input: str | None = None) -> Protocol:
     """One pulse of each duration (ms) at ``contrast``, all starting at ``onset``."""
     ds = _values(durations, "durations")
@@ -167,7 +178,7 @@ def duration_series(images=None, durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.
 
 def interval_series(images=None, isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *, onset: float = 100.0,
                     duration: float = 133.0, contrast: float = 1.0, t_end: float = 1000.0,
-                    background="grey", input: str | None = None) -> Protocol:
+                    background=BACKGROUND, input: str | None = None) -> Protocol:
     """Two pulses of ``duration`` ms separated by each inter-stimulus interval (offset of the
     first to onset of the second, ms): on ``[onset, onset + duration)`` and
     ``[onset + duration + isi, onset + 2 duration + isi)``."""
@@ -180,31 +191,64 @@ def interval_series(images=None, isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *
                   input=input)
 
 
-def groen2022(kind: str, images=None, *, onset: float = 100.0, background="grey",
+@dataclass(frozen=True)
+class Experiment:
+    """One in-silico experiment kind: the one place that knows it (:data:`EXPERIMENTS`).
+
+    name : the kind (``"contrast"``): its key in configs, ``kinds=`` and the analysis.
+    build : the stimulus builder, ``build(images, **conditions, onset=, t_end=, background=,
+        input=) -> Protocol`` (e.g. :func:`contrast_series`).
+    conditions : the builder's keyword arguments that fix the paper's conditions.
+    by : the condition that varies across the batch: the analysis' condition dimension.
+    needs : the conditions (archive coordinates along ``sample``) its analysis reads.
+    study : the prefix of its protocol's and archive's name (``groen2022-contrast``).
+    baseline_ms, epoch_ms : the epoch starts ``baseline_ms`` before the onset and lasts
+        ``epoch_ms``.
+    """
+
+    name: str
+    build: Callable[..., Protocol]
+    conditions: Mapping
+    by: str
+    needs: tuple[str, ...]
+    study: str = "groen2022"
+    baseline_ms: float = GROEN2022["baseline_ms"]
+    epoch_ms: float = GROEN2022["epoch_ms"]
+
+    @property
+    def label(self) -> str:
+        """``<study>-<name>``: the protocol's name and the archive's file stem."""
+        return f"{self.study}-{self.name}"
+
+    def protocol(self, images=None, *, onset: float = 100.0, background=BACKGROUND,
+                 input: str | None = None) -> Protocol:
+        """The conditions x ``images`` batch, stimulus onset at ``onset`` ms (the baseline before it)."""
+        t_end = onset - self.baseline_ms + self.epoch_ms
+        p = self.build(images, **self.conditions, onset=onset, t_end=t_end, background=background, input=input)
+        p.name = self.label
+        return p
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("contrast", contrast_series, GROEN2022["contrast"], by="contrast", needs=("contrast", "duration")),
+    Experiment("duration", duration_series, GROEN2022["duration"], by="duration", needs=("duration", "contrast")),
+    Experiment("repetition", interval_series, GROEN2022["repetition"], by="isi",
+               needs=("isi", "duration", "contrast")),
+)}
+"""Every in-silico experiment kind, by name (read by the configs, the runner and the analysis)."""
+
+
+def groen2022(kind: str, images=None, *, onset: float = 100.0, background=BACKGROUND,
               input: str | None = None) -> Protocol:
     """The conditions of Groen et al. (2022) for ``kind`` in ``"contrast"``, ``"duration"``,
-    ``"repetition"`` (see :data:`GROEN2022`), as one labelled batch (conditions x images)
-    in an epoch that starts ``onset`` ms (default 100, the baseline) before the stimulus and
-    ends 1.2 s after it (Groen's epochs: -0.1 to 1.2 s).
+    ``"repetition"`` (see :data:`GROEN2022`; any kind of :data:`EXPERIMENTS`), as one
+    labelled batch (conditions x images) in an epoch that starts ``onset`` ms (default 100,
+    the baseline) before the stimulus and ends 1.2 s after it (Groen's epochs: -0.1 to 1.2 s).
 
-    ``background``: the screen between pulses, in the units the model is fed. ``"grey"`` (0.5)
-    suits raw images in [0, 1]; for normalised images use ``"mean"`` (each image's mean
-    luminance: contrast changes around it keep the mean constant, as on Groen's mean-grey
-    screen) or ``"blank"`` (0)."""
-    t_end = onset - GROEN2022["baseline_ms"] + GROEN2022["epoch_ms"]
-    if kind == "contrast":
-        spec = GROEN2022["contrast"]
-        p = contrast_series(images, spec["contrasts"], onset=onset, duration=spec["duration"], t_end=t_end,
-                            background=background, input=input)
-    elif kind == "duration":
-        spec = GROEN2022["duration"]
-        p = duration_series(images, spec["durations"], onset=onset, contrast=spec["contrast"], t_end=t_end,
-                            background=background, input=input)
-    elif kind == "repetition":
-        spec = GROEN2022["repetition"]
-        p = interval_series(images, spec["isis"], onset=onset, duration=spec["duration"],
-                            contrast=spec["contrast"], t_end=t_end, background=background, input=input)
-    else:
-        raise ConfigurationError(f"groen2022 kind must be 'contrast', 'duration' or 'repetition', got {kind!r}")
-    p.name = f"groen2022-{kind}"
-    return p
+    ``background``: the screen between pulses, in the units the model is fed (default
+    ``"mean"``, each image's mean luminance: contrast changes around it keep the mean
+    constant, as on Groen's mean-grey screen); ``"grey"`` (0.5) for raw images in [0, 1],
+    ``"blank"`` (0) for images normalised to their data set's mean."""
+    if kind not in EXPERIMENTS:
+        raise ConfigurationError(f"groen2022 kind must be one of {list(EXPERIMENTS)}, got {kind!r}")
+    return EXPERIMENTS[kind].protocol(images, onset=onset, background=background, input=input)

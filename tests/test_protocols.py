@@ -103,7 +103,7 @@ def test_generic_series_with_user_values(images):
 
 
 def test_protocol_errors():
-    with pytest.raises(ConfigurationError, match="'contrast', 'duration' or 'repetition'"):
+    with pytest.raises(ConfigurationError, match=r"one of \['contrast', 'duration', 'repetition'\], got 'masking'"):
         groen2022("masking")
     with pytest.raises(ConfigurationError, match="after the end of the epoch"):
         duration_series(None, [500.0], onset=600.0, t_end=1000.0)
@@ -126,11 +126,14 @@ def test_protocol_runs_through_integrate_with_labels():
     assert not torch.allclose(v1[2, 0], v1[2, 5])
 
 
-def test_present_a_labelled_batch_after_a_blank(images):
+def test_present_a_labelled_batch_after_the_background(images):
     p = dn.stimuli.present(images, onset=20.0, duration=40.0, labels=torch.tensor([3, 7]))
     assert p.conditions == {"label": [3, 7]} and p.breakpoints == (20.0, 60.0) and p.t_end == 60.0
-    assert torch.equal(p(before(20.0)), torch.zeros_like(images))
+    screen = images.mean(dim=(2, 3), keepdim=True).expand_as(images)  # the default: each image's mean
+    assert torch.equal(p(before(20.0)), screen)
     torch.testing.assert_close(p(20.0), images)
-    assert torch.equal(p(60.0), torch.zeros_like(images))
+    assert torch.equal(p(60.0), screen)
+    blank = dn.stimuli.present(images, onset=20.0, duration=40.0, background="blank")
+    assert torch.equal(blank(before(20.0)), torch.zeros_like(images))
     stay = dn.stimuli.present(images, onset=5.0)
     assert stay.breakpoints == (5.0,) and torch.equal(stay(1e9), stay(5.0))

@@ -11,7 +11,7 @@ from torch import nn
 
 import dynode as dn
 from dynode.errors import ConfigurationError, ShapeError
-from dynode.stimuli import Modulated, Sequence, Sum, envelopes as E
+from dynode.stimuli import Modulated, Succession, Sum, envelopes as E
 
 
 def before(t: float) -> float:
@@ -156,7 +156,7 @@ def test_modulated_contrast_around_background_and_cached():
 
 def test_modulated_ramp_and_named_input():
     img = torch.ones(2, 3)
-    s = Modulated(img, E.ramp(0.0, 10.0), input="x")
+    s = Modulated(img, E.ramp(0.0, 10.0), background="blank", input="x")
     assert s.breakpoints == (0.0, 10.0)
     torch.testing.assert_close(s(2.5)["x"], torch.full((2, 3), 0.25))
     with pytest.raises(ShapeError, match="3 images but the envelope has batch 2"):
@@ -165,14 +165,14 @@ def test_modulated_ramp_and_named_input():
         Modulated(img, E.pulse(0.0, 1.0), conditions={"c": [1, 2, 3]})
 
 
-def test_sum_and_sequence_of_stimuli():
-    a = Modulated(torch.ones(1, 2), E.pulse(0.0, 10.0))
-    b = Modulated(2 * torch.ones(1, 2), E.pulse(5.0, 10.0))
+def test_sum_and_succession_of_stimuli():
+    a = Modulated(torch.ones(1, 2), E.pulse(0.0, 10.0), background="blank")
+    b = Modulated(2 * torch.ones(1, 2), E.pulse(5.0, 10.0), background="blank")
     s = a + b
     assert isinstance(s, Sum) and s.breakpoints == (0.0, 5.0, 10.0, 15.0)
     assert s(7.0).tolist() == [[3.0, 3.0]]
     assert s(7.0) is s(8.0)  # memoised while the parts return cached tensors
-    seq = Sequence([a, b], [20.0, 20.0], start=100.0)
+    seq = Succession([a, b], [20.0, 20.0], start=100.0)
     # a sees local time t - 100, b sees t - 120
     assert seq.breakpoints == (100.0, 110.0, 120.0, 125.0, 135.0)
     assert seq(before(100.0)).tolist() == [[0.0, 0.0]]
@@ -183,7 +183,7 @@ def test_sum_and_sequence_of_stimuli():
 
 
 def test_to_moves_and_casts():
-    s = Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0)).to(dtype=torch.float64)
+    s = Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0), background="blank").to(dtype=torch.float64)
     assert s(1.0).dtype == torch.float64 and s.envelope(1.0).dtype == torch.float64
 
 
@@ -195,7 +195,7 @@ def test_network_sees_the_pulse_exactly_at_onset():
     net.add_population("A", shape=(1,), tau=5.0, phi="identity")
     net.connect("x", "A", nn.Identity())
     img = torch.ones(2, 1)
-    stim = Modulated(img, E.pulse([10.0, 20.0], [5.0, 7.0]))
+    stim = Modulated(img, E.pulse([10.0, 20.0], [5.0, 7.0]), background="blank")
     sol = dn.integrate(net, stim, t_end=40.0, dt=1.0)
     r = sol.states["A"][:, :, 0]
     ts = sol.ts.tolist()
@@ -250,16 +250,16 @@ def test_step_never_switches_off():
 
 def test_uint8_images_are_scaled_like_to_tensor():
     x = torch.tensor([[0, 51, 255]], dtype=torch.uint8)
-    s = Modulated(x, E.pulse(0.0, 1.0))
+    s = Modulated(x, E.pulse(0.0, 1.0), background="blank")
     torch.testing.assert_close(s(0.5), torch.tensor([[0.0, 0.2, 1.0]]))
 
 
 def test_sum_of_stimuli_for_two_named_inputs():
-    a = Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0), input="left")
-    b = Modulated(torch.ones(2, 4), E.pulse(2.0, 5.0), input="right")
+    a = Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0), background="blank", input="left")
+    b = Modulated(torch.ones(2, 4), E.pulse(2.0, 5.0), background="blank", input="right")
     s = Sum(a, b)
     v = s(3.0)
     assert set(v) == {"left", "right"} and v["left"].shape == (2, 3) and v["right"].shape == (2, 4)
     assert s.breakpoints == (0.0, 2.0, 5.0, 7.0)
     with pytest.raises(ConfigurationError, match="mix of tensors and dicts"):
-        Sum(a, Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0)))(1.0)
+        Sum(a, Modulated(torch.ones(2, 3), E.pulse(0.0, 5.0), background="blank"))(1.0)
