@@ -12,14 +12,14 @@ import math
 from pathlib import Path
 
 import torch
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from dynode.checkpoint import load_weights
 from dynode.datafile import UniqueKeyLoader, load_yaml, read_text  # noqa: F401 (UniqueKeyLoader: sweep)
 from dynode.errors import ConfigurationError
-from dynode.solver_config import (SolverConfig, FrozenConfig, solver_config, EulerConfig, MidpointConfig, HeunConfig,
-                                  RK4Config, Dopri5Config, Tsit5Config, Bosh3Config, TorchDiffEqConfig,
-                                  TorchODEConfig)
+from dynode.solver_config import *  # noqa: F403 (re-exported: every generated solver config)
+from dynode.solver_config import (CONFIGS, FIXED_STEP, EulerConfig, Dopri5Config, FixedSolverConfig, FrozenConfig,
+                                  SolverConfig, solver_config)
 from pydantic import (Field, PositiveFloat, PositiveInt, model_validator)
 from dynode import models
 from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
@@ -31,9 +31,7 @@ from dynode.stimuli.datasets import dataset, in_memory
 from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
 from dynode.train import TrainingConfig
 
-__all__ = ["SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
-           "RK4Config", "Dopri5Config", "Tsit5Config", "Bosh3Config", "TorchDiffEqConfig",
-           "TorchODEConfig"]
+__all__ = ["SolverConfig", "solver_config", *(model.__name__ for model in CONFIGS.values())]
 
 
 class ModelConfig(FrozenConfig):
@@ -278,11 +276,6 @@ class ExperimentConfig(FrozenConfig):
         "before each experiment (warns with the measured drift if not steady); null: no settling")
 
 
-FixedSolverConfig = Annotated[Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config],
-                              Field(discriminator="kind")]
-"""A fixed-step solver configuration (the solvers a dt study compares)."""
-
-
 class ConvergenceConfig(FrozenConfig):
     """The dt/tau study: errors of ``solvers`` at ``dts`` against a tight reference.
 
@@ -294,7 +287,7 @@ class ConvergenceConfig(FrozenConfig):
     """
 
     dts: list[PositiveFloat] = Field(default_factory=lambda: [2.0, 1.0, 0.5, 0.25])
-    solvers: list[Literal["euler", "midpoint", "heun", "rk4"]] | dict[str, FixedSolverConfig] = Field(
+    solvers: list[Literal[FIXED_STEP]] | dict[str, FixedSolverConfig] = Field(
         default_factory=lambda: ["euler", "rk4"])
     t_end: PositiveFloat = 40.0
     reference: SolverConfig = Field(default_factory=lambda: Dopri5Config(rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL))

@@ -1,4 +1,6 @@
-"""Solver configurations as data: one pydantic model per solver class, generated from it.
+"""Solver configurations as data: one pydantic model per registered solver class, generated
+from it (:data:`dynode.solver.SOLVERS`, filled by :mod:`dynode.solvers`): a registered solver
+has its config, its ``kind`` and, if fixed-step, its name in :data:`FIXED_STEP`.
 
 Solvers are a discriminated union on ``kind``; each config takes exactly the options its
 solver takes (a typo or an option of another solver is a validation error) and
@@ -15,12 +17,8 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, model_validator
 
-from dynode.solver import Solver
-from dynode.solvers import RK4, Bosh3, Dopri5, Euler, Heun, Midpoint, TorchDiffEq, TorchODE, Tsit5
-
-__all__ = ["FrozenConfig", "SolverConfig", "solver_config", "EulerConfig", "MidpointConfig", "HeunConfig",
-           "RK4Config", "Dopri5Config", "Tsit5Config", "Bosh3Config", "TorchDiffEqConfig",
-           "TorchODEConfig"]
+from dynode.solver import SOLVERS, Solver
+from dynode.solvers import FixedStepSolver
 
 
 class FrozenConfig(BaseModel):
@@ -64,16 +62,20 @@ def _config(cls: type[Solver]) -> type[_SolverConfig]:
     return model
 
 
-EulerConfig, MidpointConfig, HeunConfig, RK4Config = (_config(c) for c in (Euler, Midpoint, Heun, RK4))
-Dopri5Config, Tsit5Config, Bosh3Config = (_config(c) for c in (Dopri5, Tsit5, Bosh3))
-TorchDiffEqConfig, TorchODEConfig = _config(TorchDiffEq), _config(TorchODE)
+CONFIGS: dict[str, type[_SolverConfig]] = {name: _config(cls) for name, cls in SOLVERS.items()}
+"""The config of every registered solver by ``kind``, in registration order; each is also a
+module attribute named after its class (``EulerConfig``, ..., ``TorchODEConfig``)."""
+globals().update({model.__name__: model for model in CONFIGS.values()})
+FIXED_STEP = tuple(name for name, cls in SOLVERS.items() if issubclass(cls, FixedStepSolver))
+"""The fixed-step solvers' names (``"euler"``, ...): what training and a dt study take."""
 
-SolverConfig = Annotated[
-    Union[EulerConfig, MidpointConfig, HeunConfig, RK4Config, Dopri5Config, Tsit5Config,  # type: ignore[valid-type]
-          Bosh3Config, TorchDiffEqConfig, TorchODEConfig],
-    Field(discriminator="kind"),
-]
+SolverConfig = Annotated[Union[tuple(CONFIGS.values())], Field(discriminator="kind")]
 """A solver configuration: one of the ``*Config`` models, chosen by ``kind``."""
+FixedSolverConfig = Annotated[Union[tuple(CONFIGS[name] for name in FIXED_STEP)], Field(discriminator="kind")]
+"""A fixed-step solver configuration (the solvers a dt study compares)."""
+
+__all__ = ["FrozenConfig", "SolverConfig", "FixedSolverConfig", "solver_config", "CONFIGS", "FIXED_STEP",
+           *(model.__name__ for model in CONFIGS.values())]
 
 _SOLVER_ADAPTER: TypeAdapter = TypeAdapter(SolverConfig, config=ConfigDict(title="SolverConfig"))
 

@@ -59,12 +59,12 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 from torch import nn
 
 from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
-from dynode.solver_config import solver_config
+from dynode.solver_config import FrozenConfig, solver_config
 from dynode import pipeline
 from dynode.activations import Lambda, RectifiedPower, Supralinear
 from dynode.adapters import Adapter, Resize, adapter
@@ -85,10 +85,6 @@ SPEC_VERSION = 1
 """The version this dynode writes; a spec of a higher version is refused (written by a newer dynode)."""
 
 OpDict = dict[str, Any]
-
-
-class FrozenConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class PopulationSpec(FrozenConfig):

@@ -60,13 +60,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dynode import analysis
 from dynode.archive import LEASE_ATTR, _boot_id, _proc_stat, lease_state
 from dynode.config import RunConfig, first_images, load_config, model_and_data, run_config, run_record
 from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
+from dynode.solver_config import FrozenConfig
 from dynode.experiments import groen2022_experiments
 from dynode.train import Trainer, config_diff, run_fingerprint
 
@@ -93,10 +94,8 @@ class SweepLockedError(DynodeError):
 INSTALL_HINT = 'dynode sweep runs its points with Snakemake: pip install "snakemake>=8" (or pip install -e ".[sweep]")'
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(FrozenConfig):
     """A sweep: ``base`` run config, ``grid`` or ``points`` of dotted-key overrides, ``steps``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     base: str | dict[str, Any] = Field(default_factory=dict)
     output: str | None = None

@@ -78,7 +78,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from dynode.archive import check_writable
@@ -91,6 +91,7 @@ from dynode.models.losses import classification_loss, energy_loss, stability_los
 from dynode.models.stability import spectral_radius
 from dynode.network import Network, RunProtocol
 from dynode.problem import dtype_name
+from dynode.solver_config import FIXED_STEP, FrozenConfig
 from dynode.spec import spec_record
 from dynode.stimulus import Pulse
 from dynode.tolerances import TIME_RTOL
@@ -100,10 +101,8 @@ __all__ = ["TrainingConfig", "Trainer", "TrainResult", "train", "evaluate", "loa
 
 
 
-class TrainingConfig(BaseModel):
+class TrainingConfig(FrozenConfig):
     """Everything a training run needs besides the model and the data. Times in ms."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (split across ranks under torchrun)")
@@ -120,7 +119,7 @@ class TrainingConfig(BaseModel):
         "operator down to this spectral radius (keeps long runs stable)")
     dt: float | None = Field(None, gt=0, description="step (ms); default: the model's protocol")
     t_end: float | None = Field(None, gt=0, description="run length (ms); default: the model's protocol")
-    solver: Literal["euler", "midpoint", "heun", "rk4"] = "euler"
+    solver: Literal[FIXED_STEP] = "euler"
     idle: float = Field(0.0, ge=0, description="warm-up without input or gradient before t0 (ms)")
     stimulus_onset: float = Field(0.0, ge=0)
     stimulus_duration: float | None = Field(None, gt=0, description="None: until t_end")
