@@ -210,18 +210,13 @@ def cmd_simulate(args) -> int:
 
 def cmd_experiment(args) -> int:
     from dynode.config import load_config
-    from dynode.experiments import groen2022_experiments
 
     cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
-    ex = cfg.experiment
     if not args.overwrite:
-        _refuse_existing("experiment", [out / "experiments" / f"groen2022-{k}.zarr" for k in ex.protocols])
+        _refuse_existing("experiment", cfg.experiment.paths(out / "experiments"))
     net, _, test = model_and_data(cfg)
-    paths = groen2022_experiments(net, first_images(test, ex.n_images), out / "experiments", dt=ex.dt,
-                                  solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
-                                  overwrite=args.overwrite, background=ex.background, onset=ex.onset,
-                                  settle_max=ex.settle_max)
+    paths = cfg.experiment.run(net, test, out / "experiments", overwrite=args.overwrite)
     for path in paths.values():
         print(f"wrote {path}")
     _analyze(list(paths.values()), out / "figures")

@@ -2,8 +2,8 @@
 
 Each *variant* is a set of ``model.options`` overrides of one base :class:`~dynode.config.RunConfig`
 (by default the demo's: the generated task and a four-area ``dyrcnn``). For every variant
-:func:`~dynode.demo.run_workflow` trains the model, runs the Groen et al. (2022) experiments and
-analyses them into ``OUT/<variant>/``; then one table (``comparison.csv``, ``comparison.md``,
+:func:`run_workflow` trains the model, runs the Groen et al. (2022) experiments and
+analyses them into ``OUT/<variant>/`` (the demo is this workflow on one config); then one table (``comparison.csv``, ``comparison.md``,
 printed) and one figure (``comparison.png``: a row per variant, a column per area with the
 responses to the six durations, and a last column with ISI recovery) put them side by side.
 
@@ -16,15 +16,21 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dynode.analysis.style import hierarchy_order, pyplot, style
-from dynode.errors import ConfigurationError
-from dynode.demo import run_workflow
+import torch
 
-__all__ = ["COMPARED_RECURRENCE", "default_variants", "run_comparison", "comparison_rows",
+from dynode import analysis
+from dynode.analysis.style import hierarchy_order, pyplot, style
+from dynode.config import first_images
+from dynode.errors import ConfigurationError
+from dynode.experiments import recovery_after_offset
+from dynode.train import Trainer
+
+__all__ = ["COMPARED_RECURRENCE", "default_variants", "run_workflow", "run_comparison", "comparison_rows",
            "format_comparison", "plot_comparison"]
 
 COMPARED_RECURRENCE = ("full", "self", "depthpointwise", "pointdepthwise")
@@ -44,6 +50,69 @@ def default_variants(recurrence_types: Sequence[str] = COMPARED_RECURRENCE,
     return out
 
 
+def run_workflow(cfg, out, *, overwrite: bool = False, resume: bool = False, log=print,
+                 figures: bool = True) -> dict:
+    """Train ``cfg.model`` on ``cfg.data`` (an earlier training in ``out/train/last.pt`` is
+    continued with ``resume``, started over with ``overwrite``, and refused otherwise), run the Groen 2022 experiments of ``cfg.experiment`` into
+    ``out/experiments`` and analyse them. Returns accuracy, timings, paths, the analysis
+    summary (:meth:`dynode.analysis.Analysis.summary`) and the :class:`~dynode.analysis.Analysis`
+    itself (key ``analysis``)."""
+
+    out = Path(out)
+    if overwrite and resume:
+        raise ConfigurationError("overwrite=True starts over and resume=True continues; give one")
+    last = out / "train" / "last.pt"
+    if last.exists() and not (overwrite or resume):
+        raise ConfigurationError(f"{str(last)!r} holds an earlier training; pass resume=True to continue it "
+                                 "or overwrite=True to start over, or choose another output folder")
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.training.seed)  # before building: same config, same initial weights
+    train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
+    net = cfg.model.build(input_shape=shape, num_classes=n_classes)
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"{cfg.model.name}({', '.join(f'{k}={v}' for k, v in cfg.model.options.items())}): {n_params} "
+        f"parameters; {len(train[0]) if isinstance(train, tuple) else '?'} training images {tuple(shape)}, "
+        f"{n_classes} classes")
+
+    tcfg = cfg.training
+    # off a terminal the workflow's own line per epoch (log) is the only one
+    trainer = Trainer(net, tcfg, log=out / "train" / "train.jsonl", checkpoint_dir=out / "train",
+                      progress=sys.stderr.isatty())
+    if last.exists() and resume:
+        trainer.resume(last)
+        log(f"resuming training from {last} (epoch {trainer.epoch})")
+    for _ in range(trainer.epoch, tcfg.epochs):
+        trainer.config = tcfg.model_copy(update={"epochs": trainer.epoch + 1})
+        trainer.fit(train, test)
+        row = trainer.result.history[-1]
+        log(f"  epoch {row['epoch']}/{tcfg.epochs}: loss {row['train_loss']:.3f}, train acc "
+            f"{row['train_acc']:.3f}, test acc {row['val_acc']:.3f} ({row['time_s']:.0f} s)")
+    trainer.config = tcfg
+    t_train = time.perf_counter() - t_start
+    history = trainer.result.history
+    acc = history[-1].get("val_acc", float("nan")) if history else float("nan")
+    log(f"test accuracy {acc:.3f} (chance {1 / n_classes:.3f}); training took {t_train:.0f} s")
+
+    net.eval()
+    ex = cfg.experiment
+    paths = ex.run(net, test, out / "experiments", overwrite=True)
+    # a 3.5 s run (500 ms stimulus): activity must come back to rest after the offset
+    back = recovery_after_offset(net, first_images(test, 1), dt=ex.dt, solver=ex.solver.build(),
+                                 background=ex.background, t_end=3500.0)
+    t_exp = time.perf_counter() - t_start - t_train
+    log(f"experiments: {', '.join(str(p) for p in paths.values())} ({t_exp:.0f} s)")
+    log("3.5 s run, 500 ms stimulus: activity over the last 100 ms, relative to the peak: "
+        + ", ".join(f"{a} {v['final_to_peak']:.1e}" for a, v in back.items()))
+
+    res = analysis.analyze(*paths.values())
+    figs = res.figures(out / "figures") if figures else {}
+    return {"accuracy": acc, "chance": 1 / n_classes, "parameters": n_params, "train_seconds": t_train,
+            "experiment_seconds": t_exp, "archives": {k: str(v) for k, v in paths.items()},
+            "figures": {k: str(v) for k, v in figs.items()}, "summary": res.summary(),
+            "recovery_after_offset": back, "analysis": res,
+            "network": net}
+
+
 def _variant_config(base, label: str, overrides: Mapping):
     if not isinstance(overrides, Mapping):
         raise ConfigurationError(f"compare variant {label!r}: give a mapping of model options, got "
@@ -55,7 +124,7 @@ def _variant_config(base, label: str, overrides: Mapping):
 
 def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, overwrite: bool = False,
                    resume: bool = False, log=print) -> dict:
-    """Run :func:`~dynode.demo.run_workflow` for each of ``variants`` (``{label: model option
+    """Run :func:`run_workflow` for each of ``variants`` (``{label: model option
     overrides}``; default :func:`default_variants`) on the base config ``base`` into
     ``out/<label>``, then write the table and the figure. A variant trained by an earlier run is
     continued with ``resume`` (a finished one is not retrained), started over with

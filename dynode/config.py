@@ -26,7 +26,8 @@ from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
 from dynode.field import VectorField
 from dynode.record import Record
 from dynode.spec import build_network, import_object, load_spec
-from dynode.stimuli import Constant, Pulse, groen2022
+from dynode.experiments import groen2022_experiments
+from dynode.stimuli import BACKGROUND, EXPERIMENTS, Constant, Pulse, groen2022
 from dynode.stimuli.datasets import dataset, in_memory
 from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
 from dynode.train import TrainingConfig
@@ -226,6 +227,10 @@ class RecordConfig(FrozenConfig):
         return Record(**self.model_dump())
 
 
+ExperimentKind = Literal[tuple(EXPERIMENTS)]
+"""The name of a registered experiment (:data:`dynode.stimuli.EXPERIMENTS`)."""
+
+
 class StimulusConfig(FrozenConfig):
     """A stimulus for ``dynode simulate``: test images of the data shown as a pulse (or constantly),
     or one of the Groen 2022 protocols."""
@@ -235,12 +240,12 @@ class StimulusConfig(FrozenConfig):
     onset: Annotated[float, Field(ge=0)] = 0.0
     duration: PositiveFloat | None = None
     contrast: Annotated[float, Field(ge=0)] = 1.0
-    protocol: Literal["contrast", "duration", "repetition"] | None = None
+    protocol: ExperimentKind | None = None
 
     @model_validator(mode="after")
     def _fits(self):
         if self.kind == "groen2022" and self.protocol is None:
-            raise ValueError("stimulus.kind='groen2022' needs stimulus.protocol: contrast, duration or repetition")
+            raise ValueError(f"stimulus.kind='groen2022' needs stimulus.protocol: one of {', '.join(EXPERIMENTS)}")
         if self.kind != "groen2022" and self.protocol is not None:
             raise ValueError("stimulus.protocol only applies to kind='groen2022'")
         if self.kind == "constant" and (self.duration is not None or self.onset):
@@ -258,22 +263,36 @@ class StimulusConfig(FrozenConfig):
 
 
 class ExperimentConfig(FrozenConfig):
-    """The in-silico experiments (Groen et al. 2022) run on a (trained) model."""
+    """The in-silico experiments (those of :data:`dynode.stimuli.EXPERIMENTS`: Groen et al. 2022)
+    run on a (trained) model: :meth:`run`."""
 
-    protocols: list[Literal["contrast", "duration", "repetition"]] = Field(
-        default_factory=lambda: ["contrast", "duration", "repetition"])
+    protocols: list[ExperimentKind] = Field(default_factory=lambda: list(EXPERIMENTS))
     n_images: PositiveInt = 4
     dt: PositiveFloat = 2.0
     solver: SolverConfig = Field(default_factory=EulerConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
-    background: Literal["grey", "blank", "mean"] = Field(
-        "mean", description="the screen between stimuli in the units the model is fed: 'mean' (each "
+    background: Literal["mean", "blank", "grey"] = Field(
+        BACKGROUND, description="the screen between stimuli in the units the model is fed: 'mean' (each "
         "image's mean luminance), 'blank' (0) or 'grey' (0.5, for raw images in [0, 1])")
     onset: PositiveFloat = Field(100.0, description="stimulus onset (ms) after the settled start: the "
                                  "baseline")
     settle_max: PositiveFloat | None = Field(
         3000.0, description="ms the network may run on the background alone to reach a steady baseline "
         "before each experiment (warns with the measured drift if not steady); null: no settling")
+
+    def paths(self, out_dir) -> list[Path]:
+        """The archives :meth:`run` writes into ``out_dir``."""
+        return [Path(out_dir) / f"{EXPERIMENTS[k].label}.zarr" for k in self.protocols]
+
+    def run(self, network, data, out_dir, *, overwrite: bool = False, progress: bool | None = None
+            ) -> dict[str, Path]:
+        """Run these experiments (:func:`dynode.experiments.groen2022_experiments`) on the first
+        ``n_images`` of ``data`` (a split of :meth:`DataConfig.load`) into ``out_dir``;
+        ``{kind: archive path}``."""
+        return groen2022_experiments(network, first_images(data, self.n_images), out_dir, dt=self.dt,
+                                     solver=self.solver.build(), kinds=self.protocols, record=self.record.build(),
+                                     overwrite=overwrite, progress=progress, background=self.background,
+                                     onset=self.onset, settle_max=self.settle_max)
 
 
 class ConvergenceConfig(FrozenConfig):
@@ -370,5 +389,3 @@ def run_config_schema() -> dict:
         return x
 
     return strict(RunConfig.model_json_schema())
-
-

@@ -11,25 +11,20 @@
 
 Everything lands in the output folder: ``train/`` (log, checkpoint), ``experiments/``
 (archives), ``figures/`` (PNG) and ``summary.json``. The workflow itself is
-:func:`run_workflow` on a :class:`~dynode.config.RunConfig` (:func:`demo_config`), which
-``dynode compare`` runs once per model variant.
+:func:`~dynode.compare.run_workflow` on a :class:`~dynode.config.RunConfig` (:func:`demo_config`),
+which ``dynode compare`` runs once per model variant.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
-import torch
-from dynode.errors import ConfigurationError
-from dynode import analysis
 from dynode.analysis import format_summary
-from dynode.config import first_images
+from dynode.compare import run_workflow
 from dynode.config import run_config
-from dynode.experiments import groen2022_experiments, recovery_after_offset
-from dynode.train import Trainer
+from dynode.errors import ConfigurationError
 
 __all__ = ["run_demo", "run_workflow", "demo_config", "DEMO_MODEL"]
 
@@ -69,72 +64,6 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
                        "record": {"reduce": "mean"}, "background": "blank", "onset": 100.0,
                        "settle_max": 400.0 if quick else 3000.0},
     })
-
-
-def run_workflow(cfg, out, *, overwrite: bool = False, resume: bool = False, log=print,
-                 figures: bool = True) -> dict:
-    """Train ``cfg.model`` on ``cfg.data`` (an earlier training in ``out/train/last.pt`` is
-    continued with ``resume``, started over with ``overwrite``, and refused otherwise), run the Groen 2022 experiments of ``cfg.experiment`` into
-    ``out/experiments`` and analyse them. Returns accuracy, timings, paths, the analysis
-    summary (:meth:`dynode.analysis.Analysis.summary`) and the :class:`~dynode.analysis.Analysis`
-    itself (key ``analysis``)."""
-
-    out = Path(out)
-    if overwrite and resume:
-        raise ConfigurationError("overwrite=True starts over and resume=True continues; give one")
-    last = out / "train" / "last.pt"
-    if last.exists() and not (overwrite or resume):
-        raise ConfigurationError(f"{str(last)!r} holds an earlier training; pass resume=True to continue it "
-                                 "or overwrite=True to start over, or choose another output folder")
-    t_start = time.perf_counter()
-    torch.manual_seed(cfg.training.seed)  # before building: same config, same initial weights
-    train, test, shape, n_classes = cfg.data.load(cfg.training.batch_size)
-    net = cfg.model.build(input_shape=shape, num_classes=n_classes)
-    n_params = sum(p.numel() for p in net.parameters())
-    log(f"{cfg.model.name}({', '.join(f'{k}={v}' for k, v in cfg.model.options.items())}): {n_params} "
-        f"parameters; {len(train[0]) if isinstance(train, tuple) else '?'} training images {tuple(shape)}, "
-        f"{n_classes} classes")
-
-    tcfg = cfg.training
-    # off a terminal the workflow's own line per epoch (log) is the only one
-    trainer = Trainer(net, tcfg, log=out / "train" / "train.jsonl", checkpoint_dir=out / "train",
-                      progress=sys.stderr.isatty())
-    if last.exists() and resume:
-        trainer.resume(last)
-        log(f"resuming training from {last} (epoch {trainer.epoch})")
-    for _ in range(trainer.epoch, tcfg.epochs):
-        trainer.config = tcfg.model_copy(update={"epochs": trainer.epoch + 1})
-        trainer.fit(train, test)
-        row = trainer.result.history[-1]
-        log(f"  epoch {row['epoch']}/{tcfg.epochs}: loss {row['train_loss']:.3f}, train acc "
-            f"{row['train_acc']:.3f}, test acc {row['val_acc']:.3f} ({row['time_s']:.0f} s)")
-    trainer.config = tcfg
-    t_train = time.perf_counter() - t_start
-    history = trainer.result.history
-    acc = history[-1].get("val_acc", float("nan")) if history else float("nan")
-    log(f"test accuracy {acc:.3f} (chance {1 / n_classes:.3f}); training took {t_train:.0f} s")
-
-    net.eval()
-    ex = cfg.experiment
-    images = first_images(test, ex.n_images)
-    paths = groen2022_experiments(net, images, out / "experiments", dt=ex.dt, solver=ex.solver.build(),
-                                  kinds=ex.protocols, record=ex.record.build(), overwrite=True,
-                                  background=ex.background, onset=ex.onset, settle_max=ex.settle_max)
-    # a 3.5 s run (500 ms stimulus): activity must come back to rest after the offset
-    back = recovery_after_offset(net, images[:1], dt=ex.dt, solver=ex.solver.build(), background=ex.background,
-                                 t_end=3500.0)
-    t_exp = time.perf_counter() - t_start - t_train
-    log(f"experiments: {', '.join(str(p) for p in paths.values())} ({t_exp:.0f} s)")
-    log("3.5 s run, 500 ms stimulus: activity over the last 100 ms, relative to the peak: "
-        + ", ".join(f"{a} {v['final_to_peak']:.1e}" for a, v in back.items()))
-
-    res = analysis.analyze(*paths.values())
-    figs = res.figures(out / "figures") if figures else {}
-    return {"accuracy": acc, "chance": 1 / n_classes, "parameters": n_params, "train_seconds": t_train,
-            "experiment_seconds": t_exp, "archives": {k: str(v) for k, v in paths.items()},
-            "figures": {k: str(v) for k, v in figs.items()}, "summary": res.summary(),
-            "recovery_after_offset": back, "analysis": res,
-            "network": net}
 
 
 def demo_outputs(out) -> list[Path]:

@@ -4,7 +4,12 @@ A protocol (e.g. :func:`dynode.stimuli.groen2022`) is one labelled batch of cond
 exact onsets, durations and gaps in ms; :func:`run_protocol` simulates the model through it
 without gradients and streams the trajectories to a zarr archive whose ``sample`` dimension
 carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image``).
-:func:`groen2022_experiments` runs the three experiments of Groen et al. (2022).
+:func:`groen2022_experiments` runs the experiments registered in
+:data:`dynode.stimuli.EXPERIMENTS` (the three of Groen et al. (2022)).
+
+``background`` is the screen around the images everywhere here, as in :mod:`dynode.stimuli`
+(:func:`~dynode.stimuli.resolve_background`; default :data:`~dynode.stimuli.BACKGROUND`,
+``"mean"``); :func:`settle` takes the same spec with the ``images`` it surrounds.
 """
 
 from __future__ import annotations
@@ -28,15 +33,13 @@ from dynode.simulate import SimulationResult, simulate
 from dynode.integrate import integrate
 from dynode.network import Network
 from dynode.solver import Solver, get_solver
-from dynode.stimuli import Constant
-from dynode.stimuli import groen2022
-from dynode.stimuli import present
+from dynode.stimuli import BACKGROUND, EXPERIMENTS, Constant, Modulated, envelopes, present
+from dynode.stimuli.compose import BACKGROUNDS
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
 
-GROEN_KINDS = ("contrast", "duration", "repetition")
-BACKGROUNDS = ("mean", "blank", "grey", "gray")  # the named screens of dynode.stimuli.resolve_background
+GROEN_KINDS = tuple(EXPERIMENTS)  # every registered experiment kind (dynode.stimuli.EXPERIMENTS)
 _SETTLE_WINDOW = 100.0  # ms: settle's default window, as groen2022_experiments uses it
 _MAX_STEPS = 10 ** 7  # steps in a settling window or an epoch (dt = 1e-5 ms for 100 ms: a mistake)
 
@@ -135,7 +138,7 @@ def _check_flag(who: str, name: str, value, *, none: bool = False) -> None:
         raise ConfigurationError(f"{who}: {name} must be True or False{' or None' if none else ''}, got {value!r}")
 
 
-def _check_settle(who: str, network, background, *, dt, solver, window, max_time, rtol, atol
+def _check_settle(who: str, network, background, images, *, dt, solver, window, max_time, rtol, atol
                   ) -> tuple[float, Solver, float, float, float, float]:
     """:func:`settle`'s arguments, checked before anything runs: ``(dt, solver, window,
     max_time, rtol, atol)`` as used."""
@@ -148,7 +151,14 @@ def _check_settle(who: str, network, background, *, dt, solver, window, max_time
     rtol = _number(who, "rtol", rtol, zero=True, unit=" (relative drift per window)")
     atol = _number(who, "atol", atol, unit=" (the absolute drift floor, e.g. 1e-6)")
     _whole_steps(who, "window", window, dt)  # the drift is read on the grid i * dt
-    _check_stimulus_value(who, network, background)
+    if images is None:
+        if isinstance(background, str):
+            raise ConfigurationError(f"{who}: background {background!r} is the screen around images: pass "
+                                     "images=(N, *shape), or give background as a tensor (batch, *input_shape)")
+        _check_stimulus_value(who, network, background)
+    else:
+        _check_images(who, network, images)
+        _check_image_background(who, images, background)
     return dt, get_solver(solver), window, max_time, rtol, atol
 
 
@@ -177,8 +187,8 @@ class Settled:
                 "settle_level": {k: self.level[k] for k in sorted(self.level)}}
 
 
-def settle(network, background, *, dt: float, solver="euler", window: float = 100.0,
-           max_time: float = 3000.0, rtol: float = 1e-3, atol: float = 1e-6) -> Settled:
+def settle(network, background=BACKGROUND, *, images: Tensor | None = None, dt: float, solver="euler",
+           window: float = 100.0, max_time: float = 3000.0, rtol: float = 1e-3, atol: float = 1e-6) -> Settled:
     r"""Run ``network`` on a constant ``background`` until its activity is steady.
 
     From the network's initial state, integrate in windows of ``window`` ms (continuing
@@ -188,7 +198,12 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
     experiment from ``settled.state``: a steady state is its own constant history, so a
     baseline recorded from it is flat, whatever the network's slow loops.
 
-    ``background``: a stimulus value (tensor or ``{input: tensor}``, batch first) held constant.
+    ``background``: the screen held constant. With ``images`` (``(N, *shape)``, the batch
+    that is settled, e.g. a protocol's ``images``) it is the screen around them, as everywhere
+    (:func:`~dynode.stimuli.resolve_background`: ``"mean"`` by default, ``"blank"``, ``"grey"``,
+    a number or a tensor broadcasting to one image), exactly the value a protocol with these
+    images shows while its envelope is 0. Without ``images`` it is the stimulus value itself:
+    a tensor ``(batch, *input_shape)`` or ``{input: tensor}`` (a network with several inputs).
 
     Every argument is checked before the first evaluation (a :class:`ConfigurationError`, or a
     :class:`~dynode.errors.ShapeError` for a background that does not fit the network's input,
@@ -198,9 +213,10 @@ def settle(network, background, *, dt: float, solver="euler", window: float = 10
     """
 
     dt, solver, window, max_time, rtol, atol = _check_settle(
-        "settle", network, background, dt=dt, solver=solver, window=window, max_time=max_time, rtol=rtol,
-        atol=atol)
-    stim = Constant(background)
+        "settle", network, background, images, dt=dt, solver=solver, window=window, max_time=max_time,
+        rtol=rtol, atol=atol)
+    stim = Constant(background) if images is None else Modulated(images, envelopes.constant(0.0),
+                                                                  background=background)
     n_steps = round(window / dt)
     saves = [i * dt for i in range(n_steps + 1)]
     previous, t, steady = None, 0.0, False
@@ -255,15 +271,16 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
 def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver="euler",
                           kinds: Sequence[str] = GROEN_KINDS, record: Record | None = None,
                           overwrite: bool = False, progress: bool | None = None,
-                          background="mean", onset: float = 100.0, settle_max: float | None = 3000.0
+                          background=BACKGROUND, onset: float = 100.0, settle_max: float | None = 3000.0
                           ) -> dict[str, Path]:
-    """Run the ``kinds`` of Groen et al. (2022) (contrast, duration, repetition) on ``images``
-    (``(N, C, H, W)``, already normalised as the network expects) and write one archive per
-    kind, ``out_dir/groen2022-<kind>.zarr``. Returns ``{kind: path}``.
+    """Run the ``kinds`` of :data:`dynode.stimuli.EXPERIMENTS` (those of Groen et al. (2022):
+    contrast, duration, repetition) on ``images`` (``(N, C, H, W)``, already normalised as the
+    network expects) and write one archive per kind, ``out_dir/<label>.zarr``
+    (``groen2022-<kind>.zarr``). Returns ``{kind: path}``.
 
     ``background``: the screen between stimuli in the units the network is fed (default
     ``"mean"``: each image's mean luminance, so that a contrast change keeps the mean; see
-    :func:`dynode.stimuli.groen2022`). ``settle_max`` (ms): before each experiment the
+    :func:`dynode.stimuli.resolve_background`). ``settle_max`` (ms): before each experiment the
     network runs on the background alone until steady (:func:`settle`, warning with the drift
     it measured if it is not steady after this long); the experiment starts from that state,
     so its baseline (the ``onset`` ms before the stimulus, default 100) is flat. ``None``
@@ -308,8 +325,8 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ConfigurationError(f"{who}: out_dir must be a folder path (str or pathlib.Path), got "
                                  f"{type(out_dir).__name__}")
-    paths = {kind: prepare_path(Path(out_dir) / f"groen2022-{kind}.zarr", overwrite) for kind in kinds}
-    protocols = {kind: groen2022(kind, images, background=background, onset=onset) for kind in kinds}
+    paths = {kind: prepare_path(Path(out_dir) / f"{EXPERIMENTS[kind].label}.zarr", overwrite) for kind in kinds}
+    protocols = {kind: EXPERIMENTS[kind].protocol(images, background=background, onset=onset) for kind in kinds}
     t_end = next(iter(protocols.values())).t_end  # the same epoch for every kind
     if solver.grid:
         _whole_steps(who, "the epoch (onset + 1200 ms)", t_end, dt)
@@ -323,7 +340,8 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
     for kind, protocol in protocols.items():
         state, extra = None, {}
         if settle_max is not None:
-            settled = settle(network, protocol(0.0), dt=dt, solver=solver, max_time=settle_max)
+            settled = settle(network, background, images=protocol.images, dt=dt, solver=solver,
+                             max_time=settle_max)
             state, extra = settled.state, settled.attrs()
         run_protocol(network, protocol, dt=dt, solver=solver, record=record, store=paths[kind],
                      overwrite=overwrite, progress=progress, initial_state=state, attrs=extra)
@@ -331,11 +349,11 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
 
 
 def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler", onset: float = 100.0,
-                          duration: float = 500.0, t_end: float = 3500.0, background="blank",
+                          duration: float = 500.0, t_end: float = 3500.0, background=BACKGROUND,
                           tail: float = 100.0) -> dict[str, dict[str, float]]:
     r"""Does activity return to its rest state after a stimulus? A long run (default 3.5 s) from
     the settled state: ``images`` shown at full contrast from ``onset`` for ``duration`` ms,
-    then the ``background`` until ``t_end``.
+    then the ``background`` (the screen, default ``"mean"``, as everywhere) until ``t_end``.
 
     Returns per area (a :class:`~dynode.Network`'s ``areas()``, else every population) of the
     population mean rate ``m(t)`` (mean over units and images): ``peak`` ``max |m - m_0|``
@@ -357,7 +375,7 @@ def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler",
     _check_images(who, network, images)
     _check_image_background(who, images, background)
     protocol = present(images, onset=onset, duration=duration, background=background, t_end=t_end)
-    settled = settle(network, protocol(0.0), dt=dt, solver=solver)  # checks its arguments first
+    settled = settle(network, background, images=protocol.images, dt=dt, solver=solver)  # checks first
     every = max(1, round(10.0 / dt)) * dt
     saves = [i * every for i in range(math.floor(t_end / every + TIME_RTOL) + 1)]
     if saves[-1] < t_end - TIME_RTOL * t_end:

@@ -64,11 +64,10 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dynode import analysis
 from dynode.archive import LEASE_ATTR, _boot_id, _proc_stat, lease_state
-from dynode.config import RunConfig, first_images, load_config, model_and_data, run_config, run_record
+from dynode.config import RunConfig, load_config, model_and_data, run_config, run_record
 from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error
 from dynode.solver_config import FrozenConfig
-from dynode.experiments import groen2022_experiments
 from dynode.train import Trainer, config_diff, run_fingerprint
 
 __all__ = ["SweepConfig", "SweepLockedError", "load_sweep", "expand", "check_key", "write_points", "run_sweep",
@@ -607,11 +606,7 @@ def run_point(point_dir) -> dict:
         c = load_config(exp_cfg)
         _, test, shape, n_classes = c.data.load(c.training.batch_size)
         net = c.model.build(input_shape=shape, num_classes=n_classes)
-        ex = c.experiment
-        paths = groen2022_experiments(net, first_images(test, ex.n_images), d / "experiments", dt=ex.dt,
-                                      solver=ex.solver.build(), kinds=ex.protocols, record=ex.record.build(),
-                                      overwrite=True, background=ex.background, onset=ex.onset,
-                                      settle_max=ex.settle_max)
+        paths = c.experiment.run(net, test, d / "experiments", overwrite=True)
         summary = analysis.analyze(*paths.values()).summary()
         _flat("analysis", summary, metrics)
     result = {"point": meta["id"], "overrides": meta["overrides"], "fingerprint": fingerprint,

@@ -106,7 +106,8 @@ def test_recovery_after_offset_of_a_leaky_area_is_analytic():
     net.connect("image", "V1", conv)
     net = net.double()
     res = dn.experiments.recovery_after_offset(net, torch.ones(1, 3, 8, 8, dtype=torch.float64), dt=1.0,
-                                               onset=100.0, duration=200.0, t_end=600.0, tail=50.0)
+                                               onset=100.0, duration=200.0, t_end=600.0, tail=50.0,
+                                               background="blank")  # the default, "mean", is this image
     v1 = res["V1"]
     # peak at the offset (300 ms); the tail's largest deviation is at 550 ms, 250 Euler steps of
     # decay later: (1 - dt / tau)^250

@@ -69,7 +69,7 @@ SETTLE_BAD = [
     (dict(solver="rk5"), ConfigurationError, r"unknown solver 'rk5'"),
     (dict(background=torch.ones(5)), ShapeError,
      r"settle: background has shape \(5,\) for the input 'image'; expected \(batch, \*\(2, 2, 2\)\) or \(2, 2, 2\)"),
-    (dict(background="mean"), ConfigurationError, r"settle: background must be a tensor"),
+    (dict(background="mean"), ConfigurationError, r"settle: background .mean. is the screen around images: pass images="),
 ]
 
 
