@@ -68,3 +68,20 @@ def test_frozen_and_yaml_round_trip():
 def test_valid_adaptive_configs_build_with_their_values(rtol, atol, kind, controller):
     solver = solver_config({"kind": kind, "rtol": rtol, "atol": atol, "controller": controller}).build()
     assert (solver.name, solver.rtol, solver.atol, solver.controller) == (kind, rtol, atol, controller)
+
+
+def test_every_registered_solver_has_its_generated_config():
+    """Configs, kinds and the fixed-step names come from the registry (adding a solver is its
+    class and its registration): one config per solver, by name, exported by dn.config."""
+    import importlib
+
+    from dynode.train import TrainingConfig
+    sc = importlib.import_module("dynode.solver_config")
+    assert list(sc.CONFIGS) == list(S.SOLVERS)
+    for name, cls in S.SOLVERS.items():
+        assert sc.CONFIGS[name].solver is cls and getattr(dn.config, f"{cls.__name__}Config") is sc.CONFIGS[name]
+        assert solver_config(name).build() == cls()
+    assert sc.FIXED_STEP == ("euler", "midpoint", "heun", "rk4")
+    assert TrainingConfig(solver="rk4").solver == "rk4"
+    with pytest.raises(ValidationError):
+        TrainingConfig(solver="dopri5")
