@@ -100,6 +100,7 @@ def _checksum_contenders(quick: bool, compression):
     import numpy as np
 
     import dynode.archive as A
+    import dynode.archive.writer as W
     from zarr.codecs import Crc32cCodec
 
     batch, k, n_blocks = (8, 8, 4) if quick else (32, 8, 10)
@@ -115,16 +116,16 @@ def _checksum_contenders(quick: bool, compression):
     times = np.arange(k * n_blocks, dtype=np.float64)
     tmp = tempfile.TemporaryDirectory(prefix="dynode-bench-")
     counter = itertools.count()
-    with_crc = A._codecs
+    with_crc = W._codecs
 
     @contextlib.contextmanager
     def codecs(checksum: bool):
-        A._codecs = with_crc if checksum else (
+        W._codecs = with_crc if checksum else (
             lambda c: [x for x in with_crc(c) if not isinstance(x, Crc32cCodec)] or None)
         try:
             yield
         finally:
-            A._codecs = with_crc
+            W._codecs = with_crc
 
     def write(checksum):
         def run() -> float:  # CPU ms of this process (all threads): robust to a busy machine

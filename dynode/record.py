@@ -17,10 +17,15 @@ is turned into what is stored:
 
 Unit dimensions are named by the population's number of per-sample dimensions: 1 ``channel``;
 2 ``channel, x``; 3 ``channel, y, x``; 4 ``channel, z, y, x``; more ``channel, dim_1, ...``.
+
+:meth:`Record.plan` resolves a record against a field's populations (one :class:`RecordPlan`
+each) and :func:`archive_layout` turns the plans into the archive's
+:class:`~dynode.archive.Layout`: ``dynode.simulate`` hands both to the archive's writers.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,11 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dynode.archive.layout import RATE_UNITS, GroupSpec, Layout
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.history import delay_steps
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["Record", "PopulationPlan", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
+__all__ = ["Record", "RecordPlan", "archive_layout", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
 
 REDUCTIONS = ("mean", "std", "mean_std")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
@@ -89,7 +95,7 @@ def _indices(spec, size: int, what: str) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class PopulationPlan:
+class RecordPlan:
     """How one population's saved state becomes its stored ``rate`` (resolved once).
 
     ``index``: per unit dimension, the kept indices (``None``: all). ``dims``/``coords``:
@@ -148,12 +154,42 @@ class PopulationPlan:
             return ("feature",)
         return tuple(f"feature_{i}" for i in range(len(out_shape)))
 
+    def group(self, out_shape: tuple[int, ...]) -> GroupSpec:
+        """The population's group in the archive: stored dims and coordinates, ``rate`` attrs."""
+        dims = self.stored_dims(out_shape)
+        if self.reduce is None:
+            coords = self.selected_coords()
+        elif self.reduce == "mean_std":
+            coords = {"statistic": np.array(["mean", "std"], dtype=object)}
+        else:
+            coords = {d: np.arange(n) for d, n in zip(dims, out_shape)}
+        desc = self.describe()
+        red, sel = desc["reduce"], desc["select"]
+        what = "firing rate" if red is None else f"{red} of the firing rate over units"
+        attrs = {"units": RATE_UNITS, "long_name": f"{what} of population {self.name}"}
+        if red is not None:
+            attrs["reduction"] = red
+        if sel:
+            attrs["selection"] = json.dumps(sel)
+        return GroupSpec(self.name, dims, coords, attrs, np.dtype(desc["dtype"]))
+
     def describe(self) -> dict:
         return {"population": self.name, "shape": list(self.shape),
                 "select": {d: list(i) for d, i in zip(self.unit_dims, self.index) if i is not None},
                 "reduce": None if self.reduce is None else
                 self.reduce if isinstance(self.reduce, str) else _fn_name(self.reduce),
                 "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def archive_layout(plans: Sequence[RecordPlan], out_shapes: Sequence[tuple[int, ...]], batch: int,
+                   conditions: Mapping[str, np.ndarray], input_names: tuple[str, ...],
+                   stimulus_dtype: torch.dtype, attrs: dict) -> Layout:
+    """The archive layout of a run recording ``plans``: ``out_shapes`` are the per-sample shapes
+    their ``transform`` gives, ``conditions`` the sample labels
+    (:func:`dynode.archive.layout.condition_coords`), ``attrs`` the root attributes."""
+    return Layout(batch=batch, conditions=conditions,
+                  groups=tuple(p.group(s) for p, s in zip(plans, out_shapes)), inputs=input_names,
+                  stimulus_dtype=np.dtype(str(stimulus_dtype).removeprefix("torch.")), attrs=attrs)
 
 
 def _fn_name(fn) -> str:
@@ -263,7 +299,7 @@ class Record:
         return tuple(min(start + k * self.every, t_end) for k in range(n + 1))
 
     # -- populations ---------------------------------------------------------------------
-    def plan(self, shapes: Mapping[str, tuple[int, ...]]) -> list[PopulationPlan]:
+    def plan(self, shapes: Mapping[str, tuple[int, ...]]) -> list[RecordPlan]:
         """Resolve populations and selections against the field's per-sample ``shapes``."""
         names = self.populations if self.populations is not None else tuple(shapes)
         unknown = [n for n in names if n not in shapes]
@@ -285,7 +321,7 @@ class Record:
                           for d, n in zip(dims, shape))
             index = tuple(None if i is not None and i == tuple(range(n)) else i
                           for i, n in zip(index, shape))
-            plans.append(PopulationPlan(name, shape, dims, index, self.reduce, self.storage_dtype))
+            plans.append(RecordPlan(name, shape, dims, index, self.reduce, self.storage_dtype))
         return plans
 
     def _selection_by_population(self, shapes, names) -> dict[str, Mapping]:

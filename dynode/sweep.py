@@ -63,7 +63,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from dynode import analysis
-from dynode.archive import LEASE_ATTR, _boot_id, _proc_stat, lease_state
+from dynode.archive import LEASE_ATTR, lease_state, boot_id as _boot_id, proc_stat as _proc_stat
 from dynode.config import RunConfig, load_config, model_and_data, run_config, run_record
 from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError, DynodeError, describe_validation_error

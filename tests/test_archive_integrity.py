@@ -90,7 +90,7 @@ def complete_run(path: Path, t_end: float = 59.0, chunk_steps: int = 10, **kw):
 @pytest.mark.slow
 def test_live_run_is_leased_reader_repair_and_second_writer_get_clear_answers(tmp_path, monkeypatch):
     # the idle writer thread beats often
-    monkeypatch.setattr(sys.modules["dynode.simulate"], "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(sys.modules["dynode.archive.stream"], "HEARTBEAT_S", 0.05)
     path = tmp_path / "live.zarr"
     gate = threading.Event()
     stim = Gated(image(), at=80.0, gate=gate)
@@ -275,7 +275,7 @@ def test_a_reader_during_creation_is_told_who_creates_the_store(tmp_path):
     path = tmp_path / "soon.zarr"
     building = tmp_path / ".soon.zarr.dynode-new-0123456789ab"
     building.mkdir()
-    lease = dn.archive.new_lease()  # held by this process, as a writer's would be
+    lease = dn.archive.lease.new_lease()  # held by this process, as a writer's would be
     try:
         (building / "zarr.json").write_text(json.dumps(
             {"zarr_format": 3, "node_type": "group", "attributes": {"dynode_archive": 1, "writer": lease}}))
@@ -283,7 +283,7 @@ def test_a_reader_during_creation_is_told_who_creates_the_store(tmp_path):
                                                      r"on host .*; open it again once"):
             dn.open_archive(path)
     finally:
-        dn.archive._HELD.discard(lease["token"])
+        dn.archive.lease._HELD.discard(lease["token"])
     with pytest.raises(ArchiveError, match="no zarr.json"):  # a released lease: no such run
         dn.open_archive(path)
 

@@ -1,0 +1,217 @@
+"""The archive's layout and store format: what a dynode archive holds, and how it sits in zarr.
+
+Layout (a ``xarray.DataTree``; on disk a zarr v3 store, one zarr group per node)::
+
+    /                      root: coords time (ms), sample (+ condition coords on sample)
+        stimulus           (time, sample, input): mean of each stimulus input over its units
+        attrs              dynode_archive, status, run_id, created, config (JSON), solver,
+                           dt, t0, t_end, solver_stats (JSON), steps_written, *_version
+    /<population>          one group per recorded population
+        rate               (time, sample, channel, y, x) -- fewer dims for vector populations,
+                           (time, sample) after reduce="mean"/"std",
+                           (time, sample, statistic) after reduce="mean_std"
+        coords             time, sample, condition coords, channel, y, x (kept unit indices)
+
+Every variable carries CF-style ``units`` / ``long_name`` attributes; time is float ms.
+
+A run's :class:`Layout` (what does not change along time) comes from its
+:class:`~dynode.record.Record` (:func:`dynode.record.layout`); the writers
+(:mod:`dynode.archive.writer`) turn each :class:`Block` of steps into these datasets
+(:func:`block_datasets`). Every data array is checksummed (:func:`_codecs`).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from dynode.archive.lease import lease_state
+from dynode.errors import ArchiveError, ArchiveLockedError, ConfigurationError
+
+ARCHIVE_FORMAT = 1  # root attribute ``dynode_archive``: version of this layout
+TIME_ATTRS = {"units": "ms", "long_name": "time", "standard_name": "time"}
+SAMPLE_ATTRS = {"units": "1", "long_name": "sample index in the batch"}
+RATE_UNITS = "a.u."
+"""Units of a rate (model rates are dimensionless; "a.u." reads well on a plot axis)."""
+CONDITION_ATTRS = {
+    "contrast": {"units": "1", "long_name": "stimulus contrast (fraction of full contrast)"},
+    "duration": {"units": "ms", "long_name": "stimulus duration"},
+    "isi": {"units": "ms", "long_name": "inter-stimulus interval"},
+    "onset": {"units": "ms", "long_name": "stimulus onset"},
+    "n_pulses": {"units": "1", "long_name": "number of stimulus pulses"},
+    "image": {"units": "1", "long_name": "image index"},
+}
+"""CF attributes of the stimulus conditions dynode's protocols label (any other condition gets
+a ``long_name`` only: its units are the stimulus's to say)."""
+RESERVED = frozenset({"time", "sample", "rate", "stimulus", "input", "statistic", "channel", "x",
+                      "y", "z", "feature"})
+COMPRESSIONS = ("lz4", "zstd", None)
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One population's group: the stored per-sample ``dims``, their ``coords``, ``rate`` attrs."""
+
+    name: str
+    dims: tuple[str, ...]
+    coords: dict[str, np.ndarray]
+    attrs: dict
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything that does not change along time: sample labels, groups, inputs, root attrs."""
+
+    batch: int
+    conditions: dict[str, np.ndarray]
+    groups: tuple[GroupSpec, ...]
+    inputs: tuple[str, ...]
+    stimulus_dtype: np.dtype
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Block:
+    """``times`` (k,) float64 ms; ``rates`` {population: (k, batch, *dims)}; ``stimulus``
+    (k, batch, n_inputs) or None."""
+
+    times: np.ndarray
+    rates: dict[str, np.ndarray]
+    stimulus: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def condition_coords(conditions: Mapping[str, Sequence], batch: int) -> dict[str, np.ndarray]:
+    """Validate stimulus condition labels: one value per sample, numbers, bools or strings."""
+    out = {}
+    for name, values in (conditions or {}).items():
+        if not isinstance(name, str) or not name.isidentifier() or name in RESERVED:
+            raise ConfigurationError(f"stimulus condition {name!r}: condition names must be identifiers "
+                                     f"other than {sorted(RESERVED)}")
+        arr = np.asarray(values.tolist() if hasattr(values, "tolist") else list(values))
+        if arr.ndim != 1 or len(arr) != batch:
+            raise ConfigurationError(f"stimulus condition {name!r} has {arr.shape} values; give one "
+                                     f"value per sample (batch {batch})")
+        if arr.dtype.kind in "US" or (arr.dtype.kind == "O" and all(isinstance(v, str) for v in arr)):
+            arr = np.array([str(v) for v in arr], dtype=object)  # stored as zarr variable-length utf8
+        elif arr.dtype.kind not in "biuf":
+            raise ConfigurationError(f"stimulus condition {name!r}: values must be numbers, bools or "
+                                     f"strings (one type), got dtype {arr.dtype}")
+        out[name] = arr
+    return out
+
+
+def _sample_coords(layout: Layout) -> dict:
+    coords = {"sample": ("sample", np.arange(layout.batch, dtype=np.int64), SAMPLE_ATTRS)}
+    for name, values in layout.conditions.items():
+        coords[name] = ("sample", values, CONDITION_ATTRS.get(name, {"long_name": f"stimulus condition: {name}"}))
+    return coords
+
+
+def block_datasets(layout: Layout, block: Block) -> dict[str, xr.Dataset]:
+    """The block as one Dataset per group (``"/"`` and one per population)."""
+    base = {"time": ("time", np.asarray(block.times, dtype=np.float64), TIME_ATTRS),
+            **_sample_coords(layout)}
+    root_vars = {}
+    root_coords = dict(base)
+    if layout.inputs:
+        root_coords["input"] = ("input", np.array(list(layout.inputs), dtype=object),
+                                {"long_name": "stimulus input"})
+        root_vars["stimulus"] = (("time", "sample", "input"), block.stimulus,
+                                 {"units": RATE_UNITS, "long_name": "stimulus intensity, mean over its units"})
+    out = {"/": xr.Dataset(root_vars, coords=root_coords, attrs=layout.attrs)}
+    for g in layout.groups:
+        coords = dict(base)
+        for d, v in g.coords.items():
+            coords[d] = (d, v, {"units": "1", "long_name": _DIM_NAMES.get(d, d)})
+        out[g.name] = xr.Dataset({"rate": (("time", "sample") + g.dims, block.rates[g.name], g.attrs)},
+                                 coords=coords)
+    return out
+
+
+_DIM_NAMES = {"channel": "channel index", "x": "x position (column index)",
+              "y": "y position (row index)", "z": "z position", "statistic": "statistic over units",
+              "feature": "reduced feature index"}
+
+
+def _codecs(compression) -> list:
+    """The bytes-to-bytes codecs of a data array: the compressor, then a crc32c checksum
+    (checked first on every read, so a corrupted chunk raises instead of decoding garbage)."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    if compression == "lz4":
+        return [BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"), Crc32cCodec()]
+    if compression == "zstd":
+        return [ZstdCodec(level=3), Crc32cCodec()]
+    return [Crc32cCodec()]
+
+
+def _zarr_config():
+    import zarr
+
+    # skip zarr's per-chunk "is everything the fill value?" scan: it costs more than the write
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
+def _shrink(arr, n: int) -> None:
+    """Set the time length of a zarr array to ``n`` by a metadata write only (no scan over
+    the chunk keys past ``n``, which could be many; data there is ignored by readers)."""
+    from zarr.core.sync import sync
+
+    sync(arr.async_array.resize((n,) + arr.shape[1:], delete_outside_chunks=False))
+
+
+def _consolidate(path: Path) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
+
+
+
+# -- the store's root metadata -------------------------------------------------------------
+def _root_meta(path: Path) -> dict:
+    meta_file = path / "zarr.json"
+    if not meta_file.is_file():
+        for tmp in path.parent.glob(f".{path.name}.dynode-new-*"):  # a run creating it now?
+            if not (tmp / "zarr.json").is_file():
+                continue
+            st = lease_state(_root_meta(tmp).get("attributes", {}))
+            if st is not None and not st.dead and st.problem is None:
+                raise ArchiveLockedError(f"archive {str(path)!r} is being created by {st.describe()}; "
+                                         "open it again once the run has written its first block",
+                                         pid=st.pid, host=st.host, heartbeat_age=st.age)
+        raise ArchiveError(f"{str(path)!r} is not a zarr v3 store (no zarr.json); was it written by "
+                           "dynode.simulate(store=...)?")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArchiveError(f"{str(meta_file)!r} is not valid JSON ({exc}); the store's root metadata "
+                           "is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("attributes", {}), dict):
+        raise ArchiveError(f"{str(meta_file)!r} is not zarr v3 group metadata (a JSON object with an "
+                           "'attributes' object)")
+    return meta
+
+
+def _archive_attrs(path: Path) -> dict:
+    """The root attributes of a dynode archive; anything else is refused."""
+    attrs = _root_meta(path).get("attributes", {})
+    if "dynode_archive" not in attrs:
+        raise ArchiveError(f"{str(path)!r} is a zarr store but not a dynode archive (no "
+                           "'dynode_archive' attribute); dynode does not read, repair or replace it")
+    n = attrs.get("steps_written", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ArchiveError(f"archive {str(path)!r}: 'steps_written' is {n!r}, not a count of steps; the "
+                           "root metadata is damaged")
+    return attrs

@@ -1,0 +1,210 @@
+"""Streaming a run into a writer: the solver's observer and the writer thread.
+
+The solver hands every recorded state to a :class:`Streamer`. It applies each
+:class:`~dynode.record.RecordPlan` (selection, reduction, storage dtype) on the device and
+copies the result into a preallocated host block of ``chunk_steps`` steps (pinned memory and
+non-blocking copies on a GPU: no synchronisation per step). A full block goes to a background
+writer thread, which hands it to the writer (:mod:`dynode.archive.writer`) while the solver
+fills the other block, so peak memory is two blocks whatever ``t_end`` is, and writing
+overlaps computing. An idle writer thread keeps the archive's lease fresh
+(:data:`~dynode.archive.lease.HEARTBEAT_S`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dynode.archive.layout import Block
+from dynode.archive.lease import HEARTBEAT_S
+from dynode.errors import ArchiveError, DynodeError
+
+if TYPE_CHECKING:  # dynode.record builds its layout from dynode.archive.layout
+    from dynode.record import RecordPlan
+
+_BLOCK_BYTES = 16 * 2 ** 20  # default block size (all recorded populations together)
+_MAX_CHUNK_STEPS = 1024
+
+
+class Streamer:
+    """The solver's observer: fills host blocks, hands full ones to a writer thread.
+
+    Two block buffers rotate between the solver (filling) and the writer (writing); the
+    solver waits only if the writer is a whole block behind. Writer errors surface in the
+    solver's thread at the next hand-off.
+
+    ``hold``: the solver hands over fresh tensors that it never modifies afterwards (the
+    fixed-step solvers), so on the CPU, when no dtype conversion is needed, the observer
+    keeps references and the writer thread copies them into the block (off the solver's
+    thread). Each held tensor's version counter is checked after the copy: a state
+    modified in place in the meantime is an error, never silently wrong data.
+    """
+
+    def __init__(self, plans: list[RecordPlan], inputs, input_names: tuple[str, ...],
+                 chunk_steps: int | None, n_times: int, make_sink, progress, hold: bool = False):
+        self.plans, self.inputs, self.input_names = plans, inputs, input_names
+        self.chunk_steps, self.n_times = chunk_steps, n_times
+        self.make_sink, self.progress = make_sink, progress
+        self.hold = hold
+        self.sink = None
+        self._free: queue.Queue = queue.Queue()
+        self._work: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cur = None
+        self._held: list[list] = []
+        self._i = 0
+
+    # called by the solver with every recorded state
+    def __call__(self, t: float, state: dict[str, Tensor]) -> None:
+        if self._cur is None:
+            self._start(state)
+        bufs, times, stim = self._cur
+        i = self._i
+        if self.hold:
+            refs = [plan.transform(state[plan.name]) for plan in self.plans]
+        else:
+            for plan, buf in zip(self.plans, bufs):
+                buf[i].copy_(plan.transform(state[plan.name]), non_blocking=True)
+        if stim is not None:
+            x = self.inputs(t)
+            for j, name in enumerate(self.input_names):
+                stim[i, :, j].copy_(_unit_mean(x[name], stim.shape[1]), non_blocking=True)
+        times[i] = t
+        if self.hold:  # commit the step only once everything above succeeded
+            for held, v in zip(self._held, refs):
+                held.append((v, v._version))
+        self._i = i + 1
+        if self._i == self.chunk_steps:
+            self._hand_off()
+        if self.progress is not None:
+            self.progress.advance(t)
+
+    def _start(self, state: dict[str, Tensor]) -> None:
+        outs = [p.transform(state[p.name]) for p in self.plans]
+        device = next(iter(state.values())).device
+        batch = next(iter(state.values())).shape[0]
+        dtype = self.plans[0].dtype if self.plans else torch.float32
+        per_step = sum(o.numel() for o in outs) * dtype.itemsize + batch * len(self.input_names) * 4
+        if self.chunk_steps is None:
+            self.chunk_steps = max(1, min(self.n_times, _MAX_CHUNK_STEPS, _BLOCK_BYTES // max(per_step, 1)))
+        k = self.chunk_steps
+        pin = device.type == "cuda"
+        self.hold = self.hold and device.type == "cpu" and all(o.dtype == dtype for o in outs)
+        # a cast to a narrower storage dtype turns values beyond its range into inf: one check
+        # per block (in the writer thread) catches that before the block is written
+        self._narrow = dtype.itemsize < next(iter(state.values())).dtype.itemsize
+        self._shapes = [tuple(o.shape[1:]) for o in outs]
+        for _ in range(2):
+            bufs = [torch.empty((k, *o.shape), dtype=dtype, pin_memory=pin) for o in outs]
+            stim = (torch.empty((k, batch, len(self.input_names)), dtype=dtype, pin_memory=pin)
+                    if self.input_names else None)
+            self._free.put((bufs, np.empty(k, dtype=np.float64), stim))
+        self._event = torch.cuda.Event if device.type == "cuda" else None
+        self.sink = self.make_sink(batch, self._shapes, self.chunk_steps)
+        self._thread = threading.Thread(target=self._write_loop, name="dynode-archive-writer",
+                                        daemon=True)
+        self._thread.start()
+        self._cur = self._free.get()
+        self._held = [[] for _ in self.plans]
+        self._i = 0
+
+    def _submit(self) -> None:
+        event = None
+        if self._event is not None:
+            event = self._event()
+            event.record()
+        self._work.put((self._cur, self._i, event, self._held if self.hold else None))
+        self._cur, self._i, self._held = None, 0, [[] for _ in self.plans]
+
+    def _hand_off(self) -> None:
+        if self._error is not None:
+            raise self._error
+        self._submit()
+        while True:  # wait for a free block, but notice a failed writer
+            try:
+                self._cur = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if self._error is not None:
+                    raise self._error from None
+        if self._error is not None:
+            raise self._error
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                item = self._work.get(timeout=HEARTBEAT_S)
+            except queue.Empty:  # the solver is busy: keep the archive's lease fresh
+                if self._error is None and hasattr(self.sink, "heartbeat"):
+                    try:
+                        self.sink.heartbeat()
+                    except BaseException as exc:  # surfaced in the solver's thread
+                        self._error = exc
+                continue
+            if item is None:
+                return
+            (bufs, times, stim), n, event, held = item
+            try:
+                if self._error is None:
+                    if event is not None:
+                        event.synchronize()
+                    if held is not None:
+                        for plan, buf, refs in zip(self.plans, bufs, held):
+                            if len(refs) != n:
+                                raise DynodeError(f"internal: {len(refs)} held states for {n} steps")
+                            torch.stack([v for v, _ in refs], out=buf[:n])
+                            if any(v._version != ver for v, ver in refs):
+                                raise DynodeError(
+                                    f"population {plan.name!r}: the solver modified a saved state in "
+                                    "place before it was written; a solver that declares "
+                                    "fresh_states = True must hand the observer new tensors")
+                    if self._narrow:
+                        self._check_range(bufs, stim, n, times)
+                    block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
+                                  None if stim is None else stim[:n].numpy())
+                    self.sink.write(block)
+            except BaseException as exc:  # surfaced in the solver's thread
+                self._error = exc
+            finally:
+                item = held = None  # drop the references to the solver's states
+                self._free.put((bufs, times, stim))
+
+    def _check_range(self, bufs, stim, n: int, times) -> None:
+        """Refuse a block in which a value overflowed the storage dtype (became +-inf)."""
+        for what, buf in [*((f"population {p.name!r}", b) for p, b in zip(self.plans, bufs)),
+                          ("the stimulus", stim)]:
+            if buf is None or not torch.isinf(buf[:n]).any():
+                continue
+            bad = torch.isinf(buf[:n]).flatten(1).any(dim=1).nonzero()[:, 0]
+            name = str(buf.dtype).removeprefix("torch.")
+            wider = "float32" if buf.dtype == torch.float16 else "float64"
+            raise ArchiveError(
+                f"{what}: values beyond the range of Record(dtype={name!r}) (|x| > "
+                f"{torch.finfo(buf.dtype).max:g}) at t = {times[int(bad[0])]:g}..{times[int(bad[-1])]:g} ms "
+                f"would be stored as inf; record with Record(dtype={wider!r})")
+
+    def close(self) -> None:
+        """Write the partial last block and wait for the writer; re-raise its error."""
+        if self._thread is None:
+            return
+        if self._cur is not None and self._i > 0 and self._error is None:
+            self._submit()
+        self._work.put(None)
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
+def _unit_mean(x: Tensor, batch: int) -> Tensor:
+    if x.dim() == 0:
+        return x.expand(batch)
+    if x.shape[0] == batch:
+        return x.reshape(batch, -1).mean(dim=1) if x.dim() > 1 else x
+    return x.mean().expand(batch)  # an unbatched input shared by every sample
