@@ -1,13 +1,9 @@
-r"""Adaptive embedded Runge-Kutta solvers that understand delays: Dopri5, Tsit5, Bosh3.
+"""Adaptive embedded Runge-Kutta solvers that understand delays: Dopri5, Tsit5, Bosh3.
 
-One step of size ``h`` from ``(t_n, y_n)`` with tableau ``(c, A, b, \hat b)``:
-
-.. math:: k_i = f\big(t_n + c_i h,\; y_n + h \textstyle\sum_{j<i} a_{ij} k_j\big), \qquad
-          y_{n+1} = y_n + h \textstyle\sum_i b_i k_i, \qquad
-          e = h \textstyle\sum_i (b_i - \hat b_i) k_i .
-
-All three methods are FSAL (the last stage is ``f(t_{n+1}, y_{n+1})`` and starts the next
-step). The step is accepted when the scaled RMS of ``e`` is ``<= 1`` (see
+Each is its :class:`~dynode.solvers.tableau.Tableau`, an FSAL pair (the last stage is
+``f(t_{n+1}, y_{n+1})`` and starts the next step) with error weights ``b_err`` and dense
+output, on :class:`AdaptiveSolver`'s loop. The step is accepted when the scaled RMS of the
+error estimate ``e`` is ``<= 1`` (see
 :mod:`dynode.solvers.controllers`); each method's continuous extension (weights
 ``B_i(theta)``, :mod:`dynode.history.dense`) serves ``save_at`` and delayed reads:
 
@@ -170,10 +166,8 @@ class AdaptiveSolver(Solver):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        tab = cls.__dict__.get("tableau")
-        if tab is not None and not (tab.fsal and tab.b_err and tab.dense):
-            raise ConfigurationError(f"{cls.__name__}: the tableau of an adaptive solver is an FSAL pair "
-                                     "with b_err, error_order and dense output")
+        if "tableau" in cls.__dict__ and not (cls.tableau.fsal and cls.tableau.b_err and cls.tableau.dense):
+            raise ConfigurationError(f"{cls.__name__}: an adaptive tableau is an FSAL pair with b_err and dense")
 
     @property
     def convergence_order(self) -> int:

@@ -46,9 +46,8 @@ class Tableau:
 
     def __post_init__(self):
         s = len(self.c)
-        if (len(self.b) != s or [len(row) for row in self.a] != list(range(s))
-                or any(v is not None and len(v) != s for v in (self.b_err, self.dense))
-                or (self.b_err is None) != (self.error_order is None)):
+        if ([len(row) for row in self.a] != list(range(s)) or (self.b_err is None) != (self.error_order is None)
+                or any(v is not None and len(v) != s for v in (self.b, self.b_err, self.dense))):
             raise ConfigurationError(
                 f"a Tableau of {s} stages needs {s} weights b, rows a of 0..{s - 1} entries, b_err and "
                 "dense of one entry per stage (or None), and error_order exactly when b_err is given")
