@@ -30,7 +30,8 @@ from dynode import analysis, archive, config, errors, experiments, spec, train  
 from dynode.archive import open_archive
 from dynode.checkpoint import load_model
 from dynode.config import SolverConfig, solver_config
-from dynode.convergence import convergence, plot_convergence
+from dynode.analysis.figures import plot_convergence
+from dynode.convergence import convergence
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 from dynode.version import __version__

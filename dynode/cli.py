@@ -224,7 +224,8 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_convergence(args) -> int:
-    from dynode.convergence import convergence, plot_convergence
+    from dynode.analysis import plot_convergence
+    from dynode.convergence import convergence
     from dynode.config import load_config
 
     cfg = load_config(args.config, allow_imports=args.allow_imports)

@@ -19,8 +19,8 @@ variable carries ``units`` and ``long_name``. Solvers are labelled by name, or b
 a mapping (``{"simultaneous": Euler(), "sequential": Euler(order="sequential")}``). A solve
 that diverges records ``inf``, flags ``failed`` (per solver and ``dt``) and warns
 (:class:`~dynode.errors.StabilityWarning`, the reasons also in ``attrs["failures"]``); a ``dt`` that cannot
-represent a delay is an error before anything runs. :func:`plot_convergence` draws one panel
-per population: error against ``dt / tau`` (and ``dt`` in ms on the top axis), the
+represent a delay is an error before anything runs. :func:`dynode.plot_convergence` (in
+:mod:`dynode.analysis.figures`, with the other figures) draws one panel per population: error against ``dt / tau`` (and ``dt`` in ms on the top axis), the
 tolerance and the largest ``dt`` within it.
 """
 
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynode.analysis.style import label, style
 from dynode.archive import RATE_UNITS
 from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError, StabilityWarning
 from dynode.history import compatible_dts, delay_steps
@@ -42,7 +41,7 @@ from dynode.integrate import integrate
 from dynode.solver import Solver, get_solver
 from dynode.solvers import Dopri5, Euler, FixedStepSolver
 
-__all__ = ["convergence", "plot_convergence", "REFERENCE_RTOL", "REFERENCE_ATOL"]
+__all__ = ["convergence", "REFERENCE_RTOL", "REFERENCE_ATOL"]
 
 REFERENCE_RTOL, REFERENCE_ATOL = 1e-8, 1e-10  # the default reference, API and CLI alike
 
@@ -237,86 +236,3 @@ def _answer(ds: xr.Dataset, label: str, tolerance: float) -> str:
                 "try smaller dts")
     ratios = ", ".join(f"{p}: {dt / float(t):.3g}" for p, t in zip(ds["population"].values, ds["tau"].values))
     return f"{label}: dt <= {dt:g} ms keeps max |r - r_ref| <= {tolerance:g} (dt/tau = {ratios})"
-
-
-def plot_convergence(ds: xr.Dataset, path=None, *, metric: str = "max_abs_error",
-                     population: str | None = None, tolerance: float | None = None,
-                     slopes: Sequence[int] | None = None):
-    """Log-log ``metric`` against ``dt / tau``, one panel per population (or ``population``).
-
-    Each panel names its population and tau, has ``dt`` (ms) on its top axis, ticks at the
-    tested steps, dashed reference slopes ``dt^p`` (``slopes``, default each solver's rounded
-    fitted order), and, with a tolerance (``tolerance=`` or the one the study was run with),
-    a horizontal line there and a dotted mark at each solver's largest ``dt`` within it.
-    Writes a PNG to ``path`` if given; returns the matplotlib ``Figure``.
-    """
-    if metric not in ("max_abs_error", "rel_l2_error"):
-        raise ConfigurationError(f"metric must be 'max_abs_error' or 'rel_l2_error', got {metric!r}")
-    pops = [str(p) for p in ds["population"].values]
-    if population is not None:
-        if population not in pops:
-            raise ConfigurationError(f"population {population!r} is not in the study; it has {pops}")
-        pops = [population]
-    if tolerance is None:
-        tolerance = ds.attrs.get("tolerance")
-    if tolerance is not None and metric != "max_abs_error":
-        raise ConfigurationError("the tolerance is on max_abs_error; plot metric='max_abs_error' with it")
-    with style():
-        return _plot_convergence(ds, pops, path, metric, tolerance, slopes)
-
-
-def _plot_convergence(ds, pops, path, metric, tolerance, slopes):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ncol = min(len(pops), 3)
-    nrow = math.ceil(len(pops) / ncol)
-    fig = Figure(figsize=(4.6 * ncol, 4.0 * nrow))
-    FigureCanvasAgg(fig)
-    dts = ds["dt"].values
-    colors = [f"C{i}" for i in range(len(ds["solver"]))]
-    tick = FuncFormatter(lambda v, _: f"{v:.3g}")
-    ylabel = (label("max |r - r_ref|", ds[metric].attrs.get("units", RATE_UNITS)) if metric == "max_abs_error"
-              else "relative L2 error")
-    for n, p in enumerate(pops):
-        ax = fig.add_subplot(nrow, ncol, n + 1)
-        tau = float(ds["tau"].sel(population=p))
-        x = dts / tau
-        for s, color in zip(ds["solver"].values, colors):
-            e = ds[metric].sel(solver=s, population=p).values
-            ax.loglog(x, e, "o-", color=color, label=str(s))
-            ok = np.isfinite(e) & (e > 0)
-            if not ok.any():
-                continue
-            fitted = float(ds["order"].sel(solver=s, population=p))
-            orders = slopes if slopes is not None else ([int(round(fitted))] if math.isfinite(fitted) else [])
-            j = int(np.flatnonzero(ok)[0])
-            m = (j + len(x) - 1) // 2 if len(x) > 1 else 0
-            for q in orders:
-                ax.loglog(x, e[j] * (x / x[j]) ** q, "--", color=color, lw=0.7, alpha=0.6)
-                ax.annotate(f"slope {q}", (x[m], e[j] * (x[m] / x[j]) ** q), color=color,
-                            ha="left", va="top", xytext=(4, -2), textcoords="offset points")
-            if "largest_dt" in ds and tolerance is not None:
-                best = float(ds["largest_dt"].sel(solver=s, population=p))
-                if math.isfinite(best):
-                    ax.axvline(best / tau, color=color, ls=":", lw=1.0)
-        if tolerance is not None:
-            ax.axhline(tolerance, color="k", ls="--", lw=1.0, label=f"tolerance {tolerance:g}")
-        ax.set_xticks(x)
-        ax.xaxis.set_major_formatter(tick)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("dt / tau")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"population {p!r} (tau = {tau:g} ms)")
-        top = ax.secondary_xaxis("top", functions=(lambda v, tau=tau: v * tau, lambda v, tau=tau: v / tau))
-        top.set_xticks(dts)
-        top.xaxis.set_major_formatter(tick)
-        top.xaxis.set_minor_formatter(NullFormatter())
-        top.set_xlabel("dt (ms)")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, format="png")
-    return fig

@@ -45,7 +45,7 @@ def run_all(net, images, dt=2.0, store=None, record=None):
     to every condition's summed response."""
     out = {}
     for kind in ("contrast", "duration", "repetition"):
-        p = dn.stimuli.groen2022(kind, images=images, onset=300.0)
+        p = dn.stimuli.groen2022(kind, images=images, onset=300.0, background="grey")
         path = None if store is None else store / f"{kind}.zarr"
         out[kind] = dn.simulate(net, p, t_end=p.t_end, dt=dt, record=record or dn.Record(reduce="mean"),
                                 store=path, progress=False)
@@ -65,7 +65,7 @@ def linear_runs(images):
 
 def test_time_courses_average_images_align_and_subtract_the_baseline(tmp_path, images):
     net = two_area_net(linear=False)
-    p = dn.stimuli.groen2022("contrast", images=images)
+    p = dn.stimuli.groen2022("contrast", images=images, background="grey")
     run = dn.simulate(net, p, t_end=p.t_end, dt=2.0, store=tmp_path / "c.zarr", progress=False)
     tree = dn.open_archive(tmp_path / "c.zarr")  # unit-level recording: the mean is taken here
     course = A.time_courses(tmp_path / "c.zarr", "V2", baseline=(-50.0, 0.0))

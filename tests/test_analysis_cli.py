@@ -12,11 +12,11 @@ def test_analyze_command_on_groen_and_on_plain_archives(tmp_path, capsys):
     net = two_area_net(linear=False)
     images = 0.5 + 0.5 * torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     for kind in ("contrast", "duration"):
-        p = dn.stimuli.groen2022(kind, images=images, onset=300.0)
+        p = dn.stimuli.groen2022(kind, images=images, onset=300.0, background="grey")
         dn.simulate(net, p, t_end=p.t_end, dt=1.0, record=dn.Record(reduce="mean"), store=tmp_path / f"{kind}.zarr",
                     progress=False)
     # one contrast, one duration: no condition that tells a Groen experiment
-    plain = dn.stimuli.contrast_series(images, [0.5], onset=50.0, duration=100.0, t_end=200.0)
+    plain = dn.stimuli.contrast_series(images, [0.5], onset=50.0, duration=100.0, t_end=200.0, background="grey")
     dn.simulate(net, plain, t_end=200.0, dt=1.0, store=tmp_path / "plain.zarr", progress=False)
     code = main(["analyze", str(tmp_path / "contrast.zarr"), str(tmp_path / "duration.zarr"),
                  str(tmp_path / "plain.zarr"), "--out", str(tmp_path / "figs")])

@@ -26,9 +26,9 @@ STIMULI = {
     # onset 8 = 2 delays (the jump's images fall on earlier jumps), onset 9 = off the multiples
     "pulse_on_delay_multiple": lambda: Pulse(onset=8.0, duration=16.0, value=torch.tensor(AMP)),
     "pulse_off_delay_multiple": lambda: Pulse(onset=9.0, duration=15.0, value=torch.tensor(AMP)),
-    "pulse_train": lambda: Modulated(torch.tensor([AMP]), env.pulse_train(5.0, 3.0, 4, period=7.0)),
-    "two_pulses_isi": lambda: Modulated(torch.tensor([AMP]), env.two_pulses(7.0, 5.0, isi=9.0)),
-    "ramp": lambda: Modulated(torch.tensor([AMP]), env.ramp(6.0, 19.0)),
+    "pulse_train": lambda: Modulated(torch.tensor([AMP]), env.pulse_train(5.0, 3.0, 4, period=7.0), background="blank"),
+    "two_pulses_isi": lambda: Modulated(torch.tensor([AMP]), env.two_pulses(7.0, 5.0, isi=9.0), background="blank"),
+    "ramp": lambda: Modulated(torch.tensor([AMP]), env.ramp(6.0, 19.0), background="blank"),
 }
 ORDERS = {"midpoint": 2, "heun": 2, "rk4": 4}
 

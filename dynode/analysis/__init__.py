@@ -9,7 +9,8 @@ from dynode.analysis.metrics import (ISI_WINDOW, PLATEAU, SMOOTH_MS, SUM_WINDOW,
                                      asymptote_to_peak, c50, fit_hyperbolic_ratio, fwhm, half_rise_latency,
                                      hyperbolic_ratio, isi_recovery, peak_response, smooth, summation_ratio,
                                      summation_ratios, summation_window, summed_response, time_step, time_to_peak)
-from dynode.analysis.figures import plot_contrast_response, plot_recovery, plot_summation, plot_time_courses
+from dynode.analysis.figures import (plot_contrast_response, plot_convergence, plot_recovery, plot_summation,
+                                     plot_time_courses)
 from dynode.analysis.summary import (BASELINE, DRIFT_TOL, NEEDS, Analysis, analyze, experiment_kind,
                                      format_summary, summarize)
 
@@ -20,6 +21,6 @@ __all__ = [
     "hyperbolic_ratio", "fit_hyperbolic_ratio", "HyperbolicRatioFit", "c50", "time_step",
     "SUM_WINDOW", "ISI_WINDOW", "SMOOTH_MS", "PLATEAU",
     "dn_model", "fit_dn", "DNFit", "DN_PARAMS", "DN_START", "DN_BOUNDS", "BOUND_TOL", "pulse_envelope",
-    "plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response",
+    "plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response", "plot_convergence",
     "experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL", "NEEDS",
 ]

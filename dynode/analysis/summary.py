@@ -34,15 +34,15 @@ from dynode.analysis.courses import align_to_onset, all_time_courses, as_tree, c
 from dynode.analysis.dn import DNFit, fit_dn, pulse_envelope
 from dynode.errors import AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError
 from dynode.analysis import figures as F
+from dynode.stimuli import EXPERIMENTS
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL",
            "NEEDS"]
 
-KINDS = ("contrast", "duration", "repetition")
-_BY = {"contrast": "contrast", "duration": "duration", "repetition": "isi"}
-NEEDS = {"contrast": ("contrast", "duration"), "duration": ("duration", "contrast"),
-         "repetition": ("isi", "duration", "contrast")}
+KINDS = tuple(EXPERIMENTS)  # the registry (dynode.stimuli.EXPERIMENTS) in its order
+_BY = {k: e.by for k, e in EXPERIMENTS.items()}
+NEEDS = {k: e.needs for k, e in EXPERIMENTS.items()}
 """The conditions (archive coordinates along ``sample``) each experiment's analysis reads."""
 BASELINE = (-100.0, 0.0)
 """Groen's baseline window (ms from onset)."""
