@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from dynode.archive.layout import RATE_UNITS, SAMPLE_ATTRS, _codecs, _root_meta
-from dynode.archive.reading import populations
+from dynode.archive.reading import _rate
 from dynode.errors import ConfigurationError
 
 def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float], path=None, *,
@@ -26,10 +26,7 @@ def to_brainscore(tree: xr.DataTree, population: str, bin_edges: Sequence[float]
     replaced only with ``overwrite=True`` (and only by its own kind: a netCDF file by netCDF, a
     zarr store that is not a dynode archive by zarr).
     """
-    if population not in tree.children or "rate" not in tree[population].data_vars:
-        raise ConfigurationError(f"no population {population!r} in the archive; recorded: "
-                                 f"{populations(tree)}")
-    rate = tree[population].to_dataset()["rate"]
+    rate = _rate(tree, population)
     fmt = None if path is None else format or ("zarr" if str(path).endswith(".zarr") else "netcdf")
     if fmt is not None:
         _check_export_path(Path(path), fmt, overwrite)

@@ -170,6 +170,16 @@ def _shrink(arr, n: int) -> None:
     sync(arr.async_array.resize((n,) + arr.shape[1:], delete_outside_chunks=False))
 
 
+def _timed_arrays(root):
+    """``(group, name, array)`` of every array of an open zarr store whose first dimension is
+    time (``"/"`` first, then each population's group)."""
+    for group, node in [("/", root), *root.groups()]:
+        for name, arr in node.arrays():
+            dims = arr.metadata.dimension_names or ()
+            if dims and dims[0] == "time":
+                yield group, name, arr
+
+
 def _consolidate(path: Path) -> None:
     import zarr
 

@@ -214,6 +214,14 @@ def time_window(tree: xr.DataTree, start: float | None = None, stop: float | Non
     return tree.sel(time=slice(start, stop))
 
 
+def _rate(tree: xr.DataTree, population: str) -> xr.DataArray:
+    """The (lazy) stored ``rate`` of ``population``; a ConfigurationError naming the recorded ones."""
+    if population not in tree.children or "rate" not in tree[population].data_vars:
+        raise ConfigurationError(f"no population {population!r} in the archive; recorded: "
+                                 f"{populations(tree)}")
+    return tree[population].to_dataset()["rate"]
+
+
 def population_time_course(tree: xr.DataTree, population: str, *, statistic: str = "mean",
                            block_steps: int | None = None) -> xr.DataArray:
     """The population's ``(time, sample)`` time course: its rate averaged over units
@@ -222,12 +230,9 @@ def population_time_course(tree: xr.DataTree, population: str, *, statistic: str
     Reads the archive block by block along time, so memory stays bounded. A population
     recorded with ``reduce="mean"`` / ``"mean_std"`` returns the stored course.
     """
-    if population not in tree.children or "rate" not in tree[population].data_vars:
-        raise ConfigurationError(f"no population {population!r} in the archive; recorded: "
-                                 f"{populations(tree)}")
+    rate = _rate(tree, population)
     if statistic not in ("mean", "std"):
         raise ConfigurationError(f"statistic must be 'mean' or 'std', got {statistic!r}")
-    rate = tree[population].to_dataset()["rate"]
     red = rate.attrs.get("reduction")
     if red == statistic:
         out = rate.load()

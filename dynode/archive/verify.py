@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynode.archive.layout import _archive_attrs, _consolidate, _shrink
+from dynode.archive.layout import _archive_attrs, _consolidate, _shrink, _timed_arrays
 from dynode.archive.lease import LEASE_ATTR, _check_lease, _short
 from dynode.errors import ArchiveCorruptError, ArchiveError
 
@@ -236,15 +236,13 @@ def repair_archive(path, *, force: bool = False) -> int:
     if attrs.get("status") == "complete" and LEASE_ATTR not in attrs:
         return n
     root = zarr.open_group(path, mode="r+", use_consolidated=False)
-    for node in [root] + [g for _, g in root.groups()]:
-        for _, arr in node.arrays():
-            dims = arr.metadata.dimension_names or ()
-            if dims and dims[0] == "time" and arr.shape[0] != n:
-                if arr.shape[0] < n:
-                    raise ArchiveError(f"archive {str(path)!r}: 'steps_written' is {n} but the array "
-                                       f"{arr.path!r} holds only {arr.shape[0]} steps; the root "
-                                       "metadata is damaged")
-                _shrink(arr, n)
+    for _, _, arr in _timed_arrays(root):
+        if arr.shape[0] < n:
+            raise ArchiveError(f"archive {str(path)!r}: 'steps_written' is {n} but the array "
+                               f"{arr.path!r} holds only {arr.shape[0]} steps; the root metadata "
+                               "is damaged")
+        if arr.shape[0] != n:
+            _shrink(arr, n)
     if LEASE_ATTR in root.attrs:
         root.attrs.put({k: v for k, v in root.attrs.items() if k != LEASE_ATTR})
     _consolidate(path)

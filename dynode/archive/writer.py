@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from dynode.archive.layout import (COMPRESSIONS, Block, Layout, _codecs, _consolidate, _root_meta,
-                                   _shrink, _zarr_config, block_datasets)
+                                   _shrink, _timed_arrays, _zarr_config, block_datasets)
 from dynode.archive.lease import _HELD, LEASE_ATTR, _check_lease, lease_state, new_lease
 from dynode.archive.reading import IncompleteArchiveWarning, open_archive
 from dynode.errors import ConfigurationError, DynodeError
@@ -141,12 +141,7 @@ class ZarrArchiveWriter:
         import zarr
 
         root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
-        for group in ["/"] + [g.name for g in self.layout.groups]:
-            node = root if group == "/" else root[group]
-            for name, arr in node.arrays():
-                dims = arr.metadata.dimension_names or ()
-                if dims and dims[0] == "time":
-                    self._arrays.append((group, name, arr))
+        self._arrays = list(_timed_arrays(root))
         self._root = root
 
     def _remove_leftovers(self) -> None:
@@ -187,16 +182,11 @@ class ZarrArchiveWriter:
                 ds.to_zarr(tmp, group=None if group == "/" else group,
                            mode="w-" if i == 0 else "a", consolidated=False, encoding=enc,
                            zarr_format=3)
-            root = zarr.open_group(tmp, mode="r+", use_consolidated=False)
             # allocate the whole time axis now: shapes stay fixed while the run writes
-            for group in dsets:
-                node = root if group == "/" else root[group]
-                for name, arr in node.arrays():
-                    dims = arr.metadata.dimension_names or ()
-                    if dims and dims[0] == "time":
-                        arr.resize((n,) + arr.shape[1:])
-                        if name == "time":
-                            arr[:] = self.times
+            for _, name, arr in _timed_arrays(zarr.open_group(tmp, mode="r+", use_consolidated=False)):
+                arr.resize((n,) + arr.shape[1:])
+                if name == "time":
+                    arr[:] = self.times
 
     def _install(self, tmp: Path) -> None:
         """Rename the finished store ``tmp`` to the store path (replacing an old archive only
