@@ -61,7 +61,6 @@ class SimulationResult:
     @property
     def tree(self) -> xr.DataTree:
         if self._tree is None:
-
             self._tree = open_archive(self.path)
         return self._tree
 
@@ -105,7 +104,6 @@ def _spec_entries(net) -> dict:
     """The network as a rebuildable spec (:mod:`dynode.spec`; ``spec_error`` says why there is
     none) and the fingerprint of its weights, so ``dn.load_model(archive, weights=...)`` can
     rebuild the recorded model and check that the weights are the ones it ran with."""
-
     rec = spec_record(net)
     return {"spec": json.loads(rec["spec"]) if rec["spec"] else None, "spec_error": rec["spec_error"],
             "weights_sha256": weights_fingerprint(net)}
@@ -113,7 +111,6 @@ def _spec_entries(net) -> dict:
 
 def model_config(field) -> dict:
     """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
-
     if isinstance(field, Network):
         pops = []
         for name, pop in field.populations.items():
@@ -151,6 +148,7 @@ def _versions() -> dict:
             "xarray_version": xr.__version__, "zarr_version": zarr.__version__}
 
 
+# -- progress and failure -----------------------------------------------------------------
 class _Progress:
     """A tqdm bar over the solver's work: steps for a fixed-step run (``(t - t0) / dt``, counted
     from the recorded times, so recording every k-th step still counts every step), simulated
