@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynode.activations import get_activation
+from dynode.checks import check_delay, check_flag, check_number, check_tau
 from dynode.errors import ConfigurationError
 from dynode.integrate import require_memory
 from dynode.models.normalization import _check_area, _component_name
-from dynode.network import _check_delay, _check_flag, _check_number, _check_tau
 
 __all__ = ["SignedConv", "add_inhibition", "signed_recurrence", "dale_signs"]
 
@@ -63,7 +63,7 @@ class SignedConv(nn.Module):
                                      f"got {kernel_size!r}")
         if c_in % groups or c_out % groups:
             raise ConfigurationError(f"SignedConv: groups={groups} must divide {c_in} and {c_out}")
-        gain = _check_number(gain, "SignedConv gain")
+        gain = check_number(gain, "SignedConv gain")
         self.c_in, self.c_out, self.kernel_size, self.sign, self.groups = c_in, c_out, kernel_size, sign, groups
         k = kernel_size or 1
         shape = (c_out, c_in // groups, k, k) if kernel_size is not None else (c_out, c_in)
@@ -142,12 +142,12 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     if channels is not None and ratio is not None:
         raise ConfigurationError(f"{what}: give channels or ratio, not both (channels={channels!r} would "
                                  f"leave ratio={ratio!r} unread)")
-    if not _check_flag(inhibitory_recurrence, f"{what}: inhibitory_recurrence") and delay_ii is not None:
+    if not check_flag(inhibitory_recurrence, f"{what}: inhibitory_recurrence") and delay_ii is not None:
         raise ConfigurationError(f"{what}: delay_ii={delay_ii!r} is the delay of the I -> I recurrence, which "
                                  "inhibitory_recurrence=False leaves out; drop one of them")
     if channels is None:
         ratio = 0.25 if ratio is None else ratio
-        ratio = _check_number(ratio, f"{what}: ratio (inhibitory / excitatory channels)", positive=True)
+        ratio = check_number(ratio, f"{what}: ratio (inhibitory / excitatory channels)", positive=True)
         channels = max(1, int(round(shape[0] * ratio)))
     elif isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigurationError(f"{what}: channels must be an int >= 1, got {channels!r}")
@@ -155,8 +155,8 @@ def add_inhibition(net, area: str, *, channels: int | None = None, ratio: float 
     name = _component_name(net, area, name, "inh", what)
     i_shape = (channels, *shape[1:])
     try:
-        _check_tau(tau, i_shape, f"the inhibitory population {name!r}")
-        delays = {key: _check_delay(d, key) for key, d in
+        check_tau(tau, i_shape, f"the inhibitory population {name!r}")
+        delays = {key: check_delay(d, key) for key, d in
                   (("delay_ei", delay_ei), ("delay_ie", delay_ie),
                    ("delay_ii", 0.0 if delay_ii is None else delay_ii))}
         phi = get_activation(phi)

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dynode.checks import check_delay, check_flag, check_number, check_tau
 from dynode.errors import ConfigurationError
-from dynode.network import _check_delay, _check_flag, _check_number, _check_tau
 from dynode.pipeline import Combine, sums_term
 
 __all__ = ["POOLS", "Pool", "Divide", "Subtract", "pool_shape", "add_normalization", "modulators"]
@@ -101,7 +101,7 @@ class Pool(nn.Module):
             if not (isinstance(neighborhood, int) and neighborhood >= 1 and neighborhood % 2 == 1):
                 raise ConfigurationError(f"neighborhood must be an odd int >= 1 (pixels), got {neighborhood!r}")
         self.neighborhood = neighborhood
-        weight = _check_number(weight, "pool weight")
+        weight = check_number(weight, "pool weight")
         c = self.shape[0]
         init = weight / c if pool in ("channel", "both") else weight
         w = torch.full((c,) + (1,) * (len(self.shape) - 1), init)
@@ -184,7 +184,7 @@ class Divide(_Modulated):
     def __init__(self, source: str, sigma: float = 1.0, *, learn_sigma: bool = True,
                  inner: nn.Module | None = None, kind: str = "divisive"):
         super().__init__(source, inner)
-        sigma = _check_number(sigma, "sigma (the semi-saturation)", positive=True)
+        sigma = check_number(sigma, "sigma (the semi-saturation)", positive=True)
         s = torch.tensor(_softplus_inverse(sigma))
         if learn_sigma:
             self.s = nn.Parameter(s)
@@ -269,10 +269,10 @@ def add_pool_population(net, area: str, name: str, *, tau: float, delay: float, 
         raise ConfigurationError(f"{what}: no such population {area!r} (populations: {list(net.populations)})")
     net._check_new_name(name)
     shape = net.populations[area].shape
-    op = Pool(shape, pool, weight, _check_flag(learn_weight, f"{what}: learn_weight"),
-              _check_flag(magnitude, f"{what}: magnitude"), neighborhood)
-    _check_tau(tau, op.out_shape, what)
-    delay = _check_delay(delay, what)
+    op = Pool(shape, pool, weight, check_flag(learn_weight, f"{what}: learn_weight"),
+              check_flag(magnitude, f"{what}: magnitude"), neighborhood)
+    check_tau(tau, op.out_shape, what)
+    delay = check_delay(delay, what)
     with net.atomic():
         net.add_population(name, shape=op.out_shape, tau=tau, phi="identity")
         net.populations[name].role = role
@@ -302,10 +302,10 @@ def add_normalization(net, area: str, *, tau: float = 30.0, delay: float = 4.0, 
                       "normalise inside the pipeline instead")
     name = _component_name(net, area, name, "norm", what)
     try:
-        divide = Divide(name, sigma, learn_sigma=_check_flag(learn_sigma, "learn_sigma"), inner=pop.combine)
-        Pool(pop.shape, pool, weight, _check_flag(learn_weight, "learn_weight"), True, neighborhood)
-        _check_tau(tau, pool_shape(pop.shape, pool), "the pool population")
-        _check_delay(delay, "the pool's input")
+        divide = Divide(name, sigma, learn_sigma=check_flag(learn_sigma, "learn_sigma"), inner=pop.combine)
+        Pool(pop.shape, pool, weight, check_flag(learn_weight, "learn_weight"), True, neighborhood)
+        check_tau(tau, pool_shape(pop.shape, pool), "the pool population")
+        check_delay(delay, "the pool's input")
     except ConfigurationError as exc:
         raise type(exc)(f"{what}: {exc}") from None
     with net.atomic():
