@@ -27,7 +27,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-import dynode.sweep as sweep_mod
+import dynode.sweep.run as sweep_mod  # where run_sweep calls _snakemake
 from dynode.cli import main
 from dynode.config import load_config, model_and_data
 from dynode.errors import CheckpointError, ConfigurationError, DynodeError
