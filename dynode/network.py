@@ -39,6 +39,8 @@ from dynode.population import Connection, Population
 
 __all__ = ["Network", "Population", "Connection", "RunProtocol", "PopulationPlan", "Term", "Read"]
 
+_DERIVED = ("_plan", "_order", "_cyclic")  # what a network derives from its building state, lazily
+
 
 @dataclass(frozen=True)
 class RunProtocol:
@@ -141,7 +143,7 @@ class Network(VectorField):
         saved = {n: (dict(p.incoming._modules), dict(p.delays), p.combine, p.u_shape, p.role)
                  for n, p in pops.items()}
         inputs, connections, readout = dict(self._inputs), list(self._connections), self.readout
-        cached = {k: self.__dict__[k] for k in ("_plan", "_order", "_cyclic") if k in self.__dict__}
+        cached = {k: self.__dict__[k] for k in _DERIVED if k in self.__dict__}
         try:
             yield self
         except BaseException:
@@ -159,7 +161,7 @@ class Network(VectorField):
             self._inputs.update(inputs)
             self._connections[:] = connections
             self.readout = readout
-            for k in ("_plan", "_order", "_cyclic"):
+            for k in _DERIVED:
                 self.__dict__.pop(k, None)
             self.__dict__.update(cached)
             raise
