@@ -96,19 +96,13 @@ class Trainer(Objective, Checkpointing):
             runner = DistributedDataParallel(runner, device_ids=ids, broadcast_buffers=False)
         self.runner = runner
         params = [p for _, p in self._trainable()]
-        if config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                             weight_decay=config.weight_decay)
-        elif config.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        if config.schedule == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.step_epochs, config.gamma)
-        elif config.schedule == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, config.epochs)
-        else:
-            self.scheduler = None
+        make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
+        self.optimizer = make(params, lr=config.lr, weight_decay=config.weight_decay,
+                              **({"momentum": config.momentum} if config.optimizer == "sgd" else {}))
+        sched = torch.optim.lr_scheduler
+        self.scheduler = (sched.StepLR(self.optimizer, config.step_epochs, config.gamma) if config.schedule == "step"
+                          else sched.CosineAnnealingLR(self.optimizer, config.epochs) if config.schedule == "cosine"
+                          else None)
         self.amp_dtype = self._amp_dtype(config.amp)
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.amp_dtype == torch.float16 else None)
@@ -132,11 +126,9 @@ class Trainer(Objective, Checkpointing):
 
     # -- set-up helpers ------------------------------------------------------------------
     def _amp_dtype(self, amp: str):
-        if amp == "off":
-            return None
         if amp == "auto":
-            if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
+            return torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        if amp == "off":
             return None
         if amp == "fp16" and self.device.type != "cuda":
             raise ConfigurationError("amp='fp16' needs a CUDA device; use 'bf16' (CPU and recent GPUs) or 'off'")
