@@ -14,8 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from dynode.config import first_images, model_and_data
-
 __all__ = ["main", "build_parser"]
 
 
@@ -163,7 +161,7 @@ def _overwrite_and_resume(command: str, args) -> None:
 
 
 def cmd_train(args) -> int:
-    from dynode.config import load_config, run_record
+    from dynode.config import load_config, model_and_data, run_record
     from dynode.train import Trainer
 
     _overwrite_and_resume("train", args)
@@ -189,7 +187,7 @@ def cmd_train(args) -> int:
 
 def cmd_simulate(args) -> int:
     from dynode.simulate import simulate
-    from dynode.config import load_config
+    from dynode.config import first_images, load_config, model_and_data
 
     cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
@@ -209,7 +207,7 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from dynode.config import load_config
+    from dynode.config import load_config, model_and_data
 
     cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
@@ -226,7 +224,7 @@ def cmd_experiment(args) -> int:
 def cmd_convergence(args) -> int:
     from dynode.analysis import plot_convergence
     from dynode.convergence import convergence
-    from dynode.config import load_config
+    from dynode.config import first_images, load_config, model_and_data
 
     cfg = load_config(args.config, allow_imports=args.allow_imports)
     out = _out(args, cfg)
@@ -329,6 +327,7 @@ def _check_runnable(cfg) -> None:
     solver and record, the convergence population), so that ``config check`` catches what they
     would: a typo in model.options, a weights file that is missing or does not fit, a data root
     that is not there, a record selection the model does not have."""
+    from dynode.config import model_and_data
     from dynode.errors import DynodeError
 
     net, _, _ = model_and_data(cfg)
@@ -347,6 +346,11 @@ def _check_runnable(cfg) -> None:
 
 
 def cmd_config(args) -> int:
+    if args.action == "check":  # the file's text is bounded before the configs (and torch) are imported
+        from dynode.datafile import load_yaml, read_text
+
+        if not Path(args.file).is_dir():
+            load_yaml(read_text(args.file, "config"), args.file)
     from dynode.config import load_config, run_config_schema
 
     if args.action == "schema":

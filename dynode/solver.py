@@ -18,6 +18,7 @@ A solver is a :class:`Solver` whose ``solve(problem, dt, *, observer=None)`` ret
 from __future__ import annotations
 
 import abc
+import importlib
 import inspect
 import math
 from collections.abc import Callable
@@ -105,6 +106,8 @@ def register(*classes: type[Solver]) -> None:
 def get_solver(solver: str | Solver) -> Solver:
     """A solver object from a name (``"euler"``, ``"rk4"``, ...) or a solver object."""
     if isinstance(solver, str):
+        if not SOLVERS:  # dynode.solvers registers the built-in solvers when imported (import dynode
+            importlib.import_module("dynode.solvers")  # does); a program that imported only the core
         try:
             return SOLVERS[solver.lower()]()
         except KeyError:
