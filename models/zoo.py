@@ -66,8 +66,12 @@ def _image_shape(input_shape) -> tuple[int, int, int]:
     return tuple(int(x) for x in shape)
 
 
-def _network() -> Network:
-    return Network()
+def _image_net(input_shape) -> tuple[Network, int, int, int]:
+    """A network with the input ``"image"`` of ``input_shape``, and that shape's ``(c, h, w)``."""
+    c_in, h, w = _image_shape(input_shape)
+    net = Network()
+    net.add_input("image", shape=(c_in, h, w))
+    return net, c_in, h, w
 
 
 def _scaled(c: int, width: float, multiple: int = 1) -> int:
@@ -113,11 +117,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
       types full, depthwise, pointwise, self): an inhibitory population ``<area>_inh`` per area
       with Dale's law in the local circuit.
     """
-    norm_opts = _component_options(normalization, "normalization", "pool")
-    adapt_opts = _component_options(adaptation, "adaptation", "kind")
-    if isinstance(ei, str):
-        raise ConfigurationError(f"dyrcnn: ei takes None/False, True or a dict of options, got the string {ei!r}")
-    ei_opts = _component_options(ei, "ei", "")
+    norm_opts, adapt_opts, ei_opts = _components("dyrcnn", normalization, adaptation, ei)
     dale = bool(ei_opts.pop("dale_recurrence", True)) if ei_opts is not None else False
     if dale and recurrence_options and set(recurrence_options) - {"gain"}:
         raise ConfigurationError(f"dyrcnn: with ei (dale_recurrence) the recurrence takes only the option "
@@ -125,9 +125,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
     areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
-    c_in, h, w = _image_shape(input_shape)
-    net = _network()
-    net.add_input("image", shape=(c_in, h, w))
+    net, c_in, h, w = _image_net(input_shape)
     if phi in ("supralinear", "rectified_power"):
         phi_params = {"n": 1.8 if n is None else n, "k": 0.8 if k is None else k}
     elif n is not None or k is not None:
@@ -174,6 +172,15 @@ def _component_options(value, what: str, kind_key: str) -> dict | None:
         return dict(value)
     raise ConfigurationError(f"{what} must be None/False (off), True (defaults), a string ({kind_key}) "
                              f"or a dict of options, got {type(value).__name__}")
+
+
+def _components(model: str, normalization, adaptation, ei) -> tuple[dict | None, dict | None, dict | None]:
+    """The options of the three components of ``model`` (see :func:`_component_options`)."""
+    norm_opts = _component_options(normalization, "normalization", "pool")
+    adapt_opts = _component_options(adaptation, "adaptation", "kind")
+    if isinstance(ei, str):
+        raise ConfigurationError(f"{model}: ei takes None/False, True or a dict of options, got the string {ei!r}")
+    return norm_opts, adapt_opts, _component_options(ei, "ei", "")
 
 
 def _no_components(model: str, components: dict, why: str) -> None:
@@ -233,9 +240,7 @@ def cornet_rt(num_classes: int = 1000, times: int = 5, *, input_shape: Sequence[
                    "where pool populations with their own tau have no meaning; use dyrcnn or cordsnet")
     if times < 1:
         raise ConfigurationError(f"cornet_rt times must be >= 1, got {times}")
-    c_in, h, w = _image_shape(input_shape)
-    net = _network()
-    net.add_input("image", shape=(c_in, h, w))
+    net, c_in, h, w = _image_net(input_shape)
     spec = (("V1", 64, 7, 4), ("V2", 128, 3, 2), ("V4", 256, 3, 2), ("IT", 512, 3, 2))
     src, c_prev = "image", c_in
     for name, c, k, s in spec:
@@ -271,18 +276,12 @@ def cordsnet(num_classes: int = 100, *, input_shape: Sequence[int] = (3, 32, 32)
     and ``ei`` add those components to every area as in :func:`dyrcnn` (``ei`` keeps the
     recurrence ``W_i`` unconstrained: CordsNet's published weights have both signs).
     """
-    norm_opts = _component_options(normalization, "normalization", "pool")
-    adapt_opts = _component_options(adaptation, "adaptation", "kind")
-    if isinstance(ei, str):
-        raise ConfigurationError(f"cordsnet: ei takes None/False, True or a dict of options, got the string {ei!r}")
-    ei_opts = _component_options(ei, "ei", "")
+    norm_opts, adapt_opts, ei_opts = _components("cordsnet", normalization, adaptation, ei)
     if ei_opts is not None and "dale_recurrence" in ei_opts:
         raise ConfigurationError("cordsnet: ei has no dale_recurrence option (CordsNet's recurrence is "
                                  "unconstrained); use dyrcnn(ei={'dale_recurrence': True}) for that")
-    c_in, h, w = _image_shape(input_shape)
+    net, c_in, h, w = _image_net(input_shape)
     chans = [_scaled(c, width) for c in channels]
-    net = _network()
-    net.add_input("image", shape=(c_in, h, w))
     names = [f"A{i + 1}" for i in range(len(chans))]
     shapes = []
     for i, (name, c) in enumerate(zip(names, chans)):
@@ -321,9 +320,7 @@ def alexnet_like(num_classes: int = 10, *, input_shape: Sequence[int] = (3, 32, 
     """
     _no_components("alexnet_like", components, "it is a feed-forward baseline (one pass, no "
                    "dynamics); use dyrcnn or cordsnet")
-    c_in, h, w = _image_shape(input_shape)
-    net = _network()
-    net.add_input("image", shape=(c_in, h, w))
+    net, c_in, h, w = _image_net(input_shape)
     spec = (("conv1", 64, 5, True), ("conv2", 192, 5, True), ("conv3", 384, 3, False),
             ("conv4", 256, 3, False), ("conv5", 256, 3, True))
     src, c_prev = "image", c_in

@@ -58,7 +58,9 @@ def _vec(x, name: str) -> np.ndarray:
     return arr
 
 
-def _broadcast(**vecs: np.ndarray) -> tuple[int, list[np.ndarray]]:
+def _broadcast(**values) -> tuple[int, list[np.ndarray]]:
+    """The per-sample vectors (:func:`_vec`, named by their keyword) broadcast to one length."""
+    vecs = {k: _vec(v, k) for k, v in values.items()}
     sizes = {k: len(v) for k, v in vecs.items() if len(v) != 1}
     if len(set(sizes.values())) > 1:
         raise ConfigurationError(f"per-sample parameters have different lengths: {sizes}; give "
@@ -259,9 +261,7 @@ def pulse(onset, duration, amplitude=1.0, baseline=0.0) -> Envelope:
 
     Any argument may be per sample (a sequence), which makes a batch of conditions.
     """
-    n, (on, du, amp, base) = _broadcast(onset=_vec(onset, "onset"), duration=_vec(duration, "duration"),
-                                        amplitude=_vec(amplitude, "amplitude"),
-                                        baseline=_vec(baseline, "baseline"))
+    n, (on, du, amp, base) = _broadcast(onset=onset, duration=duration, amplitude=amplitude, baseline=baseline)
     if np.any(du <= 0):
         raise ConfigurationError(f"pulse duration must be > 0 ms, got {du.tolist()}")
     return _from_segments([[(on[b], on[b] + du[b], amp[b])] for b in range(n)], base)
@@ -269,8 +269,7 @@ def pulse(onset, duration, amplitude=1.0, baseline=0.0) -> Envelope:
 
 def step(onset, amplitude=1.0, baseline=0.0) -> Envelope:
     """``baseline`` before ``onset``, ``amplitude`` from ``onset`` on (a pulse that never ends)."""
-    n, (on, amp, base) = _broadcast(onset=_vec(onset, "onset"), amplitude=_vec(amplitude, "amplitude"),
-                                    baseline=_vec(baseline, "baseline"))
+    n, (on, amp, base) = _broadcast(onset=onset, amplitude=amplitude, baseline=baseline)
     return _from_segments([[(on[b], math.inf, amp[b])] for b in range(n)], base)
 
 
@@ -316,8 +315,7 @@ def ramp(start, stop, v0=0.0, v1=1.0) -> Envelope:
 
     The value is continuous: ``start`` and ``stop`` are **kinks** (slope changes), listed in
     ``breakpoints`` and in ``kinks`` but not in ``jumps``."""
-    n, (t0, t1, a, b) = _broadcast(start=_vec(start, "start"), stop=_vec(stop, "stop"),
-                                   v0=_vec(v0, "v0"), v1=_vec(v1, "v1"))
+    n, (t0, t1, a, b) = _broadcast(start=start, stop=stop, v0=v0, v1=v1)
     if np.any(t1 <= t0):
         raise ConfigurationError(f"ramp stop must be > start, got start={t0.tolist()}, stop={t1.tolist()}")
     knots = np.unique(np.concatenate([t0, t1]))
@@ -344,12 +342,9 @@ def pattern(bits: str, bin_ms: float, onset: float = 0.0, amplitude=1.0, baselin
     bin_ms = float(bin_ms)
     if not bin_ms > 0:
         raise ConfigurationError(f"pattern bin_ms must be > 0, got {bin_ms}")
-    n, (amp, base) = _broadcast(amplitude=_vec(amplitude, "amplitude"), baseline=_vec(baseline, "baseline"))
-    segs = []
-    for b in range(n):
-        s = [(onset + i * bin_ms, onset + (i + 1) * bin_ms, amp[b]) for i, c in enumerate(bits) if c == "1"]
-        segs.append(s)
-    return _from_segments(segs, base)
+    n, (amp, base) = _broadcast(amplitude=amplitude, baseline=baseline)
+    return _from_segments([[(onset + i * bin_ms, onset + (i + 1) * bin_ms, amp[b]) for i, c in enumerate(bits)
+                            if c == "1"] for b in range(n)], base)
 
 
 def stack(envelopes: Sequence[Envelope]) -> Envelope:
@@ -392,13 +387,8 @@ def sequence(envelopes: Sequence[Envelope], durations: Sequence[float], start: f
     def row(x: np.ndarray) -> np.ndarray:
         return np.broadcast_to(x, (batch,))
 
-    for j in range(m + 1):
-        if j == 0:
-            off[j] = row(envelopes[0]._offset[0])
-            continue
-        if j == m:
-            off[j] = row(envelopes[-1]._offset[-1])
-            continue
+    off[0], off[m] = row(envelopes[0]._offset[0]), row(envelopes[-1]._offset[-1])
+    for j in range(1, m):
         mid = 0.5 * (knots_arr[j - 1] + knots_arr[j])  # robust to rounding of shifted knots
         i = int(np.searchsorted(bounds, mid, side="right")) - 1
         e, lo = envelopes[i], bounds[i]
