@@ -113,13 +113,15 @@ def _values(values, name: str, positive: bool = True) -> list[float]:
     return vals
 
 
-def _build(name: str, images, env_per_condition: Sequence[E.Envelope], labels: dict[str, list], *,
+def _build(name: str, images, env_per_condition: Sequence[E.Envelope], labels: dict, *,
            onset: float, t_end: float, background, input) -> Protocol:
     imgs = _images(images)
     n_img, n_cond = imgs.shape[0], len(env_per_condition)
     env = E.stack([e for e in env_per_condition for _ in range(n_img)])
     x = imgs.repeat(n_cond, *([1] * (imgs.dim() - 1)))
-    conditions = {k: [v for v in vals for _ in range(n_img)] for k, vals in labels.items()}
+    # a label given as one value holds for every condition
+    conditions = {k: [v for v in (vals if isinstance(vals, list) else [vals] * n_cond) for _ in range(n_img)]
+                  for k, vals in labels.items()}
     conditions["image"] = list(range(n_img)) * n_cond
     return Protocol(x, env, name=name, onset=onset, t_end=t_end, n_images=n_img, background=background,
                     input=input, conditions=conditions)
@@ -141,10 +143,7 @@ def present(images, *, onset: float = 0.0, duration: float | None = None, labels
                                                                      contrast)
     if t_end is None:
         t_end = float(onset) + (0.0 if duration is None else float(duration))
-    conditions = {}
-    if labels is not None:
-        labels = labels.tolist() if isinstance(labels, Tensor) else list(labels)
-        conditions["label"] = labels
+    conditions = {} if labels is None else {"label": labels.tolist() if isinstance(labels, Tensor) else list(labels)}
     return Protocol(imgs, env, name="present", onset=onset, t_end=t_end, n_images=n, background=background,
                     input=input, conditions=conditions)
 
@@ -158,8 +157,7 @@ def contrast_series(images=None, contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), *, o
         raise ConfigurationError(f"contrasts must be >= 0, got {cs}")
     duration = _values(duration, "duration")[0]
     envs = [E.pulse(onset, duration, c) for c in cs]
-    labels = dict(contrast=cs, duration=[duration] * len(cs), isi=[0.0] * len(cs), n_pulses=[1] * len(cs),
-                  onset=[float(onset)] * len(cs))
+    labels = dict(contrast=cs, duration=duration, isi=0.0, n_pulses=1, onset=float(onset))
     return _build("contrast", images, envs, labels, onset=onset, t_end=t_end, background=background,
                   input=input)
 
@@ -170,8 +168,7 @@ def duration_series(images=None, durations=(17.0, 33.0, 67.0, 133.0, 267.0, 533.
     """One pulse of each duration (ms) at ``contrast``, all starting at ``onset``."""
     ds = _values(durations, "durations")
     envs = [E.pulse(onset, d, contrast) for d in ds]
-    labels = dict(contrast=[float(contrast)] * len(ds), duration=ds, isi=[0.0] * len(ds),
-                  n_pulses=[1] * len(ds), onset=[float(onset)] * len(ds))
+    labels = dict(contrast=float(contrast), duration=ds, isi=0.0, n_pulses=1, onset=float(onset))
     return _build("duration", images, envs, labels, onset=onset, t_end=t_end, background=background,
                   input=input)
 
@@ -185,8 +182,7 @@ def interval_series(images=None, isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *
     gaps = _values(isis, "isis")
     duration = _values(duration, "duration")[0]
     envs = [E.two_pulses(onset, duration, g, contrast) for g in gaps]
-    labels = dict(contrast=[float(contrast)] * len(gaps), duration=[duration] * len(gaps), isi=gaps,
-                  n_pulses=[2] * len(gaps), onset=[float(onset)] * len(gaps))
+    labels = dict(contrast=float(contrast), duration=duration, isi=gaps, n_pulses=2, onset=float(onset))
     return _build("repetition", images, envs, labels, onset=onset, t_end=t_end, background=background,
                   input=input)
 
