@@ -126,3 +126,47 @@ def test_every_subpackage_is_installed():
     packages = {name for name, f in MODULES.items() if f.name == "__init__.py"}
     assert packages - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
     assert listed - packages == set(), "pyproject.toml lists packages that do not exist"
+
+
+def _documented_workflow_order() -> list[str]:
+    """The workflow modules in the order docs/ARCHITECTURE.md's layer table lists them."""
+    doc = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| 3. workflow"))
+    import re
+
+    return [f"dynode.{name.strip('/')}".replace("/", ".") for name in re.findall(r"`([a-z_/]+)`", row.split("|")[2])]
+
+
+def test_the_documented_workflow_order_is_the_import_order():
+    """docs/ARCHITECTURE.md lists the workflow modules "in this order: each imports only those
+    before it and the layers below"; the source must agree, and every workflow module must be
+    listed (a package by its folder, e.g. `analysis/`)."""
+    order = _documented_workflow_order()
+    workflow = sorted(m for m in MODULES if _layer(m) == 3)
+
+    def listed(mod: str) -> str | None:
+        return next((o for o in order if mod == o or mod.startswith(o + ".")), None)
+
+    assert [m for m in workflow if listed(m) is None] == [], "list these in docs/ARCHITECTURE.md's workflow row"
+    bad = []
+    for mod in workflow:
+        here = order.index(listed(mod))
+        for target, _, line in _imports(mod):
+            home = listed(target) if _layer(target) == 3 else None
+            if home is not None and home != listed(mod) and order.index(home) > here:
+                bad.append(f"{mod}:{line} imports {target}, listed after it")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_experiment_registry_is_the_one_list_of_kinds():
+    """docs/ARCHITECTURE.md: adding an experiment is one record in dynode.stimuli.EXPERIMENTS
+    (plus its analysis); the configs, the runner and the analysis tables derive from it."""
+    import typing
+
+    from dynode import config, experiments, stimuli
+    from dynode.analysis import summary
+
+    kinds = tuple(stimuli.EXPERIMENTS)
+    assert typing.get_args(config.ExperimentKind) == kinds
+    assert tuple(experiments.GROEN_KINDS) == kinds
+    assert tuple(summary.KINDS) == kinds and set(summary.NEEDS) == set(kinds)
