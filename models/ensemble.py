@@ -55,7 +55,7 @@ class EnsembleLinear(nn.Module):
         return f"members={m}, in_features={i}, out_features={o}, bias={self.bias is not None}"
 
 
-def _stack_op(ops: Sequence[nn.Module], label: str, shared_input: bool) -> nn.Module:
+def _stack_op(ops: Sequence[nn.Module], shared_input: bool) -> nn.Module:
     """One module doing every member's operator (checked by :func:`_check_stackable`)."""
     first = ops[0]
     if type(first) is nn.Identity:
@@ -250,7 +250,7 @@ def stack(members: Sequence[Network]) -> Network:
                 net.populations[name].bias.copy_(torch.stack(
                     [m.populations[name].bias.detach().expand(pop.shape) for m in members]))
     for c in first.connections:
-        net.connect(c.src, c.dst, _stack_op(ops[c.label], c.label, c.src in first.input_shapes()),
+        net.connect(c.src, c.dst, _stack_op(ops[c.label], c.src in first.input_shapes()),
                     delay=c.delay, skip_initial=c.skip_initial)
     net.protocol = first.protocol
     return net.train(first.training)

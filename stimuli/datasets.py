@@ -169,7 +169,7 @@ def _mnist(root, split: str, download: bool, transform=None):
 
 
 # ---------------------------------------------------------------------------- image folders
-def _folder_root(name: str, root, split: str, image_size_hint: str | None = None) -> Path:
+def _folder_root(name: str, root, split: str) -> Path:
     root = Path(root).expanduser()
     split = _split(split)
     if name == "imagenette":
@@ -207,12 +207,10 @@ def standard_transform(name: str, split: str = "train", *, augment: bool | None 
     augment = (_split(split) == "train") if augment is None else augment
     mean, std = STATS[name]
     steps: list = []
-    if name in ("cifar10", "cifar100"):
+    if name in ("cifar10", "cifar100", "mnist"):
         if augment:
-            steps += [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-    elif name == "mnist":
-        if augment:
-            steps += [T.RandomCrop(28, padding=2)]
+            steps += [T.RandomCrop(28, padding=2)] if name == "mnist" else [T.RandomCrop(32, padding=4),
+                                                                            T.RandomHorizontalFlip()]
     else:
         size = image_size or (128 if name == "imagenette" else 224)
         if augment:
@@ -341,9 +339,7 @@ class InMemoryLoader:
         self._gen = torch.Generator(device=device)
         self._seed = int(seed)
         self._gen.manual_seed(self._seed)
-        h, w = images.shape[2], images.shape[3]
-        self._rows = torch.arange(h, device=device)
-        self._cols = torch.arange(w, device=device)
+        self._rows, self._cols = (torch.arange(n, device=device) for n in images.shape[2:])
 
     def __len__(self) -> int:
         n = len(self.images)

@@ -49,10 +49,7 @@ NOISE_KINDS = ("gaussian", "uniform", "salt_and_pepper", "poisson", "correlated"
 
 
 def _generator(seed, frame: int = 0) -> torch.Generator:
-    if isinstance(seed, (tuple, list)):
-        entropy = [int(s) for s in seed] + [int(frame)]
-    else:
-        entropy = [int(seed), int(frame)]
+    entropy = [int(s) for s in (seed if isinstance(seed, (tuple, list)) else [seed])] + [int(frame)]
     if any(e < 0 for e in entropy):
         raise ConfigurationError(f"noise seeds must be non-negative ints, got {seed!r}")
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
@@ -221,13 +218,11 @@ class DynamicNoise(Stimulus):
                 raise ConfigurationError("snr= needs reference= images (the signal)")
             if scale is not None:
                 raise ConfigurationError("give either scale= or snr=/snr_db=, not both")
-            self._snr = _snr(snr, snr_db)
-            self.scale = None
+            self._snr, self.scale = _snr(snr, snr_db), None
         else:
             if scale is None:
                 raise ConfigurationError("give the noise amplitude: scale= (RMS) or snr=/snr_db=")
-            self._snr = None
-            self.scale = float(scale)
+            self._snr, self.scale = None, float(scale)
         if kind in ("poisson", "phase_scrambled") and reference is None:
             raise ConfigurationError(f"{kind} noise needs reference= images")
         self.dtype = dtype if dtype is not None else torch.get_default_dtype()
