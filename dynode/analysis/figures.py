@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dynode.analysis.style import label, pyplot, style
+from dynode.analysis.style import label, legend, pyplot, rate_label, style
 from dynode.archive import RATE_UNITS
 from dynode.errors import ConfigurationError
 
 __all__ = ["plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response", "plot_convergence"]
-
-
-def _pyplot():
-    return pyplot()
 
 
 def _variables(data) -> dict[str, xr.DataArray]:
@@ -43,20 +39,17 @@ def _png(path) -> Path:
     return path
 
 
-def _panels(n: int, plt, width: float = 3.6, height: float = 3.0):
+def _figure(data, path, title: str | None, draw, *args, height: float = 3.0) -> Path:
+    """What every per-population figure shares: the PNG ``path`` checked, one panel per
+    variable of ``data`` (``draw(axes, {name: DataArray}, *args)`` fills them) in the style,
+    ``title`` on top, written to ``path``."""
+    plt = pyplot()
+    path = _png(path)
+    pops = _variables(data)
     with style():
-        fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, layout="constrained")
-    return fig, axes[0]
-
-
-def _units(da: xr.DataArray) -> str | None:
-    """The response's units (the archive's ``units`` attribute; rates are ``a.u.``)."""
-    u = str(da.attrs.get("units", "a.u."))
-    return "a.u." if u in ("", "1") else u
-
-
-def _save(fig, plt, path: Path, title: str | None) -> Path:
-    with style():
+        fig, axes = plt.subplots(1, len(pops), figsize=(3.6 * len(pops), height), squeeze=False,
+                                 layout="constrained")
+        draw(axes[0], pops, *args)
         if title:
             fig.suptitle(title)
         fig.savefig(path)
@@ -68,16 +61,10 @@ def plot_time_courses(courses, path, *, dim: str | None = None, title: str | Non
     """Time courses per condition (lines, coloured along ``dim``; default the courses' one
     non-time dimension) and population (panels), from the start of the baseline window when
     the courses carry one (``baseline_ms``)."""
-    plt = _pyplot()
-    path = _png(path)
-    pops = _variables(courses)
-    fig, axes = _panels(len(pops), plt)
-    with style():
-        _draw_time_courses(plt, axes, pops, dim)
-    return _save(fig, plt, path, title)
+    return _figure(courses, path, title, _draw_time_courses, dim)
 
 
-def _draw_time_courses(plt, axes, pops, dim):
+def _draw_time_courses(axes, pops, dim):
     for ax, (name, da) in zip(axes, pops.items()):
         others = [d for d in da.dims if d != "time"]
         d = dim or (others[0] if len(others) == 1 else None)
@@ -93,30 +80,22 @@ def _draw_time_courses(plt, axes, pops, dim):
             rest = [x for x in others if x != d]
             da2 = da.mean(rest) if rest else da
             values = da2[d].values
-            colors = plt.cm.viridis(np.linspace(0, 0.9, len(values)))
+            colors = pyplot().cm.viridis(np.linspace(0, 0.9, len(values)))
             unit = "" if d in ("contrast", "n_pulses", "image", "sample") else " ms"
             for v, col in zip(values, colors):
                 ax.plot(t, da2.sel({d: v}).values, color=col, lw=1.2, label=f"{v:g}{unit}")
         ax.set_title(name)
         ax.set_xlabel(label(da["time"].attrs.get("long_name", "time"), "ms"))
-        ax.set_ylabel(label("mean firing rate", _units(da)))
+        ax.set_ylabel(rate_label(da.attrs, "mean firing rate"))
         ax.axhline(0, color="0.8", lw=0.5)
         ax.axvline(0, color="0.8", lw=0.5, ls=":")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    if handles:
-        axes[-1].legend(handles, labels, title=dim or None, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    legend(axes[-1], title=dim or None)
 
 
 def plot_summation(summed, path, *, dim: str = "duration", title: str | None = None) -> Path:
     """Summed response vs pulse duration (markers) and the linear prediction from the shortest
     pulse, ``R(T_min) T / T_min`` (dashed)."""
-    plt = _pyplot()
-    path = _png(path)
-    pops = _variables(summed)
-    fig, axes = _panels(len(pops), plt)
-    with style():
-        _draw_summation(axes, pops, dim)
-    return _save(fig, plt, path, title)
+    return _figure(summed, path, title, _draw_summation, dim)
 
 
 def _draw_summation(axes, pops, dim):
@@ -131,19 +110,13 @@ def _draw_summation(axes, pops, dim):
         ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(name)
         ax.set_xlabel(label(dim, "ms"))
-        ax.set_ylabel(label("summed response", _units(da)))
+        ax.set_ylabel(rate_label(da.attrs, "summed response"))
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
 
 
 def plot_recovery(recovery, path, *, dim: str = "isi", title: str | None = None) -> Path:
     """Recovery of the second pulse's response vs the inter-stimulus interval (1 = full)."""
-    plt = _pyplot()
-    path = _png(path)
-    pops = _variables(recovery)
-    fig, axes = _panels(len(pops), plt)
-    with style():
-        _draw_recovery(axes, pops, dim)
-    return _save(fig, plt, path, title)
+    return _figure(recovery, path, title, _draw_recovery, dim)
 
 
 def _draw_recovery(axes, pops, dim):
@@ -166,13 +139,7 @@ def plot_contrast_response(responses, path, *, fits: Mapping | None = None, c50:
     half-peak contrast, ``c50``: population -> value; a dotted line) and, as an extra, the
     fitted Naka-Rushton function (``fits``: population -> :class:`HyperbolicRatioFit`; dashed,
     its c50 marked as extrapolated when outside the tested contrasts)."""
-    plt = _pyplot()
-    path = _png(path)
-    pops = _variables(responses)
-    fig, axes = _panels(len(pops), plt, height=3.8)
-    with style():
-        _draw_contrast(axes, pops, fits, c50, dim)
-    return _save(fig, plt, path, title)
+    return _figure(responses, path, title, _draw_contrast, fits, c50, dim, height=3.8)
 
 
 def _draw_contrast(axes, pops, fits, c50, dim):
@@ -193,7 +160,7 @@ def _draw_contrast(axes, pops, fits, c50, dim):
         ax.tick_params(axis="x", labelrotation=45)
         ax.set_title(name)
         ax.set_xlabel(label("contrast", "fraction of full contrast"))
-        ax.set_ylabel(label("peak firing rate", _units(da)))
+        ax.set_ylabel(rate_label(da.attrs, "peak firing rate"))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3))  # below: the curve stays visible
 
 

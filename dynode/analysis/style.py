@@ -63,7 +63,7 @@ def label(quantity: str, units: str | None) -> str:
 
 def rate_label(attrs: dict | None = None, quantity: str = "firing rate") -> str:
     """The label of a rate axis from a variable's attributes (its ``units``, default ``a.u.``)."""
-    units = (attrs or {}).get("units", "a.u.")
+    units = str((attrs or {}).get("units", "a.u."))
     return label(quantity, "a.u." if units in ("", "1") else units)
 
 
