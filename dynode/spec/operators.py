@@ -183,22 +183,6 @@ def op_spec(module: nn.Module) -> OpDict:
 
 
 # -- building ---------------------------------------------------------------------------------
-def _build_recurrence(type: str, channels: int, kernel_size: int = 3, **options):
-
-    return recurrence(type, channels, kernel_size, **options)
-
-
-def _build_signed_recurrence(type: str, channels: int, kernel_size: int = 3, *, sign: int = 1,
-                             gain: float = 0.1, flat: bool = False):
-
-    return signed_recurrence(type, channels, kernel_size, sign=sign, gain=gain, flat=flat)
-
-
-def _build_adapter(src_shape: list, dst_shape: list, project: bool | None = None, bias: bool = False):
-
-    return adapter(src_shape, dst_shape, project=project, bias=bias)
-
-
 def _build_sequential(modules: list, names: list | None = None):
     mods = [build_op(m, f"sequential[{i}]") for i, m in enumerate(modules)]
     if names is None:
@@ -220,8 +204,6 @@ def _nested(kind: str, builder: Callable, keys: tuple[str, ...]):
                 kw[k] = build_op(v, f"{kind}.{k}")
             elif isinstance(v, list) and v and isinstance(v[0], Mapping):
                 kw[k] = [build_op(x, f"{kind}.{k}[{i}]") for i, x in enumerate(v)]
-        if kind == "sum_of":
-            return builder(*kw["modules"])
         return builder(**kw)
     build.__signature__ = inspect.signature(builder)  # type: ignore[attr-defined]
     return build
@@ -229,8 +211,8 @@ def _nested(kind: str, builder: Callable, keys: tuple[str, ...]):
 
 def _builders() -> dict[str, Callable]:
     b: dict[str, Callable] = {"identity": lambda: nn.Identity(), "sequential": _build_sequential,
-                              "recurrence": _build_recurrence, "signed_recurrence": _build_signed_recurrence,
-                              "adapter": _build_adapter, "function": _build_function}
+                              "recurrence": recurrence, "signed_recurrence": signed_recurrence,
+                              "adapter": adapter, "function": _build_function}
     b.update(_TORCH)
     for kind, cls in _dynode_classes().items():
         if kind == "resize_project":
@@ -247,7 +229,6 @@ def _builders() -> dict[str, Callable]:
             b[kind] = subtract
         elif kind == "sum_of":
             def sum_of(modules: list):
-
                 return SumOf(*(build_op(m, f"sum_of[{i}]") for i, m in enumerate(modules)))
             b[kind] = sum_of
         else:
