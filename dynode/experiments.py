@@ -93,8 +93,10 @@ def _check_stimulus_value(who: str, network, background) -> None:
                              f"(batch, *{tuple(shape)}) or {tuple(shape)}")
 
 
-def _check_images(who: str, network, images) -> None:
-    """``images`` ``(N, *shape)``, N >= 1, real-valued, fitting a :class:`Network`'s one input."""
+def _check_images(who: str, network, images, background) -> None:
+    """``images`` ``(N, *shape)``, N >= 1, real-valued, fitting a :class:`Network`'s one input;
+    the screen around them, ``background``: one of :data:`BACKGROUNDS`, a finite number, or a
+    finite tensor that broadcasts to one image's shape."""
     if not isinstance(images, Tensor) or images.dim() < 2 or images.shape[0] < 1 or images.dtype.is_complex \
             or images.dtype == torch.bool:
         got = f"shape {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
@@ -109,11 +111,6 @@ def _check_images(who: str, network, images) -> None:
         if tuple(images.shape[1:]) != tuple(shape):
             raise ShapeError(f"{who}: images have shape {tuple(images.shape)}; the network's input {name!r} "
                              f"takes (N, *{tuple(shape)})")
-
-
-def _check_image_background(who: str, images: Tensor, background) -> None:
-    """The screen around ``images``: one of :data:`BACKGROUNDS`, a finite number, or a finite
-    tensor that broadcasts to one image's shape."""
     sample = (1, *images.shape[1:])
     accepted = (f"one of {list(BACKGROUNDS)}, a finite number, or a tensor that broadcasts to one image "
                 f"{tuple(images.shape[1:])} (e.g. (), ({images.shape[1]}, 1, 1) or {tuple(images.shape[1:])})")
@@ -157,8 +154,7 @@ def _check_settle(who: str, network, background, images, *, dt, solver, window, 
                                      "images=(N, *shape), or give background as a tensor (batch, *input_shape)")
         _check_stimulus_value(who, network, background)
     else:
-        _check_images(who, network, images)
-        _check_image_background(who, images, background)
+        _check_images(who, network, images, background)
     return dt, get_solver(solver), window, max_time, rtol, atol
 
 
@@ -260,8 +256,7 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
                                  f"{type(attrs).__name__}")
     record = record if record is not None else Record(reduce="mean")
     meta = {"experiment": getattr(protocol, "name", type(protocol).__name__),
-            "onset_ms": getattr(protocol, "onset", None)}
-    meta.update(attrs or {})
+            "onset_ms": getattr(protocol, "onset", None), **(attrs or {})}
     with torch.no_grad():
         return simulate(network, protocol, t_end=float(t_end), dt=dt, solver=solver, record=record,
                         store=store, overwrite=overwrite, progress=progress, attrs=meta,
@@ -320,8 +315,7 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
         settle_max = _number(who, "settle_max", settle_max, unit=" of ms (or None: no settling)")
     _check_flag(who, "overwrite", overwrite)
     _check_flag(who, "progress", progress, none=True)
-    _check_images(who, network, images)
-    _check_image_background(who, images, background)
+    _check_images(who, network, images, background)
     if not isinstance(out_dir, (str, os.PathLike)):
         raise ConfigurationError(f"{who}: out_dir must be a folder path (str or pathlib.Path), got "
                                  f"{type(out_dir).__name__}")
@@ -372,8 +366,7 @@ def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler",
                                  f"offset at {onset + duration} ms")
     if solver.grid:
         _whole_steps(who, "t_end", t_end, dt)
-    _check_images(who, network, images)
-    _check_image_background(who, images, background)
+    _check_images(who, network, images, background)
     protocol = present(images, onset=onset, duration=duration, background=background, t_end=t_end)
     settled = settle(network, background, images=protocol.images, dt=dt, solver=solver)  # checks first
     every = max(1, round(10.0 / dt)) * dt
