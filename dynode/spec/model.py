@@ -166,15 +166,22 @@ def _layout(module: nn.Module) -> dict[str, tuple]:
     return {k: (tuple(v.shape), k in params) for k, v in module.state_dict().items()}
 
 
-def _check_layout(net, spec: ModelSpec) -> None:
+def _on_meta(spec: ModelSpec) -> Network | None:
+    """``spec`` built on the meta device (no memory, the caller's random state untouched), or
+    ``None`` where a module cannot be built there."""
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
-            rebuilt = build_network(spec, trust_code=True)  # the classes of a live network, not a file's
-        except (NotImplementedError, RuntimeError):  # a module that cannot be built on meta
-            rebuilt = None
-    if rebuilt is None:
-        with torch.random.fork_rng(devices=[]):
-            rebuilt = build_network(spec, trust_code=True)
+            return _build(spec)
+        except (NotImplementedError, RuntimeError):
+            return None
+
+
+def _check_layout(net, spec: ModelSpec) -> None:
+    with trusting(True):  # the classes of a live network, not a file's
+        rebuilt = _on_meta(spec)
+        if rebuilt is None:
+            with torch.random.fork_rng(devices=[]):
+                rebuilt = _build(spec)
     want, got = _layout(net), _layout(rebuilt)
     if want != got:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:5]
@@ -202,11 +209,9 @@ def build_network(spec: ModelSpec | Mapping, *, trust_code: bool = False):
 def _check_memory(spec: ModelSpec) -> None:
     """Refuse a spec whose parameters and buffers do not fit in the memory available on the
     default device, counted on a build on the meta device (no allocation) before the real one."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        try:
-            sized = _build(spec)
-        except (NotImplementedError, RuntimeError):  # a module that cannot be built on meta: no estimate
-            return
+    sized = None if torch.get_default_device().type == "meta" else _on_meta(spec)
+    if sized is None:  # building on meta allocates nothing; a module that cannot be built there: no estimate
+        return
     tensors = [*sized.parameters(), *sized.buffers()]
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     require_memory(nbytes, torch.get_default_device(),
