@@ -76,18 +76,13 @@ def load_state(network: nn.Module, state: dict, path) -> None:
     """``network.load_state_dict(state)``, with a :class:`CheckpointError` that says how the
     saved weights differ from the network's when they do not fit."""
     own = network.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing = [repr(k) for k in own if k not in state]
+    unexpected = [repr(k) for k in state if k not in own]
     shapes = [f"{k}: saved {tuple(state[k].shape)}, network {tuple(own[k].shape)}" for k in own
               if k in state and isinstance(state[k], Tensor) and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing, e.g. {missing[0]!r}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} not in this network, e.g. {unexpected[0]!r}")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
+    parts = [f"{len(found)} {what}, e.g. {found[0]}" for what, found in (
+        ("weights missing", missing), ("not in this network", unexpected), ("of another shape", shapes)) if found]
+    if parts:
         raise CheckpointError(f"the weights in {path} do not fit this network ({'; '.join(parts)}): they were "
                               "saved from another architecture; build the model with the options it was "
                               "trained with (the checkpoint's spec: dynode.load_model(path))")

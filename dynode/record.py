@@ -45,24 +45,17 @@ REDUCTIONS = ("mean", "std", "mean_std")
 STORAGE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
+_UNIT_DIMS = {1: ("channel",), 2: ("channel", "x"), 3: ("channel", "y", "x"), 4: ("channel", "z", "y", "x")}
+
+
 def unit_dims(ndim: int) -> tuple[str, ...]:
     """Names of a population's per-sample dimensions (see the module docstring)."""
-    if ndim == 1:
-        return ("channel",)
-    if ndim == 2:
-        return ("channel", "x")
-    if ndim == 3:
-        return ("channel", "y", "x")
-    if ndim == 4:
-        return ("channel", "z", "y", "x")
-    return ("channel",) + tuple(f"dim_{i}" for i in range(1, ndim))
+    return _UNIT_DIMS.get(ndim) or ("channel",) + tuple(f"dim_{i}" for i in range(1, ndim))
 
 
 def _dtype_name(dtype) -> str:
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    name = (dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+            if isinstance(dtype, torch.dtype) else np.dtype(dtype).name)
     if name not in STORAGE_DTYPES:
         raise ConfigurationError(f"Record(dtype={dtype!r}): the storage dtype must be one of "
                                  f"{list(STORAGE_DTYPES)}")
@@ -70,7 +63,8 @@ def _dtype_name(dtype) -> str:
 
 
 def _indices(spec, size: int, what: str) -> tuple[int, ...]:
-    """Resolve an int / slice / range / sequence of ints against a dimension of ``size``."""
+    """Resolve an int / slice / range / sequence of ints against a dimension of ``size``; None
+    when it keeps every index in order (no selection)."""
     if isinstance(spec, slice):
         out = tuple(range(size)[spec])
     elif isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
@@ -91,7 +85,7 @@ def _indices(spec, size: int, what: str) -> tuple[int, ...]:
     out = tuple(i % size for i in out)
     if len(set(out)) != len(out):
         raise ConfigurationError(f"{what}: the selection {spec!r} repeats indices")
-    return out
+    return None if out == tuple(range(size)) else out
 
 
 @dataclass(frozen=True)
@@ -280,16 +274,13 @@ class Record:
                 raise ConfigurationError(
                     f"Record(start={start:g}) is not on the solver's grid t0 + n*dt (t0 = {t0:g}, "
                     f"dt = {dt:g} ms); use start = {t0 + math.ceil((start - t0) / dt) * dt:g} ms")
-            if self.every is None:
-                m = 1
-            else:
-                m = delay_steps(self.every, dt)
-                if m is None or m == 0:
-                    lo = max(1, math.floor(self.every / dt))
-                    raise ConfigurationError(
-                        f"Record(every={self.every:g}) is not a multiple of dt = {dt:g} ms; a "
-                        f"fixed-step solver only has states on its grid: use every = {lo * dt:g} or "
-                        f"{(lo + 1) * dt:g} ms, or an adaptive solver")
+            m = 1 if self.every is None else delay_steps(self.every, dt)
+            if not m:  # None (off the grid) or 0 (every < dt)
+                lo = max(1, math.floor(self.every / dt))
+                raise ConfigurationError(
+                    f"Record(every={self.every:g}) is not a multiple of dt = {dt:g} ms; a "
+                    f"fixed-step solver only has states on its grid: use every = {lo * dt:g} or "
+                    f"{(lo + 1) * dt:g} ms, or an adaptive solver")
             k_stop = math.floor((stop - t0) / dt * (1 + TIME_RTOL) + TIME_RTOL)
             return tuple(t0 + k * dt for k in range(k0, k_stop + 1, m))
         if self.every is None:
@@ -319,8 +310,6 @@ class Record:
             index = tuple(None if d not in sel else
                           _indices(sel[d], n, f"Record(select=...) {name!r} dimension {d!r}")
                           for d, n in zip(dims, shape))
-            index = tuple(None if i is not None and i == tuple(range(n)) else i
-                          for i, n in zip(index, shape))
             plans.append(RecordPlan(name, shape, dims, index, self.reduce, self.storage_dtype))
         return plans
 

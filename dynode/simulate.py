@@ -112,12 +112,10 @@ def _spec_entries(net) -> dict:
 def model_config(field) -> dict:
     """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
     if isinstance(field, Network):
-        pops = []
-        for name, pop in field.populations.items():
-            pops.append({"name": name, "shape": list(pop.shape), "tau": _jsonable(pop.tau),
-                         "phi": repr(pop.phi),
-                         "bias": None if pop.bias is None else list(pop.bias.shape),
-                         "combine": None if pop.combine is None else repr(pop.combine)})
+        pops = [{"name": name, "shape": list(pop.shape), "tau": _jsonable(pop.tau), "phi": repr(pop.phi),
+                 "bias": None if pop.bias is None else list(pop.bias.shape),
+                 "combine": None if pop.combine is None else repr(pop.combine)}
+                for name, pop in field.populations.items()]
         conns = [{"src": c.src, "dst": c.dst, "delay": c.delay, "op": repr(c.op)}
                  for c in field.connections]
         return {"type": type(field).__qualname__,
@@ -274,10 +272,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     if clash:
         raise ConfigurationError(f"attrs {clash} would overwrite the archive's own attributes; rename them")
     root_attrs.update(extra)
-    stimulus_dtype = record.storage_dtype
 
     def make_sink(batch, out_shapes, k):
-        layout = archive_layout(plans, out_shapes, batch, conditions, input_names, stimulus_dtype,
+        layout = archive_layout(plans, out_shapes, batch, conditions, input_names, record.storage_dtype,
                                 root_attrs)
         if path is None:
             return MemoryArchiveWriter(layout)
@@ -285,9 +282,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                                  overwrite=overwrite)
 
     bar = _progress_bar(progress, t0, t_end, dt, on_grid)
-    hold = solver_obj.fresh_states
     streamer = Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
-                         hold=hold)
+                        hold=solver_obj.fresh_states)
     try:
         with torch.no_grad():
             sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)

@@ -110,17 +110,12 @@ def condition_coords(conditions: Mapping[str, Sequence], batch: int) -> dict[str
     return out
 
 
-def _sample_coords(layout: Layout) -> dict:
-    coords = {"sample": ("sample", np.arange(layout.batch, dtype=np.int64), SAMPLE_ATTRS)}
-    for name, values in layout.conditions.items():
-        coords[name] = ("sample", values, CONDITION_ATTRS.get(name, {"long_name": f"stimulus condition: {name}"}))
-    return coords
-
-
 def block_datasets(layout: Layout, block: Block) -> dict[str, xr.Dataset]:
     """The block as one Dataset per group (``"/"`` and one per population)."""
     base = {"time": ("time", np.asarray(block.times, dtype=np.float64), TIME_ATTRS),
-            **_sample_coords(layout)}
+            "sample": ("sample", np.arange(layout.batch, dtype=np.int64), SAMPLE_ATTRS),
+            **{name: ("sample", values, CONDITION_ATTRS.get(name, {"long_name": f"stimulus condition: {name}"}))
+               for name, values in layout.conditions.items()}}
     root_vars = {}
     root_coords = dict(base)
     if layout.inputs:
@@ -130,9 +125,8 @@ def block_datasets(layout: Layout, block: Block) -> dict[str, xr.Dataset]:
                                  {"units": RATE_UNITS, "long_name": "stimulus intensity, mean over its units"})
     out = {"/": xr.Dataset(root_vars, coords=root_coords, attrs=layout.attrs)}
     for g in layout.groups:
-        coords = dict(base)
-        for d, v in g.coords.items():
-            coords[d] = (d, v, {"units": "1", "long_name": _DIM_NAMES.get(d, d)})
+        coords = {**base, **{d: (d, v, {"units": "1", "long_name": _DIM_NAMES.get(d, d)})
+                             for d, v in g.coords.items()}}
         out[g.name] = xr.Dataset({"rate": (("time", "sample") + g.dims, block.rates[g.name], g.attrs)},
                                  coords=coords)
     return out
@@ -193,10 +187,7 @@ def _consolidate(path: Path) -> None:
 def _root_meta(path: Path) -> dict:
     meta_file = path / "zarr.json"
     if not meta_file.is_file():
-        for tmp in path.parent.glob(f".{path.name}.dynode-new-*"):  # a run creating it now?
-            if not (tmp / "zarr.json").is_file():
-                continue
-            st = lease_state(_root_meta(tmp).get("attributes", {}))
+        for _, st in _unfinished(path):  # a run creating it now?
             if st is not None and not st.dead and st.problem is None:
                 raise ArchiveLockedError(f"archive {str(path)!r} is being created by {st.describe()}; "
                                          "open it again once the run has written its first block",
@@ -212,6 +203,14 @@ def _root_meta(path: Path) -> dict:
         raise ArchiveError(f"{str(meta_file)!r} is not zarr v3 group metadata (a JSON object with an "
                            "'attributes' object)")
     return meta
+
+
+def _unfinished(path: Path):
+    """``(folder, lease state)`` of each store being built for ``path`` (``.<name>.dynode-new-*``),
+    except those killed before their first metadata (whose they are is unknown)."""
+    for tmp in path.parent.glob(f".{path.name}.dynode-new-*"):
+        if (tmp / "zarr.json").is_file():
+            yield tmp, lease_state(_root_meta(tmp).get("attributes", {}))
 
 
 def _archive_attrs(path: Path) -> dict:

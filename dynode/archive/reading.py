@@ -46,22 +46,19 @@ class _CheckedArray(BackendArray):
         try:
             return self._inner[key]
         except Exception as exc:
-            err = self._corruption(key)
-            if err is None:
-                raise
-            raise err from exc
+            self._raise_if_damaged(key, exc)
+            raise
 
     async def async_getitem(self, key):
         try:
             return await self._inner.async_getitem(key)
         except Exception as exc:
-            err = self._corruption(key)
-            if err is None:
-                raise
-            raise err from exc
+            self._raise_if_damaged(key, exc)
+            raise
 
-    def _corruption(self, key) -> ArchiveCorruptError | None:
-        """The error to raise when a chunk that ``key`` touches is damaged, else None."""
+    def _raise_if_damaged(self, key, exc: Exception) -> None:
+        """Raise :class:`ArchiveCorruptError` (from ``exc``) when a chunk that ``key`` touches
+        is damaged; return when none is."""
         import zarr
 
         arr = self._inner.get_array()
@@ -76,7 +73,7 @@ class _CheckedArray(BackendArray):
         # a missing chunk reads as the fill value, without an error: only what failed is named
         faults = [f for f in _chunk_faults(arr, folder, grid, read=True) if f[1] != "chunk file missing"]
         if not faults:
-            return None
+            return
         dims = arr.metadata.dimension_names or ()
         steps = arr.shape[0] if dims and dims[0] == "time" else 0
         try:
@@ -87,13 +84,13 @@ class _CheckedArray(BackendArray):
         damaged = _damages(found, {(self._group, self._name): arr.chunks[0]}, steps, times)
         report = VerifyReport(str(self._path), steps, len(grid), True, True, tuple(damaged))
         what = self._name if self._group == "/" else f"{self._name} of population {self._group!r}"
-        return ArchiveCorruptError(
+        raise ArchiveCorruptError(
             f"archive {str(self._path)!r}: reading {what} hit damaged data on disk:\n  "
             + "\n  ".join(map(str, damaged)) + "\nThat data cannot be repaired in place: re-run the "
             "simulation (dynode.archive.archive_config(tree) is its configuration) or read around "
             "it (tree.isel(time=...)); dynode.archive.verify_archive(path) lists every damaged chunk "
             "of the archive, and open_archive(path, verify=True) checks them all before use",
-            report=report)
+            report=report) from exc
 
 
 def _check_reads(tree: xr.DataTree, path: Path) -> None:

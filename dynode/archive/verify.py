@@ -102,8 +102,7 @@ def _damages(found, steps_of: Mapping[tuple[str, str], int], steps: int,
             damaged.append(Damage(gname, vname, None, None, reason))
             continue
         k = steps_of[gname, vname]
-        runs = [list(g) for _, g in itertools.groupby(idx, key=lambda i, c=itertools.count(): i - next(c))]
-        for run in runs:
+        for run in (list(g) for _, g in itertools.groupby(idx, key=lambda i, c=itertools.count(): i - next(c))):
             first, last = run[0] * k, min((run[-1] + 1) * k, steps) - 1
             damaged.append(Damage(gname, vname, (first, last), _span(times, first, last), reason))
     return damaged
@@ -153,14 +152,10 @@ def _scan(path: Path, attrs: Mapping, *, read: bool) -> VerifyReport:
     pops, conditions, inputs, damaged = _declared(attrs)
     groups = dict(sorted(root.groups(), key=lambda kv: kv[0]))
     if pops is not None:
-        for name in pops:
-            if name not in groups:
-                damaged.append(Damage(name, "", None, None, "population group missing from the store "
-                                      "(the root attribute 'populations' lists it)"))
-        for name in groups:
-            if name not in pops:
-                damaged.append(Damage(name, "", None, None, "group not declared: the root attribute "
-                                      f"'populations' lists only {pops}"))
+        damaged += [Damage(name, "", None, None, "population group missing from the store (the root "
+                           "attribute 'populations' lists it)") for name in pops if name not in groups]
+        damaged += [Damage(name, "", None, None, "group not declared: the root attribute 'populations' "
+                           f"lists only {pops}") for name in groups if name not in pops]
     found: list[tuple[str, str, int | None, str]] = []  # (group, variable, chunk index, reason)
     steps_of: dict[tuple[str, str], int] = {}
     chunks, checksummed = 0, True

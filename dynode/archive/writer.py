@@ -30,8 +30,8 @@ import numpy as np
 import xarray as xr
 
 from dynode.archive.layout import (COMPRESSIONS, Block, Layout, _codecs, _consolidate, _root_meta,
-                                   _shrink, _timed_arrays, _zarr_config, block_datasets)
-from dynode.archive.lease import _HELD, LEASE_ATTR, _check_lease, lease_state, new_lease
+                                   _shrink, _timed_arrays, _unfinished, _zarr_config, block_datasets)
+from dynode.archive.lease import _HELD, LEASE_ATTR, _check_lease, new_lease
 from dynode.archive.reading import IncompleteArchiveWarning, open_archive
 from dynode.errors import ConfigurationError, DynodeError
 
@@ -147,17 +147,12 @@ class ZarrArchiveWriter:
     def _remove_leftovers(self) -> None:
         """Remove unfinished stores (``.<name>.dynode-new-*``) of writers killed while creating
         this store; only those whose lease shows their writer is provably gone."""
-        for tmp in self.path.parent.glob(f".{self.path.name}.dynode-new-*"):
-            meta = tmp / "zarr.json"
-            if not meta.is_file():  # killed before its first metadata: whose it is is unknown
-                continue
-            st = lease_state(_root_meta(tmp).get("attributes", {}))
+        for tmp, st in _unfinished(self.path):
             if st is not None and st.dead:
                 shutil.rmtree(tmp)
 
     def _build(self, tmp: Path) -> None:
         import zarr
-        from zarr.codecs import Crc32cCodec
 
         lay = self.layout
         empty = Block(np.zeros(0), {g.name: np.zeros((0, lay.batch) + tuple(len(v) for v in g.coords.values()),
@@ -172,7 +167,7 @@ class ZarrArchiveWriter:
             for i, (group, ds) in enumerate(dsets.items()):
                 enc = {}
                 for name, var in ds.variables.items():
-                    enc[name] = {"compressors": [Crc32cCodec()]}  # every array is checksummed
+                    enc[name] = {"compressors": _codecs(None)}  # every array is checksummed
                     if var.dims and var.dims[0] == "time":
                         if name == "time":  # written once, below
                             enc[name]["chunks"] = (max(1, min(n, max(k, 2 ** 16))),)
@@ -242,9 +237,8 @@ class ZarrArchiveWriter:
                                       "recording times; the solver did not deliver every save time")
                 for _, _, arr in self._arrays:
                     _shrink(arr, self.steps_written)
-            final = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
-            final.update({**dict(attrs or {}), "status": status})
-            self._root.attrs.put(final)
+            kept = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
+            self._root.attrs.put({**kept, **dict(attrs or {}), "status": status})
         finally:
             self._release()
         _consolidate(self.path)
