@@ -22,9 +22,7 @@ import numpy as np
 import xarray as xr
 
 from dynode.errors import ConfigurationError
-from dynode.archive import open_archive
-from dynode.archive import population_time_course
-from dynode.archive import populations as recorded
+from dynode.archive import open_archive, population_time_course, populations as recorded
 
 __all__ = ["as_tree", "conditions", "time_courses", "all_time_courses", "subtract_baseline",
            "align_to_onset"]

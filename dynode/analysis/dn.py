@@ -264,24 +264,17 @@ def _optimise(s, y, t, start, fixed, free, norm, adam_steps, lr, lbfgs_steps) ->
     if not free:
         return z
 
-    def loss_fn() -> Tensor:
-        return (dn_model(s, t, _params_of(z, fixed, free)) - y).square().mean() / norm
+    def closure() -> Tensor:  # one evaluation and gradient, for whichever optimiser ``opt`` is
+        opt.zero_grad()
+        loss = (dn_model(s, t, _params_of(z, fixed, free)) - y).square().mean() / norm
+        loss.backward()
+        return loss
 
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(adam_steps):
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        opt.step()
+        opt.step(closure)
     if lbfgs_steps > 0:
-        lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=lbfgs_steps, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-12, tolerance_change=1e-15)
-
-        def closure():
-            lbfgs.zero_grad()
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        lbfgs.step(closure)
+        opt = torch.optim.LBFGS([z], lr=1.0, max_iter=lbfgs_steps, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-12, tolerance_change=1e-15)
+        opt.step(closure)
     return z.detach()

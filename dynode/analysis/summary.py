@@ -88,6 +88,11 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _along(da: xr.DataArray, dim: str) -> dict[float, float | None]:
+    """``{condition: value}`` of a metric along ``dim`` (plain floats, ``None`` for NaN)."""
+    return {float(c): _num(v) for c, v in zip(da[dim].values, da.values)}
+
+
 @dataclass
 class Analysis:
     """The results of :func:`analyze`; xarray Datasets hold one variable per population, in the
@@ -164,24 +169,20 @@ class Analysis:
                 d["baseline_to_peak"] = _num(self.baseline_to_peak[pop])
                 d["baseline_drift_to_peak"] = _num(self.drift_to_peak[pop])
             if "duration" in self.summed:
-                r = self.summed["duration"][pop]
-                d["summed_response"] = {float(T): _num(v) for T, v in zip(r["duration"].values, r.values)}
+                d["summed_response"] = _along(self.summed["duration"][pop], "duration")
             if self.ratios is not None:
                 r = self.ratios[pop]
-                d["summation_ratio"] = {float(T): _num(v) for T, v in zip(r["duration"].values, r.values)}
+                d["summation_ratio"] = _along(r, "duration")
                 d["summation_pair"] = {float(T): float(T2) for T, T2 in zip(r["duration"].values, r.attrs["T2"])}
             if pop in self.windows:
                 d["summation_window_ms"] = _num(self.windows[pop])
             if self.recovery is not None:
-                r = self.recovery[pop]
-                d["isi_recovery"] = {float(i): _num(v) for i, v in zip(r["isi"].values, r.values)}
+                d["isi_recovery"] = _along(self.recovery[pop], "isi")
             for key, name in (("time_to_peak_ms", "time_to_peak"), ("half_rise_ms", "half_rise")):
                 if name in self.latency:
-                    p = self.latency[name][pop]
-                    d[key] = {float(c): _num(v) for c, v in zip(p["contrast"].values, p.values)}
+                    d[key] = _along(self.latency[name][pop], "contrast")
             if self.peaks is not None:
-                p = self.peaks[pop]
-                d["peak_response"] = {float(c): _num(v) for c, v in zip(p["contrast"].values, p.values)}
+                d["peak_response"] = _along(self.peaks[pop], "contrast")
             if pop in self.c50:
                 d["c50"] = _num(self.c50[pop])
             if pop in self.contrast_fits:
