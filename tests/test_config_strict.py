@@ -45,7 +45,7 @@ def test_a_continuation_starts_where_the_solution_ended():
 
 
 def test_the_cli_builds_the_model_after_seeding(tmp_path):
-    from dynode.cli import model_and_data  # what every run command builds with (dynode.config)
+    from dynode.config import model_and_data  # what every run command builds with (the CLI imports it there)
 
     cfg = run_config({"model": {"name": "dyrcnn", "options": {"depth": 2, "width": 0.25, "steps": 2,
                                                                "phi": "relu"}},
