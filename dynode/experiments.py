@@ -213,10 +213,8 @@ def settle(network, background=BACKGROUND, *, images: Tensor | None = None, dt: 
         rtol=rtol, atol=atol)
     stim = Constant(background) if images is None else Modulated(images, envelopes.constant(0.0),
                                                                   background=background)
-    n_steps = round(window / dt)
-    saves = [i * dt for i in range(n_steps + 1)]
-    previous, t, steady = None, 0.0, False
-    drift, level = {}, {}
+    saves = [i * dt for i in range(round(window / dt) + 1)]
+    previous, t, steady = None, 0.0, False  # the loop runs at least once (window <= max_time)
     with torch.no_grad():
         while t < max_time and not steady:
             sol = integrate(network, stim, t0=t, t_end=t + window, dt=dt, solver=solver,

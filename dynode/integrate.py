@@ -78,14 +78,11 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
                                  f"first step of an adaptive one), got {dt}")
     solver = get_solver(solver)
-
-    def check_state(batch: int, device: torch.device, dtype: torch.dtype) -> None:
-        check_state_memory(field, solver, dt, batch, device, dtype, memory_limit)
-
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense,
-                           check_state=check_state)
+                           check_state=lambda batch, device, dtype: check_state_memory(
+                               field, solver, dt, batch, device, dtype, memory_limit))
     _check_memory(problem, dt, solver.grid, memory_limit)
     if problem.tail is not None and not solver.continues:
         raise ConfigurationError(f"continuing a solution with its delayed history is implemented for the "
@@ -119,9 +116,6 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-_GIB = 1024 ** 3
-
-
 def _check_limit(memory_limit) -> None:
     if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, (int, float))
                                      or not memory_limit > 0):
@@ -152,14 +146,8 @@ def require_memory(nbytes: int, device, what: str, remedy: str, memory_limit: fl
 
 def _gib(nbytes: float) -> str:
     """Bytes as GiB for a message: 3 significant digits, whole GiB from 100 on (no exponent)."""
-    x = nbytes / _GIB
+    x = nbytes / 1024 ** 3
     return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
-
-
-def _stage_count(solver) -> int:
-    """The stage derivatives a Runge-Kutta step holds at once (a fixed-step solver's ``c``, an
-    adaptive one's ``tableau.c``; 1 for a solver that declares neither)."""
-    return len(getattr(getattr(solver, "tableau", solver), "c", (0.0,)))
 
 
 def check_state_memory(field, solver, dt: float | None, batch: int, device: torch.device, dtype: torch.dtype,
@@ -176,7 +164,9 @@ def check_state_memory(field, solver, dt: float | None, batch: int, device: torc
     if not isinstance(sample, dict):
         return  # make_problem refuses it with its own message
     per_sample = sum(v.numel() * v.element_size() for v in sample.values() if isinstance(v, torch.Tensor))
-    stages = _stage_count(solver)
+    # the stage derivatives a Runge-Kutta step holds at once: a fixed-step solver's ``c``, an
+    # adaptive one's ``tableau.c``; 1 for a solver that declares neither
+    stages = len(getattr(getattr(solver, "tableau", solver), "c", (0.0,)))
     copies, history, remedy = 1 + stages, "", ""
     max_delay = float(field.max_delay())
     if solver.grid and dt is not None and max_delay > 0:
@@ -201,15 +191,12 @@ def _check_memory(problem, dt: float | None, grid: bool, memory_limit: float | N
     The saved states need ``n_saves * sum_p (batch * numel_p * bytes)``; a fixed-step run that
     saves every step keeps ``(t_end - t0) / dt + 1`` of them. Autograd keeps more when gradients
     are on, so this is a lower bound. ``memory_limit``: as in :func:`integrate`."""
-    if problem.save_at is not None:
-        n_saves = len(problem.save_at)
-    elif not grid or dt is None:
+    if problem.save_at is None and (not grid or dt is None):
         return  # every accepted step (count unknown before the run), or no dt (the solver refuses it)
-    else:
-        n_saves = int(round((problem.t_end - problem.t0) / dt)) + 1
+    n_saves = (len(problem.save_at) if problem.save_at is not None
+               else int(round((problem.t_end - problem.t0) / dt)) + 1)
     per_save = sum(y.numel() * y.element_size() for y in problem.y0.values())
-    first = next(iter(problem.y0.values()))
-    require_memory(n_saves * per_save, first.device,
+    require_memory(n_saves * per_save, next(iter(problem.y0.values())).device,
                    f"keeping {n_saves} saved states of {per_save / 1024 ** 2:.3g} MiB each (batch "
                    f"{problem.batch_size})",
                    "save fewer times (save_at=<ms between saves> or a list of times), stream the run to disk "

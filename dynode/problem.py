@@ -71,10 +71,6 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _no_inputs(t: float) -> dict[str, Tensor]:
-    return {}
-
-
 def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device, torch.dtype]:
     """The device and floating dtype of the run: the field's parameters' (they must agree and
     hold values), else the initial state's, else the CPU and torch's default dtype."""
@@ -151,7 +147,7 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
         if names:
             raise ConfigurationError(f"the field reads the inputs {list(names)} but no stimulus was "
                                      "given; pass stimulus=... (a Stimulus, a tensor or a dict)")
-        return _no_inputs, batch_size
+        return (lambda t: {}), batch_size
     try:
         stimulus = stimulus.to(device=device, dtype=dtype)
     except (NotImplementedError, RuntimeError, TypeError) as exc:  # meta tensors, an absent device, no to()
