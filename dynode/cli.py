@@ -140,17 +140,23 @@ def _cli_wording(msg: str) -> str:
 
 
 # -- commands ------------------------------------------------------------------------------
-def _out(args, cfg) -> Path:
-    """The output folder (not created here: a command creates it only once its inputs are valid)."""
-    return Path(args.out if getattr(args, "out", None) else cfg.output)
+def _config_and_out(args):
+    """The config of a run command and its output folder (not created here: a command creates it
+    only once its inputs are valid)."""
+    from dynode.config import load_config
+
+    cfg = load_config(args.config, allow_imports=args.allow_imports)
+    return cfg, Path(args.out or cfg.output)
 
 
-def _refuse_existing(command: str, paths, *, resume: bool = False) -> None:
+def _refuse_existing(command: str, paths, args) -> None:
     """One meaning of ``--overwrite`` for every command: existing outputs are replaced only with
     it (``--resume``, where offered, continues them instead); checked before any work."""
+    if args.overwrite or getattr(args, "resume", False):
+        return
     found = [str(p) for p in paths if Path(p).exists() or Path(p).is_symlink()]
     if found:
-        how = "--overwrite to replace" + (" or --resume to continue" if resume else "")
+        how = "--overwrite to replace" + (" or --resume to continue" if hasattr(args, "resume") else "")
         raise _UsageError(f"dynode {command}: error: {', '.join(found)} already exist{'s' if len(found) == 1 else ''}; "
                           f"pass {how} {'it' if len(found) == 1 else 'them'}, or choose another --out")
 
@@ -161,17 +167,15 @@ def _overwrite_and_resume(command: str, args) -> None:
 
 
 def cmd_train(args) -> int:
-    from dynode.config import load_config, model_and_data, run_record
+    from dynode.config import model_and_data, run_record
     from dynode.train import Trainer
 
     _overwrite_and_resume("train", args)
-    cfg = load_config(args.config, allow_imports=args.allow_imports)
-    out = _out(args, cfg)
+    cfg, out = _config_and_out(args)
     if args.resume and not (out / "last.pt").is_file():
         raise _UsageError(f"dynode train: error: --resume: no {out / 'last.pt'} to continue; leave --resume out "
                           "to start a new training")
-    if not args.resume and not args.overwrite:
-        _refuse_existing("train", [out / "last.pt"], resume=True)
+    _refuse_existing("train", [out / "last.pt"], args)
     net, train, test = model_and_data(cfg)
     trainer = Trainer(net, cfg.training, log=out / "train.jsonl", checkpoint_dir=out, run_config=run_record(cfg))
     if args.resume:
@@ -187,32 +191,27 @@ def cmd_train(args) -> int:
 
 def cmd_simulate(args) -> int:
     from dynode.simulate import simulate
-    from dynode.config import first_images, load_config, model_and_data
+    from dynode.config import first_images, model_and_data
 
-    cfg = load_config(args.config, allow_imports=args.allow_imports)
-    out = _out(args, cfg)
-    if not args.overwrite:
-        _refuse_existing("simulate", [out / "simulation.zarr"])
+    cfg, out = _config_and_out(args)
+    _refuse_existing("simulate", [out / "simulation.zarr"], args)
     if cfg.t_end is None and cfg.stimulus.kind != "groen2022":
         raise _UsageError("dynode simulate: error: t_end: give the simulated time in ms (top-level t_end in the "
                           "config); only a groen2022 stimulus brings its own")
     net, _, test = model_and_data(cfg)
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     dt = cfg.dt or getattr(getattr(net, "protocol", None), "dt", None)  # a custom field may have no protocol
-    t_end = cfg.t_end or stim.t_end
-    res = simulate(net, stim, t_end=t_end, dt=dt, solver=cfg.solver.build(), record=cfg.record.build(),
-                      store=out / "simulation.zarr", overwrite=args.overwrite)
+    res = simulate(net, stim, t_end=cfg.t_end or stim.t_end, dt=dt, solver=cfg.solver.build(),
+                   record=cfg.record.build(), store=out / "simulation.zarr", overwrite=args.overwrite)
     print(f"wrote {res.path} ({res.status}; {res.stats.steps} steps, {res.stats.nfe} evaluations)")
     return 0
 
 
 def cmd_experiment(args) -> int:
-    from dynode.config import load_config, model_and_data
+    from dynode.config import model_and_data
 
-    cfg = load_config(args.config, allow_imports=args.allow_imports)
-    out = _out(args, cfg)
-    if not args.overwrite:
-        _refuse_existing("experiment", cfg.experiment.paths(out / "experiments"))
+    cfg, out = _config_and_out(args)
+    _refuse_existing("experiment", cfg.experiment.paths(out / "experiments"), args)
     net, _, test = model_and_data(cfg)
     paths = cfg.experiment.run(net, test, out / "experiments", overwrite=args.overwrite)
     for path in paths.values():
@@ -224,18 +223,13 @@ def cmd_experiment(args) -> int:
 def cmd_convergence(args) -> int:
     from dynode.analysis import plot_convergence
     from dynode.convergence import convergence
-    from dynode.config import first_images, load_config, model_and_data
+    from dynode.config import first_images, model_and_data
 
-    cfg = load_config(args.config, allow_imports=args.allow_imports)
-    out = _out(args, cfg)
-    if not args.overwrite:
-        _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"])
+    cfg, out = _config_and_out(args)
+    _refuse_existing("convergence", [out / "convergence.nc", out / "convergence.png"], args)
     net, _, test = model_and_data(cfg)
     conv = cfg.convergence
-    names = list(net.init_state(1))  # the populations of a Network or of any custom field
-    if conv.population is not None and conv.population not in names:
-        raise _UsageError(f"dynode convergence: error: convergence.population: no population "
-                          f"{conv.population!r} in the model; it has {names}")
+    _check_population("convergence", conv.population, net.init_state(1))  # a Network's or any field's
     stim = cfg.stimulus.build(first_images(test, cfg.stimulus.n_images), net.input_names()[0])
     import torch
 
@@ -254,8 +248,7 @@ def cmd_convergence(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from dynode.archive import open_archive
-    from dynode.archive import archive_config, populations
+    from dynode.archive import archive_config, open_archive, populations
 
     path = Path(args.archive)
     if not path.exists():
@@ -340,9 +333,14 @@ def _check_runnable(cfg) -> None:
             record.build().plan(shapes)
         except DynodeError as exc:
             raise _UsageError(f"dynode config: error: {section}: {str(exc).splitlines()[0]}") from None
-    if cfg.convergence.population is not None and cfg.convergence.population not in shapes:
-        raise _UsageError(f"dynode config: error: convergence.population: no population "
-                          f"{cfg.convergence.population!r} in the model; it has {list(shapes)}")
+    _check_population("config", cfg.convergence.population, shapes)
+
+
+def _check_population(command: str, population, states) -> None:
+    """``convergence.population``, if given, must be one of the model's populations (``states``' keys)."""
+    if population is not None and population not in states:
+        raise _UsageError(f"dynode {command}: error: convergence.population: no population "
+                          f"{population!r} in the model; it has {list(states)}")
 
 
 def cmd_config(args) -> int:
@@ -366,15 +364,13 @@ def cmd_config(args) -> int:
 
 def cmd_compare(args) -> int:
     from dynode.compare import default_variants, run_comparison
-    from dynode.config import load_config
     from dynode.demo import demo_config
 
     if args.config is not None:
         if args.quick:
             raise _UsageError("dynode compare: error: --quick applies without CONFIG only (the demo's "
                               "settings); put small settings in the config instead")
-        cfg = load_config(args.config, allow_imports=args.allow_imports)
-        out = Path(args.out or cfg.output)
+        cfg, out = _config_and_out(args)
     else:
         cfg = demo_config(quick=args.quick, small=not args.quick)
         out = Path(args.out or "dynode-compare")
@@ -388,8 +384,7 @@ def cmd_compare(args) -> int:
             raise _UsageError(f"dynode compare: error: unknown variants {unknown}; known: {list(variants)}")
         variants = {v: variants[v] for v in wanted}
     _overwrite_and_resume("compare", args)
-    if not (args.overwrite or args.resume):
-        _refuse_existing("compare", [out / label / "train" / "last.pt" for label in variants], resume=True)
+    _refuse_existing("compare", [out / label / "train" / "last.pt" for label in variants], args)
     res = run_comparison(cfg, out, variants, overwrite=args.overwrite, resume=args.resume)
     print(f"compared {len(res['results'])} variants in {res['seconds']:.0f} s")
     return 0
@@ -399,8 +394,7 @@ def cmd_demo(args) -> int:
     from dynode.demo import demo_outputs, run_demo
 
     _overwrite_and_resume("demo", args)
-    if not (args.overwrite or args.resume):
-        _refuse_existing("demo", demo_outputs(args.out), resume=True)
+    _refuse_existing("demo", demo_outputs(args.out), args)
     run_demo(Path(args.out), quick=args.quick, epochs=args.epochs, seed=args.seed, overwrite=args.overwrite,
              resume=args.resume)
     return 0

@@ -243,71 +243,67 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
     """One figure: a row per variant, a column per area with the baseline-corrected responses
     to the six stimulus durations, and a last column with ISI recovery per area (areas in the
     network's order, in the style of :mod:`dynode.analysis.style`)."""
-    with style():
-        return _plot_comparison(results, path)
-
-
-def _plot_comparison(results: Mapping[str, Mapping], path) -> Path:
     import matplotlib
 
-    plt = pyplot()
-    labels = list(results)
-    first = next(iter(results.values()))
-    durations = first["analysis"].courses.get("duration")
-    areas = hierarchy_order(first["summary"], list(durations.data_vars) if durations is not None else None)
-    n_rows, n_cols = len(labels), len(areas) + 1
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 1.9 * n_rows + 0.6), squeeze=False,
-                             sharex="col", constrained_layout=True)
-    cmap = plt.get_cmap("viridis")
-    recs = [r["analysis"].recovery for r in results.values() if r["analysis"].recovery is not None]
-    low = min([0.0] + [float(rec[a].min()) for rec in recs for a in rec.data_vars]) - 0.05
-    for i, label in enumerate(labels):
-        res = results[label]["analysis"]
-        ds = res.courses.get("duration")
-        for j, area in enumerate(areas):
-            ax = axes[i, j]
-            if ds is not None and area in ds:
-                da = ds[area]
-                dim = [d for d in da.dims if d != "time"][0]
-                vals = da[dim].values
-                peak = float(abs(da).max()) or 1.0
-                for k, v in enumerate(vals):
-                    ax.plot(da["time"].values, da.sel({dim: v}).values / peak,
-                            color=cmap(k / max(1, len(vals) - 1)), lw=1.0, label=f"{v:g} ms")
-            ax.axhline(0.0, color="0.7", lw=0.5)
-            ax.set_xlim(-100, 1000)
-            if i == 0:
-                ax.set_title(area)
-            if j == 0:
-                acc = results[label]["accuracy"]
-                ax.set_ylabel(f"{label}\n(acc {acc:.2f})\nrate / peak rate")
-            if i == n_rows - 1:
-                ax.set_xlabel("time from onset (ms)")
-        ax = axes[i, -1]
-        rec = res.recovery
-        if rec is not None:
+    with style():
+        plt = pyplot()
+        labels = list(results)
+        first = next(iter(results.values()))
+        durations = first["analysis"].courses.get("duration")
+        areas = hierarchy_order(first["summary"], list(durations.data_vars) if durations is not None else None)
+        n_rows, n_cols = len(labels), len(areas) + 1
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 1.9 * n_rows + 0.6), squeeze=False,
+                                 sharex="col", constrained_layout=True)
+        cmap = plt.get_cmap("viridis")
+        recs = [r["analysis"].recovery for r in results.values() if r["analysis"].recovery is not None]
+        low = min([0.0] + [float(rec[a].min()) for rec in recs for a in rec.data_vars]) - 0.05
+        for i, label in enumerate(labels):
+            res = results[label]["analysis"]
+            ds = res.courses.get("duration")
             for j, area in enumerate(areas):
-                if area in rec:
-                    ax.plot(rec[area]["isi"].values, rec[area].values, "o-", ms=3, lw=1.0, label=area,
-                            color=plt.get_cmap("tab10")(j))
-            ax.set_xscale("log")
-            isis = rec["isi"].values
-            ax.set_xticks(isis[::2], [f"{v:g}" for v in isis[::2]])
-            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-            ax.set_ylim(low, 1.05)  # one scale for every model: a flat line reads as flat
-            ax.axhline(1.0, color="0.7", lw=0.5, ls="--")
-        if i == 0:
-            ax.set_title("ISI recovery")
-            ax.legend(title="area")
-        ax.set_ylabel("recovery (1 = full)")
-        if i == n_rows - 1:
-            ax.set_xlabel("inter-stimulus interval (ms)")
-    handles, names = axes[0, 0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, title="duration", loc="outside right upper")
-    fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+                ax = axes[i, j]
+                if ds is not None and area in ds:
+                    da = ds[area]
+                    dim = [d for d in da.dims if d != "time"][0]
+                    vals = da[dim].values
+                    peak = float(abs(da).max()) or 1.0
+                    for k, v in enumerate(vals):
+                        ax.plot(da["time"].values, da.sel({dim: v}).values / peak,
+                                color=cmap(k / max(1, len(vals) - 1)), lw=1.0, label=f"{v:g} ms")
+                ax.axhline(0.0, color="0.7", lw=0.5)
+                ax.set_xlim(-100, 1000)
+                if i == 0:
+                    ax.set_title(area)
+                if j == 0:
+                    acc = results[label]["accuracy"]
+                    ax.set_ylabel(f"{label}\n(acc {acc:.2f})\nrate / peak rate")
+                if i == n_rows - 1:
+                    ax.set_xlabel("time from onset (ms)")
+            ax = axes[i, -1]
+            rec = res.recovery
+            if rec is not None:
+                for j, area in enumerate(areas):
+                    if area in rec:
+                        ax.plot(rec[area]["isi"].values, rec[area].values, "o-", ms=3, lw=1.0, label=area,
+                                color=plt.get_cmap("tab10")(j))
+                ax.set_xscale("log")
+                isis = rec["isi"].values
+                ax.set_xticks(isis[::2], [f"{v:g}" for v in isis[::2]])
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                ax.set_ylim(low, 1.05)  # one scale for every model: a flat line reads as flat
+                ax.axhline(1.0, color="0.7", lw=0.5, ls="--")
+            if i == 0:
+                ax.set_title("ISI recovery")
+                ax.legend(title="area")
+            ax.set_ylabel("recovery (1 = full)")
+            if i == n_rows - 1:
+                ax.set_xlabel("inter-stimulus interval (ms)")
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, names, title="duration", loc="outside right upper")
+        fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path

@@ -15,7 +15,7 @@ import torch
 from typing import Annotated, Any, Literal
 
 from dynode.checkpoint import load_weights
-from dynode.datafile import UniqueKeyLoader, load_yaml, read_text  # noqa: F401 (UniqueKeyLoader: sweep)
+from dynode.datafile import load_yaml, read_text
 from dynode.errors import ConfigurationError
 from dynode.solver_config import *  # noqa: F403 (re-exported: every generated solver config)
 from dynode.solver_config import (CONFIGS, FIXED_STEP, EulerConfig, Dopri5Config, FixedSolverConfig, FrozenConfig,
@@ -353,11 +353,9 @@ def load_config(path, *, allow_imports: bool = False) -> RunConfig:
     if p.is_dir():
         raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
     data = load_yaml(read_text(p, "config"), str(p))
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | None):
         raise ConfigurationError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
-    cfg = run_config(data)
+    cfg = run_config(data or {})
     if allow_imports and not cfg.model.allow_imports:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"allow_imports": True})})
     return cfg
