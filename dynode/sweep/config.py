@@ -53,9 +53,7 @@ class SweepConfig(FrozenConfig):
 
     @property
     def keys(self) -> list[str]:
-        if self.grid is not None:
-            return list(self.grid)
-        return list(dict.fromkeys(k for p in self.points for k in p))
+        return list(self.grid) if self.grid is not None else list(dict.fromkeys(k for p in self.points for k in p))
 
     @property
     def definition(self) -> dict:
@@ -117,11 +115,7 @@ def check_key(key: str, base: dict | None = None) -> None:
 def _model_class(ann):
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    for arg in typing.get_args(ann):
-        m = _model_class(arg)
-        if m is not None:
-            return m
-    return None
+    return next((m for m in map(_model_class, typing.get_args(ann)) if m is not None), None)
 
 
 def _set(d: dict, key: str, value) -> None:
@@ -137,10 +131,8 @@ def expand(sweep: SweepConfig, base: dict) -> list[dict]:
     """The points: ``[{"id", "overrides", "config", "fingerprint"}]``, each config validated."""
     for key in sweep.keys:
         check_key(key, base)
-    if sweep.grid is not None:
-        combos = [dict(zip(sweep.grid, vals)) for vals in itertools.product(*sweep.grid.values())]
-    else:
-        combos = [dict(p) for p in sweep.points]
+    combos = ([dict(zip(sweep.grid, vals)) for vals in itertools.product(*sweep.grid.values())]
+              if sweep.grid is not None else [dict(p) for p in sweep.points])
     points = []
     for i, over in enumerate(combos):
         cfg = copy.deepcopy(base)
@@ -169,9 +161,8 @@ def point_fingerprint(cfg: RunConfig) -> str:
 
 def _write_if_changed(path: Path, text: str) -> None:
     """Keep the file (and its mtime, which Snakemake compares) when the content is the same."""
-    if path.is_file() and path.read_text() == text:
-        return
-    path.write_text(text)
+    if not (path.is_file() and path.read_text() == text):
+        path.write_text(text)
 
 
 def write_points(points: list[dict], out: Path, steps: list[str]) -> None:
@@ -180,8 +171,7 @@ def write_points(points: list[dict], out: Path, steps: list[str]) -> None:
     for p in points:
         d = out / "points" / p["id"]
         d.mkdir(parents=True, exist_ok=True)
-        cfg = dict(p["config"])
-        cfg["output"] = str(d.resolve())
+        cfg = {**p["config"], "output": str(d.resolve())}
         _write_if_changed(d / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         _write_if_changed(d / "point.json", json.dumps({"id": p["id"], "overrides": p["overrides"],
                                                        "steps": steps}, indent=1))

@@ -40,10 +40,6 @@ class SweepLockedError(DynodeError):
 _OWNED: set[str] = set()  # tokens of the folders this process owns now
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def proc_id(pid: int) -> dict:
     """``{"pid", "pid_start"}`` of a process: what tells it apart from a later one with its pid."""
     stat = proc_stat(pid)
@@ -128,18 +124,17 @@ def acquire_folder(out: Path, sweep_file, what: dict | None = None) -> dict:
     :class:`SweepLockedError` naming it; a gone one (see :mod:`dynode.sweep`) is taken over."""
     path = Path(out) / OWNER_FILE
     me = {**proc_id(os.getpid()), "host": socket.gethostname(), "boot_id": boot_id(),
-          "token": uuid.uuid4().hex, "started": _now(), "sweep_file": str(Path(sweep_file).resolve()),
-          "sweep": what, "child": None}
+          "token": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "sweep_file": str(Path(sweep_file).resolve()), "sweep": what, "child": None}
     for _ in range(5):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             held = _read_owner(path)
-            if held is None:
-                continue  # released meanwhile
-            if not _gone(held):
-                raise _busy(out, held, sweep_file)
-            _break(path, held)
+            if held is not None:  # None: released meanwhile
+                if not _gone(held):
+                    raise _busy(out, held, sweep_file)
+                _break(path, held)
             continue
         with os.fdopen(fd, "w") as fh:
             fh.write(json.dumps(me, indent=1))
@@ -150,11 +145,10 @@ def acquire_folder(out: Path, sweep_file, what: dict | None = None) -> dict:
 
 
 def _busy(out: Path, held: dict, sweep_file) -> SweepLockedError:
-    path = Path(out) / OWNER_FILE
     return SweepLockedError(
         f"sweep folder {out} is in use by {_describe_owner(held)}; refusing to run {sweep_file} there (nothing "
         "was changed): wait for that sweep to end, or give this one another `output:` folder; if that sweep is "
-        f"no longer running (e.g. it ran on another host), delete {path} and run again", owner=held)
+        f"no longer running (e.g. it ran on another host), delete {Path(out) / OWNER_FILE} and run again", owner=held)
 
 
 def _break(path: Path, held: dict) -> None:
@@ -165,13 +159,12 @@ def _break(path: Path, held: dict) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if json_field(aside, "token") != held.get("token"):  # another sweep's new file: put it back
-        try:
+    try:
+        if json_field(aside, "token") != held.get("token"):  # another sweep's new file: put it back
             os.link(aside, path)
-        finally:
-            aside.unlink()
-        return
-    aside.unlink()
+            return
+    finally:
+        aside.unlink()
     print(f"dynode sweep: {path.parent}: taking over from a sweep that is no longer running "
           f"({_describe_owner(held)})", file=sys.stderr, flush=True)
 

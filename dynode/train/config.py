@@ -59,8 +59,7 @@ class TrainingConfig(FrozenConfig):
         if self.tbptt is not None and self.stability_weight > 0:
             raise ValueError("stability_weight needs the whole run (baseline and offset) in one graph; "
                              "it is not implemented with tbptt: set tbptt=None or stability_weight=0")
-        if (self.checkpoint is not None and not isinstance(self.checkpoint, bool)
-                and self.checkpoint < 1):
+        if self.checkpoint is not None and not isinstance(self.checkpoint, bool) and self.checkpoint < 1:
             raise ValueError(f"checkpoint must be None, True/False or a segment length >= 1 (steps), "
                              f"got {self.checkpoint}")
         return self

@@ -73,12 +73,8 @@ class Objective:
         lo = a if first else a + 1
         if self._save_all:
             return None if (first and b == self.n_steps and a == 0) else [k * self.dt for k in range(lo, b + 1)]
-        if self.at == "every":
-            ks = [k for k in range(lo, b + 1) if k in self._ce_weight]
-        elif self.at == "mean":
-            ks = [k for k in range(lo, b + 1) if k in self._read_steps]
-        else:
-            ks = []
+        read = {"every": self._ce_weight, "mean": self._read_set}.get(self.at, ())
+        ks = [k for k in range(lo, b + 1) if k in read]
         if b not in ks:
             ks.append(b)  # the final state (at='last', accuracy) and never an empty save list
         return [k * self.dt for k in ks]

@@ -18,14 +18,12 @@ def init_distributed(device: str):
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if not dist.is_available():
-        if world > 1:
-            raise ConfigurationError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        return None, False
-    if dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         return dist, False
     if world <= 1:
         return None, False
+    if not dist.is_available():
+        raise ConfigurationError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
         if key not in os.environ:
             raise ConfigurationError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun "

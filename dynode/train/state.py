@@ -108,8 +108,7 @@ class Checkpointing:
                                   f"version's TrainingConfig ({str(exc).splitlines()[0][:160]}); start a new "
                                   "run, or resume with the dynode version that wrote it") from None
         if saved != self.config:
-            diff = {k for k in TrainingConfig.model_fields
-                    if getattr(saved, k) != getattr(self.config, k)}
+            diff = {k for k in TrainingConfig.model_fields if getattr(saved, k) != getattr(self.config, k)}
             raise ConfigurationError(f"the checkpoint {path} was made with another config (differs in "
                                      f"{sorted(diff)}); resume with the same config")
         if not is_state_dict(ckpt["model"]):
@@ -143,12 +142,11 @@ class Checkpointing:
             raise CheckpointError(f"{path}: its 'run_config' entry is not JSON text; move it aside to start this "
                                   "run afresh") from None
         diff = config_diff(old, json.loads(self._run_json))
-        if not diff:  # the same values written otherwise (1 and 1.0)
-            return
-        raise CheckpointError(f"the checkpoint {path} was made for another run config (it differs in "
-                              f"{len(diff)} value(s): {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); "
-                              "resume with the config it was made with, or move it aside to start this run "
-                              "afresh")
+        if diff:  # none: the same values written otherwise (1 and 1.0)
+            raise CheckpointError(f"the checkpoint {path} was made for another run config (it differs in "
+                                  f"{len(diff)} value(s): {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); "
+                                  "resume with the config it was made with, or move it aside to start this run "
+                                  "afresh")
 
     def _by_name(self, opt_state: dict, saved_names, path) -> dict:
         """The saved optimizer state re-indexed to this network's parameter order. The state is

@@ -126,13 +126,11 @@ class Trainer(Objective, Checkpointing):
 
     # -- set-up helpers ------------------------------------------------------------------
     def _amp_dtype(self, amp: str):
-        if amp == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-        if amp == "off":
-            return None
         if amp == "fp16" and self.device.type != "cuda":
             raise ConfigurationError("amp='fp16' needs a CUDA device; use 'bf16' (CPU and recent GPUs) or 'off'")
-        return torch.bfloat16 if amp == "bf16" else torch.float16
+        if amp == "auto":
+            amp = "bf16" if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else "off"
+        return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
     def _autocast(self):
         """Mixed precision (``config.amp``) for a forward pass, or nothing."""
@@ -160,14 +158,12 @@ class Trainer(Objective, Checkpointing):
                                       save_at=self._save_at(a, b, i == 0), initial_state=state,
                                       checkpoint=cfg.checkpoint)
                     sol = self._drop_unread(sol)
-                    loss, final_i = self._segment_loss(sol, labels, last)
+                    loss, final = self._segment_loss(sol, labels, last)
                 if loss is not None:
                     scaled = loss * scale
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     total = total + loss.detach()
-            if last:
-                final = final_i
-            else:  # truncate: the next segment starts from a detached state and delayed past
+            if not last:  # truncate: the next segment starts from a detached state and delayed past
                 state = replace(sol, tail=sol.tail.detach(), states={},
                                 final_state={k: v.detach() for k, v in sol.final_state.items()})
         correct = (final.detach().argmax(-1) == labels).sum()
@@ -253,9 +249,9 @@ class Trainer(Objective, Checkpointing):
         """
         radii = {}
         for name, pop in self.network.populations.items():
-            op = pop.incoming[name] if name in pop.incoming else None
-            if op is None:
+            if name not in pop.incoming:
                 continue
+            op = pop.incoming[name]
             rho = spectral_radius(op, pop.shape, iters=40, tol=1e-3)
             radii[name] = rho
             if rho > rho_max:
@@ -293,7 +289,7 @@ class Trainer(Objective, Checkpointing):
                                      "change batch_size")
         if isinstance(train_data, tuple) and len(train_data) == 2:  # all of it, before the first epoch
             check_data(*train_data, "training data", getattr(self.readout, "num_classes", None))
-        self._write_log()
+        self._write_log(self.result.history, "w")
         while self.epoch < stop:
             epoch = self.epoch
             torch.manual_seed(cfg.seed + 1000 * (epoch + 1))
@@ -320,10 +316,8 @@ class Trainer(Objective, Checkpointing):
             if val_data is not None:
                 row.update({f"val_{k}": v for k, v in self.evaluate(val_data).items()})
             self.result.history.append(row)
+            self._write_log([row], "a")
             if self.rank == 0:
-                if self.log_path is not None:
-                    with self.log_path.open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
                 if self.checkpoint_dir is not None:
                     self.save(self.checkpoint_dir / "last.pt")
                 if self.epoch_lines:
@@ -332,14 +326,15 @@ class Trainer(Objective, Checkpointing):
                         file=sys.stderr, flush=True)
         return self.result
 
-    def _write_log(self) -> None:
-        """Start the log from the run's history (fresh run: empty; resumed: its epochs)."""
+    def _write_log(self, rows: list[dict], mode: str) -> None:
+        """The log's one writer (rank 0): ``mode="w"`` starts it from the run's history (fresh
+        run: empty; resumed: its epochs), ``"a"`` appends an epoch's row."""
         if self.rank != 0 or self.log_path is None:
             return
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("w") as fh:
-            for row in self.result.history:
-                fh.write(json.dumps(row) + "\n")
+        if mode == "w":  # appending expects the folder the run started in (missing: an error, as before)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open(mode) as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in rows)
 
     @torch.no_grad()
     def evaluate(self, data) -> dict:
