@@ -152,8 +152,8 @@ def lease_state(attrs: Mapping) -> LeaseState | None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 dead = True
-            except PermissionError:
-                pass  # a process of another user
+            except PermissionError:  # a process of another user: it exists
+                dead = False
             stat = None if dead else proc_stat(pid)
             if stat is not None:
                 start = lease.get("pid_start")

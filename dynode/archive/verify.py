@@ -9,6 +9,7 @@ steps exists; :func:`verify_archive` also reads and checksums them all. A lazy r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import Mapping
@@ -118,10 +119,8 @@ def _declared(attrs: Mapping) -> tuple[list[str] | None, list[str], bool, list[D
     bad = []
     pops = attrs.get("populations")
     if isinstance(pops, str):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):  # text that is not JSON is reported below
             pops = json.loads(pops)
-        except json.JSONDecodeError:
-            pass  # reported below
     if pops is not None and not (isinstance(pops, list) and all(isinstance(p, str) for p in pops)):
         bad.append(Damage("/", "", None, None, f"the root attribute 'populations' is {_short(pops)}, "
                                                "not a list of population names"))

@@ -67,11 +67,11 @@ def _read_owner(path: Path, *, wait_s: float = 1.0) -> dict | None:
             return None
         try:
             owner = json.loads(text)
-            if (isinstance(owner, dict) and isinstance(owner.get("pid"), int) and owner["pid"] > 0
-                    and isinstance(owner.get("host"), str)):
-                return owner
         except ValueError:
-            pass  # being written: read again below, then judge it
+            owner = None  # being written: read again below, then judge it
+        if (isinstance(owner, dict) and isinstance(owner.get("pid"), int) and owner["pid"] > 0
+                and isinstance(owner.get("host"), str)):
+            return owner
         if time.monotonic() >= deadline:
             try:
                 age = time.time() - path.stat().st_mtime
