@@ -18,7 +18,7 @@ __all__ = ["main", "build_parser"]
 
 
 class _UsageError(Exception):
-    pass
+    """A bad argument or config: printed as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -238,12 +238,11 @@ def cmd_convergence(args) -> int:
                             reference=conv.reference.build(), tolerance=conv.tolerance)
     out.mkdir(parents=True, exist_ok=True)
     ds.to_netcdf(out / "convergence.nc")
-    png = out / "convergence.png"
-    plot_convergence(ds, png, population=conv.population)
+    plot_convergence(ds, out / "convergence.png", population=conv.population)
     print(ds)
     if "answer" in ds.attrs:
         print(ds.attrs["answer"])
-    print(f"wrote {out / 'convergence.nc'} and {png}")
+    print(f"wrote {out / 'convergence.nc'} and {out / 'convergence.png'}")
     return 0
 
 
@@ -310,23 +309,20 @@ def cmd_analyze(args) -> int:
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"no archive at {p}")
-    fig_dir = Path(args.out) if args.out else paths[0].parent / "figures"
-    _analyze(paths, fig_dir)
+    _analyze(paths, Path(args.out) if args.out else paths[0].parent / "figures")
     return 0
 
 
 def _check_runnable(cfg) -> None:
     """Build once what the run commands build (the data, the seeded model with its weights, every
-    solver and record, the convergence population), so that ``config check`` catches what they
-    would: a typo in model.options, a weights file that is missing or does not fit, a data root
-    that is not there, a record selection the model does not have."""
+    record, the convergence population), so that ``config check`` catches what they would: a
+    typo in model.options, a weights file that is missing or does not fit, a data root that is
+    not there, a record selection the model does not have. (Every solver config has built its
+    solver when the config was validated.)"""
     from dynode.config import model_and_data
     from dynode.errors import DynodeError
 
     net, _, _ = model_and_data(cfg)
-    for solver in (cfg.solver, cfg.experiment.solver, cfg.convergence.reference):
-        solver.build()
-    cfg.convergence.build_solvers()
     shapes = {name: tuple(v.shape[1:]) for name, v in net.init_state(1).items()}
     for section, record in (("record", cfg.record), ("experiment.record", cfg.experiment.record)):
         try:
@@ -374,9 +370,8 @@ def cmd_compare(args) -> int:
     else:
         cfg = demo_config(quick=args.quick, small=not args.quick)
         out = Path(args.out or "dynode-compare")
-    variants = cfg.compare.variants
-    if variants is None:
-        variants = default_variants(normalization=cfg.model.options.get("normalization"))
+    variants = (cfg.compare.variants if cfg.compare.variants is not None
+                else default_variants(normalization=cfg.model.options.get("normalization")))
     if args.variants:
         wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in wanted if v not in variants]
@@ -404,8 +399,7 @@ def cmd_sweep(args) -> int:
     from dynode.sweep import run_sweep
 
     extra = list(args.snakemake_args or [])
-    if extra and extra[0] == "--":
-        extra = extra[1:]
+    extra = extra[1:] if extra[:1] == ["--"] else extra
     if args.cores < 1:
         raise _UsageError("dynode sweep: error: --cores must be >= 1")
     res = run_sweep(args.sweep, cores=args.cores, snakemake_args=extra, dry_run=args.dry_run,

@@ -117,8 +117,7 @@ def _variant_config(base, label: str, overrides: Mapping):
     if not isinstance(overrides, Mapping):
         raise ConfigurationError(f"compare variant {label!r}: give a mapping of model options, got "
                                  f"{type(overrides).__name__}")
-    options = {**base.model.options, **overrides}
-    model = base.model.model_copy(update={"options": options})
+    model = base.model.model_copy(update={"options": {**base.model.options, **overrides}})
     return base.model_copy(update={"model": model})
 
 
@@ -145,8 +144,7 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
         except ConfigurationError as exc:
             raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
     out = Path(out)
-    found = [str(out / label / "train" / "last.pt") for label in configs
-             if (out / label / "train" / "last.pt").exists()]
+    found = [str(p) for p in (out / label / "train" / "last.pt" for label in configs) if p.exists()]
     if found and not (overwrite or resume):
         raise ConfigurationError(f"{', '.join(found)} from an earlier comparison exist; pass resume=True to "
                                  "continue or overwrite=True to start over, or choose another output folder")

@@ -153,12 +153,10 @@ class DataConfig(FrozenConfig):
         if self.name == "generated":
             if self.root is not None:
                 raise ValueError("the generated task reads no files: remove data.root")
-        else:
-            if self.root is None:
-                raise ValueError(f"data.name={self.name!r} needs data.root (the folder holding the data set)")
-            given = [k for k in ("n_train", "n_test", "size", "channels", "classes") if k in self.model_fields_set]
-            if given:
-                raise ValueError(f"{given} only apply to the generated task, not {self.name!r}")
+        elif self.root is None:
+            raise ValueError(f"data.name={self.name!r} needs data.root (the folder holding the data set)")
+        elif given := [k for k in ("n_train", "n_test", "size", "channels", "classes") if k in self.model_fields_set]:
+            raise ValueError(f"{given} only apply to the generated task, not {self.name!r}")
         return self
 
     def load(self, batch_size: int = 64):
@@ -258,8 +256,7 @@ class StimulusConfig(FrozenConfig):
             return groen2022(self.protocol, images)
         if self.kind == "constant":
             return Constant({input_name: images})
-        duration = self.duration if self.duration is not None else math.inf
-        return Pulse(self.onset, duration, {input_name: images})
+        return Pulse(self.onset, self.duration if self.duration is not None else math.inf, {input_name: images})
 
 
 class ExperimentConfig(FrozenConfig):

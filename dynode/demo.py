@@ -47,8 +47,6 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
 
     model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"],
                  steps=5 if quick else DEMO_MODEL["steps"])
-    if epochs is None:
-        epochs = 1 if quick else 3 if small else 4
     return run_config({
         "output": "dynode-demo",
         "model": {"name": "dyrcnn", "options": model},
@@ -56,7 +54,7 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
                  "n_test": 48 if quick else 300, "size": 16, "seed": seed},
         # rho(W_rec) <= 0.8 after every step: trained on 40 ms, the network must stay stable
         # over the experiments' 1.3 s epochs and the settling before them
-        "training": {"epochs": epochs, "batch_size": 32,
+        "training": {"epochs": (1 if quick else 3 if small else 4) if epochs is None else epochs, "batch_size": 32,
                      "lr": 1e-3, "grad_clip": 1.0, "energy_weight": 2e-4, "max_spectral_radius": 0.8,
                      "seed": seed},
         "experiment": {"n_images": 1 if quick else 2 if small else 3, "dt": 2.0 if quick else 1.0,
