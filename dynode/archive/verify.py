@@ -5,6 +5,9 @@ Integrity: every array carries a crc32c checksum codec (a corrupted chunk raises
 for every population in ``populations`` with the arrays it must hold, no undeclared group,
 the stimulus and condition arrays of the ``config``) and that every chunk of the committed
 steps exists; :func:`verify_archive` also reads and checksums them all. A lazy read of a
+tree from :func:`open_archive` that hits a damaged chunk raises
+:class:`~dynode.errors.ArchiveCorruptError` naming the population, variable and steps
+(:mod:`dynode.archive.reading`).
 """
 
 from __future__ import annotations
