@@ -65,7 +65,9 @@ def time_step(course: xr.DataArray) -> float:
 
 
 def _window(course: xr.DataArray, start: float | None, stop: float | None) -> xr.DataArray:
-    """The time points with ``start <= t < stop`` (open ends when None)."""
+    """The time points with ``start <= t < stop`` (open ends when None), of a course on a
+    uniform grid (:func:`time_step` checks it first)."""
+    time_step(course)
     t = course["time"].values
     mask = np.ones(len(t), dtype=bool)
     if start is not None:
@@ -78,6 +80,14 @@ def _window(course: xr.DataArray, start: float | None, stop: float | None) -> xr
     return course.isel(time=np.flatnonzero(mask))
 
 
+def _named(out: xr.DataArray, name: str, attrs: dict) -> xr.DataArray | float:
+    """``out`` named ``name`` with ``attrs`` (replacing its own); a float when it is 0-dim."""
+    if out.ndim == 0:
+        return float(out)
+    out.attrs, out.name = attrs, name
+    return out
+
+
 Value = float | tuple[float, str]
 
 
@@ -86,13 +96,23 @@ def _label(coords: dict, index: tuple) -> str:
                      for k, v in zip(coords, (coords[k][i] for k, i in zip(coords, index))))
 
 
+def _no_peak(y: np.ndarray) -> str | None:
+    if not np.isfinite(y).all():
+        return "the course holds NaN or inf"
+    if not y.max() > 0:
+        return "no response above the baseline (the maximum is <= 0)"
+    return None
+
+
 def _over_time(course: xr.DataArray, fn: Callable[[np.ndarray, np.ndarray], Value], name: str,
-               attrs: dict) -> xr.DataArray | float:
+               attrs: dict, *, peak: bool = True) -> xr.DataArray | float:
     """Apply ``fn(t, y)`` to every time course; a float for a single course.
 
     ``fn`` returns a value or ``(nan, reason)``: each reason is collected into
     ``attrs["undefined"]`` (``{condition: reason}``) and warned as an
-    :class:`~dynode.errors.UndefinedMetricWarning`."""
+    :class:`~dynode.errors.UndefinedMetricWarning`. With ``peak`` (the default), a course
+    without a peak above 0 (or with NaN/inf, see :func:`_no_peak`) is ``(nan, reason)``
+    without calling ``fn``."""
     t = np.asarray(course["time"].values, dtype=np.float64)
     moved = course.transpose(..., "time")
     data = np.asarray(moved.values, dtype=np.float64)
@@ -102,7 +122,8 @@ def _over_time(course: xr.DataArray, fn: Callable[[np.ndarray, np.ndarray], Valu
     out = np.empty(lead)
     undefined = {}
     for idx in np.ndindex(*lead):
-        v = fn(t, data[idx])
+        why = _no_peak(data[idx]) if peak else None
+        v = (math.nan, why) if why else fn(t, data[idx])
         if isinstance(v, tuple):
             v, why = v
             undefined[_label(index_coords, idx) or (course.name or "course")] = why
@@ -122,12 +143,9 @@ def summed_response(course: xr.DataArray, start: float | None = None, stop: floa
     dt = time_step(course)
     part = _window(course, start, stop)
     out = part.sum("time") * dt
-    if out.ndim == 0:
-        return float(out)
     u = str(course.attrs.get("units", "1"))
-    out.attrs = {"units": "ms" if u in ("", "1") else f"ms {u}", "long_name": "summed response"}
-    out.name = "summed_response"
-    return out
+    return _named(out, "summed_response", {"units": "ms" if u in ("", "1") else f"ms {u}",
+                                           "long_name": "summed response"})
 
 
 def _pairs(durations: np.ndarray, rtol: float) -> list[tuple[float, float]]:
@@ -164,10 +182,8 @@ def summation_ratios(course: xr.DataArray, dim: str = "duration", *, rtol: float
     parts = [R.sel({dim: T2}) / ((T2 / T) * R.sel({dim: T})) for T, T2 in pairs]
     out = xr.concat([p.drop_vars(dim, errors="ignore") for p in parts], dim=dim)
     out = out.assign_coords({dim: [T for T, _ in pairs]})
-    out.attrs = {"units": "1", "long_name": "summation ratio R(2T) / (2 R(T))",
-                 "T2": [T2 for _, T2 in pairs]}
-    out.name = "summation_ratio"
-    return out
+    return _named(out, "summation_ratio", {"units": "1", "long_name": "summation ratio R(2T) / (2 R(T))",
+                                           "T2": [T2 for _, T2 in pairs]})
 
 
 def summation_ratio(course: xr.DataArray, T: float, dim: str = "duration", *, rtol: float = 0.05,
@@ -233,10 +249,8 @@ def isi_recovery(two_pulse: xr.DataArray, single: xr.DataArray, *, duration: flo
         out.append(num / den)
     res = xr.concat([xr.DataArray(o) if np.ndim(o) == 0 else o for o in out], dim=dim)
     res = res.assign_coords({dim: two_pulse[dim].values})
-    res.attrs = {"units": "1", "long_name": "recovery of the second pulse's response",
-                 "window_ms": window, "duration_ms": duration, "second_window_ms": second}
-    res.name = "isi_recovery"
-    return res
+    return _named(res, "isi_recovery", {"units": "1", "long_name": "recovery of the second pulse's response",
+                                        "window_ms": window, "duration_ms": duration, "second_window_ms": second})
 
 
 def _parabolic(t: np.ndarray, y: np.ndarray, i: int) -> tuple[float, float]:
@@ -251,18 +265,7 @@ def _parabolic(t: np.ndarray, y: np.ndarray, i: int) -> tuple[float, float]:
     return t[i], y[i]
 
 
-def _no_peak(y: np.ndarray) -> str | None:
-    if not np.isfinite(y).all():
-        return "the course holds NaN or inf"
-    if not y.max() > 0:
-        return "no response above the baseline (the maximum is <= 0)"
-    return None
-
-
 def _peak_time(t: np.ndarray, y: np.ndarray, plateau: float) -> Value:
-    why = _no_peak(y)
-    if why:
-        return math.nan, why
     i = int(np.argmax(y))
     if i == len(y) - 1:
         return math.nan, "the response still rises at the end of the window (no peak inside it)"
@@ -288,16 +291,12 @@ def time_to_peak(course: xr.DataArray, start: float | None = 0.0, stop: float | 
     Undefined (NaN and an :class:`~dynode.errors.UndefinedMetricWarning`) when the maximum is
     not above 0 (the baseline), lies on the window's first or last sample, or sits on a
     plateau: :math:`\min_{t \ge t^*} r(t) \ge (1 - \text{plateau})\, r(t^*)`."""
-    time_step(course)
     part = _window(course, start, stop)
     return _over_time(part, lambda t, y: _peak_time(t, y, plateau), "time_to_peak",
                       {"units": "ms", "long_name": "time to peak"})
 
 
 def _half_rise(t: np.ndarray, y: np.ndarray, fraction: float) -> Value:
-    why = _no_peak(y)
-    if why:
-        return math.nan, why
     level = fraction * y.max()
     if y[0] >= level:
         return math.nan, f"the response is already at {fraction:.0%} of its peak at the start of the window"
@@ -315,7 +314,6 @@ def half_rise_latency(course: xr.DataArray, start: float | None = 0.0, stop: flo
     response starts the window at or above the level."""
     if not 0 < fraction < 1:
         raise ConfigurationError(f"fraction must be in (0, 1), got {fraction}")
-    time_step(course)
     part = _window(course, start, stop)
     return _over_time(part, lambda t, y: _half_rise(t, y, fraction), "half_rise_latency",
                       {"units": "ms", "long_name": f"time to {fraction:.0%} of the peak"})
@@ -323,13 +321,8 @@ def half_rise_latency(course: xr.DataArray, start: float | None = 0.0, stop: flo
 
 def peak_response(course: xr.DataArray, start: float | None = 0.0, stop: float | None = None):
     """The maximum of the response over ``[start, stop)`` (the response's units)."""
-    time_step(course)
     out = _window(course, start, stop).max("time")
-    if out.ndim == 0:
-        return float(out)
-    out.attrs = {"units": course.attrs.get("units", "1"), "long_name": "peak response"}
-    out.name = "peak_response"
-    return out
+    return _named(out, "peak_response", {"units": course.attrs.get("units", "1"), "long_name": "peak response"})
 
 
 def smooth(course: xr.DataArray, width: float = SMOOTH_MS) -> xr.DataArray:
@@ -371,21 +364,12 @@ def asymptote_to_peak(course: xr.DataArray, at: float = 500.0, *, width: float =
     if not np.isclose((at - tp[0]) / dt, round((at - tp[0]) / dt), atol=1e-6):
         raise ConfigurationError(f"the asymptote time {at:g} ms is not on the time grid (dt {dt:g} ms)")
     sm = smooth(part, width)
-
-    def fn(tt, y):
-        why = _no_peak(y)
-        if why:
-            return math.nan, why
-        return float(y[int(round((at - tt[0]) / dt))] / y.max())
-
+    fn = lambda tt, y: float(y[int(round((at - tt[0]) / dt))] / y.max())  # noqa: E731
     return _over_time(sm, fn, "asymptote_to_peak", {"units": "1", "long_name": "asymptote-to-peak ratio",
                                                     "smoothing_ms": width, "at_ms": at})
 
 
 def _fwhm(t: np.ndarray, y: np.ndarray) -> Value:
-    why = _no_peak(y)
-    if why:
-        return math.nan, why
     i = int(np.argmax(y))
     half = 0.5 * y[i]
     left = np.flatnonzero(y[: i + 1] < half)
@@ -404,7 +388,6 @@ def fwhm(course: xr.DataArray, start: float | None = None, stop: float | None = 
     crossing of half the peak value around the peak, each crossing placed by linear
     interpolation between samples. The response is measured from 0 (subtract a baseline
     first); NaN when it does not fall below half its peak on both sides."""
-    time_step(course)
     part = _window(course, start, stop)
     return _over_time(part, _fwhm, "fwhm", {"units": "ms", "long_name": "full width at half maximum"})
 
@@ -491,9 +474,9 @@ def fit_hyperbolic_ratio(contrasts, responses, *, steps: int = 100) -> Hyperboli
     start = z.detach().clone()
     opt.step(closure)
     with torch.no_grad():
-        if not math.isfinite(float(loss_fn())) or float(loss_fn()) > sse[i, j] / len(y) / norm:
-            z.copy_(start)  # the refinement made it worse: keep the grid point
-    z = z.detach()
+        final = float(loss_fn())
+    # the refinement made it worse: keep the grid point
+    z = start if not math.isfinite(final) or final > sse[i, j] / len(y) / norm else z.detach()
     rmax_, c50_, n = float(z[0]), float(torch.exp(z[1])), float(0.1 + sp(z[2]))
     pred = hyperbolic_ratio(c, rmax_, c50_, n)
     tot = float(((y - y.mean()) ** 2).sum())
@@ -543,4 +526,4 @@ def c50(peaks: xr.DataArray, dim: str = "contrast"):
         raise ConfigurationError(f"c50 needs at least 2 contrasts >= 0 along {dim!r}, got {c.tolist()}")
     course = peaks.rename({dim: "time"})  # reuse the per-row machinery along the contrast axis
     return _over_time(course, lambda _t, p: _half_peak_contrast(c, p), "c50",
-                      {"units": "1", "long_name": "contrast at half the full-contrast peak"})
+                      {"units": "1", "long_name": "contrast at half the full-contrast peak"}, peak=False)

@@ -246,10 +246,8 @@ def _raw_courses(kind: str, tree: xr.DataTree, populations) -> xr.Dataset:
             f"{sorted(labels)}{'' if onset is None else ', onset_ms attribute'}); record it with "
             f"dynode.experiments.groen2022_experiments or a dynode.stimuli.groen2022({kind!r}) protocol",
             missing=missing)
-    if "onset" in labels:
-        return all_time_courses(tree, _BY[kind], populations=populations, align=True)
-    ds = all_time_courses(tree, _BY[kind], populations=populations, align=False)
-    return xr.Dataset({p: align_to_onset(ds[p], float(onset)) for p in ds.data_vars})
+    ds = all_time_courses(tree, _BY[kind], populations=populations, align="onset" in labels)
+    return ds if "onset" in labels else xr.Dataset({p: align_to_onset(ds[p], float(onset)) for p in ds.data_vars})
 
 
 def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, drift_tol: float) -> xr.Dataset:
@@ -517,14 +515,12 @@ def _cell(d: dict, key: str, cond=None, fmt: str = ".2f", notes: dict | None = N
     if cond is not None:
         v = None if v is None else v.get(cond, v.get(str(cond)))
     fkey = key if cond is None else f"{key}[{cond:g}]"
-    flags = d.get("flags", {})
-    why = flags.get(fkey)
+    why = d.get("flags", {}).get(fkey)
     if v is None and why is None and key not in d:
         return "-"
     text = "n/a" if v is None else format(v, fmt)
     if why is not None and notes is not None:
-        n = notes.setdefault(why, len(notes) + 1)
-        text += f"*{n}"
+        text += f"*{notes.setdefault(why, len(notes) + 1)}"
     return text
 
 
