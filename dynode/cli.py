@@ -340,20 +340,20 @@ def _check_population(command: str, population, states) -> None:
 
 
 def cmd_config(args) -> int:
-    if args.action == "check":  # the file's text is bounded before the configs (and torch) are imported
-        from dynode.datafile import load_yaml, read_text
+    if args.action == "check":  # the file is read and bounded before the configs (and torch) are imported
+        from dynode.datafile import read_config
 
-        if not Path(args.file).is_dir():
-            load_yaml(read_text(args.file, "config"), args.file)
-    from dynode.config import load_config, run_config_schema
+        data = read_config(args.file)
+        from dynode.config import config_from
 
-    if args.action == "schema":
-        print(json.dumps(run_config_schema(), indent=2, allow_nan=False))
-        return 0
-    if args.action == "check":
-        cfg = load_config(args.file, allow_imports=args.allow_imports)
+        cfg = config_from(data, allow_imports=args.allow_imports)
         _check_runnable(cfg)
         print(f"{args.file}: valid ({', '.join(f'{k}' for k in cfg.model_fields_set) or 'all defaults'})")
+        return 0
+    if args.action == "schema":
+        from dynode.config import run_config_schema
+
+        print(json.dumps(run_config_schema(), indent=2, allow_nan=False))
         return 0
     raise _UsageError("dynode config: error: give an action: schema or check FILE")
 

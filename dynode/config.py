@@ -15,7 +15,7 @@ import torch
 from typing import Annotated, Any, Literal
 
 from dynode.checkpoint import load_weights
-from dynode.datafile import load_yaml, read_text
+from dynode.datafile import read_config
 from dynode.errors import ConfigurationError
 from dynode.solver_config import *  # noqa: F403 (re-exported: every generated solver config)
 from dynode.solver_config import (CONFIGS, FIXED_STEP, EulerConfig, Dopri5Config, FixedSolverConfig, FrozenConfig,
@@ -344,15 +344,15 @@ class RunConfig(FrozenConfig):
 
 def load_config(path, *, allow_imports: bool = False) -> RunConfig:
     """Read a YAML file into a :class:`RunConfig` (safe YAML, bounded, every key checked; see
-    :mod:`dynode.datafile`). ``allow_imports``: as the CLI's ``--allow-imports``, set
-    ``model.allow_imports`` (the model may import the code its factory or spec names)."""
-    p = Path(path)
-    if p.is_dir():
-        raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
-    data = load_yaml(read_text(p, "config"), str(p))
-    if not isinstance(data, dict | None):
-        raise ConfigurationError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
-    cfg = run_config(data or {})
+    :func:`dynode.datafile.read_config`); see :func:`config_from`."""
+    return config_from(read_config(path), allow_imports=allow_imports)
+
+
+def config_from(data: dict, *, allow_imports: bool = False) -> RunConfig:
+    """The :class:`RunConfig` of a config file's data. ``allow_imports``: as the CLI's
+    ``--allow-imports``, set ``model.allow_imports`` (the model may import the code its
+    factory or spec names)."""
+    cfg = run_config(data)
     if allow_imports and not cfg.model.allow_imports:
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"allow_imports": True})})
     return cfg

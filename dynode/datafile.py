@@ -22,7 +22,7 @@ import yaml
 
 from dynode.errors import ConfigurationError
 
-__all__ = ["UniqueKeyLoader", "read_text", "load_yaml", "MAX_DEPTH", "MAX_ALIAS_VALUES"]
+__all__ = ["UniqueKeyLoader", "read_text", "load_yaml", "read_config", "MAX_DEPTH", "MAX_ALIAS_VALUES"]
 
 MAX_DEPTH = 64
 """Nesting levels of lists and mappings a data file may have (a run config has a few; a per-unit
@@ -129,3 +129,16 @@ def load_yaml(text: str, where: str) -> Any:
                                  "has a few levels of sections") from None
     finally:
         loader.dispose()
+
+
+def read_config(path: str | Path) -> dict:
+    """A run config file as plain data: a mapping of sections (an empty file is ``{}``), read
+    with :func:`load_yaml`. Light: the command line bounds a file with it before the configs
+    (and torch) are imported; :func:`dynode.config.load_config` validates the result."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigurationError(f"config {p} is a folder; give the YAML file (e.g. {p / 'config.yaml'})")
+    data = load_yaml(read_text(p, "config"), str(p))
+    if not isinstance(data, dict | None):
+        raise ConfigurationError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
+    return data or {}
