@@ -29,6 +29,7 @@ _HOME = {
     "convergence": "dynode.convergence", "Record": "dynode.record", "simulate": "dynode.simulate",
     "SimulationResult": "dynode.simulate",
 }
+__all__ = [*_HOME, "__version__"]  # the public names, grouped by layer in _HOME
 
 
 _state = {"loaded": False, "loading": False}
@@ -67,13 +68,3 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
-
-__all__ = [
-    "VectorField", "Network", "Population", "Connection", "RunProtocol", "History", "HistoryReader", "Solver",
-    "integrate", "Solution",
-    "SolverStats", "Status", "models", "solvers", "stimuli",
-    "convergence", "plot_convergence", "config", "SolverConfig", "solver_config",
-    "Record", "simulate", "SimulationResult", "open_archive", "archive", "analysis", "spec", "load_model",
-    "DynodeError", "ConfigurationError", "ShapeError", "DelayError", "DivergenceError",
-    "SolverError", "StabilityWarning", "AccuracyWarning", "errors", "experiments", "train", "__version__",
-]
