@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,26 +25,12 @@ import dynode as dn
 from dynode.cli import main
 from dynode.errors import CheckpointError, ConfigurationError
 from dynode.spec import build_network, load_spec, network_spec, save_spec
+from test_spec import Scale  # a user's operator, described by its import path (spec_kwargs)
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = settings(max_examples=40, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 OPT_IN = "trust_code=True"
-
-
-class Scale(nn.Module):
-    """A user's operator, described by its import path (``spec_kwargs``)."""
-
-    def __init__(self, channels: int, init: float = 0.5):
-        super().__init__()
-        self.channels, self.init = channels, init
-        self.a = nn.Parameter(torch.full((channels, 1, 1), init))
-
-    def forward(self, x):
-        return self.a * x
-
-    def spec_kwargs(self):
-        return {"channels": self.channels, "init": self.init}
 
 
 def small_net(op: nn.Module | None = None) -> dn.Network:
@@ -215,7 +200,7 @@ def test_the_opt_in_builds_a_users_operator_and_marks_a_loaded_spec(tmp_path):
     net = small_net(Scale(2, 0.25))
     spec = network_spec(net)  # a live network's classes: describing it needs no opt-in
     path = save_spec(spec, tmp_path / "model.json")
-    with pytest.raises(ConfigurationError, match=f"'{__name__}:Scale' names a module outside"):
+    with pytest.raises(ConfigurationError, match=f"'{Scale.__module__}:Scale' names a module outside"):
         load_spec(path)
     trusted = load_spec(path, trust_code=True)
     assert trusted.trusted and not spec.trusted
