@@ -26,6 +26,8 @@ CordsNet the stimulus window). ``dn.models.Classifier(net)(images)`` integrates 
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Sequence
 
 from torch import nn
@@ -39,7 +41,7 @@ from dynode.models.normalization import add_normalization
 from dynode.models.readout import Readout
 from dynode.models.recurrence import recurrence
 
-__all__ = ["dyrcnn", "cornet_rt", "cordsnet", "alexnet_like", "DYRCNN_AREAS"]
+__all__ = ["dyrcnn", "cornet_rt", "cordsnet", "alexnet_like", "DYRCNN_AREAS", "CORTICAL_TIMING", "TIMINGS"]
 
 DYRCNN_AREAS = {
     2: (("V1", 36), ("IT", 256)),
@@ -47,6 +49,43 @@ DYRCNN_AREAS = {
     8: (("V1a", 36), ("V1b", 36), ("V2a", 64), ("V2b", 64), ("V4a", 121), ("V4b", 121),
         ("ITa", 256), ("ITb", 256)),
 }
+
+CORTICAL_TIMING = {
+    "input_delay": 48.0,
+    "feedforward_delay": (12.0, 20.0, 12.0),
+    "skip_delay": (32.0, 32.0),
+    "feedback_delay": (32.0, 32.0),
+    "tau": (10.0, 15.0, 20.0, 30.0),
+}
+"""Biological timing of the four-area :func:`dyrcnn` (V1, V2, V4, IT), ``dyrcnn(timing="cortex")``;
+ms, every delay a multiple of 4 ms (so of any step 1, 2 or 4 ms):
+
+* ``input_delay`` 48: the retina and the LGN before V1 (the image -> V1 connection). Macaque
+  LGN responses start 33 ms (magnocellular) to 50 ms (parvocellular) after a flash, V1 66 ms
+  on average, its earliest cells at about 40 ms (Schmolesky et al. 1998, J Neurophysiol
+  79:3272); human early visual cortex (ECoG) responds about 60 ms after onset (Groen et al.
+  2022 start their DN fits at a 60 ms ``shift``). The input reaches V1 at 48 ms and V1 rises
+  to half its peak a few ms to a time constant later.
+* ``feedforward_delay`` (12, 20, 12): V1 -> V2, V2 -> V4, V4 -> IT. About 10 ms per stage
+  (Nowak & Bullier 1997, in Cerebral Cortex 12: Extrastriate Cortex, "The timing of
+  information transfer in the visual system"); V4 starts about 104 ms after onset, 40 ms
+  after V1 (Schmolesky et al. 1998), IT about 100 ms (Hung et al. 2005, Science 310:863).
+  The input reaches V2 at 60 ms, V4 at 80 ms and IT at 92 ms.
+* ``skip_delay`` (32, 32): V1 -> V4 and V2 -> IT, the sum of the two stages each spans, so a
+  skip does not make an area respond before the hierarchy's timing.
+* ``feedback_delay`` (32, 32): V4 -> V1 and IT -> V2, likewise the two stages each spans
+  (feedback and feed-forward axons between V1 and V2 conduct at the same speed, Girard, Hupe &
+  Bullier 2001, J Neurophysiol 85:1328).
+* ``tau`` (10, 15, 20, 30): time constants that grow up the hierarchy, as intrinsic timescales
+  do from sensory to higher areas (Murray et al. 2014, Nat Neurosci 17:1661; Chaudhuri et al.
+  2015, Neuron 88:419, whose model has the same ordering from a gradient of recurrent
+  strength). The rate equation's tau is the single-unit integration time, not the (longer)
+  autocorrelation timescale of a recurrent area those papers measure: the values keep their
+  ordering (a factor 3 from V1 to IT) at the 5-30 ms of the reference models.
+"""
+
+TIMINGS = {"cortex": CORTICAL_TIMING}
+"""Named timings of :func:`dyrcnn` (``timing=``): ``{name: {option: value}}``."""
 
 
 def _conv_out(size: int, k: int, s: int, p: int) -> int:
@@ -79,9 +118,11 @@ def _scaled(c: int, width: float, multiple: int = 1) -> int:
 
 
 def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[int] = (3, 32, 32),
-           num_classes: int = 100, *, tau: float = 5.0, dt: float = 2.0, steps: int = 20,
-           recurrence_delay: float = 6.0, feedforward_delay: float = 0.0, skip: bool = True,
-           feedback: bool = False, feedback_delay: float = 30.0, phi: str | nn.Module = "supralinear",
+           num_classes: int = 100, *, tau: float | Sequence[float] | None = None, dt: float = 2.0,
+           steps: int = 20, recurrence_delay: float = 6.0,
+           feedforward_delay: float | Sequence[float] | None = None, skip: bool = True,
+           skip_delay: float | Sequence[float] | None = None, feedback: bool = False, feedback_delay: float | Sequence[float] | None = None,
+           input_delay: float | None = None, timing: str | None = None, phi: str | nn.Module = "supralinear",
            n: float | None = None, k: float | None = None, kernel_size: int = 3, width: float = 1.0,
            readout_at: str = "last", readout_window: tuple[float, float] | None = None,
            recurrence_options: dict | None = None, bias: bool = True,
@@ -97,6 +138,29 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     ``width`` scales the channel counts (for quick tests). Protocol: ``t_end = steps * dt``.
     ``n``, ``k``: exponent and gain of ``phi="supralinear"`` / ``"rectified_power"`` (default
     1.8 and 0.8).
+
+    Timing (ms; every delay must be a multiple of the step the network is run with, which the
+    solver checks):
+
+    * ``tau``: one number for every area (default 5) or one per area, bottom up;
+    * ``input_delay``: the image -> first area connection (default 0), the retina and thalamus;
+      when it is > 0 the protocol shows the image as a pulse from 0 to ``t_end``
+      (``stimulus_onset = 0``), so that the delayed read sees a blank screen before the onset:
+      the first area stays exactly at rest until ``input_delay``;
+    * ``feedforward_delay``: one number (default 0) or one per area above the first (the
+      connection into it from the area below);
+    * ``skip_delay``: one number or one per skip connection (``r_i -> r_{i+2}``, bottom up);
+      default: the feed-forward delay into its target;
+    * ``feedback_delay``: one number (default 30) or one per feedback connection
+      (``r_{i+2} -> r_i``, bottom up);
+    * ``timing``: a named set of the five above, :data:`TIMINGS` (``"cortex"``:
+      :data:`CORTICAL_TIMING`, the macaque/human latencies and time constants that grow up the
+      hierarchy, ``depth=4`` only); options given explicitly override the preset's.
+
+    The reaction window: ``readout_at="mean"`` without ``readout_window`` averages the last
+    area over ``[t_react, t_end]``, ``t_react = input_delay + sum(feedforward_delay) +
+    tau_last``: the time the image's first effect reaches the last area plus one of its time
+    constants to rise (an error when that is not before ``t_end``: more ``steps``).
 
     Cortex-like dynamics (each area, see :mod:`dynode.models.normalization` and
     :mod:`dynode.models.adaptation`):
@@ -125,6 +189,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     if depth not in DYRCNN_AREAS:
         raise ConfigurationError(f"dyrcnn depth must be one of {sorted(DYRCNN_AREAS)}, got {depth!r}")
     areas = [(name, _scaled(c, width)) for name, c in DYRCNN_AREAS[depth]]
+    taus, d_in, d_ff, d_skip, d_fb = _dyrcnn_timing(len(areas), timing, tau, input_delay, feedforward_delay,
+                                                    skip_delay, feedback_delay)
     net, c_in, h, w = _image_net(input_shape)
     if phi in ("supralinear", "rectified_power"):
         phi_params = {"n": 1.8 if n is None else n, "k": 0.8 if k is None else k}
@@ -138,10 +204,10 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     for i, (name, c) in enumerate(areas):
         stride = 1 if (depth == 8 and i % 2 == 1) else 2
         h, w = _conv_out(h, kernel_size, stride, kernel_size // 2), _conv_out(w, kernel_size, stride, kernel_size // 2)
-        net.add_population(name, shape=(c, h, w), tau=tau, phi=phi, **phi_params)
+        net.add_population(name, shape=(c, h, w), tau=taus[i], phi=phi, **phi_params)
         net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2,
                                          bias=bool(bias)),
-                    delay=feedforward_delay if src != "image" else 0.0)
+                    delay=d_in if i == 0 else d_ff[i - 1])
         rec = (signed_recurrence(recurrence_type, c, kernel_size, sign=1,
                                  gain=float((recurrence_options or {}).get("gain", 0.1))) if dale
                else recurrence(recurrence_type, c, kernel_size, **(recurrence_options or {})))
@@ -149,14 +215,68 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
         src, c_prev = name, c
     for i in range(len(names) - 2):
         if skip:
-            net.connect(names[i], names[i + 2], delay=feedforward_delay)
+            net.connect(names[i], names[i + 2], delay=d_skip[i])
         if feedback:
-            net.connect(names[i + 2], names[i], delay=feedback_delay)
+            net.connect(names[i + 2], names[i], delay=d_fb[i])
     _add_components(net, names, "dyrcnn", norm_opts, adapt_opts, ei_opts)
-    last = names[-1]
+    last, t_end = names[-1], steps * dt
+    if readout_at == "mean" and readout_window is None:
+        t_react = d_in + sum(d_ff) + taus[-1]
+        if not t_react < t_end:
+            raise ConfigurationError(f"dyrcnn: the reaction window starts at {t_react:g} ms (input_delay + "
+                                     f"sum(feedforward_delay) + tau of {last}), not before t_end = steps * dt = "
+                                     f"{t_end:g} ms; give more steps or a readout_window")
+        readout_window = (t_react, t_end)
     net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
-    net.protocol = RunProtocol(dt=dt, t_end=steps * dt, solver="euler", steps=steps)
+    pulse = dict(stimulus_onset=0.0, stimulus_duration=t_end) if d_in > 0 else {}
+    net.protocol = RunProtocol(dt=dt, t_end=t_end, solver="euler", steps=steps, **pulse)
     return net
+
+
+def _per_area(value, n: int, what: str, whom: str, *, positive: bool) -> list[float]:
+    """``value`` (a number or a sequence of ``n``) as ``n`` floats of ms, each finite and > 0
+    (``positive``) or >= 0; ``whom`` says what the ``n`` entries are."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * n
+    if len(values) != n:
+        raise ConfigurationError(f"dyrcnn: {what} takes one number (ms) or {n} ({whom}), got {len(values)}: "
+                                 f"{value!r}")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or \
+                not (v > 0 if positive else v >= 0):
+            raise ConfigurationError(f"dyrcnn: {what} must be {'> 0' if positive else '>= 0'} and finite "
+                                     f"ms ({whom}), got {value!r}")
+        out.append(float(v))
+    return out
+
+
+def _dyrcnn_timing(n: int, timing, tau, input_delay, feedforward_delay, skip_delay, feedback_delay):
+    """dyrcnn's ``(taus, input delay, feed-forward, skip and feedback delays)`` for ``n`` areas:
+    the named ``timing``'s values (:data:`TIMINGS`) where an option is ``None``, the published
+    defaults (5, 0, 0, the feed-forward delay into the target, 30 ms) where there is no timing,
+    each checked."""
+    preset = {}
+    if timing is not None:
+        if timing not in TIMINGS:
+            raise ConfigurationError(f"dyrcnn: timing={timing!r}; known: {sorted(TIMINGS)} (or None)")
+        preset = TIMINGS[timing]
+        if n != len(preset["tau"]):
+            raise ConfigurationError(f"dyrcnn: timing={timing!r} gives {len(preset['tau'])} areas their timing "
+                                     f"(V1, V2, V4, IT); use depth=4, or give tau and the delays per area")
+    given = {"tau": tau, "input_delay": input_delay, "feedforward_delay": feedforward_delay,
+             "skip_delay": skip_delay, "feedback_delay": feedback_delay}
+    defaults = {"tau": 5.0, "input_delay": 0.0, "feedforward_delay": 0.0, "feedback_delay": 30.0}
+    v = {k: x if x is not None else preset.get(k, defaults.get(k)) for k, x in given.items()}
+    taus = _per_area(v["tau"], n, "tau", "one per area, bottom up", positive=True)
+    d_in = _per_area(v["input_delay"], 1, "input_delay", "the image -> first area", positive=False)[0]
+    d_ff = _per_area(v["feedforward_delay"], n - 1, "feedforward_delay",
+                     "one per area above the first: the connection into it", positive=False)
+    d_skip = (d_ff[1:] if v["skip_delay"] is None else
+              _per_area(v["skip_delay"], n - 2, "skip_delay", "one per skip connection two areas up, bottom up",
+                        positive=False))
+    d_fb = _per_area(v["feedback_delay"], n - 2, "feedback_delay",
+                     "one per feedback connection two areas down, bottom up", positive=False)
+    return taus, d_in, d_ff, d_skip, d_fb
 
 
 def _component_options(value, what: str, kind_key: str) -> dict | None:
