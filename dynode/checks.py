@@ -19,21 +19,21 @@ from torch import Tensor, nn
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.integrate import require_memory
 
-__all__ = ["check_tau", "check_bias", "check_delay", "check_number", "check_flag", "as_shape",
+__all__ = ["check_tau", "check_bias", "check_delay", "check_bounds", "check_number", "check_flag", "as_shape",
            "output_shape", "combine_shape", "trial_shape"]
 
 
 def check_tau(tau, shape: tuple[int, ...], what: str) -> None:
     """Refuse a ``tau`` that a population of ``shape`` cannot have: a number (not a bool) or a real
-    tensor, finite and > 0 ms, broadcasting to ``shape``, not requiring a gradient (tau is a fixed
-    buffer: it is not learnt). ``what`` names the population in the message."""
+    tensor, finite and > 0 ms, broadcasting to ``shape``, not requiring a gradient (a tensor tau is
+    a fixed buffer; ``learn_tau=True`` learns it). ``what`` names the population in the message."""
     if isinstance(tau, Tensor):
         if tau.is_meta or tau.dtype == torch.bool or tau.is_complex():
             raise ConfigurationError(f"{what}: tau must be a real tensor of ms with values, got "
                                      f"{tau.dtype} on {tau.device}")
         if tau.requires_grad:
-            raise ConfigurationError(f"{what}: tau requires a gradient, but a population's tau is a fixed "
-                                     "buffer (it is not learnt); pass tau.detach()")
+            raise ConfigurationError(f"{what}: tau requires a gradient, but a tensor tau is a fixed buffer; "
+                                     "pass tau.detach(), and learn_tau=True to learn it")
         try:
             torch.broadcast_shapes(tau.shape, shape)
         except RuntimeError:
@@ -64,6 +64,25 @@ def check_delay(delay, what: str) -> float:
     if not (delay >= 0 and math.isfinite(delay)):
         raise ConfigurationError(f"{what}: delay must be finite and >= 0 ms, got {delay}")
     return delay
+
+
+def check_bounds(bounds, value, what: str, option: str) -> tuple[float, float]:
+    """``bounds`` of a learnt quantity (``option``: the argument's name, e.g. ``"tau_bounds"``) as
+    ``(lo, hi)`` floats, ``0 < lo < hi < inf``, with every entry of ``value`` (a number or a
+    tensor, ms) inside ``[lo, hi]``; ``bounds=None``: the default ``(min / 2, 2 max)`` of the values."""
+    vals = value.detach().flatten().tolist() if isinstance(value, Tensor) else [float(value)]
+    if bounds is None:
+        return min(vals) / 2, max(vals) * 2
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise ConfigurationError(f"{what}: {option} must be a pair (lo, hi) of ms, got {bounds!r}")
+    lo, hi = (check_number(b, f"{what}: {option}[{i}]", positive=True) for i, b in enumerate(bounds))
+    if not lo < hi:
+        raise ConfigurationError(f"{what}: {option} = ({lo:g}, {hi:g}) needs lo < hi")
+    outside = [v for v in vals if not lo <= v <= hi]
+    if outside:
+        raise ConfigurationError(f"{what}: the initial value {outside[0]:g} ms lies outside {option} = "
+                                 f"({lo:g}, {hi:g}); widen the bounds or start inside them")
+    return lo, hi
 
 
 def check_number(value, what: str, *, positive: bool = False) -> float:

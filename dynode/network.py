@@ -35,7 +35,7 @@ from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.pipeline import build_pipeline, sums_term
 from dynode.plan import PopulationPlan, Read, Term, build_plan, sweep_order
-from dynode.population import Connection, Population
+from dynode.population import Bounded, Connection, Population
 
 __all__ = ["Network", "Population", "Connection", "RunProtocol", "PopulationPlan", "Term", "Read"]
 
@@ -140,8 +140,8 @@ class Network(VectorField):
         It restores the building state only: parameter values changed inside are not undone."""
         pops = self.populations._modules
         saved_pops = dict(pops)
-        saved = {n: (dict(p.incoming._modules), dict(p.delays), p.combine, p.u_shape, p.role)
-                 for n, p in pops.items()}
+        saved = {n: (dict(p.incoming._modules), dict(p.learnt_delays._modules), dict(p.delays), p.combine,
+                     p.u_shape, p.role) for n, p in pops.items()}
         inputs, connections, readout = dict(self._inputs), list(self._connections), self.readout
         cached = {k: self.__dict__[k] for k in _DERIVED if k in self.__dict__}
         try:
@@ -149,10 +149,11 @@ class Network(VectorField):
         except BaseException:
             pops.clear()
             pops.update(saved_pops)
-            for n, (incoming, delays, combine, u_shape, role) in saved.items():
+            for n, (incoming, learnt, delays, combine, u_shape, role) in saved.items():
                 p = pops[n]
-                p.incoming._modules.clear()
-                p.incoming._modules.update(incoming)
+                for mine, old in ((p.incoming._modules, incoming), (p.learnt_delays._modules, learnt)):
+                    mine.clear()
+                    mine.update(old)
                 p.delays.clear()
                 p.delays.update(delays)
                 p._replace_combine(combine)
@@ -175,7 +176,8 @@ class Network(VectorField):
 
     def add_population(self, name: str, shape: Sequence[int], tau: float | Tensor, phi=None,
                        bias: bool | str = False, combine: nn.Module | None = None,
-                       pipeline: Sequence | None = None, **phi_params) -> "Network":
+                       pipeline: Sequence | None = None, *, learn_tau: bool = False,
+                       tau_bounds: tuple[float, float] | None = None, **phi_params) -> "Network":
         """Declare a population of per-sample ``shape`` with time constant ``tau`` (ms).
 
         ``phi``: a name (``"relu"``, ``"identity"``, ``"tanh"``, ``"softplus"``,
@@ -189,9 +191,15 @@ class Network(VectorField):
         :mod:`dynode.pipeline`): a combine stage first (default the sum), then modules
         or activation names applied in order; the bias (if any) is added after the combine.
         The stages after the combine are ``Phi`` (``populations[name].phi``).
+
+        ``learn_tau=True``: ``tau`` (a number, or a tensor per channel or unit) is learnt, kept
+        inside ``tau_bounds = (lo, hi)`` ms (default ``(tau / 2, 2 tau)``) by the
+        parametrisation :class:`dynode.population.Bounded`; the fixed-step solvers warn when ``dt``
+        is beyond their stability limit at the lower bound.
         """
         self._check_new_name(name)
         what = f"population {name!r}"
+        check_flag(learn_tau, f"{what}: learn_tau")
         shape = as_shape(shape, what)
         if combine is not None and not isinstance(combine, nn.Module):
             raise ConfigurationError(f"{what}: combine must be an nn.Module (a dynode.pipeline.Combine), "
@@ -218,14 +226,16 @@ class Network(VectorField):
             raise ConfigurationError(f"{what}: Phi's first stage {first} works in place: it would overwrite "
                                      "u, which may be another population's state or a stimulus; build it "
                                      "with inplace=False")
-        self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine)
+        self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine,
+                                                  learn_tau, tau_bounds)
         if pipeline is not None:  # it may reshape (e.g. pool): u's shape is learnt from the first input
             pop.u_shape = None
         self._plan = self._order = None
         return self
 
     def connect(self, src: str, dst: str, op: nn.Module | None = None, delay: float = 0.0, *,
-                skip_initial: bool = False) -> "Network":
+                skip_initial: bool = False, learn_delay: bool = False,
+                delay_bounds: tuple[float, float] | None = None) -> "Network":
         """Connect ``src`` (population or input) to population ``dst`` through ``op``.
 
         ``op`` maps a batch of ``src`` to a batch of ``dst``'s shape. ``delay`` (ms, >= 0) is
@@ -241,6 +251,12 @@ class Network(VectorField):
         ``skip_initial=True``: the term is absent while the value it reads is the source's
         initial state (``t - delay <= t0`` on the fixed-step grid), as in CORnet-RT, whose
         upper areas get no input (not ``op(0)``) at the first step. It also skips that work.
+
+        ``learn_delay=True``: the delay (> 0, from a population) is learnt inside
+        ``delay_bounds = (lo, hi)`` ms (default ``(delay / 2, 2 delay)``), read at any real value
+        through the history's interpolant and differentiable with respect to it
+        (:meth:`dynode.History.lag_at`); the history reaches back ``hi``. Fixed-step solvers need
+        ``lo >= dt``; the torchdiffeq/torchode backends cannot read learnt delays.
         """
         if dst not in self.populations:
             known = list(self.populations)
@@ -249,8 +265,10 @@ class Network(VectorField):
         if src not in self.populations and src not in self._inputs:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): {src!r} is neither a population nor "
                                      f"an input (populations: {list(self.populations)}, inputs: {list(self._inputs)})")
-        delay = check_delay(delay, f"connect({src!r}, {dst!r})")
-        check_flag(skip_initial, f"connect({src!r}, {dst!r}): skip_initial")
+        what = f"connect({src!r}, {dst!r})"
+        delay = check_delay(delay, what)
+        check_flag(skip_initial, f"{what}: skip_initial")
+        learnt = self._learnt_delay(src, delay, learn_delay, delay_bounds, skip_initial, what)
         pop = self.populations[dst]
         if src in pop.incoming:
             raise ConfigurationError(f"connect({src!r}, {dst!r}): this connection already exists; "
@@ -275,9 +293,33 @@ class Network(VectorField):
                                 f"connection {src} -> {dst}")
         pop.incoming[src] = op
         pop.delays[src] = delay
-        self._connections.append(Connection(src, dst, delay, op, bool(skip_initial)))
+        if learnt is not None:
+            pop.learnt_delays[src] = learnt
+        self._connections.append(Connection(src, dst, delay, op, bool(skip_initial), learnt))
         self._plan = self._order = None
         return self
+
+    def _learnt_delay(self, src: str, delay: float, learn: bool, bounds, skip_initial: bool,
+                      what: str) -> Bounded | None:
+        """The :class:`Bounded` delay of ``connect(..., learn_delay=True)``, after its checks."""
+        check_flag(learn, f"{what}: learn_delay")
+        if not learn:
+            if bounds is not None:
+                raise ConfigurationError(f"{what}: delay_bounds bound a learnt delay; pass learn_delay=True "
+                                         "too (or drop delay_bounds)")
+            return None
+        if src in self._inputs:
+            raise ConfigurationError(
+                f"{what}: a stimulus is piecewise constant in time, so its delayed read has no gradient "
+                "with respect to the delay; model the pathway as a population (e.g. an LGN population "
+                "between the image and V1) and learn the delay of its connection")
+        if delay <= 0:
+            raise ConfigurationError(f"{what}: a learnt delay must start > 0 ms (it is kept inside "
+                                     "delay_bounds, lo > 0); give delay=")
+        if skip_initial:
+            raise ConfigurationError(f"{what}: skip_initial needs a fixed delay on the grid; drop it or "
+                                     "learn_delay")
+        return Bounded(delay, bounds, what, "delay_bounds")
 
     def set_combine(self, name: str, combine: nn.Module | None) -> "Network":
         """Replace population ``name``'s combine (``None``: the sum) and rebuild the plan.
@@ -348,13 +390,24 @@ class Network(VectorField):
         return tuple(n for n, p in self.populations.items() if p.role == "area")
 
     def time_constants(self) -> dict[str, float]:
+        """The smallest ``tau`` (ms) of each population (a learnt one: its value now)."""
         return {name: pop.tau_min() for name, pop in self.populations.items()}
 
+    def tau_bounds(self) -> dict[str, tuple[float, float]]:
+        """``(lo, hi)`` ms of each population whose ``tau`` is learnt."""
+        return {name: pop.tau_bounds for name, pop in self.populations.items() if pop.tau_bounds is not None}
+
     def delays(self) -> dict[str, tuple[str, float]]:
-        return {c.label: (c.src, c.delay) for c in self._connections if c.delay > 0}
+        """``{label: (source, delay ms)}`` of every delayed connection (a learnt delay: its value now)."""
+        return {c.label: (c.src, c.current_delay()) for c in self._connections if c.delay > 0}
+
+    def delay_bounds(self) -> dict[str, tuple[float, float]]:
+        """``(lo, hi)`` ms of each connection whose delay is learnt."""
+        return {c.label: (c.learnt.lo, c.learnt.hi) for c in self._connections if c.learnt is not None}
 
     def max_delay(self) -> float:
-        return max((c.delay for c in self._connections), default=0.0)
+        """The longest delay any read may use (ms): a learnt delay counts with its upper bound."""
+        return max((c.delay if c.learnt is None else c.learnt.hi for c in self._connections), default=0.0)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> dict[str, Tensor]:
         # memory_format (e.g. channels_last) applies to the (batch, C, H, W) states only

@@ -16,7 +16,7 @@ from enum import Enum
 import torch
 from torch import Tensor, nn
 
-from dynode.population import Connection, Population
+from dynode.population import Bounded, Connection, Population
 
 __all__ = ["Read", "Term", "PopulationPlan", "build_plan", "sweep_order"]
 
@@ -27,21 +27,23 @@ class Read(Enum):
     STATE = "r_src(t)"          # a population, no delay: the current state
     INPUT = "I(t)"              # an input, no delay: the stimulus now
     LAG = "r_src(t - d)"        # a population or input read with delay d from the history
+    LEARNT = "r_src(t - d), d learnt"  # a population read with a learnt delay (differentiable in d)
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class Term:
     """One incoming connection as evaluated: ``op(source read as `read`)`` (``skip_initial``:
-    see :meth:`dynode.network.Network.connect`)."""
+    see :meth:`dynode.network.Network.connect`; ``learnt``: the delay of a :attr:`Read.LEARNT`)."""
 
     src: str
     op: nn.Module
     read: Read
     delay: float
     skip_initial: bool
+    learnt: Bounded | None = None
 
 
-_STATE, _INPUT = Read.STATE, Read.INPUT
+_STATE, _INPUT, _LAG = Read.STATE, Read.INPUT, Read.LAG
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -62,7 +64,7 @@ class PopulationPlan:
                 continue
             read = term.read
             x = (state[term.src] if read is _STATE else inputs[term.src] if read is _INPUT
-                 else history.lag(term.src, term.delay))
+                 else history.lag(term.src, term.delay) if read is _LAG else term.learnt.lag(history, term.src))
             y = term.op(x)
             if combine is None:
                 u = y if u is None else u + y
@@ -78,6 +80,8 @@ class PopulationPlan:
 
 
 def _term(c: Connection, from_input: bool) -> Term:
+    if c.learnt is not None:
+        return Term(c.src, c.op, Read.LEARNT, c.delay, c.skip_initial, c.learnt)
     read = Read.LAG if c.delay > 0 else Read.INPUT if from_input else Read.STATE
     return Term(c.src, c.op, read, c.delay, c.skip_initial)
 

@@ -1,7 +1,8 @@
-"""The parts a :class:`~dynode.network.Network` is built of: a :class:`Population` (its shape,
-``tau``, ``Phi``, bias, combine and incoming operators) and a :class:`Connection` (``src -> dst``
-through an operator, with a delay). Both are made by the network's builder methods
-(``add_population``, ``connect``), which check them against the rest of the network.
+r"""The parts a :class:`~dynode.network.Network` is built of: a :class:`Population` (its shape,
+``tau``, ``Phi``, bias, combine and incoming operators), a :class:`Connection` (``src -> dst``
+through an operator, with a delay) and :class:`Bounded`, a learnt time constant or delay. They
+are made by the network's builder methods (``add_population``, ``connect``), which check them
+against the rest of the network.
 """
 
 from __future__ import annotations
@@ -12,24 +13,72 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dynode.checks import check_bias, check_tau, output_shape
+from dynode.checks import check_bias, check_bounds, check_tau, output_shape
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.integrate import require_memory
 
-__all__ = ["Population", "Connection"]
+__all__ = ["Population", "Connection", "Bounded"]
 
 _FLOAT_BYTES = 4  # a population's tau and bias are float32 when built
+_EDGE = 1e-6  # a value on a bound starts this fraction of the log range inside it
+
+
+class Bounded(nn.Module):
+    r"""A positive quantity (ms) learnt inside ``[lo, hi]``: a time constant or a delay.
+
+    .. math:: x = lo \, (hi / lo)^{\sigma(\rho)}, \qquad \sigma(\rho) = 1 / (1 + e^{-\rho})
+
+    with ``rho`` the parameter (``raw``, of the value's shape). ``x`` never leaves the bounds,
+    and a step in ``rho`` changes ``x`` by a factor whatever its scale; the default bounds
+    ``(x0 / 2, 2 x0)`` start at ``rho = 0``. A value on a bound starts just inside it
+    (``1e-6`` of the log range). ``bounds`` and the value are checked by
+    :func:`dynode.checks.check_bounds`.
+    """
+
+    def __init__(self, value: float | Tensor, bounds: tuple[float, float] | None, what: str, option: str):
+        super().__init__()
+        self.lo, self.hi = check_bounds(bounds, value, what, option)
+        frac = torch.log(torch.as_tensor(value, dtype=torch.float64) / self.lo) / math.log(self.hi / self.lo)
+        self.raw = nn.Parameter(torch.logit(frac.clamp(_EDGE, 1 - _EDGE)).to(torch.float32))
+        self._seen: tuple = ()
+
+    def forward(self) -> Tensor:
+        """The learnt value ``x`` (a tensor of ``raw``'s shape, in the autograd graph)."""
+        return self.lo * torch.exp(torch.sigmoid(self.raw) * math.log(self.hi / self.lo))
+
+    def value(self) -> float:
+        """``x`` as a float (its smallest entry), read once per change of ``raw`` (no per-step
+        device sync: the read is redone only when the optimizer or a load changes ``raw``)."""
+        raw = self.raw
+        key = (raw._version, raw.data_ptr(), raw.dtype)
+        if self._seen[:1] != (key,):
+            with torch.no_grad():
+                self._seen = (key, float(self.forward().min()))
+        return self._seen[1]
+
+    def lag(self, history, src: str) -> Tensor:
+        """``r_src(t - x)`` from ``history``, differentiable in ``x`` (see ``History.lag_at``)."""
+        return history.lag_at(src, self.forward(), self.value())
+
+    def extra_repr(self) -> str:
+        return f"bounds=({self.lo:g}, {self.hi:g}) ms, shape={tuple(self.raw.shape)}"
 
 
 @dataclass(frozen=True)
 class Connection:
-    """A connection ``src -> dst`` through ``op`` with transmission delay ``delay`` (ms)."""
+    """A connection ``src -> dst`` through ``op`` with transmission delay ``delay`` (ms);
+    ``learnt``: the delay is learnt (``delay`` is then its value when built)."""
 
     src: str
     dst: str
     delay: float
     op: nn.Module
     skip_initial: bool = False
+    learnt: Bounded | None = None
+
+    def current_delay(self) -> float:
+        """The delay now (ms): ``delay``, or the learnt one's value."""
+        return self.delay if self.learnt is None else self.learnt.value()
 
     @property
     def label(self) -> str:
@@ -40,7 +89,10 @@ class Population(nn.Module):
     """One population: its shape, ``tau`` (ms), activation ``phi``, bias and combine module.
 
     The incoming operators live in ``self.incoming`` (keyed by source name), so
-    ``state_dict`` keys read ``populations.V1.incoming.image.weight``.
+    ``state_dict`` keys read ``populations.V1.incoming.image.weight``; learnt delays in
+    ``self.learnt_delays`` (``populations.V2.learnt_delays.V1.raw``), a learnt ``tau`` in
+    ``self.learnt_tau`` (``populations.V1.learnt_tau.raw``; ``pop.tau`` is then its value, a
+    tensor in the autograd graph).
 
     ``combine`` is part of the population's definition: give it to
     :meth:`Network.add_population` or replace it with :meth:`Network.set_combine` (which
@@ -49,7 +101,8 @@ class Population(nn.Module):
     """
 
     def __init__(self, name: str, shape: tuple[int, ...], tau: float | Tensor, phi: nn.Module,
-                 bias: bool | str, combine: nn.Module | None):
+                 bias: bool | str, combine: nn.Module | None, learn_tau: bool = False,
+                 tau_bounds: tuple[float, float] | None = None):
         super().__init__()
         self.name, self.shape = name, shape
         # what the population is: "area" (a layer of the model), or an auxiliary population added
@@ -59,6 +112,7 @@ class Population(nn.Module):
         self.combine = combine
         self._combine_locked = True  # from now on only Network.set_combine replaces it
         self.incoming = nn.ModuleDict()
+        self.learnt_delays = nn.ModuleDict()
         self.delays: dict[str, float] = {}
         self.u_shape: tuple[int, ...] | None = shape  # shape of u; None: learnt from the first input
         what = f"population {name!r}"
@@ -67,7 +121,12 @@ class Population(nn.Module):
                            f"{tuple(tau.shape)}", "give tau as a number, or per channel (C, 1, 1)")
         check_tau(tau, shape, what)
         check_bias(bias, what)
-        if isinstance(tau, Tensor):
+        if learn_tau:
+            self.learnt_tau = Bounded(tau, tau_bounds, what, "tau_bounds")
+        elif tau_bounds is not None:
+            raise ConfigurationError(f"{what}: tau_bounds bound a learnt tau; pass learn_tau=True too "
+                                     "(or drop tau_bounds)")
+        elif isinstance(tau, Tensor):
             self.register_buffer("tau", tau.detach().to(dtype=torch.float32, copy=True))
         else:
             self.tau = float(tau)
@@ -80,6 +139,19 @@ class Population(nn.Module):
             self.bias = nn.Parameter(torch.zeros(shape))
         else:
             self.bias = None
+
+    def __getattr__(self, name: str):
+        if name == "tau":  # a learnt tau: its value now
+            learnt = self.__dict__["_modules"].get("learnt_tau")
+            if learnt is not None:
+                return learnt()
+        return super().__getattr__(name)
+
+    @property
+    def tau_bounds(self) -> tuple[float, float] | None:
+        """``(lo, hi)`` ms of a learnt tau; ``None`` for a fixed one."""
+        learnt = self._modules.get("learnt_tau")
+        return None if learnt is None else (learnt.lo, learnt.hi)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "combine" and self.__dict__.get("_combine_locked", False):
@@ -103,8 +175,13 @@ class Population(nn.Module):
         return u_shape
 
     def tau_min(self) -> float:
+        learnt = self._modules.get("learnt_tau")
+        if learnt is not None:
+            return learnt.value()
         return float(self.tau.min()) if isinstance(self.tau, Tensor) else self.tau
 
     def extra_repr(self) -> str:
+        if "learnt_tau" in self._modules:
+            return f"shape={self.shape}, tau learnt"
         tau = f"tensor{tuple(self.tau.shape)}" if isinstance(self.tau, Tensor) else f"{self.tau:g}"
         return f"shape={self.shape}, tau={tau} ms"

@@ -205,7 +205,8 @@ class _Run:
         self.stops, self.jumps = propagate_breakpoints(problem.t0, problem.t_end, problem.breakpoints,
                                                        delays, self.tab.order + 1)
         self.history = DenseHistory(problem.y0, t0=problem.t0, max_delay=max_delay,
-                                    weights=self.tab.weights, inputs=problem.inputs)
+                                    weights=self.tab.weights, inputs=problem.inputs,
+                                    slopes=self.tab.slopes)
         self.taus = self.field.time_constants()
         self.guard = Guard(problem.max_abs, self.taus, None)
         self.ctrl = solver._ctrl.start(self.tab.error_order)

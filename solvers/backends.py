@@ -135,6 +135,12 @@ class _Backend(Solver):
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
         """Integrate ``problem`` segment by segment; ``dt``, if given, is the first step (ms)."""
         field, inputs = problem.field, problem.inputs
+        learnt = getattr(field, "delay_bounds", dict)()
+        if learnt:
+            raise ConfigurationError(
+                f"{type(self).__name__} cannot read learnt delays (connection {next(iter(learnt))}): its "
+                "solution is known on points only, without the slope a learnt delay's gradient needs; "
+                "use a dynode solver (euler, heun, rk4, dopri5, tsit5, bosh3)")
         delays = field_delays(field)
         if self.per_row:
             if not isinstance(field, Network):

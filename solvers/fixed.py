@@ -86,7 +86,14 @@ class FixedStepSolver(Solver):
         if not (dt > 0 and math.isfinite(dt)):
             raise ConfigurationError(f"dt must be a finite number > 0 ms, got {dt}")
         field = problem.field
-        delays = field.delays()
+        learnt = getattr(field, "delay_bounds", dict)()  # learnt delays: any value >= dt
+        short = [(label, lo) for label, (lo, _) in learnt.items() if lo < dt * (1 - TIME_RTOL)]
+        if short:
+            label, lo = short[0]
+            raise DelayError(f"connection {label}: the learnt delay's lower bound {lo:g} ms is below dt = "
+                             f"{dt:g} ms (a read would fall in the step being computed); raise delay_bounds "
+                             f"to lo >= {dt:g} or reduce dt")
+        delays = {k: v for k, v in field.delays().items() if k not in learnt}
         bad = [(label, d) for label, (_, d) in delays.items() if d > 0 and delay_steps(d, dt) is None]
         if bad:
             label, d = bad[0]
@@ -96,13 +103,16 @@ class FixedStepSolver(Solver):
                 f"dt values that fit every delay: {dts} ms (or use an adaptive solver)")
         for name, tau in field.time_constants().items():
             self._warn(name, tau, dt)
+        for name, (lo, _) in getattr(field, "tau_bounds", dict)().items():
+            if lo < field.time_constants()[name]:
+                self._warn(name, lo, dt, " (the lower bound of its learnt tau: raise tau_bounds)")
         return dt
 
-    def _warn(self, name: str, tau: float, dt: float) -> None:
+    def _warn(self, name: str, tau: float, dt: float, which: str = "") -> None:
         limit = self.tableau.stability_limit
         if dt / tau > limit:
             warnings.warn(f"{type(self).__name__}: dt/tau = {dt / tau:.3g} for population {name!r} "
-                          f"(dt = {dt:g} ms, tau = {tau:g} ms) exceeds the method's stability limit "
+                          f"(dt = {dt:g} ms, tau = {tau:g} ms{which}) exceeds the method's stability limit "
                           f"{limit:.3g}; reduce dt", StabilityWarning, stacklevel=4)
 
     # -- the loop --------------------------------------------------------------------------
@@ -289,9 +299,9 @@ class Euler(FixedStepSolver):
         if self.order not in ("simultaneous", "sequential"):
             raise ConfigurationError(f"Euler order must be 'simultaneous' or 'sequential', got {self.order!r}")
 
-    def _warn(self, name: str, tau: float, dt: float) -> None:
+    def _warn(self, name: str, tau: float, dt: float, which: str = "") -> None:
         if dt > tau * (1 + TIME_RTOL):
-            warnings.warn(f"Euler: dt = {dt:g} ms > tau = {tau:g} ms for population {name!r} "
+            warnings.warn(f"Euler: dt = {dt:g} ms > tau = {tau:g} ms{which} for population {name!r} "
                           f"(dt/tau = {dt / tau:.3g}); the update overshoots (unstable beyond 2). "
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
                           StabilityWarning, stacklevel=4)

@@ -72,6 +72,17 @@ class Tableau:
         return out
 
 
+    def slopes(self, theta: float) -> list[float]:
+        """``[B_1'(theta), ..., B_s'(theta)]``: ``dy/dt = sum_i B_i'(theta) k_i`` on the step."""
+        out = []
+        for coeffs in self.dense:
+            acc = 0.0
+            for p, c in reversed(list(enumerate(coeffs, start=1))):
+                acc = acc * theta + p * c
+            out.append(acc)
+        return out
+
+
 def dense_rows(B: list) -> tuple[tuple[float, ...], ...]:
     """Per-stage polynomials ``B_i`` (numpy, low -> high, zero constant term) -> ``Tableau.dense``."""
     deg = max(len(p) for p in B) - 1

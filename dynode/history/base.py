@@ -7,12 +7,13 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
 from dynode.tolerances import TIME_RTOL, time_tol
 
-__all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input"]
+__all__ = ["HistoryReader", "Piecewise", "check_delay", "lag_input", "with_slope"]
 
 Inputs = Callable[[float], Mapping[str, Tensor]]
 
@@ -31,6 +32,12 @@ class HistoryReader(Protocol):
         (``t - delay <= t0``), known without a device sync; histories that cannot tell raise
         :class:`~dynode.errors.ConfigurationError` (connections with ``skip_initial=True``)."""
 
+    def lag_at(self, name: str, delay: Tensor, value: float) -> Tensor:
+        """Population ``name`` at ``t - delay`` for a learnt ``delay`` (a tensor whose value is
+        the float ``value`` ms): the history's interpolant at ``t - value``, plus
+        ``(value - delay) * r'(t - value)``, zero in value, which makes the read differentiable
+        in ``delay`` with the interpolant's own slope (:func:`with_slope`)."""
+
 
 def check_delay(name: str, delay: float, max_delay: float) -> None:
     """A :class:`DelayError` unless ``0 <= delay <= max_delay`` (to 1e-9 relative)."""
@@ -39,6 +46,16 @@ def check_delay(name: str, delay: float, max_delay: float) -> None:
     if delay > max_delay * (1 + TIME_RTOL):
         raise DelayError(f"history.lag({name!r}, {delay:g}): the delay exceeds the field's max_delay() = "
                          f"{max_delay:g} ms; make max_delay() return at least {delay:g}")
+
+
+def with_slope(out: Tensor, delay: Tensor, value: float, slope) -> Tensor:
+    """``out + (value - delay) * slope()``: the read ``r(t - value)`` made differentiable in
+    ``delay`` (``d r(t - d) / dd = -r'(t - d)``); ``out`` itself where no gradient is wanted
+    (``slope()`` is then not computed) or the slope is ``None`` (a constant history)."""
+    if not (delay.requires_grad and torch.is_grad_enabled()):
+        return out
+    r_dot = slope()
+    return out if r_dot is None else out + (value - delay) * r_dot
 
 
 def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor:
@@ -50,6 +67,9 @@ def lag_input(inputs: Inputs | None, t: float, name: str, populations) -> Tensor
     known = "" if values is None else f", inputs: {sorted(values)}"
     raise KeyError(f"history.lag({name!r}): no population or input of that name; "
                    f"populations: {sorted(populations)}{known}")
+
+
+_DONE = object()  # Piecewise._locate: the read falls on the newest solved state
 
 
 class Piecewise:
@@ -109,6 +129,11 @@ class Piecewise:
         """Population ``name`` at time ``t`` inside ``piece``."""
         raise NotImplementedError
 
+    def _slope(self, piece: Any, t: float, name: str) -> Tensor:
+        """``d r_name / dt`` at time ``t`` inside ``piece`` (for learnt delays)."""
+        raise ConfigurationError(f"{type(self).__name__} cannot read learnt delays (no slope of its "
+                                 "interpolant); use a dynode solver")
+
     # -- read by vector fields -------------------------------------------------------
     def lag(self, name: str, delay: float) -> Tensor:
         """The population (or input) ``name`` at time ``t - delay`` (ms)."""
@@ -123,20 +148,40 @@ class Piecewise:
         if delay not in self._checked:
             check_delay(name, delay, self.max_delay)
             self._checked.add(delay)
+        where = self._locate(name, delay)
+        out = (self._y0[name] if where is None else self._y_done[name] if where is _DONE
+               else self._read(where, self.t - delay, name))
+        self._cache[key] = out
+        return out
+
+    def lag_at(self, name: str, delay: Tensor, value: float) -> Tensor:
+        """See :meth:`HistoryReader.lag_at`; the slope is the piece's (:meth:`_slope`), zero in
+        the constant history before ``t0``."""
+        out = self.lag(name, value)
+        if name not in self._y0:
+            raise DelayError(f"history.lag_at({name!r}): learnt delays read populations only")
+
+        def slope():
+            where = self._locate(name, value)
+            if where is None:
+                return None
+            return self._slope(self._pieces[-1] if where is _DONE else where, self.t - value, name)
+        return with_slope(out, delay, value, slope)
+
+    def _locate(self, name: str, delay: float):
+        """Where ``t - delay`` lies: ``None`` (the constant history up to ``t0``), ``_DONE`` (the
+        newest solved time) or the piece holding it."""
         tq = self.t - delay
         done = self._done
         if tq <= self.t0 + time_tol(self.t0):
-            out = self._y0[name]
-        elif tq >= done - time_tol(done):
+            return None
+        if tq >= done - time_tol(done):
             if tq > done + time_tol(done):
                 raise DelayError(
                     f"history.lag({name!r}, {delay:g}) at t = {self.t:g} ms reads t - delay = {tq:g} ms, "
                     f"beyond the solution accepted so far ({done:g} ms): the delay is shorter than "
                     "the step. Declare every delay in the field's delays() (or max_delay() if it "
                     "is the only one) so that the solver caps its steps at the smallest delay")
-            out = self._y_done[name]
-        else:
-            j = bisect.bisect_right(self._starts, tq, self._lo) - 1
-            out = self._read(self._pieces[max(j, self._lo)], tq, name)
-        self._cache[key] = out
-        return out
+            return _DONE
+        j = bisect.bisect_right(self._starts, tq, self._lo) - 1
+        return self._pieces[max(j, self._lo)]

@@ -99,14 +99,16 @@ class DenseHistory(Piecewise):
     """Accepted steps and their interpolant, for dynode's adaptive solvers.
 
     ``weights``: ``theta -> (B_1(theta), ..., B_s(theta))``, the method's dense-output
-    weights; the other parameters are :class:`~dynode.history.base.Piecewise`'s.
+    weights; ``slopes``: their derivatives ``B_i'(theta)`` (for learnt delays); the other
+    parameters are :class:`~dynode.history.base.Piecewise`'s.
     """
 
     def __init__(self, initial_state: Mapping[str, Tensor], *, t0: float, max_delay: float,
-                 weights: Callable[[float], Sequence[float]], inputs: Inputs | None = None):
+                 weights: Callable[[float], Sequence[float]], inputs: Inputs | None = None,
+                 slopes: Callable[[float], Sequence[float]] | None = None):
         super().__init__(initial_state, t0=t0, max_delay=max_delay, inputs=inputs)
         self._index = {n: i for i, n in enumerate(initial_state)}
-        self._weights = weights
+        self._weights, self._slopes = weights, slopes
 
     def append(self, t: float, h: float, end: float, y: list[Tensor], ks: list[list[Tensor]],
                y_end: list[Tensor]) -> None:
@@ -124,3 +126,15 @@ class DenseHistory(Piecewise):
             if wi:
                 out = torch.add(y[i], k[i], alpha=h * wi) if out is None else out.add_(k[i], alpha=h * wi)
         return y[i] if out is None else out
+
+    def _slope(self, step: tuple, tq: float, name: str) -> Tensor:
+        """``dy/dt = sum_i B_i'(theta) k_i`` inside ``step``."""
+        if self._slopes is None:
+            return super()._slope(step, tq, name)
+        t, h, _, ks, _ = step
+        i = self._index[name]
+        out = None
+        for wi, k in zip(self._slopes(min((tq - t) / h, 1.0)), ks):
+            if wi:
+                out = k[i] * wi if out is None else out.add_(k[i], alpha=wi)
+        return out

@@ -32,6 +32,13 @@ RK4 into a second-order method on every delayed network with a stimulus onset.
 
 For ``t < t0`` the history is the initial state (constant history). Inputs (stimulus
 populations) read with a delay are evaluated at ``t - d`` directly.
+
+Learnt delays (:meth:`History.lag_at`) take any real value ``d >= dt``: the read point
+``s = n + c - d / dt`` lies in the interval ``[t_j, t_{j+1}]``, ``j = ceil(s) - 1``,
+``theta = s - j`` in ``(0, 1]`` (so ``theta = 1`` reads the grid value ``r_{j+1}`` and its
+left slope), read with the Hermite cubic above where derivatives are kept, else linearly
+(Euler, Heun: ``r_j + theta (r_{j+1} - r_j)``, error :math:`O(\Delta t^2)`); the slope for
+the gradient with respect to ``d`` is that interpolant's derivative.
 """
 
 from __future__ import annotations
@@ -41,10 +48,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
+import torch
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, DelayError
-from dynode.history.base import Inputs, check_delay, lag_input
+from dynode.history.base import Inputs, check_delay, lag_input, with_slope
 from dynode.tolerances import TIME_RTOL, time_tol
 
 __all__ = ["History", "HistoryTail", "delay_steps", "compatible_dts", "hermite"]
@@ -135,6 +143,7 @@ class History:
         self._f: dict[str, list] = {name: [None] * self.size for name in self._y0} if derivatives else {}
         self._left: dict[int, Mapping[str, Tensor]] = {}  # grid step -> left-limit dr/dt (jumps only)
         self._steps: dict[float, int] = {}
+        self._checked_values: set[float] = set()  # learnt delays already checked
         self._inputs = inputs
         self._weights: dict[float, tuple[float, float, float, float]] = {}
         self._cache: dict[tuple, Tensor] = {}
@@ -268,6 +277,54 @@ class History:
         out = (ring[a] * w[0]).add_(ring[b], alpha=w[1]).add_(fr[a], alpha=w[2]).add_(fb, alpha=w[3])
         self._cache[key] = out
         return out
+
+    def lag_at(self, name: str, delay: Tensor, value: float) -> Tensor:
+        """``name`` at ``t - delay`` for a learnt delay of value ``value`` ms (any real value in
+        ``[dt, max_delay]``), differentiable in ``delay`` (see the module doc and
+        :meth:`~dynode.history.base.HistoryReader.lag_at`)."""
+        ring = self._y.get(name)
+        if ring is None:
+            raise DelayError(f"history.lag_at({name!r}): learnt delays read populations only")
+        key = (name, value, self.c)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._continuous(name, ring, value)
+        out, r_dot = hit
+        return with_slope(out, delay, value, lambda: r_dot)
+
+    def _continuous(self, name: str, ring: list, value: float) -> tuple[Tensor, Tensor | None]:
+        """``(r(t - value), r'(t - value))`` on the interpolant; the slope ``None`` in the
+        constant history."""
+        if value not in self._checked_values:
+            check_delay(name, value, self.max_delay)
+            if value < self.dt * (1 - TIME_RTOL):
+                raise DelayError(f"history.lag_at({name!r}, {value:g}): a learnt delay read on the grid must "
+                                 f"be >= dt = {self.dt:g} ms (it would read the step being computed); "
+                                 "raise the lower delay bound (delay_bounds) or reduce dt")
+            self._checked_values.add(value)
+        s = self.n + self.c - value / self.dt
+        j = math.ceil(s - TIME_RTOL) - 1
+        theta = min(s - j, 1.0)
+        if j < self._oldest:  # the interval lies in the constant history before the rings
+            return self._before[name], None
+        a, b = j % self.size, (j + 1) % self.size
+        r_a, r_b = ring[a], ring[b]
+        dt = self.dt
+        if not self._derivatives:
+            r_dot = (r_b - r_a).div_(dt)
+            out = r_b if theta >= 1.0 - TIME_RTOL else torch.add(r_a, r_dot, alpha=theta * dt)
+            return out, r_dot
+        fr = self._f[name]
+        left = self._left.get(j + 1) if self._left else None
+        f_a, f_b = fr[a], (fr[b] if left is None else left[name])
+        t2 = theta * theta
+        r_dot = ((r_a - r_b) * ((6 * t2 - 6 * theta) / dt)).add_(f_a, alpha=3 * t2 - 4 * theta + 1).add_(
+            f_b, alpha=3 * t2 - 2 * theta)
+        if theta >= 1.0 - TIME_RTOL:
+            return r_b, r_dot
+        w = hermite(theta, dt)
+        out = (r_a * w[0]).add_(r_b, alpha=w[1]).add_(f_a, alpha=w[2]).add_(f_b, alpha=w[3])
+        return out, r_dot
 
     def _resolve(self, name: str, delay: float) -> int:
         check_delay(name, delay, self.max_delay)
