@@ -28,9 +28,16 @@ from dynode.errors import ConfigurationError
 
 __all__ = ["run_demo", "run_workflow", "demo_config", "DEMO_MODEL"]
 
-DEMO_MODEL = dict(depth=4, width=0.5, steps=20, phi="relu", bias=False,
+DEMO_MODEL = dict(depth=4, width=0.5, timing="cortex", dt=4.0, steps=40, recurrence_delay=4.0,
+                  readout_at="mean", phi="relu", bias=False,
                   normalization={"tau": 100.0, "delay": 4.0, "pool": "channel", "weight": 30.0})
-"""The demo's model: ``dyrcnn`` options (see :func:`dynode.models.dyrcnn`). Each area is
+"""The demo's model: ``dyrcnn`` options (see :func:`dynode.models.dyrcnn`). Its timing is the
+cortex's (``timing="cortex"``, :data:`~dynode.models.zoo.CORTICAL_TIMING`: the image reaches V1
+after 48 ms of retina and thalamus, V2 at 60, V4 at 80, IT at 92 ms; time constants 10, 15,
+20, 30 ms up the hierarchy). Training runs 160 ms (40 steps of 4 ms; every delay, the
+recurrence's 4 ms included, is a multiple of the training and the experiments' steps) and
+reads IT averaged over its reaction window, from 122 ms (the image's arrival in IT plus IT's
+time constant) to the end. Each area is
 divided by a pool of its own mean rate over channels (``tau`` 100 ms, read 4 ms late), with a
 pool gain (``weight`` 30 times the mean rate, learnt from there) large enough that at full
 contrast the pool, not the semi-saturation, sets the sustained response: the pool gives the
@@ -45,14 +52,13 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
     ``small``: half the channels and training images, three epochs and two test images, the
     default of ``dynode compare``, which trains eight such models)."""
 
-    model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"],
-                 steps=5 if quick else DEMO_MODEL["steps"])
+    model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"])
     return run_config({
         "output": "dynode-demo",
         "model": {"name": "dyrcnn", "options": model},
         "data": {"name": "generated", "n_train": 96 if quick else 600 if small else 1200,
                  "n_test": 48 if quick else 300, "size": 16, "seed": seed},
-        # rho(W_rec) <= 0.8 after every step: trained on 40 ms, the network must stay stable
+        # rho(W_rec) <= 0.8 after every step: trained on 160 ms, the network must stay stable
         # over the experiments' 1.3 s epochs and the settling before them
         "training": {"epochs": (1 if quick else 3 if small else 4) if epochs is None else epochs, "batch_size": 32,
                      "lr": 1e-3, "grad_clip": 1.0, "energy_weight": 2e-4, "max_spectral_radius": 0.8,
