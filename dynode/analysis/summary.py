@@ -529,7 +529,7 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     """A plain-text table of :meth:`Analysis.summary`, one row per area in the summary's order
     (the archive's population order: the hierarchy). Columns: the summation ratio's range over
     duration pairs with T >= ``short`` ms (min..max) and each pair below the table, the
-    sustained/peak ratio, ISI recovery at each ISI, time to peak and half-rise latency at
+    sustained/peak ratio, the summation window (FWHM of the response to the shortest pulse, ms), ISI recovery at each ISI, time to peak and half-rise latency at
     ``latency_contrasts``, Groen's c50, baseline/peak, and the joint DN fit's R^2 when there is
     one (flagged when parameters are on their bounds). A value with a flag is followed by
     ``*k`` and footnote ``k`` says why (an area whose baseline drifts is marked on its name);
@@ -539,7 +539,7 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     Naka-Rushton extra's flags stay in the summary dict."""
     notes: dict[str, int] = {}
     rows = []
-    head = ["area", "sum. ratio", "sust/peak"]
+    head = ["area", "sum. ratio", "sust/peak", "win"]
     isis = sorted({float(k) for d in summary.values() for k in (d.get("isi_recovery") or {})})
     head += [f"ISI {i:g}" for i in isis]
     head += [f"ttp c={c:g}" for c in latency_contrasts]
@@ -561,7 +561,8 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
             rng = "-"
         drift = d.get("flags", {}).get("baseline_drift_to_peak")
         name = pop if drift is None else f"{pop}*{notes.setdefault(drift, len(notes) + 1)}"
-        row = [name, rng, _cell(d, "asymptote_to_peak", notes=notes)]
+        row = [name, rng, _cell(d, "asymptote_to_peak", notes=notes),
+               _cell(d, "summation_window_ms", fmt=".0f", notes=notes)]
         row += [_cell(d, "isi_recovery", i, notes=notes) for i in isis]
         row += [_cell(d, "time_to_peak_ms", c, ".0f", notes) for c in latency_contrasts]
         row += [_cell(d, "half_rise_ms", c, ".0f", notes) for c in latency_contrasts]
@@ -591,6 +592,7 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
         out.append(f"  {'T->2T ms':>10}  " + "  ".join(pop.rjust(n) for pop, n in zip(summary, w)))
         out += [f"  {k:>10}  " + "  ".join(c.rjust(n) for c, n in zip(v, w)) for k, v in pairs.items()]
     out.append("ttp: time to peak, t50: half-rise latency (ms from onset) at contrast c; sust/peak at 0.5 s; "
+               "win: summation window (ms, width at half maximum of the response to the shortest pulse); "
                "c50: contrast at half the full-contrast peak; base/peak: baseline over the raw peak")
     for why, n in notes.items():
         out.append(f"*{n} {why}")
