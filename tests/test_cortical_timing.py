@@ -125,3 +125,45 @@ def test_a_delay_off_the_step_grid_is_refused_before_the_first_step():
     net = _tiny(timing="cortex")
     with pytest.raises(dn.DynodeError, match="48"):
         dn.integrate(net, torch.rand(1, 1, 8, 8), t_end=20.0, dt=5.0, solver="euler")
+
+
+def test_the_demo_model_runs_on_cortical_time():
+    """The demo's model takes the cortex timing; every delay is a whole number of its training
+    step and of its experiments' step, and IT's reaction window lies inside the training run."""
+    from dynode.demo import DEMO_MODEL, demo_config
+
+    for cfg in (demo_config(), demo_config(quick=True), demo_config(small=True)):
+        net = cfg.model.build(input_shape=(1, 16, 16), num_classes=6)
+        p, ex = net.protocol, cfg.experiment
+        assert cfg.model.options["timing"] == DEMO_MODEL["timing"] == "cortex"
+        for label, (_, d) in net.delays().items():
+            assert d % p.dt == 0 and d % ex.dt == 0, label
+        t = zoo.CORTICAL_TIMING
+        arrival = t["input_delay"] + sum(t["feedforward_delay"])  # the image's first effect in IT
+        assert net.readout.at == "mean" and arrival < net.readout.window[0] < net.readout.window[1] == p.t_end
+
+
+@pytest.mark.slow
+def test_quick_demo_has_cortical_latencies(tmp_path):
+    """The quick demo (one epoch on 96 images) measured by Groen's definitions: V1 rises to
+    half its peak 40-80 ms after onset, later areas later; peaks inside Groen's 50-1000 ms
+    window, earlier at full contrast; summation windows widen up the hierarchy; the baseline
+    is zero. (The README's table is the full demo's.)"""
+    import warnings
+
+    from dynode.compare import run_workflow
+    from dynode.demo import demo_config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_workflow(demo_config(quick=True), tmp_path, log=lambda m: None, figures=False)
+    s = res["summary"]
+    t50 = [s[a]["half_rise_ms"][1.0] for a in AREAS]
+    assert 40.0 <= t50[0] <= 80.0 and t50 == sorted(t50) and t50[-1] > t50[0] + 30.0
+    for a in AREAS:
+        ttp = s[a]["time_to_peak_ms"]
+        assert all(v is not None and 50.0 <= v <= 1000.0 for v in ttp.values()), (a, ttp)
+        assert ttp[0.0625] > ttp[1.0] + 5.0, (a, ttp)  # the full demo: by 30 ms or more
+        assert s[a]["baseline_to_peak"] < 1e-6
+    windows = [s[a]["summation_window_ms"] for a in AREAS]
+    assert windows == sorted(windows) and windows[-1] > windows[0]
