@@ -174,6 +174,11 @@ class Population(nn.Module):
         self.u_shape = u_shape
         return u_shape
 
+    def delay_of(self, src: str) -> float:
+        """The delay (ms) of the connection from ``src`` now (a learnt one: its value)."""
+        learnt = self.learnt_delays._modules.get(src)
+        return self.delays[src] if learnt is None else learnt.value()
+
     def tau_min(self) -> float:
         learnt = self._modules.get("learnt_tau")
         if learnt is not None:

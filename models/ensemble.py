@@ -220,6 +220,11 @@ def stack(members: Sequence[Network]) -> Network:
                     "(inputs, populations (names, shapes, roles, activation types, bias kinds), "
                     "connections, delays, protocol and training mode must agree)")
     M = len(members)
+    learnt = first.delay_bounds()
+    if learnt:
+        raise ConfigurationError(f"ensemble: connection {next(iter(learnt))} has a learnt delay; a stacked "
+                                 "connection has one delay for every member, so stack() takes fixed delays "
+                                 "only (rebuild the members with their learnt delays fixed)")
     device, dtype = _placement(members)
     for name, pop in first.populations.items():
         if pop.combine is not None:
@@ -239,16 +244,22 @@ def stack(members: Sequence[Network]) -> Network:
         if all(not isinstance(t, Tensor) for t in taus) and len(set(taus)) == 1:
             tau = taus[0]
         else:
-            tau = torch.stack([torch.as_tensor(t, dtype=torch.float32).expand(pop.shape) for t in taus])
+            tau = torch.stack([torch.as_tensor(t.detach() if isinstance(t, Tensor) else t,
+                                               dtype=torch.float32).expand(pop.shape) for t in taus])
         net.add_population(name, (M, *pop.shape), tau=tau, phi=copy.deepcopy(pop.phi),
-                           bias="unit" if pop.bias is not None else False)
+                           bias="unit" if pop.bias is not None else False,
+                           learn_tau=pop.tau_bounds is not None, tau_bounds=pop.tau_bounds)
         net.populations[name].role = pop.role
     net.to(device=device, dtype=dtype)
     for name, pop in first.populations.items():
-        if pop.bias is not None:
-            with torch.no_grad():
-                net.populations[name].bias.copy_(torch.stack(
-                    [m.populations[name].bias.detach().expand(pop.shape) for m in members]))
+        stacked = net.populations[name]
+        with torch.no_grad():
+            if pop.bias is not None:
+                stacked.bias.copy_(torch.stack([m.populations[name].bias.detach().expand(pop.shape)
+                                                for m in members]))
+            if pop.tau_bounds is not None:  # each member's own raw value: the same taus exactly
+                stacked.learnt_tau.raw.copy_(torch.stack([m.populations[name].learnt_tau.raw.detach().expand(
+                    pop.shape) for m in members]))
     for c in first.connections:
         net.connect(c.src, c.dst, _stack_op(ops[c.label], c.src in first.input_shapes()),
                     delay=c.delay, skip_initial=c.skip_initial)
@@ -262,6 +273,7 @@ def _structure(net: Network) -> dict[str, object]:
         "inputs": tuple(net.input_shapes().items()),
         "populations": tuple((n, p.shape, p.u_shape, p.role, type(p.phi).__name__, p.bias is not None,
                               p.combine is None) for n, p in net.populations.items()),
+        "populations' learnt tau bounds": tuple((n, p.tau_bounds) for n, p in net.populations.items()),
         "connections": tuple((c.src, c.dst, c.delay, c.skip_initial) for c in net.connections),
         "protocol": net.protocol,
         "training mode": net.training,

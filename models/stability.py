@@ -111,6 +111,7 @@ class PopulationReport:
     incoming: tuple[tuple[str, float, int], ...]  # (source, delay ms, operator parameters)
     spectral_radius: float | None  # of the self connection's operator; None without one
     loops: tuple[str, ...] = ()  # normalization, adaptation and inhibition acting on it, in words
+    learnt: tuple[str, ...] = ()  # its learnt quantities and their bounds, e.g. "tau in [2.5, 10] ms"
 
 
 def describe_loops(net, name: str) -> tuple[str, ...]:
@@ -132,13 +133,13 @@ def describe_loops(net, name: str) -> tuple[str, ...]:
         if src in sigmas:
             extra += f", sigma {sigmas[src]:.3g}"
         out.append(f"{name} <- {src} ({kind}, tau {pool.tau_min():g} ms, delay "
-                   f"{pool.delays.get(name, 0.0):g} ms{extra})")
+                   f"{pool.delay_of(name) if name in pool.delays else 0.0:g} ms{extra})")
     for src, op in pops[name].incoming.items():
         if src != name and isinstance(op, SignedConv) and op.sign < 0:
             back = pops[src].delays.get(name)
             via = "" if back is None else f"; {src} <- {name} @ {back:g} ms"
             out.append(f"{name} <- {src} (inhibitory, tau {pops[src].tau_min():g} ms, delay "
-                       f"{pops[name].delays[src]:g} ms, {pops[src].shape[0]} channels{via})")
+                       f"{pops[name].delay_of(src):g} ms, {pops[src].shape[0]} channels{via})")
     return tuple(out)
 
 
@@ -159,14 +160,17 @@ def stability_report(net, dt: float | None = None, **power_options) -> list[Popu
         tau = pop.tau_min()
         incoming = []
         for src, op in pop.incoming.items():
-            incoming.append((src, pop.delays[src], sum(p.numel() for p in op.parameters())))
+            incoming.append((src, pop.delay_of(src), sum(p.numel() for p in op.parameters())))
+        learnt = tuple(f"{what} in [{b.lo:g}, {b.hi:g}] ms" for what, b in
+                       ((("tau", pop.learnt_tau),) if pop.tau_bounds is not None else ())
+                       + tuple((f"delay from {src}", b) for src, b in pop.learnt_delays.items()))
         rho = None
         if name in pop.incoming:
             rho = spectral_radius(pop.incoming[name], pop.shape, **power_options)
         rows.append(PopulationReport(name=name, shape=pop.shape, tau=tau,
                                      dt_over_tau=None if dt is None else dt / tau,
                                      params=_count(pop, seen), incoming=tuple(incoming),
-                                     spectral_radius=rho, loops=describe_loops(net, name)))
+                                     spectral_radius=rho, loops=describe_loops(net, name), learnt=learnt))
     return rows
 
 
@@ -190,6 +194,10 @@ def summary(net, dt: float | None = None, *, file=None, **power_options) -> str:
     if loops:
         lines.append("loops:")
         lines += [f"  {loop}" for loop in loops]
+    learnt = [f"  {r.name}: {what}" for r in rows for what in r.learnt]
+    if learnt:
+        lines.append("learnt time constants and delays (values above are the current ones):")
+        lines += learnt
     ro = getattr(net, "readout", None)
     if ro is not None:
         lines.append(f"readout: {ro.extra_repr()}, {ro.num_classes} classes, "

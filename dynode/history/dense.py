@@ -26,10 +26,11 @@ __all__ = ["DenseHistory", "field_delays", "history_span", "propagate_breakpoint
 
 
 def field_delays(field) -> tuple[float, ...]:
-    """The distinct positive delays of a field: ``field.delays()`` plus ``field.max_delay()``."""
+    """The distinct positive delays of a field: ``field.delays()`` (a learnt delay: its value now)
+    plus ``field.max_delay()`` unless that is only the upper bound of a learnt delay."""
     ds = {float(d) for _, d in field.delays().values() if d > 0}
     md = float(field.max_delay())
-    if md > 0:
+    if md > 0 and md not in {hi for _, hi in getattr(field, "delay_bounds", dict)().values()}:
         ds.add(md)
     out: list[float] = []
     for d in sorted(ds):

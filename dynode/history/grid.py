@@ -302,17 +302,19 @@ class History:
                                  f"be >= dt = {self.dt:g} ms (it would read the step being computed); "
                                  "raise the lower delay bound (delay_bounds) or reduce dt")
             self._checked_values.add(value)
-        s = self.n + self.c - value / self.dt
+        k = delay_steps(value, self.dt)  # on the grid: the same read point as a fixed delay's
+        s = self.n + self.c - (k if k is not None else value / self.dt)
         j = math.ceil(s - TIME_RTOL) - 1
         theta = min(s - j, 1.0)
-        if j < self._oldest:  # the interval lies in the constant history before the rings
-            return self._before[name], None
+        on_point = theta >= 1.0 - TIME_RTOL
+        if j < self._oldest:  # the interval lies in (or ends) the constant history before the rings
+            return (ring[(j + 1) % self.size] if on_point and j + 1 >= self._oldest else self._before[name]), None
         a, b = j % self.size, (j + 1) % self.size
         r_a, r_b = ring[a], ring[b]
         dt = self.dt
         if not self._derivatives:
             r_dot = (r_b - r_a).div_(dt)
-            out = r_b if theta >= 1.0 - TIME_RTOL else torch.add(r_a, r_dot, alpha=theta * dt)
+            out = r_b if on_point else torch.add(r_a, r_dot, alpha=theta * dt)
             return out, r_dot
         fr = self._f[name]
         left = self._left.get(j + 1) if self._left else None
@@ -320,9 +322,9 @@ class History:
         t2 = theta * theta
         r_dot = ((r_a - r_b) * ((6 * t2 - 6 * theta) / dt)).add_(f_a, alpha=3 * t2 - 4 * theta + 1).add_(
             f_b, alpha=3 * t2 - 2 * theta)
-        if theta >= 1.0 - TIME_RTOL:
+        if on_point:
             return r_b, r_dot
-        w = hermite(theta, dt)
+        w = self._weights.get(theta) or hermite(theta, dt)
         out = (r_a * w[0]).add_(r_b, alpha=w[1]).add_(f_a, alpha=w[2]).add_(f_b, alpha=w[3])
         return out, r_dot
 

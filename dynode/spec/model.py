@@ -34,7 +34,8 @@ SPEC_VERSION = 1
 class PopulationSpec(FrozenConfig):
     """``add_population(name, shape, tau, phi, bias, combine)``; ``pipeline``: ``phi`` changes
     the shape (e.g. pools), so it is declared as ``pipeline=[combine, phi]``; ``role``: ``area``
-    or the auxiliary role a component gave it. ``tau``: ms, a number or a nested list (per unit)."""
+    or the auxiliary role a component gave it. ``tau``: ms, a number or a nested list (per unit);
+    ``learn_tau``/``tau_bounds``: a learnt tau (``tau`` is then its value when the spec was made)."""
 
     name: str
     shape: list[int]
@@ -44,16 +45,22 @@ class PopulationSpec(FrozenConfig):
     combine: OpDict | None = None
     pipeline: bool = False
     role: str = "area"
+    learn_tau: bool = False
+    tau_bounds: tuple[float, float] | None = None
 
 
 class ConnectionSpec(FrozenConfig):
-    """``connect(src, dst, op, delay, skip_initial=...)``; ``op: null``: identity or the automatic adapter."""
+    """``connect(src, dst, op, delay, skip_initial=..., learn_delay=..., delay_bounds=...)``; ``op:
+    null``: identity or the automatic adapter; a learnt delay's ``delay`` is its value when the
+    spec was made."""
 
     src: str
     dst: str
     delay: float = Field(0.0, ge=0)
     op: OpDict | None = None
     skip_initial: bool = False
+    learn_delay: bool = False
+    delay_bounds: tuple[float, float] | None = None
 
 
 class ProtocolSpec(FrozenConfig):
@@ -141,8 +148,11 @@ def network_spec(net, *, check: bool = True) -> ModelSpec:
         pops.append(PopulationSpec(
             name=name, shape=list(pop.shape), tau=tau, phi=op_spec(pop.phi), bias=_bias_kind(pop),
             combine=None if pop.combine is None else op_spec(pop.combine),
-            pipeline=u_shape is None or tuple(u_shape) != tuple(pop.shape), role=pop.role))
-    conns = [ConnectionSpec(src=c.src, dst=c.dst, delay=c.delay, op=op_spec(c.op), skip_initial=c.skip_initial)
+            pipeline=u_shape is None or tuple(u_shape) != tuple(pop.shape), role=pop.role,
+            learn_tau=pop.tau_bounds is not None, tau_bounds=pop.tau_bounds))
+    conns = [ConnectionSpec(src=c.src, dst=c.dst, delay=c.current_delay(), op=op_spec(c.op),
+                            skip_initial=c.skip_initial, learn_delay=c.learnt is not None,
+                            delay_bounds=None if c.learnt is None else (c.learnt.lo, c.learnt.hi))
              for c in net.connections]
     proto = getattr(net, "protocol", None)
     protocol = None
@@ -265,7 +275,8 @@ def _build(spec: ModelSpec):
         net.add_input(name, shape)
     for p in spec.populations:
         what = f"population {p.name!r}"
-        tau = torch.tensor(p.tau, dtype=torch.float32) if isinstance(p.tau, list) else p.tau
+        # on the CPU even in a build on the meta device (_on_meta): tau's values are checked
+        tau = torch.tensor(p.tau, dtype=torch.float32, device="cpu") if isinstance(p.tau, list) else p.tau
         phi = build_op(p.phi, f"{what} phi")
         combine = None if p.combine is None else build_op(p.combine, f"{what} combine")
         bias = "unit" if p.bias == "unit" else p.bias == "channel"
@@ -274,14 +285,16 @@ def _build(spec: ModelSpec):
             if combine is not None and not isinstance(combine, Combine):
                 raise ConfigurationError(f"{what}: a pipeline population's combine must be a "
                                          "dynode.pipeline.Combine")
-            net.add_population(p.name, p.shape, tau, bias=bias,
+            net.add_population(p.name, p.shape, tau, bias=bias, learn_tau=p.learn_tau, tau_bounds=p.tau_bounds,
                                pipeline=([combine] if combine is not None else []) + [phi])
         else:
-            net.add_population(p.name, p.shape, tau, phi=phi, bias=bias, combine=combine)
+            net.add_population(p.name, p.shape, tau, phi=phi, bias=bias, combine=combine,
+                               learn_tau=p.learn_tau, tau_bounds=p.tau_bounds)
         net.populations[p.name].role = p.role
     for i, c in enumerate(spec.connections):
         op = None if c.op is None else build_op(c.op, f"connection {c.src} -> {c.dst}")
-        net.connect(c.src, c.dst, op, delay=c.delay, skip_initial=c.skip_initial)
+        net.connect(c.src, c.dst, op, delay=c.delay, skip_initial=c.skip_initial, learn_delay=c.learn_delay,
+                    delay_bounds=c.delay_bounds)
     if spec.readout is not None:
         net.set_readout(build_op(spec.readout, "readout"))
     if spec.protocol is not None:
