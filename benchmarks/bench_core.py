@@ -139,6 +139,24 @@ def rate_setup(rec_delay: float, backward: bool, libraries: bool):
     return setup
 
 
+def learnt_setup(solver: str, dt: float, steps: int):
+    """The conv4 delayed field with its taus and delays fixed (baseline) and learnt, fwd+bwd."""
+    def setup(quick: bool):
+        batch, n = (8, max(2, steps // 4)) if quick else (32, steps)
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, 32, 32)
+        out = {}
+        for label, learn in (("dynode fixed tau, delays", False), ("dynode learnt tau, delays", True)):
+            net = conv4_network(rec_delay=6.0, learn=learn)
+
+            def run(net=net):
+                sol = dn.integrate(net, x, t_end=n * dt, dt=dt, solver=solver)
+                sol.states["IT"].sum().backward()
+            out[label] = run
+        return out
+    return setup
+
+
 BENCHMARKS = [
     Benchmark("conv4 delayed, forward", conv_setup(6.0, False, False), {"dynode Euler": 1.05},
               note="compute-bound; batch 32, 20 steps"),
@@ -150,4 +168,8 @@ BENCHMARKS = [
     Benchmark("conv4 no delay, fwd+bwd", conv_setup(0.0, True, True), {"dynode Euler": 1.05}),
     Benchmark("rate4 no delay, forward", rate_setup(0.0, False, True), {"dynode Euler": 1.3}),
     Benchmark("rate4 no delay, fwd+bwd", rate_setup(0.0, True, True), {"dynode Euler": 1.3}),
+    Benchmark("conv4 learnt, Euler fwd+bwd", learnt_setup("euler", 2.0, 20), {"dynode learnt tau, delays": 1.10},
+              note="recurrent delays 6 ms on the grid; batch 32, 20 steps"),
+    Benchmark("conv4 learnt, RK4 fwd+bwd", learnt_setup("rk4", 1.0, 20), {"dynode learnt tau, delays": 1.10},
+              note="dt 1 ms: Hermite reads at the half steps"),
 ]
