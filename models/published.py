@@ -19,8 +19,10 @@ different axes and a resize keeps constants, so the result equals the toolbox's
 project-then-resize at 1/16 of the cost), a readout (average pool, linear) applied at every
 step (``readout_at="every"``, as the toolbox classifies every step). For 100 classes at
 3x32x32 the network has 1,188,080 weights; the toolbox counts 1,188,084 because it also
-registers each area's (untrained) ``tau`` as a parameter, where dynode keeps ``tau`` as a
-buffer.
+registers each area's ``tau`` as a parameter (trained with its ``train_tau``):
+``train_tau=True`` does the same here (one learnt tau per area, kept inside ``tau_bounds``,
+default ``(tau / 2, 2 tau)``; see :class:`dynode.population.Bounded`), and the count is then
+1,188,084.
 
 Deliberate differences from the toolbox, which dynode keeps because they are the paper's
 equation:
@@ -58,12 +60,14 @@ def dyrcnn_published(recurrence_type: str = "full", input_shape: Sequence[int] =
                      num_classes: int = 100, *, tau: float = 5.0, dt: float = 2.0, steps: int = 20,
                      recurrence_delay: float = 6.0, feedforward_delay: float = 0.0, skip: bool = True,
                      phi: str | nn.Module = "supralinear", n: float | None = None, k: float | None = None,
-                     readout_at: str = "every", readout_window: tuple[float, float] | None = None):
+                     readout_at: str = "every", readout_window: tuple[float, float] | None = None,
+                     train_tau: bool = False, tau_bounds: tuple[float, float] | None = None):
     """The published four-area DyRCNN (see the module docstring for the equations).
 
     ``phi``, ``n``, ``k`` as in :func:`dynode.models.dyrcnn` (supralinear ``0.8 sign(x)
     |x|^1.8`` by default); ``readout_at="every"`` decodes every step as the toolbox does
     (``"last"`` or ``"mean"`` with a window also work). Protocol: ``t_end = steps * dt``.
+    ``train_tau``: learn each area's ``tau`` inside ``tau_bounds`` (ms), as the toolbox's option.
     """
     c_in, h, w = (int(s) for s in input_shape)
     if h < 8 or w < 8:
@@ -86,7 +90,8 @@ def dyrcnn_published(recurrence_type: str = "full", input_shape: Sequence[int] =
     net.add_input("image", shape=(c_in, h, w))
     src, c_prev = "image", c_in
     for i, (name, c) in enumerate(PUBLISHED_AREAS):
-        net.add_population(name, shape=shapes[name], tau=tau, phi=phi, **phi_params)
+        net.add_population(name, shape=shapes[name], tau=tau, phi=phi, learn_tau=train_tau,
+                           tau_bounds=tau_bounds, **phi_params)
         stride = 2 if name == "IT" else 1
         conv = nn.Conv2d(c_prev, c, 3, stride=stride, padding=1, bias=True)
         op = nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1), conv) if name in ("V2", "V4") else conv

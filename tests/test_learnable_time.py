@@ -268,3 +268,30 @@ def test_a_tau_bound_beyond_the_stability_limit_is_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error", StabilityWarning)
         dn.integrate(net((2.0, 10.0)), {"x": X.float()}, t_end=4.0, dt=2.0)
+
+
+def test_training_learns_tau_and_the_checkpoint_rebuilds_it(tmp_path):
+    """dn.train on the generated task: the learnt tau and delay move, the checkpoint's spec and
+    weights give them back exactly in a new network (resume reads the same state_dict)."""
+    from dynode.models import Readout
+    from dynode.stimuli import generated_task
+    from dynode.train import train
+
+    task = generated_task(64, 16, size=8, seed=0)
+    torch.manual_seed(0)
+    net = dn.Network()
+    net.add_input("image", task.image_shape)
+    net.add_population("V1", (8, 4, 4), tau=6.0, learn_tau=True)
+    net.add_population("IT", (8, 2, 2), tau=6.0, learn_tau=True)
+    net.connect("image", "V1", nn.Conv2d(1, 8, 3, stride=2, padding=1))
+    net.connect("V1", "IT", nn.Conv2d(8, 8, 3, stride=2, padding=1), delay=4.0, learn_delay=True)
+    net.set_readout(Readout("IT", (8, 2, 2), task.num_classes))
+    net.protocol = dn.RunProtocol(dt=2.0, t_end=20.0)
+    before = (net.populations["V1"].tau_min(), net.delays()["V1 -> IT"][1])
+    cfg = {"epochs": 1, "batch_size": 16, "lr": 0.05, "seed": 0}
+    train(net, task, cfg, checkpoint_dir=tmp_path, progress=False)
+    after = (net.populations["V1"].tau_min(), net.delays()["V1 -> IT"][1])
+    assert after[0] != before[0] and after[1] != before[1]
+    loaded = dn.load_model(tmp_path / "last.pt")
+    assert loaded.tau_bounds() == net.tau_bounds() and loaded.delay_bounds() == net.delay_bounds()
+    assert loaded.populations["V1"].tau_min() == after[0] and loaded.delays() == net.delays()

@@ -13,9 +13,11 @@ def test_state_shapes_and_parameter_count_match_the_toolbox():
     assert {a: net.shape_of(a) for a in ("V1", "V2", "V4", "IT")} == {
         "V1": (36, 32, 32), "V2": (64, 16, 16), "V4": (121, 8, 8), "IT": (256, 4, 4)}
     weights = sum(p.numel() for p in net.parameters())
-    # the toolbox also registers one (untrained) tau parameter per area
     assert weights == 1_188_080
-    assert weights + 4 == 1_188_084
+    # the toolbox also registers one tau parameter per area (trained with train_tau)
+    learnt = dyrcnn_published(num_classes=100, input_shape=(3, 32, 32), train_tau=True)
+    assert sum(p.numel() for p in learnt.parameters()) == 1_188_084
+    assert learnt.tau_bounds() == {a: (2.5, 10.0) for a in ("V1", "V2", "V4", "IT")}
     # every convolution carries a bias, the recurrence included
     for conn in net.connections:
         convs = [m for m in net.populations[conn.dst].incoming[conn.src].modules()
