@@ -1,8 +1,10 @@
 """``dynode demo``: the whole workflow on the embedded default, in a few minutes on a CPU.
 
 1. the generated image task (Gabors at four orientations, checkerboards, 1/f noise; no files);
-2. a small four-area ``dyrcnn`` (V1-V2-V4-IT, recurrent delay 6 ms) with delayed divisive
-   normalization in every area and no biases, trained by BPTT;
+2. a small four-area ``dyrcnn`` (V1-V2-V4-IT) on cortical time (``timing="cortex"``: the
+   retina and thalamus delay the image by 48 ms, each feed-forward stage adds 12-20 ms, time
+   constants 10-30 ms up the hierarchy) with delayed divisive normalization in every area and
+   no biases, trained by BPTT over 160 ms, read out over IT's reaction window;
 3. the three experiments of Groen et al. (2022) (contrast, duration, repetition) on test
    images around their mean luminance, each started from the network's settled state on
    that background and run to 1.2 s after the onset, streamed to zarr archives;
