@@ -71,9 +71,37 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _low_precision_state(initial_state) -> torch.dtype | None:
+    """The initial state's dtype if it is bfloat16 or float16 (all its tensors alike), else None."""
+    dtypes = {v.dtype for v in (initial_state or {}).values()
+              if isinstance(v, Tensor) and v.is_floating_point()}
+    low = dtypes & set(LOW_PRECISION)
+    if not low:
+        return None
+    if len(dtypes) > 1:
+        found = ", ".join(sorted(dtype_name(d) for d in dtypes))
+        raise ConfigurationError(f"initial_state mixes dtypes ({found}); give every population's state "
+                                 "one dtype (the run's state dtype)")
+    return next(iter(low))
+
+
 def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the run: the field's parameters' (they must agree and
-    hold values), else the initial state's, else the CPU and torch's default dtype."""
+    """The device and the state dtype of the run.
+
+    Both are the field's parameters' (which must share one dtype and device and hold values),
+    and another initial state is converted to them (a float64 state on a float32 model runs in
+    float32), except for a **low-precision state**: a bfloat16 or float16 initial state, given
+    inside ``torch.autocast`` of that dtype on the parameters' device type, makes the run's
+    state dtype that dtype. The stimulus is then cast to it, and the history and the solver's
+    stages are kept in it, while the parameters keep their dtype (autocast casts the
+    operators' inputs); this is what ``prepare_for_speed(..., low_precision_states=True)``
+    relies on. Outside such an autocast region a low-precision state on a model of another
+    dtype is refused (the operators would mix dtypes): convert the model, run under autocast
+    or give states of the model's dtype. Without floating parameters: the initial state's
+    device and dtype, else the CPU and torch's default dtype."""
     kinds: dict[tuple[torch.device, torch.dtype], str] = {}
     for name, t in field.named_parameters():
         if t.device.type == "meta":
@@ -92,7 +120,20 @@ def _infer_device_dtype(field: VectorField, initial_state) -> tuple[torch.device
         raise ConfigurationError(f"the field's parameters do not share one dtype and device ({found}); "
                                  "convert the whole model once, e.g. net.to(torch.float32) or net.to('cuda')")
     if kinds:
-        return next(iter(kinds))
+        device, dtype = next(iter(kinds))
+        low = _low_precision_state(initial_state)
+        if low is None or low == dtype:
+            return device, dtype
+        if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == low:
+            return device, low
+        active = (f"autocast runs in {dtype_name(torch.get_autocast_dtype(device.type))}"
+                  if torch.is_autocast_enabled(device.type) else f"no {device.type} autocast is active")
+        raise ConfigurationError(
+            f"initial_state is {dtype_name(low)} but the model's parameters are {dtype_name(dtype)} and "
+            f"{active}; low-precision states run inside torch.autocast('{device.type}', "
+            f"dtype=torch.{dtype_name(low)}) (e.g. prepare_for_speed(model, autocast=torch."
+            f"{dtype_name(low)}, low_precision_states=True)), or convert the model "
+            f"(net.to(torch.{dtype_name(low)})), or give {dtype_name(dtype)} states")
     if initial_state:
         v = next(iter(initial_state.values()))
         if isinstance(v, Tensor):

@@ -14,6 +14,12 @@ bare :class:`dynode.Network`) in place and records them in ``model.speed``:
   dtype under ``torch.autocast``; each population's drive is cast back to the state dtype, so
   the Euler update ``r + dt/tau (Phi(u) - r)`` and the states stay in float32. The classifier
   enters the autocast region itself; for a bare network use ``model.speed.autocast_context``.
+* ``low_precision_states``: the states themselves are in the autocast dtype. The classifier
+  starts from zero states of that dtype; :func:`dynode.integrate` then runs in it end to end
+  (the image cast to it, the history, the solver's stages and the saved states in it) while
+  the parameters stay float32 (see ``dynode.problem._infer_device_dtype``). For a bare
+  network pass ``initial_state=net.init_state(batch, dtype=model.speed.state_dtype)`` inside
+  ``model.speed.autocast_context()``; outside autocast such a state is refused.
 
 The options change speed, not the model: the tests compare outputs with and without them.
 """
@@ -37,7 +43,7 @@ class SpeedOptions:
     compile: bool = False
     autocast: torch.dtype | None = None
     device_type: str = "cpu"
-    state_dtype: torch.dtype | None = None  # None: the parameters' dtype
+    state_dtype: torch.dtype | None = None  # the run's state dtype; None: the parameters'
 
     def autocast_context(self):
         """The autocast region for these options (a no-op context when autocast is off)."""
@@ -61,7 +67,8 @@ def prepare_for_speed(model: nn.Module, *, channels_last: bool = True, compile: 
     autocast dtype, as a plain autocast loop does; exact in meaning for ``dt == tau``
     (``r_{n+1} = Phi(u_n)``, e.g. CORnet-RT), but it rounds the Euler update
     ``r + dt/tau (Phi(u) - r)`` to bf16 otherwise. The Classifier then starts from zero
-    states of that dtype.
+    states of that dtype, which makes the whole run's state dtype bf16 (image, history,
+    solver state; the parameters stay float32).
     """
     net = getattr(model, "network", model)
     if not hasattr(net, "populations"):

@@ -316,7 +316,9 @@ class Euler(FixedStepSolver):
             return super()._stepper(problem, h, history, store, jumps)
         pops = field.populations
 
-        if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):  # drive in bf16/fp16, state fp32
+        # under autocast the drive comes in bf16/fp16 and is cast to the state's dtype (float32,
+        # or the low-precision state dtype of dynode.problem, where the cast is a no-op)
+        if any(torch.is_autocast_enabled(d) for d in ("cpu", "cuda")):
             def lerp(r: Tensor, target: Tensor, w) -> Tensor:
                 return torch.lerp(r, target.to(r.dtype), w)
         else:
