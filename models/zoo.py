@@ -125,7 +125,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
            input_delay: float | None = None, timing: str | None = None, phi: str | nn.Module = "supralinear",
            n: float | None = None, k: float | None = None, kernel_size: int = 3, width: float = 1.0,
            readout_at: str = "last", readout_window: tuple[float, float] | None = None,
-           recurrence_options: dict | None = None, bias: bool = True,
+           recurrence_options: dict | None = None, bias: bool = True, train_tau: bool = False,
+           tau_bounds: tuple[float, float] | None = None,
            normalization: bool | str | dict | None = None, adaptation: bool | str | dict | None = None,
            ei: bool | dict | None = None):
     """The continuous-time RCNN of the reference (``depth`` 2, 4 or 8 areas).
@@ -144,9 +145,9 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
 
     * ``tau``: one number for every area (default 5) or one per area, bottom up;
     * ``input_delay``: the image -> first area connection (default 0), the retina and thalamus;
-      when it is > 0 the protocol shows the image as a pulse from 0 to ``t_end``
-      (``stimulus_onset = 0``), so that the delayed read sees a blank screen before the onset:
-      the first area stays exactly at rest until ``input_delay``;
+      when it is > 0 the protocol shows the image from 0 on (``stimulus_onset = 0``, a pulse that
+      does not end), so that the delayed read sees a blank screen before the onset: the first
+      area stays exactly at rest until ``input_delay``;
     * ``feedforward_delay``: one number (default 0) or one per area above the first (the
       connection into it from the area below);
     * ``skip_delay``: one number or one per skip connection (``r_i -> r_{i+2}``, bottom up);
@@ -155,7 +156,9 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
       (``r_{i+2} -> r_i``, bottom up);
     * ``timing``: a named set of the five above, :data:`TIMINGS` (``"cortex"``:
       :data:`CORTICAL_TIMING`, the macaque/human latencies and time constants that grow up the
-      hierarchy, ``depth=4`` only); options given explicitly override the preset's.
+      hierarchy, ``depth=4`` only); options given explicitly override the preset's;
+    * ``train_tau``: learn each area's ``tau`` (from the values above, inside ``tau_bounds``,
+      default half to twice each; as the paper's toolbox's ``train_tau``).
 
     The reaction window: ``readout_at="mean"`` without ``readout_window`` averages the last
     area over ``[t_react, t_end]``, ``t_react = input_delay + sum(feedforward_delay) +
@@ -204,7 +207,8 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
     for i, (name, c) in enumerate(areas):
         stride = 1 if (depth == 8 and i % 2 == 1) else 2
         h, w = _conv_out(h, kernel_size, stride, kernel_size // 2), _conv_out(w, kernel_size, stride, kernel_size // 2)
-        net.add_population(name, shape=(c, h, w), tau=taus[i], phi=phi, **phi_params)
+        net.add_population(name, shape=(c, h, w), tau=taus[i], phi=phi, learn_tau=train_tau,
+                           tau_bounds=tau_bounds, **phi_params)
         net.connect(src, name, nn.Conv2d(c_prev, c, kernel_size, stride=stride, padding=kernel_size // 2,
                                          bias=bool(bias)),
                     delay=d_in if i == 0 else d_ff[i - 1])
@@ -228,7 +232,7 @@ def dyrcnn(depth: int = 4, recurrence_type: str = "full", input_shape: Sequence[
                                      f"{t_end:g} ms; give more steps or a readout_window")
         readout_window = (t_react, t_end)
     net.set_readout(Readout(last, net.shape_of(last), num_classes, at=readout_at, window=readout_window))
-    pulse = dict(stimulus_onset=0.0, stimulus_duration=t_end) if d_in > 0 else {}
+    pulse = dict(stimulus_onset=0.0) if d_in > 0 else {}  # no duration: shown until any t_end
     net.protocol = RunProtocol(dt=dt, t_end=t_end, solver="euler", steps=steps, **pulse)
     return net
 

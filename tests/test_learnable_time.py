@@ -295,3 +295,16 @@ def test_training_learns_tau_and_the_checkpoint_rebuilds_it(tmp_path):
     loaded = dn.load_model(tmp_path / "last.pt")
     assert loaded.tau_bounds() == net.tau_bounds() and loaded.delay_bounds() == net.delay_bounds()
     assert loaded.populations["V1"].tau_min() == after[0] and loaded.delays() == net.delays()
+
+
+def test_dyrcnn_train_tau_learns_each_areas_tau_from_the_timing():
+    from dynode.models import dyrcnn
+
+    net = dyrcnn(timing="cortex", train_tau=True, width=0.25, input_shape=(1, 16, 16), num_classes=3,
+                 steps=10, dt=4.0)
+    areas = ("V1", "V2", "V4", "IT")
+    assert {a: net.populations[a].tau_min() for a in areas} == pytest.approx(
+        {"V1": 10.0, "V2": 15.0, "V4": 20.0, "IT": 30.0}, rel=1e-6)
+    assert net.tau_bounds() == {"V1": (5.0, 20.0), "V2": (7.5, 30.0), "V4": (10.0, 40.0), "IT": (15.0, 60.0)}
+    fixed = dyrcnn(timing="cortex", width=0.25, input_shape=(1, 16, 16), num_classes=3, steps=10, dt=4.0)
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in fixed.parameters()) + 4
