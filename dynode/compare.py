@@ -8,7 +8,8 @@ printed) and one figure (``comparison.png``: a row per variant, a column per are
 responses to the six durations, and a last column with ISI recovery) put them side by side.
 
 The default variants are the paper's recurrence types (full, self, depthpointwise,
-pointdepthwise), each with and without delayed divisive normalization.
+pointdepthwise), each with delayed divisive normalization, with it and learnt time constants
+(does learning tau make a recurrence type more cortex-like?), and without normalization.
 """
 
 from __future__ import annotations
@@ -38,14 +39,18 @@ COMPARED_RECURRENCE = ("full", "self", "depthpointwise", "pointdepthwise")
 
 
 def default_variants(recurrence_types: Sequence[str] = COMPARED_RECURRENCE,
-                     normalization: Mapping | None = None) -> dict[str, dict]:
+                     normalization: Mapping | None = None, *, learnt_tau: bool = True) -> dict[str, dict]:
     """``{label: model option overrides}``: each recurrence type with delayed divisive
     normalization (``"<type>+norm"``; ``normalization``: its options, default the demo's: a
-    channel pool with tau 100 ms, delay 4 ms, gain 30) and without (``"<type>"``)."""
+    channel pool with tau 100 ms, delay 4 ms, gain 30), the same with every area's time
+    constant learnt (``"<type>+norm+tau"``, ``train_tau``; ``learnt_tau=False`` leaves it out)
+    and without normalization (``"<type>"``)."""
     norm = dict(normalization) if normalization else {"tau": 100.0, "delay": 4.0, "pool": "channel", "weight": 30.0}
     out = {}
     for rt in recurrence_types:
         out[f"{rt}+norm"] = {"recurrence_type": rt, "normalization": norm}
+        if learnt_tau:
+            out[f"{rt}+norm+tau"] = {"recurrence_type": rt, "normalization": norm, "train_tau": True}
         out[rt] = {"recurrence_type": rt, "normalization": None}
     return out
 

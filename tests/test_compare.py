@@ -15,10 +15,11 @@ from dynode.errors import ConfigurationError
 
 def test_default_variants_are_the_papers_recurrence_types_with_and_without_normalization():
     v = default_variants()
-    assert list(v) == [f"{rt}{s}" for rt in COMPARED_RECURRENCE for s in ("+norm", "")]
+    assert list(v) == [f"{rt}{s}" for rt in COMPARED_RECURRENCE for s in ("+norm", "+norm+tau", "")]
     assert v["self+norm"]["recurrence_type"] == "self" and v["self+norm"]["normalization"]["tau"] == 100.0
+    assert v["self+norm+tau"] == {**v["self+norm"], "train_tau": True}
     assert v["self"]["normalization"] is None
-    custom = default_variants(["full"], normalization={"tau": 100.0, "weight": 3.0})
+    custom = default_variants(["full"], normalization={"tau": 100.0, "weight": 3.0}, learnt_tau=False)
     assert custom == {"full+norm": {"recurrence_type": "full", "normalization": {"tau": 100.0, "weight": 3.0}},
                       "full": {"recurrence_type": "full", "normalization": None}}
 
