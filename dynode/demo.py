@@ -52,7 +52,7 @@ with activity that lingers for seconds after the stimulus in V4/IT; 30 does not.
 def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *, small: bool = False):
     """The demo as a :class:`~dynode.config.RunConfig` (``quick``: the same pipeline in seconds;
     ``small``: half the channels and training images, three epochs and two test images, the
-    default of ``dynode compare``, which trains eight such models)."""
+    default of ``dynode compare``, which trains twelve such models)."""
 
     model = dict(DEMO_MODEL, width=0.25 if quick or small else DEMO_MODEL["width"])
     return run_config({
