@@ -90,11 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "locally or on a cluster; collect a summary table and figure")
     w.add_argument("sweep", help="YAML sweep file: base (a run config), grid or points (dotted-key overrides), steps")
     w.add_argument("--cores", type=int, default=1, help="local cores for Snakemake (default 1)")
+    w.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads (and Snakemake cores) per point (default: --cores divided among the points)")
     w.add_argument("--dry-run", action="store_true", help="show what Snakemake would run")
     w.add_argument("--collect", action="store_true", help="only collect the summary of the points done so far")
     w.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                    help="after --: Snakemake's own options, e.g. -- --executor slurm --jobs 50")
+    for name in THREADED:
+        sub.choices[name].add_argument("--threads", type=int, default=None, metavar="N", help=(
+            "torch compute threads (default: DYNODE_THREADS, else OMP_NUM_THREADS, else the CPUs this process "
+            "may run on); give each of several runs on one machine its share"))
     return ap
+
+
+THREADED = ("demo", "compare", "train", "simulate", "experiment", "convergence", "analyze")
+"""The commands that compute: each prints its thread count first, on stderr (:mod:`dynode.threads`)."""
 
 
 def _allow_imports(p: argparse.ArgumentParser) -> None:
@@ -114,6 +124,10 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command in THREADED:
+            from dynode.threads import use_threads
+
+            print(use_threads(args.threads).describe(), file=sys.stderr, flush=True)  # stdout: the data
         return COMMANDS[args.command](args)
     except _UsageError as exc:
         print(str(exc), file=sys.stderr)
@@ -402,7 +416,7 @@ def cmd_sweep(args) -> int:
     extra = extra[1:] if extra[:1] == ["--"] else extra
     if args.cores < 1:
         raise _UsageError("dynode sweep: error: --cores must be >= 1")
-    res = run_sweep(args.sweep, cores=args.cores, snakemake_args=extra, dry_run=args.dry_run,
+    res = run_sweep(args.sweep, cores=args.cores, threads=args.threads, snakemake_args=extra, dry_run=args.dry_run,
                     collect_only=args.collect)
     if args.dry_run:
         return res["returncode"]
