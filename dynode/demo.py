@@ -65,7 +65,9 @@ def demo_config(quick: bool = False, epochs: int | None = None, seed: int = 0, *
         # over the experiments' 1.3 s epochs and the settling before them
         "training": {"epochs": (1 if quick else 3 if small else 4) if epochs is None else epochs, "batch_size": 32,
                      "lr": 2e-3, "grad_clip": 1.0, "energy_weight": 2e-4, "max_spectral_radius": 0.8,
-                     "seed": seed},
+                     # compare's '+tau' variants learn each area's tau: Adam steps of 0.05 on its raw
+                     # parameter (about 2 % of the log range from tau/2 to 2 tau) let it move in 3 epochs
+                     "time_lr": 0.05, "seed": seed},
         "experiment": {"n_images": 1 if quick else 2 if small else 3, "dt": 2.0 if quick else 1.0,
                        # the images are normalised to the training set's mean: 0 is its mean-grey screen
                        "record": {"reduce": "mean"}, "background": "blank", "onset": 100.0,

@@ -308,3 +308,46 @@ def test_dyrcnn_train_tau_learns_each_areas_tau_from_the_timing():
     assert net.tau_bounds() == {"V1": (5.0, 20.0), "V2": (7.5, 30.0), "V4": (10.0, 40.0), "IT": (15.0, 60.0)}
     fixed = dyrcnn(timing="cortex", width=0.25, input_shape=(1, 16, 16), num_classes=3, steps=10, dt=4.0)
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in fixed.parameters()) + 4
+
+
+def test_time_lr_is_the_learnt_taus_own_learning_rate():
+    """training.time_lr: the raw parameters of learnt taus and delays form their own optimizer
+    group (no weight decay); the weights keep lr. A network without learnt times keeps one group."""
+    from dynode.models import dyrcnn
+    from dynode.train import Trainer, TrainingConfig
+
+    net = dyrcnn(timing="cortex", train_tau=True, width=0.25, input_shape=(1, 16, 16), num_classes=3,
+                 steps=40, dt=4.0)
+    tr = Trainer(net, TrainingConfig(lr=1e-3, time_lr=0.05, weight_decay=1e-4), progress=False)
+    weights, times = tr.optimizer.param_groups
+    assert (weights["lr"], weights["weight_decay"], times["lr"], times["weight_decay"]) == (1e-3, 1e-4, 0.05, 0.0)
+    assert {id(p) for p in times["params"]} == {id(net.populations[a].learnt_tau.raw) for a in net.areas()}
+    plain = dyrcnn(timing="cortex", width=0.25, input_shape=(1, 16, 16), num_classes=3, steps=40, dt=4.0)
+    assert len(Trainer(plain, TrainingConfig(time_lr=0.05), progress=False).optimizer.param_groups) == 1
+
+
+def test_resume_with_learnt_taus_continues_the_same_run(tmp_path):
+    """Two optimizer groups survive a checkpoint: an interrupted run resumed into a network
+    rebuilt from the checkpoint's spec (parameters registered in the spec's order) ends where
+    the straight run ends."""
+    from dynode.models import dyrcnn
+    from dynode.stimuli import generated_task
+    from dynode.train import Trainer, TrainingConfig
+
+    task = generated_task(64, 16, size=16, seed=1)
+
+    def net():
+        torch.manual_seed(0)
+        return dyrcnn(depth=2, timing=None, tau=(6.0, 8.0), train_tau=True, width=0.25,
+                      input_shape=task.image_shape, num_classes=task.num_classes, steps=6)
+    cfg = TrainingConfig(epochs=2, batch_size=32, lr=3e-3, time_lr=0.05, seed=2)
+    straight = Trainer(net(), cfg, progress=False)
+    straight.fit(task)
+    first = Trainer(net(), cfg, checkpoint_dir=tmp_path, progress=False)
+    first.fit(task, until=1)
+    second = Trainer(dn.load_model(tmp_path / "last.pt", eval=False), cfg, checkpoint_dir=tmp_path, progress=False)
+    second.resume(tmp_path / "last.pt").fit(task)
+    for (k, a), (_, b) in zip(sorted(straight.network.state_dict().items()),
+                              sorted(second.network.state_dict().items())):
+        assert torch.equal(a, b), k
+    assert straight.network.populations["V1"].tau_min() != 6.0

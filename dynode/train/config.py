@@ -18,6 +18,8 @@ class TrainingConfig(FrozenConfig):
     batch_size: int = Field(64, ge=1, description="global batch (split across ranks under torchrun)")
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    time_lr: float | None = Field(None, gt=0, description="learning rate of the learnt time constants and "
+                                  "delays (their raw parameters, without weight decay); None: lr")
     momentum: float = Field(0.9, ge=0, description="sgd only")
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "step", "cosine"] = "constant"

@@ -161,8 +161,7 @@ class Checkpointing:
                                   f"named in it, not this network's {len(names)}; it was saved for another model")
         new_index = {n: i for i, n in enumerate(names)}
         old_to_new = {i: new_index[n] for i, n in enumerate(saved_names)}
-        groups = opt_state["param_groups"]
-        if len(groups) != 1:  # dynode's trainer uses one group
-            raise CheckpointError(f"{path}: an optimizer state with {len(groups)} parameter groups")
+        # the groups (weights; learnt taus and delays) hold the same names in both orders
         return {"state": {old_to_new[i]: v for i, v in opt_state["state"].items()},
-                "param_groups": [dict(groups[0], params=list(range(len(names))))]}
+                "param_groups": [dict(g, params=sorted(old_to_new[i] for i in g["params"]))
+                                 for g in opt_state["param_groups"]]}

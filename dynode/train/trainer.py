@@ -24,6 +24,7 @@ from dynode.history import delay_steps
 from dynode.integrate import integrate
 from dynode.models.stability import spectral_radius
 from dynode.network import Network, RunProtocol
+from dynode.population import Bounded
 from dynode.spec import spec_record
 from dynode.train.config import TrainingConfig
 from dynode.train.data import batches, check_data, data_size
@@ -95,9 +96,12 @@ class Trainer(Objective, Checkpointing):
             ids = [self.device.index] if self.device.type == "cuda" else None
             runner = DistributedDataParallel(runner, device_ids=ids, broadcast_buffers=False)
         self.runner = runner
-        params = [p for _, p in self._trainable()]
+        params, times = [p for _, p in self._trainable()], self._time_parameters()
+        k = len(params) - len(times)  # _trainable puts the learnt taus and delays last
+        groups = [{"params": params[:k]}] + ([{"params": params[k:], "lr": config.time_lr or config.lr,
+                                              "weight_decay": 0.0}] if times else [])
         make = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
-        self.optimizer = make(params, lr=config.lr, weight_decay=config.weight_decay,
+        self.optimizer = make(groups, lr=config.lr, weight_decay=config.weight_decay,
                               **({"momentum": config.momentum} if config.optimizer == "sgd" else {}))
         sched = torch.optim.lr_scheduler
         self.scheduler = (sched.StepLR(self.optimizer, config.step_epochs, config.gamma) if config.schedule == "step"
@@ -215,7 +219,15 @@ class Trainer(Objective, Checkpointing):
         return loss_sum / n_global, correct / n_global
 
     def _trainable(self) -> list[tuple[str, Tensor]]:
-        return [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+        """The trained parameters, in the optimizer's order: the weights, then the learnt time
+        constants and delays (their own parameter group: ``time_lr``, no weight decay)."""
+        named = [(n, p) for n, p in self.network.named_parameters() if p.requires_grad]
+        times = self._time_parameters()
+        return [np for np in named if id(np[1]) not in times] + [np for np in named if id(np[1]) in times]
+
+    def _time_parameters(self) -> set[int]:
+        """``id`` of the raw parameter of every learnt tau and delay (:class:`dynode.population.Bounded`)."""
+        return {id(m.raw) for m in self.network.modules() if isinstance(m, Bounded)}
 
     def _finite_weights(self) -> Tensor:
         """Whether each trainable parameter (:meth:`_trainable` order) holds only finite
