@@ -3,8 +3,20 @@ import os
 import pytest
 import torch
 
-# Tests are small; one intra-op thread avoids oversubscribing the 2-core CI machine.
-torch.set_num_threads(int(os.environ.get("DYNODE_TEST_THREADS", "1")))
+from dynode.threads import use_threads
+
+# The suite's tests are small, and the suite often shares the machine (with another suite, a
+# demo): one torch thread per process unless DYNODE_THREADS (or the older DYNODE_TEST_THREADS)
+# says otherwise. Set in the environment as well, so that the dynode commands, sweep points,
+# DDP workers and scripts the tests start as subprocesses take the same count.
+os.environ.setdefault("DYNODE_THREADS", os.environ.get("DYNODE_TEST_THREADS", "1"))
+THREADS = use_threads()
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS.threads))
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS.threads))
+
+
+def pytest_report_header(config):
+    return f"{THREADS.describe()}; the processes the tests start inherit it"
 
 
 @pytest.fixture

@@ -4,21 +4,27 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch import nn
 
 from dynode.errors import ConfigurationError
 from dynode.integrate import integrate
+from dynode.threads import applied, use_threads
 
 
 def init_distributed(device: str):
     """The ``torch.distributed`` module when a process group is (or, under torchrun, is now)
-    initialised; None for a single process. Returns (dist, created)."""
+    initialised; None for a single process. Returns (dist, created). A DDP worker whose
+    threads nothing set yet (the command line sets them first) takes the CPUs divided among
+    the workers on its machine (:mod:`dynode.threads`; ``DYNODE_THREADS`` overrides it);
+    local rank 0 prints the count on stderr."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.is_available() and dist.is_initialized():
+        _worker_threads()
         return dist, False
     if world <= 1:
         return None, False
@@ -28,8 +34,17 @@ def init_distributed(device: str):
         if key not in os.environ:
             raise ConfigurationError(f"WORLD_SIZE={world} but {key} is not set; launch with torchrun "
                                      "or call torch.distributed.init_process_group yourself")
+    _worker_threads()
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist, True
+
+
+def _worker_threads() -> None:
+    """Apply the thread policy in a DDP worker unless this process already did."""
+    if applied() is None:
+        policy = use_threads()
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"{policy.describe()} per DDP worker", file=sys.stderr, flush=True)
 
 
 class Runner(nn.Module):
