@@ -1,9 +1,12 @@
 r"""Training losses over trajectories (``dynode.models.losses``).
 
 * :func:`classification_loss` -- cross-entropy of per-time logits ``(T, B, K)`` over a time
-  window: the times ``t_i >= onset + reaction_time`` (and ``<= until``), each weighted by
-  ``w_i`` (uniform, or a ramp ``w_i \propto i`` rising over the window), weights summing to 1:
-  ``L = sum_i w_i CE(logits_i, y)``.
+  window: the times ``t_i >= onset + reaction_time`` and ``t_i > onset`` (and ``<= until``),
+  each weighted by ``w_i`` (uniform, or a ramp ``w_i \propto i`` rising over the window),
+  weights summing to 1: ``L = sum_i w_i CE(logits_i, y)``. The state at ``t = onset`` itself
+  is never in the window: a causal run's state at ``t`` depends on the input before ``t``
+  only, so at the onset it is the pre-stimulus state (at ``onset = t0`` the initial state),
+  whose logits are the same for every image (the bias alone for a zero state).
 * :func:`energy_loss` -- activity (energy) penalty ``sum_p lambda_p mean_{t,b,units} |r_p|^q``
   with ``q = 1`` (L1) or ``2`` (L2) and per-population weights ``lambda_p``.
 * :func:`stability_loss` -- deviation from the pre-stimulus baseline after the stimulus is
@@ -35,15 +38,18 @@ def _times(ts, n: int) -> list[float]:
 def time_weights(ts, *, onset: float = 0.0, reaction_time: float = 0.0, until: float | None = None,
                  ramp: bool = False) -> Tensor:
     """Weights ``w_i`` (float64, summing to 1) over the times ``ts`` (ms): zero before
-    ``onset + reaction_time`` and after ``until``; uniform or a linear ramp ``1, 2, ..., m``."""
+    ``onset + reaction_time``, at the onset itself (the pre-stimulus state, which carries no
+    information about the stimulus; it matters for ``reaction_time = 0``) and after
+    ``until``; uniform or a linear ramp ``1, 2, ..., m``."""
     t = torch.as_tensor(ts, dtype=torch.float64).flatten()
     start = float(onset) + float(reaction_time)
-    mask = t >= start - TIME_RTOL
+    mask = (t >= start - TIME_RTOL) & (t > float(onset) + TIME_RTOL)
     if until is not None:
         mask &= t <= float(until) + TIME_RTOL
     m = int(mask.sum())
     if m == 0:
-        raise ConfigurationError(f"no time point lies in the loss window [{start:g}, "
+        opening = "[" if float(reaction_time) > 0 else "("  # the onset itself is left out
+        raise ConfigurationError(f"no time point lies in the loss window {opening}{start:g}, "
                                  f"{'end' if until is None else f'{until:g}'}] ms "
                                  f"(times {float(t[0]):g} .. {float(t[-1]):g} ms)")
     w = torch.zeros_like(t)

@@ -10,7 +10,12 @@ For a population's saved trajectory ``r(t_i)`` of shape ``(T, B, C, H, W)``:
 ``pool`` is global average pooling over space (``"avg"``) or flattening (``"flatten"``).
 Attach it with ``net.set_readout(readout)``: its parameters then belong to the network
 (``net.parameters()``, ``state_dict`` under ``readout.``) and ``net.decode(solution)`` applies
-it. :class:`Classifier` wraps integrate + decode as ``model(images) -> logits``.
+it to the rows the solution saved. :class:`Classifier` wraps integrate + decode as
+``model(images) -> logits`` and decodes the states *after* ``t0`` only: one row per step for
+``"every"`` (``(steps, B, K)``, the toolbox's shape: ``dyrcnn_published()`` gives 20 rows for
+its 20 steps), and ``"mean"`` never averages the initial state. The state at ``t0`` is given,
+not a response: no input has reached it, so its logits are the same for every image (the bias
+alone for the zero state). The trainer (:mod:`dynode.train`) reads the same rows.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -135,6 +141,8 @@ class Classifier(nn.Module):
             raise ConfigurationError("the network has no readout; attach one with network.set_readout(...)")
 
     def forward(self, images: Tensor) -> Tensor:
+        """Logits: ``(B, K)`` for a readout at ``"last"`` or ``"mean"``, ``(steps, B, K)`` for
+        ``"every"`` (the states at ``t0 + k dt``, ``k = 1 .. steps``; not the initial state)."""
         ro = self.network.readout
         save_at = (self.t_end,) if ro.at == "last" else None
         speed = self.speed
@@ -149,5 +157,7 @@ class Classifier(nn.Module):
         with (speed.autocast_context() if speed is not None else contextlib.nullcontext()):
             sol = integrate(self.network, stimulus, t_end=self.t_end, dt=self.dt,
                             solver=self.solver, save_at=save_at, initial_state=initial)
+            if ro.at != "last":  # the responses: the saved states after the initial one at t0
+                sol = replace(sol, ts=sol.ts[1:], states={ro.population: sol.states[ro.population][1:]})
             logits = self.network.decode(sol)
         return logits if speed is None or speed.autocast is None else logits.float()

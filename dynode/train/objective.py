@@ -32,11 +32,13 @@ class Objective:
         def in_window(k: int) -> bool:
             return window is None or window[0] - TIME_RTOL <= k * dt <= window[1] + TIME_RTOL
 
-        self._read_steps = [k for k in range(n + 1) if in_window(k)]  # the times a decoder returns
+        # the steps a decoder returns: those after t0 in the window, as the Classifier decodes
+        # (the state at t0 is given, not a response to the image: it carries no information)
+        self._read_steps = [k for k in range(1, n + 1) if in_window(k)]
         self._read_set = frozenset(self._read_steps)
         if self.at in ("every", "mean") and not self._read_steps:
-            raise ConfigurationError(f"the readout window {window} ms holds no step of the run "
-                                     f"(0 .. {self.t_end:g} ms, dt = {dt:g})")
+            raise ConfigurationError(f"the readout window {window} ms holds no step of the run after "
+                                     f"its start ({dt:g} .. {self.t_end:g} ms, dt = {dt:g})")
         self._ce_weight: dict[int, float] = {}
         if self.at == "every":
             w = time_weights([k * dt for k in self._read_steps], onset=self.onset,
@@ -108,18 +110,23 @@ class Objective:
         """This segment's part of the loss, and the final logits (last segment only)."""
         cfg = self.config
         loss, final = None, None
+        read = sol
+        if self.at != "last" and len(sol.ts) and round(float(sol.ts[0]) / self.dt) == 0:
+            # a first segment that saved every step (energy/stability terms) saved t0 too
+            name = self.readout.population
+            read = replace(sol, ts=sol.ts[1:], states={name: sol.states[name][1:]})
         if self.at == "every":
-            steps = [round(float(t) / self.dt) for t in sol.ts.tolist()]
+            steps = [round(float(t) / self.dt) for t in read.ts.tolist()]
             steps = [k for k in steps if k in self._read_set]
             w = [self._ce_weight.get(k, 0.0) for k in steps]
             if any(w) or last:
-                logits = self.network.decode(sol)
+                logits = self.network.decode(read)
                 if any(w):
                     loss = classification_loss(logits.float(), labels,
                                                weights=torch.tensor(w, dtype=torch.float32))
                 final = logits[-1] if last else None
         elif last:
-            logits = self.network.decode(sol)
+            logits = self.network.decode(read)
             loss = nn.functional.cross_entropy(logits.float(), labels)
             final = logits
         if cfg.energy_weight > 0:
