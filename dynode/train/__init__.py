@@ -11,7 +11,8 @@ One training step for a global batch of images ``x`` with labels ``y``:
 
    * ``CE``: for a readout ``at="every"`` the weighted cross-entropy
      ``sum_k w_k CE(logits(t_k), y)`` over the reaction window ``t_k >= onset + reaction_time``
-     (inside the readout's own window, if it has one), ``w_k`` uniform or a ramp, summing to 1
+     and ``t_k > onset`` (the state at the onset itself is still the pre-stimulus one; inside the
+     readout's own window, if it has one), ``w_k`` uniform or a ramp, summing to 1
      (:func:`dynode.models.losses.time_weights`); for ``at="last"``/``"mean"``: the
      cross-entropy of the one logit vector;
    * ``E = mean_{k, b, units} |r|^p`` over all populations, all ``N + 1`` saved times
