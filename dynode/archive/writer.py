@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dynode.archive.layout import (COMPRESSIONS, Block, Layout, _codecs, _consolidate, _root_meta,
+from dynode.archive.layout import (COMPRESSIONS, Block, ChunkFiles, Layout, _codecs, _consolidate, _root_meta,
                                    _shrink, _timed_arrays, _unfinished, _zarr_config, block_datasets)
 from dynode.archive.lease import _HELD, LEASE_ATTR, _check_lease, new_lease
 from dynode.archive.reading import IncompleteArchiveWarning, open_archive
@@ -108,6 +108,7 @@ class ZarrArchiveWriter:
         self._root = None
         self._lease: dict | None = None
         self._arrays: list[tuple[str, str, object]] = []  # (group, variable, zarr array)
+        self._files: dict[int, ChunkFiles | None] = {}  # id(array) -> its direct chunk writer
 
     def write(self, block: Block) -> None:
         """Create the store on the first call; write ``block`` at the next free steps."""
@@ -142,6 +143,7 @@ class ZarrArchiveWriter:
 
         root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
         self._arrays = list(_timed_arrays(root))
+        self._files = {id(arr): ChunkFiles.of(arr) for _, _, arr in self._arrays}
         self._root = root
 
     def _remove_leftovers(self) -> None:
@@ -216,11 +218,18 @@ class ZarrArchiveWriter:
             raise DynodeError(f"the solver saved states at {block.times[:3].tolist()}... ms but the "
                               f"archive expects {want[:3].tolist()}... (steps {n0}..{n1 - 1} of "
                               f"{len(self.times)}); the solver did not honour save_at")
+        whole = n0 % self.chunk_steps == 0 and k <= self.chunk_steps  # one chunk along time
         for group, name, arr in self._arrays:  # whole new chunks, each written atomically
-            if name == "rate":
-                arr[n0:n1] = block.rates[group]
-            elif name == "stimulus":
-                arr[n0:n1] = block.stimulus
+            if name not in ("rate", "stimulus"):
+                continue
+            data = block.rates[group] if name == "rate" else block.stimulus
+            if data is None:
+                raise DynodeError(f"internal: the block has no {name!r} for the archive's array")
+            files = self._files.get(id(arr))
+            if files is not None and whole:
+                files.write(n0, data)
+            else:
+                arr[n0:n1] = data
         self._lease["heartbeat"] = time.time()
         self._root.attrs.update({"steps_written": n1, LEASE_ATTR: self._lease})  # commit
         self.steps_written = n1

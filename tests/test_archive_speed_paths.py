@@ -1,0 +1,133 @@
+"""The archive writer's direct chunk path (:class:`dynode.archive.layout.ChunkFiles`).
+
+ZarrArchiveWriter writes whole chunks straight to their files instead of going through zarr's
+event loop. These tests hold it to the format: the chunk files are byte-for-byte the ones
+zarr writes (every codec, storage dtype, a padded last chunk), the direct path is really
+taken for dynode's arrays, and the checksums still catch damage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import dynode.archive as A
+import dynode.archive.writer as W
+from dynode.archive.layout import ChunkFiles
+from dynode.errors import ArchiveCorruptError
+
+SHAPES = {"V1": (3, 4, 4), "IT": (5,)}
+BATCH, K = 2, 3
+
+
+def _layout(dtype) -> A.Layout:
+    groups = tuple(A.GroupSpec(n, ("channel", "y", "x")[:len(s)],
+                               {d: np.arange(m) for d, m in zip(("channel", "y", "x"), s)},
+                               {"units": "1"}, np.dtype(dtype)) for n, s in SHAPES.items())
+    return A.Layout(batch=BATCH, conditions={}, groups=groups, inputs=("image",),
+                    stimulus_dtype=np.dtype("float32"), attrs={"dynode_archive": A.ARCHIVE_FORMAT})
+
+
+def _blocks(n_steps: int, dtype, seed: int = 0):
+    """Blocks of K steps (the last one shorter): relu'd noise, as rates look."""
+    rng = np.random.default_rng(seed)
+    times = np.arange(n_steps, dtype=np.float64)
+    rates = {n: np.maximum(rng.standard_normal((n_steps, BATCH) + s), 0).astype(dtype)
+             for n, s in SHAPES.items()}
+    stim = rng.random((n_steps, BATCH, 1), dtype=np.float32)
+    out = [A.Block(times[i:i + K], {n: r[i:i + K] for n, r in rates.items()}, stim[i:i + K])
+           for i in range(0, n_steps, K)]
+    return times, rates, stim, out
+
+
+def _write(path: Path, blocks, times, dtype, compression, status="complete") -> A.ZarrArchiveWriter:
+    w = A.ZarrArchiveWriter(path, _layout(dtype), times, chunk_steps=K, compression=compression)
+    for b in blocks:
+        w.write(b)
+    w.finish(status)
+    return w
+
+
+def _chunk_files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("c/**/*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd", None])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_chunk_files_are_byte_identical_to_zarrs(tmp_path, monkeypatch, compression, dtype):
+    times, _, _, blocks = _blocks(3 * K + 1, dtype)  # 4 chunks, the last one padded
+    direct = _write(tmp_path / "direct.zarr", blocks, times, dtype, compression)
+    assert all(direct._files[id(arr)] is not None for _, name, arr in direct._arrays if name != "time")
+    monkeypatch.setattr(W.ChunkFiles, "of", classmethod(lambda cls, arr: None))
+    via_zarr = _write(tmp_path / "zarr.zarr", blocks, times, dtype, compression)
+    assert all(f is None for f in via_zarr._files.values())
+    a, b = _chunk_files(tmp_path / "direct.zarr"), _chunk_files(tmp_path / "zarr.zarr")
+    data_chunks = [k for k in a if k.startswith(tuple(f"{g}/rate/" for g in SHAPES) + ("stimulus/",))]
+    assert len(data_chunks) == 4 * (len(SHAPES) + 1)
+    assert a == b
+    assert not list((tmp_path / "direct.zarr").rglob("*.partial"))
+
+
+def test_round_trip_and_checksums_verify(tmp_path):
+    times, rates, stim, blocks = _blocks(3 * K + 2, "float32")
+    path = tmp_path / "a.zarr"
+    _write(path, blocks, times, "float32", "lz4")
+    report = A.verify_archive(path)
+    assert report.checksummed and report.steps_written == len(times) and not report.damaged
+    tree = A.open_archive(path)
+    for n, r in rates.items():
+        np.testing.assert_array_equal(tree[n]["rate"].values, r)
+    np.testing.assert_array_equal(tree["stimulus"].values, stim)
+    np.testing.assert_array_equal(tree["time"].values, times)
+
+
+def test_a_flipped_byte_in_a_direct_chunk_is_caught(tmp_path):
+    times, _, _, blocks = _blocks(2 * K, "float32")
+    path = tmp_path / "a.zarr"
+    _write(path, blocks, times, "float32", "lz4")
+    chunk = path / "V1" / "rate" / "c" / "1" / "0" / "0" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveCorruptError) as e:
+        A.verify_archive(path)
+    assert {(d.group, d.variable, d.steps) for d in e.value.report.damaged} == {("V1", "rate", (K, 2 * K - 1))}
+
+
+def test_a_failed_run_keeps_its_partial_block(tmp_path):
+    """A run that stops mid-chunk writes its steps padded with the fill value and is cut to
+    them; the archive opens with exactly those steps."""
+    times, rates, _, blocks = _blocks(3 * K, "float32")
+    part = blocks[1]
+    short = A.Block(part.times[:1], {n: r[:1] for n, r in part.rates.items()}, part.stimulus[:1])
+    path = tmp_path / "a.zarr"
+    _write(path, [blocks[0], short], times, "float32", "lz4", status="failed: test")
+    assert zarr.open_group(path, mode="r")["V1"]["rate"].shape[0] == K + 1
+    with pytest.warns(A.IncompleteArchiveWarning, match="failed: test"):
+        tree = A.open_archive(path)
+    np.testing.assert_array_equal(tree["V1"]["rate"].values, rates["V1"][:K + 1])
+    assert tree.attrs["status"] == "failed: test"
+    assert A.verify_archive(path).steps_written == K + 1
+
+
+def test_chunk_files_refuse_a_block_that_is_not_one_chunk(tmp_path):
+    times, _, _, blocks = _blocks(2 * K, "float32")
+    w = A.ZarrArchiveWriter(tmp_path / "a.zarr", _layout("float32"), times, chunk_steps=K)
+    w.write(blocks[0])
+    files = next(f for f in w._files.values() if f is not None)
+    with pytest.raises(A.layout.ArchiveError, match="not one whole chunk"):
+        files.write(1, np.zeros((K,) + files.chunks[1:], dtype=np.float32))
+    w.write(blocks[1])
+    w.finish("complete")
+
+
+def test_other_codecs_fall_back_to_zarr(tmp_path):
+    """An array whose codecs the direct path does not reproduce gets None (zarr writes it)."""
+    from zarr.codecs import GzipCodec
+
+    arr = zarr.create_array(tmp_path / "g.zarr", shape=(4, 2), chunks=(2, 2), dtype="float32",
+                            compressors=[GzipCodec()])
+    assert ChunkFiles.of(arr) is None
