@@ -163,20 +163,31 @@ class ChunkFiles:
     GIL), checksums and writes (two ``write`` calls: no copy to append the checksum), and
     renames into place, so each chunk file appears atomically as with zarr's local store.
 
+    ``write_through``: each chunk file is flushed to the disk (``fdatasync``) before it is
+    renamed into place, then dropped from the page cache (``POSIX_FADV_DONTNEED``). The
+    writer thread then waits for the disk instead of spending CPU: the kernel recycles the
+    dropped pages for the next chunk, where filling fresh page-cache pages cost about
+    3 ms of system time per MB on the 2-core VM this was measured on (0.3 ms/MB recycled;
+    the run's compute threads need that CPU). It also makes the commit that follows a
+    block (``steps_written``) durable: a committed step's data is on the disk. The cost:
+    reading the archive right after the run reads the disk, and a run cannot outpace the
+    disk (a long one cannot anyway). ``False``: plain buffered writes, as zarr does.
+
     :meth:`of` returns ``None`` for an array it cannot write byte-for-byte as zarr would
     (another store, codec, chunk key encoding or a big-endian machine): its writer then
     falls back to ``arr[n0:n1] = data``.
     """
 
-    def __init__(self, folder: Path, arr, encode):
+    def __init__(self, folder: Path, arr, encode, write_through: bool = True):
         self.folder, self.arr, self.encode = folder, arr, encode
+        self.write_through = bool(write_through)
         self.chunks = tuple(arr.chunks)
         self.dtype = np.dtype(arr.dtype).newbyteorder("<")
         self.fill = arr.metadata.fill_value
         self._made: set[Path] = set()
 
     @classmethod
-    def of(cls, arr) -> ChunkFiles | None:
+    def of(cls, arr, write_through: bool = True) -> ChunkFiles | None:
         import sys
 
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
@@ -208,7 +219,7 @@ class ChunkFiles:
                 compress = Zstd(level=c.level, checksum=c.checksum).encode
             else:
                 return None
-        return cls(Path(arr.store.root) / arr.path, arr, compress)
+        return cls(Path(arr.store.root) / arr.path, arr, compress, write_through)
 
     def write(self, first: int, data: np.ndarray) -> None:
         """Write ``data`` (``(k, *arr.shape[1:])``) as the whole chunk along time that starts at
@@ -238,10 +249,20 @@ class ChunkFiles:
             with open(tmp, "wb") as f:
                 f.write(body)
                 f.write(crc)
+                if self.write_through:
+                    f.flush()
+                    os.fdatasync(f.fileno())
+                    _drop_cached(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _drop_cached(fd: int) -> None:
+    """Tell the kernel that the (already written back) pages of ``fd`` are not needed."""
+    if hasattr(os, "posix_fadvise"):  # not on macOS / Windows: the pages stay cached there
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def _zarr_config():

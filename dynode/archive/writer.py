@@ -92,10 +92,16 @@ class ZarrArchiveWriter:
 
     ``times``: every recording time of the run (ms). The time axis is allocated for all of
     them when the store is created, so array shapes never change while the run goes.
+    ``write_through``: every data chunk reaches the disk before its block is committed and
+    leaves the page cache (:class:`~dynode.archive.layout.ChunkFiles`): less CPU taken from
+    the run's compute threads, a durable commit; ``False`` leaves the chunks to the page
+    cache (faster to read back at once, costlier to write where page-cache memory is fresh).
     """
 
     def __init__(self, path, layout: Layout, times, *, chunk_steps: int, compression="lz4",
-                 overwrite: bool = False):
+                 overwrite: bool = False, write_through: bool = True):
+        if not isinstance(write_through, bool):
+            raise ConfigurationError(f"write_through must be True or False, got {write_through!r}")
         if compression not in COMPRESSIONS:
             raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
         self.path = prepare_path(path, overwrite)
@@ -104,6 +110,7 @@ class ZarrArchiveWriter:
         self.times = np.asarray(times, dtype=np.float64)
         self.chunk_steps = int(chunk_steps)
         self.compression = compression
+        self.write_through = write_through
         self.steps_written = 0
         self._root = None
         self._lease: dict | None = None
@@ -143,7 +150,7 @@ class ZarrArchiveWriter:
 
         root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
         self._arrays = list(_timed_arrays(root))
-        self._files = {id(arr): ChunkFiles.of(arr) for _, _, arr in self._arrays}
+        self._files = {id(arr): ChunkFiles.of(arr, self.write_through) for _, _, arr in self._arrays}
         self._root = root
 
     def _remove_leftovers(self) -> None:
