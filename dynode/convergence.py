@@ -35,7 +35,8 @@ import torch
 import xarray as xr
 
 from dynode.archive import RATE_UNITS
-from dynode.errors import ConfigurationError, DelayError, DivergenceError, SolverError, StabilityWarning
+from dynode.errors import (ConfigurationError, DelayError, DivergenceError, SolverError, StabilityWarning,
+                           user_stacklevel)
 from dynode.history import compatible_dts, delay_steps
 from dynode.integrate import integrate
 from dynode.solver import Solver, get_solver
@@ -210,7 +211,7 @@ def convergence(field, stimulus=None, *, t_end: float, dts: Sequence[float],
     }
     if failures:  # loud: an inf row is a result only together with its reason
         warnings.warn(f"convergence: {len(failures)} of {failed.size} solves failed and are recorded as inf "
-                      f"(ds['failed']): " + "; ".join(failures), StabilityWarning, stacklevel=2)
+                      f"(ds['failed']): " + "; ".join(failures), StabilityWarning, stacklevel=user_stacklevel())
     if tolerance is not None:
         largest = np.array([[_largest_within(max_abs_err[i, :, k], dts, tolerance) for k in range(len(pops))]
                             for i in range(len(items))]).reshape(len(items), len(pops))

@@ -6,6 +6,9 @@ parameter (``dt``, ``tau``, ``delay``, a tolerance) that fixes it.
 
 from __future__ import annotations
 
+import os
+import sys
+
 __all__ = [
     "DynodeError",
     "ConfigurationError",
@@ -23,7 +26,28 @@ __all__ = [
     "MissingConditionsError",
     "AnalysisWarning",
     "UndefinedMetricWarning",
+    "user_stacklevel",
 ]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+"""The dynode package's folder: frames of files below it are dynode's own."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes :func:`warnings.warn`, called in the same function as this,
+    point at the first caller outside the dynode package: the line of the user's script,
+    notebook cell or test that called dynode, however deep inside dynode the warning arises.
+
+    Usage: ``warnings.warn(message, SomeWarning, stacklevel=user_stacklevel())``. When every
+    frame is dynode's (the ``dynode`` command run as ``python -m dynode``), the outermost frame.
+    A user's own code that dynode calls back (a custom vector field) is outside the package, so
+    a warning raised below it points at that code's line."""
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class DynodeError(Exception):

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dynode.archive import prepare_path
-from dynode.errors import BaselineDriftWarning, ConfigurationError, ShapeError
+from dynode.errors import BaselineDriftWarning, ConfigurationError, ShapeError, user_stacklevel
 from dynode.field import VectorField
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
@@ -231,7 +231,7 @@ def settle(network, background=BACKGROUND, *, images: Tensor | None = None, dt: 
                       f"{worst!r} still changes by {drift[worst]:.3g} ({100 * drift[worst] / max(level[worst], atol):.2g} "
                       f"% of its level {level[worst]:.3g}) over the last {window:g} ms; a baseline "
                       "read from it drifts (raise max_time, or check the network's stability with "
-                      "dn.models.summary(net))", BaselineDriftWarning, stacklevel=2)
+                      "dn.models.summary(net))", BaselineDriftWarning, stacklevel=user_stacklevel())
     return Settled(state={p: x.clone() for p, x in previous.final_state.items()}, time=t, drift=drift,
                    level=level, steady=steady)
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynode.errors import AnalysisWarning, ConfigurationError
+from dynode.errors import AnalysisWarning, ConfigurationError, user_stacklevel
 
 __all__ = ["DN_PARAMS", "DN_START", "DN_BOUNDS", "dn_model", "fit_dn", "DNFit", "pulse_envelope",
            "BOUND_TOL"]
@@ -233,7 +233,7 @@ def fit_dn(stimulus, response, t, *, start: Mapping | None = None, fixed: Mappin
     if on_bounds:
         warnings.warn(f"DN fit: parameters on their bounds {on_bounds} (R^2 {r2:.3f} does not make this a "
                       "description of the data: the model wants values outside its bounds, or does not "
-                      "use these terms)", AnalysisWarning, stacklevel=2)
+                      "use these terms)", AnalysisWarning, stacklevel=user_stacklevel())
     return DNFit(params=params, r2=r2, prediction=pred.numpy(), loss=res / y.numel(),
                  on_bounds=on_bounds)
 

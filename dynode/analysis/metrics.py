@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from dynode.errors import AnalysisWarning, ConfigurationError, UndefinedMetricWarning
+from dynode.errors import AnalysisWarning, ConfigurationError, UndefinedMetricWarning, user_stacklevel
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["summed_response", "summation_ratios", "summation_ratio", "isi_recovery", "time_to_peak",
@@ -130,7 +130,7 @@ def _over_time(course: xr.DataArray, fn: Callable[[np.ndarray, np.ndarray], Valu
         out[idx] = v
     for where, why in undefined.items():
         warnings.warn(f"{name} of {course.name or 'the course'} ({where}) is undefined: {why}",
-                      UndefinedMetricWarning, stacklevel=3)
+                      UndefinedMetricWarning, stacklevel=user_stacklevel())
     if out.ndim == 0:
         return float(out)
     coords = {k: v for k, v in moved.coords.items() if "time" not in v.dims}
@@ -243,7 +243,7 @@ def isi_recovery(two_pulse: xr.DataArray, single: xr.DataArray, *, duration: flo
             warnings.warn(f"{dim}={isi:g} ms: the second recovery window is cut to {w:g} of {window:g} ms by "
                           f"the end of the epoch ({t_end:g} ms), so the recovery is underestimated (Groen's "
                           f"convention); record an epoch to at least {t2 + window:g} ms after the onset",
-                          AnalysisWarning, stacklevel=2)
+                          AnalysisWarning, stacklevel=user_stacklevel())
         second[float(isi)] = float(w)
         num = summed_response(two_pulse.sel({dim: isi}) - single, t2, t2 + w)
         out.append(num / den)
@@ -484,7 +484,7 @@ def fit_hyperbolic_ratio(contrasts, responses, *, steps: int = 100) -> Hyperboli
     extrapolates = not cpos.min() <= c50_ <= c.max()
     if extrapolates:
         warnings.warn(f"fitted c50 = {c50_:.3g} lies outside the tested contrasts [{cpos.min():g}, "
-                      f"{c.max():g}] (an extrapolation)", AnalysisWarning, stacklevel=2)
+                      f"{c.max():g}] (an extrapolation)", AnalysisWarning, stacklevel=user_stacklevel())
     return HyperbolicRatioFit(rmax=rmax_, c50=c50_, n=n, r2=r2, extrapolates=extrapolates)
 
 

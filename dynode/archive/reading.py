@@ -20,7 +20,8 @@ from xarray.backends.common import BackendArray
 from dynode.archive.layout import _archive_attrs, _root_meta
 from dynode.archive.lease import LEASE_ATTR, lease_state
 from dynode.archive.verify import VerifyReport, _chunk_faults, _damages, _scan
-from dynode.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, ConfigurationError
+from dynode.errors import (ArchiveCorruptError, ArchiveError, ArchiveLockedError, ConfigurationError,
+                           user_stacklevel)
 
 class IncompleteArchiveWarning(UserWarning):
     """The archive's run did not complete (status ``incomplete`` or ``failed: ...``)."""
@@ -166,7 +167,7 @@ def open_archive(path, *, trim: bool = True, verify: bool = False) -> xr.DataTre
         else:
             who = f"it holds {n} committed time steps"
         warnings.warn(f"archive {str(path)!r}: status {status!r}, {who}", IncompleteArchiveWarning,
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
         if trim and tree.sizes.get("time", 0) > n:
             tree = tree.isel(time=slice(0, n))
     return tree
