@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 THREADED = ("demo", "compare", "train", "simulate", "experiment", "convergence", "analyze")
-"""The commands that compute: each prints its thread count first, on stderr (:mod:`dynode.threads`)."""
+"""The commands that compute: each prints its thread count first (analyze: last; :mod:`dynode.threads`)."""
 
 
 def _allow_imports(p: argparse.ArgumentParser) -> None:
@@ -124,11 +124,17 @@ def main(argv=None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        threads = None
         if args.command in THREADED:
             from dynode.threads import use_threads
 
-            print(use_threads(args.threads).describe(), file=sys.stderr, flush=True)  # stdout: the data
-        return COMMANDS[args.command](args)
+            threads = use_threads(args.threads).describe()
+            if args.command != "analyze":  # analyze's output starts with its table: the line comes last
+                print(threads, flush=True)
+        code = COMMANDS[args.command](args)
+        if args.command == "analyze":
+            print(threads)
+        return code
     except _UsageError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -303,7 +309,8 @@ def _analyze(paths, fig_dir: Path) -> dict:
             other.append(p)
     summary = {}
     if groen:
-        res = analysis.analyze(*groen)
+        with analysis.flags_in_tables():  # the table's footnotes show them: not also as Python warnings
+            res = analysis.analyze(*groen)
         figures = res.figures(fig_dir)
         summary = res.summary()
         print(analysis.format_summary(summary))

@@ -16,7 +16,7 @@ alone). So every dynode process takes the count it was given, the first of:
 
 :func:`use_threads` applies the count (``torch.set_num_threads``; the inter-op pool too where
 torch still allows it, i.e. before any parallel work) and returns a :class:`ThreadPolicy` whose
-:meth:`~ThreadPolicy.describe` is the line the commands print first (on stderr), e.g. ``torch threads: 2
+:meth:`~ThreadPolicy.describe` is the line the commands print first, e.g. ``torch threads: 2
 (affinity mask: 2 CPUs)``. Deciding imports nothing heavy (torch is imported by
 :func:`use_threads` only), so a bad setting is refused before torch loads.
 """

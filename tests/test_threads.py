@@ -104,9 +104,10 @@ def test_a_fresh_process_applies_the_count_to_both_pools():
 
 
 def test_the_cli_prints_the_count_first_and_refuses_bad_ones(tmp_path, capsys):
-    assert main(["analyze", str(tmp_path / "none.zarr"), "--threads", "1"]) == 2
+    assert main(["convergence", str(tmp_path / "none.yaml"), "--threads", "1"]) == 2
     out, err = capsys.readouterr()
-    assert err.splitlines()[0] == "torch threads: 1 (--threads)" and "torch" not in out  # stdout: the data
+    assert out.splitlines() == ["torch threads: 1 (--threads)"]  # first, before the config is read
+    assert len(err.strip().splitlines()) == 1  # the error is still one line
     assert main(["demo", "--threads", "0", "--out", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err.startswith("dynode demo: error: --threads=0: give a whole number")
     assert not (tmp_path / "d").exists()
@@ -142,7 +143,7 @@ def test_sweep_points_get_snakemakes_threads(tmp_path):
 def test_a_sweep_point_prints_and_refuses():
     ok = subprocess.run([sys.executable, "-m", "dynode.sweep", "point", "/nonexistent-point", "--threads", "1"],
                         capture_output=True, text=True, timeout=300)
-    assert ok.stderr.splitlines()[0] == "torch threads: 1 (--threads)"  # printed before the point is read
+    assert ok.stdout.splitlines()[0] == "torch threads: 1 (--threads)"  # printed before the point is read
     assert ok.returncode != 0 and "point.json" in ok.stderr
     bad = subprocess.run([sys.executable, "-m", "dynode.sweep", "point", "/nonexistent-point", "--threads", "0"],
                          capture_output=True, text=True, timeout=300)
@@ -165,9 +166,9 @@ def test_a_ddp_worker_takes_its_share(tmp_path):
         MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
     assert out.returncode == 0, out.stderr
     share = max(1, CPUS // 2)
-    assert out.stderr.splitlines()[0] == \
-        f"torch threads: {share} ({FOUND}: {CPUS} CPU{'s' if CPUS != 1 else ''} / 2 local DDP workers) per DDP worker"
-    assert out.stdout.split() == ["threads", str(share), "False"]
+    assert out.stdout.splitlines() == [
+        f"torch threads: {share} ({FOUND}: {CPUS} CPU{'s' if CPUS != 1 else ''} / 2 local DDP workers) per DDP worker",
+        f"threads {share} False"]
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """``python -m dynode.sweep point POINT_DIR [--threads N]``: run one point (what the generated
 Snakefile runs, with ``--threads`` = the cores its Snakemake job holds). Prints its torch
-thread count first, on stderr (:mod:`dynode.threads`); a bad argument is one line and status 2."""
+thread count first (:mod:`dynode.threads`); a bad argument is one line and status 2."""
 
 import argparse
 import sys
@@ -16,7 +16,7 @@ ap.add_argument("--threads", type=int, default=None, metavar="N",
                 help="torch threads (the Snakefile passes Snakemake's threads; default: dynode.threads' policy)")
 args = ap.parse_args()
 try:
-    print(use_threads(args.threads).describe(), file=sys.stderr, flush=True)
+    print(use_threads(args.threads).describe(), flush=True)
 except ConfigurationError as exc:
     print(f"{ap.prog}: error: {exc}", file=sys.stderr)
     raise SystemExit(2) from None

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 from torch import nn
@@ -19,7 +18,7 @@ def init_distributed(device: str):
     initialised; None for a single process. Returns (dist, created). A DDP worker whose
     threads nothing set yet (the command line sets them first) takes the CPUs divided among
     the workers on its machine (:mod:`dynode.threads`; ``DYNODE_THREADS`` overrides it);
-    local rank 0 prints the count on stderr."""
+    local rank 0 prints the count."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -44,7 +43,7 @@ def _worker_threads() -> None:
     if applied() is None:
         policy = use_threads()
         if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(f"{policy.describe()} per DDP worker", file=sys.stderr, flush=True)
+            print(f"{policy.describe()} per DDP worker", flush=True)
 
 
 class Runner(nn.Module):
