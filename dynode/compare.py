@@ -133,7 +133,9 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     ``out/<label>``, then write the table and the figure. A variant trained by an earlier run is
     continued with ``resume`` (a finished one is not retrained), started over with
     ``overwrite``, and refused otherwise, before anything trains. Returns ``{"results": {label:
-    workflow result}, "table": path, "figure": path, "seconds": s}``."""
+    workflow result}, "table": path, "figure": path, "seconds": s}``. The analysis flags are
+    marked in the printed table (and named after it), not also Python warnings
+    (:func:`~dynode.analysis.flags_in_tables`); other warnings are shown."""
 
     variants = dict(variants) if variants is not None else default_variants(
         normalization=base.model.options.get("normalization"))
@@ -159,9 +161,10 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     for i, (label, cfg) in enumerate(configs.items()):
         log(f"\n[{i + 1}/{len(configs)}] {label}")
         try:
-            results[label] = run_workflow(cfg, out / label, overwrite=overwrite, resume=resume,
-                                          log=lambda m: log("  " + m),
-                                          figures=False)
+            with analysis.flags_in_tables():  # the table marks them; the line after it names the rest
+                results[label] = run_workflow(cfg, out / label, overwrite=overwrite, resume=resume,
+                                              log=lambda m: log("  " + m),
+                                              figures=False)
         except ConfigurationError as exc:
             raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
     rows = comparison_rows(results)
@@ -174,6 +177,10 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     (out / "comparison.md").write_text(text + "\n")
     figure = plot_comparison(results, out / "comparison.png")
     log("\n" + text)
+    others = sorted({k for r in results.values() for d in r["summary"].values() for k in d.get("flags", {})
+                     if k.split("[")[0] not in _TABLE_KEYS})
+    if others:
+        log(f"also flagged, values not in this table (reasons in comparison.json): {', '.join(others)}")
     log(f"\ntable: {table}, {out / 'comparison.md'}; figure: {figure}")
     seconds = time.perf_counter() - t0
     summary = {label: {"accuracy": r["accuracy"], "summary": r["summary"], "options": dict(configs[label].model.options)}

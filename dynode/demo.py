@@ -23,7 +23,7 @@ import json
 import time
 from pathlib import Path
 
-from dynode.analysis import format_summary
+from dynode.analysis import flags_in_tables, format_summary
 from dynode.compare import run_workflow
 from dynode.config import run_config
 from dynode.errors import ConfigurationError
@@ -85,7 +85,9 @@ def run_demo(out: Path, *, quick: bool = False, epochs: int | None = None, seed:
              overwrite: bool = False, resume: bool = False, log=print) -> dict:
     """Run the demo into ``out``; returns a dict with the accuracy, timings and the summary.
     An earlier demo's outputs in ``out`` are replaced with ``overwrite``, its training
-    continued with ``resume``; otherwise they are refused before anything runs."""
+    continued with ``resume``; otherwise they are refused before anything runs. The analysis
+    flags are the printed table's footnotes, not also Python warnings
+    (:func:`~dynode.analysis.flags_in_tables`); other warnings are shown."""
 
     cfg = demo_config(quick, epochs, seed)
     out = Path(out)
@@ -98,7 +100,8 @@ def run_demo(out: Path, *, quick: bool = False, epochs: int | None = None, seed:
     log(f"dynode demo: the generated task, dyrcnn with divisive normalization, trained for "
         f"{cfg.training.epochs} epoch(s); then the Groen et al. (2022) experiments at dt "
         f"{cfg.experiment.dt:g} ms")
-    result = run_workflow(cfg, out, overwrite=overwrite, resume=resume, log=log)
+    with flags_in_tables():  # the table below shows them
+        result = run_workflow(cfg, out, overwrite=overwrite, resume=resume, log=log)
     log("\nGroen et al. (2022) in silico, per area:")
     log(format_summary(result["summary"]))
     log(f"\nfigures: {', '.join(result['figures'].values())}")

@@ -20,9 +20,10 @@ kept with a flag (and an :class:`~dynode.errors.AnalysisWarning`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,13 +33,14 @@ import xarray as xr
 from dynode.analysis import metrics as M
 from dynode.analysis.courses import align_to_onset, all_time_courses, as_tree, conditions
 from dynode.analysis.dn import DNFit, fit_dn, pulse_envelope
-from dynode.errors import AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError
+from dynode.errors import (AnalysisWarning, BaselineDriftWarning, ConfigurationError, MissingConditionsError,
+                           UndefinedMetricWarning, user_stacklevel)
 from dynode.analysis import figures as F
 from dynode.stimuli import EXPERIMENTS
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "BASELINE", "DRIFT_TOL",
-           "NEEDS"]
+__all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "flags_in_tables",
+           "BASELINE", "DRIFT_TOL", "NEEDS"]
 
 KINDS = tuple(EXPERIMENTS)  # the registry (dynode.stimuli.EXPERIMENTS) in its order
 _BY = {k: e.by for k, e in EXPERIMENTS.items()}
@@ -129,9 +131,14 @@ class Analysis:
     not_computed: dict[str, str] = field(default_factory=dict)
 
     def flag(self, pop: str, key: str, reason: str, category=AnalysisWarning) -> None:
-        """Record ``reason`` for ``key`` of ``pop`` and warn it."""
+        """Record ``reason`` for ``key`` of ``pop`` and warn it, pointing at the user's call
+        (:func:`~dynode.errors.user_stacklevel`). The warning carries ``flag = (pop, key)``: the
+        printed tables show it (:func:`flags_in_tables` keeps the command line from printing
+        it twice)."""
         self.flags.setdefault(pop, {})[key] = reason
-        warnings.warn(f"{pop}: {key}: {reason}", category, stacklevel=3)
+        warning = category(f"{pop}: {key}: {reason}")
+        warning.flag = (pop, key)
+        warnings.warn(warning, stacklevel=user_stacklevel())
 
     def summary(self) -> dict[str, dict]:
         """Per-population numbers, JSON-serialisable (plain floats, ``None`` where undefined;
@@ -296,9 +303,10 @@ def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, dr
 
 
 def _undefined(res: Analysis, pop: str, key: str, da: xr.DataArray) -> None:
-    """Copy a metric's per-condition undefined reasons into the flags (already warned)."""
+    """Flag a metric's per-condition undefined reasons (the metric's own warnings are
+    silenced by the caller: one warning per flag)."""
     for where, why in (da.attrs.get("undefined") or {}).items():
-        res.flags.setdefault(pop, {})[f"{key}[{where.split('=', 1)[-1]}]"] = why
+        res.flag(pop, f"{key}[{where.split('=', 1)[-1]}]", why, UndefinedMetricWarning)
 
 
 def analyze(*archives, contrast=None, duration=None, repetition=None, populations=None,
@@ -377,10 +385,12 @@ def _durations(res: Analysis, dur: xr.Dataset, start: float, stop: float) -> Non
                          f"({lo:g}, {hi:g}]): the response to the doubled pulse is "
                          f"{'below baseline' if v <= lo else 'far above twice the single one'}")
         ratios[p] = r
-        res.windows[p] = float(M.summation_window(dur[p]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)  # flagged below, with the population
+            res.windows[p] = float(M.summation_window(dur[p]))
         if not math.isfinite(res.windows[p]):
-            res.flags.setdefault(p, {})["summation_window_ms"] = ("the response to the shortest pulse does not "
-                                                                  "fall below half its peak on both sides")
+            res.flag(p, "summation_window_ms", "the response to the shortest pulse does not fall below half its "
+                     "peak on both sides", UndefinedMetricWarning)
     res.ratios = xr.Dataset(ratios)
 
 
@@ -414,15 +424,17 @@ def _recovery(res: Analysis, trees, courses, window: float) -> None:
 def _contrast(res: Analysis, con: xr.Dataset, on: float) -> None:
     ttp, hr, peaks = {}, {}, {}
     for p in res.populations:
-        ttp[p] = M.time_to_peak(con[p], 0.0, on)
-        hr[p] = M.half_rise_latency(con[p], 0.0, on)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)  # flagged below, one warning per flag
+            ttp[p] = M.time_to_peak(con[p], 0.0, on)
+            hr[p] = M.half_rise_latency(con[p], 0.0, on)
+            peaks[p] = M.peak_response(con[p], 0.0, on)
+            c = M.c50(peaks[p].expand_dims(population=[p]))  # a DataArray keeps the reason in its attrs
         _undefined(res, p, "time_to_peak_ms", ttp[p])
         _undefined(res, p, "half_rise_ms", hr[p])
-        peaks[p] = M.peak_response(con[p], 0.0, on)
-        c = M.c50(peaks[p].expand_dims(population=[p]))  # a DataArray keeps the reason in its attrs
         res.c50[p] = float(c[0])
         for why in c.attrs["undefined"].values():
-            res.flags.setdefault(p, {})["c50"] = why
+            res.flag(p, "c50", why, UndefinedMetricWarning)
         cs, ys = peaks[p]["contrast"].values, peaks[p].values
         if (cs > 0).sum() >= 3 and np.all(np.isfinite(ys)):
             with warnings.catch_warnings():
@@ -449,10 +461,12 @@ def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.
         res.not_computed["asymptote_to_peak"] = f"a stimulus of at least {at:g} ms (contrast experiment)"
         return
     for p in res.populations:
-        v = M.asymptote_to_peak(long[p], at, width=smooth_ms)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)  # flagged below, with the population
+            v = M.asymptote_to_peak(long[p], at, width=smooth_ms)
         res.asymptote[p] = v
         if not math.isfinite(v):
-            res.flags.setdefault(p, {})["asymptote_to_peak"] = "no response above the baseline"
+            res.flag(p, "asymptote_to_peak", "no response above the baseline", UndefinedMetricWarning)
             continue
         # Groen's smoothing window around 0.5 s reaches past the stimulus offset, so even a
         # response without any transient reads below 1: the same measure of a sustained box
@@ -493,11 +507,13 @@ def _dn(res: Analysis, trees, courses, options: dict) -> None:
                 rows[p].append(part[p].sel({dim: v}).values)
     s = np.stack(stims)
     for p in res.populations:
-        fit = fit_dn(s, np.stack(rows[p]), t, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AnalysisWarning)  # flagged below, with the population
+            fit = fit_dn(s, np.stack(rows[p]), t, **options)
         res.dn_fits[p] = fit
         if fit.on_bounds:
-            res.flags.setdefault(p, {})["dn"] = (f"parameters on their bounds {fit.on_bounds}: the R^2 "
-                                                 f"{fit.r2:.3f} does not make this a description of the data")
+            res.flag(p, "dn", f"parameters on their bounds {fit.on_bounds}: the R^2 {fit.r2:.3f} does not make "
+                     "this a description of the data")
 
 
 def summarize(*archives, contrast=None, duration=None, repetition=None, **kwargs) -> dict[str, dict]:
@@ -508,6 +524,35 @@ def summarize(*archives, contrast=None, duration=None, repetition=None, **kwargs
 
 
 # -- the printed table ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def flags_in_tables() -> Iterator[None]:
+    """Inside the block, the warnings of :meth:`Analysis.flag` (those carrying ``flag``) are not
+    printed: for code that prints the tables, which show every flag (:func:`format_summary`: a
+    footnote on the flagged value, or the line naming flags on values outside the table), so
+    that the command line says each once. Every other warning is printed as usual, when it
+    happens."""
+    with warnings.catch_warnings():
+        show = warnings.showwarning
+
+        def _show(message, category, filename, lineno, file=None, line=None):
+            if getattr(message, "flag", None) is None:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = _show
+        yield
+
+
+def _in_table(key: str, isis: Sequence[float], latency_contrasts: Sequence[float], with_dn: bool) -> bool:
+    """Whether :func:`format_summary` shows the flag ``key`` (on a value, or as a note)."""
+    if key.startswith(("summation_ratio[", "response[", "summed_response[", "summation_window")):
+        return True
+    conds = {"isi_recovery": isis, "time_to_peak_ms": latency_contrasts, "half_rise_ms": latency_contrasts}
+    if any(key == f"{k}[{c:g}]" for k, cs in conds.items() for c in cs):
+        return True
+    return key in ("asymptote_to_peak", "c50", "baseline_to_peak", "baseline_drift_to_peak") or (key == "dn"
+                                                                                                  and with_dn)
+
+
 def _cell(d: dict, key: str, cond=None, fmt: str = ".2f", notes: dict | None = None) -> str:
     """A value as text: ``-`` when absent, ``n/a`` when undefined, ``*k`` after a flagged one
     (``k`` numbers the footnote in ``notes``)."""
@@ -535,8 +580,9 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
     ``*k`` and footnote ``k`` says why (an area whose baseline drifts is marked on its name);
     ``n/a`` is a metric that is undefined (its reason in a footnote), ``-`` one that was not
     computed. Flags on values outside the table that change its reading (a response below
-    baseline, sums cut by a short epoch) follow as notes; the
-    Naka-Rushton extra's flags stay in the summary dict."""
+    baseline, sums cut by a short epoch) follow as notes; the other flags on values outside
+    the table (the Naka-Rushton extra's c50, latencies at other contrasts) are named in one
+    last line, their reasons in the summary's ``flags``."""
     notes: dict[str, int] = {}
     rows = []
     head = ["area", "sum. ratio", "sust/peak", "win"]
@@ -600,4 +646,12 @@ def format_summary(summary: Mapping[str, Mapping], *, short: float = 33.0,
         for key, why in d.get("flags", {}).items():
             if key.startswith(("response[", "summed_response[", "summation_window")) and why not in notes:
                 out.append(f"note ({pop} {key}): {why}")
+    others: dict[str, list[str]] = {}
+    for pop, d in summary.items():
+        for key in d.get("flags", {}):
+            if not _in_table(key, isis, latency_contrasts, with_dn):
+                others.setdefault(key, []).append(pop)
+    if others:
+        out.append("also flagged, values not in this table (reasons in the summary's flags): "
+                   + ", ".join(f"{k} ({', '.join(pops)})" for k, pops in others.items()))
     return "\n".join(out)
