@@ -154,6 +154,18 @@ class ImageTask:
         s = torch.tensor(self.std, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
         return (x - m) / s
 
+    @property
+    def train(self) -> tuple[Tensor, Tensor]:
+        """The training split ready to train on: ``(normalize(x_train), y_train)``, the
+        ``(images, labels)`` pair that :func:`dynode.train.train` takes (as does the task itself)."""
+        return self.normalize(self.x_train), self.y_train
+
+    @property
+    def test(self) -> tuple[Tensor, Tensor]:
+        """The test split ready to evaluate on: ``(normalize(x_test), y_test)`` (normalised with
+        the *training* set's statistics), e.g. ``val_data=task.test``."""
+        return self.normalize(self.x_test), self.y_test
+
     def dataset(self, split: str = "train") -> torch.utils.data.TensorDataset:
         """A ``torch.utils.data.TensorDataset`` of ``(image, label)`` (images unnormalised)."""
         x, y = self._split(split)

@@ -4,14 +4,48 @@ before it runs."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
+import torch.utils.data
 from torch import Tensor
 
 from dynode.errors import ConfigurationError
 from dynode.guards import magnitudes
 from dynode.problem import dtype_name
+
+
+def as_source(data, what: str = "train_data"):
+    """``data`` as the trainer reads it, or a :class:`ConfigurationError` saying what to pass.
+
+    Taken: a :class:`dynode.stimuli.ImageTask` (its normalised train split; ``evaluate`` and
+    validation use its test split), an ``(images, labels)`` pair of tensors (a list of two is
+    taken as the pair; ``task.train`` / ``task.test`` are such pairs), or an iterable of
+    ``(images, labels)`` batches (a ``DataLoader``, :class:`~dynode.stimuli.InMemoryLoader`).
+    Refused with the fix named: one tensor, a mapping, a map-style ``Dataset`` (it yields
+    single samples, not batches), anything else that is not iterable."""
+    if hasattr(data, "x_train"):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(v, Tensor) for v in data):
+        return tuple(data)
+    fix = (f"pass a dynode.stimuli.ImageTask (the task itself, or task.train / task.test), an (images, labels) "
+           "pair of tensors, or an iterable of (images, labels) batches such as a DataLoader")
+    if isinstance(data, (tuple, list)):
+        kinds = ", ".join(type(v).__name__ for v in data[:4]) + (", ..." if len(data) > 4 else "")
+        raise ConfigurationError(f"{what} is a {type(data).__name__} of {len(data)} items ({kinds}), not an "
+                                 f"(images, labels) pair of tensors; {fix}")
+    if isinstance(data, Tensor):
+        raise ConfigurationError(f"{what} is one tensor of shape {tuple(data.shape)}; training needs the "
+                                 f"labels too: {fix}")
+    if isinstance(data, (str, bytes, Mapping)):
+        raise ConfigurationError(f"{what} is a {type(data).__name__}; {fix}")
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        raise ConfigurationError(f"{what} is a {type(data).__name__}, a Dataset of single samples, not of "
+                                 "batches; wrap it: torch.utils.data.DataLoader(dataset, batch_size=config."
+                                 "batch_size, shuffle=True); for an ImageTask pass the task itself or task.train")
+    if not isinstance(data, Iterable):
+        raise ConfigurationError(f"{what} is a {type(data).__name__}, not data; {fix}")
+    return data
 
 
 def data_size(data) -> int | None:

@@ -27,7 +27,7 @@ from dynode.network import Network, RunProtocol
 from dynode.population import Bounded
 from dynode.spec import spec_record
 from dynode.train.config import TrainingConfig
-from dynode.train.data import batches, check_data, data_size
+from dynode.train.data import as_source, batches, check_data, data_size
 from dynode.train.objective import Objective
 from dynode.train.runtime import Runner, init_distributed, resolve_device
 from dynode.train.state import Checkpointing, TrainResult, canonical_json
@@ -288,6 +288,8 @@ class Trainer(Objective, Checkpointing):
         batches (with ``set_epoch(epoch)`` for a reproducible order)."""
         cfg = self.config
         stop = cfg.epochs if until is None else min(int(until), cfg.epochs)
+        train_data = as_source(train_data, "train_data")
+        val_data = None if val_data is None else as_source(val_data, "val_data")
         from tqdm.auto import tqdm
 
         n_data = data_size(train_data)
@@ -353,6 +355,7 @@ class Trainer(Objective, Checkpointing):
         """Loss and accuracy (readout at the end of the run) on ``data`` without gradient;
         an :class:`~dynode.stimuli.ImageTask` is evaluated on its test split. Under DDP the
         ranks share each batch and the result is reduced."""
+        data = as_source(data, "data")
         was_training = self.network.training
         self.network.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -384,16 +387,58 @@ class Trainer(Objective, Checkpointing):
 
 
 def train(network: nn.Module, train_data, config: TrainingConfig | dict | None = None, *, val_data=None,
-          log=None, checkpoint_dir=None, resume=None, progress: bool | None = None) -> TrainResult:
-    """Train ``network`` on ``train_data`` (see :meth:`Trainer.fit`); returns the metrics."""
+          log=None, checkpoint_dir=None, resume=None, overwrite: bool = False,
+          progress: bool | None = None) -> TrainResult:
+    """Train ``network`` on ``train_data`` (see :meth:`Trainer.fit`); returns the metrics per epoch.
+
+    ``train_data``: a :class:`dynode.stimuli.ImageTask` (its normalised train split), an
+    ``(images, labels)`` pair (``task.train``) or an iterable of such batches. ``val_data``: data
+    evaluated after every epoch (``val_loss``, ``val_acc`` in the metrics, the log and the epoch
+    line); default (``None``): the task's test split when ``train_data`` is an ImageTask, else
+    none; ``False``: none.
+
+    ``checkpoint_dir``: ``last.pt`` is written there after every epoch. As ``dynode train``
+    does, an existing ``checkpoint_dir/last.pt`` is refused before anything runs unless
+    ``overwrite=True`` (start over) or ``resume`` is given: ``resume=True`` continues
+    ``checkpoint_dir/last.pt``, ``resume=PATH`` continues the run saved in PATH."""
     cfg = config if isinstance(config, TrainingConfig) else TrainingConfig.model_validate(config or {})
+    resume_path = _resume_path(resume, checkpoint_dir, overwrite)
+    if val_data is None and hasattr(train_data, "x_test"):
+        val_data = train_data  # an ImageTask: evaluate() reads its test split
+    elif val_data is False:
+        val_data = None
     trainer = Trainer(network, cfg, log=log, checkpoint_dir=checkpoint_dir, progress=progress)
     try:
-        if resume is not None:
-            trainer.resume(resume)
+        if resume_path is not None:
+            trainer.resume(resume_path)
         return trainer.fit(train_data, val_data)
     finally:
         trainer.close()
+
+
+def _resume_path(resume, checkpoint_dir, overwrite: bool) -> Path | None:
+    """What :func:`train` continues (None: a fresh run), after refusing, as the CLI does, to
+    replace an earlier training in ``checkpoint_dir`` without ``overwrite`` or ``resume``."""
+    if resume is not None and resume is not False and overwrite:
+        raise ConfigurationError("overwrite=True starts over and resume continues; give one")
+    last = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"
+    if resume is True:
+        if last is None:
+            raise ConfigurationError("resume=True continues checkpoint_dir/last.pt, but no checkpoint_dir was "
+                                     "given; pass checkpoint_dir, or resume='path/to/last.pt'")
+        if not last.is_file():
+            raise ConfigurationError(f"resume=True: no {str(last)!r} to continue; leave resume out to start a "
+                                     "new training")
+        return last
+    if resume is not None and resume is not False:
+        if not isinstance(resume, (str, os.PathLike)):
+            raise ConfigurationError(f"resume must be True (checkpoint_dir/last.pt) or a checkpoint path, got "
+                                     f"{type(resume).__name__} {resume!r}")
+        return Path(resume)
+    if last is not None and (last.exists() or last.is_symlink()) and not overwrite:
+        raise ConfigurationError(f"{str(last)!r} holds an earlier training; pass resume=True to continue it "
+                                 "or overwrite=True to start over, or choose another checkpoint_dir")
+    return None
 
 
 def evaluate(network: nn.Module, data, config: TrainingConfig | dict | None = None) -> dict:
