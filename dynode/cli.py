@@ -420,6 +420,11 @@ def cmd_sweep(args) -> int:
     from dynode.sweep import run_sweep
 
     extra = list(args.snakemake_args or [])
+    if extra[:1] not in ([], ["--"]):  # dynode's options after SWEEP: argparse's REMAINDER took them too
+        cut = extra.index("--") if "--" in extra else len(extra)
+        given, default = (vars(build_parser().parse_args(["sweep", *head, args.sweep])) for head in (extra[:cut], []))
+        vars(args).update({k: v for k, v in given.items() if v != default[k]})
+        extra = extra[cut:]
     extra = extra[1:] if extra[:1] == ["--"] else extra
     if args.cores < 1:
         raise _UsageError("dynode sweep: error: --cores must be >= 1")

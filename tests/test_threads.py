@@ -177,3 +177,22 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sweep_options_after_the_sweep_file_are_dynodes(monkeypatch, tmp_path, capsys):
+    """`dynode sweep FILE --cores 4 --threads 2 -- --jobs 3`: --cores and --threads reach the
+    points' threads (argparse's REMAINDER used to hand them to Snakemake); after -- is Snakemake's."""
+    import dynode.sweep
+
+    seen = {}
+
+    def fake(path, **kw):
+        seen.update(kw, path=path)
+        return {"returncode": 0}
+
+    monkeypatch.setattr(dynode.sweep, "run_sweep", fake)
+    assert main(["sweep", "s.yaml", "--cores", "4", "--threads", "2", "--dry-run", "--", "--jobs", "3"]) == 0
+    assert (seen["path"], seen["cores"], seen["threads"], seen["snakemake_args"]) == ("s.yaml", 4, 2, ["--jobs", "3"])
+    assert main(["sweep", "--cores", "3", "s.yaml", "--dry-run"]) == 0 and seen["cores"] == 3
+    assert main(["sweep", "s.yaml", "--executor", "slurm"]) == 2  # Snakemake's options go after --
+    assert "unrecognized arguments: --executor" in capsys.readouterr().err
