@@ -44,9 +44,9 @@ def _blocks(n_steps: int, dtype, seed: int = 0):
 
 
 def _write(path: Path, blocks, times, dtype, compression, status="complete",
-           write_through: bool = True) -> A.ZarrArchiveWriter:
+           cache_chunks: bool = False) -> A.ZarrArchiveWriter:
     w = A.ZarrArchiveWriter(path, _layout(dtype), times, chunk_steps=K, compression=compression,
-                            write_through=write_through)
+                            cache_chunks=cache_chunks)
     for b in blocks:
         w.write(b)
     w.finish(status)
@@ -63,15 +63,15 @@ def test_chunk_files_are_byte_identical_to_zarrs(tmp_path, monkeypatch, compress
     times, _, _, blocks = _blocks(3 * K + 1, dtype)  # 4 chunks, the last one padded
     direct = _write(tmp_path / "direct.zarr", blocks, times, dtype, compression)
     assert all(direct._files[id(arr)] is not None for _, name, arr in direct._arrays if name != "time")
-    buffered = _write(tmp_path / "buffered.zarr", blocks, times, dtype, compression, write_through=False)
-    assert all(f is None or not f.write_through for f in buffered._files.values())
-    monkeypatch.setattr(W.ChunkFiles, "of", classmethod(lambda cls, arr, write_through=True: None))
+    cached = _write(tmp_path / "cached.zarr", blocks, times, dtype, compression, cache_chunks=True)
+    assert all(f is None or f.cache_chunks for f in cached._files.values())
+    monkeypatch.setattr(W.ChunkFiles, "of", classmethod(lambda cls, arr, cache_chunks=False: None))
     via_zarr = _write(tmp_path / "zarr.zarr", blocks, times, dtype, compression)
     assert all(f is None for f in via_zarr._files.values())
     a, b = _chunk_files(tmp_path / "direct.zarr"), _chunk_files(tmp_path / "zarr.zarr")
     data_chunks = [k for k in a if k.startswith(tuple(f"{g}/rate/" for g in SHAPES) + ("stimulus/",))]
     assert len(data_chunks) == 4 * (len(SHAPES) + 1)
-    assert a == b == _chunk_files(tmp_path / "buffered.zarr")
+    assert a == b == _chunk_files(tmp_path / "cached.zarr")
     assert not list((tmp_path / "direct.zarr").rglob("*.partial"))
 
 
@@ -137,7 +137,7 @@ def test_other_codecs_fall_back_to_zarr(tmp_path):
     assert ChunkFiles.of(arr) is None
 
 
-def test_write_through_must_be_a_bool(tmp_path):
-    with pytest.raises(ConfigurationError, match="write_through"):
+def test_cache_chunks_must_be_a_bool(tmp_path):
+    with pytest.raises(ConfigurationError, match="cache_chunks"):
         A.ZarrArchiveWriter(tmp_path / "a.zarr", _layout("float32"), np.arange(3.0), chunk_steps=K,
-                            write_through="yes")
+                            cache_chunks="yes")

@@ -163,31 +163,31 @@ class ChunkFiles:
     GIL), checksums and writes (two ``write`` calls: no copy to append the checksum), and
     renames into place, so each chunk file appears atomically as with zarr's local store.
 
-    ``write_through``: each chunk file is flushed to the disk (``fdatasync``) before it is
-    renamed into place, then dropped from the page cache (``POSIX_FADV_DONTNEED``). The
-    writer thread then waits for the disk instead of spending CPU: the kernel recycles the
-    dropped pages for the next chunk, where filling fresh page-cache pages cost about
-    3 ms of system time per MB on the 2-core VM this was measured on (0.3 ms/MB recycled;
-    the run's compute threads need that CPU). It also makes the commit that follows a
-    block (``steps_written``) durable: a committed step's data is on the disk. The cost:
-    reading the archive right after the run reads the disk, and a run cannot outpace the
-    disk (a long one cannot anyway). ``False``: plain buffered writes, as zarr does.
+    ``cache_chunks=False`` (default): the pages of each chunk file leave the page cache once
+    written: ``POSIX_FADV_DONTNEED`` right after the write starts their writeback (without
+    waiting for it), and again when the array's next chunk is written drops them (clean by
+    then). The kernel recycles them for the next chunks, where filling fresh page-cache
+    pages cost about 2.5-3 ms of system time per MB on the 2-core VM this was measured on
+    (0.2-0.5 ms/MB recycled), CPU that the run's compute threads need; a recording far
+    larger than memory goes to the disk anyway. ``True``: the chunks stay cached, as zarr
+    leaves them (reading the archive back at once is faster).
 
     :meth:`of` returns ``None`` for an array it cannot write byte-for-byte as zarr would
     (another store, codec, chunk key encoding or a big-endian machine): its writer then
     falls back to ``arr[n0:n1] = data``.
     """
 
-    def __init__(self, folder: Path, arr, encode, write_through: bool = True):
+    def __init__(self, folder: Path, arr, encode, cache_chunks: bool = False):
         self.folder, self.arr, self.encode = folder, arr, encode
-        self.write_through = bool(write_through)
+        self.cache_chunks = bool(cache_chunks)
+        self._last: Path | None = None  # the previous chunk file, to drop from the cache
         self.chunks = tuple(arr.chunks)
         self.dtype = np.dtype(arr.dtype).newbyteorder("<")
         self.fill = arr.metadata.fill_value
         self._made: set[Path] = set()
 
     @classmethod
-    def of(cls, arr, write_through: bool = True) -> ChunkFiles | None:
+    def of(cls, arr, cache_chunks: bool = False) -> ChunkFiles | None:
         import sys
 
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
@@ -219,7 +219,7 @@ class ChunkFiles:
                 compress = Zstd(level=c.level, checksum=c.checksum).encode
             else:
                 return None
-        return cls(Path(arr.store.root) / arr.path, arr, compress, write_through)
+        return cls(Path(arr.store.root) / arr.path, arr, compress, cache_chunks)
 
     def write(self, first: int, data: np.ndarray) -> None:
         """Write ``data`` (``(k, *arr.shape[1:])``) as the whole chunk along time that starts at
@@ -249,18 +249,34 @@ class ChunkFiles:
             with open(tmp, "wb") as f:
                 f.write(body)
                 f.write(crc)
-                if self.write_through:
+                if not self.cache_chunks:
                     f.flush()
-                    os.fdatasync(f.fileno())
-                    _drop_cached(f.fileno())
+                    _drop_cached(f.fileno())  # starts the writeback; dirty pages stay
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        if not self.cache_chunks:
+            if self._last is not None:
+                self.drop(self._last)
+            self._last = path
+
+    @staticmethod
+    def drop(path: Path) -> None:
+        """Drop the clean cached pages of the file ``path`` (gone already: nothing to do)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            _drop_cached(fd)
+        finally:
+            os.close(fd)
 
 
 def _drop_cached(fd: int) -> None:
-    """Tell the kernel that the (already written back) pages of ``fd`` are not needed."""
+    """``POSIX_FADV_DONTNEED`` on the whole file ``fd``: Linux starts writing back its dirty
+    pages (without waiting) and drops the clean ones from the page cache."""
     if hasattr(os, "posix_fadvise"):  # not on macOS / Windows: the pages stay cached there
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 

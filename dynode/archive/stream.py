@@ -6,7 +6,9 @@ copies the result into a preallocated host block of ``chunk_steps`` steps (pinne
 non-blocking copies on a GPU: no synchronisation per step). A full block goes to a background
 writer thread, which hands it to the writer (:mod:`dynode.archive.writer`) while the solver
 fills the other block, so peak memory is two blocks whatever ``t_end`` is, and writing
-overlaps computing. An idle writer thread keeps the archive's lease fresh
+overlaps computing. The writer thread creates the store as soon as the first state arrives
+(a zarr store takes a few hundred ms to create: the solver fills its two blocks meanwhile
+instead of waiting for it after the first). An idle writer thread keeps the archive's lease fresh
 (:data:`~dynode.archive.lease.HEARTBEAT_S`).
 """
 
@@ -110,6 +112,8 @@ class Streamer:
         self._thread = threading.Thread(target=self._write_loop, name="dynode-archive-writer",
                                         daemon=True)
         self._thread.start()
+        if hasattr(self.sink, "open"):  # create the store now, while the solver fills the first blocks
+            self._work.put("open")
         self._cur = self._free.get()
         self._held = [[] for _ in self.plans]
         self._i = 0
@@ -149,6 +153,12 @@ class Streamer:
                 continue
             if item is None:
                 return
+            if item == "open":
+                try:
+                    self.sink.open()
+                except BaseException as exc:  # surfaced in the solver's thread
+                    self._error = exc
+                continue
             (bufs, times, stim), n, event, held = item
             try:
                 if self._error is None:

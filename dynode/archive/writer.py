@@ -92,16 +92,16 @@ class ZarrArchiveWriter:
 
     ``times``: every recording time of the run (ms). The time axis is allocated for all of
     them when the store is created, so array shapes never change while the run goes.
-    ``write_through``: every data chunk reaches the disk before its block is committed and
-    leaves the page cache (:class:`~dynode.archive.layout.ChunkFiles`): less CPU taken from
-    the run's compute threads, a durable commit; ``False`` leaves the chunks to the page
-    cache (faster to read back at once, costlier to write where page-cache memory is fresh).
+    ``cache_chunks``: leave the written chunk files in the page cache (as zarr does; faster
+    to read back at once) instead of dropping them once written, which lets the kernel
+    recycle their pages (:class:`~dynode.archive.layout.ChunkFiles`): less system time
+    taken from the run's compute threads.
     """
 
     def __init__(self, path, layout: Layout, times, *, chunk_steps: int, compression="lz4",
-                 overwrite: bool = False, write_through: bool = True):
-        if not isinstance(write_through, bool):
-            raise ConfigurationError(f"write_through must be True or False, got {write_through!r}")
+                 overwrite: bool = False, cache_chunks: bool = False):
+        if not isinstance(cache_chunks, bool):
+            raise ConfigurationError(f"cache_chunks must be True or False, got {cache_chunks!r}")
         if compression not in COMPRESSIONS:
             raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
         self.path = prepare_path(path, overwrite)
@@ -110,17 +110,21 @@ class ZarrArchiveWriter:
         self.times = np.asarray(times, dtype=np.float64)
         self.chunk_steps = int(chunk_steps)
         self.compression = compression
-        self.write_through = write_through
+        self.cache_chunks = cache_chunks
         self.steps_written = 0
         self._root = None
         self._lease: dict | None = None
         self._arrays: list[tuple[str, str, object]] = []  # (group, variable, zarr array)
         self._files: dict[int, ChunkFiles | None] = {}  # id(array) -> its direct chunk writer
 
-    def write(self, block: Block) -> None:
-        """Create the store on the first call; write ``block`` at the next free steps."""
+    def open(self) -> None:
+        """Create the store (once; :meth:`write` does it if this was not called)."""
         if self._root is None:
             self._create()
+
+    def write(self, block: Block) -> None:
+        """Create the store on the first call; write ``block`` at the next free steps."""
+        self.open()
         with _zarr_config():
             self._write(block)
 
@@ -150,7 +154,7 @@ class ZarrArchiveWriter:
 
         root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
         self._arrays = list(_timed_arrays(root))
-        self._files = {id(arr): ChunkFiles.of(arr, self.write_through) for _, _, arr in self._arrays}
+        self._files = {id(arr): ChunkFiles.of(arr, self.cache_chunks) for _, _, arr in self._arrays}
         self._root = root
 
     def _remove_leftovers(self) -> None:
