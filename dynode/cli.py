@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config", nargs="?", default=None,
                    help="YAML run configuration: the base model, data, training and experiment, and "
                    "compare.variants (default: the demo's model at half width, 600 training images, "
-                   "3 epochs, and the eight default variants)")
+                   "3 epochs, and the twelve default variants)")
     m.add_argument("--out", default=None, help="output folder (default: dynode-compare, or the config's output)")
     m.add_argument("--quick", action="store_true", help="without CONFIG: the demo's tiny settings (a smoke test)")
     m.add_argument("--variants", default=None,
