@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from dynode.archive import open_archive
 from dynode.errors import CheckpointError, ConfigurationError
-from dynode.spec import ModelSpec, build_network, weights_fingerprint
+from dynode.spec import ModelSpec, build_field, build_network, is_field_spec, weights_fingerprint
 
 __all__ = ["load_checkpoint", "load_weights", "load_state", "is_state_dict", "load_model"]
 
@@ -95,12 +95,17 @@ def load_model(path, *, weights=None, eval: bool = True, trust_code: bool = Fals
 
     A checkpoint holds both. An archive holds the spec and the fingerprint of the weights the
     run used: pass ``weights=`` (a checkpoint or ``state_dict`` file) to load them (checked
-    against the fingerprint), or ``weights=False`` for the architecture with fresh weights.
+    against the fingerprint), or ``weights=False`` for the architecture with fresh weights;
+    a model whose fresh build already has the recorded weights (a field without parameters)
+    needs neither.
     The caller's random state is left untouched. ``eval``: put the network in eval mode.
 
     The stored spec is data: operators that name code outside dynode's vocabulary and the
     ``nn.Module`` classes of ``torch.nn``/dynode are refused before anything is imported or
-    built, unless ``trust_code=True`` (you trust whoever wrote the file).
+    built, unless ``trust_code=True`` (you trust whoever wrote the file). A custom vector field
+    is recorded by its class's import path and ``spec_kwargs()`` (:mod:`dynode.spec.field`):
+    rebuilding it imports your module, so it always needs ``trust_code=True`` and the module
+    importable (installed or on ``PYTHONPATH``; the current folder is never searched).
     """
     path = Path(path)
     if not path.exists():
@@ -123,15 +128,19 @@ def load_model(path, *, weights=None, eval: bool = True, trust_code: bool = Fals
         raise CheckpointError(f"the model spec stored in {path} is not valid JSON (truncated or edited: "
                               f"{str(exc)[:100]}); rebuild the network with the code that made it and "
                               "load_state_dict(), or ask for an intact file") from None
-    spec = ModelSpec.from_data(data, f"{path}: spec")
+    custom = is_field_spec(data)
+    spec = None if custom else ModelSpec.from_data(data, f"{path}: spec")
     if weights is not None and weights is not False:
         w = load_checkpoint(weights)
         state = w.get("model", w)
     with torch.random.fork_rng(devices=[]):
         try:
-            net = build_network(spec, trust_code=trust_code)
+            net = (build_field(data, trust_code=trust_code, where=f"{path}") if custom
+                   else build_network(spec, trust_code=trust_code))
         except ConfigurationError as exc:
-            raise type(exc)(f"{path}: {exc}") from None
+            raise type(exc)(exc if custom else f"{path}: {exc}") from None
+    if state is None and weights is None and fingerprint and weights_fingerprint(net) == fingerprint:
+        return net.eval() if eval else net  # the fresh build has the recorded weights (e.g. none at all)
     if state is None and weights is not False:
         raise ConfigurationError(f"the archive {path} stores the model's spec but not its weights "
                                  f"(fingerprint {fingerprint[:12] if fingerprint else '?'}...); pass "

@@ -110,7 +110,9 @@ def _spec_entries(net) -> dict:
 
 
 def model_config(field) -> dict:
-    """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays)."""
+    """The model as data: populations (shape, tau, phi, bias), inputs, connections (delays); for
+    a custom vector field its protocol's answers. Both with the rebuildable spec (a custom field:
+    its import path and ``spec_kwargs()``) or why there is none, and the weights' fingerprint."""
     if isinstance(field, Network):
         pops = [{"name": name, "shape": list(pop.shape), "tau": _jsonable(pop.tau), "phi": repr(pop.phi),
                  "bias": None if pop.bias is None else list(pop.bias.shape),
@@ -127,7 +129,8 @@ def model_config(field) -> dict:
             "inputs": list(field.input_names()),
             "time_constants": _jsonable(field.time_constants()),
             "delays": _jsonable(field.delays()), "max_delay": float(field.max_delay()),
-            "parameters": sum(p.numel() for p in field.parameters())}
+            "parameters": sum(p.numel() for p in field.parameters()),
+            **_spec_entries(field)}
 
 
 def describe_solver(solver: Solver) -> dict:

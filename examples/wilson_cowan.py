@@ -7,6 +7,11 @@ The delayed E-I loop oscillates while the drive P is on; the loop delay ``d`` se
 period (longer delay, fewer and larger peaks). Run::
 
     python examples/wilson_cowan.py
+
+``spec_kwargs()`` lets archives record the field (its import path and these arguments), so
+``dn.load_model(archive, trust_code=True)`` rebuilds it, with this folder on ``PYTHONPATH`` and
+the class imported from the module (``from wilson_cowan import WilsonCowan``), not run as a
+script (a class defined in ``__main__`` has no import path).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ class WilsonCowan(dn.VectorField):
         super().__init__()
         self.tau_e, self.tau_i, self.delay = tau_e, tau_i, delay
         self.w_ee, self.w_ei, self.w_ie, self.w_ii = w
+
+    def spec_kwargs(self):  # the constructor's arguments: archives record them (dn.load_model rebuilds)
+        return {"tau_e": self.tau_e, "tau_i": self.tau_i, "delay": self.delay,
+                "w": [self.w_ee, self.w_ei, self.w_ie, self.w_ii]}
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         z = torch.zeros(batch_size, 1, device=device, dtype=dtype)

@@ -91,7 +91,8 @@ def test_checkpoint_dir_refuses_an_earlier_training_like_the_cli(task, tmp_path)
     net = _net(task, seed=1)
     second = train(net, task, CFG, checkpoint_dir=tmp_path, overwrite=True, progress=False)
     assert last.read_bytes() != saved
-    assert torch.equal(load_checkpoint(last)["model"]["readout.linear.weight"], net.state_dict()["readout.linear.weight"])
+    w = "readout.linear.weight"
+    assert torch.equal(load_checkpoint(last)["model"][w], net.state_dict()[w])
     # resume=True continues checkpoint_dir/last.pt (a finished run: its weights and metrics, nothing retrained)
     again = _net(task, seed=2)
     resumed = train(again, task, CFG, checkpoint_dir=tmp_path, resume=True, progress=False)

@@ -32,6 +32,12 @@ checkpoint alone. Bad input (an unknown kind, an import path that does not impor
 written by a newer dynode, a typo in a key) is a :class:`~dynode.errors.ConfigurationError`
 before anything is built.
 
+A vector field of the user's own (not a :class:`~dynode.Network`) is recorded as an operator of
+its own class is: ``{"kind": "mymodels:WilsonCowan", **spec_kwargs()}``
+(:func:`~dynode.spec.field.field_spec`); its class must be importable by that path (not
+defined in ``__main__``), and rebuilding it (:func:`~dynode.spec.field.build_field`,
+:func:`dynode.load_model`) imports the user's module, so it needs ``trust_code=True``.
+
 A spec is data, whoever wrote it: building one imports and calls only the vocabulary, the
 ``nn.Module`` classes of ``torch.nn`` and dynode (checked to be such classes before they are
 called) and, for ``{"kind": "function"}``, the tensor functions of ``torch``,
@@ -44,9 +50,11 @@ import path.
 
 from dynode.spec.model import (SPEC_VERSION, ConnectionSpec, ModelSpec, PopulationSpec, ProtocolSpec, build_network,
                                check_imports, load_spec, network_spec, save_spec, spec_record, weights_fingerprint)
+from dynode.spec.field import build_field, field_spec, is_field_spec
 from dynode.spec.operators import OPERATOR_KINDS, build_op, op_spec
 from dynode.spec.trust import import_object, trusting
 
 __all__ = ["SPEC_VERSION", "ModelSpec", "PopulationSpec", "ConnectionSpec", "OPERATOR_KINDS",
            "network_spec", "build_network", "op_spec", "build_op", "load_spec", "save_spec",
-           "import_object", "weights_fingerprint", "trusting", "check_imports", "ProtocolSpec", "spec_record"]
+           "import_object", "weights_fingerprint", "trusting", "check_imports", "ProtocolSpec", "spec_record",
+           "field_spec", "build_field", "is_field_spec"]

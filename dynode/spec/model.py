@@ -20,6 +20,7 @@ from dynode.integrate import require_memory
 from dynode.network import Network
 from dynode.pipeline import Combine
 from dynode.solver_config import FrozenConfig, solver_config
+from dynode.spec.field import field_spec
 from dynode.spec.operators import OpDict, build_op, op_spec, plain
 from dynode.spec.trust import spec_class, spec_function, trust_enabled, trusting
 
@@ -354,9 +355,13 @@ def weights_fingerprint(net: nn.Module) -> str:
 
 def spec_record(net) -> dict:
     """What a checkpoint or an archive stores about the model: ``{"spec": JSON or "",
-    "spec_error": why not}``."""
+    "spec_error": why not}``. A :class:`dynode.Network` is stored as its :class:`ModelSpec`;
+    any other vector field as ``{"kind": "<module>:<Class>", **spec_kwargs()}``
+    (:func:`dynode.spec.field.field_spec`; rebuilding it needs ``trust_code=True``)."""
 
     try:
-        return {"spec": network_spec(net).model_dump_json(), "spec_error": ""}
+        if isinstance(net, Network):
+            return {"spec": network_spec(net).model_dump_json(), "spec_error": ""}
+        return {"spec": json.dumps(field_spec(net)), "spec_error": ""}
     except DynodeError as exc:
         return {"spec": "", "spec_error": str(exc)}

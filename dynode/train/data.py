@@ -28,7 +28,7 @@ def as_source(data, what: str = "train_data"):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(v, Tensor) for v in data):
         return tuple(data)
-    fix = (f"pass a dynode.stimuli.ImageTask (the task itself, or task.train / task.test), an (images, labels) "
+    fix = ("pass a dynode.stimuli.ImageTask (the task itself, or task.train / task.test), an (images, labels) "
            "pair of tensors, or an iterable of (images, labels) batches such as a DataLoader")
     if isinstance(data, (tuple, list)):
         kinds = ", ".join(type(v).__name__ for v in data[:4]) + (", ..." if len(data) > 4 else "")
