@@ -41,6 +41,11 @@ class WilsonCowanSheet(dn.VectorField):
         self.tau_e, self.tau_i, self.delay, self.gain, self.theta = tau_e, tau_i, delay, gain, theta
         self.w_ee, self.w_ei, self.w_ie, self.w_ii = w
 
+    def spec_kwargs(self):  # the constructor's arguments: archives record them (dn.load_model rebuilds)
+        return {"size": self.size, "channels": self.channels, "tau_e": self.tau_e, "tau_i": self.tau_i,
+                "delay": self.delay, "gain": self.gain, "theta": self.theta,
+                "w": [self.w_ee, self.w_ei, self.w_ie, self.w_ii]}
+
     def init_state(self, batch_size, *, device=None, dtype=None):
         z = torch.zeros(batch_size, self.size, self.size, device=device, dtype=dtype)
         return {"E": z, "I": z.clone()}
