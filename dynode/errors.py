@@ -6,7 +6,6 @@ parameter (``dt``, ``tau``, ``delay``, a tolerance) that fixes it.
 
 from __future__ import annotations
 
-import os
 import sys
 
 __all__ = [
@@ -29,8 +28,12 @@ __all__ = [
     "user_stacklevel",
 ]
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-"""The dynode package's folder: frames of files below it are dynode's own."""
+def _is_dynode(frame) -> bool:
+    """Whether ``frame`` runs dynode's own code: a module of the ``dynode`` package, by name
+    (its subpackages ``dynode.solvers``, ``dynode.models``, ``dynode.stimuli`` live in other
+    folders of the source tree)."""
+    name = frame.f_globals.get("__name__") or ""
+    return name == "dynode" or name.startswith("dynode.")
 
 
 def user_stacklevel() -> int:
@@ -39,12 +42,12 @@ def user_stacklevel() -> int:
     notebook cell or test that called dynode, however deep inside dynode the warning arises.
 
     Usage: ``warnings.warn(message, SomeWarning, stacklevel=user_stacklevel())``. When every
-    frame is dynode's (the ``dynode`` command run as ``python -m dynode``), the outermost frame.
-    A user's own code that dynode calls back (a custom vector field) is outside the package, so
-    a warning raised below it points at that code's line."""
+    frame is dynode's, the outermost frame. A user's own code that dynode calls back (a custom
+    vector field) is outside the package, so a warning raised below it points at that code's
+    line."""
     frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
     level = 1
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame.f_back is not None and _is_dynode(frame):
         frame = frame.f_back
         level += 1
     return level

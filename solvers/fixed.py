@@ -31,7 +31,7 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
-from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning
+from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning, user_stacklevel
 from dynode.guards import Guard
 from dynode.network import Network
 from dynode.history import History, HistoryTail, compatible_dts, delay_steps, field_delays, hermite
@@ -113,7 +113,7 @@ class FixedStepSolver(Solver):
         if dt / tau > limit:
             warnings.warn(f"{type(self).__name__}: dt/tau = {dt / tau:.3g} for population {name!r} "
                           f"(dt = {dt:g} ms, tau = {tau:g} ms{which}) exceeds the method's stability limit "
-                          f"{limit:.3g}; reduce dt", StabilityWarning, stacklevel=4)
+                          f"{limit:.3g}; reduce dt", StabilityWarning, stacklevel=user_stacklevel())
 
     # -- the loop --------------------------------------------------------------------------
     def solve(self, problem: Problem, dt, *, observer=None) -> Solution:
@@ -199,7 +199,7 @@ class FixedStepSolver(Solver):
                 f"between the grid points t0 + n*dt (t0 = {t0:g}, dt = {dt:g} ms); a step across a jump "
                 f"is first-order accurate, so the run is not order {self.convergence_order}. Use a dt "
                 f"that puts the jumps on the grid (e.g. {', '.join(f'{x:g}' for x in fits[:4])} ms) "
-                "or an adaptive solver, which steps onto breakpoints", AccuracyWarning, stacklevel=4)
+                "or an adaptive solver, which steps onto breakpoints", AccuracyWarning, stacklevel=user_stacklevel())
         return frozenset(out)
 
     def _interpolant(self, h: float, y0: dict[str, Tensor], y1: dict[str, Tensor], last):
@@ -304,7 +304,7 @@ class Euler(FixedStepSolver):
             warnings.warn(f"Euler: dt = {dt:g} ms > tau = {tau:g} ms{which} for population {name!r} "
                           f"(dt/tau = {dt / tau:.3g}); the update overshoots (unstable beyond 2). "
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
-                          StabilityWarning, stacklevel=4)
+                          StabilityWarning, stacklevel=user_stacklevel())
 
     def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int]):
         field, inputs = problem.field, problem.inputs
@@ -346,7 +346,7 @@ class Euler(FixedStepSolver):
                               "zero-delay connections, so the sweep order inside a step (here the "
                               "declaration order) changes the result; give a connection of the cycle "
                               "a delay of at least dt, or use order='simultaneous'",
-                              StabilityWarning, stacklevel=3)
+                              StabilityWarning, stacklevel=user_stacklevel())
             plans = {p.name: p for p in field.plan()}
             sweep = [(update(name), plans[name]) for name in field.update_order()]
 

@@ -45,6 +45,27 @@ def test_a_metric_warning_points_at_the_callers_line():
     assert {(w.filename, w.lineno) for w in rec} == {(__file__, line)}
 
 
+def test_a_solver_warning_points_at_the_callers_line():
+    """dynode.solvers lives outside the dynode/ folder: still dynode's own frames, skipped."""
+    from fields import leaky
+
+    with pytest.warns(dn.StabilityWarning, match="dt = 2 ms > tau = 1 ms") as rec:
+        line = inspect.currentframe().f_lineno + 1
+        dn.integrate(leaky(tau=1.0), torch.ones(3), t_end=4.0, dt=2.0)
+    assert [(w.filename, w.lineno) for w in rec] == [(__file__, line)]
+
+
+def test_a_warning_points_at_the_innermost_user_line():
+    """The walk stops at the first frame outside dynode: the user's helper that called it."""
+    def users_metric(t, y):
+        return A.time_to_peak(xr.DataArray(y, dims="time", coords={"time": t}), 0.0, None)
+
+    t = np.arange(0.0, 100.0)
+    with pytest.warns(UndefinedMetricWarning) as rec:
+        users_metric(t, np.minimum(t / 10.0, 1.0))
+    assert [w.lineno for w in rec] == [users_metric.__code__.co_firstlineno + 1]
+
+
 def test_analysis_warns_each_flag_once_at_the_callers_line():
     tree = archive("contrast", plateau, pops=("V1", "V2"))
     with pytest.warns((AnalysisWarning, BaselineDriftWarning)) as rec:
