@@ -127,9 +127,9 @@ def _layout_of(block, batch: int):
 
     import dynode.archive as A
 
-    groups = tuple(A.GroupSpec(n, ("channel", "y", "x"), {d: np.arange(m) for d, m in zip(("channel", "y", "x"),
-                                                                                          r.shape[2:])},
-                               {"units": "1"}, r.dtype) for n, r in block.rates.items())
+    dims = ("channel", "y", "x")
+    groups = tuple(A.GroupSpec(n, dims, {d: np.arange(m) for d, m in zip(dims, r.shape[2:])}, {"units": "1"},
+                               r.dtype) for n, r in block.rates.items())
     return A.Layout(batch=batch, conditions={}, groups=groups, inputs=("image",),
                     stimulus_dtype=block.stimulus.dtype, attrs={"dynode_archive": A.ARCHIVE_FORMAT})
 

@@ -98,7 +98,8 @@ def test_a_flipped_byte_in_a_direct_chunk_is_caught(tmp_path):
     chunk.write_bytes(bytes(raw))
     with pytest.raises(ArchiveCorruptError) as e:
         A.verify_archive(path)
-    assert {(d.group, d.variable, d.steps) for d in e.value.report.damaged} == {("V1", "rate", (K, 2 * K - 1))}
+    damaged = {(d.group, d.variable, d.steps) for d in e.value.report.damaged}
+    assert damaged == {("V1", "rate", (K, 2 * K - 1))}
 
 
 def test_a_failed_run_keeps_its_partial_block(tmp_path):
