@@ -122,6 +122,29 @@ class Solution:
 
     at = evaluate
 
+    def to_xarray(self):
+        """The saved trajectory as an ``xarray.Dataset``: one variable per population, dims
+        ``(time, sample, <population>_channel, <population>_y, <population>_x)`` (the archives'
+        unit dims, prefixed with the population since populations differ in size; ``channel``
+        and ``x`` for 2-D, ``channel`` for vectors), time in ms (CF ``units``/``long_name``
+        attributes). The values are detached copies on the CPU (plotting needs no ``.detach()``);
+        a streamed run (no saved states) is an error."""
+        import xarray as xr  # only here: the core does not need xarray otherwise
+
+        if not self.states:
+            raise ConfigurationError("this Solution holds no saved states (a streamed run): nothing to put "
+                                     "in a Dataset; read the archive it streamed to")
+        dims = {1: ("channel",), 2: ("channel", "x"), 3: ("channel", "y", "x"), 4: ("channel", "z", "y", "x")}
+        data = {}
+        for name, v in self.states.items():
+            unit_dims = tuple(f"{name}_{d}" for d in dims.get(v.dim() - 2, tuple(f"dim_{i}" for i in range(v.dim() - 2))))
+            arr = v.detach().to("cpu", torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
+            data[name] = (("time", "sample", *unit_dims), arr,
+                          {"units": "a.u.", "long_name": f"rate of population {name}"})
+        times = self.ts.detach().to("cpu", torch.float64).numpy()
+        return xr.Dataset(data, coords={"time": ("time", times, {"units": "ms", "long_name": "time"})},
+                          attrs={"solver_status": self.stats.status.name, "nfe": int(self.stats.nfe)})
+
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.states.items())
         return (f"Solution(ts=[{float(self.ts[0]):g} .. {float(self.ts[-1]):g}] ms ({len(self.ts)} points), "
