@@ -101,10 +101,11 @@ class FixedStepSolver(Solver):
             raise DelayError(
                 f"connection {label}: delay {d:g} ms is not an integer multiple of dt = {dt:g} ms; "
                 f"dt values that fit every delay: {dts} ms (or use an adaptive solver)")
-        for name, tau in field.time_constants().items():
+        taus = field.time_constants()
+        for name, tau in taus.items():
             self._warn(name, tau, dt)
         for name, (lo, _) in getattr(field, "tau_bounds", dict)().items():
-            if lo < field.time_constants()[name]:
+            if lo < taus[name]:
                 self._warn(name, lo, dt, " (the lower bound of its learnt tau: raise tau_bounds)")
         return dt
 

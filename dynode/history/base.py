@@ -157,9 +157,9 @@ class Piecewise:
     def lag_at(self, name: str, delay: Tensor, value: float) -> Tensor:
         """See :meth:`HistoryReader.lag_at`; the slope is the piece's (:meth:`_slope`), zero in
         the constant history before ``t0``."""
-        out = self.lag(name, value)
         if name not in self._y0:
             raise DelayError(f"history.lag_at({name!r}): learnt delays read populations only")
+        out = self.lag(name, value)
 
         def slope():
             where = self._locate(name, value)

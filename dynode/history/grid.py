@@ -43,8 +43,9 @@ the gradient with respect to ``d`` is that interpolant's derivative.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -289,12 +290,12 @@ class History:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = self._continuous(name, ring, value)
-        out, r_dot = hit
-        return with_slope(out, delay, value, lambda: r_dot)
+        out, slope = hit
+        return with_slope(out, delay, value, slope)
 
-    def _continuous(self, name: str, ring: list, value: float) -> tuple[Tensor, Tensor | None]:
-        """``(r(t - value), r'(t - value))`` on the interpolant; the slope ``None`` in the
-        constant history."""
+    def _continuous(self, name: str, ring: list, value: float) -> tuple[Tensor, Callable[[], Tensor | None]]:
+        """``r(t - value)`` on the interpolant and a function giving ``r'(t - value)`` (computed
+        only when a gradient asks for it; ``None`` in the constant history)."""
         if value not in self._checked_values:
             check_delay(name, value, self.max_delay)
             if value < self.dt * (1 - TIME_RTOL):
@@ -308,25 +309,29 @@ class History:
         theta = min(s - j, 1.0)
         on_point = theta >= 1.0 - TIME_RTOL
         if j < self._oldest:  # the interval lies in (or ends) the constant history before the rings
-            return (ring[(j + 1) % self.size] if on_point and j + 1 >= self._oldest else self._before[name]), None
+            return (ring[(j + 1) % self.size] if on_point and j + 1 >= self._oldest
+                    else self._before[name]), lambda: None
         a, b = j % self.size, (j + 1) % self.size
         r_a, r_b = ring[a], ring[b]
         dt = self.dt
         if not self._derivatives:
-            r_dot = (r_b - r_a).div_(dt)
-            out = r_b if on_point else torch.add(r_a, r_dot, alpha=theta * dt)
-            return out, r_dot
+            if on_point:
+                return r_b, functools.cache(lambda: (r_b - r_a).div_(dt))
+            r_dot = (r_b - r_a).div_(dt)  # needed for the value as well
+            return torch.add(r_a, r_dot, alpha=theta * dt), lambda: r_dot
         fr = self._f[name]
         left = self._left.get(j + 1) if self._left else None
         f_a, f_b = fr[a], (fr[b] if left is None else left[name])
         t2 = theta * theta
-        r_dot = ((r_a - r_b) * ((6 * t2 - 6 * theta) / dt)).add_(f_a, alpha=3 * t2 - 4 * theta + 1).add_(
-            f_b, alpha=3 * t2 - 2 * theta)
+
+        @functools.cache  # RK stages with the same c share it
+        def slope() -> Tensor:
+            return ((r_a - r_b) * ((6 * t2 - 6 * theta) / dt)).add_(f_a, alpha=3 * t2 - 4 * theta + 1).add_(
+                f_b, alpha=3 * t2 - 2 * theta)
         if on_point:
-            return r_b, r_dot
+            return r_b, slope
         w = self._weights.get(theta) or hermite(theta, dt)
-        out = (r_a * w[0]).add_(r_b, alpha=w[1]).add_(f_a, alpha=w[2]).add_(f_b, alpha=w[3])
-        return out, r_dot
+        return (r_a * w[0]).add_(r_b, alpha=w[1]).add_(f_a, alpha=w[2]).add_(f_b, alpha=w[3]), slope
 
     def _resolve(self, name: str, delay: float) -> int:
         check_delay(name, delay, self.max_delay)
