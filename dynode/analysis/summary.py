@@ -39,7 +39,7 @@ from dynode.analysis import figures as F
 from dynode.stimuli import EXPERIMENTS
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["experiment_kind", "Analysis", "analyze", "summarize", "format_summary", "flags_in_tables",
+__all__ = ["experiment_kind", "Analysis", "analyze", "analyze_courses", "summarize", "format_summary", "flags_in_tables",
            "BASELINE", "DRIFT_TOL", "NEEDS"]
 
 KINDS = tuple(EXPERIMENTS)  # the registry (dynode.stimuli.EXPERIMENTS) in its order
@@ -265,7 +265,8 @@ def _baseline(res: Analysis, kind: str, raw: xr.Dataset, window, stop: float, dr
         da = raw[pop]
         t = da["time"].values
         mask = (t >= lo - TIME_RTOL) & (t < hi - TIME_RTOL)
-        if t[0] > lo + TIME_RTOL or mask.sum() < 2:
+        # a sampled recording (512 Hz) may start within one step after the window's start
+        if t[0] >= lo + M.time_step(da) - TIME_RTOL or mask.sum() < 2:
             raise ConfigurationError(f"the baseline window [{lo:g}, {hi:g}) ms is not inside the {kind} archive's "
                                      f"epoch ({t[0]:g} to {t[-1]:g} ms from onset); pass a baseline= window inside "
                                      "it or record a longer pre-stimulus period (a later onset)")
@@ -321,18 +322,53 @@ def analyze(*archives, contrast=None, duration=None, repetition=None, population
     repetition's pulse length). An archive that lacks a condition its analysis reads is a
     :class:`~dynode.errors.MissingConditionsError` naming it.
 
-    ``baseline``: the window (ms from onset) whose mean is subtracted and whose drift is
-    checked against ``drift_tol`` x the peak. ``sum_window``: summed responses (Groen: 0-1 s).
-    ``window``: the ISI recovery window (ms). ``smooth_ms``: the moving average before the
-    asymptote/peak ratio. ``dn``: also fit the delayed normalisation model to each
-    population, jointly to every condition of every given archive (shared parameters, as
-    Groen fit each electrode), from the onset on (a few seconds per population;
-    ``dn_options`` are keyword arguments of :func:`~dynode.analysis.fit_dn`).
+    The archives become courses per condition (:func:`_raw_courses`), which
+    :func:`analyze_courses` analyses: the one code path of the metrics, which recordings take
+    too (:func:`dynode.recordings.analyze_recordings`). Its docstring lists the options.
     """
     if dn_options is not None and not dn:
         raise ConfigurationError("dn_options is only used with dn=True")
     trees = _classify(archives, {"contrast": contrast, "duration": duration, "repetition": repetition})
     raw = {k: _raw_courses(k, t, populations) for k, t in trees.items()}
+    fixed = {k: {c: v for c, v in conditions(t).items() if c in NEEDS[k] and c != _BY[k]} for k, t in trees.items()}
+    return analyze_courses(raw, fixed, baseline=baseline, sum_window=sum_window, window=window,
+                           smooth_ms=smooth_ms, drift_tol=drift_tol, dn=dn, dn_options=dn_options)
+
+
+def analyze_courses(courses: Mapping[str, xr.Dataset], fixed: Mapping[str, Mapping], *,
+                    baseline: tuple[float, float] = BASELINE, sum_window: tuple[float, float] = M.SUM_WINDOW,
+                    window: float = M.ISI_WINDOW, smooth_ms: float = M.SMOOTH_MS, drift_tol: float = DRIFT_TOL,
+                    dn: bool = False, dn_options: Mapping | None = None) -> Analysis:
+    """The Groen metrics of courses per condition, from archives (:func:`analyze`) or
+    recordings (:func:`dynode.recordings.analyze_recordings`) alike.
+
+    ``courses``: ``{kind: Dataset}`` for kinds of :data:`~dynode.stimuli.EXPERIMENTS`, one
+    variable per population or area with dims ``(by, time)`` (``by`` the experiment's
+    condition: ``contrast``, ``duration`` or ``isi``), time in ms from the stimulus onset,
+    baseline not yet removed. ``fixed``: ``{kind: {condition: value(s)}}``, the conditions
+    that are one value per experiment (the contrast experiment's pulse ``duration``, the
+    repetition's pulse ``duration``, ...), checked to be one value where a metric reads them.
+
+    ``baseline``: the window (ms from onset) whose mean is subtracted and whose drift is
+    checked against ``drift_tol`` x the peak. ``sum_window``: summed responses (Groen: 0-1 s).
+    ``window``: the ISI recovery window (ms). ``smooth_ms``: the moving average before the
+    asymptote/peak ratio. ``dn``: also fit the delayed normalisation model to each
+    population, jointly to every condition of every experiment (shared parameters, as
+    Groen fit each electrode), from the onset on (a few seconds per population;
+    ``dn_options`` are keyword arguments of :func:`~dynode.analysis.fit_dn`).
+    """
+    if dn_options is not None and not dn:
+        raise ConfigurationError("dn_options is only used with dn=True")
+    unknown = [k for k in courses if k not in KINDS]
+    if unknown or not courses:
+        raise ConfigurationError(f"courses: give a Dataset for some of the experiments {list(KINDS)}, got "
+                                 f"{list(courses)}")
+    raw = {k: courses[k] for k in KINDS if k in courses}
+    fixed = {k: dict(fixed.get(k, {})) for k in raw}
+    for k, ds in raw.items():
+        if _BY[k] not in ds.dims:
+            raise MissingConditionsError(f"the {k} courses have no {_BY[k]!r} dimension (dims {list(ds.dims)})",
+                                         missing=[_BY[k]])
     pops = list(next(iter(raw.values())).data_vars)
     for k, ds in raw.items():
         missing = [p for p in pops if p not in ds]
@@ -354,18 +390,26 @@ def analyze(*archives, contrast=None, duration=None, repetition=None, population
     else:
         res.not_computed["summation_ratio"] = "the duration experiment"
     if "repetition" in courses and "duration" in courses:
-        _recovery(res, trees, courses, window)
+        _recovery(res, fixed, courses, window)
     else:
         res.not_computed["isi_recovery"] = "the repetition and the duration experiments"
     if "contrast" in courses:
-        _contrast(res, courses["contrast"], _single(conditions(trees["contrast"])["duration"], "contrast pulse "
-                                                                                               "duration"))
+        _contrast(res, courses["contrast"], _single(_fixed(fixed, "contrast", "duration"), "contrast pulse "
+                                                                                            "duration"))
     else:
         res.not_computed["time_to_peak, c50"] = "the contrast experiment"
-    _asymptote(res, trees, courses, smooth_ms)
+    _asymptote(res, fixed, courses, smooth_ms)
     if dn:
-        _dn(res, trees, courses, dict(dn_options or {}))
+        _dn(res, fixed, courses, dict(dn_options or {}))
     return res
+
+
+def _fixed(fixed: Mapping[str, Mapping], kind: str, name: str):
+    """The value(s) of the condition ``name`` of experiment ``kind``; an error naming it when absent."""
+    if name not in fixed.get(kind, {}):
+        raise MissingConditionsError(f"the {kind} experiment does not say its {name}; record it as a condition",
+                                     missing=[name])
+    return fixed[kind][name]
 
 
 def _durations(res: Analysis, dur: xr.Dataset, start: float, stop: float) -> None:
@@ -394,8 +438,8 @@ def _durations(res: Analysis, dur: xr.Dataset, start: float, stop: float) -> Non
     res.ratios = xr.Dataset(ratios)
 
 
-def _recovery(res: Analysis, trees, courses, window: float) -> None:
-    d_pulse = _single(conditions(trees["repetition"])["duration"], "pulse duration")
+def _recovery(res: Analysis, fixed, courses, window: float) -> None:
+    d_pulse = _single(_fixed(fixed, "repetition", "duration"), "pulse duration")
     dur = courses["duration"]
     if not np.isclose(dur["duration"].values, d_pulse).any():
         raise MissingConditionsError(f"ISI recovery needs a single {d_pulse:g} ms pulse in the duration archive, "
@@ -448,10 +492,10 @@ def _contrast(res: Analysis, con: xr.Dataset, on: float) -> None:
     res.peaks = xr.Dataset(peaks)
 
 
-def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.0) -> None:
+def _asymptote(res: Analysis, fixed, courses, smooth_ms: float, at: float = 500.0) -> None:
     """Asymptote/peak of the full-contrast 500 ms stimulus (contrast experiment), else of the
     longest pulse of the duration experiment if it lasts at least ``at`` ms."""
-    if "contrast" in courses and _single(conditions(trees["contrast"])["duration"], "duration") >= at:
+    if "contrast" in courses and _single(_fixed(fixed, "contrast", "duration"), "duration") >= at:
         ds = courses["contrast"]
         long = ds.sel(contrast=ds["contrast"].values.max())
     elif "duration" in courses and courses["duration"]["duration"].values.max() >= at:
@@ -485,7 +529,7 @@ def _asymptote(res: Analysis, trees, courses, smooth_ms: float, at: float = 500.
                          f"smoothing ({ref:.2f})")
 
 
-def _dn(res: Analysis, trees, courses, options: dict) -> None:
+def _dn(res: Analysis, fixed, courses, options: dict) -> None:
     """One DN fit per population to the rows of every experiment together (t >= 0): the
     stimulus of each row is its condition's contrast envelope (:func:`pulse_envelope`)."""
     stims, rows = [], {p: [] for p in res.populations}
@@ -496,12 +540,11 @@ def _dn(res: Analysis, trees, courses, options: dict) -> None:
         raise ConfigurationError("the joint DN fit needs every archive on the same time grid (same dt); run the "
                                  "experiments with one dt")
     for kind, ds in courses.items():
-        labels = conditions(trees[kind])
         dim = _BY[kind]
-        fixed = {k: _single(labels[k], k) for k in ("contrast", "duration") if k != dim}
+        const = {k: _single(_fixed(fixed, kind, k), k) for k in ("contrast", "duration") if k != dim}
         part = ds.sel(time=slice(0.0, None)).isel(time=slice(0, n))
         for v in part[dim].values:
-            cond = {**fixed, dim: float(v)}
+            cond = {**const, dim: float(v)}
             stims.append(pulse_envelope(t, contrast=cond["contrast"], duration=cond["duration"], isi=cond.get("isi")))
             for p in res.populations:
                 rows[p].append(part[p].sel({dim: v}).values)
