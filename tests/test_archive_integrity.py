@@ -154,6 +154,33 @@ def test_live_run_is_leased_reader_repair_and_second_writer_get_clear_answers(tm
     np.testing.assert_array_equal(tree["IT"]["rate"].values, sol.states["IT"].numpy())
 
 
+def test_a_reader_listing_a_live_store_never_sees_a_temporary_file(tmp_path, monkeypatch):
+    """Every file the writer puts into the installed store (the steps_written commit, the
+    heartbeat, chunks, the final status and consolidation) appears by a rename from outside
+    every folder that zarr lists to find a group's members. zarr's own atomic write put
+    ``zarr.<hex>.partial`` into the root folder, and a reader listing the live store then
+    warned 'Object at zarr.<hex>.partial is not recognized as a component of a Zarr
+    hierarchy' (a race seen in CI in the live-run test above)."""
+    path = tmp_path / "r.zarr"
+    real_replace, renamed, foreign = os.replace, [], []
+
+    def replace(src, dst, *args, **kw):
+        if (path / "zarr.json").is_file() and Path(dst).is_relative_to(path):  # installed store
+            renamed.append(Path(dst).relative_to(path).as_posix())
+            groups = [m.parent for m in path.rglob("zarr.json")
+                      if json.loads(m.read_text()).get("node_type") == "group"]
+            foreign.extend(f"{e.relative_to(path)}" for g in groups for e in g.iterdir()
+                           if e.name != "zarr.json" and not (e / "zarr.json").is_file())
+        return real_replace(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    complete_run(path, t_end=9.0, chunk_steps=2)
+    assert renamed.count("zarr.json") >= 6  # 5 commits, status, consolidation
+    assert any(r.startswith("V1/rate/c/") for r in renamed)
+    assert foreign == []  # what a reader listing the groups at that moment would have warned about
+    assert [p.name for p in tmp_path.iterdir()] == ["r.zarr"]  # no temporary file left beside it
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

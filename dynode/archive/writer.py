@@ -12,11 +12,21 @@ block; the steps after ``steps_written`` read as NaN (the fill value), and
 :func:`open_archive` cuts them off. A run that ends with an exception or Ctrl-C writes what
 it computed, cuts the arrays to it and sets ``status = "failed: <reason>"``. Metadata is
 consolidated once, when the run ends.
+
+Every file the running writer puts into the store (root attributes: the ``steps_written``
+commit and the lease's heartbeat; the final status; consolidated metadata; chunks that zarr
+writes) is written under a hidden name in the store's parent folder
+(``.<name>.dynode-put-<hex>``) and renamed into place (:class:`_OutsideTempStore`). zarr's
+local store writes its temporary file beside the target (``zarr.<hex>.partial`` in the root
+folder), where a reader that lists the live store's groups found it and warned "Object at
+zarr.<hex>.partial is not recognized as a component of a Zarr hierarchy".
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -29,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dynode.archive.layout import (COMPRESSIONS, Block, ChunkFiles, Layout, _codecs, _consolidate, _root_meta,
+from dynode.archive.layout import (COMPRESSIONS, Block, ChunkFiles, Layout, _codecs, _root_meta,
                                    _shrink, _timed_arrays, _unfinished, _zarr_config, block_datasets)
 from dynode.archive.lease import _HELD, LEASE_ATTR, _check_lease, new_lease
 from dynode.archive.reading import IncompleteArchiveWarning, open_archive
@@ -85,6 +95,36 @@ def prepare_path(path, overwrite: bool) -> Path:
     check_writable(path.parent, f"store {str(path)!r}",  # built next to it, then renamed
                    also=(path,) if path.is_dir() and not path.is_symlink() else ())
     return path
+
+
+def _put_outside(root: Path, key: str, data) -> None:
+    """Write ``data`` (bytes-like) to the store file ``root/key`` atomically, through a
+    temporary file in the store's parent folder (the same file system: the store was
+    created there by a rename), so that nothing but finished files ever appears inside it."""
+    dest = root / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.dynode-put-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "xb") as f:  # default permissions (umask), as zarr creates files
+            f.write(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@functools.cache
+def _outside_temp_store() -> type:
+    """zarr's :class:`~zarr.storage.LocalStore` whose ``set`` writes through
+    :func:`_put_outside` (built on first use: zarr is imported lazily)."""
+    from zarr.storage import LocalStore
+
+    class _OutsideTempStore(LocalStore):
+        async def set(self, key: str, value) -> None:
+            self._check_writable()
+            await asyncio.to_thread(_put_outside, self.root, key, value.as_buffer_like())
+
+    return _OutsideTempStore
 
 
 class ZarrArchiveWriter:
@@ -152,7 +192,7 @@ class ZarrArchiveWriter:
             raise
         import zarr
 
-        root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+        root = zarr.open_group(_outside_temp_store()(self.path), mode="r+", use_consolidated=False)
         self._arrays = list(_timed_arrays(root))
         self._files = {id(arr): ChunkFiles.of(arr, self.cache_chunks) for _, _, arr in self._arrays}
         self._root = root
@@ -261,7 +301,11 @@ class ZarrArchiveWriter:
             self._root.attrs.put({**kept, **dict(attrs or {}), "status": status})
         finally:
             self._release()
-        _consolidate(self.path)
+        import zarr
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+            zarr.consolidate_metadata(self._root.store)  # as layout._consolidate, through our store
 
     def _release(self) -> None:
         """This process no longer holds the lease (whether or not it was removed from disk)."""
