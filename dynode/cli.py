@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", action="store_true",
                    help="continue an earlier comparison in --out: finish each variant's training, rerun "
                    "its experiments")
+    m.add_argument("--recordings", default=None, metavar="FILE",
+                   help="recorded data (.nc, .zarr or .csv in dynode's recordings layout): rank the variants "
+                   "by their score against it and draw model and data side by side (OUT/recordings.*)")
+    m.add_argument("--areas", default=None, metavar="POP=AREA,...",
+                   help="with --recordings: which recorded area each model population is compared with "
+                   "(e.g. V1=V1,V4=hV4; default: the same names)")
+    m.add_argument("--max-shift", type=float, default=None, metavar="MS",
+                   help="with --recordings: the bound of the fitted latency shift (default 100 ms)")
     _allow_imports(m)
     i = sub.add_parser("inspect", help="describe an archive: status, populations, times, conditions")
     i.add_argument("archive")
@@ -399,10 +407,33 @@ def cmd_compare(args) -> int:
         if unknown:
             raise _UsageError(f"dynode compare: error: unknown variants {unknown}; known: {list(variants)}")
         variants = {v: variants[v] for v in wanted}
+    if args.recordings is None and (args.areas is not None or args.max_shift is not None):
+        raise _UsageError("dynode compare: error: --areas and --max-shift apply with --recordings only")
+    areas = None
+    if args.areas is not None:
+        areas = {}
+        for part in (p.strip() for p in args.areas.split(",") if p.strip()):
+            pop, eq, area = part.partition("=")
+            if not eq or not pop.strip() or not area.strip():
+                raise _UsageError(f"dynode compare: error: --areas: {part!r} is not POPULATION=AREA "
+                                  "(e.g. --areas V1=V1,V4=hV4)")
+            areas[pop.strip()] = area.strip()
+    recordings = None
+    if args.recordings is not None:  # checked before anything trains
+        from dynode.recordings import load_recordings
+
+        recordings = load_recordings(args.recordings)
     _overwrite_and_resume("compare", args)
     _refuse_existing("compare", [out / label / "train" / "last.pt" for label in variants], args)
-    res = run_comparison(cfg, out, variants, overwrite=args.overwrite, resume=args.resume)
+    extra = {} if recordings is None else {"recordings": recordings, "areas": areas}
+    if args.max_shift is not None:
+        extra["max_shift"] = args.max_shift
+    res = run_comparison(cfg, out, variants, overwrite=args.overwrite, resume=args.resume, **extra)
     print(f"compared {len(res['results'])} variants in {res['seconds']:.0f} s")
+    if res.get("recordings") is not None:
+        best, score = res["recordings"]["ranking"][0]
+        print(f"closest to {args.recordings}: {best} (score {score:.3f})" if score == score
+              else f"no variant has a defined score against {args.recordings}")
     return 0
 
 

@@ -7,6 +7,12 @@ analyses them into ``OUT/<variant>/`` (the demo is this workflow on one config);
 printed) and one figure (``comparison.png``: a row per variant, a column per area with the
 responses to the six durations, and a last column with ISI recovery) put them side by side.
 
+With recordings (``recordings=``, ``dynode compare --recordings FILE``) the variants are also
+compared with the data (:func:`dynode.recordings.compare_recordings`), ranked by the score
+(``recordings.csv``, ``recordings.md``, ``recordings.json``, printed) and drawn beside them
+(``recordings_<area>.png``: the recorded courses and each variant's after its fitted gain and
+latency shift).
+
 The default variants are the paper's recurrence types (full, self, depthpointwise,
 pointdepthwise), each with delayed divisive normalization, with it and learnt time constants
 (does learning tau make a recurrence type more cortex-like?), and without normalization.
@@ -29,10 +35,12 @@ from dynode.analysis.style import hierarchy_order, pyplot, style
 from dynode.config import first_images
 from dynode.errors import ConfigurationError
 from dynode.experiments import recovery_after_offset
+from dynode.recordings import (MAX_SHIFT, SCORE, Comparison, analyze_recordings, compare_recordings,
+                               load_recordings, match_areas)
 from dynode.train import Trainer
 
 __all__ = ["COMPARED_RECURRENCE", "default_variants", "run_workflow", "run_comparison", "comparison_rows",
-           "format_comparison", "plot_comparison"]
+           "format_comparison", "plot_comparison", "rank_by_recordings", "format_ranking", "plot_model_and_data"]
 
 COMPARED_RECURRENCE = ("full", "self", "depthpointwise", "pointdepthwise")
 """The recurrence types of the paper's comparison."""
@@ -127,7 +135,8 @@ def _variant_config(base, label: str, overrides: Mapping):
 
 
 def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, overwrite: bool = False,
-                   resume: bool = False, log=print) -> dict:
+                   resume: bool = False, log=print, recordings=None, areas: Mapping[str, str] | None = None,
+                   max_shift: float = MAX_SHIFT, offset: bool = False) -> dict:
     """Run :func:`run_workflow` for each of ``variants`` (``{label: model option
     overrides}``; default :func:`default_variants`) on the base config ``base`` into
     ``out/<label>``, then write the table and the figure. A variant trained by an earlier run is
@@ -135,7 +144,13 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     ``overwrite``, and refused otherwise, before anything trains. Returns ``{"results": {label:
     workflow result}, "table": path, "figure": path, "seconds": s}``. The analysis flags are
     marked in the printed table (and named after it), not also Python warnings
-    (:func:`~dynode.analysis.flags_in_tables`); other warnings are shown."""
+    (:func:`~dynode.analysis.flags_in_tables`); other warnings are shown.
+
+    ``recordings`` (a Dataset or a file, :func:`dynode.recordings.load_recordings`): also rank
+    the variants by their score against the data (:func:`rank_by_recordings`; ``areas``,
+    ``max_shift``, ``offset`` as in :func:`dynode.recordings.compare_recordings`); the
+    recordings and the area mapping are checked before anything trains, and the result gets
+    the key ``"recordings"``."""
 
     variants = dict(variants) if variants is not None else default_variants(
         normalization=base.model.options.get("normalization"))
@@ -145,11 +160,17 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     if bad:
         raise ConfigurationError(f"compare: variant labels become folder names; {bad} cannot")
     configs = {label: _variant_config(base, label, ov) for label, ov in variants.items()}
+    data = load_recordings(recordings) if recordings is not None else None
     for label, cfg in configs.items():  # every variant's model builds before anything trains
         try:
-            cfg.model.model_copy(update={"weights": None}).build()
+            net = cfg.model.model_copy(update={"weights": None}).build()
         except ConfigurationError as exc:
             raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
+        if data is not None:
+            try:
+                match_areas(list(net.populations), list(data.data_vars), areas)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"compare variant {label!r}: {exc}") from None
     out = Path(out)
     found = [str(p) for p in (out / label / "train" / "last.pt" for label in configs) if p.exists()]
     if found and not (overwrite or resume):
@@ -186,7 +207,15 @@ def run_comparison(base, out, variants: Mapping[str, Mapping] | None = None, *, 
     summary = {label: {"accuracy": r["accuracy"], "summary": r["summary"], "options": dict(configs[label].model.options)}
                for label, r in results.items()}
     (out / "comparison.json").write_text(json.dumps(summary, indent=2, default=str))
-    return {"results": results, "table": table, "figure": figure, "seconds": seconds}
+    ranked = None
+    if data is not None:
+        with analysis.flags_in_tables():
+            ranked = rank_by_recordings({label: r["analysis"] for label, r in results.items()}, data, out,
+                                        areas=areas, max_shift=max_shift, offset=offset)
+        log("\n" + ranked["text"])
+        log(f"\nranking: {ranked['table']}; figures: {', '.join(str(p) for p in ranked['figures'].values())}")
+        seconds = time.perf_counter() - t0
+    return {"results": results, "table": table, "figure": figure, "seconds": seconds, "recordings": ranked}
 
 
 def _get(d: Mapping, key: str, cond: float | None = None):
@@ -312,6 +341,137 @@ def plot_comparison(results: Mapping[str, Mapping], path) -> Path:
         if handles:
             fig.legend(handles, names, title="duration", loc="outside right upper")
         fig.suptitle("Responses to stimuli of six durations (Groen et al. 2022 protocol), per model and area")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+# -- ranking by recordings ---------------------------------------------------------------------
+def rank_by_recordings(models: Mapping[str, object], recordings, out=None, *, areas: Mapping[str, str] | None = None,
+                       max_shift: float = MAX_SHIFT, offset: bool = False, figures: bool = True) -> dict:
+    """Compare every model (``{label: Analysis or archives}``) with ``recordings``
+    (:func:`dynode.recordings.compare_recordings`, the recordings analysed once) and rank them
+    by the score, highest first (an undefined score last). With ``out``: write
+    ``recordings.csv`` (one row per variant and area: rank, score, fitted shift and gain,
+    pooled correlation and normalised error), ``recordings.md`` (the ranking),
+    ``recordings.json`` (every comparison, :meth:`~dynode.recordings.Comparison.to_dict`) and,
+    with ``figures``, one figure per recorded area (:func:`plot_model_and_data`).
+
+    Returns ``{"ranking": [(label, score)], "comparisons": {label: Comparison}, "text": the
+    printed ranking, "table": path or None, "figures": {area: path}}``."""
+    if not models:
+        raise ConfigurationError("rank_by_recordings: give at least one model")
+    data = analyze_recordings(recordings) if not isinstance(recordings, analysis.Analysis) else recordings
+    comps = {label: compare_recordings(m, data, areas=areas, max_shift=max_shift, offset=offset)
+             for label, m in models.items()}
+    order = sorted(comps, key=lambda k: (not math.isfinite(comps[k].score), -comps[k].score
+                                         if math.isfinite(comps[k].score) else 0.0))
+    ranking = [(label, comps[label].score) for label in order]
+    text = format_ranking({label: comps[label] for label in order})
+    table, figs = None, {}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        table = out / "recordings.csv"
+        with table.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["rank", "variant", "score", "area", "population", "shift_ms", "gain", "offset", "correlation",
+                        "normalised_error"])
+            for i, label in enumerate(order, start=1):
+                c = comps[label]
+                for a in c.fit["area"].values:
+                    fa = c.fit.sel(area=a)
+                    w.writerow([i, label, _csv_num(c.score), str(a), str(fa["population"].values)]
+                               + [_csv_num(fa[k]) for k in ("shift_ms", "gain", "offset", "correlation",
+                                                             "normalised_error")])
+        (out / "recordings.md").write_text(text + "\n")
+        (out / "recordings.json").write_text(json.dumps({label: comps[label].to_dict() for label in order},
+                                                        indent=2))
+        if figures:
+            recorded = list(dict.fromkeys(a for c in comps.values() for a in c.fit["area"].values))
+            figs = {str(a): plot_model_and_data({label: comps[label] for label in order}, str(a),
+                                                out / f"recordings_{a}.png") for a in recorded}
+    return {"ranking": ranking, "comparisons": comps, "text": text, "table": table, "figures": figs}
+
+
+def _csv_num(x) -> str:
+    x = float(x)
+    return repr(x) if math.isfinite(x) else ""
+
+
+def format_ranking(comparisons: Mapping[str, Comparison]) -> str:
+    """The variants in the given order (ranked) as a markdown table: score, and per area the
+    fitted latency shift (ms), gain and shift-corrected correlation; ``n/a`` where undefined,
+    ``*`` where flagged (the reasons in ``recordings.json``)."""
+    areas = list(dict.fromkeys(str(a) for c in comparisons.values() for a in c.fit["area"].values))
+    head = ["rank", "variant", "score"] + [f"{a} {k}" for a in areas for k in ("shift ms", "gain", "r")]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---:", "---"] + ["---:"] * (len(head) - 2)) + " |"]
+
+    def cell(v, fmt, flagged=False):
+        v = float(v)
+        return ("n/a" if not math.isfinite(v) else format(v, fmt)) + ("*" if flagged else "")
+
+    for i, (label, c) in enumerate(comparisons.items(), start=1):
+        row = [str(i), label, cell(c.score, ".3f", "score" in c.flags)]
+        for a in areas:
+            if a not in c.fit["area"].values:
+                row += ["-", "-", "-"]
+                continue
+            f = c.fit.sel(area=a)
+            row += [cell(f["shift_ms"], "+.1f", f"{a}/shift_ms" in c.flags or f"{a}/fit" in c.flags),
+                    cell(f["gain"], ".3g", f"{a}/fit" in c.flags), cell(f["correlation"], ".3f")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append(SCORE[0].upper() + SCORE[1:] + "; shift: latency added to the model (+: the data come later); "
+                 "gain: least-squares scale from model to data units; r: shift-corrected correlation over every "
+                 "experiment. * flagged (reasons in recordings.json)")
+    return "\n".join(lines)
+
+
+def plot_model_and_data(comparisons: Mapping[str, Comparison], area: str, path) -> Path:
+    """One figure for one recorded ``area``: a row per experiment, a column per variant; in
+    each panel the recorded courses (solid) and the variant's (dashed) after its fitted gain
+    and latency shift, one colour per condition; the panel title gives the shift, the gain and
+    the correlation."""
+    with style():
+        plt = pyplot()
+        labels = [k for k, c in comparisons.items() if area in c.fit["area"].values]
+        if not labels:
+            raise ConfigurationError(f"no comparison holds the recorded area {area!r}")
+        kinds = list(dict.fromkeys(k for label in labels for k in comparisons[label].data))
+        fig, axes = plt.subplots(len(kinds), len(labels), figsize=(3.0 * len(labels) + 1.2, 2.2 * len(kinds) + 0.6),
+                                 squeeze=False, sharex=True, constrained_layout=True)
+        cmap = plt.get_cmap("viridis")
+        for j, label in enumerate(labels):
+            c = comparisons[label]
+            f = c.fit.sel(area=area)
+            for i, kind in enumerate(kinds):
+                ax = axes[i, j]
+                if kind in c.data and area in c.data[kind]:
+                    d, m = c.data[kind][area], c.model[kind][area]
+                    dim = d.dims[0]
+                    vals = d[dim].values
+                    for k, v in enumerate(vals):
+                        col = cmap(k / max(1, len(vals) - 1))
+                        ax.plot(d["time"].values, d.sel({dim: v}).values, color=col, lw=1.2,
+                                label=f"{dim} {v:g}")
+                        ax.plot(m["time"].values, m.sel({dim: v}).values, color=col, lw=1.0, ls="--")
+                    r = float(c.courses["correlation"].sel(area=area, experiment=kind))
+                    rtext = "n/a" if not math.isfinite(r) else f"{r:.2f}"
+                    ax.set_title(f"{label}: {kind}\nshift {float(f['shift_ms']):+.0f} ms, gain "
+                                 f"{float(f['gain']):.3g}, r {rtext}", fontsize="small")
+                    if j == len(labels) - 1:
+                        ax.legend(fontsize="x-small", loc="upper right")
+                ax.axhline(0.0, color="0.7", lw=0.5)
+                if j == 0:
+                    unit = ""
+                    if kind in c.data and area in c.data[kind]:
+                        unit = c.data[kind][area].attrs.get("units", "")
+                    ax.set_ylabel(f"{area} ({unit})" if unit else area)
+                if i == len(kinds) - 1:
+                    ax.set_xlabel("time from onset (ms)")
+        fig.suptitle(f"{area}: recorded (solid) and model after fitted gain and latency shift (dashed)")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)

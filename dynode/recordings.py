@@ -25,7 +25,8 @@ Recordings are an :class:`xarray.Dataset`:
   ``(condition, time)`` or ``(electrode, condition, time)``, attrs ``units`` (``"uV"``,
   ``"%"``, ``"a.u."``, the same for every area) and ``long_name``; no NaN samples;
 * root attrs: ``dynode_recordings`` (the format version), optional ``source`` and
-  ``sampling_rate_hz`` (checked against the time step when given, set when not).
+  ``sampling_rate_hz`` (checked against the time step when given, set when not), ``areas``
+  (the areas' order, comma-separated: set on validation, restored on loading).
 
 Model populations are matched to recorded areas by name or by a mapping
 ``areas={"V1": "V1", "V4": "hV4"}`` (model population -> recorded area).
@@ -33,7 +34,8 @@ Model populations are matched to recorded areas by name or by a mapping
 Files: NetCDF (``.nc``; NetCDF3 through scipy, NetCDF4 through h5netcdf or netCDF4 when
 installed), zarr (a ``.zarr`` folder) and CSV in long format (:func:`read_csv`; columns
 ``area, experiment, contrast, duration, isi, onset, time_ms, value`` and optionally
-``electrode``; ``time_s`` instead of ``time_ms`` is converted; the units in a header comment
+``electrode``; ``time_s`` instead of ``time_ms`` is converted, while ``duration``, ``isi`` and
+``onset`` are always ms; the units in a header comment
 ``# units: uV`` or the ``units=`` argument). Loading reads numbers and strings only: nothing a
 file names is imported or called.
 
@@ -292,6 +294,10 @@ def validate_recordings(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
         absent = [k for k in experiments if k not in kinds]
         if absent:
             raise _error(f"the experiment(s) {absent} are not recorded (recorded: {sorted(set(kinds))})", *absent)
+    order = ds.attrs.get("areas")  # zarr and NetCDF readers may sort the variables: keep the recorded order
+    if isinstance(order, str) and set(order.split(",")) == set(map(str, ds.data_vars)):
+        ds = ds[order.split(",")]
+    ds.attrs["areas"] = ",".join(map(str, ds.data_vars))
     ds.attrs["sampling_rate_hz"] = rate
     ds.attrs.setdefault("dynode_recordings", FORMAT_VERSION)
     return ds

@@ -448,6 +448,14 @@ def _recovery(res: Analysis, fixed, courses, window: float) -> None:
     single = dur.sel(duration=d_pulse, method="nearest")
     out = {}
     for p in res.populations:
+        if not float(M.summed_response(single[p], 0.0, window)) > 0:  # the denominator of every recovery
+            isis = courses["repetition"]["isi"].values
+            out[p] = xr.DataArray(np.full(len(isis), np.nan), dims=("isi",), coords={"isi": isis},
+                                  name="isi_recovery")
+            res.flag(p, "isi_recovery", f"no response above baseline to the single {d_pulse:g} ms pulse (summed "
+                     f"response over {window:g} ms <= 0): recovery relative to it is undefined",
+                     UndefinedMetricWarning)
+            continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AnalysisWarning)  # re-flagged per population below
             r = M.isi_recovery(courses["repetition"][p], single[p], duration=d_pulse, window=window)
