@@ -13,9 +13,10 @@ import math
 
 import torch
 
+from dynode.brownian import noise_coefficients
 from dynode.errors import ConfigurationError
 from dynode.problem import as_ms, make_problem
-from dynode.solution import Solution
+from dynode.solution import Solution, noise_refusal
 from dynode.solver import get_solver
 from dynode.tolerances import TIME_RTOL
 
@@ -26,7 +27,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
               solver="euler", save_at=None, initial_state=None, batch_size: int | None = None,
               max_abs: float | None = 1e6, check_every: int = 50,
               checkpoint: int | bool | None = None, dense: bool = False,
-              memory_limit: float | None = None) -> Solution:
+              memory_limit: float | None = None, seed=None) -> Solution:
     """Integrate ``field`` from ``t0`` to ``t_end`` (ms) under ``stimulus``.
 
     Parameters
@@ -66,6 +67,14 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         state (the batch's state, the solver's stage buffers and a fixed-step delay history),
         before ``init_state`` allocates it; and the kept trajectory (the saved states), before
         the first step. ``math.inf`` runs anyway.
+    seed : fixes the Brownian paths of a noisy field (``add_population(..., noise=sigma)``; see
+        :mod:`dynode.brownian`): an int (sample ``b`` gets the path of key ``(seed, b)``, whatever
+        the rest of the batch), or the per-sample keys of a run (``sol.seeds``, or a slice of it
+        to replay some samples alone). ``None``: a continued solution's keys, else a seed drawn
+        from torch's global generator; either way the keys are recorded in ``Solution.seeds``.
+        Reruns with one seed are bit-identical, and ``dt`` and ``dt/2`` see the same path. Only
+        ``solver="euler"`` (Euler-Maruyama) and ``"heun"`` (stochastic Heun) integrate noise;
+        a seed for a field without noise is an error.
 
     Returns
     -------
@@ -78,10 +87,13 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
                                  f"first step of an adaptive one), got {dt}")
     solver = get_solver(solver)
+    noise = noise_coefficients(field)
+    if noise and not getattr(solver, "stochastic", False):
+        raise ConfigurationError(noise_refusal(type(solver).__name__, noise))
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
-                           check_every=check_every, checkpoint=checkpoint, dense=dense,
-                           check_state=lambda batch, device, dtype: check_state_memory(
+                           check_every=check_every, checkpoint=checkpoint, dense=dense, noise=noise,
+                           seed=seed, check_state=lambda batch, device, dtype: check_state_memory(
                                field, solver, dt, batch, device, dtype, memory_limit))
     _check_memory(problem, dt, solver.grid, memory_limit)
     if problem.tail is not None and not solver.continues:

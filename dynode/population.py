@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dynode.brownian import check_noise
 from dynode.checks import check_bias, check_bounds, check_tau, output_shape
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.integrate import require_memory
@@ -94,6 +95,11 @@ class Population(nn.Module):
     ``self.learnt_tau`` (``populations.V1.learnt_tau.raw``; ``pop.tau`` is then its value, a
     tensor in the autograd graph).
 
+    ``noise``: ``sigma`` of the additive noise (a number >= 0, or a tensor per channel or unit;
+    0: none), ``tau dr = (-r + Phi(u)) dt + sigma sqrt(2 tau) dW`` (see :mod:`dynode.brownian`):
+    ``sigma`` is the stationary standard deviation of a linearly relaxing rate. Set it with
+    ``add_population(..., noise=sigma)`` or ``pop.noise = sigma`` (checked either way).
+
     ``combine`` is part of the population's definition: give it to
     :meth:`Network.add_population` or replace it with :meth:`Network.set_combine` (which
     checks the shapes and rebuilds the evaluation plan). Assigning ``pop.combine = ...``
@@ -102,7 +108,7 @@ class Population(nn.Module):
 
     def __init__(self, name: str, shape: tuple[int, ...], tau: float | Tensor, phi: nn.Module,
                  bias: bool | str, combine: nn.Module | None, learn_tau: bool = False,
-                 tau_bounds: tuple[float, float] | None = None):
+                 tau_bounds: tuple[float, float] | None = None, noise: float | Tensor = 0.0):
         super().__init__()
         self.name, self.shape = name, shape
         # what the population is: "area" (a layer of the model), or an auxiliary population added
@@ -139,6 +145,37 @@ class Population(nn.Module):
             self.bias = nn.Parameter(torch.zeros(shape))
         else:
             self.bias = None
+        self.noise = noise
+
+    @property
+    def noise(self) -> float | Tensor:
+        """``sigma`` of the additive noise (a float, or a float32 tensor buffer ``noise_sigma``)."""
+        return self.__dict__["_buffers"].get("noise_sigma", self.__dict__.get("_noise", 0.0))
+
+    @noise.setter
+    def noise(self, sigma: float | Tensor) -> None:
+        sigma = check_noise(sigma, self.shape, f"population {self.name!r}")
+        if isinstance(sigma, Tensor) and not bool(sigma.any()):
+            sigma = 0.0  # all zero: no noise (as the number 0)
+        buffers = self.__dict__["_buffers"]
+        if isinstance(sigma, Tensor):
+            ref = next((t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point()), None)
+            self.register_buffer("noise_sigma", sigma if ref is None else sigma.to(ref.device, ref.dtype))
+            self.__dict__["_noise"] = None
+        else:
+            buffers.pop("noise_sigma", None)
+            self.__dict__["_noise"] = sigma
+
+    def diffusion(self) -> float | Tensor | None:
+        r"""``g = sigma sqrt(2 / tau)`` (ms^-1/2), the coefficient of ``dW`` in ``dr = f dt + g dW``;
+        ``None`` without noise. A tensor where ``sigma`` or ``tau`` is one (a learnt ``tau``: in
+        its autograd graph)."""
+        sigma, tau = self.noise, self.tau
+        if not isinstance(sigma, Tensor) and sigma == 0.0:
+            return None
+        if isinstance(tau, Tensor):  # a buffer or a learnt tau: on the module's device and dtype
+            return sigma * torch.sqrt(2.0 / tau)
+        return sigma * math.sqrt(2.0 / tau)
 
     def __getattr__(self, name: str):
         if name == "tau":  # a learnt tau: its value now
@@ -186,7 +223,10 @@ class Population(nn.Module):
         return float(self.tau.min()) if isinstance(self.tau, Tensor) else self.tau
 
     def extra_repr(self) -> str:
+        noise = self.noise
+        noise = ("" if not isinstance(noise, Tensor) and noise == 0.0 else
+                 f", noise={f'tensor{tuple(noise.shape)}' if isinstance(noise, Tensor) else f'{noise:g}'}")
         if "learnt_tau" in self._modules:
-            return f"shape={self.shape}, tau learnt"
+            return f"shape={self.shape}, tau learnt{noise}"
         tau = f"tensor{tuple(self.tau.shape)}" if isinstance(self.tau, Tensor) else f"{self.tau:g}"
-        return f"shape={self.shape}, tau={tau} ms"
+        return f"shape={self.shape}, tau={tau} ms{noise}"

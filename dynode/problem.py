@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from dynode.brownian import noise_coefficients, sample_keys
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.field import VectorField
 from dynode.guards import magnitudes
@@ -45,6 +46,8 @@ class Problem:
     checkpoint: int | bool | None = None  # gradient checkpointing segment (steps); fixed-step only
     tail: HistoryTail | None = None  # the delayed past of a continued run (fixed-step only)
     dense: bool = False  # keep the solver's interpolant on every step (Solution.evaluate)
+    noise: Mapping[str, float | Tensor] | None = None  # g per noisy population (dr = f dt + g dW)
+    seeds: Tensor | None = None  # the per-sample Brownian path keys (int64, (batch,)) of a noisy run
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -254,10 +257,18 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
 
 def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
                  max_abs, check_every, checkpoint: int | bool | None = None, dense: bool = False,
-                 check_state: Callable[[int, torch.device, torch.dtype], None] | None = None) -> Problem:
+                 check_state: Callable[[int, torch.device, torch.dtype], None] | None = None,
+                 noise: Mapping[str, float | Tensor] | None = None, seed=None) -> Problem:
     """The validated :class:`Problem`. ``check_state(batch, device, dtype)``, if given, runs once
     the batch, device and dtype are known and before ``field.init_state`` allocates the state
-    (e.g. :func:`dynode.integrate`'s memory check)."""
+    (e.g. :func:`dynode.integrate`'s memory check).
+
+    ``noise``: ``{population: g}`` of the noisy populations (default: the field's,
+    :func:`dynode.brownian.noise_coefficients`);
+    ``seed``: see :func:`dynode.integrate`. A noisy run always gets per-sample path keys
+    (``Problem.seeds``): from ``seed``, else from the continued solution's ``seeds``, else from
+    one seed drawn from torch's global generator (so ``torch.manual_seed`` fixes it too); the
+    keys are recorded in ``Solution.seeds`` for a replay. A ``seed`` without noise is refused."""
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
@@ -278,9 +289,13 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                  f"positive number of steps per segment, got {checkpoint!r}")
     if not isinstance(dense, bool):
         raise ConfigurationError(f"dense must be True or False, got {dense!r}")
-    tail = None
+    tail, seeds = None, None
+    noise = noise_coefficients(field) if noise is None else noise
+    if seed is not None and not noise:
+        raise ConfigurationError("seed= fixes the Brownian paths of the noise, but no population of the field "
+                                 "is noisy (add_population(..., noise=sigma)); drop seed=")
     if isinstance(initial_state, Solution):
-        tail = initial_state.tail
+        tail, seeds = initial_state.tail, initial_state.seeds
         if tail is None:
             raise ConfigurationError("this solution cannot be continued exactly (its solver keeps no "
                                      "delayed history); pass solution.final_state to restart from "
@@ -306,6 +321,7 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     b = batch if batch is not None else 1
     if check_state is not None:
         check_state(b, device, dtype)
+    seeds = _path_keys(seed, seeds, b, device) if noise else None
     y0 = field.init_state(b, device=device, dtype=dtype)
     if not isinstance(y0, Mapping) or not y0:
         raise ConfigurationError(f"{type(field).__name__}.init_state must return a non-empty dict "
@@ -359,4 +375,17 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     _check_values(field, inputs, checked, y0, device, dtype)
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
                    save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
-                   checkpoint=checkpoint, tail=tail, dense=dense)
+                   checkpoint=checkpoint, tail=tail, dense=dense, noise=dict(noise) if noise else None,
+                   seeds=seeds)
+
+
+def _path_keys(seed, continued: Tensor | None, batch: int, device) -> Tensor:
+    """The per-sample keys of a noisy run (see :func:`make_problem`)."""
+    if seed is None and continued is not None:
+        if continued.shape[0] != batch:
+            raise ConfigurationError(f"the continued solution's noise has {continued.shape[0]} per-sample keys "
+                                     f"but the batch has {batch} samples; pass seed= explicitly")
+        return continued.to(device)
+    if seed is None:
+        seed = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))  # recorded in Solution.seeds
+    return sample_keys(seed, batch, device)

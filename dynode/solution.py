@@ -34,6 +34,13 @@ def _weighted(terms: Sequence[Mapping[str, Tensor]], w: Sequence[float]) -> dict
     return out
 
 
+def noise_refusal(solver: str, noisy) -> str:
+    """The message that refuses noise in the dynamics to ``solver``."""
+    return (f"{solver} cannot integrate noise in the dynamics (noisy populations: {sorted(noisy)}); use "
+            "solver='euler' (Euler-Maruyama) or solver='heun' (stochastic Heun, strong order 1 for additive "
+            "noise), or set the populations' noise to 0")
+
+
 class DenseOutput:
     r"""A solve's continuous output: the solver's own interpolant on every step.
 
@@ -84,6 +91,9 @@ class Solution:
         ``initial_state`` to continue the run exactly, delays included.
     dense : the solver's interpolant over the whole run (:class:`DenseOutput`), kept only
         with ``integrate(..., dense=True)``; read it with :meth:`evaluate`.
+    seeds : a noisy run's per-sample Brownian path keys (int64, ``(batch,)``; ``None`` without
+        noise): ``integrate(..., seed=sol.seeds)`` replays the run, ``seed=sol.seeds[i:i+1]``
+        sample ``i`` alone (see :mod:`dynode.brownian`); a continuation reuses them.
     """
 
     ts: Tensor
@@ -92,6 +102,7 @@ class Solution:
     final_state: dict[str, Tensor]
     tail: HistoryTail | None = None
     dense: DenseOutput | None = None
+    seeds: Tensor | None = None
 
     def __getitem__(self, name: str) -> Tensor:
         return self.states[name]
@@ -162,11 +173,18 @@ class Output:
 
     With an ``observer(t, state)`` each saved state is handed on at once and not kept
     (streaming: memory stays flat, ``Solution.states`` is empty).
+
+    Every solver makes its ``Output`` before the first step, so a noisy problem is refused here
+    unless the solver says it integrates the noise (``noise_ok``: Euler-Maruyama, stochastic Heun).
     """
 
-    def __init__(self, problem: Problem, observer=None, *, snap: bool = False):
+    def __init__(self, problem: Problem, observer=None, *, snap: bool = False, noise_ok: bool = False):
+        noisy = getattr(problem, "noise", None)
+        if noisy and not noise_ok:
+            raise ConfigurationError(noise_refusal("this solver", noisy))
         self.t0, self.names, self.save_at = problem.t0, problem.names, problem.save_at
         self.observer, self.snap = observer, snap
+        self.seeds = problem.seeds
         self.dense = DenseOutput(problem.t0, problem.t_end) if problem.dense else None
         self.times: list[float] = []
         self._kept: list[Mapping[str, Tensor]] = []
@@ -220,4 +238,5 @@ class Output:
         ts = torch.tensor(self.times, dtype=torch.float64)
         states = {} if self.observer is not None else {
             n: torch.stack([st[n] for st in self._kept]) for n in self.names}
-        return Solution(ts=ts, states=states, stats=stats, final_state=final_state, tail=tail, dense=self.dense)
+        return Solution(ts=ts, states=states, stats=stats, final_state=final_state, tail=tail, dense=self.dense,
+                        seeds=self.seeds)

@@ -31,12 +31,13 @@ import torch
 import torch.utils.checkpoint
 from torch import Tensor
 
+from dynode.brownian import BrownianPath
 from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning, user_stacklevel
 from dynode.guards import Guard
 from dynode.network import Network
 from dynode.history import History, HistoryTail, compatible_dts, delay_steps, field_delays, hermite
 from dynode.problem import Problem
-from dynode.solution import Output, Solution
+from dynode.solution import Output, Solution, noise_refusal
 from dynode.solver import Solver
 from dynode.solvers.tableau import Tableau
 from dynode.tolerances import GRID_LEFT, TIME_RTOL, time_tol
@@ -64,6 +65,7 @@ class FixedStepSolver(Solver):
     fresh_states: ClassVar[bool] = True
     dense_output: ClassVar[bool] = True
     continues: ClassVar[bool] = True
+    stochastic: ClassVar[bool] = False  # integrates noise in the dynamics (Euler-Maruyama, stochastic Heun)
 
     @property
     def convergence_order(self) -> int:
@@ -131,9 +133,12 @@ class FixedStepSolver(Solver):
         history = History(problem.y0, t0=t0, dt=dt, max_delay=max_delay,
                           derivatives=self.needs_derivatives, inputs=problem.inputs, tail=problem.tail)
         guard = Guard(problem.max_abs, field.time_constants(), dt)
-        step = self._stepper(problem, dt, history, store=max_delay > 0, jumps=jumps)
-        last = step.last if self.convergence_order > 1 else None  # (k_1, k_s), for the interpolant
-        out = Output(problem, observer, snap=True)
+        noise = self._noise(problem, dt) if problem.noise else None
+        step = self._stepper(problem, dt, history, store=max_delay > 0, jumps=jumps, noise=noise)
+        # (k_1, k_s), for the interpolant; a noisy step's is linear (the path between grid points is
+        # a Brownian bridge, which no polynomial through the stages represents)
+        last = step.last if self.convergence_order > 1 and noise is None else None
+        out = Output(problem, observer, snap=True, noise_ok=self.stochastic)
         y = problem.y0
         out.start(y)
 
@@ -173,6 +178,29 @@ class FixedStepSolver(Solver):
             tail = HistoryTail(dt, (dict(y),), None, dict(y))
         return out.solution(y, nfe=n_steps * self.stages, steps=n_steps, accepted=n_steps,
                             rejected=0, t_final=problem.t_end, tail=tail)
+
+    def _noise(self, problem: Problem, dt: float):
+        """``noise(n) -> {population: g dW_n}``, the noise term of step ``n`` (``dW_n`` over
+        ``[t_n, t_{n+1}]`` from a :class:`dynode.brownian.BrownianPath`, in the state's dtype)."""
+        if not self.stochastic:
+            raise ConfigurationError(noise_refusal(type(self).__name__, problem.noise))
+        n0 = delay_steps(problem.t0, dt)
+        if n0 is None:
+            k = math.floor(problem.t0 / dt)
+            raise ConfigurationError(
+                f"noise: t0 = {problem.t0:g} ms is not a whole number of steps dt = {dt:g} ms from 0 ms, where "
+                f"the Brownian paths are anchored; use t0 = {k * dt:g} or {(k + 1) * dt:g} ms, or a dt that "
+                f"divides {problem.t0:g} ms")
+        y0 = problem.y0
+        path = BrownianPath(problem.seeds, {p: tuple(y0[p].shape[1:]) for p in problem.noise}, dt,
+                            next(iter(y0.values())).dtype)
+        scale = {p: g.to(device=y0[p].device, dtype=y0[p].dtype) if isinstance(g, Tensor) else float(g)
+                 for p, g in problem.noise.items()}
+
+        def noise(n: int) -> dict[str, Tensor]:
+            dw = path.increment(n0 + n)
+            return {p: (dw[p] * g).to(y0[p].dtype) for p, g in scale.items()}
+        return noise
 
     def _jump_steps(self, problem: Problem, dt: float, n_steps: int) -> frozenset[int]:
         """Grid steps ``m`` (``1 <= m <= n_steps``) where the field may jump: ``b + d`` for every
@@ -225,12 +253,49 @@ class FixedStepSolver(Solver):
             return max(1, round(math.sqrt(n_steps)))
         return int(checkpoint)
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int]):
-        """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method.
+    def _noisy_stepper(self, problem: Problem, h: float, history: History, store: bool, noise):
+        r"""``step(n, t, y) -> y_next`` with the noise term ``G_n = g dW_n`` (``noise(n)``):
+
+        * one stage (Euler-Maruyama): ``y_{n+1} = y_n + h f(t_n, y_n) + G_n``;
+        * two (stochastic Heun): ``ỹ = y_n + h f(t_n, y_n) + G_n``,
+          ``y_{n+1} = y_n + h/2 (f(t_n, y_n) + f(t_{n+1}, ỹ)) + G_n``.
+
+        Strong order 1 both, for additive noise (Euler-Maruyama: 0.5 for general noise); weak
+        order 1 (Euler-Maruyama) and 2 (Heun, additive noise). The delayed past stores the noisy
+        states."""
+        f, inputs, t0 = problem.field, problem.inputs, problem.t0
+        heun, half = self.stages == 2, 0.5 * h
+
+        def plus(x: Tensor, g: Tensor | None) -> Tensor:
+            return x if g is None else x.add_(g)
+
+        def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+            if store:
+                history.store(n, y)
+            g = noise(n)
+            history.at(n, 0.0, t, y)
+            k1 = f(t, y, history, inputs(t))
+            pred = {p: plus(torch.add(y[p], k1[p], alpha=h), g.get(p)) for p in y}
+            if not heun:
+                return pred
+            t1 = t0 + (n + GRID_LEFT) * h  # the end stage sees the stimulus' left limit, as in RK
+            history.at(n, 1.0, t1, pred)
+            k2 = f(t1, pred, history, inputs(t1))
+            return {p: plus(torch.add(y[p], k1[p] + k2[p], alpha=half), g.get(p)) for p in y}
+
+        step.last = []  # type: ignore[attr-defined]
+        return step
+
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int],
+                 noise=None):
+        """Return ``step(n, t, y) -> y_next`` for the generic explicit RK method (with ``noise``:
+        :meth:`_noisy_stepper`).
 
         ``step.last`` holds ``(k_1, k_s)`` of the latest step (for the dense output).
         ``jumps``: grid steps where the field jumps; the step ending there gives the history
         the left-limit slope (the last stage if it sits at ``c = 1``, else the quadratic's)."""
+        if noise is not None:
+            return self._noisy_stepper(problem, h, history, store, noise)
         f, inputs, t0 = problem.field, problem.inputs, problem.t0
         c = self.tableau.c
         rows = [tuple((j, h * aij) for j, aij in enumerate(row) if aij) for row in self.tableau.a]
@@ -289,11 +354,16 @@ class Euler(FixedStepSolver):
     A connection with delay ``d`` then reads its source at ``t_{n+1} - d``, exactly ``d``
     after what a zero-delay connection reads (inputs are read at ``t_n - d``).
     ``dt == tau`` gives the discrete-time RNN ``r_{n+1} = Phi(u_n)``.
+
+    With noise (``add_population(..., noise=sigma)``) it is Euler-Maruyama,
+    ``r_{n+1} = lerp(r_n, Phi(u_n), dt/tau) + g dW_n`` (see :mod:`dynode.brownian`; a sequential
+    sweep adds each population's noise before the next one reads it).
     """
 
     order: Literal["simultaneous", "sequential"] = "simultaneous"
 
     name: ClassVar[str] = "euler"
+    stochastic: ClassVar[bool] = True
     tableau: ClassVar[Tableau] = Tableau(c=(0.0,), a=((),), b=(1.0,), order=1, stability_limit=2.0)
 
     def __post_init__(self):
@@ -307,14 +377,15 @@ class Euler(FixedStepSolver):
                           "dt == tau is the discrete-time RNN case; otherwise reduce dt",
                           StabilityWarning, stacklevel=user_stacklevel())
 
-    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int]):
+    def _stepper(self, problem: Problem, h: float, history: History, store: bool, jumps: frozenset[int],
+                 noise=None):
         field, inputs = problem.field, problem.inputs
         if not isinstance(field, Network):
             if self.order == "sequential":
                 raise ConfigurationError("Euler(order='sequential') needs a dynode.Network (it sweeps "
                                          "the network's populations); a custom VectorField only "
                                          "supports order='simultaneous'")
-            return super()._stepper(problem, h, history, store, jumps)
+            return super()._stepper(problem, h, history, store, jumps, noise)
         pops = field.populations
 
         # under autocast the drive comes in bf16/fp16 and is cast to the state's dtype (float32,
@@ -350,6 +421,17 @@ class Euler(FixedStepSolver):
                               StabilityWarning, stacklevel=user_stacklevel())
             plans = {p.name: p for p in field.plan()}
             sweep = [(update(name), plans[name]) for name in field.update_order()]
+            if noise is not None:
+                def noisy_sweep(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
+                    if store:
+                        history.store(n, y)
+                    history.at(n, 1.0, t, y)
+                    x, g = inputs(t), noise(n)
+                    r = dict(y)
+                    for (name, w, lerp), plan in sweep:
+                        r[name] = _plus(lerp(y[name], plan.drive(r, history, x), w), g.get(name))
+                    return r
+                return noisy_sweep
 
             def step(n: int, t: float, y: dict[str, Tensor]) -> dict[str, Tensor]:
                 if store:
@@ -364,6 +446,14 @@ class Euler(FixedStepSolver):
             return step
 
         populations = [update(name) for name in pops]
+        if noise is not None:  # Euler-Maruyama
+            def noisy_step(n: int, t: float, r: dict[str, Tensor]) -> dict[str, Tensor]:
+                if store:
+                    history.store(n, r)
+                history.at(n, 0.0, t, r)
+                phi_u, g = drive(t, r, history, inputs(t)), noise(n)
+                return {p: _plus(lerp(r[p], phi_u[p], w), g.get(p)) for p, w, lerp in populations}
+            return noisy_step
 
         def step(n: int, t: float, r: dict[str, Tensor]) -> dict[str, Tensor]:
             if store:
@@ -372,6 +462,11 @@ class Euler(FixedStepSolver):
             phi_u = drive(t, r, history, inputs(t))  # Phi(u_p(t_n)) per population
             return {p: lerp(r[p], phi_u[p], dt_over_tau) for p, dt_over_tau, lerp in populations}
         return step
+
+
+def _plus(x: Tensor, g: Tensor | None) -> Tensor:
+    """``x + g`` (a new tensor: ``x`` may be ``Phi(u)`` itself), or ``x`` without noise."""
+    return x if g is None else x + g
 
 
 @dataclass(frozen=True)
@@ -385,9 +480,13 @@ class Midpoint(FixedStepSolver):
 
 @dataclass(frozen=True)
 class Heun(FixedStepSolver):
-    """Heun's method / explicit trapezoid (order 2): Euler predictor, trapezoidal corrector."""
+    """Heun's method / explicit trapezoid (order 2): Euler predictor, trapezoidal corrector.
+
+    With noise it is the stochastic Heun method (strong order 1 and weak order 2 for additive
+    noise; :meth:`FixedStepSolver._noisy_stepper`)."""
 
     name: ClassVar[str] = "heun"
+    stochastic: ClassVar[bool] = True
     tableau: ClassVar[Tableau] = Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2,
                                          stability_limit=2.0)
 

@@ -36,7 +36,9 @@ class PopulationSpec(FrozenConfig):
     """``add_population(name, shape, tau, phi, bias, combine)``; ``pipeline``: ``phi`` changes
     the shape (e.g. pools), so it is declared as ``pipeline=[combine, phi]``; ``role``: ``area``
     or the auxiliary role a component gave it. ``tau``: ms, a number or a nested list (per unit);
-    ``learn_tau``/``tau_bounds``: a learnt tau (``tau`` is then its value when the spec was made)."""
+    ``learn_tau``/``tau_bounds``: a learnt tau (``tau`` is then its value when the spec was made).
+    ``noise``: sigma of the additive noise in the dynamics (a number >= 0 or a nested list per
+    channel/unit; 0: none; see :mod:`dynode.brownian`)."""
 
     name: str
     shape: list[int]
@@ -48,6 +50,7 @@ class PopulationSpec(FrozenConfig):
     role: str = "area"
     learn_tau: bool = False
     tau_bounds: tuple[float, float] | None = None
+    noise: float | list = 0.0
 
 
 class ConnectionSpec(FrozenConfig):
@@ -146,11 +149,13 @@ def network_spec(net, *, check: bool = True) -> ModelSpec:
         tau = pop.tau
         tau = tau.detach().cpu().tolist() if isinstance(tau, torch.Tensor) else float(tau)
         u_shape = getattr(pop, "u_shape", pop.shape)
+        noise = pop.noise
+        noise = noise.detach().cpu().tolist() if isinstance(noise, torch.Tensor) else float(noise)
         pops.append(PopulationSpec(
             name=name, shape=list(pop.shape), tau=tau, phi=op_spec(pop.phi), bias=_bias_kind(pop),
             combine=None if pop.combine is None else op_spec(pop.combine),
             pipeline=u_shape is None or tuple(u_shape) != tuple(pop.shape), role=pop.role,
-            learn_tau=pop.tau_bounds is not None, tau_bounds=pop.tau_bounds))
+            learn_tau=pop.tau_bounds is not None, tau_bounds=pop.tau_bounds, noise=noise))
     conns = [ConnectionSpec(src=c.src, dst=c.dst, delay=c.current_delay(), op=op_spec(c.op),
                             skip_initial=c.skip_initial, learn_delay=c.learnt is not None,
                             delay_bounds=None if c.learnt is None else (c.learnt.lo, c.learnt.hi))
@@ -292,6 +297,9 @@ def _build(spec: ModelSpec):
             net.add_population(p.name, p.shape, tau, phi=phi, bias=bias, combine=combine,
                                learn_tau=p.learn_tau, tau_bounds=p.tau_bounds)
         net.populations[p.name].role = p.role
+        if p.noise != 0.0:  # checked by the population (a list: on the CPU, as tau)
+            net.populations[p.name].noise = (torch.tensor(p.noise, dtype=torch.float32, device="cpu")
+                                             if isinstance(p.noise, list) else p.noise)
     for i, c in enumerate(spec.connections):
         op = None if c.op is None else build_op(c.op, f"connection {c.src} -> {c.dst}")
         net.connect(c.src, c.dst, op, delay=c.delay, skip_initial=c.skip_initial, learn_delay=c.learn_delay,
