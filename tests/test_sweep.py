@@ -139,3 +139,110 @@ def test_expand_rejects_a_spec_model_option(tmp_path):
     sweep, b, _ = load_sweep(tmp_path / "s.yaml")
     with pytest.raises(ConfigurationError, match="spec file, which has no options"):
         expand(sweep, b)
+
+
+# -- issue 22 item 5: dry run, quiet Snakemake, printed paths, the summary figure ----------------
+def _snapshot(root: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snakemake") is None, reason="needs snakemake (the sweep extra)")
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capfd, monkeypatch):
+    """--dry-run: one 'would run' line per point with a normalised path (the sweep's output is
+    given through '..'), no 'did not finish', no summary, nothing in the output folder; a point
+    already done is shown as kept, and Snakemake's own dry run (quiet) agrees."""
+    import dynode.sweep.run as run_mod
+    from tests.test_sweep_safety import fake_snakemake
+
+    (tmp_path / "cfg").mkdir()
+    path = _sweep(tmp_path / "cfg", grid={"model.options.recurrence_type": ["full", "self"]})
+    path.write_text(path.read_text().replace("output: out", "output: ../runs/s"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out, err = capfd.readouterr()
+    assert not (tmp_path / "runs").exists()
+    plan = [ln for ln in out.splitlines() if ln.startswith("  ")]
+    assert [ln.split()[:3] for ln in plan] == [["would", "run", "p000"], ["would", "run", "p001"]]
+    assert plan[1].endswith("-> runs/s/points/p001") and "recurrence_type=self" in plan[1]
+    assert ".." not in out + err and "did not finish" not in out + err
+    assert "Snakemake's own dry run of this plan: no error" in out
+    assert "SNAKEMAKE" not in out + err and "Building DAG" not in out + err  # its banner and chatter: quiet
+    # the first point done (a stand-in Snakemake finishes every point; p001's result removed again)
+    monkeypatch.setattr(run_mod, "_snakemake", fake_snakemake([]))
+    assert main(["sweep", str(path)]) == 0
+    (tmp_path / "runs" / "s" / "points" / "p001" / "result.json").unlink()
+    scratch = []  # Snakemake's dry run (once is enough above) sees a stand-in result of p000 only
+    monkeypatch.setattr(run_mod, "_snakemake", lambda cmd, d, owner: scratch.append(
+        sorted(p.parent.name for p in d.glob("points/*/result.json"))) or 0)
+    capfd.readouterr()
+    before = _snapshot(tmp_path / "runs")
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out, err = capfd.readouterr()
+    assert _snapshot(tmp_path / "runs") == before and scratch == [["p000"]]
+    plan = [ln.split()[:3] for ln in out.splitlines() if ln.startswith("  ")]
+    assert plan == [["done,", "kept", "p000"], ["would", "run", "p001"]]
+    assert "would run 1 of 2 points" in out
+
+
+def test_snakemake_is_quiet_unless_verbose_and_its_errors_print(tmp_path, capfd, monkeypatch):
+    """Snakemake's output (here a stand-in printing a banner) goes to <output>/snakemake.log and
+    not to the terminal; its error lines print when it fails (without the chatter), all of it
+    with verbose=True; the quiet options reach Snakemake."""
+    import dynode.sweep.run as run_mod
+    from dynode.sweep import run_sweep
+
+    path = _sweep(tmp_path, grid={"training.seed": [0]})
+    monkeypatch.chdir(tmp_path)
+    seen = []
+    script = ("import sys; print('SNAKEMAKE\\n=========\\nBuilding DAG of jobs...'); "
+              "print('WorkflowError: something broke', file=sys.stderr); sys.exit(int(sys.argv[1]))")
+    real = run_mod._snakemake_cmd
+
+    def cmd(out, workdir, cores, dry_run, verbose, args):
+        seen.append(run_mod.QUIET[0] in real(out, workdir, cores, dry_run, verbose, args))
+        return [sys.executable, "-c", script, "1" if "fail" in (args or []) else "0"]
+
+    monkeypatch.setattr(run_mod, "_snakemake_cmd", cmd)
+    run_sweep(path)
+    out, err = capfd.readouterr()
+    assert "SNAKEMAKE" not in out + err and "WorkflowError" not in out + err
+    assert "WorkflowError: something broke" in (tmp_path / "out" / "snakemake.log").read_text()
+    assert "point p000 did not finish" in err and ".." not in err
+    run_sweep(path, snakemake_args=["fail"])
+    out, err = capfd.readouterr()
+    assert "Snakemake exited with status 1:\nSNAKEMAKE\n=========\nWorkflowError: something broke" in err
+    assert "Building DAG" not in out + err and "SNAKEMAKE" not in out
+    run_sweep(path, verbose=True)
+    out, err = capfd.readouterr()
+    assert "SNAKEMAKE" in out and "WorkflowError" in err
+    assert seen == [True, True, False]
+
+
+def _figure_lines(monkeypatch, df, keys):
+    import matplotlib.pyplot as plt
+
+    from dynode.sweep.collect import plot_summary
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    assert plot_summary(df, keys, "val_acc", Path(monkeypatch.tmp) / "f.png") is not None
+    return [ln for ln in figs[0].axes[0].get_lines()]
+
+
+@pytest.mark.parametrize("x, joined", [(["full", "self", "depthpointwise"], False), ([0.001, 0.003, 0.01], True)])
+def test_summary_figure_joins_numeric_values_only(tmp_path, monkeypatch, x, joined):
+    """Recurrence types are categories: their points are markers, never joined by a line (two
+    seeds side by side, not on top of each other); a numeric key (lr) is drawn as a line."""
+    import pandas as pd
+
+    monkeypatch.tmp = tmp_path
+    rows = [{"point": f"p{i}{s}", "k": v, "training.seed": s, "status": "done", "val_acc": 0.5 + 0.1 * i + 0.01 * s}
+            for i, v in enumerate(x) for s in (0, 1)]
+    lines = _figure_lines(monkeypatch, pd.DataFrame(rows), ["k", "training.seed"])
+    assert len(lines) == 2 and all(len(ln.get_xdata()) == 3 for ln in lines)
+    assert all((ln.get_linestyle() not in ("None", "", " ")) == joined for ln in lines)
+    xs = [list(ln.get_xdata()) for ln in lines]
+    if joined:
+        assert xs[0] == xs[1] == x
+    else:  # each category's two seeds apart, both near the category's tick
+        assert all(abs(a - b) > 0.1 and abs(a - i) < 0.5 and abs(b - i) < 0.5 for i, (a, b) in enumerate(zip(*xs)))

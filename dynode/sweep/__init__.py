@@ -14,21 +14,24 @@ expands into one run folder per point, ``<output>/points/pNNN/`` holding its ful
 executor plugins: ``dynode sweep SWEEP.yaml -- --executor slurm --jobs 50``). A point is done
 when its ``result.json`` exists and was computed with the point's config: re-running resumes
 (done points are not recomputed, a killed training continues from its checkpoint), a failed
-point is reported and does not stop the others (``--keep-going``). The summary collects every
+point is reported and does not stop the others (``--keep-going``). Snakemake's own output is
+quiet (its errors still print; ``<output>/snakemake.log`` keeps it; ``--verbose`` shows it).
+``--dry-run`` runs and writes nothing: it prints one line per point (would run, would resume,
+done) after the same checks, and has Snakemake check the plan with its own dry run. The summary collects every
 point: ``sweep_summary.csv``, ``sweep_summary.nc`` (an xarray Dataset with one dimension per
 swept key for a grid) and ``sweep_summary.png`` (the metric per point). Snakemake is an
 optional extra: ``pip install -e ".[sweep]"``.
 
 Safety of the output folder (checked before anything in it is changed):
 
-* **One sweep at a time.** While ``dynode sweep`` runs (also ``--dry-run`` and ``--collect``)
+* **One sweep at a time.** While ``dynode sweep`` runs (also ``--collect``)
   it owns the folder through ``<output>/sweep.owner.json`` (created atomically with
   ``O_CREAT | O_EXCL``; JSON: pid, host, start time, sweep file, grid, and the pid of its
   Snakemake), removed again when it ends, by an error too. A second sweep into the folder is a
   :class:`SweepLockedError` naming that owner (CLI exit 2). An owner that is provably gone (same
   host, and neither it nor its Snakemake runs any more: killed, crashed, rebooted) is taken over
-  with a note on stderr. An owner on another host cannot be checked from here: once sure that
-  sweep has ended, delete ``sweep.owner.json`` by hand.
+  with a note on stderr (a dry run only checks this). An owner on another host cannot be
+  checked from here: once sure that sweep has ended, delete ``sweep.owner.json`` by hand.
 * **One sweep per folder.** ``sweep.json`` records the sweep's steps and, per point, the
   sha256 fingerprint of its whole resolved config (:func:`point_fingerprint`). Running the same
   sweep again resumes it; a sweep whose points, configs or steps differ (another grid, an edited

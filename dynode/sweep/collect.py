@@ -78,8 +78,11 @@ def _label(key: str) -> str:
 
 
 def plot_summary(df, keys: list[str], metric: str, path) -> Path | None:
-    """The metric of every point against the first swept key, one line per value of the
-    others; failed points are left out (and named in the title)."""
+    """The metric of every point against the first swept key, one series per value of the
+    others; failed points are left out (and named in the title). A numeric first key (a
+    learning rate, a tau) is an axis: each series is a line through its points in order. A
+    categorical one (recurrence types, names) has no order between its values, so nothing joins
+    them: each series is its own markers, set a little apart within each category."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,18 +92,23 @@ def plot_summary(df, keys: list[str], metric: str, path) -> Path | None:
         return None
     x_key, rest = keys[0], keys[1:]
     xs = list(dict.fromkeys(_coord(v) for v in df[x_key]))
-    numeric = all(isinstance(v, (int, float)) for v in xs)
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    groups = df.groupby([df[k].map(_coord) for k in rest], sort=False) if rest else [((), df)]
-    for label, g in groups:
+    groups = list(df.groupby([df[k].map(_coord) for k in rest], sort=False)) if rest else [((), df)]
+    for n, (label, g) in enumerate(groups):
         g = g[g["status"] == "done"]
         if g.empty:
             continue
         label = label if isinstance(label, tuple) else (label,)
-        pos = [(v if numeric else xs.index(v)) for v in g[x_key].map(_coord)]
-        order = sorted(range(len(pos)), key=lambda i: pos[i])
-        ax.plot([pos[i] for i in order], [g[metric].iloc[i] for i in order], "o-",
-                label=", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(rest, label)) or None)
+        name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(rest, label)) or None
+        if numeric:
+            pos = [float(v) for v in g[x_key].map(_coord)]
+            order = sorted(range(len(pos)), key=lambda i: pos[i])
+            ax.plot([pos[i] for i in order], [g[metric].iloc[i] for i in order], "o-", label=name)
+        else:  # categories: markers only, the series side by side within +-0.2 of each category
+            shift = 0.4 * (n / (len(groups) - 1) - 0.5) if len(groups) > 1 else 0.0
+            ax.plot([xs.index(v) + shift for v in g[x_key].map(_coord)], g[metric].to_list(), "o",
+                    linestyle="none", label=name)
     if not numeric:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
     ax.set_xlabel(_label(x_key))

@@ -80,7 +80,8 @@ def load_sweep(path) -> tuple[SweepConfig, dict, Path]:
                                      f"not a {type(base).__name__}")
     else:
         base = dict(sweep.base)
-    return sweep, base, path.parent / (sweep.output or f"{path.stem}-out")  # an absolute output stays as it is
+    # resolved: printed paths carry no "examples/configs/../../runs"; an absolute output stays as it is
+    return sweep, base, (path.parent / (sweep.output or f"{path.stem}-out")).resolve()
 
 
 def check_key(key: str, base: dict | None = None) -> None:

@@ -213,6 +213,15 @@ def claim_folder(out: Path, sweep_file, sweep: SweepConfig, points: list[dict]) 
     return owner
 
 
+def check_unowned(out: Path, sweep_file, sweep: SweepConfig, points: list[dict]) -> None:
+    """:func:`claim_folder`'s checks without taking the folder (a dry run writes nothing): no
+    live owner (:class:`SweepLockedError`), no other sweep in it."""
+    held = _read_owner(out / OWNER_FILE)
+    if held is not None and not _gone(held):
+        raise _busy(out, held, sweep_file)
+    check_folder(out, Path(sweep_file), sweep, points)
+
+
 # -- one sweep per folder --------------------------------------------------------------------
 def check_folder(out: Path, path: Path, sweep: SweepConfig, points: list[dict]) -> None:
     """Refuse an output folder that holds anything but this sweep (see :mod:`dynode.sweep`)."""

@@ -4,12 +4,15 @@ point's folder (``python -m dynode.sweep point DIR``)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -19,7 +22,7 @@ from dynode.config import load_config, model_and_data
 from dynode.errors import ConfigurationError
 from dynode.sweep.collect import collect
 from dynode.sweep.config import SweepConfig, _write_if_changed, expand, load_sweep, point_record, write_points
-from dynode.sweep.folder import claim_folder, json_field, proc_id, release_folder, update_owner
+from dynode.sweep.folder import check_unowned, claim_folder, json_field, proc_id, release_folder, update_owner
 from dynode.threads import thread_count
 from dynode.train import Trainer, run_fingerprint
 
@@ -59,30 +62,107 @@ rule point:
 '''
 
 
+def shown(path) -> str:
+    """A path as printed: resolved (no ``..`` left), relative to the working directory when it
+    lies inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+#: Snakemake's chatter left out unless ``verbose`` (the banner, job tables, each rule's block,
+#: progress); its errors still print.
+QUIET = ["--quiet", "progress", "rules", "host", "reason"]
+
+
 def run_sweep(path, *, cores: int = 1, threads: int | None = None, snakemake_args: list[str] | None = None,
-              dry_run: bool = False, collect_only: bool = False) -> dict:
+              dry_run: bool = False, collect_only: bool = False, verbose: bool = False) -> dict:
     """Expand, write and run the sweep in ``path`` with Snakemake; then collect. Each point
     runs with :func:`point_threads` torch threads (``threads``, else ``cores`` shared among
     the points), which its Snakemake job also reserves. Returns
-    ``{"out", "points", "failed", "returncode"}``. Everything is checked before the output
+    ``{"out", "points", "failed", "returncode"}`` (and the summary's ``rows``, ``csv``,
+    ``dataset``, ``figure`` unless ``dry_run``). Everything is checked before the output
     folder is changed: the sweep file, every point's config, that no other sweep runs into the
     folder (:class:`SweepLockedError`) and that the folder holds no other sweep
-    (:mod:`dynode.sweep`); the folder is owned until this returns or raises."""
+    (:mod:`dynode.sweep`); the folder is owned until this returns or raises.
+
+    ``dry_run`` runs nothing and writes nothing into the output folder: after the same checks it
+    prints one line per point (would run / would resume / done / stale) and has Snakemake check
+    the workflow and ``snakemake_args`` with its own dry run on a scratch copy. Snakemake's
+    output is quiet (:data:`QUIET`; its errors still print) unless ``verbose``."""
     sweep, base, out = load_sweep(path)
     points = expand(sweep, base)
     per_point, why = point_threads(cores, len(points), threads)
     if not collect_only and importlib.util.find_spec("snakemake") is None:
         raise ConfigurationError(INSTALL_HINT)
+    if dry_run and not collect_only:
+        check_unowned(out, path, sweep, points)
+        return _dry_run(sweep, points, out, cores=cores, threads=(per_point, why), snakemake_args=snakemake_args,
+                        verbose=verbose)
     owner = claim_folder(out, path, sweep, points)
     try:
         return _run_owned(Path(path), sweep, points, out, owner, cores=cores, threads=(per_point, why),
-                          snakemake_args=snakemake_args, dry_run=dry_run, collect_only=collect_only)
+                          snakemake_args=snakemake_args, collect_only=collect_only, verbose=verbose)
     finally:
         release_folder(out, owner)
 
 
+def _snakemake_cmd(out: Path, workdir: Path, cores: int, dry_run: bool, verbose: bool,
+                   snakemake_args: list[str] | None) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(workdir / "Snakefile"), "--directory",
+            str(workdir), "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nolock",
+            "--rerun-triggers", "mtime", *(["--dry-run"] if dry_run else []), *([] if verbose else QUIET),
+            *(snakemake_args or [])]
+
+
+def point_state(point: dict, out: Path) -> str:
+    """What a run would do with a point: ``done`` (its ``result.json`` is of this config),
+    ``stale`` (one of another config: refused, see :func:`run_point`), ``resume`` (a checkpoint
+    ``last.pt``, no result) or ``run``."""
+    d = out / "points" / point["id"]
+    if (d / "result.json").is_file():
+        return "done" if json_field(d / "result.json", "fingerprint") == point["fingerprint"] else "stale"
+    return "resume" if (d / "last.pt").is_file() else "run"
+
+
+_PLAN = {"run": "would run   ", "resume": "would resume", "done": "done, kept  ", "stale": "stale, kept "}
+
+
+def _dry_run(sweep: SweepConfig, points: list[dict], out: Path, *, cores: int, threads: tuple[int, str],
+             snakemake_args: list[str] | None, verbose: bool) -> dict:
+    """Print the plan, one line per point, and check it with Snakemake's dry run in a scratch
+    folder (the point configs and, for points done, a stand-in ``result.json``); nothing is
+    written into ``out``."""
+    states = {p["id"]: point_state(p, out) for p in points}
+    todo = [p for p in points if states[p["id"]] in ("run", "resume")]
+    print(f"dry run: nothing runs and nothing is written; `dynode sweep` would run {len(todo)} of {len(points)} "
+          f"points into {shown(out)}, {threads[0]} torch thread{'s' if threads[0] != 1 else ''} each "
+          f"({threads[1]}), steps {' + '.join(sweep.steps)}:", flush=True)
+    for p in points:
+        over = " ".join(f"{k}={v}" for k, v in p["overrides"].items())
+        print(f"  {_PLAN[states[p['id']]]} {p['id']}  {over}  -> {shown(out / 'points' / p['id'])}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="dynode-sweep-dry-") as tmp:
+        scratch = Path(tmp)
+        write_points(points, scratch, list(sweep.steps))
+        for p in points:
+            if states[p["id"]] in ("done", "stale"):  # Snakemake would leave them alone: output present
+                (scratch / "points" / p["id"] / "result.json").write_text("{}")
+        (scratch / "Snakefile").write_text(_snakefile(points, out, Path.cwd(), threads[0]))
+        cmd = _snakemake_cmd(out, scratch, cores, True, verbose, snakemake_args)
+        rc = _snakemake(cmd, scratch, None, **({"log": False} if verbose else {}))
+        if rc != 0 and not verbose:
+            _print_snakemake_errors(scratch / SNAKEMAKE_LOG, rc)
+    if rc == 0:
+        given = f" with {shlex.join(snakemake_args)}" if snakemake_args else ""
+        print(f"Snakemake's own dry run of this plan{given}: no error", flush=True)
+    return {"out": out, "points": points, "failed": [], "returncode": rc, "plan": states}
+
+
 def _run_owned(path: Path, sweep: SweepConfig, points: list[dict], out: Path, owner: dict, *, cores: int,
-               threads: tuple[int, str], snakemake_args: list[str] | None, dry_run: bool, collect_only: bool) -> dict:
+               threads: tuple[int, str], snakemake_args: list[str] | None, collect_only: bool,
+               verbose: bool) -> dict:
     # sweep.json first: it claims the folder for this sweep before any point is written
     (out / "sweep.json").write_text(json.dumps({
         "keys": sweep.keys, "grid": sweep.grid is not None, "metric": sweep.metric,
@@ -93,40 +173,69 @@ def _run_owned(path: Path, sweep: SweepConfig, points: list[dict], out: Path, ow
     rc = 0
     if not collect_only:
         _write_if_changed(out / "Snakefile", _snakefile(points, out, Path.cwd(), threads[0]))
-        print(f"sweep points: torch threads: {threads[0]} each ({threads[1]}; Snakemake's threads, passed to "
-              "each point as --threads)", flush=True)
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(out / "Snakefile"), "--directory", str(out),
-               "--cores", str(cores), "--keep-going", "--rerun-incomplete", "--nolock",
-               "--rerun-triggers", "mtime", *(["--dry-run"] if dry_run else []), *(snakemake_args or [])]
-        print("running: " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-        rc = _snakemake(cmd, out, owner)
-        if dry_run:
-            return {"out": out, "points": points, "failed": [], "returncode": rc}
+        todo = sum(point_state(p, out) != "done" for p in points)
+        print(f"sweep: {todo} of {len(points)} points to run into {shown(out)}; torch threads: {threads[0]} each "
+              f"({threads[1]}; Snakemake's threads, passed to each point as --threads)", flush=True)
+        cmd = _snakemake_cmd(out, out, cores, False, verbose, snakemake_args)
+        print("running: " + " ".join(shlex.quote(c) for c in cmd) if verbose else
+              f"running Snakemake (its progress: --verbose; its output also in {shown(out / SNAKEMAKE_LOG)})",
+              flush=True)
+        rc = _snakemake(cmd, out, owner, **({"log": False} if verbose else {}))
+        if rc != 0 and not verbose:
+            _print_snakemake_errors(out / SNAKEMAKE_LOG, rc)
     summary = collect(out)
     failed = [r["point"] for r in summary["rows"] if r["status"] != "done"]
     for r in summary["rows"]:
         if r["status"] == "stale":
             print(f"point {r['point']}: its result.json was computed with another config, so it is not counted; "
-                  f"move {out / 'points' / r['point']} aside and run the sweep again to recompute it",
+                  f"move {shown(out / 'points' / r['point'])} aside and run the sweep again to recompute it",
                   file=sys.stderr)
         elif r["status"] != "done":
-            print(f"point {r['point']} did not finish: see {out / 'points' / r['point'] / 'log.txt'}",
-                  file=sys.stderr)
+            log = out / "points" / r["point"] / "log.txt"
+            print(f"point {r['point']} did not finish{_last_line(log)}: see {shown(log)}", file=sys.stderr)
     return {"out": out, "points": points, "failed": failed, "returncode": rc, **summary}
 
 
-def _snakemake(cmd: list[str], out: Path, owner: dict) -> int:
+def _last_line(log: Path) -> str:
+    """`` (<the log's last line>)``: a failed point's error, usually."""
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
+    return f" ({lines[-1][:300]})" if lines else ""
+
+
+#: Snakemake's (quiet) output of the last run, in the sweep's folder.
+SNAKEMAKE_LOG = "snakemake.log"
+
+
+_CHATTER = ("Assuming unrestricted", "Building DAG", "Using shell", "Select jobs", "Execute ", "Provided cores",
+            "Rules claiming", "Job stats")  # progress lines that --quiet leaves in
+
+
+def _print_snakemake_errors(log: Path, rc: int) -> None:
+    """Snakemake failed: its quiet output (errors; a failed point's own error is in its log.txt)."""
+    text = log.read_text(errors="replace").strip() if log.is_file() else ""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(_CHATTER)]
+    usage_error = [i for i, ln in enumerate(lines) if re.match(r"\S+: error: ", ln)]
+    lines = lines[usage_error[0]:] if usage_error else lines  # an unknown option: its error, not the usage page
+    print(f"Snakemake exited with status {rc}" + (":\n" + "\n".join(lines) if lines else ""), file=sys.stderr,
+          flush=True)
+
+
+def _snakemake(cmd: list[str], out: Path, owner: dict | None, *, log: bool = True) -> int:
     """Run Snakemake; its pid goes into the owner file (a sweep whose ``dynode sweep`` was killed
-    while its Snakemake runs on is not gone)."""
-    proc = subprocess.Popen(cmd)
-    try:
-        owner["child"] = proc_id(proc.pid)
-        update_owner(out, owner)
-        return proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    while its Snakemake runs on is not gone). With ``log`` its output goes to ``out/snakemake.log``
+    (quiet runs; their caller prints it when Snakemake fails), else to this process's."""
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(out / SNAKEMAKE_LOG, "w")) if log else None
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=sink)
+        try:
+            if owner is not None:
+                owner["child"] = proc_id(proc.pid)
+                update_owner(out, owner)
+            return proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
 
 
 def _flat(prefix: str, x, into: dict) -> None:
