@@ -211,8 +211,20 @@ def first_images(data, n: int):
     return torch.cat(got)[:n]
 
 
+class ElectrodeConfig(FrozenConfig):
+    """A recording contact on a ``(C, H, W)`` population (:class:`dynode.observe.Electrode`): a
+    Gaussian patch at ``center`` ``[y, x]`` (unit coordinates, in ``[0, 1]``) of standard deviation
+    ``sigma`` (unit coordinates)."""
+
+    center: tuple[float, float]
+    sigma: PositiveFloat
+
+
 class RecordConfig(FrozenConfig):
-    """What to record (see :class:`dynode.Record`); the default is the population time course."""
+    """What to record (see :class:`dynode.Record`); the default is the population time course.
+    ``observe``: the observations stored per population (:mod:`dynode.observe`; must include
+    ``rate``); ``electrodes``: ``{population: {center: [y, x], sigma: s}}``, the patch its ``lfp``
+    and ``bold`` see."""
 
     populations: list[str] | None = None
     reduce: Literal["mean", "std", "mean_std"] | None = "mean"
@@ -220,6 +232,13 @@ class RecordConfig(FrozenConfig):
     start: float | None = None
     stop: float | None = None
     dtype: Literal["float16", "float32", "float64"] = "float32"
+    observe: list[Literal["rate", "drive", "lfp", "bold"]] = Field(default_factory=lambda: ["rate"])
+    electrodes: dict[str, ElectrodeConfig] | None = None
+
+    @model_validator(mode="after")
+    def _builds(self):
+        self.build()  # the Record's own checks (rate observed, electrodes with lfp/bold, ...) at load time
+        return self
 
     def build(self):
         return Record(**self.model_dump())

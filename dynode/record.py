@@ -14,6 +14,14 @@ is turned into what is stored:
   (population standard deviation, no Bessel correction), ``"mean_std"`` (both, along a
   ``statistic`` dimension), or a callable ``f(x: (batch, *shape)) -> (batch, *out)``.
 * **dtype**: the storage dtype (``"float32"`` keeps float32 runs bit-exact).
+* **observations** (``observe``): what each population's group stores, by name: ``"rate"``
+  (always; the default ``["rate"]`` keeps archives as they were), ``"drive"`` (the synaptic
+  drive ``u`` and, where the network knows the sign, ``drive_exc``/``drive_inh``), ``"lfp"``
+  (an LFP/ECoG proxy) and ``"bold"`` (Balloon-Windkessel BOLD), or their objects of
+  :mod:`dynode.observe` with parameters. ``select`` and ``reduce`` shape the unit-resolved
+  ``rate`` and ``drive``; ``lfp`` and ``bold`` see the whole population through its electrode
+  (``electrodes={population: Electrode(center, sigma)}``, a Gaussian patch; uniform weights
+  without one). They are computed while the run goes, causally, at the recording times.
 
 Unit dimensions are named by the population's number of per-sample dimensions: 1 ``channel``;
 2 ``channel, x``; 3 ``channel, y, x``; 4 ``channel, z, y, x``; more ``channel, dim_1, ...``.
@@ -34,9 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dynode.archive.layout import RATE_UNITS, GroupSpec, Layout
+from dynode.archive.layout import RATE_UNITS, GroupSpec, Layout, VariableSpec
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.history import delay_steps
+from dynode.network import Network
+from dynode.observe import (BOLD, LFP, Drive, DriveReader, Electrode, Observation, ObservationRun,
+                            PopulationObserver, Rate, as_observation, ei_split, lfp_proxy, observation_attrs,
+                            observed_variables)
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["Record", "RecordPlan", "archive_layout", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
@@ -102,6 +114,9 @@ class RecordPlan:
     index: tuple[tuple[int, ...] | None, ...]
     reduce: str | Callable | None
     dtype: torch.dtype
+    observe: tuple[Observation, ...] = (Rate(),)
+    electrode: Electrode | None = None
+    classes: tuple[str, ...] | None = None  # the E/I classes of its connections (observe.ei_split)
 
     def selected_coords(self) -> dict[str, np.ndarray]:
         return {d: np.arange(n) if idx is None else np.asarray(idx, dtype=np.int64)
@@ -165,14 +180,31 @@ class RecordPlan:
             attrs["reduction"] = red
         if sel:
             attrs["selection"] = json.dumps(sel)
-        return GroupSpec(self.name, dims, coords, attrs, np.dtype(desc["dtype"]))
+        variables = []
+        for var, o in observed_variables(self.observe, self.classes):
+            v_attrs = observation_attrs(self.name, var, o, self.classes)
+            if isinstance(o, Drive):
+                v_attrs["long_name"] = v_attrs["long_name"].replace(" of population",
+                                                                    "" if red is None else f" ({red} over units) of population")
+                if red is not None:
+                    v_attrs["reduction"] = red
+                if sel:
+                    v_attrs["selection"] = json.dumps(sel)
+            elif self.electrode is not None:
+                v_attrs["electrode_center_yx"] = list(self.electrode.center)
+                v_attrs["electrode_sigma"] = self.electrode.sigma
+            variables.append(VariableSpec(var, dims if isinstance(o, Drive) else (), v_attrs))
+        return GroupSpec(self.name, dims, coords, attrs, np.dtype(desc["dtype"]), tuple(variables))
 
     def describe(self) -> dict:
         return {"population": self.name, "shape": list(self.shape),
                 "select": {d: list(i) for d, i in zip(self.unit_dims, self.index) if i is not None},
                 "reduce": None if self.reduce is None else
                 self.reduce if isinstance(self.reduce, str) else _fn_name(self.reduce),
-                "dtype": str(self.dtype).removeprefix("torch.")}
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "observe": [{"name": o.name, **o.params()} for o in self.observe],
+                "electrode": None if self.electrode is None else
+                {"center": list(self.electrode.center), "sigma": self.electrode.sigma}}
 
 
 def archive_layout(plans: Sequence[RecordPlan], out_shapes: Sequence[tuple[int, ...]], batch: int,
@@ -203,6 +235,11 @@ class Record:
         ``"channel"``, ``"y"``, ``"x"``, ...) or ``{population: {dim: indices}}``; indices are
         an int, a slice, a range or a sequence of ints.
     dtype : storage dtype, ``"float16"``, ``"float32"`` (default) or ``"float64"``.
+    observe : the observations stored per population (see the module docstring and
+        :mod:`dynode.observe`): names ``"rate"``, ``"drive"``, ``"lfp"``, ``"bold"`` or
+        observation objects; must include ``"rate"``; default ``["rate"]``.
+    electrodes : ``{population: Electrode(center=(y, x), sigma)}`` (or a mapping with those
+        keys): the patch of a ``(C, H, W)`` population that its ``lfp`` and ``bold`` see.
     """
 
     populations: Sequence[str] | str | None = None
@@ -212,6 +249,8 @@ class Record:
     stop: float | None = None
     select: Mapping | None = None
     dtype: str = "float32"
+    observe: Sequence[str | Observation] = ("rate",)
+    electrodes: Mapping[str, Electrode | Mapping] | None = None
 
     def __post_init__(self):
         pops = self.populations
@@ -245,6 +284,42 @@ class Record:
         if self.select is not None and not isinstance(self.select, Mapping):
             raise ConfigurationError(f"Record(select=...) must be a mapping {{dim: indices}} or "
                                      f"{{population: {{dim: indices}}}}, got {type(self.select).__name__}")
+        self._check_observe()
+
+    def _check_observe(self) -> None:
+        obs = self.observe
+        if isinstance(obs, (str, Observation)) or not isinstance(obs, Iterable):
+            raise ConfigurationError(f"Record(observe={obs!r}) must be a list of observations, e.g. "
+                                     "['rate', 'lfp']")
+        obs = tuple(as_observation(o) for o in obs)
+        names = [o.name for o in obs]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(f"Record(observe={names}) names an observation twice")
+        if "rate" not in names:
+            raise ConfigurationError(f"Record(observe={names}) must include 'rate' (every population group of "
+                                     "an archive holds its rate; reduce='mean' keeps it small)")
+        object.__setattr__(self, "observe", obs)
+        el = self.electrodes
+        if el is None:
+            return
+        if not isinstance(el, Mapping) or not all(isinstance(k, str) for k in el):
+            raise ConfigurationError("Record(electrodes=...) must map population names to "
+                                     "dynode.observe.Electrode(center=(y, x), sigma)")
+        out = {}
+        for pop, e in el.items():
+            if isinstance(e, Mapping):
+                unknown = sorted(set(e) - {"center", "sigma"})
+                if unknown or "center" not in e or "sigma" not in e:
+                    raise ConfigurationError(f"Record(electrodes={{{pop!r}: ...}}): give center=(y, x) and sigma"
+                                             + (f", not {unknown}" if unknown else ""))
+                e = Electrode(tuple(e["center"]), e["sigma"])
+            elif not isinstance(e, Electrode):
+                raise ConfigurationError(f"Record(electrodes={{{pop!r}: {e!r}}}): give a dynode.observe.Electrode")
+            out[pop] = e
+        if not any(isinstance(o, (LFP, BOLD)) for o in obs):
+            raise ConfigurationError(f"Record(electrodes=...) shapes what 'lfp' and 'bold' see, but observe={names} "
+                                     "has neither; add one of them or drop electrodes")
+        object.__setattr__(self, "electrodes", out)
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -290,13 +365,19 @@ class Record:
         return tuple(min(start + k * self.every, t_end) for k in range(n + 1))
 
     # -- populations ---------------------------------------------------------------------
-    def plan(self, shapes: Mapping[str, tuple[int, ...]]) -> list[RecordPlan]:
-        """Resolve populations and selections against the field's per-sample ``shapes``."""
+    def plan(self, shapes: Mapping[str, tuple[int, ...]], field=None) -> list[RecordPlan]:
+        """Resolve populations, selections and observations against the field's per-sample
+        ``shapes`` (``field``: the vector field, needed by observations of its currents)."""
         names = self.populations if self.populations is not None else tuple(shapes)
         unknown = [n for n in names if n not in shapes]
         if unknown:
             raise ConfigurationError(f"Record(populations=...): unknown populations {unknown}; the "
                                      f"field's populations are {list(shapes)}")
+        electrodes = self.electrodes or {}
+        not_rec = [p for p in electrodes if p not in names]
+        if not_rec:
+            raise ConfigurationError(f"Record(electrodes=...) places electrodes on {not_rec}, which are not "
+                                     f"recorded (populations={list(names)})")
         per_pop = self._selection_by_population(shapes, names)
         plans = []
         for name in names:
@@ -310,8 +391,58 @@ class Record:
             index = tuple(None if d not in sel else
                           _indices(sel[d], n, f"Record(select=...) {name!r} dimension {d!r}")
                           for d, n in zip(dims, shape))
-            plans.append(RecordPlan(name, shape, dims, index, self.reduce, self.storage_dtype))
+            electrode = electrodes.get(name)
+            if electrode is not None and len(shape) != 3:
+                raise ConfigurationError(f"Record(electrodes={{{name!r}: ...}}): an electrode sees a (C, H, W) map, "
+                                         f"but population {name!r} has shape {shape}")
+            plans.append(RecordPlan(name, shape, dims, index, self.reduce, self.storage_dtype, self.observe,
+                                    electrode, self._classes(field, name, shape)))
         return plans
+
+    def _classes(self, field, name: str, shape: tuple[int, ...]) -> tuple[str, ...] | None:
+        """The E/I classes of ``name``'s connections, after checking that its observations can be
+        made on ``field``."""
+        currents = [o.name for o in self.observe if o.needs_currents]
+        if not currents:
+            return None
+        if not isinstance(field, Network):
+            raise ConfigurationError(f"Record(observe={currents}) needs the currents of a dynode.Network; "
+                                     f"{type(field).__name__} is a custom vector field: observe 'rate' and 'bold'")
+        u_shape = field.populations[name].u_shape
+        if u_shape is not None and tuple(u_shape) != shape:
+            raise ConfigurationError(f"Record(observe=['drive']): population {name!r} has a drive u of shape "
+                                     f"{tuple(u_shape)} and a rate of shape {shape}; record 'rate' only")
+        classes = ei_split(field, name)
+        if classes is None:
+            for o in self.observe:
+                if isinstance(o, Drive) and o.parts is True or isinstance(o, LFP) and o.proxy == "mazzoni":
+                    raise ConfigurationError(
+                        f"Record(observe=[{o!r}]) needs the excitatory/inhibitory split of population {name!r}'s "
+                        "inputs, which the network lacks (no inhibitory connection into it: add one with "
+                        "dynode.models.add_inhibition, or use LFP(proxy='broadband') / Drive(parts=None))")
+        return classes
+
+    def observation_run(self, field, plans: Sequence[RecordPlan], times: Sequence[float], t0: float,
+                        y0: Mapping[str, Tensor], inputs, tail, copy: bool) -> ObservationRun | None:
+        """What computes the observations beyond the rates at each recorded time (None: only
+        rates), checked against the recording ``times`` before the run: a ConfigurationError
+        names what to change. ``copy``: the solver may reuse its state tensors."""
+        if all(isinstance(o, Rate) for o in self.observe):
+            return None
+        current = [p.name for p in plans if any(o.needs_currents for o in p.observe)]
+        lfp_delays = [o.delay for p in plans for o in p.observe
+                      if isinstance(o, LFP) and lfp_proxy(o, p.classes) == "mazzoni"]
+        interval = times[1] - times[0] if len(times) > 1 else 1.0
+        reader = None
+        if current:
+            interval = DriveReader.check(field, current, times, t0, tail, lfp_delays)
+            reader = DriveReader(field, current, y0, t0, interval, inputs, copy)
+        observers = []
+        for p in plans:
+            weights = None if p.electrode is None else p.electrode.weights(p.shape)
+            observers.append(PopulationObserver(p.name, p.shape, p.observe, p.classes, weights, p.transform,
+                                                interval))
+        return ObservationRun(reader, observers)
 
     def _selection_by_population(self, shapes, names) -> dict[str, Mapping]:
         sel = self.select

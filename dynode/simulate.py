@@ -27,6 +27,7 @@ from torch import Tensor
 
 from dynode.archive import (ARCHIVE_FORMAT, COMPRESSIONS, LEASE_ATTR, MemoryArchiveWriter, Streamer,
                             ZarrArchiveWriter, condition_coords, open_archive, prepare_path)
+from dynode.archive.stream import ObservingMemoryWriter, ObservingZarrWriter
 from dynode.errors import ConfigurationError, DynodeError
 from dynode.integrate import check_state_memory
 from dynode.network import Network
@@ -250,7 +251,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                            check_state=lambda batch, device, dtype: check_state_memory(
                                field, solver_obj, dt, batch, device, dtype, memory_limit))
     shapes = {name: tuple(v.shape[1:]) for name, v in problem.y0.items()}
-    plans = record.plan(shapes)
+    plans = record.plan(shapes, field)
+    observations = record.observation_run(field, plans, times, t0, problem.y0, problem.inputs, problem.tail,
+                                          copy=not solver_obj.fresh_states)
     conditions = condition_coords(getattr(stim, "conditions", None) or {}, problem.batch_size)
     input_names = tuple(problem.inputs(problem.t0)) if stim is not None else ()
     run_id = uuid.uuid4().hex
@@ -260,7 +263,11 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
               "record": {"populations": [p.name for p in plans], "every": record.every,
                          "start": record.start, "stop": record.stop, "dtype": record.dtype,
                          "reduce": plans[0].describe()["reduce"] if plans else None,
-                         "select": {p.name: p.describe()["select"] for p in plans}},
+                         "select": {p.name: p.describe()["select"] for p in plans},
+                         **({} if observations is None else
+                            {"observe": plans[0].describe()["observe"] if plans else [],
+                             "electrodes": {p.name: p.describe()["electrode"] for p in plans
+                                            if p.electrode is not None}})},
               "stimulus": None if stim is None else {
                   "type": type(stim).__qualname__, "repr": repr(stim),
                   "breakpoints": list(stim.breakpoints), "conditions": list(conditions),
@@ -279,14 +286,23 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     def make_sink(batch, out_shapes, k):
         layout = archive_layout(plans, out_shapes, batch, conditions, input_names, record.storage_dtype,
                                 root_attrs)
+        observing = any(g.variables for g in layout.groups)
+        if observing:  # every observation has the per-sample shape its group declares
+            rate_shape = dict(zip((p.name for p in plans), out_shapes))
+            declared = {(g.name, v.name): rate_shape[g.name] if v.dims == g.dims else ()
+                        for g in layout.groups for v in g.variables}
+            for key, shape in zip(streamer.keys[len(plans):], out_shapes[len(plans):]):
+                if tuple(shape) != declared[key]:
+                    raise DynodeError(f"internal: observation {key[1]!r} of {key[0]!r} has per-sample shape "
+                                      f"{tuple(shape)}, the archive declares {declared[key]}")
         if path is None:
-            return MemoryArchiveWriter(layout)
-        return ZarrArchiveWriter(path, layout, times, chunk_steps=k, compression=compression,
-                                 overwrite=overwrite)
+            return (ObservingMemoryWriter if observing else MemoryArchiveWriter)(layout)
+        return (ObservingZarrWriter if observing else ZarrArchiveWriter)(
+            path, layout, times, chunk_steps=k, compression=compression, overwrite=overwrite)
 
     bar = _progress_bar(progress, t0, t_end, dt, on_grid)
     streamer = Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
-                        hold=solver_obj.fresh_states)
+                        hold=solver_obj.fresh_states, observations=observations)
     try:
         with torch.no_grad():
             sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)

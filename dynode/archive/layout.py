@@ -10,6 +10,8 @@ Layout (a ``xarray.DataTree``; on disk a zarr v3 store, one zarr group per node)
         rate               (time, sample, channel, y, x) -- fewer dims for vector populations,
                            (time, sample) after reduce="mean"/"std",
                            (time, sample, statistic) after reduce="mean_std"
+        drive[, drive_exc, drive_inh]   as rate (Record observe=["drive"])
+        lfp, bold          (time, sample) (Record observe=["lfp", "bold"]; dynode.observe)
         coords             time, sample, condition coords, channel, y, x (kept unit indices)
 
 Every variable carries CF-style ``units`` / ``long_name`` attributes; time is float ms.
@@ -52,19 +54,31 @@ CONDITION_ATTRS = {
 """CF attributes of the stimulus conditions dynode's protocols label (any other condition gets
 a ``long_name`` only: its units are the stimulus's to say)."""
 RESERVED = frozenset({"time", "sample", "rate", "stimulus", "input", "statistic", "channel", "x",
-                      "y", "z", "feature"})
+                      "y", "z", "feature", "drive", "drive_exc", "drive_inh", "lfp", "bold"})
 COMPRESSIONS = ("lz4", "zstd", None)
 
 
 @dataclass(frozen=True)
+class VariableSpec:
+    """A population's variable besides ``rate`` (an observation, :mod:`dynode.observe`): its
+    per-sample ``dims`` (a subset of the group's, or none) and CF attrs."""
+
+    name: str
+    dims: tuple[str, ...]
+    attrs: dict
+
+
+@dataclass(frozen=True)
 class GroupSpec:
-    """One population's group: the stored per-sample ``dims``, their ``coords``, ``rate`` attrs."""
+    """One population's group: the stored per-sample ``dims``, their ``coords``, ``rate`` attrs;
+    ``variables``: the observations stored next to ``rate`` (same dtype)."""
 
     name: str
     dims: tuple[str, ...]
     coords: dict[str, np.ndarray]
     attrs: dict
     dtype: np.dtype
+    variables: tuple[VariableSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,14 +96,40 @@ class Layout:
 @dataclass(frozen=True)
 class Block:
     """``times`` (k,) float64 ms; ``rates`` {population: (k, batch, *dims)}; ``stimulus``
-    (k, batch, n_inputs) or None."""
+    (k, batch, n_inputs) or None; ``observed`` {population: {variable: (k, batch, *dims)}}: the
+    variables of :attr:`GroupSpec.variables`."""
 
     times: np.ndarray
     rates: dict[str, np.ndarray]
     stimulus: np.ndarray | None
+    observed: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def array(self, group: str, name: str) -> np.ndarray | None:
+        """The block's data of the archive array ``name`` of ``group`` (``"/"``: the root), or
+        None for an array that is not written block by block (the time coordinate)."""
+        if group == "/":
+            return self.stimulus if name == "stimulus" else None
+        if name == "rate":
+            return self.rates[group]
+        return self.observed.get(group, {}).get(name)
+
+    def copy(self) -> Block:
+        return Block(self.times.copy(), {k: v.copy() for k, v in self.rates.items()},
+                     None if self.stimulus is None else self.stimulus.copy(),
+                     {g: {k: v.copy() for k, v in d.items()} for g, d in self.observed.items()})
+
+    @staticmethod
+    def concat(blocks: Sequence[Block]) -> Block:
+        """The blocks one after the other (at least one)."""
+        b0 = blocks[0]
+        return Block(np.concatenate([b.times for b in blocks]),
+                     {g: np.concatenate([b.rates[g] for b in blocks]) for g in b0.rates},
+                     None if b0.stimulus is None else np.concatenate([b.stimulus for b in blocks]),
+                     {g: {k: np.concatenate([b.observed[g][k] for b in blocks]) for k in d}
+                      for g, d in b0.observed.items()})
 
 
 def condition_coords(conditions: Mapping[str, Sequence], batch: int) -> dict[str, np.ndarray]:
@@ -129,8 +169,17 @@ def block_datasets(layout: Layout, block: Block) -> dict[str, xr.Dataset]:
     for g in layout.groups:
         coords = {**base, **{d: (d, v, {"units": "1", "long_name": _DIM_NAMES.get(d, d)})
                              for d, v in g.coords.items()}}
-        out[g.name] = xr.Dataset({"rate": (("time", "sample") + g.dims, block.rates[g.name], g.attrs)},
-                                 coords=coords)
+        data = {"rate": (("time", "sample") + g.dims, block.rates[g.name], g.attrs)}
+        rate_shape = np.shape(block.rates[g.name])
+        for v in g.variables:
+            values = block.observed.get(g.name, {}).get(v.name)
+            if values is None:
+                if len(block):
+                    raise ArchiveError(f"internal: the block has no {v.name!r} of population {g.name!r}")
+                values = np.zeros(rate_shape[:2] + tuple(rate_shape[2 + g.dims.index(d)] for d in v.dims),
+                                  dtype=g.dtype)
+            data[v.name] = (("time", "sample") + v.dims, values, v.attrs)
+        out[g.name] = xr.Dataset(data, coords=coords)
     return out
 
 

@@ -6,7 +6,11 @@ copies the result into a preallocated host block of ``chunk_steps`` steps (pinne
 non-blocking copies on a GPU: no synchronisation per step). A full block goes to a background
 writer thread, which hands it to the writer (:mod:`dynode.archive.writer`) while the solver
 fills the other block, so peak memory is two blocks whatever ``t_end`` is, and writing
-overlaps computing. The writer thread creates the store as soon as the first state arrives
+overlaps computing. With ``observations`` (:class:`dynode.observe.ObservationRun`) each
+recorded state also gives the population's observation variables (drive, LFP, BOLD), computed
+here in the solver's thread, in time order (their delay rings and haemodynamic state carry
+over from one recorded time to the next), and written with the rates of the same block, so an
+interrupted run's archive holds them up to its last committed step. The writer thread creates the store as soon as the first state arrives
 (a zarr store takes a few hundred ms to create: the solver fills its two blocks meanwhile
 instead of waiting for it after the first). An idle writer thread keeps the archive's lease fresh
 (:data:`~dynode.archive.lease.HEARTBEAT_S`).
@@ -20,10 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
-from dynode.archive.layout import Block
+from dynode.archive.layout import Block, ChunkFiles, Layout, _zarr_config, block_datasets
 from dynode.archive.lease import HEARTBEAT_S
+from dynode.archive.writer import MemoryArchiveWriter, ZarrArchiveWriter
 from dynode.errors import ArchiveError, DynodeError
 
 if TYPE_CHECKING:  # dynode.record builds its layout from dynode.archive.layout
@@ -48,8 +54,12 @@ class Streamer:
     """
 
     def __init__(self, plans: list[RecordPlan], inputs, input_names: tuple[str, ...],
-                 chunk_steps: int | None, n_times: int, make_sink, progress, hold: bool = False):
+                 chunk_steps: int | None, n_times: int, make_sink, progress, hold: bool = False,
+                 observations=None):
         self.plans, self.inputs, self.input_names = plans, inputs, input_names
+        self.observations = observations
+        # every stored array: the rates first, then the observations' (population, variable)
+        self.keys = [(p.name, "rate") for p in plans] + list(observations.keys if observations else ())
         self.chunk_steps, self.n_times = chunk_steps, n_times
         self.make_sink, self.progress = make_sink, progress
         self.hold = hold
@@ -64,22 +74,23 @@ class Streamer:
 
     # called by the solver with every recorded state
     def __call__(self, t: float, state: dict[str, Tensor]) -> None:
+        outs = [plan.transform(state[plan.name]) for plan in self.plans]
+        if self.observations is not None:
+            outs += self.observations(t, state)
         if self._cur is None:
-            self._start(state)
+            self._start(state, outs)
         bufs, times, stim = self._cur
         i = self._i
-        if self.hold:
-            refs = [plan.transform(state[plan.name]) for plan in self.plans]
-        else:
-            for plan, buf in zip(self.plans, bufs):
-                buf[i].copy_(plan.transform(state[plan.name]), non_blocking=True)
+        if not self.hold:
+            for buf, out in zip(bufs, outs):
+                buf[i].copy_(out, non_blocking=True)
         if stim is not None:
             x = self.inputs(t)
             for j, name in enumerate(self.input_names):
                 stim[i, :, j].copy_(_unit_mean(x[name], stim.shape[1]), non_blocking=True)
         times[i] = t
         if self.hold:  # commit the step only once everything above succeeded
-            for held, v in zip(self._held, refs):
+            for held, v in zip(self._held, outs):
                 held.append((v, v._version))
         self._i = i + 1
         if self._i == self.chunk_steps:
@@ -87,8 +98,7 @@ class Streamer:
         if self.progress is not None:
             self.progress.advance(t)
 
-    def _start(self, state: dict[str, Tensor]) -> None:
-        outs = [p.transform(state[p.name]) for p in self.plans]
+    def _start(self, state: dict[str, Tensor], outs: list[Tensor]) -> None:
         device = next(iter(state.values())).device
         batch = next(iter(state.values())).shape[0]
         dtype = self.plans[0].dtype if self.plans else torch.float32
@@ -115,7 +125,7 @@ class Streamer:
         if hasattr(self.sink, "open"):  # create the store now, while the solver fills the first blocks
             self._work.put("open")
         self._cur = self._free.get()
-        self._held = [[] for _ in self.plans]
+        self._held = [[] for _ in self.keys]
         self._i = 0
 
     def _submit(self) -> None:
@@ -124,7 +134,7 @@ class Streamer:
             event = self._event()
             event.record()
         self._work.put((self._cur, self._i, event, self._held if self.hold else None))
-        self._cur, self._i, self._held = None, 0, [[] for _ in self.plans]
+        self._cur, self._i, self._held = None, 0, [[] for _ in self.keys]
 
     def _hand_off(self) -> None:
         if self._error is not None:
@@ -165,19 +175,22 @@ class Streamer:
                     if event is not None:
                         event.synchronize()
                     if held is not None:
-                        for plan, buf, refs in zip(self.plans, bufs, held):
+                        for (pop, _), buf, refs in zip(self.keys, bufs, held):
                             if len(refs) != n:
                                 raise DynodeError(f"internal: {len(refs)} held states for {n} steps")
                             torch.stack([v for v, _ in refs], out=buf[:n])
                             if any(v._version != ver for v, ver in refs):
                                 raise DynodeError(
-                                    f"population {plan.name!r}: the solver modified a saved state in "
+                                    f"population {pop!r}: the solver modified a saved state in "
                                     "place before it was written; a solver that declares "
                                     "fresh_states = True must hand the observer new tensors")
                     if self._narrow:
                         self._check_range(bufs, stim, n, times)
+                    observed: dict[str, dict[str, np.ndarray]] = {}
+                    for (pop, var), b in zip(self.keys[len(self.plans):], bufs[len(self.plans):]):
+                        observed.setdefault(pop, {})[var] = b[:n].numpy()
                     block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
-                                  None if stim is None else stim[:n].numpy())
+                                  None if stim is None else stim[:n].numpy(), observed)
                     self.sink.write(block)
             except BaseException as exc:  # surfaced in the solver's thread
                 self._error = exc
@@ -187,7 +200,7 @@ class Streamer:
 
     def _check_range(self, bufs, stim, n: int, times) -> None:
         """Refuse a block in which a value overflowed the storage dtype (became +-inf)."""
-        for what, buf in [*((f"population {p.name!r}", b) for p, b in zip(self.plans, bufs)),
+        for what, buf in [*((f"population {pop!r} ({var})", b) for (pop, var), b in zip(self.keys, bufs)),
                           ("the stimulus", stim)]:
             if buf is None or not torch.isinf(buf[:n]).any():
                 continue
@@ -218,3 +231,51 @@ def _unit_mean(x: Tensor, batch: int) -> Tensor:
     if x.shape[0] == batch:
         return x.reshape(batch, -1).mean(dim=1) if x.dim() > 1 else x
     return x.mean().expand(batch)  # an unbatched input shared by every sample
+
+
+# -- writers of observation variables ---------------------------------------------------------
+# ZarrArchiveWriter and MemoryArchiveWriter write a block's rates and stimulus; these add its
+# observation variables (Block.observed). Used only for a layout that has some, so every
+# other archive is written exactly as before.
+class ObservingZarrWriter(ZarrArchiveWriter):
+    """:class:`ZarrArchiveWriter` that also writes each block's observation variables, before
+    the block's rates and the commit of ``steps_written`` (so a committed step has them all)."""
+
+    _observed: dict | None = None
+
+    def write(self, block: Block) -> None:
+        self.open()
+        if self._observed is None:
+            import zarr
+
+            root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+            arrays = {(g.name, v.name): root[g.name][v.name] for g in self.layout.groups for v in g.variables}
+            self._observed = {key: (arr, ChunkFiles.of(arr, self.cache_chunks)) for key, arr in arrays.items()}
+        n0, k = self.steps_written, len(block)
+        if k:
+            whole = n0 % self.chunk_steps == 0 and k <= self.chunk_steps
+            with _zarr_config():
+                for (group, name), (arr, files) in self._observed.items():
+                    data = block.array(group, name)
+                    if data is None:
+                        raise DynodeError(f"internal: the block has no {name!r} of population {group!r}")
+                    if files is not None and whole:
+                        files.write(n0, data)
+                    else:
+                        arr[n0:n0 + k] = data
+        super().write(block)
+
+
+class ObservingMemoryWriter(MemoryArchiveWriter):
+    """:class:`MemoryArchiveWriter` that keeps each block's observation variables too."""
+
+    def write(self, block: Block) -> None:
+        self.blocks.append(block.copy())
+        self.steps_written += len(block)
+
+    def result(self) -> xr.DataTree | None:
+        if not self.blocks:
+            return None
+        attrs = {**self.layout.attrs, **self.attrs, "status": self.status, "steps_written": self.steps_written}
+        return xr.DataTree.from_dict(block_datasets(Layout(**{**self.layout.__dict__, "attrs": attrs}),
+                                                    Block.concat(self.blocks)))
