@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from dynode.analysis.summary import Analysis, analyze_courses
+from dynode.analysis.summary import Analysis, analyze, analyze_courses
 from dynode.errors import (AnalysisWarning, ConfigurationError, MissingConditionsError, UndefinedMetricWarning,
                            user_stacklevel)
 from dynode.stimuli import EXPERIMENTS
@@ -684,8 +684,6 @@ def _analysis_of(x, what: str, **kwargs) -> Analysis:
         return x
     if what == "recordings":
         return analyze_recordings(x, **kwargs)
-    from dynode.analysis import analyze
-
     if isinstance(x, Mapping):
         return analyze(**x)
     if isinstance(x, (list, tuple)):
