@@ -16,6 +16,16 @@
 * memory_flat: peak RSS (MiB) of a fresh process that runs ``simulate`` to zarr over
   ``t_end`` and over ``10 * t_end`` (same field, batch and blocks). Target: the long run's
   peak within 10 % of the short one's.
+* observe_conv4: recording an observation model vs recording rates (dynode.observe), side by
+  side in one run: conv4, batch 32, 100 steps of 1 ms (Euler), every population every step,
+  ``reduce="mean"`` (the population time courses, as the experiments record them), to zarr.
+  Baseline: ``observe=["rate"]``. Contenders: ``+ bold`` (Balloon-Windkessel on the mean rate:
+  a few element-wise ops per recorded time), ``+ lfp`` (the broadband proxy: conv4 has no E/I
+  split; the currents are re-evaluated on the recorded state, one more evaluation of every
+  incoming operator per recorded time), ``+ drive``, and ``+ lfp, bold`` with an electrode on
+  every area. Target: ``+ bold`` at most 10 % slower (issue 24). The current-based
+  observations cost one operator evaluation per recorded time by construction (about one more
+  Euler step per recorded step); recording them every k-th step divides that by k.
 * checksum_cost_lz4 / checksum_cost_raw: the archive writer alone (no model), 16 MiB blocks
   of conv4-shaped rates (batch 32; lz4 / uncompressed), with the crc32c that every
   dynode array carries against the same writer with the checksum computing nothing; the metric is the process's CPU
@@ -41,6 +51,7 @@ import torch
 
 import dynode as dn
 import dynode.archive.writer as W
+from dynode.observe import Electrode
 from harness import Benchmark
 from nets import conv4_network
 
@@ -132,6 +143,29 @@ def _layout_of(block, batch: int):
                                r.dtype) for n, r in block.rates.items())
     return A.Layout(batch=batch, conditions={}, groups=groups, inputs=("image",),
                     stimulus_dtype=block.stimulus.dtype, attrs={"dynode_archive": A.ARCHIVE_FORMAT})
+
+
+def _observe_setup(quick: bool):
+    batch, t_end = (8, 20.0) if quick else (32, 100.0)
+    net = conv4_network()
+    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    stim = dn.stimuli.Constant(x)
+    tmp = tempfile.TemporaryDirectory(prefix="dynode-bench-")
+    counter = itertools.count()
+    patch = {a: Electrode((0.5, 0.5), 0.2) for a in ("V1", "V2", "V4", "IT")}
+
+    def record(observe, electrodes=None):
+        def run():
+            path = Path(tmp.name) / f"obs{next(counter)}.zarr"
+            dn.simulate(net, stim, t_end=t_end, dt=1.0, progress=False, store=path,
+                        record=dn.Record(reduce="mean", observe=observe, electrodes=electrodes))
+            shutil.rmtree(path)
+        run.tmp = tmp
+        return run
+
+    return {"rate": record(["rate"]), "rate + bold": record(["rate", "bold"]),
+            "rate + lfp": record(["rate", "lfp"]), "rate + drive": record(["rate", "drive"]),
+            "rate + lfp, bold (electrodes)": record(["rate", "lfp", "bold"], patch)}
 
 
 def _codec_chain(compression):
@@ -237,6 +271,8 @@ BENCHMARKS = [
     Benchmark("record_conv4", _record_setup, target={"every step to zarr": 1.15,
                                                     "every step to zarr, uncompressed": 1.15},
               note="conv4, batch 32, 100 steps, every population every step, float32"),
+    Benchmark("observe_conv4", _observe_setup, target={"rate + bold": 1.10},
+              note="conv4, batch 32, 100 steps, reduce='mean' to zarr; observations vs rates"),
     Benchmark("checksum_cost_lz4", _checksum_setup("lz4"), target={"crc32c (dynode's default)": 1.15},
               metric="value", note="writer CPU ms for 9 blocks of 16 MiB (conv4 rates, batch 32), lz4"),
     Benchmark("checksum_cost_raw", _checksum_setup(None), target={"crc32c (dynode's default)": 1.15},

@@ -217,3 +217,16 @@ def test_record_config_observe_and_electrodes():
         RecordConfig(observe=["rate", "bold"], electrodes={"V1": {"center": [0.5, 2.0], "sigma": 0.1}})
     with pytest.raises(pydantic.ValidationError):
         RecordConfig(observe=["rate", "spikes"])
+
+
+def test_an_interrupted_run_keeps_its_observations(tmp_path):
+    net = ei_net(inhibition=False)  # r_E -> 2 after the onset at 5 ms: over max_abs = 1
+    stim = dn.stimuli.Pulse(5.0, math.inf, {"x": torch.ones(1, 1, dtype=torch.float64)})
+    with pytest.raises(dn.DivergenceError):
+        dn.simulate(net, stim, t_end=200.0, dt=1.0, store=tmp_path / "a.zarr", chunk_steps=4, max_abs=1.0,
+                    check_every=5, record=dn.Record(observe=["rate", "lfp", "bold"], dtype="float64"))
+    with pytest.warns(dn.archive.IncompleteArchiveWarning):
+        e = dn.open_archive(tmp_path / "a.zarr")["E"].to_dataset()
+    n = e.sizes["time"]
+    assert 4 <= n < 201 and e["lfp"].shape == (n, 1) and e["bold"].shape == (n, 1)
+    assert np.isfinite(e["lfp"].values).all() and np.isfinite(e["bold"].values).all()
