@@ -367,7 +367,8 @@ class Record:
     # -- populations ---------------------------------------------------------------------
     def plan(self, shapes: Mapping[str, tuple[int, ...]], field=None) -> list[RecordPlan]:
         """Resolve populations, selections and observations against the field's per-sample
-        ``shapes`` (``field``: the vector field, needed by observations of its currents)."""
+        ``shapes``; ``field``: the vector field, against which the observations of its currents
+        (``drive``, ``lfp``) are checked and resolved (None: shapes and selections only)."""
         names = self.populations if self.populations is not None else tuple(shapes)
         unknown = [n for n in names if n not in shapes]
         if unknown:
@@ -403,7 +404,7 @@ class Record:
         """The E/I classes of ``name``'s connections, after checking that its observations can be
         made on ``field``."""
         currents = [o.name for o in self.observe if o.needs_currents]
-        if not currents:
+        if not currents or field is None:  # no field: shapes and selections only (simulate passes it)
             return None
         if not isinstance(field, Network):
             raise ConfigurationError(f"Record(observe={currents}) needs the currents of a dynode.Network; "

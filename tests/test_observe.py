@@ -199,6 +199,7 @@ def test_electrode_centre_outside_the_map_and_custom_field_errors():
         dn.Record(observe=["rate", "bold"], electrodes={"V1": {"center": (0.5, 1.5), "sigma": 0.1}})
     with pytest.raises(ConfigurationError, match="custom vector field"):
         dn.Record(observe=["rate", "drive"]).plan({"a": (1,)}, field=nn.Module())
+    dn.Record(observe=["rate", "drive"]).plan({"a": (1,)})  # without a field: shapes only
 
 
 def test_record_config_observe_and_electrodes():

@@ -200,7 +200,8 @@ class Streamer:
 
     def _check_range(self, bufs, stim, n: int, times) -> None:
         """Refuse a block in which a value overflowed the storage dtype (became +-inf)."""
-        for what, buf in [*((f"population {pop!r} ({var})", b) for (pop, var), b in zip(self.keys, bufs)),
+        for what, buf in [*((f"population {pop!r}" + ("" if var == "rate" else f" ({var})"), b)
+                            for (pop, var), b in zip(self.keys, bufs)),
                           ("the stimulus", stim)]:
             if buf is None or not torch.isinf(buf[:n]).any():
                 continue
