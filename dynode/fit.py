@@ -1209,9 +1209,10 @@ class FitSettings(FrozenConfig):
 
 class FitConfig(FrozenConfig):
     """A ``dynode fit`` config (YAML): ``model`` (:class:`FitModel`), ``recordings`` (a file for
-    :func:`dynode.recordings.load_recordings`; relative paths from the config's folder),
+    :func:`dynode.recordings.load_recordings`),
     ``fit`` (:class:`FitSettings`) and ``output`` (the folder of ``last.pt``, ``fit.json``,
-    ``prediction.nc`` and ``fit.png``; relative to the working directory, as run configs)."""
+    ``prediction.nc`` and ``fit.png``). Relative paths are from the working directory, as in
+    run configs."""
 
     model: FitModel
     recordings: str
@@ -1244,7 +1245,7 @@ def run_fit_config(path, out_dir=None, *, resume: bool = False, overwrite: bool 
     ``prediction.nc`` (the fitted courses, NetCDF3) and ``fit.png`` (data and fit per area)
     there. Returns the :class:`FitResult`."""
     cfg = FitConfig.load(path)
-    base = Path(path).resolve().parent
+    base = Path.cwd()
     out = Path(out_dir if out_dir is not None else cfg.output)
     net = cfg.model.build(base)
     recordings = load_recordings(_path(base, cfg.recordings))

@@ -75,8 +75,8 @@ def test_recovers_time_constants_delay_and_normalisation(chain_data):
 # -- (b) Groen's DN model equations fitted by a dynode network --------------------------------
 def _dn_recordings():
     """dn_model with Groen's start values at 512 Hz on a subset of Groen's conditions (epoch
-    -100 to 450 ms around the onset)."""
-    t = np.arange(-100.0, 450.0, 1000.0 / 512.0)
+    -100 to 360 ms around the onset)."""
+    t = np.arange(-100.0, 360.0, 1000.0 / 512.0)
     conds = ([dict(experiment="contrast", contrast=c, duration=500.0, isi=0.0, onset=0.0) for c in (0.125, 1.0)]
              + [dict(experiment="duration", contrast=1.0, duration=d, isi=0.0, onset=0.0) for d in (33.0, 133.0)]
              + [dict(experiment="repetition", contrast=1.0, duration=133.0, isi=67.0, onset=0.0)])
@@ -87,10 +87,10 @@ def _dn_recordings():
 
 def test_dn_model_data_are_fitted_by_a_dynode_network():
     ds = _dn_recordings()
-    net = F.dn_network(["V1"], tau1=8.0, shift=45.0, tau2=120.0, sigma=0.3)
-    res = F.fit(net, ds, params=["tau", "delay", "sigma", "gain", "offset"], steps=6, progress=False)
+    net = F.dn_network(["V1"], tau1=7.0, shift=50.0, tau2=110.0, sigma=0.25)  # not the DN values
+    res = F.fit(net, ds, params=["tau", "delay", "sigma", "gain", "offset"], steps=4, progress=False)
+    assert 1 - res.history[0][0] < 0.9  # R^2 at the start (gain and offset by least squares)
     assert res.r2["V1"] >= 0.9, res.summary()
-    assert res.history[0][-1] < res.history[0][0]
 
 
 # -- checkpoints, resume, restarts, divergence --------------------------------------------------
@@ -122,7 +122,7 @@ def tiny_data():
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch, optimizer):
-    kw = dict(params=["tau", "delay:V1->V2", "gain"], optimizer=optimizer, steps=6, restarts=2, progress=False,
+    kw = dict(params=["tau", "delay:V1->V2", "gain"], optimizer=optimizer, steps=4, restarts=2, progress=False,
               tol=1e-12)
     full = F.fit(_tiny(), tiny_data, **kw)
     calls = {"n": 0}
@@ -130,7 +130,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch, optimizer):
 
     def interrupted(self, opt):
         calls["n"] += 1
-        if calls["n"] == 9:  # restart 1, iteration 3
+        if calls["n"] == 7:  # restart 1, iteration 3
             raise KeyboardInterrupt
         return step(self, opt)
 
@@ -202,20 +202,21 @@ def test_recordings_without_a_model_area_or_with_nan_are_refused(chain_data, mon
 
 
 # -- config and command line ----------------------------------------------------------------------
-def test_fit_config_runs_and_writes_its_outputs(tiny_data, tmp_path, capsys):
+def test_fit_config_runs_and_writes_its_outputs(tiny_data, tmp_path, capsys, monkeypatch):
     from dynode.spec import network_spec, save_spec
 
+    monkeypatch.chdir(tmp_path)  # relative paths are from the working directory
     save_spec(network_spec(_tiny()), tmp_path / "model.yaml")
     tiny_data.to_netcdf(tmp_path / "rec.nc", engine="scipy")
     (tmp_path / "fit.yaml").write_text(
         "model: {spec: model.yaml}\nrecordings: rec.nc\n"
-        "fit: {params: [tau, gain], steps: 3, log_every: 1}\n")
+        "fit: {params: [tau, gain], steps: 2, log_every: 1}\n")
     parser = argparse.ArgumentParser()
     F.add_fit_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["fit", str(tmp_path / "fit.yaml"), "--out", str(tmp_path / "out")])
     assert F.fit_command(args) == 0
     out = capsys.readouterr().out
-    assert "iteration 1/3" in out and "R^2" in out
+    assert "iteration 1/2" in out and "R^2" in out
     saved = json.loads((tmp_path / "out" / "fit.json").read_text())
     assert set(saved["params"]) == {"tau:V1", "tau:V2", "gain:V1", "gain:V2"}
     assert (tmp_path / "out" / "fit.png").stat().st_size > 10_000
