@@ -24,15 +24,15 @@ not depend on what else is in the batch:
   ``mix(stream + node_key)``, ``mix`` the SplitMix64 finaliser (a counter-based generator in
   64-bit integer tensor ops: no generator state, no host sync, the same on every device).
 
-Time is cut into base intervals ``[k L, (k + 1) L]`` from ``t = 0 ms`` (``L`` in ``[1, 2)`` ms,
-below). ``W((k+1)L) - W(kL) = sqrt(L) Z_k``, independent across ``k``. Inside, the path is a
+Time is cut into roots ``[k R, (k + 1) R]`` from ``t = 0 ms``, ``R = 8 L`` (``L`` in ``[1, 2)``
+ms, below). ``W((k+1)R) - W(kR) = sqrt(R) Z_k``, independent across ``k``. Inside, the path is a
 Brownian tree (as diffrax's ``VirtualBrownianTree``): an interval of length ``h`` whose increment
 is ``X`` is halved by the Brownian bridge,
 
 .. math:: X_{left} = X/2 + \tfrac{\sqrt{h}}{2} Z_{node}, \qquad X_{right} = X - X_{left},
 
-exact in law (``W(mid)`` given both ends is ``N(mean, h/4)``). A step ``dt = L 2^{-j}`` is a leaf
-at depth ``j``; ``dt = L 2^m`` sums ``2^m`` base increments. So ``dt``, ``dt/2``, ``dt/4``, ...
+exact in law (``W(mid)`` given both ends is ``N(mean, h/4)``). A step ``dt = R 2^{-j}`` is a leaf
+at depth ``j``; ``dt = R 2^m`` sums ``2^m`` roots. So ``dt``, ``dt/2``, ``dt/4``, ...
 (any ``dt`` times a power of two) see **the same path**: ``L = dt 2^{-e}`` is ``dt``'s binary
 mantissa scaled into ``[1, 2)`` (``L = 1`` ms for ``dt = 1, 0.5, 0.25 ...``; ``1.6`` ms for
 ``dt = 0.1, 0.05, 0.2``), and the increment over a coarse step is exactly the sum of the fine
@@ -41,8 +41,10 @@ equally valid path. The grid is anchored at 0 ms, so ``t0`` must be a whole numb
 (``integrate`` checks it), and a run continued at ``t1`` sees the path the whole run saw.
 
 Cost: the leaves are made in order by a depth-first walk that keeps the pending right halves
-(``j`` state-sized tensors): one normal per state element per step, plus ``j`` for the first
-step and for a jump (a checkpointed segment recomputed in backward starts again from its root).
+(up to ``j`` state-sized tensors, ``j = log2(8 L / dt)``: 2 for ``dt = 2`` ms, 3 for 1 ms, 6 for
+0.125 ms): one normal per state element per step (``2^j`` leaves cost ``2^j - 1`` bridges and
+one root), plus ``j`` for the first step and for a jump (a checkpointed segment recomputed in
+backward starts again from its root).
 A normal costs about 2.5 ``torch.randn`` on the CPU (integer hashing + Box-Muller).
 """
 
@@ -177,10 +179,19 @@ def has_noise(field) -> bool:
     return bool(noise_coefficients(field))
 
 
+def pending_states(dt: float) -> int:
+    """How many state-sized tensors a :class:`BrownianPath` of step ``dt`` keeps between steps
+    (the walk's pending halves; for the memory check)."""
+    return max(base_interval(dt)[1] + _TOP, 0)
+
+
 def base_interval(dt: float) -> tuple[float, int]:
     """``(L, j)`` with ``dt = L 2^{-j}`` and ``L`` in ``[1, 2)`` ms (exact: ``dt``'s mantissa)."""
     m, e = math.frexp(dt)  # dt = m 2^e, m in [0.5, 1)
     return 2.0 * m, 1 - e
+
+
+_TOP = 3  # the tree's roots span 2^_TOP base intervals: steps up to 8 L cost one normal each
 
 
 def _pop_key(name: str) -> int:
@@ -198,7 +209,9 @@ class BrownianPath:
 
     def __init__(self, keys: Tensor, shapes: Mapping[str, tuple[int, ...]], dt: float, dtype: torch.dtype):
         self.dt = float(dt)
-        self.L, self.j = base_interval(self.dt)
+        self.L, j = base_interval(self.dt)
+        self.j = j + _TOP  # the leaves' depth below the roots, of length 2^_TOP L
+        self.root_length = self.L * 2.0 ** _TOP
         self.shapes = dict(shapes)
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         batch, device = keys.shape[0], keys.device
@@ -227,15 +240,18 @@ class BrownianPath:
             u1 = ((z >> 41) & ((1 << 23) - 1)).to(torch.float32).add_(0.5).mul_(2.0 ** -23)
             th = (z & ((1 << 24) - 1)).to(torch.float32).mul_(2.0 ** -24 * 2.0 * math.pi)
         r = u1.log_().mul_(-2.0).sqrt_()
-        out = torch.cat((r * torch.cos(th), r.mul_(torch.sin(th))), 1)
-        return out if out.shape[1] == self.numel else out[:, :self.numel]
+        half = th.shape[1]
+        out = torch.empty((self._batch, 2 * half), dtype=self.dtype, device=th.device)
+        torch.mul(r, torch.cos(th), out=out[:, :half])
+        torch.mul(r, th.sin_(), out=out[:, half:])
+        return out if 2 * half == self.numel else out[:, :self.numel]
 
     def _root(self, k: int) -> Tensor:
-        return self._normal(k, 1).mul_(math.sqrt(self.L))
+        return self._normal(k, 1).mul_(math.sqrt(self.root_length))
 
     def _split(self, k: int, level: int, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """The bridge: node ``(level, index)`` with increment ``x`` -> its two halves."""
-        h = self.L * 2.0 ** -level
+        h = self.root_length * 2.0 ** -level
         z = self._normal(k, (1 << (level + 1)) + 2 * index)  # keyed by the left child's heap index
         left = torch.add(x * 0.5, z, alpha=0.5 * math.sqrt(h))
         return left, x - left
@@ -243,7 +259,7 @@ class BrownianPath:
     # -- increments ----------------------------------------------------------------------
     def _flat(self, N: int) -> Tensor:
         j = self.j
-        if j <= 0:  # a step spans 2^-j base intervals
+        if j <= 0:  # a step spans 2^-j roots
             span = 1 << -j
             total = self._root(N * span)
             for k in range(N * span + 1, (N + 1) * span):

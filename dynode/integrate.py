@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from dynode.brownian import noise_coefficients
+from dynode.brownian import noise_coefficients, pending_states
 from dynode.errors import ConfigurationError
 from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution, noise_refusal
@@ -188,9 +188,16 @@ def check_state_memory(field, solver, dt: float | None, batch: int, device: torc
         history = (f", {k} past states{' and their derivatives' if derivatives else ''} of the delay "
                    f"history (max_delay {max_delay:g} ms / dt {dt:g} ms)")
         remedy = "a larger dt (the history keeps max_delay / dt past states), "
-    require_memory(batch * per_sample * copies, device,
+    noisy = noise_coefficients(field) if getattr(solver, "stochastic", False) and dt is not None else {}
+    if noisy:  # the Brownian walk's pending halves, its int64 keys (as 2 float32 states) and a normal
+        extra = pending_states(dt) + 3
+        per_noisy = sum(v.numel() * v.element_size() for k, v in sample.items() if k in noisy)
+        copies += extra * per_noisy / max(per_sample, 1)
+        history += f", {extra} for the noise's Brownian path"
+    count = f"{copies:.0f}" if float(copies).is_integer() else f"{copies:.1f}"
+    require_memory(int(batch * per_sample * copies), device,
                    f"the working state of batch {batch} ({per_sample / 1024 ** 2:.3g} MiB per sample, "
-                   f"{copies} copies: the state, {stages} stage(s) of "
+                   f"{count} copies: the state, {stages} stage(s) of "
                    f"{type(solver).__name__}{history}; a lower bound)",
                    f"use a smaller batch (fewer samples in the stimulus, or batch_size=), {remedy}"
                    "a device with more memory, or pass memory_limit=math.inf to try anyway", memory_limit)
