@@ -20,7 +20,11 @@ mean rate over the area's units, times a gain plus an offset,
 .. math:: \hat y_{a,c}(t) = g_a\, \bar r_{a,c}(t) + o_a ,
 
 (``gain:a`` and ``offset:a`` are fitted when named in ``params``; otherwise ``g_a = 1``,
-``o_a = 0``). The loss is the mean squared error per area normalised by the recording's
+``o_a = 0``). ``observe="bold"``: :func:`dynode.observe.bold` (Balloon-Windkessel) of the
+mean rate on the solver's grid, read at the recorded times, instead of the rate. Areas are
+matched by name, or ``areas={population: recorded area}``
+(:func:`dynode.recordings.match_areas`); an area with an ``electrode`` dimension is fitted
+as the mean over its electrodes. The loss is the mean squared error per area normalised by the recording's
 variance, averaged over areas,
 
 .. math:: \mathcal L = \frac{1}{|A|}\sum_a \frac{\sum_{c,t} (\hat y_{a,c}(t) - y_{a,c}(t))^2}
@@ -31,34 +35,30 @@ so each area weighs the same whatever its units, and ``1 - loss`` is the mean ``
 **What is fitted** (``params``, by name; a kind alone, e.g. ``"tau"``, means every such
 parameter the model has):
 
-=====================  ===========================================================  =====
-name                   parameter                                                     unit
-=====================  ===========================================================  =====
-``tau:P``              the learnt time constant of population ``P``                  ms
-                       (``add_population(..., learn_tau=True, tau_bounds=...)``)
-``delay:A->B``         the learnt delay of connection ``A -> B``                     ms
-                       (``connect(..., learn_delay=True, delay_bounds=...)``)
-``sigma:P``            the semi-saturation of the divisive combine of ``P``          1
-                       (:class:`dynode.models.normalization.Divide`, ``learn_sigma``)
-``weight:A->B``        the parameters of connection ``A -> B``'s operator (a          1
-                       normalisation or adaptation pool: its weights ``|w|``)
-``bias:P``             the bias of ``P``                                             1
-``norm:P``             every learnable part of ``P``'s normalisation (its ``sigma``,
-                       and the pool population's learnt ``tau``, its input
-                       weights and learnt delays)
-``adapt:P``            the same for ``P``'s adaptation population
-``gain:a``/``offset:a``  the observation gain / offset of recorded area ``a``        data
-``weights``            every parameter of the network (taus, delays and weights)
-=====================  ===========================================================  =====
+* ``tau:P``: the learnt time constant of population ``P`` (ms;
+  ``add_population(..., learn_tau=True, tau_bounds=...)``);
+* ``delay:A->B``: the learnt delay of connection ``A -> B`` (ms;
+  ``connect(..., learn_delay=True, delay_bounds=...)``);
+* ``sigma:P``: the semi-saturation of ``P``'s divisive combine
+  (:class:`dynode.models.normalization.Divide` with ``learn_sigma``);
+* ``weight:A->B``: the parameters of connection ``A -> B``'s operator (of a normalisation or
+  adaptation pool: its weights ``|w|``, the loop's strength);
+* ``bias:P``: the bias of ``P``;
+* ``norm:P`` / ``adapt:P``: every learnable part of ``P``'s normalisation / adaptation loop
+  (its ``sigma``; the pool population's learnt ``tau``, its input weights and learnt delays);
+* ``gain:a`` / ``offset:a``: the observation gain / offset of recorded area ``a``;
+* ``weights``: every parameter of the network (``weights:<state_dict name>``, reported as the
+  raw tensors, taus and delays included).
 
 A name the model does not have, a fixed ``tau`` or delay named for fitting, recordings that
 lack the conditions an experiment needs, NaN samples, areas the model does not have: each is
 a :class:`~dynode.errors.ConfigurationError` before anything is simulated.
 
-**How.** Adam (``lr``) on the parameters' unconstrained forms (learnt times are
-:class:`dynode.population.Bounded`, so they stay inside their bounds; gains and offsets are
-scaled by their least-squares values at the restart's first iteration, so ``lr`` is a relative
-step for them). A restart stops after ``steps`` iterations or when the best loss of the last
+**How.** L-BFGS (default; one step with a strong-Wolfe line search per iteration) or Adam
+(``lr`` cosine-annealed to ``lr / 10``) on the parameters' unconstrained forms (learnt times
+are :class:`dynode.population.Bounded`, so they stay inside their bounds; gains and offsets are
+scaled by their least-squares values at the start of each restart, so a step is relative for
+them). A restart stops after ``steps`` iterations or when the best loss of the last
 ``patience`` iterations improves on the best before by less than ``tol`` (relative):
 *converged*. Restart 0 starts from the model's values; restart ``k > 0`` from a random point
 (seed ``seed + k``): learnt times uniform in the middle 70 % of their log range, other
@@ -66,7 +66,7 @@ parameters multiplied by ``exp(0.3 z)``. The lowest final loss wins; its values 
 into the model. The spread over restarts (mean, sd, every restart's value) is reported.
 
 **Checkpoints.** With ``checkpoint_dir``, ``last.pt`` holds the fit after every iteration
-(weights, observation, Adam state, loss history, finished restarts, the run's config as
+(weights, observation, optimizer state, loss history, finished restarts, the run's config as
 canonical JSON; read with ``weights_only=True``); ``resume=True`` continues it exactly (the
 same iterations as an uninterrupted fit) and refuses a checkpoint of another fit, naming what
 differs (:func:`dynode.train.state.config_diff`). A fit whose loss, gradient or parameters

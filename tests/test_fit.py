@@ -232,3 +232,20 @@ def test_example_fit_config_is_valid():
     for path in sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("fit_*.yaml")):
         cfg = F.FitConfig.load(path)
         assert cfg.fit.params
+
+
+def test_bold_observation_is_dynode_observe_bold_of_the_mean_rate():
+    """observe="bold": dynode.observe.bold of the area's mean rate on the solver's grid, read at
+    the recorded times (here every other grid point)."""
+    from dynode.observe import bold
+
+    net = _tiny()
+    template = _template(60.0, contrasts=(1.0,), durations=())
+    got = F.simulate_recordings(net, template, observe="bold")
+    with torch.no_grad():
+        rate = dn.integrate(net, F._merge([F._protocol(template, "contrast", np.array([0]), 0.0, 58.0,
+                                                       torch.ones(1, 1, dtype=torch.float64), "blank", None)]),
+                            t_end=58.0, dt=1.0).states["V2"][:, :, 0]
+        want = bold(rate, 1.0)[::2, 0]
+    assert np.allclose(got["V2"].values[0], want.numpy(), rtol=1e-10, atol=1e-14)
+    assert float(want.abs().max()) > 0
