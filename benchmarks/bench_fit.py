@@ -52,7 +52,8 @@ def main(argv=None) -> dict:
     print(f"iterations {res.iterations}, wall {wall:.1f} s ({wall / max(res.iterations, 1):.2f} s/iteration), "
           f"status {res.status}; target: converged within {TARGET_S:.0f} s -> "
           f"{'met' if res.status == 'converged' and wall <= TARGET_S else 'NOT met'}")
-    print(f"recovered: shift {DN_START['shift']:g} -> delay {p['delay:V1_l1->V1_l2']:.2f} ms; tau1 {DN_START['tau1']:g} "
+    print(f"recovered: shift {DN_START['shift']:g} -> delay {p['delay:V1_l1->V1_l2']:.2f} ms; "
+          f"tau1 {DN_START['tau1']:g} "
           f"-> {p['tau:V1_l1']:.2f} / {p['tau:V1_l2']:.2f} ms; tau2 {DN_START['tau2']:g} -> pool tau "
           f"{p['tau:V1_pool']:.1f} ms; output tau {p['tau:V1']:.2f} ms; sigma {p['sigma:V1']:.3f}; "
           f"R^2 {res.r2['V1']:.4f}")

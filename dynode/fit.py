@@ -112,9 +112,10 @@ from dynode.spec import build_network, load_spec, ModelSpec, weights_fingerprint
 from dynode.stimuli import EXPERIMENTS
 from dynode.stimuli import envelopes as E
 from dynode.stimuli.protocols import Protocol
-from dynode.train.state import canonical_json, config_diff, run_fingerprint
+from dynode.train.state import canonical_json, config_diff
 
-__all__ = ["fit", "FitResult", "FitConfig", "run_fit_config", "dn_network", "simulate_recordings", "add_fit_parser", "fit_command",
+__all__ = ["fit", "FitResult", "FitConfig", "run_fit_config", "dn_network", "simulate_recordings", "add_fit_parser",
+           "fit_command",
            "plot_fit", "PARAM_KINDS", "FitDivergenceWarning"]
 
 PARAM_KINDS = ("tau", "delay", "sigma", "weight", "bias", "norm", "adapt", "gain", "offset", "weights")
@@ -742,7 +743,8 @@ def _run_record(net: Network, ds: xr.Dataset, names, areas, experiments, observe
                 optimizer, steps, lr, restarts, seed, tol, patience, background, images: Tensor) -> dict:
     """What makes a fit this fit, as JSON data (resume refuses a checkpoint whose record differs)."""
     return {"kind": CHECKPOINT_KIND, "params": list(names), "areas": dict(areas), "experiments": list(experiments),
-            "observe": {"name": observe.name, **observe.params()}, "solver": solver, "dt": dt, "optimizer": optimizer, "steps": steps,
+            "observe": {"name": observe.name, **observe.params()}, "solver": solver, "dt": dt, "optimizer": optimizer,
+            "steps": steps,
             "lr": lr, "restarts": restarts, "seed": seed, "tol": tol, "patience": patience,
             "background": str(background), "images": _fingerprint([images.detach().double().cpu().numpy()]),
             "model": weights_fingerprint(net), "populations": list(net.populations),
@@ -762,7 +764,8 @@ def _fingerprint(arrays: Sequence[np.ndarray]) -> str:
 
 def fit(model: Network, recordings, *, params: Sequence[str], observe: str = "rate", areas=None,
         experiments: Sequence[str] | None = None, solver: str = "euler", dt: float = 1.0,
-        optimizer: str = "lbfgs", steps: int = 100, lr: float | None = None, restarts: int = 1, seed: int = 0, tol: float = 1e-4, patience: int = 10,
+        optimizer: str = "lbfgs", steps: int = 100, lr: float | None = None, restarts: int = 1, seed: int = 0,
+        tol: float = 1e-4, patience: int = 10,
         images=None, background="blank", input: str | None = None, checkpoint_dir: str | Path | None = None,
         resume: bool = False, overwrite: bool = False, progress: bool = True, log_every: int = 10) -> FitResult:
     """Fit ``params`` of ``model`` so that its observed time courses match ``recordings``
@@ -816,7 +819,8 @@ def fit(model: Network, recordings, *, params: Sequence[str], observe: str = "ra
     plist, gains, offsets = _resolve(model, params, list(amap))
     prob, sub, images = _problem(model, ds, amap, exps, plist, gains, offsets, obs_model, solver, dt, images,
                                  background, input)
-    record = _run_record(model, sub, params, amap, exps, obs_model, solver, dt, optimizer, steps, lr, restarts, seed, tol,
+    record = _run_record(model, sub, params, amap, exps, obs_model, solver, dt, optimizer, steps, lr, restarts, seed,
+                         tol,
                          patience, background, images)
     ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "last.pt"
     if ckpt_path is not None and ckpt_path.exists() and not (resume or overwrite):
@@ -1039,7 +1043,8 @@ class _Fitter:
         prob = self.prob
         finished = [d for d in done if d["status"] != "diverged"] or done
         best = min(finished, key=lambda d: d["loss"] if math.isfinite(d["loss"]) else math.inf)
-        _restore(prob, [torch.as_tensor(v, dtype=t.dtype).reshape(t.shape) for v, t in zip(best["state"], _snapshot(prob))])
+        _restore(prob, [torch.as_tensor(v, dtype=t.dtype).reshape(t.shape)
+                        for v, t in zip(best["state"], _snapshot(prob))])
         with torch.no_grad():
             rates = prob.simulate()
             pred = {a: prob.obs(a, rates[a]).double().cpu().numpy() for a in prob.areas}

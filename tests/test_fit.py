@@ -162,7 +162,8 @@ def test_a_diverging_fit_stops_with_its_last_good_state_saved(tmp_path):
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["status"] == "diverged"
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    assert float(net.populations["V2"].incoming["V2"].weight.detach()) == pytest.approx(0.0)  # the start: the last good state
+    # the last good state: the start values
+    assert float(net.populations["V2"].incoming["V2"].weight.detach()) == pytest.approx(0.0)
     with pytest.raises(ConfigurationError, match="diverged"):
         F.fit(_tiny(loop=True), tiny_data, params=["weight:V2->V2", "tau:V2"], optimizer="adam", lr=100.0,
               steps=20, checkpoint_dir=tmp_path, resume=True, progress=False)
@@ -221,7 +222,8 @@ def test_fit_config_runs_and_writes_its_outputs(tiny_data, tmp_path, capsys, mon
     assert set(saved["params"]) == {"tau:V1", "tau:V2", "gain:V1", "gain:V2"}
     assert (tmp_path / "out" / "fit.png").stat().st_size > 10_000
     assert (tmp_path / "out" / "prediction.nc").is_file()
-    (tmp_path / "typo.yaml").write_text("model: {spec: model.yaml}\nrecordings: rec.nc\nfit: {params: [tau], stpes: 3}\n")
+    (tmp_path / "typo.yaml").write_text("model: {spec: model.yaml}\nrecordings: rec.nc\n"
+                                        "fit: {params: [tau], stpes: 3}\n")
     with pytest.raises(ConfigurationError, match="stpes"):
         F.FitConfig.load(tmp_path / "typo.yaml")
 
@@ -249,3 +251,20 @@ def test_bold_observation_is_dynode_observe_bold_of_the_mean_rate():
         want = bold(rate, 1.0)[::2, 0]
     assert np.allclose(got["V2"].values[0], want.numpy(), rtol=1e-10, atol=1e-14)
     assert float(want.abs().max()) > 0
+
+
+def test_parameter_names_expand_to_what_the_model_has():
+    from dynode.models import add_adaptation
+
+    net = _chain()
+    add_adaptation(net, "V2", tau=100.0, weight=0.5)
+    names = lambda ps: [p.name for p in F._resolve(net, ps, ["V1", "V2"])[0]]  # noqa: E731
+    assert names(["norm:V1"]) == ["weight:V1->V1_norm"]  # sigma fixed here (learn_sigma=False)
+    assert names(["adapt:V2"]) == ["weight:V2->V2_adapt"]
+    assert names(["tau", "delay"]) == ["tau:V1", "tau:V2", "delay:V1->V2"]
+    assert names(["tau:V1", "tau"]) == ["tau:V1", "tau:V2"]  # each once
+    assert F._resolve(net, ["gain", "offset:V2"], ["V1", "V2"])[1:] == (["V1", "V2"], ["V2"])
+    weights = F._resolve(net, ["weights"], ["V1"])[0]
+    assert sum(t.numel() for p in weights for t in p.tensors) == sum(p.numel() for p in net.parameters())
+    with pytest.raises(ConfigurationError, match="no learnable parameter of kind 'sigma'"):
+        F._resolve(net, ["sigma"], ["V1"])
