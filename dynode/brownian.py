@@ -205,9 +205,12 @@ class BrownianPath:
 
     ``keys``: per-sample keys ``(batch,)`` int64 on the run's device; ``shapes``: the noisy
     populations' per-sample shapes; ``dtype``: the state's (float64 paths use 52-bit uniforms,
-    others float32 with 23/24-bit ones)."""
+    others float32 with 23/24-bit ones). ``block_bytes``: a root's leaves are made at once (one
+    batch of kernels per root) where they take at most this much, else one by one by a
+    depth-first walk; both give the same bits."""
 
-    def __init__(self, keys: Tensor, shapes: Mapping[str, tuple[int, ...]], dt: float, dtype: torch.dtype):
+    def __init__(self, keys: Tensor, shapes: Mapping[str, tuple[int, ...]], dt: float, dtype: torch.dtype,
+                 block_bytes: int = 4 << 20):
         self.dt = float(dt)
         self.L, j = base_interval(self.dt)
         self.j = j + _TOP  # the leaves' depth below the roots, of length 2^_TOP L
@@ -227,11 +230,18 @@ class BrownianPath:
         self._batch = batch
         self._next: int | None = None  # the leaf the depth-first walk gives next
         self._pending: list[tuple[int, int, int, Tensor]] = []  # (k, level, index, increment)
+        # a root's leaves all at once where they take at most block_bytes (small states)
+        self._whole = self.j > 0 and (1 << self.j) * batch * self.numel * self.dtype.itemsize <= block_bytes
+        self._leaves: tuple[int, Tensor] | None = None
 
     # -- normals -------------------------------------------------------------------------
-    def _normal(self, k: int, node: int) -> Tensor:
-        """Standard normals ``(batch, numel)`` of node ``node`` (heap index) of base interval ``k``."""
-        z = mix(self._stream + _signed(mix_int(mix_int(k) + node * _GOLDEN)))
+    def _normals(self, k: int, nodes: Sequence[int]) -> Tensor:
+        """Standard normals ``(len(nodes), batch, numel)`` of the nodes (heap indices) of root ``k``."""
+        keys = [_signed(mix_int(mix_int(k) + node * _GOLDEN)) for node in nodes]
+        if len(keys) == 1:
+            z = mix(self._stream + keys[0])[None]
+        else:
+            z = mix(self._stream[None] + torch.tensor(keys, dtype=torch.int64, device=self._stream.device)[:, None, None])
         if self.dtype == torch.float64:
             u1 = ((z >> 12) & ((1 << 52) - 1)).to(torch.float64).add_(0.5).mul_(2.0 ** -52)
             th = (mix(z) >> 12) & ((1 << 52) - 1)
@@ -240,23 +250,40 @@ class BrownianPath:
             u1 = ((z >> 41) & ((1 << 23) - 1)).to(torch.float32).add_(0.5).mul_(2.0 ** -23)
             th = (z & ((1 << 24) - 1)).to(torch.float32).mul_(2.0 ** -24 * 2.0 * math.pi)
         r = u1.log_().mul_(-2.0).sqrt_()
-        half = th.shape[1]
-        out = torch.empty((self._batch, 2 * half), dtype=self.dtype, device=th.device)
-        torch.mul(r, torch.cos(th), out=out[:, :half])
-        torch.mul(r, th.sin_(), out=out[:, half:])
-        return out if 2 * half == self.numel else out[:, :self.numel]
+        half = th.shape[-1]
+        out = torch.empty((len(keys), self._batch, 2 * half), dtype=self.dtype, device=th.device)
+        torch.mul(r, torch.cos(th), out=out[..., :half])
+        torch.mul(r, th.sin_(), out=out[..., half:])
+        return out if 2 * half == self.numel else out[..., :self.numel]
 
     def _root(self, k: int) -> Tensor:
-        return self._normal(k, 1).mul_(math.sqrt(self.root_length))
+        return self._normals(k, (1,))[0].mul_(math.sqrt(self.root_length))
 
-    def _split(self, k: int, level: int, index: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The bridge: node ``(level, index)`` with increment ``x`` -> its two halves."""
+    def _halve(self, k: int, level: int, first: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The bridge: nodes ``first, first + 1, ...`` of ``level`` (``x``: their increments, stacked
+        along a leading dim, or one node's) -> their left and right halves."""
         h = self.root_length * 2.0 ** -level
-        z = self._normal(k, (1 << (level + 1)) + 2 * index)  # keyed by the left child's heap index
+        nodes = [(1 << (level + 1)) + 2 * i for i in range(first, first + (x.shape[0] if x.dim() == 3 else 1))]
+        z = self._normals(k, nodes)  # keyed by the left children's heap indices
+        z = z if x.dim() == 3 else z[0]
         left = torch.add(x * 0.5, z, alpha=0.5 * math.sqrt(h))
         return left, x - left
 
     # -- increments ----------------------------------------------------------------------
+    def _root_leaves(self, k: int) -> Tensor:
+        """Every leaf of root ``k`` at once, ``(2^j, batch, numel)``: the root's and all ``2^j - 1``
+        bridges' normals in one batch of kernels, then level by level the same arithmetic per
+        element as the depth-first walk (so the same bits); about ``30 + 4 j`` kernels per root
+        instead of ``~35`` per leaf (for small states, where launches cost the time)."""
+        nodes = [1] + [(1 << (level + 1)) + 2 * i for level in range(self.j) for i in range(1 << level)]
+        z = self._normals(k, nodes)
+        x = z[:1].mul_(math.sqrt(self.root_length))
+        for level in range(self.j):
+            h = self.root_length * 2.0 ** -level
+            left = torch.add(x * 0.5, z[1 << level:2 << level], alpha=0.5 * math.sqrt(h))
+            x = torch.stack((left, x - left), 1).flatten(0, 1)
+        return x
+
     def _flat(self, N: int) -> Tensor:
         j = self.j
         if j <= 0:  # a step spans 2^-j roots
@@ -265,6 +292,11 @@ class BrownianPath:
             for k in range(N * span + 1, (N + 1) * span):
                 total = total + self._root(k)
             return total
+        if self._whole:
+            k = N >> j
+            if self._leaves is None or self._leaves[0] != k:
+                self._leaves = (k, self._root_leaves(k))
+            return self._leaves[1][N & ((1 << j) - 1)]
         if N != self._next or not self._pending:
             self._pending = [(N >> j, 0, 0, self._root(N >> j))]
             target = N & ((1 << j) - 1)
@@ -272,7 +304,7 @@ class BrownianPath:
             target = None
         k, level, index, x = self._pending.pop()
         while level < j:
-            left, right = self._split(k, level, index, x)
+            left, right = self._halve(k, level, index, x)
             level += 1
             go_right = target is not None and (target >> (j - level)) & 1
             if go_right:

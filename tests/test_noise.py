@@ -287,3 +287,21 @@ def test_memory_check_counts_the_brownian_path():
     net = elementwise_net()
     with pytest.raises(ConfigurationError, match="for the noise's Brownian path"):
         dn.integrate(net, torch.ones(1, 6), t_end=1.0, dt=0.125, seed=0, memory_limit=100)
+
+
+def test_whole_root_and_depth_first_walk_give_the_same_bits(f64):
+    """The path does not depend on how it is made: all leaves of a root at once (small states)
+    or one by one (large ones), nor on the batch around a sample (odd unit counts: the elementwise
+    kernels' vectorised body and tail)."""
+    keys = sample_keys(9, 5)
+    shapes = {"a": (1001,), "b": (3,)}
+    for dtype in (torch.float32, torch.float64):
+        whole = BrownianPath(keys, shapes, 0.25, dtype)
+        walk = BrownianPath(keys, shapes, 0.25, dtype, block_bytes=0)
+        alone = BrownianPath(keys[3:4], shapes, 0.25, dtype, block_bytes=0)
+        assert whole._whole and not walk._whole
+        for n in [0, 1, 2, 7, 40, 41, 3, 4]:  # in order, then jumps
+            w, d, a = whole.increment(n), walk.increment(n), alone.increment(n)
+            for name in shapes:
+                assert torch.equal(w[name], d[name])
+                assert torch.equal(a[name][0], d[name][3])
