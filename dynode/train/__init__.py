@@ -67,6 +67,7 @@ The package, one concept per module (each imports only those before it): :mod:`.
 (:class:`TrainingConfig`), :mod:`.state` (:class:`TrainResult`, checkpoints, run
 fingerprints), :mod:`.runtime` (device, process group, the DDP-wrapped runner), :mod:`.data`
 (batches, data checks), :mod:`.objective` (what a step integrates and minimises),
+:mod:`.logger` (TensorBoard, the optional tracker: ``logger="tensorboard"``),
 :mod:`.trainer` (:class:`Trainer`, :func:`train`, :func:`evaluate`).
 """
 

@@ -46,6 +46,9 @@ class TrainingConfig(FrozenConfig):
     seed: int = Field(0, ge=0, le=2**63 - 1 - 10**6, description="torch.manual_seed (epoch e uses seed + 1000 (e + 1))")
     device: str = "cpu"
     log_every: int = Field(10, ge=1, description="batches between progress-bar updates")
+    logger: Literal["jsonl", "tensorboard"] = Field(
+        "jsonl", description="jsonl: the JSON-lines log only; tensorboard: also TensorBoard event files in "
+        "<checkpoint_dir>/tensorboard/ (pip install \"dynode[tensorboard]\"; see dynode.train.logger)")
 
     @model_validator(mode="after")
     def _check(self):

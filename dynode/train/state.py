@@ -107,7 +107,8 @@ class Checkpointing:
             raise CheckpointError(f"{path}: the training config stored in it does not read as this "
                                   f"version's TrainingConfig ({str(exc).splitlines()[0][:160]}); start a new "
                                   "run, or resume with the dynode version that wrote it") from None
-        if saved != self.config:
+        # where the metrics are also logged (TensorBoard) does not change the run: either may resume
+        if saved.model_copy(update={"logger": self.config.logger}) != self.config:
             diff = {k for k in TrainingConfig.model_fields if getattr(saved, k) != getattr(self.config, k)}
             raise ConfigurationError(f"the checkpoint {path} was made with another config (differs in "
                                      f"{sorted(diff)}); resume with the same config")

@@ -28,6 +28,7 @@ from dynode.population import Bounded
 from dynode.spec import spec_record
 from dynode.train.config import TrainingConfig
 from dynode.train.data import as_source, batches, check_data, data_size
+from dynode.train.logger import make_logger
 from dynode.train.objective import Objective
 from dynode.train.runtime import Runner, init_distributed, resolve_device
 from dynode.train.state import Checkpointing, TrainResult, canonical_json
@@ -123,6 +124,11 @@ class Trainer(Objective, Checkpointing):
                     raise ConfigurationError(f"log {str(self.log_path)!r} is a folder; give a file path "
                                              "(e.g. train.jsonl inside it)")
                 check_writable(self.log_path.parent, f"the log's folder {str(self.log_path.parent)!r}")
+        # TensorBoard (config.logger): the package and its folder checked here, on every rank (none
+        # may start alone), before any epoch; rank 0 writes
+        logger = make_logger(config.logger, self.checkpoint_dir)
+        self.logger = logger if self.rank == 0 else None
+        self._batches_seen = 0  # the step axis of the logger's per-step scalars
         self.progress = sys.stderr.isatty() if progress is None else progress
         # off a terminal (a log file, a batch job) no bar is drawn, but each epoch still gets a
         # plain line on stderr; progress=False silences both
@@ -310,12 +316,18 @@ class Trainer(Objective, Checkpointing):
             self.network.train()
             t_start = time.perf_counter()
             n, loss_sum, correct_sum = 0, 0.0, 0.0
+            total = (math.ceil(n_data / cfg.batch_size) if n_data is not None
+                     else len(train_data) if hasattr(train_data, "__len__") else None)
+            if total is not None:  # a resumed run's step axis continues where the saved one ended
+                self._batches_seen = epoch * total
             bar = tqdm(batches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch),
                        desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not self.progress or self.rank != 0,
-                       leave=False, total=(math.ceil(n_data / cfg.batch_size) if n_data is not None
-                                           else len(train_data) if hasattr(train_data, "__len__") else None))
+                       leave=False, total=total)
             for i, (x, y) in enumerate(bar):
                 loss, acc = self.step(x, y)
+                self._batches_seen += 1
+                if self.logger is not None:
+                    self.logger.step(self._batches_seen, loss, acc, self.optimizer.param_groups[0]["lr"])
                 n += len(y)
                 loss_sum += loss * len(y)
                 correct_sum += acc * len(y)
@@ -331,6 +343,8 @@ class Trainer(Objective, Checkpointing):
                 row.update({f"val_{k}": v for k, v in self.evaluate(val_data).items()})
             self.result.history.append(row)
             self._write_log([row], "a")
+            if self.logger is not None:
+                self.logger.epoch(row)
             if self.rank == 0:
                 if self.checkpoint_dir is not None:
                     self.save(self.checkpoint_dir / "last.pt")
@@ -338,6 +352,8 @@ class Trainer(Objective, Checkpointing):
                     print(f"epoch {self.epoch}/{cfg.epochs}: " + " ".join(
                         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "epoch"),
                         file=sys.stderr, flush=True)
+        if self.logger is not None:
+            self.logger.close()  # all on disk; a next fit() opens a new event file in the same folder
         return self.result
 
     def _write_log(self, rows: list[dict], mode: str) -> None:
@@ -379,7 +395,9 @@ class Trainer(Objective, Checkpointing):
         return {"loss": loss_sum / max(n, 1), "acc": correct / max(n, 1)}
 
     def close(self) -> None:
-        """Destroy the process group if this trainer created it (under torchrun)."""
+        """Close the logger; destroy the process group if this trainer created it (under torchrun)."""
+        if self.logger is not None:
+            self.logger.close()
         if self._owns_group and self.dist is not None and self.dist.is_initialized():
             self.dist.destroy_process_group()
         self._owns_group = False
@@ -388,7 +406,7 @@ class Trainer(Objective, Checkpointing):
 
 def train(network: nn.Module, train_data, config: TrainingConfig | dict | None = None, *, val_data=None,
           log=None, checkpoint_dir=None, resume=None, overwrite: bool = False,
-          progress: bool | None = None) -> TrainResult:
+          progress: bool | None = None, logger: str | None = None) -> TrainResult:
     """Train ``network`` on ``train_data`` (see :meth:`Trainer.fit`); returns the metrics per epoch.
 
     ``train_data``: a :class:`dynode.stimuli.ImageTask` (its normalised train split), an
@@ -400,8 +418,13 @@ def train(network: nn.Module, train_data, config: TrainingConfig | dict | None =
     ``checkpoint_dir``: ``last.pt`` is written there after every epoch. As ``dynode train``
     does, an existing ``checkpoint_dir/last.pt`` is refused before anything runs unless
     ``overwrite=True`` (start over) or ``resume`` is given: ``resume=True`` continues
-    ``checkpoint_dir/last.pt``, ``resume=PATH`` continues the run saved in PATH."""
+    ``checkpoint_dir/last.pt``, ``resume=PATH`` continues the run saved in PATH.
+
+    ``logger``: the config's ``logger`` (:mod:`dynode.train.logger`) given here instead:
+    ``"tensorboard"`` also writes TensorBoard event files to ``checkpoint_dir/tensorboard/``."""
     cfg = config if isinstance(config, TrainingConfig) else TrainingConfig.model_validate(config or {})
+    if logger is not None:
+        cfg = TrainingConfig.model_validate({**cfg.model_dump(), "logger": logger})
     resume_path = _resume_path(resume, checkpoint_dir, overwrite)
     if val_data is None and hasattr(train_data, "x_test"):
         val_data = train_data  # an ImageTask: evaluate() reads its test split
