@@ -20,8 +20,13 @@ mean rate over the area's units, times a gain plus an offset,
 .. math:: \hat y_{a,c}(t) = g_a\, \bar r_{a,c}(t) + o_a ,
 
 (``gain:a`` and ``offset:a`` are fitted when named in ``params``; otherwise ``g_a = 1``,
-``o_a = 0``). ``observe="bold"``: :func:`dynode.observe.bold` (Balloon-Windkessel) of the
-mean rate on the solver's grid, read at the recorded times, instead of the rate. Areas are
+``o_a = 0``). Other observations (:mod:`dynode.observe`, computed by its functions on the
+states saved on the solver's grid, then read at the recorded times by linear interpolation):
+``"bold"`` (:func:`dynode.observe.bold`, Balloon-Windkessel, of the mean rate), ``"drive"``
+(the mean synaptic drive ``u`` of the area's units) and ``"lfp"`` (the Mazzoni et al. 2015
+proxy where the area has an E/I split, else the broadband one); ``drive`` and ``lfp`` re-read
+the delayed inputs from the saved states, so the connections into the observed areas need
+fixed delays that are multiples of ``dt`` (:meth:`dynode.observe.DriveReader.check`). Areas are
 matched by name, or ``areas={population: recorded area}``
 (:func:`dynode.recordings.match_areas`); an area with an ``electrode`` dimension is fitted
 as the mean over its electrodes. The loss is the mean squared error per area normalised by the recording's
@@ -105,7 +110,8 @@ from dynode.integrate import integrate
 from dynode.models.normalization import Divide, Pool, _Modulated
 from dynode.network import Network
 from dynode.population import Bounded
-from dynode.observe import BOLD, Observation, Rate, as_observation
+from dynode.observe import (BOLD, LFP, Drive, DriveReader, Observation, PopulationObserver, Rate, as_observation,
+                            ei_split, lfp_proxy)
 from dynode.recordings import CONDITION_COORDS, load_recordings, match_areas, validate_recordings
 from dynode.solver_config import FIXED_STEP, FrozenConfig
 from dynode.spec import build_network, load_spec, ModelSpec, weights_fingerprint
@@ -589,15 +595,33 @@ class FitResult:
 
 
 # -- the fit ----------------------------------------------------------------------------------
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 def _observation(observe) -> Observation:
-    """The observation model of ``observe`` (a name or a :mod:`dynode.observe` object) that a
-    fit can compute from the states: the rate, or BOLD of the mean rate."""
+    """The observation model of ``observe`` (a name or a :mod:`dynode.observe` object)."""
     obs = as_observation(observe)
-    if not isinstance(obs, (Rate, BOLD)):
-        raise ConfigurationError(f"observe={observe!r}: fit computes 'rate' (the mean rate of the area) and 'bold' "
-                                 "(dynode.observe.bold of it); 'drive' and 'lfp' need the currents during the "
-                                 "integration, which fit does not read yet")
+    if isinstance(obs, Drive) and obs.parts is True:
+        raise ConfigurationError("observe: Drive(parts=True) gives three variables; a fit compares one course per "
+                                 "area: give 'drive' (u)")
     return obs
+
+
+def _check_observation(net: Network, obs: Observation, pops: Sequence[str], t_end: float, dt: float) -> None:
+    """Before anything runs: the currents that ``drive``/``lfp`` read can be computed on the
+    saved grid (:meth:`dynode.observe.DriveReader.check`: no learnt delay into the observed
+    populations, delays multiples of ``dt``), and a Mazzoni LFP has the E/I split it needs."""
+    if not obs.needs_currents:
+        return
+    pops = list(dict.fromkeys(pops))
+    mazzoni = [p for p in pops if isinstance(obs, LFP) and lfp_proxy(obs, ei_split(net, p)) == "mazzoni"]
+    lacking = [p for p in mazzoni if ei_split(net, p) is None]
+    if lacking:
+        raise ConfigurationError(f"observe: the Mazzoni LFP proxy needs the excitatory/inhibitory split of {lacking}'s "
+                                 "inputs, which the network lacks; use LFP(proxy='broadband') or add inhibition")
+    grid = [k * dt for k in range(round(t_end / dt) + 1)]
+    DriveReader.check(net, pops, grid, 0.0, None, [obs.delay] if mazzoni else [])
 
 
 class _Problem:
@@ -605,38 +629,66 @@ class _Problem:
 
     def __init__(self, net: Network, params: list[_Param], obs: _Observation, areas: dict[str, str],
                  batches: list[_Batch], y: dict[str, Tensor], times: np.ndarray, t_end: float, solver: str,
-                 dt: float, observation: Observation):
+                 dt: float, observation: Observation, input: str):
         self.net, self.params, self.obs, self.areas = net, params, obs, areas
         self.batches, self.y, self.t_end, self.solver, self.dt = batches, y, t_end, solver, dt
         self.observation = observation
         self.inverse = torch.as_tensor(np.argsort(np.concatenate([b.index for b in batches])))
         self.sst = {a: (v - v.mean()).square().sum() for a, v in y.items()}
-        if isinstance(observation, BOLD):  # BOLD integrates the course on the grid; read at the times after
+        self.input = input
+        if isinstance(observation, Rate):  # the states at the recorded times (the solver's interpolant)
+            self.save_at, self.interp = torch.as_tensor(times, dtype=torch.float64), None
+        else:  # computed on the solver's grid, then read at the recorded times (linear interpolation)
             self.save_at = dt
             k = np.minimum(np.floor(times / dt + 1e-9).astype(np.int64), round(t_end / dt) - 1)
             self.interp = (torch.as_tensor(k), torch.as_tensor(times / dt - k, dtype=y[next(iter(y))].dtype))
-        else:  # the states at the recorded times (the solver's interpolant between grid points)
-            self.save_at, self.interp = torch.as_tensor(times, dtype=torch.float64), None
 
     def tensors(self) -> list[Tensor]:
         return [t for p in self.params for t in p.tensors] + list(self.obs.parameters())
 
     def simulate(self) -> dict[str, Tensor]:
         """The model's course per area before gain and offset, ``(condition, time)`` in the
-        recordings' order: the mean rate (or its BOLD signal) at the recorded times."""
+        recordings' order: the observation of the area at the recorded times."""
         parts: dict[str, list[Tensor]] = {a: [] for a in self.areas}
         for b in self.batches:
             sol = integrate(self.net, b.stimulus, t_end=self.t_end, dt=self.dt, solver=self.solver,
                             save_at=self.save_at)
+            currents = self._currents(sol, b.stimulus) if self.observation.needs_currents else {}
             for a, pop in self.areas.items():
-                s = sol.states[pop]
-                z = s.reshape(s.shape[0], s.shape[1], -1).mean(-1)  # (time, batch)
+                if pop in currents:
+                    z = currents[pop]
+                else:
+                    s = sol.states[pop]
+                    z = s.reshape(s.shape[0], s.shape[1], -1).mean(-1)  # (time, batch)
+                    if isinstance(self.observation, BOLD):
+                        z = self.observation(z, self.dt)
                 if self.interp is not None:
-                    z = self.observation(z, self.dt)
                     k, w = self.interp
                     z = z[k] * (1 - w)[:, None] + z[k + 1] * w[:, None]
                 parts[a].append(z.transpose(0, 1))
         return {a: torch.cat(v)[self.inverse] for a, v in parts.items()}
+
+    def _currents(self, sol, stimulus) -> dict[str, Tensor]:
+        """``drive`` (the mean of ``u`` over the area's units) or ``lfp`` of every fitted
+        population on the saved grid, ``(time, batch)``, by :class:`dynode.observe.DriveReader`
+        and :class:`dynode.observe.PopulationObserver` (the recording's code) on the saved states."""
+        pops = list(dict.fromkeys(self.areas.values()))
+        states = sol.states
+
+        def inputs(t: float) -> Mapping[str, Tensor]:
+            v = stimulus(t)
+            return v if isinstance(v, Mapping) else {self.input: v}
+
+        reader = DriveReader(self.net, pops, {k: v[0] for k, v in states.items()}, 0.0, self.dt, inputs, False)
+        observers = {p: PopulationObserver(p, self.net.populations[p].shape, [self.observation],
+                                           ei_split(self.net, p), None, _identity, self.dt) for p in pops}
+        out: dict[str, list[Tensor]] = {p: [] for p in pops}
+        for n, t in enumerate(sol.ts.tolist()):
+            cur = reader(t, {k: v[n] for k, v in states.items()})
+            for p in pops:
+                val = observers[p](t, states[p][n], cur[p])[0]
+                out[p].append(val.reshape(val.shape[0], -1).mean(-1))
+        return {p: torch.stack(v) for p, v in out.items()}
 
     def loss(self, rates: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """``mean_a SSE_a / SST_a`` and ``R^2_a = 1 - SSE_a / SST_a``."""
@@ -665,10 +717,12 @@ def _problem(model: Network, ds: xr.Dataset, amap: dict[str, str], exps: dict[st
     if images is None:
         images = _default_images(model, input)
     images = torch.as_tensor(images, dtype=dtype)
+    _check_observation(model, obs_model, list(amap.values()), t_end, dt)
+    fed = input if input is not None else (model.input_names() or ("",))[0]
     protos = [_protocol(sub, e, idx, t_first, t_end, images, background, input) for e, idx in exps.items()]
     batches = [_Batch(_merge(protos), np.concatenate(list(exps.values())))]
     obs = _Observation(list(amap), gains, offsets, dtype)
-    return (_Problem(model, plist, obs, amap, batches, y, t - t_first, t_end, solver, float(dt), obs_model),
+    return (_Problem(model, plist, obs, amap, batches, y, t - t_first, t_end, solver, float(dt), obs_model, fed),
             sub, images)
 
 
@@ -777,9 +831,11 @@ def fit(model: Network, recordings, *, params: Sequence[str], observe: str = "ra
     recordings : an ``xarray.Dataset`` in the :mod:`dynode.recordings` layout or a path
         (:func:`dynode.recordings.load_recordings`).
     params : parameter names (``tau:V1``, ``delay:V1->V2``, ``norm:V1``, ``gain``, ...).
-    observe : ``"rate"`` (the area's mean rate; gain and offset as named in ``params``).
-    areas : the recorded areas to fit: a list (variables named after populations) or
-        ``{recorded variable: population}``; default every recorded variable.
+    observe : ``"rate"`` (the area's mean rate), ``"bold"``, ``"drive"``, ``"lfp"`` or a
+        :mod:`dynode.observe` object (module doc); gain and offset as named in ``params``.
+    areas : a list of names that are both populations and recorded areas, or
+        ``{population: recorded area}`` (:func:`dynode.recordings.match_areas`); default every
+        population with a recorded area of its name.
     experiments : the experiments whose conditions are fitted (default every one recorded).
     solver, dt : a fixed-step solver by name and its step (ms).
     steps, lr, tol, patience : at most ``steps`` Adam iterations at ``lr`` per restart; the

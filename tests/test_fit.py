@@ -19,6 +19,7 @@ import dynode.fit as F
 from dynode.analysis.dn import DN_START, dn_model, pulse_envelope
 from dynode.errors import CheckpointError, ConfigurationError
 from dynode.models import add_normalization
+from dynode.observe import LFP
 from dynode.recordings import make_recordings
 
 ONSET = 20.0
@@ -181,7 +182,8 @@ def test_a_diverging_fit_stops_with_its_last_good_state_saved(tmp_path):
     (dict(params=["tau"], areas={"V1": "V9"}), "no area"),
     (dict(params=["tau"], experiments=["repetition"]), "repetition"),
     (dict(params=["tau"], experiments=["flicker"]), "unknown"),
-    (dict(params=["tau"], observe="lfp"), "currents"),
+    (dict(params=["tau"], observe="lfp"), "learnt delays"),
+    (dict(params=["tau"], observe=LFP(proxy="mazzoni")), "excitatory/inhibitory split"),
     (dict(params=["tau"], solver="dopri5"), "fixed-step"),
     (dict(params=[]), "non-empty"),
 ])
@@ -268,3 +270,32 @@ def test_parameter_names_expand_to_what_the_model_has():
     assert sum(t.numel() for p in weights for t in p.tensors) == sum(p.numel() for p in net.parameters())
     with pytest.raises(ConfigurationError, match="no learnable parameter of kind 'sigma'"):
         F._resolve(net, ["sigma"], ["V1"])
+
+
+def test_drive_and_lfp_observations_come_from_dynode_observe():
+    """observe="drive": the mean synaptic drive u of the area (dynode.observe's reader on the
+    saved grid); here u_V2(t) = 2 r_V1(t - 4 ms). "lfp" without an E/I split: the broadband
+    proxy sum |op_c(.)| = |u| here. A learnt delay into the observed area is refused first."""
+    def build(tau):
+        net = dn.Network()
+        net.add_input("x", (1,))
+        net.add_population("V1", (1,), tau=tau, learn_tau=True, tau_bounds=(2.0, 20.0))
+        net.add_population("V2", (1,), tau=5.0)
+        net.connect("x", "V1")
+        net.connect("V1", "V2", nn.Linear(1, 1, bias=False), delay=4.0)
+        with torch.no_grad():
+            net.populations["V2"].incoming["V1"].weight.fill_(2.0)
+        return net.to(torch.float64)
+
+    net = build(5.0)
+    template = _template(60.0, contrasts=(0.5, 1.0), durations=())
+    rate = F.simulate_recordings(net, template)["V1"].values
+    drive = F.simulate_recordings(net, template, observe="drive")["V2"].values
+    assert np.allclose(drive[:, 2:], 2 * rate[:, :-2], rtol=1e-10, atol=1e-12)  # 4 ms = 2 samples
+    lfp = F.simulate_recordings(net, template, observe="lfp")["V2"].values
+    assert np.allclose(lfp, np.abs(drive), rtol=1e-10, atol=1e-12)
+    data = F.simulate_recordings(net, template, observe="drive")
+    res = F.fit(build(8.0), data, params=["tau:V1"], areas=["V2"], observe="drive", steps=3, progress=False)
+    assert abs(res.params["tau:V1"] - 5.0) < 0.5 and res.r2["V2"] > 0.999  # the gradient flows through u
+    with pytest.raises(ConfigurationError, match="learnt delays"):
+        F.fit(_tiny(), data, params=["tau"], observe="drive", progress=False)
