@@ -120,9 +120,9 @@ from dynode.stimuli import envelopes as E
 from dynode.stimuli.protocols import Protocol
 from dynode.train.state import canonical_json, config_diff
 
-__all__ = ["fit", "FitResult", "FitConfig", "run_fit_config", "dn_network", "simulate_recordings", "add_fit_parser",
-           "fit_command",
-           "plot_fit", "PARAM_KINDS", "FitDivergenceWarning"]
+__all__ = ["fit", "FitResult", "FitConfig", "FitModel", "FitSettings", "run_fit_config", "dn_network",
+           "simulate_recordings", "plot_fit", "add_fit_parser", "fit_command", "PARAM_KINDS", "OPTIMIZERS",
+           "FitDivergenceWarning"]
 
 PARAM_KINDS = ("tau", "delay", "sigma", "weight", "bias", "norm", "adapt", "gain", "offset", "weights")
 """The kinds of fitted parameters (``kind:target``; see the module doc)."""
@@ -553,7 +553,8 @@ class FitResult:
     best : the index of the best restart. ``status``: ``"converged"`` (every restart met the
         ``tol``/``patience`` rule), ``"max_steps"`` (one ran out of steps), ``"diverged"``
         (the fit stopped; ``message`` says where and why).
-    prediction : the fitted observation in the recordings' layout (``xarray.Dataset``).
+    prediction : the fitted observation in the recordings' layout (``xarray.Dataset``; None
+        when the model diverged at its start values).
     seconds : wall time of this call; ``iterations``: iterations done over all restarts.
     """
 
@@ -1101,13 +1102,15 @@ class _Fitter:
         best = min(finished, key=lambda d: d["loss"] if math.isfinite(d["loss"]) else math.inf)
         _restore(prob, [torch.as_tensor(v, dtype=t.dtype).reshape(t.shape)
                         for v, t in zip(best["state"], _snapshot(prob))])
-        with torch.no_grad():
-            rates = prob.simulate()
-            pred = {a: prob.obs(a, rates[a]).double().cpu().numpy() for a in prob.areas}
-        ds = self.data
-        out = xr.Dataset({a: (("condition", "time"), pred[a], dict(ds[a].attrs, long_name=f"fitted {a}"))
-                          for a in prob.areas}, coords={k: v for k, v in ds.coords.items()
-                                                        if set(v.dims) <= {"condition", "time"}})
+        out = None
+        if best["iterations"] or best["status"] != "diverged":  # else the start itself diverged: nothing to show
+            with torch.no_grad():
+                rates = prob.simulate()
+                pred = {a: prob.obs(a, rates[a]).double().cpu().numpy() for a in prob.areas}
+            ds = self.data
+            out = xr.Dataset({a: (("condition", "time"), pred[a], dict(ds[a].attrs, long_name=f"fitted {a}"))
+                              for a in prob.areas}, coords={k: v for k, v in ds.coords.items()
+                                                            if set(v.dims) <= {"condition", "time"}})
         if not message:
             message = f"best of {len(done)} restart(s): restart {best['restart']}"
         restarts = [{k: d[k] for k in ("restart", "params", "loss", "r2", "iterations", "status", "message")}
@@ -1304,7 +1307,7 @@ def run_fit_config(path, out_dir=None, *, resume: bool = False, overwrite: bool 
     """``dynode fit CONFIG``: read the config, build the model, fit it (checkpoints in
     ``out_dir``, default the config's ``output``) and write ``fit.json`` (the result),
     ``prediction.nc`` (the fitted courses, NetCDF3) and ``fit.png`` (data and fit per area)
-    there. Returns the :class:`FitResult`."""
+    there (not the last two when the model diverged at its start values). Returns the :class:`FitResult`."""
     cfg = FitConfig.load(path)
     base = Path.cwd()
     out = Path(out_dir if out_dir is not None else cfg.output)
@@ -1317,8 +1320,9 @@ def run_fit_config(path, out_dir=None, *, resume: bool = False, overwrite: bool 
                  resume=resume, overwrite=overwrite, progress=progress, log_every=s.log_every)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), **result.to_dict()}, indent=1))
-    result.prediction.to_netcdf(out / "prediction.nc", engine="scipy")
-    plot_fit(result, recordings, out / "fit.png", title=f"dynode fit {Path(path).name}")
+    if result.prediction is not None:
+        result.prediction.to_netcdf(out / "prediction.nc", engine="scipy")
+        plot_fit(result, recordings, out / "fit.png", title=f"dynode fit {Path(path).name}")
     return result
 
 

@@ -168,6 +168,12 @@ def test_a_diverging_fit_stops_with_its_last_good_state_saved(tmp_path):
     with pytest.raises(ConfigurationError, match="diverged"):
         F.fit(_tiny(loop=True), tiny_data, params=["weight:V2->V2", "tau:V2"], optimizer="adam", lr=100.0,
               steps=20, checkpoint_dir=tmp_path, resume=True, progress=False)
+    start = _tiny(loop=True)
+    with torch.no_grad():
+        start.populations["V2"].incoming["V2"].weight.fill_(100.0)  # diverges at its start values
+    with pytest.warns(F.FitDivergenceWarning, match="no iteration finished"):
+        res = F.fit(start, tiny_data, params=["tau:V2"], steps=5, progress=False)
+    assert res.status == "diverged" and res.prediction is None and res.iterations == 0
 
 
 # -- bad input: clear errors before anything is simulated ---------------------------------------
