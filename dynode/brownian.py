@@ -233,15 +233,21 @@ class BrownianPath:
         # a root's leaves all at once where they take at most block_bytes (small states)
         self._whole = self.j > 0 and (1 << self.j) * batch * self.numel * self.dtype.itemsize <= block_bytes
         self._leaves: tuple[int, Tensor] | None = None
+        if self._whole:  # the root's and every bridge's heap index (the left children), times GOLDEN
+            nodes = [1] + [(1 << (level + 1)) + 2 * i for level in range(self.j) for i in range(1 << level)]
+            self._nodes = torch.tensor(nodes, dtype=torch.int64, device=device) * _signed(_GOLDEN)
 
     # -- normals -------------------------------------------------------------------------
-    def _normals(self, k: int, nodes: Sequence[int]) -> Tensor:
-        """Standard normals ``(len(nodes), batch, numel)`` of the nodes (heap indices) of root ``k``."""
-        keys = [_signed(mix_int(mix_int(k) + node * _GOLDEN)) for node in nodes]
-        if len(keys) == 1:
-            z = mix(self._stream + keys[0])[None]
+    def _normals(self, k: int, nodes: Sequence[int] | Tensor) -> Tensor:
+        """Standard normals ``(len(nodes), batch, numel)`` of the nodes of root ``k``: one heap index,
+        or a device tensor of ``index * GOLDEN`` (int64, wrapped)."""
+        if isinstance(nodes, Tensor):  # node * GOLDEN on the device: no host-to-device copy (a sync)
+            keys = mix(nodes + _signed(mix_int(k)))
+            z = mix(self._stream[None] + keys[:, None, None])
         else:
-            z = mix(self._stream[None] + torch.tensor(keys, dtype=torch.int64, device=self._stream.device)[:, None, None])
+            (node,) = nodes
+            z = mix(self._stream + _signed(mix_int(mix_int(k) + node * _GOLDEN)))[None]
+        count = z.shape[0]
         if self.dtype == torch.float64:
             u1 = ((z >> 12) & ((1 << 52) - 1)).to(torch.float64).add_(0.5).mul_(2.0 ** -52)
             th = (mix(z) >> 12) & ((1 << 52) - 1)
@@ -251,7 +257,7 @@ class BrownianPath:
             th = (z & ((1 << 24) - 1)).to(torch.float32).mul_(2.0 ** -24 * 2.0 * math.pi)
         r = u1.log_().mul_(-2.0).sqrt_()
         half = th.shape[-1]
-        out = torch.empty((len(keys), self._batch, 2 * half), dtype=self.dtype, device=th.device)
+        out = torch.empty((count, self._batch, 2 * half), dtype=self.dtype, device=th.device)
         torch.mul(r, torch.cos(th), out=out[..., :half])
         torch.mul(r, th.sin_(), out=out[..., half:])
         return out if 2 * half == self.numel else out[..., :self.numel]
@@ -275,8 +281,7 @@ class BrownianPath:
         bridges' normals in one batch of kernels, then level by level the same arithmetic per
         element as the depth-first walk (so the same bits); about ``30 + 4 j`` kernels per root
         instead of ``~35`` per leaf (for small states, where launches cost the time)."""
-        nodes = [1] + [(1 << (level + 1)) + 2 * i for level in range(self.j) for i in range(1 << level)]
-        z = self._normals(k, nodes)
+        z = self._normals(k, self._nodes)
         x = z[:1].mul_(math.sqrt(self.root_length))
         for level in range(self.j):
             h = self.root_length * 2.0 ** -level
