@@ -64,8 +64,8 @@ a :class:`~dynode.errors.ConfigurationError` before anything is simulated.
 are :class:`dynode.population.Bounded`, so they stay inside their bounds; gains and offsets are
 scaled by their least-squares values at the start of each restart, so a step is relative for
 them). A restart stops after ``steps`` iterations or when the best loss of the last
-``patience`` iterations improves on the best before by less than ``tol`` (relative):
-*converged*. Restart 0 starts from the model's values; restart ``k > 0`` from a random point
+``patience`` iterations improves on the best before by less than ``tol`` (relative), or when
+the loss is below ``1e-12``: *converged*. Restart 0 starts from the model's values; restart ``k > 0`` from a random point
 (seed ``seed + k``): learnt times uniform in the middle 70 % of their log range, other
 parameters multiplied by ``exp(0.3 z)``. The lowest final loss wins; its values are loaded
 into the model. The spread over restarts (mean, sd, every restart's value) is reported.
@@ -131,6 +131,8 @@ OPTIMIZERS = ("adam", "lbfgs")
 """``"adam"`` (``lr`` cosine-annealed to ``lr / 10`` over ``steps``) or ``"lbfgs"`` (one
 L-BFGS step with a strong-Wolfe line search of at most 8 evaluations per iteration, step
 length ``lr``: 1 is its natural step)."""
+EXACT = 1e-12
+"""A loss (``mean_a (1 - R^2_a)``) below this is an exact fit: the fit has converged."""
 DEFAULT_LR = {"adam": 0.05, "lbfgs": 1.0}
 """``lr`` when none is given."""
 
@@ -787,7 +789,9 @@ def _spread(done: Sequence[dict]) -> dict[str, dict]:
 
 def _converged(history: Sequence[float], tol: float, patience: int) -> bool:
     """The best loss of the last ``patience`` iterations improves on the best before them by
-    less than ``tol`` (relative)."""
+    less than ``tol`` (relative), or the loss is below :data:`EXACT` (nothing left to fit)."""
+    if history and history[-1] <= EXACT:
+        return True
     if len(history) <= patience:
         return False
     before, recent = min(history[:-patience]), min(history[-patience:])

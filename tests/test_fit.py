@@ -66,7 +66,7 @@ def test_recovers_time_constants_delay_and_normalisation(chain_data):
     assert abs(p["delay:V1->V2"] - TRUTH["delay"]) <= 1.0  # one step (dt = 1 ms)
     assert p["weight:V1->V1_norm"] == pytest.approx(TRUTH["weight"], rel=0.10)
     assert min(res.r2.values()) >= 0.95
-    assert res.units["tau:V1"] == "ms" and res.status in ("converged", "max_steps")
+    assert res.units["tau:V1"] == "ms" and res.status == "converged"  # loss below 1e-12
     # the best values are in the model now, and the prediction is the data's layout
     assert net.populations["V1"].tau_min() == pytest.approx(p["tau:V1"])
     assert res.prediction["V2"].shape == chain_data["V2"].shape
