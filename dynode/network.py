@@ -177,7 +177,8 @@ class Network(VectorField):
     def add_population(self, name: str, shape: Sequence[int], tau: float | Tensor, phi=None,
                        bias: bool | str = False, combine: nn.Module | None = None,
                        pipeline: Sequence | None = None, *, learn_tau: bool = False,
-                       tau_bounds: tuple[float, float] | None = None, **phi_params) -> "Network":
+                       tau_bounds: tuple[float, float] | None = None, noise: float | Tensor = 0.0,
+                       **phi_params) -> "Network":
         """Declare a population of per-sample ``shape`` with time constant ``tau`` (ms).
 
         ``phi``: a name (``"relu"``, ``"identity"``, ``"tanh"``, ``"softplus"``,
@@ -196,6 +197,11 @@ class Network(VectorField):
         inside ``tau_bounds = (lo, hi)`` ms (default ``(tau / 2, 2 tau)``) by the
         parametrisation :class:`dynode.population.Bounded`; the fixed-step solvers warn when ``dt``
         is beyond their stability limit at the lower bound.
+
+        ``noise``: ``sigma`` of additive white noise in the dynamics, ``tau dr = (-r + Phi(u)) dt +
+        sigma sqrt(2 tau) dW`` (a number >= 0, or a tensor per channel or unit): ``sigma`` is the
+        stationary standard deviation of a linearly relaxing rate (see :mod:`dynode.brownian`;
+        integrate with ``solver="euler"`` or ``"heun"`` and ``seed=``).
         """
         self._check_new_name(name)
         what = f"population {name!r}"
@@ -227,7 +233,7 @@ class Network(VectorField):
                                      "u, which may be another population's state or a stimulus; build it "
                                      "with inplace=False")
         self.populations[name] = pop = Population(name, shape, tau, phi_module, bias, combine,
-                                                  learn_tau, tau_bounds)
+                                                  learn_tau, tau_bounds, noise)
         if pipeline is not None:  # it may reshape (e.g. pool): u's shape is learnt from the first input
             pop.u_shape = None
         self._plan = self._order = None

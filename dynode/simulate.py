@@ -197,7 +197,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
              overwrite: bool = False, progress: bool | None = None, t0: float = 0.0,
              initial_state=None, batch_size: int | None = None, max_abs: float | None = 1e6,
              check_every: int = 50, compression: str | None = "lz4", attrs: Mapping | None = None,
-             memory_limit: float | None = None) -> SimulationResult:
+             memory_limit: float | None = None, seed=None) -> SimulationResult:
     """Run ``field`` under ``stimulus`` without gradients and record it (see :class:`Record`).
 
     Parameters (as :func:`dynode.integrate`, plus)
@@ -217,6 +217,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
     memory_limit : bytes the working state (state, solver stages, delay ring) may take, checked
         before it is allocated (default: the free memory of the device; ``math.inf``: no check).
+    seed : fixes the Brownian paths of a noisy field, as in :func:`dynode.integrate`; the
+        per-sample keys are recorded in the archive's config (``noise_seeds``) for a replay.
 
     Returns a :class:`SimulationResult`. On an exception or Ctrl-C the steps computed so far
     are written, the archive's ``status`` becomes ``"failed: <reason>"`` and the exception
@@ -247,7 +249,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     stim = as_stimulus(stimulus)
     problem = make_problem(field, stim, t0=t0, t_end=t_end, save_at=times,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
-                           check_every=check_every,
+                           check_every=check_every, seed=seed,
                            check_state=lambda batch, device, dtype: check_state_memory(
                                field, solver_obj, dt, batch, device, dtype, memory_limit))
     shapes = {name: tuple(v.shape[1:]) for name, v in problem.y0.items()}
@@ -260,6 +262,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     config = {"model": model_config(field), "solver": describe_solver(solver_obj),
               "dt": None if dt is None else float(dt), "t0": float(t0), "t_end": float(t_end),
               "batch_size": problem.batch_size, "max_abs": max_abs, "check_every": check_every,
+              "noise_seeds": None if problem.seeds is None else problem.seeds.tolist(),
               "record": {"populations": [p.name for p in plans], "every": record.every,
                          "start": record.start, "stop": record.stop, "dtype": record.dtype,
                          "reduce": plans[0].describe()["reduce"] if plans else None,
