@@ -27,7 +27,8 @@ _HOME = {
     "train": None, "open_archive": "dynode.archive", "load_model": "dynode.checkpoint",
     "SolverConfig": "dynode.config", "solver_config": "dynode.config", "plot_convergence": "dynode.analysis",
     "convergence": "dynode.convergence", "Record": "dynode.record", "simulate": "dynode.simulate",
-    "SimulationResult": "dynode.simulate",
+    "SimulationResult": "dynode.simulate", "observe": None, "recordings": None, "fit": "dynode.fit",
+    "FitResult": "dynode.fit",
 }
 __all__ = [*_HOME, "__version__"]  # the public names, grouped by layer in _HOME
 

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk = csub.add_parser("check", help="validate a YAML run configuration")
     chk.add_argument("file")
     _allow_imports(chk)
+    f = sub.add_parser("fit", help="fit time constants, delays, normalisation and observation gains of a "
+                                   "model to recorded time courses (a fit config: model, recordings, fit)")
+    f.add_argument("config", help="the fit config (YAML)")
+    f.add_argument("--out", default=None, help="output folder (default: the config's output)")
+    f.add_argument("--resume", action="store_true", help="continue the fit saved in OUT/last.pt")
+    f.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/last.pt")
+    f.add_argument("--quiet", action="store_true", help="no progress lines")
     w = sub.add_parser("sweep", help="run a grid of configs (one run folder per point) through Snakemake, "
                        "locally or on a cluster; collect a summary table and figure")
     w.add_argument("sweep", help="YAML sweep file: base (a run config), grid or points (dotted-key overrides), steps")
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-THREADED = ("demo", "compare", "train", "simulate", "experiment", "convergence", "analyze")
+THREADED = ("demo", "compare", "train", "simulate", "experiment", "convergence", "analyze", "fit")
 """The commands that compute: each prints its thread count first (analyze: last; :mod:`dynode.threads`)."""
 
 
@@ -447,6 +454,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    from dynode.fit import fit_command
+
+    return fit_command(args)
+
+
 def cmd_sweep(args) -> int:
     from dynode.sweep import run_sweep
 
@@ -471,7 +484,7 @@ def cmd_sweep(args) -> int:
 
 COMMANDS = {"demo": cmd_demo, "compare": cmd_compare, "train": cmd_train, "simulate": cmd_simulate, "experiment": cmd_experiment,
             "convergence": cmd_convergence, "inspect": cmd_inspect, "analyze": cmd_analyze, "config": cmd_config,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "fit": cmd_fit}
 
 
 if __name__ == "__main__":

@@ -82,7 +82,6 @@ warned).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -121,7 +120,7 @@ from dynode.stimuli.protocols import Protocol
 from dynode.train.state import canonical_json, config_diff
 
 __all__ = ["fit", "FitResult", "FitConfig", "FitModel", "FitSettings", "run_fit_config", "dn_network",
-           "simulate_recordings", "plot_fit", "add_fit_parser", "fit_command", "PARAM_KINDS", "OPTIMIZERS",
+           "simulate_recordings", "plot_fit", "fit_command", "PARAM_KINDS", "OPTIMIZERS",
            "FitDivergenceWarning"]
 
 PARAM_KINDS = ("tau", "delay", "sigma", "weight", "bias", "norm", "adapt", "gain", "offset", "weights")
@@ -1328,18 +1327,6 @@ def run_fit_config(path, out_dir=None, *, resume: bool = False, overwrite: bool 
         result.prediction.to_netcdf(out / "prediction.nc", engine="scipy")
         plot_fit(result, recordings, out / "fit.png", title=f"dynode fit {Path(path).name}")
     return result
-
-
-def add_fit_parser(subparsers) -> argparse.ArgumentParser:
-    """``dynode fit CONFIG [--out DIR] [--resume | --overwrite] [--quiet]``."""
-    p = subparsers.add_parser("fit", help="fit time constants, delays, normalisation and observation gains of a "
-                                          "model to recorded time courses (a fit config: model, recordings, fit)")
-    p.add_argument("config", help="the fit config (YAML)")
-    p.add_argument("--out", default=None, help="output folder (default: the config's output)")
-    p.add_argument("--resume", action="store_true", help="continue the fit saved in OUT/last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/last.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    return p
 
 
 def fit_command(args) -> int:

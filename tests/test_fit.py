@@ -5,7 +5,6 @@ the full 30-condition fit is benchmarks/bench_fit.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -15,7 +14,10 @@ import torch
 from torch import nn
 
 import dynode as dn
-import dynode.fit as F
+import importlib
+
+F = importlib.import_module("dynode.fit")  # the module: `dn.fit` (and `import dynode.fit as F`) is the function
+from dynode.cli import build_parser
 from dynode.analysis.dn import DN_START, dn_model, pulse_envelope
 from dynode.errors import CheckpointError, ConfigurationError
 from dynode.models import add_normalization
@@ -220,9 +222,7 @@ def test_fit_config_runs_and_writes_its_outputs(tiny_data, tmp_path, capsys, mon
     (tmp_path / "fit.yaml").write_text(
         "model: {spec: model.yaml}\nrecordings: rec.nc\n"
         "fit: {params: [tau, gain], steps: 2, log_every: 1}\n")
-    parser = argparse.ArgumentParser()
-    F.add_fit_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["fit", str(tmp_path / "fit.yaml"), "--out", str(tmp_path / "out")])
+    args = build_parser().parse_args(["fit", str(tmp_path / "fit.yaml"), "--out", str(tmp_path / "out")])
     assert F.fit_command(args) == 0
     out = capsys.readouterr().out
     assert "iteration 1/2" in out and "R^2" in out
