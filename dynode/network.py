@@ -471,10 +471,19 @@ class Network(VectorField):
             self._plan = build_plan(self.populations, self._connections, self._inputs)
         return self._plan
 
+    drive_hook = None
+    """None, or a callable ``hook(t, state, history, inputs, plan) -> {population: Phi(u)}`` that
+    :meth:`drive` calls instead of evaluating the plan itself: a recording run installs one
+    (:class:`dynode.observe.CurrentsCapture`, while ``dynode.simulate`` runs) to keep the input
+    currents of the stage it evaluates. A class attribute, so the hot path pays one attribute
+    check when none is installed."""
+
     def drive(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]
               ) -> dict[str, Tensor]:
         """``Phi_p(u_p(t))`` for every population."""
         plan = self._plan if self._plan is not None else self.plan()
+        if self.drive_hook is not None:
+            return self.drive_hook(t, state, history, inputs, plan)
         return {p.name: p.drive(state, history, inputs) for p in plan}
 
     def forward(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor]

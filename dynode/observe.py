@@ -71,11 +71,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dynode.archive.layout import RATE_UNITS
-from dynode.errors import ConfigurationError, ShapeError
+from dynode.errors import ConfigurationError, DynodeError, ShapeError
 from dynode.history import History, delay_steps
 from dynode.network import Network
 from dynode.plan import PopulationPlan, Read
@@ -84,7 +85,8 @@ from dynode.tolerances import time_tol
 __all__ = ["OBSERVATIONS", "Observation", "Rate", "Drive", "LFP", "BOLD", "Electrode", "as_observation",
            "electrode_weights", "spatial_mean", "mazzoni_lfp", "broadband_lfp", "bold", "balloon_step",
            "BalloonState", "Currents", "ei_split", "population_currents", "DriveReader",
-           "PopulationObserver", "ObservationRun", "lfp_proxy", "observed_variables", "observation_attrs"]
+           "PopulationObserver", "ObservationRun", "CurrentsCapture", "BoldBank", "lfp_proxy", "observed_variables",
+           "observation_attrs"]
 
 
 # -- the electrode ----------------------------------------------------------------------------
@@ -199,14 +201,17 @@ class BalloonState(NamedTuple):
 
     @classmethod
     def rest(cls, like: Tensor) -> BalloonState:
-        zero = torch.zeros_like(like)
+        """Rest (``s = 0``, ``f = v = q = 1``) shaped like ``like`` (a tensor or a numpy array)."""
+        zero = torch.zeros_like(like) if isinstance(like, Tensor) else np.zeros_like(like)
         return cls(zero, zero + 1, zero + 1, zero + 1)
 
 
 def _balloon_rates(p: BOLD, x: BalloonState, z: Tensor) -> BalloonState:
-    """The right-hand sides per ms (the per-s equations of the module doc, divided by 1000)."""
+    """The right-hand sides per ms (the per-s equations of the module doc, divided by 1000); on
+    torch tensors or numpy arrays alike."""
     s, f, v, q = x
-    c = torch.full_like(f, 1.0 - p.E0)  # (1 - c^(1/f)) / (1 - c) is exactly 1 at f = 1 in any dtype
+    full_like = torch.full_like if isinstance(f, Tensor) else np.full_like
+    c = full_like(f, 1.0 - p.E0)  # (1 - c^(1/f)) / (1 - c) is exactly 1 at f = 1 in any dtype
     v_out = v ** (1.0 / p.alpha)
     k = 1e-3 / p.tau
     return BalloonState(1e-3 * (p.efficacy * z - p.kappa * s - p.gamma * (f - 1.0)), 1e-3 * s,
@@ -215,7 +220,8 @@ def _balloon_rates(p: BOLD, x: BalloonState, z: Tensor) -> BalloonState:
 
 def balloon_step(p: BOLD, x: BalloonState, z0: Tensor, z1: Tensor, h_ms: float) -> BalloonState:
     """Advance the haemodynamic state by ``h_ms`` with the neural signal linear from ``z0`` to
-    ``z1``: RK4 in sub-steps of at most ``p.max_step`` ms."""
+    ``z1``: RK4 in sub-steps of at most ``p.max_step`` ms (torch tensors, differentiable, or
+    numpy arrays: the recording's :class:`BoldBank`)."""
     n = max(1, math.ceil(h_ms / p.max_step - 1e-9))
     dt = h_ms / n
     for j in range(n):
@@ -418,36 +424,47 @@ class Currents(NamedTuple):
 
 def population_currents(plan: PopulationPlan, classes: tuple[str, ...] | None, state: Mapping[str, Tensor],
                         history, inputs: Mapping[str, Tensor]) -> Currents:
-    """:meth:`PopulationPlan.drive` keeping its parts: ``u = combine(terms) + bias`` (no ``Phi``)."""
+    """:meth:`PopulationPlan.drive` keeping its parts: ``u = combine(terms) + bias`` (no ``Phi``),
+    with the same reads and the same arithmetic in the same order, so ``plan.phi(u)`` is
+    bit-identical to ``plan.drive(...)`` (:class:`CurrentsCapture` steps the run with it)."""
     ys: list[Tensor | None] = []
     parts: dict[str, Tensor] = {}
+    u = None
     for term in plan.terms:
         if term.skip_initial and history.reads_initial(term.delay):
             ys.append(None)
             continue
         read = term.read
         x = (state[term.src] if read is Read.STATE else inputs[term.src] if read is Read.INPUT
-             else history.lag(term.src, term.delay))
+             else history.lag(term.src, term.delay) if read is Read.LAG else term.learnt.lag(history, term.src))
         y = term.op(x)
         ys.append(y)
-        parts[term.src] = y
-    present = [y for y in ys if y is not None]
+        if plan.combine is None:
+            u = y if u is None else u + y
+        else:
+            parts[term.src] = y
     if plan.combine is not None:
         u = plan.combine(parts)
-    elif present:
-        u = present[0]
-        for y in present[1:]:
-            u = u + y
-    else:
+    elif u is None:
         u = torch.zeros_like(state[plan.name])
     if plan.bias is not None:
         u = u + plan.bias
     exc = inh = None
     if classes is not None:
-        zero = torch.zeros_like(u)
-        exc = sum((y for y, c in zip(ys, classes) if y is not None and c == EXC), zero)
-        inh = sum((y for y, c in zip(ys, classes) if y is not None and c == INH), zero)
+        exc, inh = (_sum_like([y for y, c in zip(ys, classes) if y is not None and c == k], u) for k in (EXC, INH))
     return Currents(u, tuple(ys), exc, inh)
+
+
+def _sum_like(ys: Sequence[Tensor], like: Tensor) -> Tensor:
+    """``ys[0] + ys[1] + ...`` (a new tensor), zeros like ``like`` for none."""
+    if not ys:
+        return torch.zeros_like(like)
+    if len(ys) == 1:
+        return ys[0]  # a reference: nothing modifies an operator's output afterwards
+    out = ys[0] + ys[1]
+    for y in ys[2:]:
+        out += y
+    return out
 
 
 class DriveReader:
@@ -495,6 +512,17 @@ class DriveReader:
             raise ConfigurationError(f"observing 'drive'/'lfp' of {who} reads the recorded states at t - d "
                                      f"(delays {sorted(term_delays)} ms); the recording must start at t0 = "
                                      f"{t0:g} ms, not {times[0]:g} ms: drop Record(start=...)")
+        return DriveReader.check_interval(populations, times, delays)
+
+    @staticmethod
+    def check_interval(populations: Sequence[str], times: Sequence[float], delays: Sequence[float]) -> float:
+        """The record ``times`` are uniform and every one of ``delays`` (ms, > 0) is a multiple of
+        their interval (the recorded values are read at ``t - d``); returns the interval."""
+        interval = times[1] - times[0] if len(times) > 1 else 1.0
+        delays = sorted(d for d in delays if d > 0)
+        if not delays:
+            return interval
+        who = ", ".join(populations)
         first = times[0]
         off_grid = [t for k, t in enumerate(times) if abs(t - (first + k * interval)) > time_tol(t) + time_tol(interval)]
         if off_grid:
@@ -523,14 +551,19 @@ class PopulationObserver:
     """What one population's observations give at each recorded time, causally: ``drive``
     (and its parts) through ``transform`` (the record's selection and reduction), ``lfp`` with
     its delay ring, ``bold`` with its haemodynamic state carried from one recorded time to the
-    next. :meth:`variables` names the outputs of :meth:`__call__`, in order."""
+    next. :meth:`variables` names the outputs of :meth:`__call__`, in order.
+
+    ``bold_signal=True`` (a recording run): for ``bold`` it gives the neural signal ``z(t)``
+    (float64), which a :class:`BoldBank` turns into BOLD for all populations at once, off the
+    solver's thread."""
 
     def __init__(self, name: str, shape: tuple[int, ...], observations: Sequence[Observation],
                  classes: tuple[str, ...] | None, weights: Tensor | None,
-                 transform: Callable[[Tensor], Tensor], interval: float):
+                 transform: Callable[[Tensor], Tensor], interval: float, *, bold_signal: bool = False):
         self.name, self.shape, self.classes, self.transform = name, tuple(shape), classes, transform
         self.obs = [o for o in observations if not isinstance(o, Rate)]
         self.weights = weights
+        self.bold_signal = bold_signal
         self._lfp_delay = 0
         for o in self.obs:
             if isinstance(o, LFP) and lfp_proxy(o, self.classes) == "mazzoni":
@@ -569,6 +602,9 @@ class PopulationObserver:
                                    torch.zeros(rate.shape[0], dtype=rate.dtype, device=rate.device)))
             elif isinstance(o, BOLD):
                 z = spatial_mean(rate, self._weights(rate), nd).to(torch.float64)
+                if self.bold_signal:
+                    out.append(z)
+                    continue
                 if self._bold is None:
                     x = BalloonState.rest(z)
                 else:
@@ -579,22 +615,155 @@ class PopulationObserver:
         return out
 
 
+class BoldBank:
+    """The Balloon-Windkessel state of every population a recording observes with ``bold``, one
+    ``(population, batch)`` array per state variable, advanced on the host in float64 (numpy)
+    over each written block, in time order: :meth:`__call__` maps the neural signals ``z``
+    (``(time, batch)`` per population, float64, as :class:`PopulationObserver` gives them with
+    ``bold_signal=True``) at ``times`` to BOLD (``(time, batch)`` each, ``out_dtype``). The same
+    equations and integration as :func:`bold` (the first recorded time at rest), but one
+    update for all populations and none on the solver's thread (the archive's writer thread
+    calls it: no device sync, no work between the solver's steps)."""
+
+    def __init__(self, model: BOLD, out_dtype: np.dtype):
+        self.model, self.out_dtype = model, np.dtype(out_dtype)
+        self._last: tuple[float, np.ndarray, BalloonState] | None = None
+
+    def __call__(self, times: np.ndarray, zs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        z = np.stack(zs, axis=1)  # (time, population, batch)
+        y = np.empty_like(z)
+        p = self.model
+        for i, t in enumerate(times.tolist()):
+            if self._last is None:
+                x = BalloonState.rest(z[i])
+            else:
+                t_prev, z_prev, x = self._last
+                x = balloon_step(p, x, z_prev, z[i], t - t_prev)
+            self._last = (t, z[i], x)
+            y[i] = _balloon_signal(p, x)
+        y = y.astype(self.out_dtype)
+        return [y[:, j] for j in range(y.shape[1])]
+
+
+class CurrentsCapture:
+    """The input currents of ``populations`` as the solver computes them: installed as the
+    network's :attr:`~dynode.Network.drive_hook` while a fixed-step run records, it evaluates the
+    field as :meth:`PopulationPlan.drive` does (bit-identical ``Phi(u)``), except at the stage
+    whose state is the recorded state :meth:`expect` announced, where it keeps the observed
+    populations' currents (:func:`population_currents`: references to the solver's own tensors,
+    no copies and no extra evaluation). Every fixed-step method evaluates its first stage at
+    ``(t_n, r_n)``, the recorded time and state, after the recording saw ``r_n``: so the
+    currents of a recorded time arrive one step later (:meth:`take`), and those of the final
+    time, which no step evaluates, come from one extra evaluation on the solver's history
+    (:meth:`final`).
+
+    ``make_history``: the history the solver would start with (for a run without steps)."""
+
+    def __init__(self, net: Network, populations: Sequence[str], inputs: Callable[[float], Mapping[str, Tensor]],
+                 make_history: Callable[[], History]):
+        self.plans = {p.name: p for p in net.plan() if p.name in populations}
+        self.classes = {name: ei_split(net, name) for name in self.plans}
+        self.names = tuple(self.plans)
+        self.inputs, self.make_history = inputs, make_history
+        self.history = None
+        self._want: tuple[float, Mapping[str, Tensor]] | None = None
+        self._got: tuple[float, Mapping[str, Tensor], dict[str, Currents]] | None = None
+
+    def expect(self, t: float, state: Mapping[str, Tensor]) -> None:
+        """The recorded state at ``t``: keep the currents of the stage that evaluates it."""
+        if self._want is not None:
+            raise DynodeError(f"internal: the currents at t = {self._want[0]:g} ms were never evaluated by the "
+                              "solver (a solver whose first stage is not the recorded state must use "
+                              "dynode.observe.DriveReader)")
+        self._want = (t, state)
+
+    def take(self) -> tuple[float, Mapping[str, Tensor], dict[str, Currents]] | None:
+        """The latest recorded time, its state and its captured currents (once), or None."""
+        got, self._got = self._got, None
+        return got
+
+    def __call__(self, t: float, state: Mapping[str, Tensor], history, inputs: Mapping[str, Tensor],
+                 plan: Sequence[PopulationPlan]) -> dict[str, Tensor]:
+        want = self._want
+        if want is None or any(state[n] is not want[1][n] for n in self.names):
+            return {p.name: p.drive(state, history, inputs) for p in plan}
+        if abs(t - want[0]) > time_tol(t):
+            raise DynodeError(f"internal: the recorded state of t = {want[0]:g} ms evaluated at t = {t:g} ms")
+        self.history = history
+        cur, out = {}, {}
+        for p in plan:
+            if p.name in self.plans:
+                c = cur[p.name] = population_currents(p, self.classes[p.name], state, history, inputs)
+                out[p.name] = p.phi(c.u)
+            else:
+                out[p.name] = p.drive(state, history, inputs)
+        self._got, self._want = (want[0], want[1], cur), None
+        return out
+
+    def final(self) -> tuple[float, Mapping[str, Tensor], dict[str, Currents]] | None:
+        """:meth:`take`, else the currents of the last announced state by one evaluation on the
+        solver's history (the end of the run: no step evaluates it), or None."""
+        got = self.take()
+        if got is not None or self._want is None:
+            return got
+        t, state = self._want
+        self._want = None
+        history = self.history if self.history is not None else self.make_history()
+        history.at(round((t - history.t0) / history.dt), 0.0, t, state)
+        with torch.no_grad():
+            x = self.inputs(t)
+            return t, state, {n: population_currents(p, self.classes[n], state, history, x)
+                              for n, p in self.plans.items()}
+
+
 class ObservationRun:
     """A recording run's observations beyond the rates: at each recorded time ``t`` (in turn),
-    the currents once (:class:`DriveReader`, when some observation needs them), then every
-    population's :class:`PopulationObserver`. ``keys``: ``(population, variable)`` of the
-    outputs of :meth:`__call__`, in order."""
+    the currents once, then every population's :class:`PopulationObserver`. ``keys``:
+    ``(population, variable)`` of the outputs, in order.
 
-    def __init__(self, reader: DriveReader | None, observers: Sequence[PopulationObserver]):
-        self.reader, self.observers = reader, list(observers)
+    The currents come from ``reader`` (:class:`DriveReader`: re-evaluated on the recorded
+    states; :meth:`__call__` gives the outputs of ``t`` at once) or ``capture``
+    (:class:`CurrentsCapture`: the solver's own; ``lagged``: :meth:`push` gives those of the
+    previous recorded time, :meth:`finish` those of the last). With ``bold`` (a
+    :class:`BoldBank`) the ``bold`` outputs are the neural signals, turned into BOLD by
+    :meth:`host_block` in the archive's writer thread (``host_keys``: their positions)."""
+
+    def __init__(self, reader: DriveReader | None, observers: Sequence[PopulationObserver],
+                 capture: CurrentsCapture | None = None, bold: BoldBank | None = None):
+        if reader is not None and capture is not None:
+            raise DynodeError("internal: currents from a DriveReader or a CurrentsCapture, not both")
+        self.reader, self.capture, self.observers, self.bold = reader, capture, list(observers), bold
         self.keys = [(ob.name, var) for ob in self.observers for var, _ in ob.variables()]
+        self.lagged = capture is not None
+        self.host_keys = [i for i, (_, var) in enumerate(self.keys) if var == "bold"] if bold is not None else []
 
-    def __call__(self, t: float, state: Mapping[str, Tensor]) -> list[Tensor]:
-        cur = self.reader(t, state) if self.reader is not None else {}
+    def outputs(self, t: float, state: Mapping[str, Tensor], cur: Mapping[str, Currents]) -> list[Tensor]:
         out: list[Tensor] = []
         for ob in self.observers:
             out += ob(t, state[ob.name], cur.get(ob.name))
         return out
+
+    def __call__(self, t: float, state: Mapping[str, Tensor]) -> list[Tensor]:
+        if self.lagged:
+            raise DynodeError("internal: a capturing ObservationRun gives its outputs through push()")
+        return self.outputs(t, state, self.reader(t, state) if self.reader is not None else {})
+
+    def push(self, t: float, state: Mapping[str, Tensor]):
+        """The recorded state at ``t``; returns ``(t', state', outputs)`` of the previous recorded
+        time (its currents captured meanwhile) or None."""
+        got = self.capture.take()
+        self.capture.expect(t, state)
+        return None if got is None else (got[0], got[1], self.outputs(*got))
+
+    def finish(self):
+        """``(t, state, outputs)`` of the last recorded time (None if there is none pending)."""
+        got = self.capture.final()
+        return None if got is None else (got[0], got[1], self.outputs(*got))
+
+    def host_block(self, times: np.ndarray, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The writer thread's part: the BOLD of ``arrays`` (the neural signals at ``host_keys``
+        over a block's ``times``), in order."""
+        return self.bold(times, arrays)
 
 
 def _drive_parts(o: Drive, classes) -> bool:

@@ -44,11 +44,11 @@ from torch import Tensor
 
 from dynode.archive.layout import RATE_UNITS, GroupSpec, Layout, VariableSpec
 from dynode.errors import ConfigurationError, ShapeError
-from dynode.history import delay_steps
+from dynode.history import History, delay_steps
 from dynode.network import Network
-from dynode.observe import (BOLD, LFP, Drive, DriveReader, Electrode, Observation, ObservationRun,
-                            PopulationObserver, Rate, as_observation, ei_split, lfp_proxy, observation_attrs,
-                            observed_variables)
+from dynode.observe import (BOLD, LFP, BoldBank, CurrentsCapture, Drive, DriveReader, Electrode, Observation,
+                            ObservationRun, PopulationObserver, Rate, as_observation, ei_split, lfp_proxy,
+                            observation_attrs, observed_variables)
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["Record", "RecordPlan", "archive_layout", "unit_dims", "REDUCTIONS", "STORAGE_DTYPES"]
@@ -424,26 +424,41 @@ class Record:
         return classes
 
     def observation_run(self, field, plans: Sequence[RecordPlan], times: Sequence[float], t0: float,
-                        y0: Mapping[str, Tensor], inputs, tail, copy: bool) -> ObservationRun | None:
+                        y0: Mapping[str, Tensor], inputs, tail, copy: bool,
+                        make_history: Callable[[], History] | None = None) -> ObservationRun | None:
         """What computes the observations beyond the rates at each recorded time (None: only
         rates), checked against the recording ``times`` before the run: a ConfigurationError
-        names what to change. ``copy``: the solver may reuse its state tensors."""
+        names what to change. ``copy``: the solver may reuse its state tensors.
+
+        ``make_history``: the run's solver evaluates its first stage at every recorded time and
+        state (the fixed-step methods; ``dynode.simulate`` decides): the currents are captured
+        from its own evaluation (:class:`~dynode.observe.CurrentsCapture`, installed on the
+        network by the caller; ``make_history()`` builds the history the solver starts with);
+        None: they are re-evaluated on the recorded states (:class:`~dynode.observe.DriveReader`,
+        which needs every delay to be a multiple of the record interval)."""
         if all(isinstance(o, Rate) for o in self.observe):
             return None
         current = [p.name for p in plans if any(o.needs_currents for o in p.observe)]
         lfp_delays = [o.delay for p in plans for o in p.observe
                       if isinstance(o, LFP) and lfp_proxy(o, p.classes) == "mazzoni"]
         interval = times[1] - times[0] if len(times) > 1 else 1.0
-        reader = None
-        if current:
+        reader = capture = None
+        if current and make_history is None:
             interval = DriveReader.check(field, current, times, t0, tail, lfp_delays)
             reader = DriveReader(field, current, y0, t0, interval, inputs, copy)
+        elif current:
+            if lfp_delays:  # the Mazzoni proxy's delay is counted in recorded samples
+                interval = DriveReader.check_interval(current, times, lfp_delays)
+            capture = CurrentsCapture(field, current, inputs, make_history)
         observers = []
         for p in plans:
             weights = None if p.electrode is None else p.electrode.weights(p.shape)
             observers.append(PopulationObserver(p.name, p.shape, p.observe, p.classes, weights, p.transform,
-                                                interval))
-        return ObservationRun(reader, observers)
+                                                interval, bold_signal=True))
+        bold = next((o for o in self.observe if isinstance(o, BOLD)), None)
+        state_dtype = next(iter(y0.values())).dtype
+        bank = None if bold is None else BoldBank(bold, np.dtype(str(state_dtype).removeprefix("torch.")))
+        return ObservationRun(reader, observers, capture, bank)
 
     def _selection_by_population(self, shapes, names) -> dict[str, Mapping]:
         sel = self.select

@@ -29,11 +29,13 @@ from dynode.archive import (ARCHIVE_FORMAT, COMPRESSIONS, LEASE_ATTR, MemoryArch
                             ZarrArchiveWriter, condition_coords, open_archive, prepare_path)
 from dynode.archive.stream import ObservingMemoryWriter, ObservingZarrWriter
 from dynode.errors import ConfigurationError, DynodeError
+from dynode.history import History
 from dynode.integrate import check_state_memory
 from dynode.network import Network
 from dynode.problem import as_ms, make_problem
 from dynode.record import Record, archive_layout
 from dynode.solver import Solver, get_solver
+from dynode.solvers.fixed import RK4, Euler, Heun, Midpoint
 from dynode.spec import spec_record, weights_fingerprint
 from dynode.stimulus import as_stimulus
 from dynode.version import __version__
@@ -191,6 +193,24 @@ def _failure(exc: BaseException) -> str:
     return f"failed: {type(exc).__name__}: {exc}"
 
 
+# -- where the solver's own currents can be recorded ----------------------------------------------
+_FIRST_STAGE_AT_RECORDED_STATE = (Euler, Heun, Midpoint, RK4)
+
+
+def captures_currents(solver: Solver, field) -> bool:
+    """Whether a recording of ``drive``/``lfp`` can keep the currents that ``solver`` computes
+    itself (:class:`dynode.observe.CurrentsCapture`): a fixed-step method that evaluates the
+    field at every grid time and state as its first stage through :meth:`Network.drive` (Euler
+    with ``order="simultaneous"`` (and Euler-Maruyama), Heun (and stochastic Heun), Midpoint,
+    RK4) on a :class:`Network` whose ``drive``/``forward`` are its own. Elsewhere (adaptive
+    solvers with interpolated save times, ``order="sequential"``, a custom vector field, a
+    subclass) the recording re-evaluates them (:class:`dynode.observe.DriveReader`)."""
+    return (type(solver) in _FIRST_STAGE_AT_RECORDED_STATE
+            and getattr(solver, "order", "simultaneous") == "simultaneous"
+            and isinstance(field, Network) and type(field).drive is Network.drive
+            and type(field).forward is Network.forward)
+
+
 # -- the entry point ----------------------------------------------------------------------
 def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, solver="euler",
              record: Record | None = None, store=None, chunk_steps: int | None = None,
@@ -254,8 +274,14 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
                                field, solver_obj, dt, batch, device, dtype, memory_limit))
     shapes = {name: tuple(v.shape[1:]) for name, v in problem.y0.items()}
     plans = record.plan(shapes, field)
+    make_history = None
+    if captures_currents(solver_obj, field):
+        def make_history() -> History:  # what the solver starts from (needed only for a run without steps)
+            return History(problem.y0, t0=t0, dt=dt, max_delay=float(field.max_delay()), derivatives=False,
+                           inputs=problem.inputs, tail=problem.tail)
     observations = record.observation_run(field, plans, times, t0, problem.y0, problem.inputs, problem.tail,
-                                          copy=not solver_obj.fresh_states)
+                                          copy=not solver_obj.fresh_states, make_history=make_history)
+    capture = None if observations is None else observations.capture
     conditions = condition_coords(getattr(stim, "conditions", None) or {}, problem.batch_size)
     input_names = tuple(problem.inputs(problem.t0)) if stim is not None else ()
     run_id = uuid.uuid4().hex
@@ -306,10 +332,19 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     bar = _progress_bar(progress, t0, t_end, dt, on_grid)
     streamer = Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,
                         hold=solver_obj.fresh_states, observations=observations)
+    if capture is not None:
+        if field.drive_hook is not None:
+            raise ConfigurationError("this network is already being recorded by another dynode.simulate "
+                                     "(its drive_hook is set); record one run of a network at a time")
+        field.drive_hook = capture
     try:
         with torch.no_grad():
-            sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)
-        streamer.close()
+            try:
+                sol = get_solver(solver_obj).solve(problem, dt, observer=streamer)
+            finally:
+                if capture is not None:
+                    del field.drive_hook  # the class attribute (None) again
+            streamer.close()
     except BaseException as exc:
         status = _failure(exc)
         try:

@@ -39,9 +39,9 @@ def ei_net(inhibition: bool = True) -> dn.Network:
     return net.double()
 
 
-def run(net, observe, *, t_end=20.0, store=None, **record):
+def run(net, observe, *, t_end=20.0, store=None, solver="euler", **record):
     stim = dn.stimuli.Pulse(5.0, math.inf, {"x": torch.ones(1, 1, dtype=torch.float64)})
-    return dn.simulate(net, stim, t_end=t_end, dt=1.0, solver="euler", store=store,
+    return dn.simulate(net, stim, t_end=t_end, dt=1.0, solver=solver, store=store,
                        record=dn.Record(observe=observe, dtype="float64", **record))
 
 
@@ -181,7 +181,8 @@ def test_archive_round_trip_with_units_and_long_names(tmp_path):
     (dict(observe=["rate", ob.LFP(proxy="mazzoni")]), "excitatory/inhibitory split"),
     (dict(observe=["rate", ob.Drive(parts=True)]), "excitatory/inhibitory split"),
     (dict(observe=["rate", "lfp"], electrodes={"E": ob.Electrode((0.5, 0.5), 0.1)}), r"\(C, H, W\)"),
-    (dict(observe=["rate", "drive"], start=3.0), "must start at t0"),
+    # re-evaluated currents (a sequential sweep: not the recorded state) read the recorded states only
+    (dict(observe=["rate", "drive"], start=3.0, solver=dn.solvers.Euler(order="sequential")), "must start at t0"),
     (dict(observe=["rate", "lfp"], every=4.0), "not multiples of the record interval"),
 ])
 def test_bad_observations_fail_before_the_first_step(record, match):
@@ -231,3 +232,64 @@ def test_an_interrupted_run_keeps_its_observations(tmp_path):
     n = e.sizes["time"]
     assert 4 <= n < 201 and e["lfp"].shape == (n, 1) and e["bold"].shape == (n, 1)
     assert np.isfinite(e["lfp"].values).all() and np.isfinite(e["bold"].values).all()
+
+
+# -- the solver's own currents (CurrentsCapture) against re-evaluated ones (DriveReader) -------------
+def _counted(net) -> list:
+    """Counts of calls of E's incoming operators (every evaluation of u_E)."""
+    calls = []
+    for src in ("x", "I"):
+        net.populations["E"].incoming[src].register_forward_hook(lambda *a, s=src: calls.append(s))
+    return calls
+
+
+@pytest.mark.parametrize("solver, noise", [("euler", 0.0), ("heun", 0.0), ("rk4", 0.0), ("euler", 0.05)])
+def test_captured_currents_equal_reevaluated_ones_bit_for_bit(monkeypatch, solver, noise):
+    import sys
+
+    sim = sys.modules["dynode.simulate"]  # the module (dn.simulate is the function)
+    observe = ["rate", "drive", "lfp", "bold"]
+    net = ei_net()
+    net.populations["E"].noise = noise  # Euler-Maruyama: the recorded (noisy) state is stage 1's
+    calls = _counted(net)
+    torch.manual_seed(1)
+    captured = run(net, observe, solver=solver, every=2.0)
+    n_captured = len(calls)
+    assert sim.captures_currents(sim.get_solver(solver), net)
+    monkeypatch.setattr(sim, "captures_currents", lambda *a: False)
+    torch.manual_seed(1)
+    reread = run(net, observe, solver=solver, every=2.0)
+    stages = {"euler": 1, "heun": 2, "rk4": 4}[solver]
+    assert n_captured == 2 * (20 * stages + 1)  # the solver's evaluations + the final time's, nothing more
+    assert len(calls) - n_captured == n_captured + 2 * 10  # re-evaluation: one more per recorded time
+    for pop in ("E", "I"):
+        a, b = captured.tree[pop].to_dataset(), reread.tree[pop].to_dataset()
+        assert sorted(a.data_vars) == sorted(b.data_vars)
+        for var in a.data_vars:
+            np.testing.assert_array_equal(a[var].values, b[var].values, err_msg=f"{pop}/{var}")
+    assert "drive_inh" in captured.tree["E"] and "lfp" in captured.tree["I"]
+    assert captured.tree["E"]["drive"].values[-1, 0, 0] != 0  # the final time's (extra) evaluation
+    # the rates are those of a run that records rates only: capturing does not change the dynamics
+    torch.manual_seed(1)
+    plain = run(net, ["rate"], solver=solver, every=2.0)
+    np.testing.assert_array_equal(plain.tree["E"]["rate"].values, captured.tree["E"]["rate"].values)
+
+
+def test_captured_currents_need_no_record_grid_for_the_delays():
+    """The solver's own evaluation reads its own history: a recording that starts late, or every
+    3 ms with a 2 ms delay, records the same values as the full run (which re-evaluation refuses)."""
+    full = run(ei_net(), ["rate", "drive", "lfp"]).tree["E"].to_dataset()
+    late = run(ei_net(), ["rate", "drive", "lfp"], start=3.0).tree["E"].to_dataset()
+    every3 = run(ei_net(), ["rate", "drive", "lfp"], every=3.0, t_end=21.0).tree["E"].to_dataset()
+    full21 = run(ei_net(), ["rate", "drive", "lfp"], t_end=21.0).tree["E"].to_dataset()
+    for var in ("drive", "drive_exc", "drive_inh"):
+        np.testing.assert_array_equal(late[var].values, full[var].values[3:])
+        np.testing.assert_array_equal(every3[var].values, full21[var].values[::3])
+    np.testing.assert_array_equal(every3["lfp"].values, full21["lfp"].values[::3])  # 6 ms = 2 samples of 3 ms
+
+
+def test_recorded_bold_is_bold_of_the_recorded_mean_rate():
+    e = run(ei_net(), ["rate", "bold"], t_end=40.0, every=2.0).tree["E"].to_dataset()
+    z = torch.as_tensor(e["rate"].values[:, :, 0])
+    np.testing.assert_allclose(e["bold"].values, ob.bold(z, 2.0).numpy(), rtol=1e-12, atol=1e-18)
+    assert e["bold"].values[0, 0] == 0.0 and e["bold"].values[-1, 0] != 0.0

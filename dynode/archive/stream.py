@@ -74,9 +74,16 @@ class Streamer:
 
     # called by the solver with every recorded state
     def __call__(self, t: float, state: dict[str, Tensor]) -> None:
-        outs = [plan.transform(state[plan.name]) for plan in self.plans]
-        if self.observations is not None:
-            outs += self.observations(t, state)
+        obs = self.observations
+        if obs is not None and obs.lagged:  # the currents of t arrive with the solver's next step
+            done = obs.push(t, state)
+            if done is not None:
+                self._record(*done)
+            return
+        self._record(t, state, obs(t, state) if obs is not None else [])
+
+    def _record(self, t: float, state: dict[str, Tensor], observed: list[Tensor]) -> None:
+        outs = [plan.transform(state[plan.name]) for plan in self.plans] + observed
         if self._cur is None:
             self._start(state, outs)
         bufs, times, stim = self._cur
@@ -102,18 +109,23 @@ class Streamer:
         device = next(iter(state.values())).device
         batch = next(iter(state.values())).shape[0]
         dtype = self.plans[0].dtype if self.plans else torch.float32
-        per_step = sum(o.numel() for o in outs) * dtype.itemsize + batch * len(self.input_names) * 4
+        # the observations computed in the writer thread (BOLD) arrive as their float64 inputs
+        host = {len(self.plans) + i for i in (self.observations.host_keys if self.observations else ())}
+        self._host = sorted(host)
+        dtypes = [torch.float64 if j in host else dtype for j in range(len(outs))]
+        per_step = (sum(o.numel() * d.itemsize for o, d in zip(outs, dtypes))
+                    + batch * len(self.input_names) * 4)
         if self.chunk_steps is None:
             self.chunk_steps = max(1, min(self.n_times, _MAX_CHUNK_STEPS, _BLOCK_BYTES // max(per_step, 1)))
         k = self.chunk_steps
         pin = device.type == "cuda"
-        self.hold = self.hold and device.type == "cpu" and all(o.dtype == dtype for o in outs)
+        self.hold = self.hold and device.type == "cpu" and all(o.dtype == d for o, d in zip(outs, dtypes))
         # a cast to a narrower storage dtype turns values beyond its range into inf: one check
         # per block (in the writer thread) catches that before the block is written
         self._narrow = dtype.itemsize < next(iter(state.values())).dtype.itemsize
         self._shapes = [tuple(o.shape[1:]) for o in outs]
         for _ in range(2):
-            bufs = [torch.empty((k, *o.shape), dtype=dtype, pin_memory=pin) for o in outs]
+            bufs = [torch.empty((k, *o.shape), dtype=d, pin_memory=pin) for o, d in zip(outs, dtypes)]
             stim = (torch.empty((k, batch, len(self.input_names)), dtype=dtype, pin_memory=pin)
                     if self.input_names else None)
             self._free.put((bufs, np.empty(k, dtype=np.float64), stim))
@@ -184,12 +196,17 @@ class Streamer:
                                     f"population {pop!r}: the solver modified a saved state in "
                                     "place before it was written; a solver that declares "
                                     "fresh_states = True must hand the observer new tensors")
+                    arrays = [b[:n] for b in bufs]
+                    if self._host:  # BOLD from its neural signals, in time order, one block at a time
+                        done = self.observations.host_block(times[:n], [arrays[j].numpy() for j in self._host])
+                        for j, y in zip(self._host, done):
+                            arrays[j] = torch.from_numpy(y).to(bufs[0].dtype)
                     if self._narrow:
-                        self._check_range(bufs, stim, n, times)
+                        self._check_range(arrays, None if stim is None else stim[:n], times)
                     observed: dict[str, dict[str, np.ndarray]] = {}
-                    for (pop, var), b in zip(self.keys[len(self.plans):], bufs[len(self.plans):]):
-                        observed.setdefault(pop, {})[var] = b[:n].numpy()
-                    block = Block(times[:n].copy(), {p.name: b[:n].numpy() for p, b in zip(self.plans, bufs)},
+                    for (pop, var), b in zip(self.keys[len(self.plans):], arrays[len(self.plans):]):
+                        observed.setdefault(pop, {})[var] = b.numpy()
+                    block = Block(times[:n].copy(), {p.name: b.numpy() for p, b in zip(self.plans, arrays)},
                                   None if stim is None else stim[:n].numpy(), observed)
                     self.sink.write(block)
             except BaseException as exc:  # surfaced in the solver's thread
@@ -198,14 +215,14 @@ class Streamer:
                 item = held = None  # drop the references to the solver's states
                 self._free.put((bufs, times, stim))
 
-    def _check_range(self, bufs, stim, n: int, times) -> None:
+    def _check_range(self, arrays, stim, times) -> None:
         """Refuse a block in which a value overflowed the storage dtype (became +-inf)."""
         for what, buf in [*((f"population {pop!r}" + ("" if var == "rate" else f" ({var})"), b)
-                            for (pop, var), b in zip(self.keys, bufs)),
+                            for (pop, var), b in zip(self.keys, arrays)),
                           ("the stimulus", stim)]:
-            if buf is None or not torch.isinf(buf[:n]).any():
+            if buf is None or not torch.isinf(buf).any():
                 continue
-            bad = torch.isinf(buf[:n]).flatten(1).any(dim=1).nonzero()[:, 0]
+            bad = torch.isinf(buf).flatten(1).any(dim=1).nonzero()[:, 0]
             name = str(buf.dtype).removeprefix("torch.")
             wider = "float32" if buf.dtype == torch.float16 else "float64"
             raise ArchiveError(
@@ -214,7 +231,21 @@ class Streamer:
                 f"would be stored as inf; record with Record(dtype={wider!r})")
 
     def close(self) -> None:
-        """Write the partial last block and wait for the writer; re-raise its error."""
+        """Complete the last recorded time (its observations, when they lag behind), write the
+        partial last block and wait for the writer; re-raise its error."""
+        obs, pending = self.observations, None
+        if obs is not None and obs.lagged:
+            try:
+                done = obs.finish()
+                if done is not None:
+                    self._record(*done)
+            except BaseException as exc:  # the steps before it are still written, then it is raised
+                pending = exc
+        self._close()
+        if pending is not None:
+            raise pending
+
+    def _close(self) -> None:
         if self._thread is None:
             return
         if self._cur is not None and self._i > 0 and self._error is None:
