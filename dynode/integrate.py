@@ -15,6 +15,7 @@ import torch
 
 from dynode.brownian import noise_coefficients, pending_states
 from dynode.errors import ConfigurationError
+from dynode.events import as_events
 from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution, noise_refusal
 from dynode.solver import get_solver
@@ -27,7 +28,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
               solver="euler", save_at=None, initial_state=None, batch_size: int | None = None,
               max_abs: float | None = 1e6, check_every: int = 50,
               checkpoint: int | bool | None = None, dense: bool = False,
-              memory_limit: float | None = None, seed=None) -> Solution:
+              memory_limit: float | None = None, seed=None, events=None, terminate=None) -> Solution:
     """Integrate ``field`` from ``t0`` to ``t_end`` (ms) under ``stimulus``.
 
     Parameters
@@ -75,6 +76,18 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         Reruns with one seed are bit-identical, and ``dt`` and ``dt/2`` see the same path. Only
         ``solver="euler"`` (Euler-Maruyama) and ``"heun"`` (stochastic Heun) integrate noise;
         a seed for a field without noise is an error.
+    events : ``{name: g}`` or ``{name: dynode.Event(g, direction=, terminal=)}``: per-sample zero
+        crossings of ``g(t, state) -> (batch,)`` (``t`` a ``(batch,)`` tensor of ms; a readout's
+        confidence minus a threshold, an accumulator minus a bound), located on the step's
+        interpolant to the solver's accuracy; ``sol.events[name]`` holds each sample's first
+        crossing time (ms, float64, NaN where none fired), differentiable w.r.t. the parameters
+        (implicit function theorem; see :mod:`dynode.events`). A plain callable fires either
+        way and does not terminate. dynode's own solvers only (not the torchdiffeq/torchode
+        adapters), not with ``checkpoint=``.
+    terminate : the events that stop a sample (a name, a list of names, or True for all; in
+        addition to ``Event(..., terminal=True)``): its state is held from its event time on,
+        and the run ends when every sample has stopped (read once per ``check_every`` steps;
+        the remaining saves repeat the held states, ``stats.t_final`` is where it stopped).
 
     Returns
     -------
@@ -87,13 +100,16 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
         raise ConfigurationError(f"dt must be a finite number > 0 ms (the step of a fixed-step solver, the "
                                  f"first step of an adaptive one), got {dt}")
     solver = get_solver(solver)
+    watched = as_events(events, terminate)
+    if watched is not None:
+        _check_events(watched, solver, checkpoint, dense)
     noise = noise_coefficients(field)
     if noise and not getattr(solver, "stochastic", False):
         raise ConfigurationError(noise_refusal(type(solver).__name__, noise))
     problem = make_problem(field, stimulus, t0=t0, t_end=t_end, save_at=save_at,
                            initial_state=initial_state, batch_size=batch_size, max_abs=max_abs,
                            check_every=check_every, checkpoint=checkpoint, dense=dense, noise=noise,
-                           seed=seed, check_state=lambda batch, device, dtype: check_state_memory(
+                           seed=seed, events=watched, check_state=lambda batch, device, dtype: check_state_memory(
                                field, solver, dt, batch, device, dtype, memory_limit))
     _check_memory(problem, dt, solver.grid, memory_limit)
     if problem.tail is not None and not solver.continues:
@@ -108,6 +124,21 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
                                  f"Heun, RK4, Dopri5, Tsit5, Bosh3), not {type(solver).__name__}; "
                                  "pass the times you need as save_at")
     return solver.solve(problem, dt)
+
+
+def _check_events(events, solver, checkpoint, dense: bool) -> None:
+    """Refuse, before anything runs, events that the solver or the options cannot support."""
+    if not getattr(solver, "locates_events", False):
+        raise ConfigurationError(f"events= are located by dynode's own solvers (euler, midpoint, heun, rk4, "
+                                 f"dopri5, tsit5, bosh3), not {type(solver).__name__}; use one of those")
+    if checkpoint:
+        raise ConfigurationError("events= with checkpoint= is not supported (the checkpointed segments are "
+                                 "recomputed during backward, which would watch the events twice); drop "
+                                 "checkpoint= or the events")
+    if dense and any(ev.terminal for ev in events.values()):
+        raise ConfigurationError("dense=True with terminal events is not supported (the dense output would show "
+                                 "a stopped sample's computed, not its held, state); use save_at for the times "
+                                 "you need, or non-terminal events")
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from dynode.brownian import noise_coefficients, sample_keys
 from dynode.errors import ConfigurationError, ShapeError
+from dynode.events import Event, check_events
 from dynode.field import VectorField
 from dynode.guards import magnitudes
 from dynode.solution import Solution
@@ -48,6 +49,7 @@ class Problem:
     dense: bool = False  # keep the solver's interpolant on every step (Solution.evaluate)
     noise: Mapping[str, float | Tensor] | None = None  # g per noisy population (dr = f dt + g dW)
     seeds: Tensor | None = None  # the per-sample Brownian path keys (int64, (batch,)) of a noisy run
+    events: Mapping[str, Event] | None = None  # zero crossings watched per sample (dynode.events)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -258,7 +260,8 @@ def _bind_stimulus(stimulus: Stimulus | None, field: VectorField, t0: float, bat
 def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_state, batch_size,
                  max_abs, check_every, checkpoint: int | bool | None = None, dense: bool = False,
                  check_state: Callable[[int, torch.device, torch.dtype], None] | None = None,
-                 noise: Mapping[str, float | Tensor] | None = None, seed=None) -> Problem:
+                 noise: Mapping[str, float | Tensor] | None = None, seed=None,
+                 events: Mapping[str, Event] | None = None) -> Problem:
     """The validated :class:`Problem`. ``check_state(batch, device, dtype)``, if given, runs once
     the batch, device and dtype are known and before ``field.init_state`` allocates the state
     (e.g. :func:`dynode.integrate`'s memory check).
@@ -268,7 +271,9 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
     ``seed``: see :func:`dynode.integrate`. A noisy run always gets per-sample path keys
     (``Problem.seeds``): from ``seed``, else from the continued solution's ``seeds``, else from
     one seed drawn from torch's global generator (so ``torch.manual_seed`` fixes it too); the
-    keys are recorded in ``Solution.seeds`` for a replay. A ``seed`` without noise is refused."""
+    keys are recorded in ``Solution.seeds`` for a replay. A ``seed`` without noise is refused.
+    ``events``: ``{name: Event}`` (:func:`dynode.events.as_events`), each ``g`` checked on the
+    initial state (shape ``(batch,)``, finite)."""
     if not isinstance(field, VectorField):
         raise ConfigurationError(f"field must be a dynode.VectorField (e.g. a dn.Network), got "
                                  f"{type(field).__name__}")
@@ -373,10 +378,12 @@ def make_problem(field, stimulus, *, t0: float, t_end: float, save_at, initial_s
                                          f"[{save_at[0]}, {save_at[-1]}]")
     checked = (t0,) + tuple(x for x in bps if t0 < x < t_end)[:_CHECKED_BREAKPOINTS]
     _check_values(field, inputs, checked, y0, device, dtype)
+    if events:
+        check_events(events, t0, y0)
     return Problem(field=field, inputs=inputs, breakpoints=bps, y0=y0, t0=t0, t_end=t_end,
                    save_at=save_at, batch_size=b, max_abs=max_abs, check_every=check_every,
                    checkpoint=checkpoint, tail=tail, dense=dense, noise=dict(noise) if noise else None,
-                   seeds=seeds)
+                   seeds=seeds, events=dict(events) if events else None)
 
 
 def _path_keys(seed, continued: Tensor | None, batch: int, device) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -94,6 +94,11 @@ class Solution:
     seeds : a noisy run's per-sample Brownian path keys (int64, ``(batch,)``; ``None`` without
         noise): ``integrate(..., seed=sol.seeds)`` replays the run, ``seed=sol.seeds[i:i+1]``
         sample ``i`` alone (see :mod:`dynode.brownian`); a continuation reuses them.
+    events : ``{name: (batch,) float64}``, each sample's event time in ms (its first zero
+        crossing of ``g``, located on the solver's interpolant; NaN where none fired) with
+        ``integrate(..., events=...)``; differentiable (implicit function theorem, see
+        :mod:`dynode.events`). A run that ended early because every sample's terminal event
+        fired has ``stats.t_final < t_end`` (its saves after that repeat the held states).
     """
 
     ts: Tensor
@@ -103,6 +108,7 @@ class Solution:
     tail: HistoryTail | None = None
     dense: DenseOutput | None = None
     seeds: Tensor | None = None
+    events: dict[str, Tensor] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.states[name]
@@ -231,7 +237,8 @@ class Output:
                 put(ts, _weighted(piece[0], piece[1]((ts - t) / h)))
 
     def solution(self, final_state: dict[str, Tensor], *, nfe: int, steps: int, accepted: int,
-                 rejected: int, t_final: float, tail: HistoryTail | None = None) -> Solution:
+                 rejected: int, t_final: float, tail: HistoryTail | None = None,
+                 events: dict[str, Tensor] | None = None) -> Solution:
         """The :class:`Solution` of a successful solve."""
         stats = SolverStats(nfe=nfe, steps=steps, accepted=accepted, rejected=rejected,
                             status=Status.SUCCESS, t_final=t_final)
@@ -239,4 +246,13 @@ class Output:
         states = {} if self.observer is not None else {
             n: torch.stack([st[n] for st in self._kept]) for n in self.names}
         return Solution(ts=ts, states=states, stats=stats, final_state=final_state, tail=tail, dense=self.dense,
-                        seeds=self.seeds)
+                        seeds=self.seeds, events=dict(events or {}))
+
+    def fill(self, t: float, t_end: float, grid: Sequence[float] | None, state: Mapping[str, Tensor]) -> None:
+        """A run that stopped at ``t`` (every sample's terminal event fired) saves its held
+        ``state`` at the save times left in ``(t, t_end]`` (``grid``: the step ends a full run
+        would have saved when every step end is saved; None for an adaptive run, which then
+        saves nothing more)."""
+        times = self.between(t, t_end) if self.save_at is not None else (grid or ())
+        for ts in times:
+            self.emit(ts, state)

@@ -39,6 +39,7 @@ from numpy.polynomial import polynomial as npoly
 from torch import Tensor
 
 from dynode.errors import ConfigurationError, SolverError
+from dynode.events import Tracker
 from dynode.guards import Guard
 from dynode.problem import Problem
 from dynode.solution import Output, Solution
@@ -162,6 +163,7 @@ class AdaptiveSolver(Solver):
     tableau: ClassVar[Tableau]
     adaptive: ClassVar[bool] = True
     dense_output: ClassVar[bool] = True
+    locates_events: ClassVar[bool] = True  # integrate(..., events=...): on the continuous extension
     _ctrl: object = dc_field(init=False, repr=False, compare=False)
 
     def __init_subclass__(cls, **kwargs):
@@ -215,6 +217,8 @@ class _Run:
         self.e_terms = tuple((j, ej) for j, ej in enumerate(self.tab.b_err) if ej)
         self.out = Output(problem, observer)
         self.out.start(problem.y0)
+        self.tracker = Tracker(problem.events, problem.t0, problem.y0) if problem.events else None
+        self.check_every = problem.check_every
         self.t, self.y = problem.t0, [problem.y0[n] for n in self.names]
         self.nfe = self.steps = self.accepted = self.rejected = 0
         self.norms: list[float] = []  # the last attempt's per-population ||e / scale||_2
@@ -269,6 +273,9 @@ class _Run:
             torch._foreach_mul_(sc, self.solver.rtol)
             torch._foreach_add_(sc, self.solver.atol)
             torch._foreach_div_(err, sc)
+            if self.tracker is not None and self.tracker.held is not None:  # stopped samples: no error
+                live = self.tracker.alive.to(err[0].dtype)
+                err = [e * live.view(-1, *([1] * (e.dim() - 1))) for e in err]
             # per-population error norms and peaks |y_new| (divergence check) in one read
             read = torch.stack([*torch._foreach_norm(err), *torch._foreach_norm(y_new, ord=math.inf)]).tolist()
         n_pop = len(self.names)
@@ -282,8 +289,14 @@ class _Run:
         if self.keep:
             self.history.append(t, h, t_new, y, ks, y_new)
         state = dict(zip(names, y_new))
-        self.out.step(t, t_new, state, lambda: ([dict(zip(names, v)) for v in (y, *ks)],
-                                                lambda th: [1.0, *(h * w for w in weights(th))]))
+        piece = (lambda: ([dict(zip(names, v)) for v in (y, *ks)],
+                          lambda th: [1.0, *(h * w for w in weights(th))]))
+        if self.tracker is None:
+            self.out.step(t, t_new, state, piece)
+        else:  # located on the continuous extension; a stopped sample's saves hold its event state
+            state = self.tracker.step(t, h, dict(zip(names, y)), state, piece)
+            self.out.step(t, t_new, state, piece, self.tracker.put(self.out.emit))
+            y_new = [state[n] for n in names]
         if not all(p <= self.guard.max_abs for p in peaks):
             self.guard.check(state, t, t_new)  # raises DivergenceError
         self.t, self.y = t_new, y_new
@@ -320,6 +333,10 @@ class _Run:
                 self.accepted += 1
                 factor = self.ctrl.accept(err)
                 self.accept(h, t_new, ks, y_new, peaks)
+                if (self.tracker is not None and self.accepted % self.check_every == 0
+                        and self.tracker.all_stopped()):
+                    self.out.fill(self.t, self.t_end, None, dict(zip(self.names, self.y)))
+                    break
                 if clipped:
                     if stop_i == len(stops) - 1:
                         break
@@ -338,8 +355,12 @@ class _Run:
                 raise self.fail(Status.REACHED_DT_MIN, h_want)
             if self.steps >= solver.max_steps:
                 raise self.fail(Status.REACHED_MAX_STEPS, h)
+        events = None
+        if self.tracker is not None:
+            self.tracker.all_stopped()  # raises if some g became NaN
+            events = self.tracker.times()
         return self.out.solution(dict(zip(self.names, self.y)), nfe=self.nfe, steps=self.steps,
-                                 accepted=self.accepted, rejected=self.rejected, t_final=self.t)
+                                 accepted=self.accepted, rejected=self.rejected, t_final=self.t, events=events)
 
 
 @dataclass(frozen=True)

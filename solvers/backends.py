@@ -135,6 +135,10 @@ class _Backend(Solver):
     def solve(self, problem: Problem, dt=None, *, observer=None) -> Solution:
         """Integrate ``problem`` segment by segment; ``dt``, if given, is the first step (ms)."""
         field, inputs = problem.field, problem.inputs
+        if problem.events:
+            raise ConfigurationError(f"{type(self).__name__} does not locate events (its steps are taken inside "
+                                     "torchdiffeq/torchode); use a dynode solver (euler, heun, rk4, dopri5, "
+                                     "tsit5, bosh3) for events=")
         learnt = getattr(field, "delay_bounds", dict)()
         if learnt:
             raise ConfigurationError(

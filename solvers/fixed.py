@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from dynode.brownian import BrownianPath
+from dynode.events import Tracker
 from dynode.errors import AccuracyWarning, ConfigurationError, DelayError, StabilityWarning, user_stacklevel
 from dynode.guards import Guard
 from dynode.network import Network
@@ -66,6 +67,7 @@ class FixedStepSolver(Solver):
     dense_output: ClassVar[bool] = True
     continues: ClassVar[bool] = True
     stochastic: ClassVar[bool] = False  # integrates noise in the dynamics (Euler-Maruyama, stochastic Heun)
+    locates_events: ClassVar[bool] = True  # integrate(..., events=...): located on _interpolant
 
     @property
     def convergence_order(self) -> int:
@@ -141,6 +143,8 @@ class FixedStepSolver(Solver):
         out = Output(problem, observer, snap=True, noise_ok=self.stochastic)
         y = problem.y0
         out.start(y)
+        # events (dynode.events): located on the step's interpolant, on the device; None: the loop as before
+        tracker = Tracker(problem.events, t0, y) if problem.events else None
 
         def run(a: int, b: int, y: dict[str, Tensor], snapshot=None, put=None):
             """Steps a..b-1 from state y; returns the state at b and the saves that ``put``
@@ -152,8 +156,14 @@ class FixedStepSolver(Solver):
             put = put or (lambda t, state: kept.append((t, state)))
             for n in range(a, b):
                 y_new = step(n, t0 + n * dt, y)
-                out.step(t0 + n * dt, t0 + (n + 1) * dt, y_new,
-                         lambda: self._interpolant(dt, y, y_new, last), put)
+                if tracker is None:
+                    out.step(t0 + n * dt, t0 + (n + 1) * dt, y_new,
+                             lambda: self._interpolant(dt, y, y_new, last), put)
+                else:  # the interpolant of the computed step; the saves after an event hold its state
+                    piece = (lambda: self._interpolant(dt, y, y_raw, last))
+                    y_raw = y_new
+                    y_new = tracker.step(t0 + n * dt, dt, y, y_raw, piece)
+                    out.step(t0 + n * dt, t0 + (n + 1) * dt, y_new, piece, tracker.put(put))
                 y = y_new
             return y, kept
 
@@ -171,13 +181,19 @@ class FixedStepSolver(Solver):
             for t_save, state in kept:
                 out.emit(t_save, state)
             guard.check(y, t0 + a * dt, t0 + b * dt)
+            if tracker is not None and tracker.all_stopped() and b < n_steps:
+                # every sample's terminal event fired: the rest of the run repeats the held states
+                out.fill(t0 + b * dt, problem.t_end, [t0 + m * dt for m in range(b + 1, n_steps + 1)], y)
+                return out.solution(y, nfe=b * self.stages, steps=b, accepted=b, rejected=0,
+                                    t_final=t0 + b * dt, events=tracker.times())
         if max_delay > 0:
             history.store(n_steps, y)  # the final state completes the past of a continuation
             tail = history.tail(n_steps)
         else:
             tail = HistoryTail(dt, (dict(y),), None, dict(y))
         return out.solution(y, nfe=n_steps * self.stages, steps=n_steps, accepted=n_steps,
-                            rejected=0, t_final=problem.t_end, tail=tail)
+                            rejected=0, t_final=problem.t_end, tail=tail,
+                            events=None if tracker is None else tracker.times())
 
     def _noise(self, problem: Problem, dt: float):
         """``noise(n) -> {population: g dW_n}``, the noise term of step ``n`` (``dW_n`` over

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"dynode": "dynode", "solvers": "dynode.solvers", "models": "dynode.models",
            "stimuli": "dynode.stimuli"}
-CORE = {"dynode.errors", "dynode.field", "dynode.brownian", "dynode.network", "dynode.population", "dynode.plan",
+CORE = {"dynode.errors", "dynode.field", "dynode.brownian", "dynode.events", "dynode.network", "dynode.population", "dynode.plan",
         "dynode.checks", "dynode.activations", "dynode.adapters",
         "dynode.pipeline", "dynode.stimulus", "dynode.history", "dynode.problem", "dynode.integrate",
         "dynode.solution", "dynode.guards", "dynode.solver", "dynode.stats", "dynode.tolerances"}
