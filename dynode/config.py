@@ -26,8 +26,9 @@ from dynode.convergence import REFERENCE_ATOL, REFERENCE_RTOL
 from dynode.field import VectorField
 from dynode.record import Record
 from dynode.spec import build_network, import_object, load_spec
-from dynode.experiments import groen2022_experiments
-from dynode.stimuli import BACKGROUND, EXPERIMENTS, Constant, Pulse, groen2022
+from dynode.experiments import TIME_COURSE_KINDS, groen2022_experiments, reaction_time_experiment
+from dynode.models.decision import EVIDENCE
+from dynode.stimuli import BACKGROUND, EXPERIMENTS, REACTION_TIME, Constant, Pulse, groen2022
 from dynode.stimuli.datasets import dataset, in_memory
 from dynode.stimuli.generated import DEFAULT_CLASSES, generated_task
 from dynode.train import TrainingConfig
@@ -278,11 +279,47 @@ class StimulusConfig(FrozenConfig):
         return Pulse(self.onset, self.duration if self.duration is not None else math.inf, {input_name: images})
 
 
-class ExperimentConfig(FrozenConfig):
-    """The in-silico experiments (those of :data:`dynode.stimuli.EXPERIMENTS`: Groen et al. 2022)
-    run on a (trained) model: :meth:`run`."""
+def first_labelled(data, n: int):
+    """The first ``n`` images of a split of :meth:`DataConfig.load` and their labels."""
+    if isinstance(data, tuple):
+        return data[0][:n], data[1][:n]
+    xs, ys, total = [], [], 0
+    for x, y in data:
+        xs.append(x)
+        ys.append(y)
+        total += len(x)
+        if total >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
-    protocols: list[ExperimentKind] = Field(default_factory=lambda: list(EXPERIMENTS))
+
+class ReactionTimeConfig(FrozenConfig):
+    """The reaction-time experiment's settings (:func:`dynode.experiments.reaction_time_experiment`):
+    the accumulators added to the trained model (``tau_a dA_k = (e_k - leak A_k) dt + noise
+    sqrt(2 tau_a) dW_k``, :mod:`dynode.models.decision`) and the conditions."""
+
+    n_images: PositiveInt = Field(24, description="test images classified (each at every contrast)")
+    contrasts: list[Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: list(REACTION_TIME["contrasts"]))
+    noises: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: list(REACTION_TIME["noises"]), description="accumulator noise levels nu")
+    bounds: list[PositiveFloat] = Field(default_factory=lambda: list(REACTION_TIME["bounds"]))
+    trials: PositiveInt = Field(8, description="noisy repeats of every contrast x image (one without noise)")
+    deadline: PositiveFloat = Field(REACTION_TIME["epoch_ms"], description="ms after the onset; no decision "
+                                    "by then: none")
+    tau: PositiveFloat = Field(100.0, description="tau_a (ms)")
+    leak: PositiveFloat = 0.1
+    evidence: Literal[EVIDENCE] = "softmax"
+    delay: Annotated[float, Field(ge=0)] = 0.0
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class ExperimentConfig(FrozenConfig):
+    """The in-silico experiments of :data:`dynode.stimuli.EXPERIMENTS` run on a (trained)
+    model: :meth:`run`. The default ``protocols`` are those of Groen et al. (2022);
+    ``reaction_time`` (a speeded classification through accumulators on the model's readout)
+    takes its settings from ``reaction_time`` (defaults when absent)."""
+
+    protocols: list[ExperimentKind] = Field(default_factory=lambda: list(TIME_COURSE_KINDS))
     n_images: PositiveInt = 4
     dt: PositiveFloat = 2.0
     solver: SolverConfig = Field(default_factory=EulerConfig)
@@ -295,6 +332,16 @@ class ExperimentConfig(FrozenConfig):
     settle_max: PositiveFloat | None = Field(
         3000.0, description="ms the network may run on the background alone to reach a steady baseline "
         "before each experiment (warns with the measured drift if not steady); null: no settling")
+    reaction_time: ReactionTimeConfig | None = Field(
+        None, description="the reaction-time experiment's settings (with 'reaction_time' in protocols)")
+
+    @model_validator(mode="after")
+    def _reaction_time_used(self):
+        if self.reaction_time is not None and "reaction_time" not in self.protocols:
+            raise ValueError("experiment.reaction_time sets the reaction-time experiment, which is not in "
+                             f"experiment.protocols {self.protocols}: add 'reaction_time' to the protocols or "
+                             "drop the section")
+        return self
 
     def paths(self, out_dir) -> list[Path]:
         """The archives :meth:`run` writes into ``out_dir``."""
@@ -302,13 +349,30 @@ class ExperimentConfig(FrozenConfig):
 
     def run(self, network, data, out_dir, *, overwrite: bool = False, progress: bool | None = None
             ) -> dict[str, Path]:
-        """Run these experiments (:func:`dynode.experiments.groen2022_experiments`) on the first
-        ``n_images`` of ``data`` (a split of :meth:`DataConfig.load`) into ``out_dir``;
-        ``{kind: archive path}``."""
-        return groen2022_experiments(network, first_images(data, self.n_images), out_dir, dt=self.dt,
-                                     solver=self.solver.build(), kinds=self.protocols, record=self.record.build(),
-                                     overwrite=overwrite, progress=progress, background=self.background,
-                                     onset=self.onset, settle_max=self.settle_max)
+        """Run these experiments on ``data`` (a split of :meth:`DataConfig.load`) into
+        ``out_dir``; ``{kind: archive path}`` in the order of ``protocols``. The time-course
+        kinds (:func:`dynode.experiments.groen2022_experiments`) on its first ``n_images``; the
+        reaction-time experiment (:func:`dynode.experiments.reaction_time_experiment`) on the
+        first ``reaction_time.n_images`` and their labels."""
+        courses = [k for k in self.protocols if k in TIME_COURSE_KINDS]
+        paths = {}
+        if courses:
+            paths.update(groen2022_experiments(
+                network, first_images(data, self.n_images), out_dir, dt=self.dt, solver=self.solver.build(),
+                kinds=courses, record=self.record.build(), overwrite=overwrite, progress=progress,
+                background=self.background, onset=self.onset, settle_max=self.settle_max))
+        if "reaction_time" in self.protocols:
+            rt = self.reaction_time or ReactionTimeConfig()
+            images, labels = first_labelled(data, rt.n_images)
+            path = Path(out_dir) / f"{EXPERIMENTS['reaction_time'].label}.zarr"
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            reaction_time_experiment(
+                network, images, labels, path, dt=self.dt, solver=self.solver.build(), contrasts=rt.contrasts,
+                noises=rt.noises, bounds=rt.bounds, trials=rt.trials, deadline=rt.deadline, tau=rt.tau,
+                leak=rt.leak, evidence=rt.evidence, delay=rt.delay, background=self.background,
+                settle_max=self.settle_max, seed=rt.seed, overwrite=overwrite)
+            paths["reaction_time"] = path
+        return {k: paths[k] for k in self.protocols}
 
 
 class ConvergenceConfig(FrozenConfig):

@@ -14,32 +14,41 @@ carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image`
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
-from dynode.archive import prepare_path
+from dynode.archive import ARCHIVE_FORMAT, prepare_path
 from dynode.errors import BaselineDriftWarning, ConfigurationError, ShapeError, user_stacklevel
 from dynode.field import VectorField
 from dynode.record import Record
 from dynode.simulate import SimulationResult, simulate
 from dynode.integrate import integrate
 from dynode.network import Network
+from dynode.models.decision import add_accumulator, race, set_accumulator_noise
 from dynode.solver import Solver, get_solver
-from dynode.stimuli import BACKGROUND, EXPERIMENTS, Constant, Modulated, envelopes, present
+from dynode.stimuli import BACKGROUND, EXPERIMENTS, REACTION_TIME, Constant, Modulated, envelopes, present
 from dynode.stimuli.compose import BACKGROUNDS
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS"]
+__all__ = ["run_protocol", "groen2022_experiments", "settle", "Settled", "recovery_after_offset", "GROEN_KINDS",
+           "TIME_COURSE_KINDS", "reaction_time_experiment"]
 
 GROEN_KINDS = tuple(EXPERIMENTS)  # every registered experiment kind (dynode.stimuli.EXPERIMENTS)
+TIME_COURSE_KINDS = tuple(k for k, e in EXPERIMENTS.items() if e.analysis == "groen2022")
+"""The kinds :func:`groen2022_experiments` runs (recorded time courses; Groen et al. 2022); the
+``reaction_time`` kind runs in :func:`reaction_time_experiment`."""
 _SETTLE_WINDOW = 100.0  # ms: settle's default window, as groen2022_experiments uses it
 _MAX_STEPS = 10 ** 7  # steps in a settling window or an epoch (dt = 1e-5 ms for 100 ms: a mistake)
 
@@ -262,7 +271,7 @@ def run_protocol(network, protocol, *, dt: float, solver="euler", record: Record
 
 
 def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver="euler",
-                          kinds: Sequence[str] = GROEN_KINDS, record: Record | None = None,
+                          kinds: Sequence[str] = TIME_COURSE_KINDS, record: Record | None = None,
                           overwrite: bool = False, progress: bool | None = None,
                           background=BACKGROUND, onset: float = 100.0, settle_max: float | None = 3000.0
                           ) -> dict[str, Path]:
@@ -304,7 +313,12 @@ def groen2022_experiments(network, images: Tensor, out_dir, *, dt: float, solver
                                  f"e.g. kinds=['contrast'], got {kinds!r}")
     unknown = [k for k in kinds if k not in GROEN_KINDS]
     if unknown:
-        raise ConfigurationError(f"unknown Groen 2022 experiments {unknown}; choose from {list(GROEN_KINDS)}")
+        raise ConfigurationError(f"unknown Groen 2022 experiments {unknown}; choose from {list(TIME_COURSE_KINDS)}")
+    other = [k for k in kinds if k not in TIME_COURSE_KINDS]
+    if other:
+        raise ConfigurationError(f"{who}: {other} is not a time-course experiment (it needs a decision readout): "
+                                 "run it with dynode.experiments.reaction_time_experiment; kinds here: "
+                                 f"{list(TIME_COURSE_KINDS)}")
     if len(set(kinds)) != len(kinds):
         raise ConfigurationError(f"{who}: kinds {list(kinds)} names an experiment twice (each writes one archive)")
     dt, solver = _number(who, "dt", dt), get_solver(solver)
@@ -385,3 +399,142 @@ def recovery_after_offset(network, images: Tensor, *, dt: float, solver="euler",
         peak, final = float(dev.max()), float(dev[t >= t_end - tail].max())
         out[name] = {"peak": peak, "final": final, "final_to_peak": final / peak if peak > 0 else math.nan}
     return out
+
+
+def _levels(who: str, name: str, values, *, zero: bool) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise ConfigurationError(f"{who}: {name} must be a non-empty list of numbers, got {values!r}")
+    out = [_number(who, name, v, zero=zero, unit="") for v in values]
+    if len(set(out)) != len(out):
+        raise ConfigurationError(f"{who}: {name} {out} repeats a value")
+    return out
+
+
+def reaction_time_experiment(network, images: Tensor, labels, store=None, *, dt: float, solver="euler",
+                             contrasts: Sequence[float] = REACTION_TIME["contrasts"],
+                             noises: Sequence[float] = REACTION_TIME["noises"],
+                             bounds: Sequence[float] = REACTION_TIME["bounds"], trials: int = 8,
+                             deadline: float = REACTION_TIME["epoch_ms"], tau: float = 100.0, leak: float = 0.1,
+                             evidence: str = "softmax", delay: float = 0.0, background=BACKGROUND,
+                             settle_max: float | None = 3000.0, seed: int = 0, overwrite: bool = False
+                             ) -> xr.Dataset:
+    r"""The reaction-time experiment (``EXPERIMENTS["reaction_time"]``): a speeded
+    classification of ``images`` (``(N, *shape)``, with their class ``labels``) by ``network``'s
+    readout through an accumulator per class (:func:`dynode.models.add_accumulator`:
+    ``tau_a dA_k = (e_k - leak A_k) dt + nu sqrt(2 tau_a) dW_k``, ``e = evidence(readout)``), the
+    decision the first accumulator to reach a bound. The backbone is not changed (a copy gets
+    the accumulators; their readout is the network's trained one).
+
+    Each image is shown at each of ``contrasts`` from the onset (``t = 0``) until the
+    ``deadline`` (ms); the backbone starts from its settled state on the ``background``
+    (:func:`settle`, up to ``settle_max`` ms; ``None``: its initial state) and the accumulators
+    from 0 at the onset. Per accumulator noise ``nu`` in ``noises`` one run (``trials`` noisy
+    repeats of every contrast x image; one repeat for ``nu = 0``, which is deterministic),
+    the decisions at every bound in ``bounds`` read from it (:func:`dynode.models.decision.race`:
+    the dynamics do not depend on the bound). The sample of ``(contrast, image, trial)`` sees
+    the Brownian path of key ``(seed + noise index, sample)``: reruns are bit-identical.
+
+    Returns (and with ``store``, a path, writes as a zarr archive that
+    :func:`dynode.analysis.analyze_reaction_times` reads) a Dataset with ``rt`` (ms from the
+    onset, NaN: no decision by the deadline) and ``choice`` (-1: none), dims ``(noise,
+    bound, sample)``, and the sample coordinates ``contrast``, ``image``, ``trial``, ``label``.
+
+    Checked before anything runs: ``dt`` (> 0; a fixed-step solver's ``dt`` divides the
+    deadline), a solver that integrates noise when a noise level is > 0 (Euler-Maruyama
+    ``"euler"`` or stochastic Heun ``"heun"``), levels (contrasts >= 0, noises >= 0, bounds > 0,
+    no repeats), ``trials`` >= 1, one label per image, the network's readout, the accumulator's
+    parameters and the store (an existing one needs ``overwrite=True``)."""
+    who = "reaction_time_experiment"
+    exp = EXPERIMENTS["reaction_time"]
+    if not isinstance(network, Network) or network.readout is None:
+        raise ConfigurationError(f"{who}: network must be a dynode.Network with a readout (the trained classifier "
+                                 "whose evidence the accumulators integrate)")
+    dt, solver = _number(who, "dt", dt), get_solver(solver)
+    deadline = _number(who, "deadline", deadline, unit=" of ms (after the onset)")
+    cs = _levels(who, "contrasts", contrasts, zero=True)
+    nus = _levels(who, "noises", noises, zero=True)
+    bs = _levels(who, "bounds", bounds, zero=False)
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
+        raise ConfigurationError(f"{who}: trials must be an integer >= 1, got {trials!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigurationError(f"{who}: seed must be an integer >= 0, got {seed!r}")
+    if any(nu > 0 for nu in nus) and not getattr(solver, "stochastic", False):
+        raise ConfigurationError(f"{who}: the noise levels {[nu for nu in nus if nu > 0]} need a solver that "
+                                 f"integrates noise: 'euler' (Euler-Maruyama) or 'heun' (stochastic Heun), not "
+                                 f"{type(solver).__name__}")
+    if solver.grid:
+        _whole_steps(who, "deadline", deadline, dt)
+    if settle_max is not None:
+        settle_max = _number(who, "settle_max", settle_max, unit=" of ms (or None: no settling)")
+        _whole_steps(who, "the settling window", _SETTLE_WINDOW, dt)
+    _check_flag(who, "overwrite", overwrite)
+    _check_images(who, network, images, background)
+    labels = torch.as_tensor(labels).flatten()
+    if labels.shape[0] != images.shape[0] or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ConfigurationError(f"{who}: labels must be one integer class per image ({images.shape[0]}), got "
+                                 f"{labels.dtype} of shape {tuple(labels.shape)}")
+    k = network.readout.num_classes
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise ConfigurationError(f"{who}: labels must be classes of the readout, 0 .. {k - 1}, got "
+                                 f"{sorted(set(labels.tolist()))}")
+    decider = copy.deepcopy(network)  # the backbone and its readout as trained; the copy gets the accumulators
+    name = add_accumulator(decider, tau=tau, leak=leak, noise=0.0, evidence=evidence, delay=delay,
+                           name="decision")
+    path = None if store is None else prepare_path(store, overwrite)
+    n = images.shape[0]
+    settled = None
+    if settle_max is not None:
+        settled = settle(network, background, images=images, dt=dt, solver=solver, max_time=settle_max)
+    out_rt, out_choice = [], []
+    for i, nu in enumerate(nus):
+        reps = trials if nu > 0 else 1
+        batch = images.repeat(reps, *([1] * (images.dim() - 1)))  # trial-major: sample t * n + j
+        protocol = exp.build(batch, contrasts=cs, onset=0.0, t_end=deadline, background=background, input=None)
+        which = torch.arange(protocol.batch_size) % n              # the image of every sample
+        state = {} if settled is None else {p: x[which] for p, x in settled.state.items()}
+        state = {**decider.init_state(protocol.batch_size, device=images.device), **state}
+        state[name] = torch.zeros_like(state[name])
+        set_accumulator_noise(decider, nu, name)
+        with torch.no_grad():
+            d = race(decider, protocol, bounds=bs, t_end=deadline, dt=dt, solver=solver,
+                     seed=seed + i if nu > 0 else None, initial_state=state, name=name)
+        rt = np.full((len(bs), len(cs) * n * trials), np.nan)
+        choice = np.full(rt.shape, -1, dtype=np.int64)
+        run = np.arange(protocol.batch_size)  # sample c (reps n) + t n + j of this run
+        pos = (run // (reps * n)) * (trials * n) + run % (reps * n)
+        rt[:, pos] = d.rt.cpu().numpy()
+        choice[:, pos] = d.choice.cpu().numpy()
+        out_rt.append(rt)
+        out_choice.append(choice)
+    # samples: condition-major over (contrast, trial, image); a noiseless run fills trial 0 only
+    contrast = np.repeat(cs, n * trials)
+    trial = np.tile(np.repeat(np.arange(trials), n), len(cs))
+    image = np.tile(np.arange(n), len(cs) * trials)
+    rt, choice = np.stack(out_rt), np.stack(out_choice)
+    ran = np.stack([np.broadcast_to((trial < (trials if nu > 0 else 1))[None], (len(bs), rt.shape[-1]))
+                    for nu in nus])
+    ds = xr.Dataset(
+        {"rt": (("noise", "bound", "sample"), rt, {"units": "ms", "long_name": "reaction time from the onset",
+                                                    "missing": "NaN: no decision by the deadline"}),
+         "choice": (("noise", "bound", "sample"), choice, {"missing": "-1: no decision"}),
+         "ran": (("noise", "bound", "sample"), ran, {"long_name": "the trial was run (a noiseless condition "
+                                                                  "runs one trial)"})},
+        coords={"noise": ("noise", nus, {"long_name": "accumulator noise nu"}),
+                "bound": ("bound", bs, {"long_name": "decision bound B"}),
+                "contrast": ("sample", contrast), "image": ("sample", image), "trial": ("sample", trial),
+                "label": ("sample", labels.cpu().numpy()[image])},
+        attrs={"dynode_archive": ARCHIVE_FORMAT, "status": "complete", "experiment": exp.label,
+               "kind": exp.name, "deadline_ms": deadline, "onset_ms": 0.0, "dt": dt, "solver": type(solver).__name__,
+               "num_classes": k, "tau_ms": float(tau), "leak": float(leak), "evidence": evidence,
+               "delay_ms": float(delay), "seed": int(seed), "trials": int(trials),
+               "settle_ms": None if settled is None else settled.time,
+               "equation": "tau dA_k = (e_k - leak A_k) dt + noise sqrt(2 tau) dW_k; decision: max_k A_k >= bound"})
+    if path is not None:
+        tmp = path.with_name(path.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False)
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    return ds

@@ -9,6 +9,7 @@ from dynode.pipeline import Combine, SumCombine, build_pipeline
 from dynode.models.recurrence import RECURRENCE_TYPES, LocalRecurrence, SelfRecurrence, recurrence
 from dynode.models.retina import Retina
 from dynode.models.readout import Classifier, Readout
+from dynode.models.decision import EVIDENCE, Decisions, add_accumulator, decide, race
 from dynode.models.stability import spectral_radius, stability_report, summary
 from dynode.models import ensemble, losses  # noqa: E402
 from dynode.models.speed import SpeedOptions, prepare_for_speed
@@ -23,7 +24,7 @@ __all__ = [
     "Adapter", "Resize", "adapter", "Combine", "SumCombine", "build_pipeline",
     "RECURRENCE_TYPES", "LocalRecurrence", "SelfRecurrence", "recurrence",
     "Retina",
-    "Classifier", "Readout", "spectral_radius", "stability_report", "summary", "ensemble", "losses",
+    "Classifier", "Readout", "EVIDENCE", "Decisions", "add_accumulator", "decide", "race", "spectral_radius", "stability_report", "summary", "ensemble", "losses",
     "SpeedOptions", "prepare_for_speed", "alexnet_like", "cordsnet", "cornet_rt", "dyrcnn",
     "dyrcnn_published",
 ]

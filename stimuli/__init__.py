@@ -9,7 +9,8 @@ from dynode.stimuli.generated import (
     ImageTask, checkerboard, gabor, generated_task, grating, pink_noise,
 )
 from dynode.stimuli.protocols import (
-    EXPERIMENTS, GROEN2022, Experiment, Protocol, contrast_series, duration_series, groen2022, interval_series,
+    EXPERIMENTS, GROEN2022, REACTION_TIME, Experiment, Protocol, contrast_series, duration_series, groen2022,
+    interval_series, reaction_time_series,
 )
 from dynode.stimuli.protocols import present
 from dynode.stimuli import datasets  # noqa: E402
@@ -23,5 +24,6 @@ __all__ += [
     "NOISE_KINDS", "DynamicNoise", "add_noise", "noise_field", "signal_power", "snr_of",
     "ImageTask", "checkerboard", "gabor", "generated_task", "grating", "pink_noise",
     "present", "GROEN2022", "EXPERIMENTS", "Experiment", "Protocol", "contrast_series", "duration_series", "groen2022", "interval_series",
+    "REACTION_TIME", "reaction_time_series",
     "datasets", "STATS", "DatasetNotFoundError", "InMemoryLoader", "dataset", "in_memory", "load_tensors",
 ]

@@ -27,7 +27,11 @@ J Neurosci 42(40):7562), one :class:`Experiment` each in :data:`EXPERIMENTS`:
 * ``"duration"``: one full-contrast pulse of 17, 33, 67, 133, 267, 533 ms;
 * ``"repetition"``: two full-contrast 133 ms pulses with a gap of 17, 33, 67, 133, 267, 533 ms,
 
-in epochs from -0.1 s to 1.2 s around the onset, as in Groen's data (stimulus onset at
+and one more kind, ``"reaction_time"``: each image at each contrast until a response deadline
+(:func:`reaction_time_series`, :data:`REACTION_TIME`), read by an accumulator readout
+(:mod:`dynode.models.decision`) rather than as time courses (its record's ``analysis``).
+
+The Groen kinds are in epochs from -0.1 s to 1.2 s around the onset, as in Groen's data (stimulus onset at
 ``onset = 100`` ms by default, epoch ``[0, 1300)`` ms): the 100 ms before the onset are the
 baseline, and the recovery window of the longest ISI (its second pulse starts 666 ms after
 the onset) ends inside the epoch.
@@ -51,7 +55,7 @@ from dynode.stimuli.compose import BACKGROUND, Modulated, as_float_images
 from dynode.stimuli.generated import grating
 
 __all__ = ["Protocol", "present", "contrast_series", "duration_series", "interval_series", "groen2022",
-           "GROEN2022", "Experiment", "EXPERIMENTS", "default_images"]
+           "GROEN2022", "Experiment", "EXPERIMENTS", "default_images", "reaction_time_series", "REACTION_TIME"]
 
 GROEN2022 = {
     "contrast": dict(contrasts=(0.0625, 0.125, 0.25, 0.5, 1.0), duration=500.0),
@@ -61,6 +65,17 @@ GROEN2022 = {
     "baseline_ms": 100.0,
 }
 """The stimulus conditions of Groen et al. (2022), times in ms."""
+
+REACTION_TIME = {
+    "contrasts": (0.0625, 0.125, 0.25, 0.5, 1.0),
+    "noises": (0.0, 0.05, 0.1, 0.2),
+    "bounds": (0.5, 1.0, 1.5, 2.0, 3.0),
+    "epoch_ms": 1000.0,
+}
+"""The reaction-time experiment's default conditions: image contrasts, accumulator noise levels
+``nu`` and bounds ``B`` (:mod:`dynode.models.decision`), and the deadline (ms after the
+onset, the end of the epoch: a trial without a decision by then has none). The image stays on
+until the deadline (a speeded classification: respond while the image is shown)."""
 
 
 class Protocol(Modulated):
@@ -187,6 +202,21 @@ def interval_series(images=None, isis=(17.0, 33.0, 67.0, 133.0, 267.0, 533.0), *
                   input=input)
 
 
+def reaction_time_series(images=None, contrasts=REACTION_TIME["contrasts"], *, onset: float = 0.0,
+                         t_end: float = REACTION_TIME["epoch_ms"], background=BACKGROUND,
+                         input: str | None = None) -> Protocol:
+    """The reaction-time experiment's stimulus: each image at each contrast from ``onset``
+    until ``t_end`` (the response deadline, ms), the ``background`` before; the conditions
+    ``contrast``, ``duration`` (``t_end - onset``), ``onset``, ``image``."""
+    if not t_end > onset:
+        raise ConfigurationError(f"reaction_time_series: the deadline t_end={t_end} ms must be after the onset "
+                                 f"({onset} ms)")
+    p = contrast_series(images, contrasts, onset=onset, duration=float(t_end) - float(onset), t_end=t_end,
+                        background=background, input=input)
+    p.name = "reaction_time"
+    return p
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One in-silico experiment kind: the one place that knows it (:data:`EXPERIMENTS`).
@@ -200,6 +230,11 @@ class Experiment:
     study : the prefix of its protocol's and archive's name (``groen2022-contrast``).
     baseline_ms, epoch_ms : the epoch starts ``baseline_ms`` before the onset and lasts
         ``epoch_ms``.
+    analysis : which analysis reads its archives: ``"groen2022"`` (the population time courses,
+        :func:`dynode.analysis.analyze`; run by :func:`dynode.experiments.groen2022_experiments`)
+        or ``"reaction_time"`` (reaction times and choices of an accumulator readout,
+        :func:`dynode.analysis.analyze_reaction_times`; run by
+        :func:`dynode.experiments.reaction_time_experiment`).
     """
 
     name: str
@@ -210,6 +245,7 @@ class Experiment:
     study: str = "groen2022"
     baseline_ms: float = GROEN2022["baseline_ms"]
     epoch_ms: float = GROEN2022["epoch_ms"]
+    analysis: str = "groen2022"
 
     @property
     def label(self) -> str:
@@ -230,6 +266,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("duration", duration_series, GROEN2022["duration"], by="duration", needs=("duration", "contrast")),
     Experiment("repetition", interval_series, GROEN2022["repetition"], by="isi",
                needs=("isi", "duration", "contrast")),
+    Experiment("reaction_time", reaction_time_series, {"contrasts": REACTION_TIME["contrasts"]}, by="contrast",
+               needs=("contrast", "label"), study="speeded", baseline_ms=0.0, epoch_ms=REACTION_TIME["epoch_ms"],
+               analysis="reaction_time"),
 )}
 """Every in-silico experiment kind, by name (read by the configs, the runner and the analysis)."""
 

@@ -11,6 +11,8 @@ from dynode.analysis.metrics import (ISI_WINDOW, PLATEAU, SMOOTH_MS, SUM_WINDOW,
                                      summation_ratios, summation_window, summed_response, time_step, time_to_peak)
 from dynode.analysis.figures import (plot_contrast_response, plot_convergence, plot_recovery, plot_summation,
                                      plot_time_courses)
+from dynode.analysis.reaction_time import (QUANTILES, ReactionTimes, analyze_reaction_times, format_reaction_times,
+                                           is_reaction_time_archive, plot_reaction_times, trends)
 from dynode.analysis.summary import (BASELINE, DRIFT_TOL, NEEDS, Analysis, analyze, analyze_courses, experiment_kind,
                                      flags_in_tables, format_summary, summarize)
 
@@ -23,4 +25,6 @@ __all__ = [
     "dn_model", "fit_dn", "DNFit", "DN_PARAMS", "DN_START", "DN_BOUNDS", "BOUND_TOL", "pulse_envelope",
     "plot_time_courses", "plot_summation", "plot_recovery", "plot_contrast_response", "plot_convergence",
     "experiment_kind", "Analysis", "analyze", "analyze_courses", "summarize", "format_summary", "flags_in_tables", "BASELINE", "DRIFT_TOL", "NEEDS",
+    "QUANTILES", "ReactionTimes", "analyze_reaction_times", "format_reaction_times", "is_reaction_time_archive",
+    "plot_reaction_times", "trends",
 ]

@@ -43,6 +43,8 @@ __all__ = ["experiment_kind", "Analysis", "analyze", "analyze_courses", "summari
            "BASELINE", "DRIFT_TOL", "NEEDS"]
 
 KINDS = tuple(EXPERIMENTS)  # the registry (dynode.stimuli.EXPERIMENTS) in its order
+GROEN_ANALYSIS = tuple(k for k, e in EXPERIMENTS.items() if e.analysis == "groen2022")
+"""The kinds this module analyses (the others, e.g. ``reaction_time``, have their own analysis)."""
 _BY = {k: e.by for k, e in EXPERIMENTS.items()}
 NEEDS = {k: e.needs for k, e in EXPERIMENTS.items()}
 """The conditions (archive coordinates along ``sample``) each experiment's analysis reads."""
@@ -359,9 +361,14 @@ def analyze_courses(courses: Mapping[str, xr.Dataset], fixed: Mapping[str, Mappi
     """
     if dn_options is not None and not dn:
         raise ConfigurationError("dn_options is only used with dn=True")
+    other = {k: EXPERIMENTS[k].analysis for k in courses if k in KINDS and k not in GROEN_ANALYSIS}
+    if other:
+        raise ConfigurationError(f"courses: {', '.join(other)} is not analysed by the Groen metrics (its analysis: "
+                                 f"{', '.join(sorted(set(other.values())))}, e.g. "
+                                 "dynode.analysis.analyze_reaction_times); give courses of " f"{list(GROEN_ANALYSIS)}")
     unknown = [k for k in courses if k not in KINDS]
     if unknown or not courses:
-        raise ConfigurationError(f"courses: give a Dataset for some of the experiments {list(KINDS)}, got "
+        raise ConfigurationError(f"courses: give a Dataset for some of the experiments {list(GROEN_ANALYSIS)}, got "
                                  f"{list(courses)}")
     raw = {k: courses[k] for k in KINDS if k in courses}
     fixed = {k: dict(fixed.get(k, {})) for k in raw}
