@@ -16,7 +16,11 @@ from torch import nn
 import dynode as dn
 import importlib
 
-F = importlib.import_module("dynode.fit")  # the module: `dn.fit` (and `import dynode.fit as F`) is the function
+F = importlib.import_module("dynode.fit")  # the package: `dn.fit` (and `import dynode.fit as F`) is the function
+from dynode.fit import problem as fit_problem  # where the fit calls integrate
+from dynode.fit.conditions import _merge, _protocol
+from dynode.fit.engine import _Fitter
+from dynode.fit.params import _resolve
 from dynode.cli import build_parser
 from dynode.analysis.dn import DN_START, dn_model, pulse_envelope
 from dynode.errors import CheckpointError, ConfigurationError
@@ -129,7 +133,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch, optimizer):
               tol=1e-12)
     full = F.fit(_tiny(), tiny_data, **kw)
     calls = {"n": 0}
-    step = F._Fitter._step
+    step = _Fitter._step
 
     def interrupted(self, opt):
         calls["n"] += 1
@@ -137,10 +141,10 @@ def test_resume_continues_exactly(tiny_data, tmp_path, monkeypatch, optimizer):
             raise KeyboardInterrupt
         return step(self, opt)
 
-    monkeypatch.setattr(F._Fitter, "_step", interrupted)
+    monkeypatch.setattr(_Fitter, "_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         F.fit(_tiny(), tiny_data, checkpoint_dir=tmp_path, **kw)
-    monkeypatch.setattr(F._Fitter, "_step", step)
+    monkeypatch.setattr(_Fitter, "_step", step)
     with pytest.raises(ConfigurationError, match="resume"):  # an existing checkpoint is not overwritten silently
         F.fit(_tiny(), tiny_data, checkpoint_dir=tmp_path, **kw)
     again = F.fit(_tiny(), tiny_data, checkpoint_dir=tmp_path, resume=True, **kw)
@@ -196,13 +200,13 @@ def test_a_diverging_fit_stops_with_its_last_good_state_saved(tmp_path):
     (dict(params=[]), "non-empty"),
 ])
 def test_bad_input_is_refused_before_any_computation(chain_data, monkeypatch, kwargs, match):
-    monkeypatch.setattr(F, "integrate", lambda *a, **k: pytest.fail("simulated before refusing"))
+    monkeypatch.setattr(fit_problem, "integrate", lambda *a, **k: pytest.fail("simulated before refusing"))
     with pytest.raises(ConfigurationError, match=match):
         F.fit(_chain(), chain_data, progress=False, **kwargs)
 
 
 def test_recordings_without_a_model_area_or_with_nan_are_refused(chain_data, monkeypatch):
-    monkeypatch.setattr(F, "integrate", lambda *a, **k: pytest.fail("simulated before refusing"))
+    monkeypatch.setattr(fit_problem, "integrate", lambda *a, **k: pytest.fail("simulated before refusing"))
     other = chain_data.rename({"V1": "LO1", "V2": "TO"})
     with pytest.raises(ConfigurationError, match="areas"):
         F.fit(_chain(), other, params=["tau"], progress=False)
@@ -253,8 +257,8 @@ def test_bold_observation_is_dynode_observe_bold_of_the_mean_rate():
     template = _template(60.0, contrasts=(1.0,), durations=())
     got = F.simulate_recordings(net, template, observe="bold")
     with torch.no_grad():
-        rate = dn.integrate(net, F._merge([F._protocol(template, "contrast", np.array([0]), 0.0, 58.0,
-                                                       torch.ones(1, 1, dtype=torch.float64), "blank", None)]),
+        rate = dn.integrate(net, _merge([_protocol(template, "contrast", np.array([0]), 0.0, 58.0,
+                                                   torch.ones(1, 1, dtype=torch.float64), "blank", None)]),
                             t_end=58.0, dt=1.0).states["V2"][:, :, 0]
         want = bold(rate, 1.0)[::2, 0]
     assert np.allclose(got["V2"].values[0], want.numpy(), rtol=1e-10, atol=1e-14)
@@ -266,16 +270,16 @@ def test_parameter_names_expand_to_what_the_model_has():
 
     net = _chain()
     add_adaptation(net, "V2", tau=100.0, weight=0.5)
-    names = lambda ps: [p.name for p in F._resolve(net, ps, ["V1", "V2"])[0]]  # noqa: E731
+    names = lambda ps: [p.name for p in _resolve(net, ps, ["V1", "V2"])[0]]  # noqa: E731
     assert names(["norm:V1"]) == ["weight:V1->V1_norm"]  # sigma fixed here (learn_sigma=False)
     assert names(["adapt:V2"]) == ["weight:V2->V2_adapt"]
     assert names(["tau", "delay"]) == ["tau:V1", "tau:V2", "delay:V1->V2"]
     assert names(["tau:V1", "tau"]) == ["tau:V1", "tau:V2"]  # each once
-    assert F._resolve(net, ["gain", "offset:V2"], ["V1", "V2"])[1:] == (["V1", "V2"], ["V2"])
-    weights = F._resolve(net, ["weights"], ["V1"])[0]
+    assert _resolve(net, ["gain", "offset:V2"], ["V1", "V2"])[1:] == (["V1", "V2"], ["V2"])
+    weights = _resolve(net, ["weights"], ["V1"])[0]
     assert sum(t.numel() for p in weights for t in p.tensors) == sum(p.numel() for p in net.parameters())
     with pytest.raises(ConfigurationError, match="no learnable parameter of kind 'sigma'"):
-        F._resolve(net, ["sigma"], ["V1"])
+        _resolve(net, ["sigma"], ["V1"])
 
 
 def test_drive_and_lfp_observations_come_from_dynode_observe():
