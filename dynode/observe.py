@@ -141,13 +141,13 @@ class Electrode:
 
 def spatial_mean(x: Tensor, weights: Tensor | None, ndim: int) -> Tensor:
     """``sum_i w_i x_i`` over the last ``ndim`` (unit) dimensions of ``x``; the plain mean when
-    ``weights`` is None."""
+    ``weights`` is None. (A matrix-vector product: one pass over ``x``, no product tensor.)"""
     if ndim == 0:
         return x
-    dims = tuple(range(x.dim() - ndim, x.dim()))
+    lead = x.shape[:x.dim() - ndim]
     if weights is None:
-        return x.mean(dim=dims)
-    return (x * weights).sum(dim=dims)
+        return x.mean(dim=tuple(range(len(lead), x.dim())))
+    return torch.mv(x.reshape(-1, weights.numel()), weights.reshape(-1)).reshape(lead)
 
 
 # -- LFP proxies ------------------------------------------------------------------------------
