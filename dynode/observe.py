@@ -57,6 +57,20 @@ ms everywhere; literature parameters given in s are converted where they are use
     for zero input. Integrated between recorded times with RK4 (``z`` linear between samples,
     sub-steps of at most ``max_step`` ms), so any record interval works.
 
+How a recording run computes them (:class:`ObservationRun`, in ``dynode.simulate``'s stream): the
+currents of ``drive`` and ``lfp`` are the solver's own where it evaluates the field at every
+recorded time and state as its first stage (the fixed-step methods Euler with
+``order="simultaneous"`` and Euler-Maruyama, Heun and stochastic Heun, Midpoint, RK4):
+:class:`CurrentsCapture`, installed as the network's ``drive_hook`` for the run, keeps references
+to the per-connection terms of that evaluation (no copies, no extra operator evaluation; the
+final time, which no step evaluates, costs one). The recording therefore lags one recorded
+time behind the solver. Elsewhere (adaptive solvers with interpolated save times,
+``order="sequential"``, a custom vector field) :class:`DriveReader` re-evaluates them on the
+recorded states (about one more field evaluation per recorded time, and every delay must be a
+multiple of the record interval). Both give bit-identical archives where both apply (tested).
+``bold`` of all recorded populations is one :class:`BoldBank` (numpy, float64) advanced in the
+archive's writer thread, block by block, from the electrode-weighted mean rates.
+
 An :class:`Electrode` is a Gaussian patch over a ``(C, H, W)`` map: the weight of unit
 ``(c, i, j)`` is :math:`\propto \exp(-((y_i - y_0)^2 + (x_j - x_0)^2) / 2\sigma^2)` with unit
 coordinates :math:`y_i = (i + 1/2)/H`, :math:`x_j = (j + 1/2)/W` (the map spans ``[0, 1]^2``), the
@@ -497,7 +511,8 @@ class DriveReader:
             if learnt:
                 raise ConfigurationError(f"observing 'drive'/'lfp' of {p.name!r}: its connections from "
                                          f"{learnt} have learnt delays, which the recording cannot re-read "
-                                         "exactly; record 'rate' (and 'bold') only")
+                                         "exactly; record with a fixed-step solver (euler, heun, midpoint, "
+                                         "rk4: their own currents are recorded), or 'rate' (and 'bold') only")
         term_delays = {t.delay for p in plans for t in p.terms if t.delay > 0}
         delays = sorted(term_delays | {d for d in lfp_delays if d > 0})
         interval = times[1] - times[0] if len(times) > 1 else 1.0
@@ -506,12 +521,13 @@ class DriveReader:
         who = ", ".join(populations)
         if term_delays and tail is not None:
             raise ConfigurationError(f"observing 'drive'/'lfp' of {who} (delayed inputs) in a continued run "
-                                     "(initial_state with a history) is not supported; record 'rate' only, "
-                                     "or start the run afresh")
+                                     "(initial_state with a history) needs a fixed-step solver (euler, heun, "
+                                     "midpoint, rk4: their own currents are recorded); or record 'rate' only")
         if term_delays and abs(times[0] - t0) > time_tol(t0):
             raise ConfigurationError(f"observing 'drive'/'lfp' of {who} reads the recorded states at t - d "
                                      f"(delays {sorted(term_delays)} ms); the recording must start at t0 = "
-                                     f"{t0:g} ms, not {times[0]:g} ms: drop Record(start=...)")
+                                     f"{t0:g} ms, not {times[0]:g} ms: drop Record(start=...), or record with a "
+                                     "fixed-step solver (euler, heun, midpoint, rk4)")
         return DriveReader.check_interval(populations, times, delays)
 
     @staticmethod

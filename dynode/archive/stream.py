@@ -7,10 +7,14 @@ non-blocking copies on a GPU: no synchronisation per step). A full block goes to
 writer thread, which hands it to the writer (:mod:`dynode.archive.writer`) while the solver
 fills the other block, so peak memory is two blocks whatever ``t_end`` is, and writing
 overlaps computing. With ``observations`` (:class:`dynode.observe.ObservationRun`) each
-recorded state also gives the population's observation variables (drive, LFP, BOLD), computed
-here in the solver's thread, in time order (their delay rings and haemodynamic state carry
-over from one recorded time to the next), and written with the rates of the same block, so an
-interrupted run's archive holds them up to its last committed step. The writer thread creates the store as soon as the first state arrives
+recorded state also gives the population's observation variables (drive, LFP, BOLD), in time
+order (their delay rings and haemodynamic state carry over from one recorded time to the next),
+and written with the rates of the same block, so an interrupted run's archive holds them up to
+its last committed step. Drive and LFP are computed in the solver's thread; where they come from
+the solver's own evaluation (``observations.lagged``) a recorded time is completed when the
+solver has evaluated it, i.e. at the next recorded time, and the last one by :meth:`Streamer.close`.
+BOLD arrives as its float64 neural signal and is integrated in the writer thread, block by block
+(``observations.host_block``). The writer thread creates the store as soon as the first state arrives
 (a zarr store takes a few hundred ms to create: the solver fills its two blocks meanwhile
 instead of waiting for it after the first). An idle writer thread keeps the archive's lease fresh
 (:data:`~dynode.archive.lease.HEARTBEAT_S`).
