@@ -21,7 +21,10 @@ is turned into what is stored:
   :mod:`dynode.observe` with parameters. ``select`` and ``reduce`` shape the unit-resolved
   ``rate`` and ``drive``; ``lfp`` and ``bold`` see the whole population through its electrode
   (``electrodes={population: Electrode(center, sigma)}``, a Gaussian patch; uniform weights
-  without one). They are computed while the run goes, causally, at the recording times.
+  without one). They are computed while the run goes, causally, at the recording times; with a
+  fixed-step solver (Euler, Heun, Midpoint, RK4, and their noisy forms) ``drive`` and ``lfp`` are
+  the currents the solver itself computed at those times (no extra evaluation), elsewhere they
+  are re-evaluated on the recorded states (:mod:`dynode.observe`).
 
 Unit dimensions are named by the population's number of per-sample dimensions: 1 ``channel``;
 2 ``channel, x``; 3 ``channel, y, x``; 4 ``channel, z, y, x``; more ``channel, dim_1, ...``.
