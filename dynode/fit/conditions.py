@@ -28,6 +28,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError
 from dynode.network import Network
 from dynode.recordings import match_areas, validate_recordings
+from dynode.recordings.analysis import area_course
 from dynode.stimuli import EXPERIMENTS
 from dynode.stimuli import envelopes as E
 from dynode.stimuli.protocols import Protocol
@@ -58,14 +59,11 @@ def _area_map(ds: xr.Dataset, net: Network, areas) -> dict[str, str]:
 
 def _courses(ds: xr.Dataset, areas: Mapping[str, str], check: bool = True) -> dict[str, np.ndarray]:
     """``{area: (condition, time)}`` of the fitted areas; with an ``electrode`` dimension the
-    mean over the electrodes (the counterpart of a population's mean over its units, as in
+    mean over the electrodes (:func:`dynode.recordings.analysis.area_course`, as in
     :func:`dynode.recordings.recording_courses`)."""
     out = {}
     for v in areas:
-        da = ds[v]
-        if "electrode" in da.dims:
-            da = da.mean("electrode")
-        y = np.asarray(da.transpose("condition", "time").values, dtype=np.float64)
+        y = np.asarray(area_course(ds, v).values, dtype=np.float64)
         if check and not float(y.var()) > 0:
             raise ConfigurationError(f"recordings: {v!r} is constant; a time course without variance cannot be "
                                      "fitted (the loss divides by its variance)")

@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,9 +44,9 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from dynode.checkpoint import load_checkpoint, load_state
-from dynode.errors import CheckpointError, ConfigurationError, DivergenceError, SolverError, user_stacklevel
-from dynode.fit.checkpoint import CHECKPOINT_KIND, _run_record
+from dynode.checkpoint import load_state
+from dynode.errors import ConfigurationError, DivergenceError, SolverError, user_stacklevel
+from dynode.fit.checkpoint import _run_record, read_checkpoint, write_checkpoint
 from dynode.fit.conditions import _area_map, _experiments
 from dynode.fit.params import _resolve, _scalar_or_list
 from dynode.fit.problem import _observation, _Problem, _problem
@@ -55,7 +54,6 @@ from dynode.fit.result import FitResult, _spread
 from dynode.network import Network
 from dynode.recordings import load_recordings
 from dynode.solver_config import FIXED_STEP
-from dynode.train.state import canonical_json, config_diff
 
 __all__ = ["fit", "OPTIMIZERS", "FitDivergenceWarning"]
 
@@ -76,7 +74,6 @@ class _Diverged(Exception):
 class FitDivergenceWarning(UserWarning):
     """A fit stopped because its loss, gradient, parameters or simulation became NaN/inf; the
     last good state was kept (and saved where the fit checkpoints)."""
-
 
 
 def _snapshot(prob: _Problem) -> list[Tensor]:
@@ -101,7 +98,6 @@ def _values(prob: _Problem) -> tuple[dict[str, Any], dict[str, str]]:
     return vals, units
 
 
-
 def _converged(history: Sequence[float], tol: float, patience: int) -> bool:
     """The best loss of the last ``patience`` iterations improves on the best before them by
     less than ``tol`` (relative), or the loss is below :data:`EXACT` (nothing left to fit)."""
@@ -111,7 +107,6 @@ def _converged(history: Sequence[float], tol: float, patience: int) -> bool:
         return False
     before, recent = min(history[:-patience]), min(history[-patience:])
     return before - recent <= tol * abs(before)
-
 
 
 def fit(model: Network, recordings, *, params: Sequence[str], observe: str = "rate", areas=None,
@@ -205,33 +200,10 @@ class _Fitter:
         return torch.optim.LBFGS(self.prob.tensors(), lr=self.lr, max_iter=1, max_eval=8, history_size=20,
                                  line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
 
-    # checkpoints ---------------------------------------------------------------------------
-    def _state(self, restart: int, history: list[float], opt, done: list[dict], status: str) -> dict:
-        return {"kind": CHECKPOINT_KIND, "run_config": canonical_json(self.record), "restart": restart,
-                "history": json.dumps(history), "done": json.dumps(done), "status": status,
-                "model": self.prob.net.state_dict(), "observation": self.prob.obs.state_dict(),
-                "optimizer": opt.state_dict()}
-
-    def _save(self, state: dict) -> None:
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-
-    def _load(self) -> dict:
-        ckpt = load_checkpoint(self.path)
-        if ckpt.get("kind") != CHECKPOINT_KIND:
-            raise CheckpointError(f"{self.path} is not a fit checkpoint (dynode fit writes one with kind "
-                                  f"{CHECKPOINT_KIND!r}); move it aside or pass overwrite=True")
-        saved = json.loads(ckpt["run_config"])
-        diff = config_diff(saved, self.record)
-        if diff:
-            raise CheckpointError(f"the checkpoint {self.path} is of another fit ({len(diff)} difference(s): "
-                                  f"{'; '.join(diff[:4])}); resume with the same model, recordings and settings, "
-                                  "or pass overwrite=True to start over")
-        return ckpt
+    def _checkpoint(self, restart: int, history: list[float], opt, done: list[dict], status: str) -> None:
+        """Save the fit as it stands (:func:`~dynode.fit.checkpoint.write_checkpoint`; nothing
+        without a path)."""
+        write_checkpoint(self.path, self.record, restart, history, done, status, self.prob.net, self.prob.obs, opt)
 
     # the loops -------------------------------------------------------------------------------
     def run(self, resume: bool) -> FitResult:
@@ -240,7 +212,7 @@ class _Fitter:
         history_all: list[list[float]] = []
         first, ckpt = 0, None
         if resume:
-            ckpt = self._load()
+            ckpt = read_checkpoint(self.path, self.record)
             done = json.loads(ckpt["done"])
             history_all = [d["history"] for d in done]
             first = int(ckpt["restart"])
@@ -306,7 +278,7 @@ class _Fitter:
             if _converged(history, self.tol, self.patience):
                 status = "converged"
                 break
-            self._save(self._state(r, history, opt, done, "running"))
+            self._checkpoint(r, history, opt, done, "running")
         if reason is None:  # the values after the last step, evaluated once more
             try:
                 with torch.no_grad():
@@ -325,7 +297,7 @@ class _Fitter:
             message = (f"restart {r}, iteration {len(history) + 1}: {reason}; {where}"
                        f"{' and saved in ' + str(self.path) if self.path else ''}; lower lr or narrow the bounds")
             warnings.warn(f"fit diverged: {message}", FitDivergenceWarning, stacklevel=user_stacklevel())
-            self._save(self._state(r, history, opt, done, "diverged"))
+            self._checkpoint(r, history, opt, done, "diverged")
             nan = float("nan")
             loss, r2 = (torch.tensor(history[-1]) if history else torch.tensor(nan)), {a: nan for a in prob.areas}
             if last_good is not None:
@@ -336,7 +308,7 @@ class _Fitter:
                "iterations": len(history), "status": status, "message": message,
                "state": [t.tolist() for t in _snapshot(prob)]}
         if status != "diverged":  # the next restart starts afresh from here
-            self._save(self._state(r + 1, [], self._optimizer(), done + [res], "running"))
+            self._checkpoint(r + 1, [], self._optimizer(), done + [res], "running")
         if self.progress:
             print(f"fit restart {r + 1}/{self.restarts}: {status} after {len(history)} iterations, loss "
                   f"{float(loss):.5g}, R^2 " + ", ".join(f"{a} {v:.4f}" for a, v in r2.items()), flush=True)

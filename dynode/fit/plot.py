@@ -10,6 +10,7 @@ from dynode.analysis.style import pyplot, style
 from dynode.errors import ConfigurationError
 from dynode.fit.result import FitResult
 from dynode.recordings import load_recordings
+from dynode.recordings.analysis import area_course
 
 __all__ = ["plot_fit"]
 
@@ -31,7 +32,7 @@ def plot_fit(result: FitResult, recordings, path, *, title: str | None = None) -
         fig, axes = plt.subplots(len(kinds), len(areas), figsize=(3.8 * len(areas), 2.4 * len(kinds)),
                                  squeeze=False, layout="constrained")
         for j, a in enumerate(areas):
-            data = ds[a].mean("electrode") if "electrode" in ds[a].dims else ds[a]
+            data = area_course(ds, a)
             for i, kind in enumerate(kinds):
                 ax = axes[i][j]
                 sel = np.flatnonzero(np.asarray(pred["experiment"].values).astype(str) == kind)

@@ -45,7 +45,9 @@ from dynode.network import Network
 from dynode.observe import (BOLD, LFP, Drive, DriveReader, Observation, PopulationObserver, Rate, as_observation,
                             ei_split, lfp_proxy)
 from dynode.recordings import load_recordings, validate_recordings
+from dynode.recordings.align import gain_offset
 from dynode.solver_config import FIXED_STEP
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["simulate_recordings"]
 
@@ -74,30 +76,24 @@ class _Observation(nn.Module):
 
     @torch.no_grad()
     def least_squares(self, area: str, rate: Tensor, y: Tensor) -> None:
-        """Start gain and offset at their least-squares values for ``rate`` (a fitted one; the
-        other at its fixed value)."""
+        """Start the fitted gain and offset at their least-squares values for ``rate``
+        (:func:`dynode.recordings.align.gain_offset`, on the tensors); one not fitted keeps its
+        fixed value (gain 1, offset 0). With the gain fixed at 1, or a ``rate`` without variance
+        (whose gain stays 1), the offset starts at ``mean(y - rate)``."""
         i = self.areas.index(area)
         m, yy = rate.reshape(-1), y.reshape(-1)
         fg, fo = area in self.gain, area in self.offset
-        g, o = 1.0, 0.0
-        if fg and fo:
-            mc = m - m.mean()
-            var = float(mc.square().sum())
-            g = float((mc * (yy - yy.mean())).sum()) / var if var > 0 else 1.0
-            o = float(yy.mean() - g * m.mean())
-        elif fg:
-            mm = float(m.square().sum())
-            g = float((m * yy).sum()) / mm if mm > 0 else 1.0
-        elif fo:
-            o = float((yy - m).mean())
+        g, o = 1.0, float((yy - m).mean())
         if fg:
+            g_ls, o_ls = gain_offset(yy, m, fo)
+            if math.isfinite(g_ls):
+                g, o = g_ls, o_ls
             self.gain_scale[i] = g if math.isfinite(g) and g != 0 else 1.0
             self.gain[area].fill_(1.0)
         if fo:
             scale = float(yy.std()) or 1.0
             self.offset_scale[i] = scale
             self.offset[area].fill_(o / scale)
-
 
 
 def _identity(x: Tensor) -> Tensor:
@@ -145,7 +141,7 @@ class _Problem:
             self.save_at, self.interp = torch.as_tensor(times, dtype=torch.float64), None
         else:  # computed on the solver's grid, then read at the recorded times (linear interpolation)
             self.save_at = dt
-            k = np.minimum(np.floor(times / dt + 1e-9).astype(np.int64), round(t_end / dt) - 1)
+            k = np.minimum(np.floor(times / dt + TIME_RTOL).astype(np.int64), round(t_end / dt) - 1)
             self.interp = (torch.as_tensor(k), torch.as_tensor(times / dt - k, dtype=y[next(iter(y))].dtype))
 
     def tensors(self) -> list[Tensor]:
@@ -218,7 +214,7 @@ def _problem(model: Network, ds: xr.Dataset, amap: dict[str, str], exps: dict[st
     # the time base: simulation time s = t - t_first, on the grid k dt up to t_end
     t = np.asarray(sub["time"].values, dtype=np.float64)
     t_first = float(t[0])
-    t_end = math.ceil((t[-1] - t_first) / dt - 1e-9) * dt
+    t_end = math.ceil((t[-1] - t_first) / dt - TIME_RTOL) * dt
     if images is None:
         images = _default_images(model, input)
     images = torch.as_tensor(images, dtype=dtype)

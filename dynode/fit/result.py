@@ -71,7 +71,6 @@ class FitResult:
                 "iterations": self.iterations}
 
 
-
 def _spread(done: Sequence[dict]) -> dict[str, dict]:
     out = {}
     for k in done[0]["params"] if done else ():

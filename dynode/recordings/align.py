@@ -6,7 +6,7 @@ compared experiment,
 
 where ``m(t - s)`` is the model course read at ``t - s`` on the recording's grid (linear
 interpolation; outside the model's epoch its first/last value). For a given ``s``, ``(g, o)``
-is the linear least-squares solution (:func:`_gain`); ``s`` is found by grid search over the
+is the linear least-squares solution (:func:`gain_offset`); ``s`` is found by grid search over the
 recording's samples within ``|s| <= max_shift``, refined by a parabola through the three best
 errors (:func:`_fit_shift`)."""
 
@@ -16,6 +16,10 @@ import math
 
 import numpy as np
 
+from dynode.tolerances import TIME_RTOL
+
+__all__ = ["gain_offset"]
+
 
 def _shifted(ms, ts, s: float) -> list[np.ndarray]:
     """The model rows of every experiment read at ``t - s`` (linear interpolation; outside the
@@ -23,7 +27,14 @@ def _shifted(ms, ts, s: float) -> list[np.ndarray]:
     return [np.stack([np.interp(t - s, tm, row) for row in rows]) for (tm, rows), t in zip(ms, ts)]
 
 
-def _gain(y: np.ndarray, x: np.ndarray, offset: bool) -> tuple[float, float]:
+def gain_offset(y: np.ndarray, x: np.ndarray, offset: bool) -> tuple[float, float]:
+    r"""The least-squares gain and offset of ``x`` to ``y`` (1-d numpy arrays or torch tensors):
+
+    .. math:: (g, o) = \arg\min \sum_i (y_i - g x_i - o)^2 :\quad
+              g = \frac{\sum (x_i - \bar x)(y_i - \bar y)}{\sum (x_i - \bar x)^2},\ o = \bar y - g \bar x ;
+
+    without ``offset``, ``o = 0`` and ``g = x \cdot y / x \cdot x``. ``(nan, nan)`` when ``x``
+    has no variance (with ``offset``) or is zero (without): no gain is defined."""
     if offset:
         xm, ym = x.mean(), y.mean()
         vx = float(((x - xm) ** 2).sum())
@@ -38,7 +49,7 @@ def _gain(y: np.ndarray, x: np.ndarray, offset: bool) -> tuple[float, float]:
 def _sse(ys, ms, ts, s, offset) -> tuple[float, float, float]:
     x = np.concatenate([m.ravel() for m in _shifted(ms, ts, s)])
     y = np.concatenate([v.ravel() for v in ys])
-    g, o = _gain(y, x, offset)
+    g, o = gain_offset(y, x, offset)
     if not math.isfinite(g):
         return math.inf, g, o
     return float(((y - g * x - o) ** 2).sum()), g, o
@@ -47,7 +58,7 @@ def _sse(ys, ms, ts, s, offset) -> tuple[float, float, float]:
 def _fit_shift(ys, ms, ts, step, max_shift, offset) -> dict:
     """Grid search of the shift on the recording's samples, then a parabola through the best
     three errors (kept only if it lowers the error)."""
-    n = int(math.floor(max_shift / step + 1e-9))
+    n = int(math.floor(max_shift / step + TIME_RTOL))
     grid = np.arange(-n, n + 1) * step
     errs = [_sse(ys, ms, ts, float(s), offset) for s in grid]
     e = np.asarray([x[0] for x in errs])

@@ -1,5 +1,5 @@
-"""Recordings as the analysis' courses (:func:`recording_courses`) and their Groen metrics
-(:func:`analyze_recordings`): the code path that analyses model archives
+"""Recordings as the analysis' courses (:func:`area_course`, :func:`recording_courses`) and
+their Groen metrics (:func:`analyze_recordings`): the code path that analyses model archives
 (:func:`dynode.analysis.analyze_courses`), so the same courses give the same numbers."""
 
 from __future__ import annotations
@@ -14,7 +14,26 @@ from dynode.recordings.io import load_recordings
 from dynode.recordings.layout import _error, validate_recordings
 from dynode.stimuli import EXPERIMENTS
 
-__all__ = ["recording_courses", "analyze_recordings"]
+__all__ = ["area_course", "recording_courses", "analyze_recordings"]
+
+
+def area_course(ds: xr.Dataset, area: str, electrode: str | int | None = None) -> xr.DataArray:
+    """Recorded area ``area``'s course, dims ``(condition, time)``. With an ``electrode``
+    dimension: the mean over the electrodes (the counterpart of a model population's mean over
+    its units), or the electrode labelled ``electrode``; ``electrode`` for an area without that
+    dimension is an error."""
+    var = ds[area]
+    if "electrode" in var.dims:
+        if electrode is None:
+            var = var.mean("electrode")
+        else:
+            labels = [str(e) for e in ds["electrode"].values]
+            if str(electrode) not in labels:
+                raise _error(f"no electrode {electrode!r}; the electrodes are {labels}", "electrode")
+            var = var.isel(electrode=labels.index(str(electrode)))
+    elif electrode is not None:
+        raise _error(f"electrode={electrode!r} was given but area {area!r} has no electrode dimension", "electrode")
+    return var.transpose("condition", "time")
 
 
 def recording_courses(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
@@ -65,19 +84,7 @@ def recording_courses(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
         order = np.argsort(values)
         out = {}
         for a in names:
-            var = part[a]
-            if "electrode" in var.dims:
-                if electrode is None:
-                    var = var.mean("electrode")
-                else:
-                    labels = [str(e) for e in part["electrode"].values]
-                    if str(electrode) not in labels:
-                        raise _error(f"no electrode {electrode!r}; the electrodes are {labels}", "electrode")
-                    var = var.isel(electrode=labels.index(str(electrode)))
-            elif electrode is not None:
-                raise _error(f"electrode={electrode!r} was given but area {a!r} has no electrode dimension",
-                             "electrode")
-            y = np.asarray(var.transpose("condition", "time").values, dtype=np.float64)[order]
+            y = np.asarray(area_course(part, a, electrode).values, dtype=np.float64)[order]
             t = np.asarray(part["time"].values, dtype=np.float64) - onset
             out[a] = xr.DataArray(
                 y, dims=(by, "time"),
@@ -88,7 +95,6 @@ def recording_courses(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
                                "onset_ms": onset})
         courses[kind] = xr.Dataset(out)
     return courses, fixed
-
 
 
 def analyze_recordings(recordings, *, areas: Sequence[str] | None = None, electrode: str | int | None = None,

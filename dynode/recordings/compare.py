@@ -20,6 +20,7 @@ from dynode.recordings.align import _fit_shift, _predict
 from dynode.recordings.analysis import analyze_recordings
 from dynode.recordings.layout import match_areas
 from dynode.stimuli import EXPERIMENTS
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["MAX_SHIFT", "WINDOW", "SCORE", "METRICS", "Comparison", "compare_recordings", "format_comparison"]
 
@@ -159,7 +160,7 @@ def compare_recordings(model, recordings, *, areas: Mapping[str, str] | None = N
             d = data.courses[k][area]
             by = EXPERIMENTS[k].by
             t = d["time"].values
-            keep = (t >= lo - 1e-9) & (t < hi - 1e-9)
+            keep = (t >= lo - TIME_RTOL) & (t < hi - TIME_RTOL)  # as the analysis' windows
             if keep.sum() < 3:
                 raise ConfigurationError(f"the window [{lo:g}, {hi:g}) ms holds {int(keep.sum())} samples of the "
                                          f"recorded {k} courses ({t[0]:g} to {t[-1]:g} ms); widen it")

@@ -131,7 +131,6 @@ def _time_in_ms(ds: xr.Dataset, time_units: str | None) -> xr.Dataset:
     return ds
 
 
-
 def read_csv(path_or_text, *, units: str | Mapping[str, str] | None = None) -> xr.Dataset:
     """Recordings from the long CSV format: a header line with :data:`CSV_COLUMNS` (any
     order; ``time_s`` instead of ``time_ms`` is converted to ms; an optional ``electrode``

@@ -44,6 +44,7 @@ import xarray as xr
 
 from dynode.errors import ConfigurationError, MissingConditionsError
 from dynode.stimuli import EXPERIMENTS
+from dynode.tolerances import TIME_RTOL
 
 __all__ = ["FORMAT_VERSION", "CONDITION_COORDS", "RecordingsError", "validate_recordings", "make_recordings",
            "match_areas"]
@@ -62,7 +63,6 @@ class RecordingsError(MissingConditionsError):
 
 def _error(message: str, *fields: str) -> RecordingsError:
     return RecordingsError(f"recordings: {message}", missing=list(fields))
-
 
 
 def validate_recordings(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
@@ -97,7 +97,7 @@ def validate_recordings(ds: xr.Dataset, *, areas: Sequence[str] | None = None,
         raise _error("the time coordinate needs at least 2 finite values (ms)", "time")
     step = np.diff(t)
     dt = float(step.mean())
-    if not dt > 0 or np.abs(step - dt).max() > _STEP_RTOL * max(dt, 1.0) + 1e-9:
+    if not dt > 0 or np.abs(step - dt).max() > _STEP_RTOL * max(dt, 1.0) + TIME_RTOL:
         raise _error(f"the time base is not uniform (steps from {step.min():.6g} to {step.max():.6g} ms); "
                      "resample every condition onto one uniform grid (e.g. ds.interp(time=...))", "time")
     rate = 1000.0 / dt
@@ -199,7 +199,6 @@ def _where(var: xr.DataArray, bad: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-
 def make_recordings(data: Mapping[str, np.ndarray], time, conditions: Sequence[Mapping], *, units: str,
                     source: str | None = None, electrodes: Sequence | None = None,
                     long_names: Mapping[str, str] | None = None) -> xr.Dataset:
@@ -226,7 +225,6 @@ def make_recordings(data: Mapping[str, np.ndarray], time, conditions: Sequence[M
     if source is not None:
         attrs["source"] = source
     return validate_recordings(xr.Dataset(variables, coords=coords, attrs=attrs))
-
 
 
 def match_areas(populations: Sequence[str], recorded: Sequence[str],
