@@ -233,9 +233,8 @@ class Tracker:
         b = torch.ones_like(a)
         with torch.no_grad():
             for _ in range(ITERATIONS):
-                den = gb - ga
-                c = torch.where(den != 0, (a * gb - b * ga) / torch.where(den != 0, den, 1.0), b)
-                c = torch.nan_to_num(c, nan=1.0).clamp_(0.0, 1.0)
+                c = b - gb * (b - a) / (gb - ga)  # the secant's zero (0/0 where g vanishes at both ends)
+                c = c.nan_to_num_(nan=1.0).clamp_(0.0, 1.0)
                 gc = self._g(ev, t + c * h, terms, weights(c))
                 flip = gc * gb < 0
                 a, ga = torch.where(flip, b, a), torch.where(flip, gb, 0.5 * ga)
