@@ -12,6 +12,12 @@ with one of the four epochs) on this machine's CPUs (the affinity mask of this p
 * ``two at once, defaults``: both started together, neither told about the other, so each
   takes every CPU (what the issue measured: each process starts as many torch threads as
   there are CPUs). No target: it shows what the share avoids.
+* ``OMP_WAIT_POLICY=PASSIVE`` (the last two rows): the same pair alone and together, defaults,
+  with torch's OpenMP workers sleeping instead of spinning while they wait. It is the
+  candidate default for processes told nothing: under load 7 from other jobs on the 2-core
+  VM a fixed conv4 load (batch 8, 30 steps) took 13.4 s with 2 spinning threads, 1.5 s
+  with PASSIVE and 1.3 s with 1 thread (3 rounds, medians); an earlier session measured a
+  lone quiet run 20 -> 34 s with PASSIVE. These rows decide it, on a quiet machine.
 
 The children run without ``DYNODE_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (removed
 from their environment), so the policy decides from the affinity mask unless ``--threads``
@@ -31,15 +37,18 @@ import tempfile
 
 from harness import Benchmark
 
-_CLEAN = ("DYNODE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DYNODE_TEST_THREADS")
+_CLEAN = ("DYNODE_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DYNODE_TEST_THREADS", "OMP_WAIT_POLICY",
+          "GOMP_SPINCOUNT")
+_PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # OpenMP workers sleep instead of spinning between parallel regions
 
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _start(args: list[str], folder: str, threads: int | None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in _CLEAN}
+def _start(args: list[str], folder: str, threads: int | None,
+           extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**{k: v for k, v in os.environ.items() if k not in _CLEAN}, **(extra_env or {})}
     cmd = [sys.executable, "-m", "dynode.cli", "demo", *args, "--out", os.path.join(folder, "demo")]
     if threads is not None:
         cmd += ["--threads", str(threads)]
@@ -54,18 +63,19 @@ def _finish(proc: subprocess.Popen, folder: str) -> None:
             raise RuntimeError(f"dynode demo exited with {code}: {fh.read()[-2000:]}")
 
 
-def _demos(args: list[str], *, together: bool, threads: int | None):
-    """Two demos, one after the other or started together, each with ``threads``."""
+def _demos(args: list[str], *, together: bool, threads: int | None, extra_env: dict | None = None):
+    """Two demos, one after the other or started together, each with ``threads`` (and
+    ``extra_env`` in their environment)."""
     def go():
         folders = [tempfile.mkdtemp(prefix="dynode-bench-threads-") for _ in range(2)]
         try:
             if together:
-                procs = [_start(args, f, threads) for f in folders]
+                procs = [_start(args, f, threads, extra_env) for f in folders]
                 for proc, f in zip(procs, folders):
                     _finish(proc, f)
             else:
                 for f in folders:
-                    _finish(_start(args, f, threads), f)
+                    _finish(_start(args, f, threads, extra_env), f)
         finally:
             for f in folders:
                 shutil.rmtree(f, ignore_errors=True)
@@ -79,6 +89,10 @@ def _setup(quick: bool):
         "one after the other": _demos(args, together=False, threads=None),
         f"two at once, each its share (--threads {share})": _demos(args, together=True, threads=share),
         "two at once, defaults (each every CPU)": _demos(args, together=True, threads=None),
+        "one after the other, OMP_WAIT_POLICY=PASSIVE": _demos(args, together=False, threads=None,
+                                                               extra_env=_PASSIVE),
+        "two at once, defaults, OMP_WAIT_POLICY=PASSIVE": _demos(args, together=True, threads=None,
+                                                                 extra_env=_PASSIVE),
     }
 
 
