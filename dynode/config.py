@@ -307,7 +307,7 @@ class ReactionTimeConfig(FrozenConfig):
     deadline: PositiveFloat = Field(REACTION_TIME["epoch_ms"], description="ms after the onset; no decision "
                                     "by then: none")
     tau: PositiveFloat = Field(100.0, description="tau_a (ms)")
-    leak: PositiveFloat = 0.1
+    leak: PositiveFloat = 0.05
     evidence: Literal[EVIDENCE] = "softmax"
     delay: Annotated[float, Field(ge=0)] = 0.0
     seed: Annotated[int, Field(ge=0)] = 0

@@ -15,6 +15,7 @@ carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image`
 from __future__ import annotations
 
 import copy
+import json
 import math
 import numbers
 import os
@@ -410,11 +411,34 @@ def _levels(who: str, name: str, values, *, zero: bool) -> list[float]:
     return out
 
 
+def _reaction_time_store(store, overwrite: bool) -> Path:
+    """Check the reaction-time archive's path before any work: a new path in a writable folder,
+    or with ``overwrite`` an earlier reaction-time archive (nothing else is deleted)."""
+    if not isinstance(store, (str, os.PathLike)):
+        raise ConfigurationError(f"reaction_time_experiment: store must be a path (str or pathlib.Path) or None, got "
+                                 f"{type(store).__name__}")
+    path = Path(store)
+    if not (path.exists() or path.is_symlink()):
+        return prepare_path(path, overwrite)
+    if not overwrite:
+        raise ConfigurationError(f"store {str(path)!r} already exists; pass overwrite=True to replace it, or choose "
+                                 "another path")
+    meta = path / "zarr.json"
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {}) if meta.is_file() and not path.is_symlink() else {}
+    except (OSError, ValueError):
+        attrs = {}
+    if "dynode_reaction_times" not in attrs:
+        raise ConfigurationError(f"store {str(path)!r} is not a reaction-time archive (no 'dynode_reaction_times' "
+                                 "attribute); refusing to delete it even with overwrite=True")
+    return path
+
+
 def reaction_time_experiment(network, images: Tensor, labels, store=None, *, dt: float, solver="euler",
                              contrasts: Sequence[float] = REACTION_TIME["contrasts"],
                              noises: Sequence[float] = REACTION_TIME["noises"],
                              bounds: Sequence[float] = REACTION_TIME["bounds"], trials: int = 8,
-                             deadline: float = REACTION_TIME["epoch_ms"], tau: float = 100.0, leak: float = 0.1,
+                             deadline: float = REACTION_TIME["epoch_ms"], tau: float = 100.0, leak: float = 0.05,
                              evidence: str = "softmax", delay: float = 0.0, background=BACKGROUND,
                              settle_max: float | None = 3000.0, seed: int = 0, overwrite: bool = False
                              ) -> xr.Dataset:
@@ -480,7 +504,7 @@ def reaction_time_experiment(network, images: Tensor, labels, store=None, *, dt:
     decider = copy.deepcopy(network)  # the backbone and its readout as trained; the copy gets the accumulators
     name = add_accumulator(decider, tau=tau, leak=leak, noise=0.0, evidence=evidence, delay=delay,
                            name="decision")
-    path = None if store is None else prepare_path(store, overwrite)
+    path = None if store is None else _reaction_time_store(store, overwrite)
     n = images.shape[0]
     settled = None
     if settle_max is not None:
@@ -523,7 +547,7 @@ def reaction_time_experiment(network, images: Tensor, labels, store=None, *, dt:
                 "bound": ("bound", bs, {"long_name": "decision bound B"}),
                 "contrast": ("sample", contrast), "image": ("sample", image), "trial": ("sample", trial),
                 "label": ("sample", labels.cpu().numpy()[image])},
-        attrs={"dynode_archive": ARCHIVE_FORMAT, "status": "complete", "experiment": exp.label,
+        attrs={"dynode_reaction_times": ARCHIVE_FORMAT, "experiment": exp.label,
                "kind": exp.name, "deadline_ms": deadline, "onset_ms": 0.0, "dt": dt, "solver": type(solver).__name__,
                "num_classes": k, "tau_ms": float(tau), "leak": float(leak), "evidence": evidence,
                "delay_ms": float(delay), "seed": int(seed), "trials": int(trials),

@@ -51,13 +51,15 @@ import torch
 from torch import Tensor, nn
 
 from dynode.checks import check_delay, check_number
-from dynode.errors import ConfigurationError, ShapeError
+from dynode.errors import ConfigurationError
+from dynode.events import Event
 from dynode.integrate import integrate
 from dynode.models.readout import Readout
 from dynode.network import Network
 from dynode.solution import Solution
 
-__all__ = ["EVIDENCE", "Evidence", "add_accumulator", "Decisions", "decide", "race", "first_crossings"]
+__all__ = ["EVIDENCE", "Evidence", "add_accumulator", "accumulator_parameters", "set_accumulator_noise", "Decisions",
+           "decide", "race"]
 
 EVIDENCE = ("softmax", "relu")
 """What an accumulator integrates from the readout's logits ``z``: ``softmax(z)`` or ``relu(z)``."""
@@ -86,7 +88,7 @@ class Evidence(nn.Module):
         return f"evidence={self.kind!r}, leak={self.leak:g}"
 
 
-def add_accumulator(net: Network, *, tau: float = 100.0, leak: float = 0.1, noise: float = 0.0,
+def add_accumulator(net: Network, *, tau: float = 100.0, leak: float = 0.05, noise: float = 0.0,
                     evidence: str = "softmax", delay: float = 0.0, readout: Readout | None = None,
                     name: str = "decision") -> str:
     r"""Add an accumulator per class to ``net`` (see the module doc for the equations): a
@@ -155,24 +157,6 @@ def _check_bound(bound, what: str) -> float:
     return float(bound)
 
 
-def first_crossings(ts: Tensor, values: Tensor, level: float) -> Tensor:
-    """Post-hoc first upward crossing of ``level`` by ``values`` ``(T, ...)`` saved at ``ts``
-    (ms): ``(...)`` times (linear between saved points, differentiable in ``values``), NaN where
-    none. A stand-in for ``integrate(..., events=)``."""
-    above = values >= level
-    hit = above.any(0)
-    i = above.to(torch.int64).argmax(0)  # the first saved index at or above the level
-    prev = (i - 1).clamp(min=0)
-    v1 = values.gather(0, i.unsqueeze(0)).squeeze(0)
-    v0 = values.gather(0, prev.unsqueeze(0)).squeeze(0)
-    t = ts.to(values.dtype)
-    t1, t0 = t[i], t[prev]
-    frac = torch.where(i > 0, (level - v0) / torch.where(v1 > v0, v1 - v0, torch.ones_like(v1)),
-                       torch.zeros_like(v1))
-    out = t0 + frac * (t1 - t0)
-    return torch.where(hit, out, torch.full_like(out, math.nan))
-
-
 @dataclass
 class Decisions:
     """The outcome of :func:`decide` / :func:`race`.
@@ -181,7 +165,8 @@ class Decisions:
         for :func:`race` ``(bounds, batch)``.
     choice : ``(batch,)`` int64, the class whose accumulator reached the bound (-1: none).
     state : ``(batch, K)`` the accumulators at the decision (at ``t_end`` without one), with
-        the gradient of the run (for :func:`dynode.models.losses.decision_loss`).
+        the gradient of the run (for :func:`dynode.models.losses.decision_loss`); None for
+        :func:`race`.
     times : the same reaction times as ``rt`` in the run's dtype, differentiable.
     solution : the run.
     """
@@ -193,58 +178,63 @@ class Decisions:
     solution: Solution
 
 
-def _run(net, stimulus, name, *, t_end, dt, solver, seed, initial_state, t0):
+def _check_accumulator(net, name: str, who: str) -> None:
     if not isinstance(net, Network) or name not in net.populations:
-        raise ConfigurationError(f"decide: the network has no accumulator {name!r}; add one with "
+        raise ConfigurationError(f"{who}: the network has no accumulator {name!r}; add one with "
                                  "dn.models.add_accumulator(net, ...)")
     accumulator_parameters(net, name)  # an accumulator, not any population
-    return integrate(net, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver, seed=seed,
-                     initial_state=initial_state)
+
+
+def _reaches(name: str, bound: float, k: int | None = None) -> Event:
+    """The event ``max_k A_k - bound`` (or ``A_k - bound`` for one class ``k``) rising through 0."""
+    if k is None:
+        return Event(lambda t, state: state[name].max(-1).values - bound, direction=+1, terminal=True)
+    return Event(lambda t, state: state[name][:, k] - bound, direction=+1)
 
 
 def race(net: Network, stimulus, *, bounds: Sequence[float], t_end: float, dt: float, solver="euler",
          seed=None, initial_state=None, t0: float = 0.0, name: str = "decision") -> Decisions:
-    """The decisions at every bound in ``bounds`` from one run (no termination): per bound,
-    the first time any accumulator reaches it and which one. ``rt``, ``choice``: ``(bounds,
-    batch)``; ``state`` is None."""
+    """The decisions at every bound in ``bounds`` from one run (no termination): each
+    accumulator's first upward crossing of each bound is an event (``integrate(...,
+    events=)``); at a bound the decision is the earliest of them and its class. ``rt``,
+    ``choice``, ``times``: ``(bounds, batch)``; ``state`` is None; the solution saves ``t_end``
+    only."""
     if isinstance(bounds, (str, bytes)) or not isinstance(bounds, Sequence) or not bounds:
         raise ConfigurationError(f"race: bounds must be a non-empty list of numbers > 0, got {bounds!r}")
     bs = [_check_bound(b, "race") for b in bounds]
-    sol = _run(net, stimulus, name, t_end=t_end, dt=dt, solver=solver, seed=seed,
-               initial_state=initial_state, t0=t0)
-    A = sol.states[name]  # (T, B, K)
+    _check_accumulator(net, name, "race")
+    K = net.populations[name].shape[0]
+    events = {f"{i}:{k}": _reaches(name, b, k) for i, b in enumerate(bs) for k in range(K)}
+    sol = integrate(net, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver, seed=seed,
+                    initial_state=initial_state, save_at=[t_end], events=events)
     times, choices = [], []
-    for b in bs:
-        tk = first_crossings(sol.ts, A, b)                    # (B, K)
-        t_first = torch.where(torch.isnan(tk), torch.full_like(tk, math.inf), tk)
-        tmin, k = t_first.min(-1)
+    for i in range(len(bs)):
+        tk = torch.stack([sol.events[f"{i}:{k}"] for k in range(K)], -1)   # (B, K), NaN: never
+        tmin, c = torch.where(torch.isnan(tk), torch.full_like(tk, math.inf), tk).min(-1)
         decided = torch.isfinite(tmin)
         times.append(torch.where(decided, tmin, torch.full_like(tmin, math.nan)) - t0)
-        choices.append(torch.where(decided, k, torch.full_like(k, -1)))
+        choices.append(torch.where(decided, c, torch.full_like(c, -1)))
     times_t = torch.stack(times)
     return Decisions(rt=times_t.detach().double(), choice=torch.stack(choices), state=None, times=times_t,
                      solution=sol)
 
 
 def decide(net: Network, stimulus, *, bound: float, t_end: float, dt: float, solver="euler", seed=None,
-           initial_state=None, t0: float = 0.0, name: str = "decision") -> Decisions:
+           initial_state=None, t0: float = 0.0, name: str = "decision", save_at=None) -> Decisions:
     """Run ``net`` (with an accumulator ``name``) under ``stimulus`` from ``t0`` to at most
-    ``t_end`` (ms): each sample decides when ``max_k A_k`` first reaches ``bound`` (> 0).
-    Returns :class:`Decisions` (reaction times from ``t0``, NaN where no decision by
-    ``t_end``; the choices; the accumulators at the decision, differentiable)."""
+    ``t_end`` (ms): a sample decides when ``max_k A_k`` first reaches ``bound`` (> 0), a
+    terminal event (``integrate(..., events={"decision": Event(max_k A_k - bound, +1,
+    terminal=True)})``: its state is held from then on, and the run ends when every sample has
+    decided). Returns :class:`Decisions`: reaction times from ``t0`` (NaN where no decision by
+    ``t_end``; ``times`` differentiable by the implicit function theorem), the choices, the
+    accumulators at the decision (``state``, the held state: differentiable at fixed decision
+    time). ``save_at`` as in :func:`dynode.integrate`."""
     bound = _check_bound(bound, "decide")
-    sol = _run(net, stimulus, name, t_end=t_end, dt=dt, solver=solver, seed=seed,
-               initial_state=initial_state, t0=t0)
-    A = sol.states[name]
-    m = A.max(-1).values                                      # (T, B)
-    t = first_crossings(sol.ts, m, bound)
+    _check_accumulator(net, name, "decide")
+    sol = integrate(net, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver, seed=seed,
+                    initial_state=initial_state, save_at=save_at, events={"decision": _reaches(name, bound)})
+    t = sol.events["decision"]
     decided = ~torch.isnan(t)
-    # the accumulators at the decision: linear between the saved points around it
-    ts = sol.ts.to(A.dtype)
-    tq = torch.where(decided, t, ts[-1].expand_as(t))
-    j = torch.searchsorted(ts, tq.detach().contiguous()).clamp(1, len(ts) - 1)
-    w = ((tq - ts[j - 1]) / (ts[j] - ts[j - 1])).unsqueeze(-1)
-    idx = torch.arange(A.shape[1])
-    state = A[j - 1, idx] + w * (A[j, idx] - A[j - 1, idx])
-    choice = torch.where(decided, state.argmax(-1), torch.full_like(j, -1))
+    state = sol.final_state[name]
+    choice = torch.where(decided, state.argmax(-1), torch.full_like(decided, -1, dtype=torch.int64))
     return Decisions(rt=(t - t0).detach().double(), choice=choice, state=state, times=t - t0, solution=sol)

@@ -9,6 +9,9 @@ r"""Training losses over trajectories (``dynode.models.losses``).
   whose logits are the same for every image (the bias alone for a zero state).
 * :func:`energy_loss` -- activity (energy) penalty ``sum_p lambda_p mean_{t,b,units} |r_p|^q``
   with ``q = 1`` (L1) or ``2`` (L2) and per-population weights ``lambda_p``.
+* :func:`decision_loss` -- the speed-accuracy objective of an accumulator readout
+  (:mod:`dynode.models.decision`): cross-entropy of the accumulators at the decision plus a
+  cost per ms of reaction time, ``L = mean_b [CE(A_b(T_b) / temperature, y_b) + c T_b]``.
 * :func:`stability_loss` -- deviation from the pre-stimulus baseline after the stimulus is
   removed: ``sum_p mean_{t >= t_off} (r_p(t) - \bar r_p)^2`` with ``\bar r_p`` the mean over
   the baseline window (per sample and unit).
@@ -16,6 +19,7 @@ r"""Training losses over trajectories (``dynode.models.losses``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,7 +29,7 @@ from torch import Tensor
 from dynode.errors import ConfigurationError, ShapeError
 from dynode.tolerances import TIME_RTOL
 
-__all__ = ["time_weights", "classification_loss", "energy_loss", "stability_loss"]
+__all__ = ["time_weights", "classification_loss", "energy_loss", "stability_loss", "decision_loss"]
 
 
 def _times(ts, n: int) -> list[float]:
@@ -128,3 +132,38 @@ def stability_loss(states: Mapping[str, Tensor], ts, *, baseline: tuple[float, f
         term = (r[a] - ref).square().mean()
         total = term if total is None else total + term
     return total
+
+
+def decision_loss(state: Tensor, target: Tensor, times: Tensor, *, cost_per_ms: float, deadline: float,
+                  temperature: float = 1.0, **ce_options) -> Tensor:
+    r"""The speed-accuracy objective of a decision (:func:`dynode.models.decide`):
+
+    .. math::
+
+        L = \frac{1}{B} \sum_b \Big[ \mathrm{CE}\big(A_b(T_b) / \mathrm{temperature},\ y_b\big)
+            + c\, T_b \Big]
+
+    with ``A_b(T_b)`` the accumulators at sample ``b``'s decision (``state``, ``(B, K)``: the
+    held state of the terminal event), ``T_b`` its reaction time (``times``, ``(B,)`` ms,
+    differentiable through the event, implicit function theorem) and ``c = cost_per_ms``
+    (loss units per ms). A sample that did not decide (``T_b`` NaN) costs the whole
+    ``deadline`` (ms; no gradient through its time) and the cross-entropy of its accumulators
+    at the deadline. Raising ``c`` trades accuracy for speed: the gradient of ``c T_b`` pushes
+    the evidence of the leading class up (the bound is reached sooner), the cross-entropy
+    pushes the other classes' accumulators down at the decision. ``ce_options`` go to
+    ``F.cross_entropy``."""
+    if not (isinstance(state, Tensor) and isinstance(times, Tensor) and isinstance(target, Tensor)):
+        raise ConfigurationError("decision_loss: state, target and times must be tensors (Decisions.state, labels, "
+                                 "Decisions.times)")
+    if state.dim() != 2 or times.shape != state.shape[:1] or target.shape != state.shape[:1]:
+        raise ShapeError(f"decision_loss: state must be (B, K), target and times (B,); got {tuple(state.shape)}, "
+                         f"{tuple(target.shape)}, {tuple(times.shape)}")
+    for name, v, zero in (("cost_per_ms", cost_per_ms, True), ("deadline", deadline, False),
+                          ("temperature", temperature, False)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (
+                not zero and v == 0):
+            raise ConfigurationError(f"decision_loss: {name} must be a finite number {'>= 0' if zero else '> 0'}, "
+                                     f"got {v!r}")
+    t = torch.where(torch.isnan(times), torch.full_like(times, float(deadline)), times)
+    ce = F.cross_entropy(state / float(temperature), target, **ce_options)
+    return ce + float(cost_per_ms) * t.to(ce.dtype).mean()

@@ -70,7 +70,7 @@ REACTION_TIME = {
     "contrasts": (0.0625, 0.125, 0.25, 0.5, 1.0),
     "noises": (0.0, 0.05, 0.1, 0.2),
     "bounds": (0.5, 1.0, 1.5, 2.0, 3.0),
-    "epoch_ms": 1000.0,
+    "epoch_ms": 800.0,
 }
 """The reaction-time experiment's default conditions: image contrasts, accumulator noise levels
 ``nu`` and bounds ``B`` (:mod:`dynode.models.decision`), and the deadline (ms after the

@@ -58,7 +58,8 @@ def _open(source) -> xr.Dataset:
 def is_reaction_time_archive(source) -> bool:
     """Whether ``source`` (a path or Dataset) holds the reaction-time experiment."""
     try:
-        return _open(source).attrs.get("kind") == _KIND
+        ds = _open(source)
+        return "dynode_reaction_times" in ds.attrs and ds.attrs.get("kind") == _KIND
     except (ConfigurationError, OSError, ValueError, KeyError):
         return False
 
