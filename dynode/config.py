@@ -264,6 +264,9 @@ class StimulusConfig(FrozenConfig):
     def _fits(self):
         if self.kind == "groen2022" and self.protocol is None:
             raise ValueError(f"stimulus.kind='groen2022' needs stimulus.protocol: one of {', '.join(EXPERIMENTS)}")
+        if self.kind == "groen2022" and EXPERIMENTS[self.protocol].study != "groen2022":
+            raise ValueError(f"stimulus.protocol {self.protocol!r} is not one of Groen's: one of "
+                             f"{', '.join(k for k, e in EXPERIMENTS.items() if e.study == 'groen2022')}")
         if self.kind != "groen2022" and self.protocol is not None:
             raise ValueError("stimulus.protocol only applies to kind='groen2022'")
         if self.kind == "constant" and (self.duration is not None or self.onset):

@@ -276,7 +276,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
 def groen2022(kind: str, images=None, *, onset: float = 100.0, background=BACKGROUND,
               input: str | None = None) -> Protocol:
     """The conditions of Groen et al. (2022) for ``kind`` in ``"contrast"``, ``"duration"``,
-    ``"repetition"`` (see :data:`GROEN2022`; any kind of :data:`EXPERIMENTS`), as one
+    ``"repetition"`` (see :data:`GROEN2022`; the kinds of :data:`EXPERIMENTS` whose study is
+    ``groen2022``), as one
     labelled batch (conditions x images) in an epoch that starts ``onset`` ms (default 100,
     the baseline) before the stimulus and ends 1.2 s after it (Groen's epochs: -0.1 to 1.2 s).
 
@@ -284,6 +285,9 @@ def groen2022(kind: str, images=None, *, onset: float = 100.0, background=BACKGR
     ``"mean"``, each image's mean luminance: contrast changes around it keep the mean
     constant, as on Groen's mean-grey screen); ``"grey"`` (0.5) for raw images in [0, 1],
     ``"blank"`` (0) for images normalised to their data set's mean."""
-    if kind not in EXPERIMENTS:
-        raise ConfigurationError(f"groen2022 kind must be one of {list(EXPERIMENTS)}, got {kind!r}")
+    kinds = [k for k, e in EXPERIMENTS.items() if e.study == "groen2022"]
+    if kind not in kinds:
+        raise ConfigurationError(f"groen2022 kind must be one of {kinds}, got {kind!r}"
+                                 + ("; the reaction-time stimulus is EXPERIMENTS['reaction_time'].protocol(images)"
+                                    if kind in EXPERIMENTS else ""))
     return EXPERIMENTS[kind].protocol(images, onset=onset, background=background, input=input)

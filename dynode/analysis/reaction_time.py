@@ -234,58 +234,66 @@ def format_reaction_times(res: ReactionTimes) -> str:
 
 
 def plot_reaction_times(res: ReactionTimes, path, *, noise: float | None = None, bound: float | None = None) -> Path:
-    """The figure (PNG at ``path``): (a) median RT and (b) accuracy against contrast, one
-    line per bound, at ``noise`` (default the largest); (c) median RT against noise level at
-    ``bound`` (default the middle one), one line per contrast; (d) the speed-accuracy curve,
-    accuracy against median RT over the bounds, one line per contrast, at ``noise``; (e) the
-    RT quantiles (0.1 .. 0.9) per contrast at ``noise`` and ``bound``. Undefined points are
-    left out (gaps), never drawn as numbers."""
+    """The figure (PNG at ``path``), two rows of three panels: (a) median RT and (b) accuracy
+    against contrast, one line per bound, at ``noise``; (c) the speed-accuracy curve, accuracy
+    against median RT over the bounds, one line per contrast, at ``noise``; (d) median RT and
+    (e) accuracy against the noise level at ``bound``, one line per contrast; (f) the RT
+    quantiles (0.1 .. 0.9) per contrast at ``noise`` and ``bound``. ``noise`` and ``bound``
+    default to the middle levels of the archive. Undefined points are left out (gaps), never
+    drawn as numbers; chance is the dotted line."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ConfigurationError(f"figures are written as PNG; give a path ending in .png, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     t = res.table
     nus, bs, cs = t["noise"].values, t["bound"].values, t["contrast"].values
-    nu = float(nus.max()) if noise is None else float(noise)
+    nu = float(nus[len(nus) // 2]) if noise is None else float(noise)
     b0 = float(bs[len(bs) // 2]) if bound is None else float(bound)
     for name, v, have in (("noise", nu, nus), ("bound", b0, bs)):
         if not np.isclose(have, v).any():
             raise ConfigurationError(f"plot_reaction_times: {name}={v:g} is not in the archive ({have.tolist()})")
     plt = pyplot()
     with style():
-        fig, ax = plt.subplots(1, 5, figsize=(18, 3.4), layout="constrained")
-        cmap_b = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(bs)))
-        cmap_c = plt.get_cmap("plasma")(np.linspace(0.1, 0.85, len(cs)))
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
+        ax = axes.ravel()
+        col_b = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(bs)))
+        col_c = plt.get_cmap("plasma")(np.linspace(0.1, 0.85, len(cs)))
         at = t.sel(noise=nu, method="nearest")
-        for col, b in zip(cmap_b, bs):
+        atb = t.sel(bound=b0, method="nearest")
+        for col, b in zip(col_b, bs):
             ax[0].plot(cs, at.sel(bound=b)["median_rt"], "o-", color=col, label=f"B={b:g}")
             ax[1].plot(cs, at.sel(bound=b)["accuracy"], "o-", color=col, label=f"B={b:g}")
-        for a, yl in ((ax[0], "median RT (ms)"), (ax[1], "accuracy")):
+        for col, c in zip(col_c, cs):
+            ax[2].plot(at.sel(contrast=c)["median_rt"], at.sel(contrast=c)["accuracy"], "o-", color=col,
+                       label=f"c={c:g}")
+            ax[3].plot(nus, atb.sel(contrast=c)["median_rt"], "o-", color=col, label=f"c={c:g}")
+            ax[4].plot(nus, atb.sel(contrast=c)["accuracy"], "o-", color=col, label=f"c={c:g}")
+            ax[5].plot(np.asarray(QUANTILES), at.sel(bound=b0, method="nearest").sel(contrast=c)["rt_quantile"].values,
+                       "o-", color=col, label=f"c={c:g}")
+        for a in ax[:2]:
             a.set_xscale("log", base=2)
             a.set_xlabel("contrast")
-            a.set_ylabel(yl)
-        ax[1].axhline(res.chance, color="0.6", ls=":", lw=1)
+        for a in (ax[1], ax[2], ax[4]):
+            a.axhline(res.chance, color="0.6", ls=":", lw=1)
+            a.set_ylabel("accuracy")
+        for a in (ax[0], ax[3]):
+            a.set_ylabel("median RT (ms)")
         ax[0].set_title(f"RT vs contrast (noise {nu:g})")
         ax[1].set_title(f"accuracy vs contrast (noise {nu:g})")
+        ax[2].set_title(f"speed-accuracy over bounds {bs.min():g}-{bs.max():g} (noise {nu:g})")
+        ax[2].set_xlabel("median RT (ms)")
+        ax[3].set_title(f"RT vs noise (B={b0:g})")
+        ax[4].set_title(f"accuracy vs noise (B={b0:g})")
+        for a in ax[3:5]:
+            a.set_xlabel("accumulator noise nu")
+        ax[5].set_title(f"RT quantiles (noise {nu:g}, B={b0:g})")
+        ax[5].set_xlabel("quantile")
+        ax[5].set_ylabel("RT (ms)")
         ax[0].legend(fontsize=7)
-        atb = t.sel(bound=b0, method="nearest")
-        for col, c in zip(cmap_c, cs):
-            ax[2].plot(nus, atb.sel(contrast=c)["median_rt"], "o-", color=col, label=f"c={c:g}")
-            ax[3].plot(at.sel(contrast=c)["median_rt"], at.sel(contrast=c)["accuracy"], "o-", color=col,
-                       label=f"c={c:g}")
-            q = at.sel(bound=b0, method="nearest").sel(contrast=c)["rt_quantile"].values
-            ax[4].plot(np.asarray(QUANTILES), q, "o-", color=col, label=f"c={c:g}")
-        ax[2].set_xlabel("accumulator noise nu")
-        ax[2].set_ylabel("median RT (ms)")
-        ax[2].set_title(f"RT vs noise (B={b0:g})")
-        ax[3].axhline(res.chance, color="0.6", ls=":", lw=1)
-        ax[3].set_xlabel("median RT (ms)")
-        ax[3].set_ylabel("accuracy")
-        ax[3].set_title(f"speed-accuracy over bounds {bs.min():g}-{bs.max():g}")
-        ax[4].set_xlabel("quantile")
-        ax[4].set_ylabel("RT (ms)")
-        ax[4].set_title(f"RT quantiles (noise {nu:g}, B={b0:g})")
         ax[2].legend(fontsize=7)
+        a = res.attrs
+        fig.suptitle(f"reaction times: accumulators tau_a={a.get('tau_ms', math.nan):g} ms, leak={a.get('leak', math.nan):g}, "
+                     f"evidence {a.get('evidence', '?')}; deadline {a.get('deadline_ms', math.nan):g} ms")
         fig.savefig(path)
     plt.close(fig)
     return path
