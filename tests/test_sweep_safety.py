@@ -405,6 +405,14 @@ def _cli(*args) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _here(capfd, path) -> tuple[int, str, str]:
+    """``dynode sweep PATH`` in the test's process (one interpreter start less than ``_cli``;
+    Snakemake and the points are still processes), from the sweep's folder."""
+    code = main(["sweep", str(path)])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def _wait_for(cond, proc, timeout=120.0):
     deadline = time.time() + timeout
     while not cond() and proc.poll() is None and time.time() < deadline:
@@ -414,7 +422,7 @@ def _wait_for(cond, proc, timeout=120.0):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SNAKEMAKE, reason="needs snakemake (the sweep extra)")
-def test_real_sweeps_into_one_folder(tmp_path):
+def test_real_sweeps_into_one_folder(tmp_path, monkeypatch, capfd):
     """Snakemake for real: a sweep into a folder that a running sweep owns exits 2 naming it;
     after the first finishes, another grid is refused and the same sweep resumes without
     recomputing."""
@@ -425,10 +433,10 @@ def test_real_sweeps_into_one_folder(tmp_path):
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: (out / OWNER_FILE).is_file(), first)
-        second = subprocess.run(_cli(str(b)), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                                timeout=120)
-        assert second.returncode == 2, second.stderr
-        assert f"pid {first.pid}" in second.stderr and "a.yaml" in second.stderr
+        monkeypatch.chdir(tmp_path)
+        code, _, err = _here(capfd, b)
+        assert code == 2, err
+        assert f"pid {first.pid}" in err and "a.yaml" in err
         stdout, stderr = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
@@ -437,18 +445,16 @@ def test_real_sweeps_into_one_folder(tmp_path):
     assert "1/1 points done" in stdout and not (out / OWNER_FILE).exists()
     result = out / "points" / "p000" / "result.json"
     mtime = result.stat().st_mtime_ns
-    again = subprocess.run(_cli(str(b)), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                           timeout=120)
-    assert again.returncode == 2 and "training.seed: 0 -> 1" in again.stderr
-    resumed = subprocess.run(_cli(str(a)), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    code, _, err = _here(capfd, b)
+    assert code == 2 and "training.seed: 0 -> 1" in err
+    code, _, err = _here(capfd, a)
+    assert code == 0, err[-2000:]
     assert result.stat().st_mtime_ns == mtime
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SNAKEMAKE, reason="needs snakemake (the sweep extra)")
-def test_real_sweep_killed_hard_is_taken_over(tmp_path):
+def test_real_sweep_killed_hard_is_taken_over(tmp_path, monkeypatch, capfd):
     """kill -9 of `dynode sweep` and its Snakemake leaves the owner file; the next run sees
     it is stale, takes over and finishes."""
     path = _sweep(tmp_path, grid={"training.seed": [0]})
@@ -463,8 +469,8 @@ def test_real_sweep_killed_hard_is_taken_over(tmp_path):
         proc.wait()
     time.sleep(0.5)  # the killed processes are reaped
     assert (out / OWNER_FILE).is_file()
-    done = subprocess.run(_cli(str(path)), cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "taking over from a sweep that is no longer running" in done.stderr
+    monkeypatch.chdir(tmp_path)
+    code, out_text, err = _here(capfd, path)
+    assert code == 0, out_text[-2000:] + err[-2000:]
+    assert "taking over from a sweep that is no longer running" in err
     assert not (out / OWNER_FILE).exists()
