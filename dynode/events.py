@@ -285,7 +285,7 @@ class Tracker:
         at_hold = _Interpolated(terms, weights(theta_hold), self.names)
         self.t_hold = torch.where(stop, t + theta_hold.double() * h, self.t_hold)
         self.alive = self.alive & ~stop
-        self.held = {p: torch.where(_mask(dead, v), at_hold[p], v) for p, v in y_new.items()}
+        self.held = {p: torch.where(_mask(dead, v), at_hold[p].to(v.dtype), v) for p, v in y_new.items()}
         return self.held
 
     def _keep_gradient(self, name: str, t: float, h: float, terms, weights, cross: Tensor, theta: Tensor) -> None:
