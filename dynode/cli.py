@@ -107,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--cores", type=int, default=1, help="local cores for Snakemake (default 1)")
     w.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads (and Snakemake cores) per point (default: --cores divided among the points)")
-    w.add_argument("--dry-run", action="store_true", help="show what Snakemake would run")
+    w.add_argument("--dry-run", action="store_true",
+                   help="show what would run, one line per point (runs nothing, writes nothing)")
+    w.add_argument("--verbose", action="store_true",
+                   help="show Snakemake's own output (default: its errors only; OUTPUT/snakemake.log keeps it)")
     w.add_argument("--collect", action="store_true", help="only collect the summary of the points done so far")
     w.add_argument("snakemake_args", nargs=argparse.REMAINDER,
                    help="after --: Snakemake's own options, e.g. -- --executor slurm --jobs 50")
@@ -406,6 +409,10 @@ def cmd_compare(args) -> int:
     else:
         cfg = demo_config(quick=args.quick, small=not args.quick)
         out = Path(args.out or "dynode-compare")
+        if args.quick:
+            from dynode.demo import QUICK_NOTE
+
+            print(QUICK_NOTE, flush=True)
     variants = (cfg.compare.variants if cfg.compare.variants is not None
                 else default_variants(normalization=cfg.model.options.get("normalization")))
     if args.variants:
@@ -473,7 +480,7 @@ def cmd_sweep(args) -> int:
     if args.cores < 1:
         raise _UsageError("dynode sweep: error: --cores must be >= 1")
     res = run_sweep(args.sweep, cores=args.cores, threads=args.threads, snakemake_args=extra, dry_run=args.dry_run,
-                    collect_only=args.collect)
+                    collect_only=args.collect, verbose=args.verbose)
     if args.dry_run:
         return res["returncode"]
     done = len(res["points"]) - len(res["failed"])

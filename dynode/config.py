@@ -448,7 +448,8 @@ def run_record(cfg: RunConfig) -> dict:
     """A run's whole resolved config as JSON data, less what does not change its results (where
     its outputs go, and whether imports were allowed by the file or by --allow-imports): what
     its checkpoints record, so that a resume under another config is refused."""
-    return cfg.model_dump(mode="json", exclude={"output": True, "model": {"allow_imports"}})
+    return cfg.model_dump(mode="json", exclude={"output": True, "model": {"allow_imports"},
+                                                "training": {"logger"}})
 
 
 def run_config(data: Any) -> RunConfig:
