@@ -21,7 +21,7 @@ _HOME = {
     "VectorField": "dynode.field", "History": "dynode.history", "HistoryReader": "dynode.history",
     **dict.fromkeys(["Network", "Population", "Connection", "RunProtocol"], "dynode.network"),
     "Solver": "dynode.solver", "SolverStats": "dynode.stats", "Status": "dynode.stats",
-    "Solution": "dynode.solution", "integrate": "dynode.integrate",
+    "Solution": "dynode.solution", "integrate": "dynode.integrate", "Event": "dynode.events",
     "models": None, "solvers": None, "stimuli": None,
     "analysis": None, "archive": None, "config": None, "errors": None, "experiments": None, "spec": None,
     "train": None, "open_archive": "dynode.archive", "load_model": "dynode.checkpoint",
