@@ -207,3 +207,18 @@ def test_the_run_config_runs_the_reaction_time_kind_only_when_asked():
         ExperimentConfig(reaction_time={"trials": 2})
     with pytest.raises(ValueError):
         ExperimentConfig(protocols=["reaction_time"], reaction_time={"bounds": [0.0]})
+
+
+def test_a_terminal_decision_equals_the_race_at_its_bound_on_one_noise_path():
+    """decide (terminal event: a sample's state held from its decision) and race (every
+    accumulator's crossing, no termination) see the same Brownian path per sample (seed), so
+    they give the same reaction times and choices."""
+    net = tiny()
+    add_accumulator(net, tau=30.0, leak=0.05, noise=0.2)
+    x = (0.5 + 0.1 * (IMAGES - 0.5)).repeat(3, 1)
+    with torch.no_grad():
+        d = decide(net, x, bound=0.6, t_end=120.0, dt=1.0, seed=5, save_at=[120.0])
+        r = race(net, x, bounds=[0.6], t_end=120.0, dt=1.0, seed=5)
+    assert torch.isfinite(d.rt).all() and d.rt.std() > 1.0  # the noise makes them vary
+    torch.testing.assert_close(d.rt, r.rt[0], rtol=0, atol=1e-4)
+    assert torch.equal(d.choice, r.choice[0])
