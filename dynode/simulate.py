@@ -217,7 +217,7 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
              overwrite: bool = False, progress: bool | None = None, t0: float = 0.0,
              initial_state=None, batch_size: int | None = None, max_abs: float | None = 1e6,
              check_every: int = 50, compression: str | None = "lz4", attrs: Mapping | None = None,
-             memory_limit: float | None = None, seed=None) -> SimulationResult:
+             memory_limit: float | None = None, seed=None, cache_chunks: bool = False) -> SimulationResult:
     """Run ``field`` under ``stimulus`` without gradients and record it (see :class:`Record`).
 
     Parameters (as :func:`dynode.integrate`, plus)
@@ -234,6 +234,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     progress : a tqdm bar over the solver steps (simulated ms for adaptive solvers), with rate and
         time left; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
+    cache_chunks : with ``store``: leave the written chunk files in the page cache (faster to
+        read the archive back at once) instead of dropping them once written (the default takes
+        less system time from the run; :class:`~dynode.archive.ZarrArchiveWriter`).
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
     memory_limit : bytes the working state (state, solver stages, delay ring) may take, checked
         before it is allocated (default: the free memory of the device; ``math.inf``: no check).
@@ -252,6 +255,11 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         raise ConfigurationError(f"chunk_steps must be a positive int, got {chunk_steps!r}")
     if compression not in COMPRESSIONS:
         raise ConfigurationError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}")
+    if not isinstance(cache_chunks, bool):
+        raise ConfigurationError(f"cache_chunks must be True or False, got {cache_chunks!r}")
+    if cache_chunks and store is None:
+        raise ConfigurationError("cache_chunks=True applies to the chunk files of a store; pass store=<path> "
+                                 "or leave cache_chunks out")
     if attrs is not None and not isinstance(attrs, Mapping):
         raise ConfigurationError(f"attrs must be a dict of extra root attributes, got {type(attrs).__name__}")
     extra = dict(attrs or {})
@@ -327,7 +335,8 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
         if path is None:
             return (ObservingMemoryWriter if observing else MemoryArchiveWriter)(layout)
         return (ObservingZarrWriter if observing else ZarrArchiveWriter)(
-            path, layout, times, chunk_steps=k, compression=compression, overwrite=overwrite)
+            path, layout, times, chunk_steps=k, compression=compression, overwrite=overwrite,
+            cache_chunks=cache_chunks)
 
     bar = _progress_bar(progress, t0, t_end, dt, on_grid)
     streamer = Streamer(plans, problem.inputs, input_names, chunk_steps, len(times), make_sink, bar,

@@ -142,3 +142,31 @@ def test_cache_chunks_must_be_a_bool(tmp_path):
     with pytest.raises(ConfigurationError, match="cache_chunks"):
         A.ZarrArchiveWriter(tmp_path / "a.zarr", _layout("float32"), np.arange(3.0), chunk_steps=K,
                             cache_chunks="yes")
+
+
+def test_simulate_passes_cache_chunks_to_the_writer(tmp_path, monkeypatch):
+    """``dn.simulate(cache_chunks=)`` reaches the zarr writer; a non-bool, or True without a store,
+    is refused before the first step."""
+    import torch
+
+    import dynode as dn
+
+    net = dn.Network()
+    net.add_input("x", (2,))
+    net.add_population("A", (2,), tau=5.0, phi="identity")
+    net.connect("x", "A")
+    seen = []
+    real = W.ZarrArchiveWriter.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("cache_chunks"))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(W.ZarrArchiveWriter, "__init__", spy)
+    x = torch.ones(1, 2)
+    dn.simulate(net, x, t_end=3.0, dt=1.0, store=tmp_path / "a.zarr", cache_chunks=True, progress=False)
+    assert seen == [True]
+    with pytest.raises(ConfigurationError, match="cache_chunks must be True or False"):
+        dn.simulate(net, x, t_end=3.0, dt=1.0, store=tmp_path / "b.zarr", cache_chunks=1, progress=False)
+    with pytest.raises(ConfigurationError, match="pass store="):
+        dn.simulate(net, x, t_end=3.0, dt=1.0, cache_chunks=True, progress=False)

@@ -282,9 +282,7 @@ class ObservingZarrWriter(ZarrArchiveWriter):
     def write(self, block: Block) -> None:
         self.open()
         if self._observed is None:
-            import zarr
-
-            root = zarr.open_group(self.path, mode="r+", use_consolidated=False)
+            root = self._root  # the writer's own store: its temporary files stay outside the store
             arrays = {(g.name, v.name): root[g.name][v.name] for g in self.layout.groups for v in g.variables}
             self._observed = {key: (arr, ChunkFiles.of(arr, self.cache_chunks)) for key, arr in arrays.items()}
         n0, k = self.steps_written, len(block)
