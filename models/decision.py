@@ -150,7 +150,18 @@ def set_accumulator_noise(net: Network, noise: float, name: str = "decision") ->
     net.populations[name].noise = noise / math.sqrt(leak)
 
 
-def _check_bound(bound, what: str) -> float:
+def _check_bound(bound, what: str, *, learnable: bool = False) -> float | Tensor:
+    """A bound: a finite number > 0, or (``learnable``) a one-element floating tensor > 0, which
+    may require a gradient (the decision times are differentiable with respect to it)."""
+    if learnable and isinstance(bound, Tensor):
+        if bound.numel() != 1 or not bound.is_floating_point() or bound.is_meta:
+            raise ConfigurationError(f"{what}: a bound tensor must hold one floating value, got {bound.dtype} of "
+                                     f"shape {tuple(bound.shape)}")
+        value = float(bound.detach())
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigurationError(f"{what}: the bound must be finite and > 0 (the accumulators start at 0), "
+                                     f"got {value!r}")
+        return bound.reshape(())
     if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound) or not bound > 0:
         raise ConfigurationError(f"{what}: the bound must be a finite number > 0 (the accumulators start at 0), "
                                  f"got {bound!r}")
@@ -185,11 +196,28 @@ def _check_accumulator(net, name: str, who: str) -> None:
     accumulator_parameters(net, name)  # an accumulator, not any population
 
 
-def _reaches(name: str, bound: float, k: int | None = None) -> Event:
+def _reaches(name: str, bound: float | Tensor, k: int | None = None) -> Event:
     """The event ``max_k A_k - bound`` (or ``A_k - bound`` for one class ``k``) rising through 0."""
     if k is None:
         return Event(lambda t, state: state[name].max(-1).values - bound, direction=+1, terminal=True)
     return Event(lambda t, state: state[name][:, k] - bound, direction=+1)
+
+
+def _at_decision(net: Network, name: str, sol: Solution, t: Tensor, decided: Tensor) -> Tensor:
+    """The accumulators at the decision, ``A(T)``: the held state, whose gradient is taken at
+    a fixed decision time, plus ``dA/dt (T - T.detach())`` (zero in value): the total
+    derivative ``dA(T)/dp = dA/dp + dA/dt dT/dp``, so that a loss on ``A(T)`` sees how the
+    decision time moves (e.g. with a learnt bound). ``dA/dt = (e/leak - A) / tau`` from the
+    held states, which are those at ``T`` when the evidence is read without delay (the
+    default); with a delay the held state is returned as it is (the term needs the past)."""
+    state = sol.final_state[name]
+    pop = net.populations[name]
+    (src, op), = pop.incoming.items()
+    if pop.delays[src] != 0 or not t.requires_grad:
+        return state
+    slope = (op(sol.final_state[src]) - state) / pop.tau
+    shift = torch.where(decided, t - t.detach(), torch.zeros_like(t)).to(state.dtype)
+    return state + slope * shift.unsqueeze(-1)
 
 
 def race(net: Network, stimulus, *, bounds: Sequence[float], t_end: float, dt: float, solver="euler",
@@ -219,22 +247,24 @@ def race(net: Network, stimulus, *, bounds: Sequence[float], t_end: float, dt: f
                      solution=sol)
 
 
-def decide(net: Network, stimulus, *, bound: float, t_end: float, dt: float, solver="euler", seed=None,
+def decide(net: Network, stimulus, *, bound: float | Tensor, t_end: float, dt: float, solver="euler", seed=None,
            initial_state=None, t0: float = 0.0, name: str = "decision", save_at=None) -> Decisions:
     """Run ``net`` (with an accumulator ``name``) under ``stimulus`` from ``t0`` to at most
-    ``t_end`` (ms): a sample decides when ``max_k A_k`` first reaches ``bound`` (> 0), a
+    ``t_end`` (ms): a sample decides when ``max_k A_k`` first reaches ``bound`` (> 0; a number,
+    or a one-element tensor that may be learnt: the times are differentiable in it), a
     terminal event (``integrate(..., events={"decision": Event(max_k A_k - bound, +1,
     terminal=True)})``: its state is held from then on, and the run ends when every sample has
     decided). Returns :class:`Decisions`: reaction times from ``t0`` (NaN where no decision by
     ``t_end``; ``times`` differentiable by the implicit function theorem), the choices, the
-    accumulators at the decision (``state``, the held state: differentiable at fixed decision
-    time). ``save_at`` as in :func:`dynode.integrate`."""
-    bound = _check_bound(bound, "decide")
+    accumulators at the decision (``state``: the held state, with the gradient of its value
+    through the decision time added, see :func:`_at_decision`). ``save_at`` as in
+    :func:`dynode.integrate`."""
+    bound = _check_bound(bound, "decide", learnable=True)
     _check_accumulator(net, name, "decide")
     sol = integrate(net, stimulus, t0=t0, t_end=t_end, dt=dt, solver=solver, seed=seed,
                     initial_state=initial_state, save_at=save_at, events={"decision": _reaches(name, bound)})
     t = sol.events["decision"]
     decided = ~torch.isnan(t)
-    state = sol.final_state[name]
+    state = _at_decision(net, name, sol, t, decided)
     choice = torch.where(decided, state.argmax(-1), torch.full_like(decided, -1, dtype=torch.int64))
     return Decisions(rt=(t - t0).detach().double(), choice=choice, state=state, times=t - t0, solution=sol)
