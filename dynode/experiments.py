@@ -4,8 +4,11 @@ A protocol (e.g. :func:`dynode.stimuli.groen2022`) is one labelled batch of cond
 exact onsets, durations and gaps in ms; :func:`run_protocol` simulates the model through it
 without gradients and streams the trajectories to a zarr archive whose ``sample`` dimension
 carries the condition coordinates (``contrast``, ``duration``, ``isi``, ``image``).
-:func:`groen2022_experiments` runs the experiments registered in
-:data:`dynode.stimuli.EXPERIMENTS` (the three of Groen et al. (2022)).
+:func:`groen2022_experiments` runs the time-course experiments registered in
+:data:`dynode.stimuli.EXPERIMENTS` (the three of Groen et al. (2022));
+:func:`reaction_time_experiment` the ``reaction_time`` kind: a speeded classification read out
+by accumulators on the model's readout (:mod:`dynode.models.decision`), reaction times and
+choices per trial into their own archive.
 
 ``background`` is the screen around the images everywhere here, as in :mod:`dynode.stimuli`
 (:func:`~dynode.stimuli.resolve_background`; default :data:`~dynode.stimuli.BACKGROUND`,

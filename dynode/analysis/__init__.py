@@ -1,6 +1,7 @@
 """Analysis of recordings: population time courses per condition, the metrics of Groen et al.
 (2022) by their definitions, the delayed normalisation model fit, figures and a one-call
-summary (:func:`analyze`, :func:`summarize`, :func:`format_summary`)."""
+summary (:func:`analyze`, :func:`summarize`, :func:`format_summary`); the reaction-time
+experiment's analysis (:func:`analyze_reaction_times`: RT quantiles, accuracy, flags, figure)."""
 
 from dynode.analysis.courses import (align_to_onset, all_time_courses, as_tree, conditions,
                                      subtract_baseline, time_courses)
