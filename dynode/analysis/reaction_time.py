@@ -292,8 +292,9 @@ def plot_reaction_times(res: ReactionTimes, path, *, noise: float | None = None,
         ax[0].legend(fontsize=7)
         ax[2].legend(fontsize=7)
         a = res.attrs
-        fig.suptitle(f"reaction times: accumulators tau_a={a.get('tau_ms', math.nan):g} ms, leak={a.get('leak', math.nan):g}, "
-                     f"evidence {a.get('evidence', '?')}; deadline {a.get('deadline_ms', math.nan):g} ms")
+        fig.suptitle(f"reaction times: accumulators tau_a={a.get('tau_ms', math.nan):g} ms, "
+                     f"leak={a.get('leak', math.nan):g}, evidence {a.get('evidence', '?')}; deadline "
+                     f"{a.get('deadline_ms', math.nan):g} ms")
         fig.savefig(path)
     plt.close(fig)
     return path
