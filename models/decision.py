@@ -178,7 +178,7 @@ class Decisions:
     state : ``(batch, K)`` the accumulators at the decision (at ``t_end`` without one), with
         the gradient of the run (for :func:`dynode.models.losses.decision_loss`); None for
         :func:`race`.
-    times : the same reaction times as ``rt`` in the run's dtype, differentiable.
+    times : the same reaction times as ``rt`` (float64, as ``sol.events``), differentiable.
     solution : the run.
     """
 
