@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("train", "train the configured model on the configured data", "OUT/last.pt, OUT/train.jsonl"),
             ("simulate", "simulate the model under the configured stimulus into an archive",
              "OUT/simulation.zarr"),
-            ("experiment", "run the Groen 2022 experiments into archives and analyse them",
+            ("experiment", "run the configured experiments (default: the Groen 2022 three; reaction_time) into archives and analyse them",
              "the archives in OUT/experiments"),
             ("convergence", "the dt/tau study: errors of cheap steps vs a tight reference",
              "OUT/convergence.nc, OUT/convergence.png")):
@@ -313,13 +313,17 @@ def cmd_inspect(args) -> int:
 
 
 def _analyze(paths, fig_dir: Path) -> dict:
-    """Groen archives: the metrics table (flags as footnotes) and figures; any other archive:
+    """Groen archives: the metrics table (flags as footnotes) and figures; a reaction-time archive:
+    its RT/accuracy table and figure; any other archive:
     its per-population time courses (mean over units, per condition) as a figure."""
     from dynode import analysis
     from dynode.errors import MissingConditionsError
 
-    groen, other = [], []
+    groen, other, rts = [], [], []
     for p in paths:
+        if analysis.is_reaction_time_archive(p):  # the reaction-time experiment: its own analysis
+            rts.append(p)
+            continue
         try:
             analysis.experiment_kind(p)
             groen.append(p)
@@ -333,6 +337,12 @@ def _analyze(paths, fig_dir: Path) -> dict:
         summary = res.summary()
         print(analysis.format_summary(summary))
         print("figures: " + ", ".join(str(p) for p in figures.values()))
+    for p in rts:
+        with analysis.flags_in_tables():  # the table marks undecided cells: not also as Python warnings
+            res = analysis.analyze_reaction_times(p)
+        print(analysis.format_reaction_times(res))
+        print(f"figure: {analysis.plot_reaction_times(res, fig_dir / 'reaction_time.png')}")
+        summary["reaction_time"] = res.summary()
     for p in other:
         ds = analysis.all_time_courses(p)
         dims = [d for d in ds[next(iter(ds.data_vars))].dims if d != "time"]

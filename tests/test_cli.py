@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import warnings
+
 import pytest
 
 from dynode.cli import main
@@ -174,6 +176,27 @@ def test_missing_dataset_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_experiment_command_runs_the_reaction_time_experiment(tmp_path, capsys):
+    """`dynode experiment` with protocols [reaction_time]: the archive, its RT/accuracy table and
+    the speed-accuracy figure (issue 25); `dynode analyze` of that archive prints the same table."""
+    out_dir = tmp_path / "rt"
+    cfg = write(tmp_path, TINY.format(out=out_dir) + "experiment: {protocols: [reaction_time], dt: 3.0, "
+                "settle_max: null, reaction_time: {n_images: 2, contrasts: [0.25, 1.0], noises: [0.1], "
+                "bounds: [0.5, 1.0], trials: 2, deadline: 210.0}}\n")
+    with warnings.catch_warnings(record=True) as shown:  # what would be printed as warning lines
+        warnings.simplefilter("always")
+        code, out, err = run(capsys, "experiment", str(cfg))
+    assert [str(w.message) for w in shown] == []  # the CLI's table carries the flags instead
+    assert "undecided by the deadline" in out  # each flag once, in the table's notes
+    assert code == 0, err
+    archive = out_dir / "experiments" / "speeded-reaction_time.zarr"
+    assert archive.exists(), sorted(p.name for p in (out_dir / "experiments").iterdir())
+    assert "reaction times (median ms" in out and (out_dir / "figures" / "reaction_time.png").stat().st_size > 10_000
+    code, again, err = run(capsys, "analyze", str(archive), "--out", str(tmp_path / "figs"))
+    assert code == 0, err
+    assert "reaction times (median ms" in again and (tmp_path / "figs" / "reaction_time.png").exists()
+
+
 def test_experiment_command_writes_archives_and_figures(tmp_path, capsys):
     out_dir = tmp_path / "e"
     cfg = write(tmp_path, TINY.format(out=out_dir) + "experiment: {protocols: [duration, repetition], "

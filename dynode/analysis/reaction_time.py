@@ -82,7 +82,9 @@ class ReactionTimes:
 
     def flag(self, where: str, key: str, reason: str) -> None:
         self.flags[f"{where}: {key}"] = reason
-        warnings.warn(UndefinedMetricWarning(f"{where}: {key}: {reason}"), stacklevel=user_stacklevel())
+        warning = UndefinedMetricWarning(f"{where}: {key}: {reason}")
+        warning.flag = (where, key)  # format_reaction_times lists it: flags_in_tables keeps the CLI from repeating it
+        warnings.warn(warning, stacklevel=user_stacklevel())
 
     def summary(self) -> dict:
         """JSON-ready: per noise and bound, ``{contrast: value}`` of each measure (None where
@@ -229,7 +231,8 @@ def format_reaction_times(res: ReactionTimes) -> str:
                      zip(row["median_rt"].values, row["accuracy"].values, row["p_decided"].values)]
             lines.append(f"{nu:<5g}  {b:<5g}  " + "  ".join(f"{x:<18}" for x in cells))
     if res.flags:
-        lines.append(f"{len(res.flags)} undefined value(s) flagged (ReactionTimes.flags)")
+        lines.append(f"{len(res.flags)} undefined value(s) flagged (n/a above; ReactionTimes.flags):")
+        lines.extend(f"  {k}: {reason}" for k, reason in res.flags.items())
     return "\n".join(lines)
 
 
