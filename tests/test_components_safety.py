@@ -67,8 +67,8 @@ def refused_unchanged(net: dn.Network, call, match: str | None = None) -> Dynode
 
 # -- 1. no option is dropped ---------------------------------------------------------------------
 @pytest.mark.parametrize("phi, params, takes", [
-    ("identity", {"noise": 0.5, "learn_rate": True}, r"takes no parameters"),
-    ("tanh", {"noise": 0.5}, r"takes no parameters"),
+    ("identity", {"slope": 0.5, "learn_rate": True}, r"takes no parameters"),  # (noise= is add_population's own)
+    ("tanh", {"slope": 0.5}, r"takes no parameters"),
     ("sigmoid", {"gain": 2.0}, r"takes no parameters"),
     ("relu", {"inplace": True}, r"takes no parameters; inplace: an in-place Phi would overwrite u"),
     ("softplus", {"n": 2.0}, r"takes only \['beta', 'threshold'\]"),
@@ -351,7 +351,7 @@ POPULATION = {
     "phi": (["relu", "identity", "tanh", "softplus", None, nn.Tanh(), torch.tanh],
             ["rleu", 3, nn.ReLU, nn.ReLU(inplace=True), nn.Linear(4, 2), ("relu", 3)]),
     "bias": ([False, True, "unit"], ["units", 1, 0.0, "True"]),
-    "params": ([{}], [{"noise": 0.5}, {"noise": 0.5, "learn_rate": True}, {"inplace": True}, {"beta": 0.0},
+    "params": ([{}], [{"slope": 0.5}, {"slope": 0.5, "learn_rate": True}, {"inplace": True}, {"beta": 0.0},
                       {"n": 2.0}]),
 }
 
