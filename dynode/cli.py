@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("config", help="the fit config (YAML)")
     f.add_argument("--out", default=None, help="output folder (default: the config's output)")
     f.add_argument("--resume", action="store_true", help="continue the fit saved in OUT/last.pt")
-    f.add_argument("--overwrite", action="store_true", help="start over, replacing OUT/last.pt")
+    f.add_argument("--overwrite", action="store_true", help="replace the fit saved in OUT (start over)")
     f.add_argument("--quiet", action="store_true", help="no progress lines")
     w = sub.add_parser("sweep", help="run a grid of configs (one run folder per point) through Snakemake, "
                        "locally or on a cluster; collect a summary table and figure")

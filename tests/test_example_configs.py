@@ -29,8 +29,21 @@ SWEEP_BASES = {(p.parent / c["base"]).resolve() for p in CONFIGS
 
 
 def _is_run_config(path: Path) -> bool:
-    """A config of a whole run: not a sweep spec, nor the base config a sweep spec names."""
-    return not _is_sweep(yaml.safe_load(path.read_text()) or {}) and path.resolve() not in SWEEP_BASES
+    """A config of a whole run: not a sweep spec, nor the base config a sweep spec names, nor a
+    fit config (`dynode fit`; checked below)."""
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return not _is_sweep(cfg) and "fit" not in cfg and path.resolve() not in SWEEP_BASES
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "fit" in (yaml.safe_load(p.read_text()) or {})],
+                         ids=lambda p: p.stem)
+def test_example_fit_config_validates(path):
+    """A fit config (`dynode fit CONFIG`) is a valid FitConfig (its run needs recordings that
+    examples/fit_recovery.py makes: tests/test_fit.py runs the command on small ones)."""
+    from dynode.fit import FitConfig
+
+    cfg = FitConfig.load(path)
+    assert cfg.fit.params
 
 
 def quick(cfg: dict, tmp: Path) -> dict:

@@ -132,3 +132,35 @@ def test_every_example_script_runs_in_this_file():
 
     tested = set(re.findall(r'load\("(\w+)"\)', pathlib.Path(__file__).read_text())) | set(RUN_AS_SCRIPTS)
     assert {p.stem for p in EXAMPLES.glob("*.py")} - tested == set()
+
+
+@pytest.mark.slow
+def test_fit_recovery_example_fits_and_draws(tmp_path, capsys):
+    """examples/fit_recovery.py on its quick settings, one iteration: DN-model recordings at 512 Hz,
+    the fit's report and its figure (tests/test_fit.py asserts the recovery itself)."""
+    res = load("fit_recovery").main(["--out", str(tmp_path), "--quick", "--steps", "1"])
+    assert {"params", "r2"} <= set(res) and all(0.0 < r <= 1.0 for r in res["r2"].values())
+    assert (tmp_path / "fit.png").stat().st_size > 10_000
+    assert "R^2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_reaction_time_example_runs_on_a_checkpoint(tmp_path, capsys):
+    """examples/reaction_time.py --quick on the quick demo model's weights (untrained here): the
+    table with its flags listed once, no Python warning lines, and the figure."""
+    import warnings
+
+    import torch
+
+    from dynode.config import model_and_data
+    from dynode.demo import demo_config
+
+    net, _, _ = model_and_data(demo_config(quick=True))
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        load("reaction_time").main(["--quick", "--checkpoint", str(tmp_path / "weights.pt"), "--out",
+                                    str(tmp_path / "rt.png"), "--images", "1", "--trials", "1"])
+    assert [str(w.message) for w in shown if "reaction" in str(w.message) or "bound=" in str(w.message)] == []
+    assert "reaction times (median ms" in capsys.readouterr().out
+    assert (tmp_path / "rt.png").stat().st_size > 10_000

@@ -151,7 +151,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capfd, monkeypatch
     given through '..'), no 'did not finish', no summary, nothing in the output folder; a point
     already done is shown as kept, and Snakemake's own dry run (quiet) agrees."""
     import dynode.sweep.run as run_mod
-    from tests.test_sweep_safety import fake_snakemake
+    from test_sweep_safety import fake_snakemake
 
     (tmp_path / "cfg").mkdir()
     path = _sweep(tmp_path / "cfg", grid={"model.options.recurrence_type": ["full", "self"]})
