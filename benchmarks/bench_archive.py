@@ -62,13 +62,17 @@ from nets import conv4_network
 HERE = Path(__file__).resolve().parent
 
 
-def _record_setup(quick: bool):
+def _conv4_run(quick: bool):
+    """What both rows record: the conv4 field under a constant image (batch 32, 100 ms at dt 1;
+    quick: 8, 20 ms), a temporary folder for the stores and a counter naming them."""
     batch, t_end = (8, 20.0) if quick else (32, 100.0)
-    net = conv4_network()
     x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    stim = dn.stimuli.Constant(x)
-    tmp = tempfile.TemporaryDirectory(prefix="dynode-bench-")
-    counter = itertools.count()
+    return (conv4_network(), dn.stimuli.Constant(x), batch, t_end,
+            tempfile.TemporaryDirectory(prefix="dynode-bench-"), itertools.count())
+
+
+def _record_setup(quick: bool):
+    net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
     last: dict[str, Path] = {}
 
     def fresh(who: str) -> Path:
@@ -152,12 +156,7 @@ def _layout_of(block, batch: int):
 
 
 def _observe_setup(quick: bool):
-    batch, t_end = (8, 20.0) if quick else (32, 100.0)
-    net = conv4_network()
-    x = torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    stim = dn.stimuli.Constant(x)
-    tmp = tempfile.TemporaryDirectory(prefix="dynode-bench-")
-    counter = itertools.count()
+    net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
     patch = {a: Electrode((0.5, 0.5), 0.2) for a in ("V1", "V2", "V4", "IT")}
 
     def record(observe, electrodes=None):
