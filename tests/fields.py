@@ -35,3 +35,13 @@ def leaky(tau: float = 5.0, units: int = 3, phi: str = "identity") -> dn.Network
     net.add_population("r", shape=(units,), tau=tau, phi=phi)
     net.connect("x", "r")
     return net
+
+
+def chunk_file(array, index: int):
+    """The one chunk file of the zarr array folder ``array`` at time-chunk ``index`` (the chunks
+    span every other dimension), under either zarr v3 key layout: ``c.<index>.0.0`` or
+    ``c/<index>/0/0``."""
+    files = [f for f in array.rglob("*") if f.is_file()
+             and f.relative_to(array).as_posix().replace("/", ".").startswith(f"c.{index}.")]
+    assert len(files) == 1, files
+    return files[0]

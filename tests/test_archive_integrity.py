@@ -20,6 +20,7 @@ import torch
 import xarray as xr
 from torch import nn
 
+import fields
 import dynode as dn
 from dynode.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, ConfigurationError
 from dynode.stimulus import Stimulus
@@ -176,7 +177,7 @@ def test_a_reader_listing_a_live_store_never_sees_a_temporary_file(tmp_path, mon
     monkeypatch.setattr(os, "replace", replace)
     complete_run(path, t_end=9.0, chunk_steps=2)
     assert renamed.count("zarr.json") >= 6  # 5 commits, status, consolidation
-    assert any(r.startswith("V1/rate/c/") for r in renamed)
+    assert any(r.startswith("V1/rate/c.") for r in renamed)
     assert foreign == []  # what a reader listing the groups at that moment would have warned about
     assert [p.name for p in tmp_path.iterdir()] == ["r.zarr"]  # no temporary file left beside it
 
@@ -351,9 +352,7 @@ def test_float16_overflow_is_refused_not_stored_as_inf(tmp_path, store):
 # -- 5: checksums and verification ------------------------------------------------------------
 def chunk_file(path: Path, group: str, index: int) -> Path:
     """The one chunk file of ``group/rate`` at time-chunk ``index`` (chunks span all units)."""
-    files = [f for f in (path / group / "rate" / "c" / str(index)).rglob("*") if f.is_file()]
-    assert len(files) == 1, files
-    return files[0]
+    return fields.chunk_file(path / group / "rate", index)
 
 
 def test_every_array_is_checksummed_and_plain_xarray_still_opens_it(tmp_path):

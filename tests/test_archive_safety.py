@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import fields
 import dynode as dn
 from dynode.archive import LEASE_TIMEOUT_S, lease_state, repair_archive, verify_archive
 from dynode.errors import ArchiveCorruptError, ArchiveError, ArchiveLockedError, DynodeError
@@ -84,9 +85,7 @@ def set_writer(path: Path, lease) -> None:
 
 
 def chunk_file(path: Path, group: str, index: int) -> Path:
-    files = [f for f in (path / group / "rate" / "c" / str(index)).rglob("*") if f.is_file()]
-    assert len(files) == 1, files
-    return files[0]
+    return fields.chunk_file(path / group / "rate", index)
 
 
 def flip_a_byte(f: Path) -> None:
@@ -240,8 +239,7 @@ def test_a_flipped_byte_read_lazily_names_population_and_steps(archive):
 
 
 def test_a_damaged_stimulus_chunk_is_named_too(archive):
-    files = [f for f in (archive / "stimulus" / "c" / "2").rglob("*") if f.is_file()]
-    flip_a_byte(files[0])
+    flip_a_byte(fields.chunk_file(archive / "stimulus", 2))
     tree = dn.open_archive(archive)
     with pytest.raises(ArchiveCorruptError, match=r"reading stimulus hit damaged data on disk:\n  "
                                                   r"stimulus: steps 20\.\.29"):

@@ -1,4 +1,4 @@
-"""The archive writer's direct chunk path (:class:`dynode.archive.layout.ChunkFiles`).
+"""The archive writer's direct chunk path (:class:`dynode.archive.chunks.ChunkFiles`).
 
 ZarrArchiveWriter writes whole chunks straight to their files instead of going through zarr's
 event loop. These tests hold it to the format: the chunk files are byte-for-byte the ones
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import zarr
 
+import fields
 import dynode.archive as A
 import dynode.archive.writer as W
-from dynode.archive.layout import ChunkFiles
+from dynode.archive.chunks import ChunkFiles
 from dynode.errors import ArchiveCorruptError, ConfigurationError
 
 SHAPES = {"V1": (3, 4, 4), "IT": (5,)}
@@ -54,7 +55,9 @@ def _write(path: Path, blocks, times, dtype, compression, status="complete",
 
 
 def _chunk_files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("c/**/*")) if p.is_file()}
+    """Every chunk file (zarr v3 default keys: ``c.0.0`` flat, or ``c/0/0`` nested)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file() and (p.name.startswith("c.") or "c" in p.relative_to(path).parts[:-1])}
 
 
 @pytest.mark.parametrize("compression", ["lz4", "zstd", None])
@@ -92,7 +95,7 @@ def test_a_flipped_byte_in_a_direct_chunk_is_caught(tmp_path):
     times, _, _, blocks = _blocks(2 * K, "float32")
     path = tmp_path / "a.zarr"
     _write(path, blocks, times, "float32", "lz4")
-    chunk = path / "V1" / "rate" / "c" / "1" / "0" / "0" / "0" / "0"
+    chunk = fields.chunk_file(path / "V1" / "rate", 1)
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     chunk.write_bytes(bytes(raw))
@@ -170,3 +173,123 @@ def test_simulate_passes_cache_chunks_to_the_writer(tmp_path, monkeypatch):
         dn.simulate(net, x, t_end=3.0, dt=1.0, store=tmp_path / "b.zarr", cache_chunks=1, progress=False)
     with pytest.raises(ConfigurationError, match="pass store="):
         dn.simulate(net, x, t_end=3.0, dt=1.0, cache_chunks=True, progress=False)
+
+
+# -- where the bytes go: O_DIRECT, its fallback, flat chunk keys ---------------------------------
+def _opens(monkeypatch, refuse_direct: bool = False) -> list[int]:
+    """Record the flags of every chunk file the writer opens with os.open; optionally refuse O_DIRECT with
+    EINVAL, as a file system without it does."""
+    import errno
+    import os
+
+    import dynode.archive.chunks as C
+
+    flags: list[int] = []
+    real = os.open
+
+    def fake_open(path, fl, *args, **kw):
+        if not str(path).endswith(".partial"):  # os is shared: only the chunk files
+            return real(path, fl, *args, **kw)
+        flags.append(fl)
+        if refuse_direct and fl & C._O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, fl, *args, **kw)
+
+    monkeypatch.setattr(C.os, "open", fake_open)
+    return flags
+
+
+@pytest.mark.skipif(not getattr(__import__("os"), "O_DIRECT", 0), reason="no O_DIRECT on this system")
+@pytest.mark.parametrize("compression", ["lz4", None])
+def test_chunks_go_past_the_page_cache_and_stay_byte_identical(tmp_path, monkeypatch, compression):
+    """cache_chunks=False opens every chunk with O_DIRECT (the file system may still refuse it);
+    whatever path each chunk took, the files equal zarr's, also for a body that is page-aligned
+    (written in place: whole pages straight from it, only the tail through the scratch buffer)
+    and not a whole number of pages long."""
+    import os
+
+    from dynode.archive.chunks import ALIGN, aligned_empty
+
+    shape = (3, 25, 40)  # 2 samples x 3 steps x 3000 float32 = 72000 bytes: 17 pages and a tail
+    times = np.arange(2 * K, dtype=np.float64)
+    rng = np.random.default_rng(1)
+    blocks = []
+    for i in range(2):
+        r = aligned_empty(K * BATCH * 3000 * 4).view(np.float32).reshape((K, BATCH) + shape)
+        r[...] = np.maximum(rng.standard_normal(r.shape), 0)
+        blocks.append(A.Block(times[i * K:(i + 1) * K], {"V1": r}, rng.random((K, BATCH, 1), dtype=np.float32)))
+        assert r.ctypes.data % ALIGN == 0
+    groups = (A.GroupSpec("V1", ("channel", "y", "x"), {d: np.arange(m) for d, m in zip(("channel", "y", "x"), shape)},
+                          {"units": "1"}, np.dtype("float32")),)
+    layout = A.Layout(batch=BATCH, conditions={}, groups=groups, inputs=("image",),
+                      stimulus_dtype=np.dtype("float32"), attrs={"dynode_archive": A.ARCHIVE_FORMAT})
+
+    def write(path, **kw):
+        w = A.ZarrArchiveWriter(path, layout, times, chunk_steps=K, compression=compression, **kw)
+        for b in blocks:
+            w.write(b)
+        w.finish("complete")
+        return w
+
+    flags = _opens(monkeypatch)
+    w = write(tmp_path / "direct.zarr")
+    assert len(flags) == 2 * 2 and all(f & os.O_DIRECT for f in flags)  # V1 + stimulus, 2 chunks each
+    files = w._files[id(next(arr for g, n, arr in w._arrays if g == "V1" and n == "rate"))]
+    if files.direct and compression is None:  # the aligned body went straight from its memory
+        assert files._scratch.nbytes < 72000 - ALIGN
+    flags.clear()
+    write(tmp_path / "cached.zarr", cache_chunks=True)
+    assert flags == []  # buffered writes (built-in open(), no O_DIRECT)
+    monkeypatch.setattr(W.ChunkFiles, "of", classmethod(lambda cls, arr, cache_chunks=False: None))
+    write(tmp_path / "zarr.zarr")
+    a, b, c = (_chunk_files(tmp_path / f"{n}.zarr") for n in ("direct", "zarr", "cached"))
+    assert len([k for k in a if k.startswith(("V1/rate/", "stimulus/"))]) == 4 and a == b == c
+    np.testing.assert_array_equal(A.open_archive(tmp_path / "direct.zarr")["V1"]["rate"].values,
+                                  np.concatenate([b.rates["V1"] for b in blocks]))
+
+
+def test_a_file_system_without_o_direct_gets_buffered_chunks(tmp_path, monkeypatch):
+    """EINVAL on the O_DIRECT open: that chunk and every later one go through the page cache,
+    and the archive is the same bytes."""
+    import os
+
+    times, rates, _, blocks = _blocks(3 * K, "float32")
+    flags = _opens(monkeypatch, refuse_direct=True)
+    w = _write(tmp_path / "a.zarr", blocks, times, "float32", "lz4")
+    written = [w._files[id(arr)] for _, name, arr in w._arrays if name in ("rate", "stimulus")]
+    assert len(written) == 3 and not any(f.direct for f in written)
+    assert len(flags) == 3  # one refused try per array, then buffered
+    tree = A.open_archive(tmp_path / "a.zarr")
+    for n, r in rates.items():
+        np.testing.assert_array_equal(tree[n]["rate"].values, r)
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*.partial")]
+
+
+def test_chunk_keys_are_flat_and_an_older_xarray_gets_nested_ones(tmp_path, monkeypatch):
+    """Data chunks sit beside their array's zarr.json as c.<t>.0... files (no folders to make);
+    an xarray that refuses the chunk_key_encoding encoding gets zarr's nested default, and the
+    archive reads the same."""
+    import xarray as xr
+
+    times, rates, _, blocks = _blocks(2 * K, "float32")
+    _write(tmp_path / "flat.zarr", blocks, times, "float32", "lz4")
+    assert sorted(p.name for p in (tmp_path / "flat.zarr" / "V1" / "rate").iterdir()) == \
+        ["c.0.0.0.0.0", "c.1.0.0.0.0", "zarr.json"]
+
+    real = xr.Dataset.to_zarr
+
+    def old_xarray(self, *args, encoding=None, **kw):
+        if any("chunk_key_encoding" in e for e in (encoding or {}).values()):
+            raise ValueError("unexpected encoding parameters for zarr backend:  ['chunk_key_encoding']")
+        return real(self, *args, encoding=encoding, **kw)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", old_xarray)
+    monkeypatch.setattr(W, "_flat_keys", True)
+    _write(tmp_path / "nested.zarr", blocks, times, "float32", "lz4")
+    assert (tmp_path / "nested.zarr" / "V1" / "rate" / "c" / "1").is_dir()
+    assert W._flat_keys is False
+    assert _chunk_files(tmp_path / "nested.zarr").keys() != _chunk_files(tmp_path / "flat.zarr").keys()
+    for name in ("flat", "nested"):
+        tree = A.open_archive(tmp_path / f"{name}.zarr")
+        np.testing.assert_array_equal(tree["V1"]["rate"].values, rates["V1"])
+    assert A.verify_archive(tmp_path / "nested.zarr").checksummed

@@ -22,6 +22,7 @@ instead of waiting for it after the first). An idle writer thread keeps the arch
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import TYPE_CHECKING
@@ -31,7 +32,8 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from dynode.archive.layout import Block, ChunkFiles, Layout, _zarr_config, block_datasets
+from dynode.archive.chunks import ChunkFiles, aligned_empty
+from dynode.archive.layout import Block, Layout, _zarr_config, block_datasets
 from dynode.archive.lease import HEARTBEAT_S
 from dynode.archive.writer import MemoryArchiveWriter, ZarrArchiveWriter
 from dynode.errors import ArchiveError, DynodeError
@@ -129,7 +131,7 @@ class Streamer:
         self._narrow = dtype.itemsize < next(iter(state.values())).dtype.itemsize
         self._shapes = [tuple(o.shape[1:]) for o in outs]
         for _ in range(2):
-            bufs = [torch.empty((k, *o.shape), dtype=d, pin_memory=pin) for o, d in zip(outs, dtypes)]
+            bufs = [_host_block((k, *o.shape), d, pin) for o, d in zip(outs, dtypes)]
             stim = (torch.empty((k, batch, len(self.input_names)), dtype=dtype, pin_memory=pin)
                     if self.input_names else None)
             self._free.put((bufs, np.empty(k, dtype=np.float64), stim))
@@ -194,7 +196,7 @@ class Streamer:
                         for (pop, _), buf, refs in zip(self.keys, bufs, held):
                             if len(refs) != n:
                                 raise DynodeError(f"internal: {len(refs)} held states for {n} steps")
-                            torch.stack([v for v, _ in refs], out=buf[:n])
+                            _stack_into(buf[:n], [v for v, _ in refs])
                             if any(v._version != ver for v, ver in refs):
                                 raise DynodeError(
                                     f"population {pop!r}: the solver modified a saved state in "
@@ -259,6 +261,27 @@ class Streamer:
         self._thread = None
         if self._error is not None:
             raise self._error
+
+
+def _host_block(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> Tensor:
+    """A block buffer: page-locked for a GPU run (non-blocking copies); on the CPU page-aligned,
+    so that a whole chunk is written from it to the disk in place (:mod:`dynode.archive.chunks`)."""
+    if pin:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+    return torch.from_numpy(aligned_empty(math.prod(shape) * dtype.itemsize)).view(dtype).reshape(shape)
+
+
+def _stack_into(out: Tensor, steps: list[Tensor]) -> None:
+    """``torch.stack(steps, out=out)`` by numpy copies where the dtype allows: the writer thread
+    then copies on one core, where a torch copy would start an OpenMP team of this thread's own
+    beside the solver's (measured: recording conv4 every step, 1.43x -> 1.34x)."""
+    try:
+        dest = out.numpy()
+    except TypeError:  # bfloat16: no numpy dtype
+        torch.stack(steps, out=out)
+        return
+    for i, v in enumerate(steps):
+        np.copyto(dest[i], v.detach().numpy())
 
 
 def _unit_mean(x: Tensor, batch: int) -> Tensor:
