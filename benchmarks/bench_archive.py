@@ -3,17 +3,22 @@
 * record_conv4: the 4-layer conv field (36/64/121/256 channels, 3x3, full 3x3 recurrence
   delayed 6 ms, batch 32, 3x32x32, dt 1 ms, tau 5 ms). Baseline: the same run with nothing
   recorded (``integrate`` under ``no_grad`` keeping only the final state), 100 steps.
-  Contenders: ``simulate`` recording every step of every population (float32; lz4, and
-  uncompressed) to a zarr store (8.3 MB per step; 841 MB per run). Target: at most 15 %
-  slower. Each recording contender removes the store it wrote the time before (timed with
-  it: about 0.2 CPU-s for the 841 MB store's ~1000 folders and ~300 files, about 1 % of the row).
-  Also: the writer's other trade-off setting (``cache_chunks=True``: chunks left in the
-  page cache, as zarr leaves them), and the physical limit, the same bytes without the
-  model: lz4 + crc32c of every chunk alone (one thread, no disk), and dynode's writer
-  alone (lz4, checksummed, written through to the disk). On a machine whose cores the run
-  keeps busy (torch threads = cores = n), recording cannot cost less than
-  ``1 + (writer alone) / (n * no recording)``, and costs about ``1 + (writer alone) /
-  (no recording)`` when the writer stalls torch's statically split parallel loops.
+  Contenders: ``simulate`` recording every step of every population (float32; lz4, the
+  default, and uncompressed) to a zarr store (8.3 MB per step; 841 MB per run). Target: at
+  most 15 % slower. Each recording contender removes the store it wrote the time before
+  (timed with it; ~260 chunk files, a few ms). Also: the writer's other setting
+  (``cache_chunks=True``: chunks through the page cache and left there, as zarr leaves them;
+  timed until they are on the disk, ``os.sync``, since their writeback costs the kernel CPU
+  that the next run, or the next contender, would pay otherwise).
+  The physical limit, the same bytes without the model, on one thread: lz4 + crc32c of every
+  chunk (what the default writer must compute), the copy into the chunk + crc32c (what the
+  uncompressed writer must compute), and dynode's whole writer (lz4, checksummed, O_DIRECT
+  to the disk: its wall time includes waiting for the disk, which costs no CPU). On a
+  machine whose cores the run keeps busy (torch threads = cores = n), the CPU those bytes
+  need is taken from the compute: at best ``1 + limit / n``, and about ``1 + limit`` when
+  the writer's thread stalls torch's statically split parallel loops (one of the n compute
+  threads preempted, the others wait for it), plus what its streaming through the caches
+  costs the compute.
 * memory_flat: peak RSS (MiB) of a fresh process that runs ``simulate`` to zarr over
   ``t_end`` and over ``10 * t_end`` (same field, batch and blocks). Target: the long run's
   peak within 10 % of the short one's.
@@ -72,6 +77,8 @@ def _conv4_run(quick: bool):
 
 
 def _record_setup(quick: bool):
+    import numpy as np
+
     net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
     last: dict[str, Path] = {}
 
@@ -91,12 +98,14 @@ def _record_setup(quick: bool):
         dn.simulate(net, stim, t_end=t_end, dt=1.0, record=dn.Record(), store=fresh(who), progress=False,
                     compression=compression, **kw)
 
-    def to_zarr_buffered():  # the writer's trade-off setting
+    def to_zarr_buffered():  # the writer's other setting, until the bytes are on the disk
         if "cache_chunks" in inspect.signature(dn.simulate).parameters:
-            return to_zarr(who="buffered", cache_chunks=True)
-        with mock.patch.object(sys.modules["dynode.simulate"], "ZarrArchiveWriter",
-                               functools.partial(W.ZarrArchiveWriter, cache_chunks=True)):
-            return to_zarr(who="buffered")
+            to_zarr(who="buffered", cache_chunks=True)
+        else:
+            with mock.patch.object(sys.modules["dynode.simulate"], "ZarrArchiveWriter",
+                                   functools.partial(W.ZarrArchiveWriter, cache_chunks=True)):
+                to_zarr(who="buffered")
+        os.sync()
 
     # the physical limit: the same bytes through the codec alone, and through the writer alone
     data, times = _recorded_chunks(net, stim, t_end)
@@ -107,6 +116,15 @@ def _record_setup(quick: bool):
         for block in data:
             for a in block.rates.values():
                 codecs(a)
+
+    copy_crc = _codec_chain(None)
+    dest = {g: np.empty_like(a) for g, a in data[0].rates.items()}
+
+    def copy_alone():  # the uncompressed writer's CPU work: the steps into the chunk, its crc32c
+        for block in data:
+            for g, a in block.rates.items():
+                np.copyto(dest[g], a)
+                copy_crc(dest[g])
 
     def writer_alone(compression="lz4"):
         layout = _layout_of(data[0], batch)
@@ -120,9 +138,10 @@ def _record_setup(quick: bool):
     print(f"record_conv4: {nbytes / 1e6:.0f} MB of rates per run", file=sys.stderr)
     return {"no recording": plain, "every step to zarr": to_zarr,
             "every step to zarr, uncompressed": lambda: to_zarr(None, "raw"),
-            "every step to zarr, chunks kept in the page cache (cache_chunks=True)": to_zarr_buffered,
-            "physical limit: lz4 + crc32c of the same bytes alone (1 thread)": codec_alone,
-            "physical limit: the writer alone, same bytes (lz4, crc32c, files)": writer_alone}
+            "every step to zarr, through the page cache (cache_chunks=True), until synced": to_zarr_buffered,
+            "limit: lz4 + crc32c of the same bytes alone (1 thread)": codec_alone,
+            "limit: copy + crc32c of the same bytes alone (1 thread; uncompressed)": copy_alone,
+            "the writer alone, same bytes (lz4, crc32c, O_DIRECT files; wall)": writer_alone}
 
 
 def _recorded_chunks(net, stim, t_end: float):

@@ -265,16 +265,16 @@ def test_repair_verify_and_overwrite_refuse_a_store_dynode_did_not_write(tmp_pat
 
 # -- 3: atomic creation -----------------------------------------------------------------------
 KILL_DURING_CREATION = textwrap.dedent("""
-    import os, signal, sys, torch, zarr
+    import os, pathlib, signal, sys, torch
     from torch import nn
     import dynode as dn
-    resize, calls = zarr.Array.resize, []
-    def killing_resize(self, *a, **k):  # SIGKILL in the middle of allocating the time axis
+    write_bytes, calls = pathlib.Path.write_bytes, []
+    def killing_write(self, *a, **k):  # SIGKILL in the middle of writing out the new store's files
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGKILL)
-        return resize(self, *a, **k)
-    zarr.Array.resize = killing_resize
+        return write_bytes(self, *a, **k)
+    pathlib.Path.write_bytes = killing_write
     net = dn.Network()
     net.add_input("x", shape=(2,))
     for name in ("A", "B", "C"):

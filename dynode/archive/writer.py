@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import json
 import os
 import shutil
 import tempfile
@@ -185,7 +186,7 @@ class ZarrArchiveWriter:
         """Refresh the lease (called by an idle writer thread at least every HEARTBEAT_S)."""
         if self._root is not None and self._lease is not None:
             self._lease["heartbeat"] = time.time()
-            self._root.attrs.update({LEASE_ATTR: self._lease})
+            self._update_root({LEASE_ATTR: self._lease})
 
     def _create(self) -> None:
         """Build the store under a hidden sibling name, then rename it into place."""
@@ -208,7 +209,17 @@ class ZarrArchiveWriter:
         root = zarr.open_group(_outside_temp_store()(self.path), mode="r+", use_consolidated=False)
         self._arrays = list(_timed_arrays(root))
         self._files = {id(arr): ChunkFiles.of(arr, self.cache_chunks) for _, _, arr in self._arrays}
+        self._meta = json.loads((self.path / "zarr.json").read_bytes())
         self._root = root
+
+    def _update_root(self, changes: Mapping) -> None:
+        """Set the root attributes ``changes`` (the commit, the lease's heartbeat): the root's
+        zarr.json written whole and renamed into place (:func:`_put_outside`), directly rather
+        than through zarr's event loop (about 3 ms a commit, 0.15 s per conv4 run). zarr's own
+        view of the root is stale from here on; :meth:`finish` writes through it again, from
+        these attributes."""
+        self._meta["attributes"].update(changes)
+        _put_outside(self.path, "zarr.json", json.dumps(self._meta, allow_nan=False).encode())
 
     def _remove_leftovers(self) -> None:
         """Remove unfinished stores (``.<name>.dynode-new-*``) of writers killed while creating
@@ -229,7 +240,13 @@ class ZarrArchiveWriter:
                  "steps_written": 0, LEASE_ATTR: self._lease}  # verify_archive checks the groups
         dsets = block_datasets(Layout(**{**lay.__dict__, "attrs": attrs}), empty)
         global _flat_keys
+        from zarr.storage import MemoryStore
+
         k, n = self.chunk_steps, len(self.times)
+        # built in memory, then written out as plain files: zarr's local store hops to its event
+        # loop for every metadata file (creating a 5-group store took 0.24 s, now 0.13 s)
+        files: dict = {}
+        mem = MemoryStore(store_dict=files)
         with _zarr_config():
             for i, (group, ds) in enumerate(dsets.items()):
                 enc = {}
@@ -243,21 +260,26 @@ class ZarrArchiveWriter:
                                          "compressors": _codecs(self.compression),
                                          **(_FLAT_KEYS if _flat_keys else {})}
                 try:
-                    ds.to_zarr(tmp, group=None if group == "/" else group,
+                    ds.to_zarr(mem, group=None if group == "/" else group,
                                mode="w-" if i == 0 else "a", consolidated=False, encoding=enc,
                                zarr_format=3)
                 except ValueError as exc:
                     if not (_flat_keys and "chunk_key_encoding" in str(exc)):
                         raise
                     _flat_keys = False  # this xarray refuses the key: start again with nested keys
-                    shutil.rmtree(tmp, ignore_errors=True)
                     self._release()
                     return self._build(tmp)
             # allocate the whole time axis now: shapes stay fixed while the run writes
-            for _, name, arr in _timed_arrays(zarr.open_group(tmp, mode="r+", use_consolidated=False)):
+            for _, name, arr in _timed_arrays(zarr.open_group(mem, mode="r+", use_consolidated=False)):
                 arr.resize((n,) + arr.shape[1:])
                 if name == "time":
                     arr[:] = self.times
+        tmp.mkdir()
+        for key in sorted(files, key=lambda key: (key != "zarr.json", key)):  # the lease first
+            dest = tmp / key
+            buf = files[key]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(buf.to_bytes())
 
     def _install(self, tmp: Path) -> None:
         """Rename the finished store ``tmp`` to the store path (replacing an old archive only
@@ -305,7 +327,7 @@ class ZarrArchiveWriter:
             else:
                 arr[n0:n1] = data
         self._lease["heartbeat"] = time.time()
-        self._root.attrs.update({"steps_written": n1, LEASE_ATTR: self._lease})  # commit
+        self._update_root({"steps_written": n1, LEASE_ATTR: self._lease})  # commit
         self.steps_written = n1
 
     def finish(self, status: str, attrs: Mapping | None = None) -> None:
@@ -320,7 +342,7 @@ class ZarrArchiveWriter:
                                       "recording times; the solver did not deliver every save time")
                 for _, _, arr in self._arrays:
                     _shrink(arr, self.steps_written)
-            kept = {k: v for k, v in self._root.attrs.items() if k != LEASE_ATTR}
+            kept = {k: v for k, v in self._meta["attributes"].items() if k != LEASE_ATTR}
             self._root.attrs.put({**kept, **dict(attrs or {}), "status": status})
         finally:
             self._release()
