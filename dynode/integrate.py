@@ -19,6 +19,7 @@ from dynode.events import as_events
 from dynode.problem import as_ms, make_problem
 from dynode.solution import Solution, noise_refusal
 from dynode.solver import get_solver
+from dynode.threads import share as share_cpus
 from dynode.tolerances import TIME_RTOL
 
 __all__ = ["integrate", "available_memory", "require_memory", "check_state_memory"]
@@ -94,6 +95,7 @@ def integrate(field, stimulus=None, *, t_end: float, dt: float | None = None, t0
     :class:`dynode.Solution` with ``ts`` (ms), ``states`` (``(len(ts), batch, *shape)``),
     ``stats`` and ``final_state``.
     """
+    share_cpus()  # a CLI process told nothing gives up the CPUs other processes keep busy (dynode.threads)
     dt = None if dt is None else as_ms(dt, "dt")
     _check_limit(memory_limit)
     if dt is not None and not (math.isfinite(dt) and dt > 0):  # before an adaptive solver evaluates

@@ -12,7 +12,10 @@ alone). So every dynode process takes the count it was given, the first of:
    DDP worker, where torchrun sets it to 1 on its own whenever it starts several processes);
 3. the CPUs this process may run on: its affinity mask (``os.sched_getaffinity``: what
    ``taskset``, cgroups/Slurm or a container gave it), else ``os.cpu_count()``, divided among
-   the DDP workers of this machine (``LOCAL_WORLD_SIZE``, set by torchrun), at least 1.
+   the DDP workers of this machine (``LOCAL_WORLD_SIZE``, set by torchrun), at least 1. A
+   process that got its count this way (told nothing, not a DDP worker) shares them with the
+   other busy processes while it runs (:func:`share`, below): it gives up the CPUs they keep
+   busy and takes them back once they are idle, saying so on stderr.
 
 :func:`use_threads` applies the count (``torch.set_num_threads``; the inter-op pool too where
 torch still allows it, i.e. before any parallel work) and returns a :class:`ThreadPolicy` whose
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from dynode.errors import ConfigurationError
 
-__all__ = ["ThreadPolicy", "decide_threads", "use_threads", "available_cpus", "applied", "thread_count"]
+__all__ = ["ThreadPolicy", "decide_threads", "use_threads", "available_cpus", "applied", "thread_count", "share"]
 
 ENV = "DYNODE_THREADS"
 
@@ -128,4 +131,86 @@ def use_threads(explicit: int | None = None, *, setting: str = "--threads", once
             if "interop" not in str(exc):
                 raise
     _applied = replace(policy, interop=torch.get_num_interop_threads())
+    global _sharing
+    _sharing = (_Sharing(_applied.threads) if _applied.source in ("affinity mask", "cpu count")
+                and _applied.workers == 1 and os.path.exists(_PROC_STAT) else None)
     return _applied
+
+
+# -- sharing the CPUs with other busy processes -------------------------------------------------
+# A process told nothing takes every CPU it may run on. Where other processes keep some of them
+# busy (two demos started together, a test suite beside a training run), that is more busy
+# threads than CPUs, and torch's OpenMP threads, which spin while they wait for each other,
+# then lose far more than a fair share: two `dynode demo --quick` at once on the 2-core VM took
+# 2.7x one demo's time. So such a process looks, at most every SHARE_EVERY_S seconds and from
+# the thread that computes (each integrate call), at how many CPUs the other processes used
+# since the last look (busy CPU time of the machine, /proc/stat, minus this process's own), and
+# takes the rest: max(1, CPUs - round(others)), back up to every CPU once they are idle.
+# Each change is said on stderr. A count that was given (--threads, Snakemake's threads,
+# DYNODE_THREADS, OMP_NUM_THREADS) or divided among DDP workers is never changed.
+SHARE_EVERY_S = 2.0
+_PROC_STAT = "/proc/stat"
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (user, nice, system, irq,
+    softirq; not idle, iowait or time stolen by a hypervisor)."""
+    with open(_PROC_STAT) as f:
+        fields = f.readline().split()
+    ticks = sum(int(fields[i]) for i in (1, 2, 3, 6, 7))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _own_busy_s() -> float:
+    """CPU seconds this process (all its threads) has spent."""
+    t = os.times()
+    return t.user + t.system
+
+
+class _Sharing:
+    """The running look at the other processes (see above), for a process told nothing."""
+
+    def __init__(self, cpus: int):
+        import time
+
+        self.cpus, self.now = cpus, time.monotonic
+        self.threads = cpus
+        self.next = self.now() + SHARE_EVERY_S
+        self.last = (self.now(), _machine_busy_s(), _own_busy_s())
+
+    def look(self) -> None:
+        t = self.now()
+        if t < self.next:
+            return
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # torch's thread count is set from the thread that computes
+        self.next = t + SHARE_EVERY_S
+        busy, own = _machine_busy_s(), _own_busy_s()
+        t0, busy0, own0 = self.last
+        self.last = (t, busy, own)
+        others = max(0.0, ((busy - busy0) - (own - own0)) / max(t - t0, 1e-9))
+        want = max(1, min(self.cpus, self.cpus - round(others)))
+        if want != self.threads:
+            import sys
+
+            import torch
+
+            torch.set_num_threads(want)
+            print(f"dynode: torch threads {self.threads} -> {want}: other processes kept {others:.1f} of "
+                  f"this process's {self.cpus} CPUs busy", file=sys.stderr, flush=True)
+            self.threads = want
+            global _applied
+            if _applied is not None:
+                _applied = replace(_applied, threads=want)
+
+
+_sharing: _Sharing | None = None
+
+
+def share() -> None:
+    """Called by :func:`dynode.integrate`: a process told nothing gives up the CPUs that other
+    processes keep busy, and takes them back (see above). Nothing otherwise (one global check)."""
+    if _sharing is not None:
+        _sharing.look()

@@ -196,3 +196,75 @@ def test_sweep_options_after_the_sweep_file_are_dynodes(monkeypatch, tmp_path, c
     assert main(["sweep", "--cores", "3", "s.yaml", "--dry-run"]) == 0 and seen["cores"] == 3
     assert main(["sweep", "s.yaml", "--executor", "slurm"]) == 2  # Snakemake's options go after --
     assert "unrecognized arguments: --executor" in capsys.readouterr().err
+
+
+# -- a process told nothing shares the CPUs with other busy processes --------------------------
+@pytest.mark.skipif(not os.path.exists(threads._PROC_STAT), reason="needs Linux /proc/stat")
+def test_a_process_told_nothing_gives_up_the_cpus_others_keep_busy(monkeypatch, capsys):
+    """Every SHARE_EVERY_S at most, from the computing thread: max(1, CPUs - round(CPUs the other
+    processes used)), back up when they are idle; each change said on stderr; a given count is
+    never changed."""
+    import threading
+
+    for var in ("DYNODE_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda: (4, "affinity mask"))
+    clock, busy, own = [100.0], [1000.0], [50.0]
+    monkeypatch.setattr(threads, "_machine_busy_s", lambda: busy[0])
+    monkeypatch.setattr(threads, "_own_busy_s", lambda: own[0])
+    before, applied_before = torch.get_num_threads(), threads.applied()
+
+    def spend(seconds: float, others: float, mine: float) -> None:
+        clock[0] += seconds
+        busy[0] += seconds * (others + mine)
+        own[0] += seconds * mine
+
+    try:
+        policy = use_threads()
+        assert policy.threads == 4 and threads._sharing is not None
+        s = threads._sharing
+        s.now = lambda: clock[0]
+        s.next, s.last = clock[0] + threads.SHARE_EVERY_S, (clock[0], busy[0], own[0])
+        spend(2.0, others=2.6, mine=4.0)
+        threads.share()
+        assert torch.get_num_threads() == 1 and threads.applied().threads == 1  # 4 - round(2.6)
+        spend(1.0, others=0.0, mine=1.0)
+        threads.share()  # within SHARE_EVERY_S of the last look: nothing
+        assert torch.get_num_threads() == 1
+        spend(1.5, others=1.2, mine=1.0)  # over the 2.5 s since the last look: 0.72 others -> 1
+        threads.share()
+        assert torch.get_num_threads() == 3
+        spend(2.0, others=0.3, mine=3.0)
+        worker = threading.Thread(target=threads.share)  # not the computing thread: nothing
+        worker.start()
+        worker.join()
+        assert torch.get_num_threads() == 3
+        threads.share()
+        assert torch.get_num_threads() == 4
+        err = capsys.readouterr().err.splitlines()
+        assert err == ["dynode: torch threads 4 -> 1: other processes kept 2.6 of this process's 4 CPUs busy",
+                       "dynode: torch threads 1 -> 3: other processes kept 0.7 of this process's 4 CPUs busy",
+                       "dynode: torch threads 3 -> 4: other processes kept 0.3 of this process's 4 CPUs busy"]
+        use_threads(2)  # a given count: kept whatever the others do
+        assert threads._sharing is None
+        monkeypatch.setenv("DYNODE_THREADS", "2")
+        use_threads()
+        assert threads._sharing is None
+    finally:
+        torch.set_num_threads(before)
+        threads._sharing, threads._applied = None, applied_before
+
+
+def test_integrate_looks_at_the_other_processes(monkeypatch):
+    """The look happens where the computing thread passes often: every dn.integrate call."""
+    import dynode as dn
+
+    looks = []
+    monkeypatch.setattr(threads, "_sharing", type("S", (), {"look": lambda self: looks.append(1)})())
+    net = dn.Network()
+    net.add_input("x", (2,))
+    net.add_population("A", (2,), tau=5.0, phi="identity")
+    net.connect("x", "A")
+    dn.integrate(net, dn.stimuli.Constant(torch.ones(1, 2)), t_end=2.0, dt=1.0)
+    dn.integrate(net, dn.stimuli.Constant(torch.ones(1, 2)), t_end=2.0, dt=1.0)
+    assert looks == [1, 1]
