@@ -19,7 +19,7 @@ FOLDERS = {"dynode": "dynode", "solvers": "dynode.solvers", "models": "dynode.mo
 CORE = {"dynode.errors", "dynode.field", "dynode.brownian", "dynode.events", "dynode.network", "dynode.population", "dynode.plan",
         "dynode.checks", "dynode.activations", "dynode.adapters",
         "dynode.pipeline", "dynode.stimulus", "dynode.history", "dynode.problem", "dynode.integrate",
-        "dynode.solution", "dynode.guards", "dynode.solver", "dynode.stats", "dynode.tolerances"}
+        "dynode.solution", "dynode.guards", "dynode.solver", "dynode.stats", "dynode.tolerances", "dynode.threads"}
 BLOCKS = ("dynode.solvers", "dynode.models", "dynode.stimuli")
 # workflow modules that import lazily on purpose (start-up time of the command line), not to
 # dodge a cycle
