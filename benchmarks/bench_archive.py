@@ -22,6 +22,9 @@
 * memory_flat: peak RSS (MiB) of a fresh process that runs ``simulate`` to zarr over
   ``t_end`` and over ``10 * t_end`` (same field, batch and blocks). Target: the long run's
   peak within 10 % of the short one's.
+* record_conv4, a core left to the writer: the same pair with torch at (CPUs - 1) threads for
+  both (at least 1): what recording costs when the writer does not take its CPU from the
+  compute (a GPU run, or fewer torch threads than cores). Target: at most 15 % slower.
 * observe_conv4: recording an observation model vs recording rates (dynode.observe), side by
   side in one run: conv4, batch 32, 100 steps of 1 ms (Euler), every population every step,
   ``reduce="mean"`` (the population time courses, as the experiments record them), to zarr.
@@ -174,6 +177,36 @@ def _layout_of(block, batch: int):
                     stimulus_dtype=block.stimulus.dtype, attrs={"dynode_archive": A.ARCHIVE_FORMAT})
 
 
+def _spare_core_setup(quick: bool):
+    """record_conv4 with a core left to the writer: torch at (CPUs - 1) threads, at least 1,
+    for both contenders (restored after each call)."""
+    net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
+    n = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
+
+    def with_threads(fn):
+        def run():
+            before = torch.get_num_threads()
+            torch.set_num_threads(n)
+            try:
+                fn()
+            finally:
+                torch.set_num_threads(before)
+        run.tmp = tmp
+        return run
+
+    def plain():
+        with torch.no_grad():
+            dn.integrate(net, stim, t_end=t_end, dt=1.0, save_at=[t_end])
+
+    def to_zarr():
+        path = Path(tmp.name) / f"spare{next(counter)}.zarr"
+        dn.simulate(net, stim, t_end=t_end, dt=1.0, record=dn.Record(), store=path, progress=False)
+        shutil.rmtree(path)
+
+    return {f"no recording ({n} torch threads)": with_threads(plain),
+            f"every step to zarr ({n} torch threads)": with_threads(to_zarr)}
+
+
 def _observe_setup(quick: bool):
     net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
     patch = {a: Electrode((0.5, 0.5), 0.2) for a in ("V1", "V2", "V4", "IT")}
@@ -291,10 +324,16 @@ def _checksum_contenders(quick: bool, compression):
     return {"no checksum": write(False), "crc32c (dynode's default)": write(True)}
 
 
+_SPARE = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
+
 BENCHMARKS = [
     Benchmark("record_conv4", _record_setup, target={"every step to zarr": 1.15,
                                                     "every step to zarr, uncompressed": 1.15},
               note="conv4, batch 32, 100 steps, every population every step, float32"),
+    Benchmark("record_conv4, a core left to the writer", _spare_core_setup,
+              target={f"every step to zarr ({_SPARE} torch threads)": 1.15},
+              note="as record_conv4 (lz4, the default), torch at CPUs - 1 threads for both: the writer's "
+                   "cost when the compute does not need every core (e.g. a GPU run)"),
     Benchmark("observe_conv4", _observe_setup, target={"rate + bold": 1.10, "rate + lfp": 1.10, "rate + drive": 1.10,
                                                       "rate + lfp, bold (electrodes)": 1.10},
               note="conv4, batch 32, 100 steps, reduce='mean' to zarr; observations vs rates"),
