@@ -234,9 +234,9 @@ def simulate(field, stimulus=None, *, t_end: float, dt: float | None = None, sol
     progress : a tqdm bar over the solver steps (simulated ms for adaptive solvers), with rate and
         time left; default only when stderr is a terminal.
     compression : ``"lz4"`` (fast, default), ``"zstd"`` (smaller) or None.
-    cache_chunks : with ``store``: leave the written chunk files in the page cache (faster to
-        read the archive back at once) instead of dropping them once written (the default takes
-        less system time from the run; :class:`~dynode.archive.ZarrArchiveWriter`).
+    cache_chunks : with ``store``: write the chunk files through the page cache and leave them
+        there (faster to read the archive back at once) instead of past it (the default takes
+        less CPU from the run; :class:`~dynode.archive.ZarrArchiveWriter`).
     attrs : extra JSON-serialisable root attributes (e.g. an experiment name).
     memory_limit : bytes the working state (state, solver stages, delay ring) may take, checked
         before it is allocated (default: the free memory of the device; ``math.inf``: no check).

@@ -142,14 +142,13 @@ class ZarrArchiveWriter:
 
     ``times``: every recording time of the run (ms). The time axis is allocated for all of
     them when the store is created, so array shapes never change while the run goes.
-    ``cache_chunks``: leave the written chunk files in the page cache (as zarr does; faster
-    to read back at once) instead of dropping them once written, which lets the kernel
-    recycle their pages (:class:`~dynode.archive.chunks.ChunkFiles`). The default (False)
-    is the cheaper one for the run: recording every step of conv4 (841 MB, 1 torch thread,
-    2-core VM at load 8-10, 4 + 5 interleaved rounds) took 8.32 / 8.15 CPU-s per run with
-    False and 8.88 / 8.82 with True (no recording: 6.57 / 6.24), the writer thread 1.42 /
-    1.43 against 1.85 / 2.01; True used more CPU in every round. Wall times at that load
-    were too noisy to rank them.
+    ``cache_chunks``: write the chunk files through the page cache and leave them there (as
+    zarr does; faster to read back at once) instead of past it (``O_DIRECT``, or dropped once
+    written where the file system refuses it: :mod:`dynode.archive.chunks`). The default
+    (False) is the cheaper one for the run, since the kernel's writeback of cached pages takes
+    CPU from it: recording every step of conv4 (841 MB, 2 torch threads, quiet 2-core VM,
+    ``python benchmarks/run.py archive``) took 1.50x the unrecorded run, against 1.90x with
+    True timed until the chunks were on the disk.
     """
 
     def __init__(self, path, layout: Layout, times, *, chunk_steps: int, compression="lz4",
