@@ -181,7 +181,7 @@ def _spare_core_setup(quick: bool):
     """record_conv4 with a core left to the writer: torch at (CPUs - 1) threads, at least 1,
     for both contenders (restored after each call)."""
     net, stim, batch, t_end, tmp, counter = _conv4_run(quick)
-    n = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) - 1)
+    n = _SPARE
 
     def with_threads(fn):
         def run():

@@ -27,6 +27,9 @@ torch still allows it, i.e. before any parallel work) and returns a :class:`Thre
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -171,19 +174,15 @@ class _Sharing:
     """The running look at the other processes (see above), for a process told nothing."""
 
     def __init__(self, cpus: int):
-        import time
-
         self.cpus, self.now = cpus, time.monotonic
-        self.threads = cpus
-        self.next = self.now() + SHARE_EVERY_S
-        self.last = (self.now(), _machine_busy_s(), _own_busy_s())
+        t = self.now()
+        self.next = t + SHARE_EVERY_S
+        self.last = (t, _machine_busy_s(), _own_busy_s())
 
     def look(self) -> None:
         t = self.now()
         if t < self.next:
             return
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return  # torch's thread count is set from the thread that computes
         self.next = t + SHARE_EVERY_S
@@ -191,19 +190,15 @@ class _Sharing:
         t0, busy0, own0 = self.last
         self.last = (t, busy, own)
         others = max(0.0, ((busy - busy0) - (own - own0)) / max(t - t0, 1e-9))
-        want = max(1, min(self.cpus, self.cpus - round(others)))
-        if want != self.threads:
-            import sys
-
+        want = max(1, self.cpus - round(others))
+        global _applied
+        if want != _applied.threads:  # _applied: set by use_threads, which made this look
             import torch
 
             torch.set_num_threads(want)
-            print(f"dynode: torch threads {self.threads} -> {want}: other processes kept {others:.1f} of "
+            print(f"dynode: torch threads {_applied.threads} -> {want}: other processes kept {others:.1f} of "
                   f"this process's {self.cpus} CPUs busy", file=sys.stderr, flush=True)
-            self.threads = want
-            global _applied
-            if _applied is not None:
-                _applied = replace(_applied, threads=want)
+            _applied = replace(_applied, threads=want)
 
 
 _sharing: _Sharing | None = None
